@@ -1,0 +1,59 @@
+"""dl_agent_pipeline: validate -> train -> evaluate -> finish, one MLflow parent run per DAG run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+
+from dlagent.operators.evaluate import EvaluateOperator
+from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
+from dlagent.operators.train import TrainOperator
+from dlagent.params import DATA_PARAM_NAMES, TRAIN_PARAM_NAMES, pipeline_params, templated
+
+DOC = """
+### dlagent pipeline
+Trains a Keras model on the chosen data set, evaluates it on a held-out test split and tracks
+everything in MLflow (one parent run per DAG run, a child run per task).
+
+* **validate_inputs** refuses bad settings or data before any compute.
+* **train** trains with early stopping and logs per-epoch metrics and the model.
+* **evaluate** measures test accuracy and loss.
+* **finish** closes the MLflow parent run (FAILED if any task failed).
+
+Open the MLflow UI (`make mlflow-ui`) and look for the experiment named in the form.
+"""
+
+with DAG(
+    dag_id="dl_agent_pipeline",
+    description="Train, evaluate and track a Keras model, steered by validated Params.",
+    schedule=None,
+    catchup=False,
+    params=pipeline_params(),
+    render_template_as_native_obj=True,
+    default_args={"owner": "dlagent", "retries": 1, "retry_delay": timedelta(seconds=10)},
+    tags=["dlagent", "training"],
+    doc_md=DOC,
+) as dag:
+    common = {"experiment_name": "{{ params.experiment_name }}"}
+    data_options = templated(DATA_PARAM_NAMES)
+
+    validate = ValidateInputsOperator(
+        task_id="validate_inputs", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
+        data_options=data_options, **common,
+    )
+    train = TrainOperator(
+        task_id="train", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
+        data_options=data_options, **common,
+    )
+    evaluate = EvaluateOperator(
+        task_id="evaluate", model_uri=train.output["model_uri"], dataset="{{ params.dataset }}",
+        data_options=data_options, seed="{{ params.seed }}", **common,
+    )
+    finish = FinishPipelineOperator(
+        task_id="finish",
+        collect={"test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
+                 "model_uri": "train.model_uri", "train_run_id": "train.run_id", "best_val_accuracy": "train.metrics.best_val_accuracy"},
+        **common,
+    )
+    validate >> train >> evaluate >> finish

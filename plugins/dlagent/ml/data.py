@@ -1,0 +1,343 @@
+"""Data sets by URI-like name, validated once and split deterministically.
+
+Supported names:
+
+``digits``            scikit-learn's bundled 8x8 digits (1,797 images, no download)
+``mnist-idx:<dir>``   MNIST-style IDX files (``*images-idx3-ubyte[.gz]`` and ``*labels-idx1-ubyte[.gz]``)
+``npz:<path>``        a NumPy ``.npz`` with arrays ``x`` and ``y``
+``csv:<path>``        a CSV with a header and a label column (default ``label``); numeric features
+``images:<dir>``      one sub-folder per class holding image files
+
+Every loader returns raw arrays; :func:`validate_arrays` then checks them all the same way,
+and :func:`split_dataset` makes a stratified train/validation/test split from a seed, so the
+same name and seed always give the same split in every task that loads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dlagent.errors import ConfigError
+
+SCHEMES = ("digits", "mnist-idx", "npz", "csv", "images")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MIN_SAMPLES_PER_CLASS = 3  # one each for train, validation and test
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A data set split into train/validation/test arrays, features scaled to [0, 1]."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.ndim in (3, 4)
+
+    def summary(self) -> dict:
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "n_train": int(len(self.y_train)),
+            "n_val": int(len(self.y_val)),
+            "n_test": int(len(self.y_test)),
+        }
+
+
+def parse_dataset_uri(uri: str) -> tuple[str, str]:
+    """Split ``scheme:argument`` and check the scheme; the argument is checked by its loader."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigError("dataset", f"must be a non-empty string, got {uri!r}.", _dataset_fix())
+    uri = uri.strip()
+    scheme, _, argument = uri.partition(":")
+    if scheme not in SCHEMES:
+        raise ConfigError("dataset", f"unknown data set {uri!r}.", _dataset_fix())
+    if scheme == "digits":
+        if argument:
+            raise ConfigError("dataset", f"'digits' takes no argument, got {uri!r}.", "use 'digits'.")
+    elif not argument:
+        raise ConfigError("dataset", f"{scheme!r} needs a path, got {uri!r}.", f"use '{scheme}:<path>'.")
+    return scheme, argument
+
+
+def _dataset_fix() -> str:
+    return "use one of 'digits', 'mnist-idx:<dir>', 'npz:<file>', 'csv:<file>', 'images:<dir>'."
+
+
+def resolve_data_path(argument: str, *, allowed_roots: list[str] | None = None, field_name="dataset") -> Path:
+    """Resolve a user path; refuse a missing path and, when roots are given, one outside them.
+
+    Symbolic links are resolved before the check, so a link cannot lead outside a root.
+    """
+    path = Path(os.path.expanduser(argument)).resolve()
+    if allowed_roots:
+        roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+        if not any(path == root or root in path.parents for root in roots):
+            raise ConfigError(
+                field_name,
+                f"path {argument!r} resolves to {str(path)!r}, outside the allowed data roots "
+                f"{[str(r) for r in roots]}.",
+                "put the data under one of those roots or add a root to DLAGENT_DATA_ROOTS.",
+            )
+    if not path.exists():
+        raise ConfigError(field_name, f"path {argument!r} does not exist.", "check the path, relative to the working directory.")
+    return path
+
+
+def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[str] | None = None):
+    """Load ``(x, y, class_names)`` for a data set name, without splitting or scaling."""
+    scheme, argument = parse_dataset_uri(uri)
+    if scheme == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = bunch.images.astype(np.float32) / 16.0
+        return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+    path = resolve_data_path(argument, allowed_roots=allowed_roots)
+    loader = {"mnist-idx": _load_mnist_idx, "npz": _load_npz, "images": _load_image_folder}.get(scheme)
+    if scheme == "csv":
+        return _load_csv(path, label_column)
+    return loader(path)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise ConfigError("dataset", f"cannot read IDX file {str(path)!r}: {exc}.", "re-copy the file.") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ConfigError("dataset", f"{str(path)!r} is not an unsigned-byte IDX file.", "give MNIST-format IDX files.")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise ConfigError("dataset", f"{str(path)!r} is truncated: {len(raw) - offset} bytes for shape {dims}.", "re-copy the file.")
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+
+
+def _find_one(directory: Path, pattern: str) -> Path:
+    matches = sorted(directory.glob(pattern))
+    if not matches:
+        raise ConfigError("dataset", f"no file matching {pattern!r} in {str(directory)!r}.", "point mnist-idx: at a folder with IDX files.")
+    return matches[0]
+
+
+def _load_mnist_idx(directory: Path):
+    if not directory.is_dir():
+        raise ConfigError("dataset", f"mnist-idx needs a folder, got file {str(directory)!r}.", "give the folder holding the IDX files.")
+    images = _read_idx(_find_one(directory, "*images-idx3-ubyte*"))
+    labels = _read_idx(_find_one(directory, "*labels-idx1-ubyte*"))
+    return images.astype(np.float32) / 255.0, labels.astype(np.int64), [str(i) for i in range(int(labels.max()) + 1)]
+
+
+def _load_npz(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = {"x", "y"} - set(archive.files)
+            if missing:
+                raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} (has {archive.files}).", "save it with np.savez(path, x=..., y=...).")
+            x, y = archive["x"], archive["y"]
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError("dataset", f"cannot read {str(path)!r} as .npz: {exc}.", "save it with np.savez(path, x=..., y=...).") from exc
+    if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
+        raise ConfigError("dataset", f"x in {str(path)!r} has dtype {x.dtype}, not numeric.", "store features as numbers.")
+    # 8-bit images are scaled like the other image loaders; other numbers are kept as given.
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    y, names = _labels_from_values(y)
+    return x, y, names
+
+
+def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
+    """Integer labels stay as they are (range checked later); strings become sorted indices."""
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise ConfigError("dataset", f"labels must be one-dimensional, got shape {values.shape}.", "give one label per sample.")
+    if np.issubdtype(values.dtype, np.integer):
+        return values.astype(np.int64), [str(i) for i in range(int(values.max()) + 1 if values.size else 0)]
+    if np.issubdtype(values.dtype, np.floating):
+        if not np.isfinite(values).all() or not np.all(values == np.round(values)):
+            raise ConfigError("dataset", "labels must be whole numbers; found fractions, NaN or inf.", "give integer class labels 0..K-1.")
+        return values.astype(np.int64), [str(i) for i in range(int(values.max()) + 1 if values.size else 0)]
+    names = sorted({str(v) for v in values})
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[str(v)] for v in values], dtype=np.int64), names
+
+
+def _load_csv(path: Path, label_column: str):
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
+    header = [h.strip() for h in rows[0]]
+    if label_column not in header:
+        raise ConfigError("label_column", f"{str(path)!r} has no column {label_column!r} (columns: {header}).", "name the label column in the label_column setting.")
+    label_at = header.index(label_column)
+    features, labels = [], []
+    for line_number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ConfigError("dataset", f"{str(path)!r} line {line_number} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
+        labels.append(row[label_at].strip())
+        try:
+            features.append([float(v) for i, v in enumerate(row) if i != label_at])
+        except ValueError as exc:
+            raise ConfigError("dataset", f"{str(path)!r} line {line_number}: non-numeric feature ({exc}).", "encode features as numbers.") from exc
+    if not labels:
+        raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
+    try:
+        y, names = _labels_from_values(np.array([int(v) for v in labels]))
+    except ValueError:
+        y, names = _labels_from_values(np.array(labels))
+    return np.array(features, dtype=np.float32), y, names
+
+
+def _load_image_folder(directory: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not directory.is_dir():
+        raise ConfigError("dataset", f"images: needs a folder with one sub-folder per class, got {str(directory)!r}.", "point it at the parent folder.")
+    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
+    images, labels, size, mode = [], [], None, None
+    for label, class_dir in enumerate(class_dirs):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(file) as img:
+                    img.load()
+                    mode = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
+                    img = img.convert(mode)
+                    size = size or img.size
+                    if img.size != size:
+                        img = img.resize(size)
+                    images.append(np.asarray(img, dtype=np.float32) / 255.0)
+            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                raise ConfigError("dataset", f"cannot read image {str(file)!r}: {exc}.", "remove or replace the corrupt file.") from exc
+            labels.append(label)
+    if not images:
+        raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
+    return np.stack(images), np.array(labels, dtype=np.int64), [d.name for d in class_dirs]
+
+
+def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None) -> int:
+    """Check features and labels; return the number of classes.
+
+    Raises :class:`ConfigError` for an empty set, mismatched lengths, non-numeric or
+    non-finite features, labels outside ``0..K-1``, a single class, or a class too small
+    to appear in each of train, validation and test.
+    """
+    if x.ndim < 2 or len(x) == 0:
+        raise ConfigError("dataset", f"needs at least one sample with features, got features of shape {x.shape}.", "check the data file.")
+    if len(x) != len(y):
+        raise ConfigError("dataset", f"{len(x)} feature rows but {len(y)} labels.", "give one label per sample.")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError("dataset", f"features have dtype {x.dtype}, not floating point.", "convert features to numbers.")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
+        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).", "clean or impute the data.")
+    if y.min() < 0:
+        raise ConfigError("dataset", f"labels must be >= 0, found {int(y.min())}.", "give integer class labels 0..K-1.")
+    num_classes = int(y.max()) + 1
+    if class_names and len(class_names) < num_classes:
+        raise ConfigError("dataset", f"label {num_classes - 1} is out of range for {len(class_names)} classes.", "give integer class labels 0..K-1.")
+    counts = np.bincount(y, minlength=num_classes)
+    present = int((counts > 0).sum())
+    if present < 2:
+        raise ConfigError("dataset", f"has a single class ({present} distinct label); a classifier needs at least 2.", "add samples of other classes.")
+    if (counts == 0).any():
+        missing = [int(i) for i in np.flatnonzero(counts == 0)[:5]]
+        raise ConfigError("dataset", f"labels must be consecutive 0..{num_classes - 1}; classes {missing} have no samples.", "re-number the labels 0..K-1.")
+    if counts.min() < MIN_SAMPLES_PER_CLASS:
+        small = int(np.argmin(counts))
+        raise ConfigError("dataset", f"class {small} has {int(counts.min())} samples; each class needs at least {MIN_SAMPLES_PER_CLASS} for a train/validation/test split.", "add samples or drop the class.")
+    return num_classes
+
+
+def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float):
+    """Stratified, seeded split into train/validation/test (the same seed gives the same split)."""
+    from sklearn.model_selection import train_test_split
+
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 0.5:
+            raise ConfigError(name, f"must be in (0, 0.5), got {value!r}.", "use e.g. 0.15.")
+    classes = int(y.max()) + 1
+
+    def _fraction(fraction: float, n: int) -> int:
+        return max(classes, int(round(fraction * n)))
+
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=_fraction(test_fraction, len(y)), stratify=y, random_state=seed
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest, y_rest, test_size=_fraction(val_fraction, len(y)), stratify=y_rest, random_state=seed
+    )
+    return x_train, y_train, x_val, y_val, x_test, y_test
+
+
+DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction")
+
+
+def load_dataset_with_options(uri: str, options: dict | None, *, seed: int, allowed_roots=None) -> DatasetSplits:
+    """:func:`load_dataset` with the options a person passes as JSON (unknown keys refused)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(DATA_OPTIONS))
+    if unknown:
+        raise ConfigError(f"data_options.{unknown[0]}", f"unknown option (known: {list(DATA_OPTIONS)}).", "remove it or fix its spelling.")
+    options = {k: v for k, v in options.items() if v is not None}
+    return load_dataset(uri, seed=seed, allowed_roots=allowed_roots, **options)
+
+
+def load_dataset(
+    uri: str = "digits",
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    label_column: str = "label",
+    max_samples: int | None = None,
+    allowed_roots: list[str] | None = None,
+) -> DatasetSplits:
+    """Load, validate and split a data set by name.
+
+    ``max_samples`` keeps a stratified subset first (for quick runs and tests).
+    """
+    x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots)
+    num_classes = validate_arrays(x, y, class_names)
+    if max_samples is not None:
+        if not isinstance(max_samples, int) or max_samples < num_classes * MIN_SAMPLES_PER_CLASS:
+            raise ConfigError("max_samples", f"must be an integer >= {num_classes * MIN_SAMPLES_PER_CLASS} for {num_classes} classes, got {max_samples!r}.", "raise it or leave it empty for all samples.")
+        if max_samples < len(y):
+            from sklearn.model_selection import train_test_split
+
+            x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=y, random_state=seed)
+    parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
+    return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names)

@@ -1,0 +1,44 @@
+"""Model builders by name. Keras is imported inside the builders (it costs seconds)."""
+
+from __future__ import annotations
+
+from dlagent.errors import ConfigError
+from dlagent.ml.config import TrainConfig
+
+
+def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int):
+    """Return an uncompiled Keras model for ``config.model`` (``mlp`` or ``cnn``)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape, name="features")
+    if config.model == "cnn":
+        if len(input_shape) not in (2, 3):
+            raise ConfigError(
+                "model",
+                f"'cnn' needs image data of shape (height, width[, channels]), got samples of shape {input_shape}.",
+                "use model 'mlp' for tabular data.",
+            )
+        x = layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 2 else inputs
+        small = min(input_shape[:2]) < 16  # 8x8 digits: one pooling step less
+        x = layers.Conv2D(config.filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(config.filters * 2, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x) if not small else x
+        x = layers.Flatten()(x)
+    else:
+        x = layers.Flatten()(inputs)
+    x = layers.Dropout(config.dropout)(x)
+    x = layers.Dense(config.units, activation="relu")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"dlagent_{config.model}")
+
+
+def build_optimizer(config: TrainConfig):
+    import keras
+
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    if config.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=config.learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(learning_rate=config.learning_rate)

@@ -1,0 +1,148 @@
+"""Train and evaluate Keras models; log params, per-epoch metrics and the model to MLflow.
+
+Nothing here knows about Airflow: the operators call :func:`train` and :func:`evaluate`, and
+so do the benchmarks and tests, with the same results for the same data, config and seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlagent.ml.config import TrainConfig
+from dlagent.ml.data import DatasetSplits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: object
+    history: dict = field(default_factory=dict)
+    epochs_run: int = 0
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+    @property
+    def best_val_accuracy(self) -> float:
+        values = self.history.get("val_accuracy") or [float("nan")]
+        return float(values[self.best_epoch] if self.best_epoch < len(values) else max(values))
+
+    def metrics(self) -> dict:
+        return {
+            "best_val_accuracy": self.best_val_accuracy,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "train_seconds": round(self.seconds, 3),
+        }
+
+
+def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: int = 0) -> TrainResult:
+    """Build, compile and fit a model; early stopping restores the best validation weights."""
+    import keras
+
+    from dlagent.ml.models import build_model, build_optimizer
+
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, splits.input_shape, splits.num_classes)
+    model.compile(optimizer=build_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    all_callbacks = list(callbacks)
+    if config.early_stopping_patience > 0:
+        all_callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)
+        )
+    started = time.perf_counter()
+    history = model.fit(
+        splits.x_train,
+        splits.y_train,
+        validation_data=(splits.x_val, splits.y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        callbacks=all_callbacks,
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - started
+    hist = {k: [float(v) for v in values] for k, values in history.history.items()}
+    val_loss = hist.get("val_loss", [])
+    best_epoch = int(np.nanargmin(val_loss)) if val_loss and np.isfinite(val_loss).any() else max(len(val_loss) - 1, 0)
+    return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds)
+
+
+def evaluate(model, splits: DatasetSplits) -> dict:
+    """Test-split accuracy and loss (the held-out part no training step has seen)."""
+    loss, accuracy = model.evaluate(splits.x_test, splits.y_test, verbose=0, batch_size=256)
+    return {"test_accuracy": float(accuracy), "test_loss": float(loss)}
+
+
+def train(
+    splits: DatasetSplits,
+    config: TrainConfig,
+    *,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    callbacks=(),
+    log_model: bool = True,
+) -> tuple[TrainResult, str | None]:
+    """Fit a model and, when ``run_id`` is given, log params, per-epoch metrics and the model.
+
+    Returns the result and the logged model's URI (``None`` without a run).
+    """
+    if run_id is None:
+        return fit(splits, config, callbacks=callbacks), None
+    from mlflow import MlflowClient
+
+    from dlagent.ml import tracking
+
+    client = MlflowClient(tracking_uri)
+    tracking.log_params_safely(client, run_id, {**config.to_dict(), **_data_params(splits)})
+    epoch_logger = tracking.mlflow_epoch_logger(client, run_id)
+    result = fit(splits, config, callbacks=[*callbacks, epoch_logger])
+    tracking.log_metrics(client, run_id, result.metrics())
+    log.info(
+        "trained %s: %d epochs in %.1fs, best epoch %d, best val_accuracy %.4f",
+        config.model, result.epochs_run, result.seconds, result.best_epoch + 1, result.best_val_accuracy,
+    )
+    model_uri = log_keras_model(result.model, splits, tracking_uri=tracking_uri, run_id=run_id) if log_model else None
+    return result, model_uri
+
+
+def _data_params(splits: DatasetSplits) -> dict:
+    summary = splits.summary()
+    return {"dataset": summary["dataset"], "num_classes": summary["num_classes"], "n_train": summary["n_train"]}
+
+
+def log_keras_model(model, splits: DatasetSplits, *, tracking_uri: str | None, run_id: str, name: str = "model") -> str:
+    """Log a Keras model with a signature and input example; return its model URI.
+
+    A failure here is raised: a training step whose model is not stored has not succeeded.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from dlagent.ml.tracking import MODEL_PIP_REQUIREMENTS
+
+    example = splits.x_test[:2]
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=MODEL_PIP_REQUIREMENTS)
+    else:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=MODEL_PIP_REQUIREMENTS)
+        # start_run's exit marks the run FINISHED; the caller decides when the step is done.
+        mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
+    return info.model_uri
+
+
+def load_keras_model(model_uri: str, *, tracking_uri: str | None = None):
+    """Load a logged Keras model in Keras safe mode (no arbitrary code from a model file)."""
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})

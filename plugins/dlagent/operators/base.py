@@ -1,0 +1,108 @@
+"""What every dlagent operator shares: the MLflow hook, the run context, step runs.
+
+One DAG run is one MLflow parent run; each task (and each mapped task instance) is a child
+run. Both are found again by tags derived from the DAG run, so a retried or cleared task
+continues its own run rather than starting a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from functools import cached_property
+
+from airflow.sdk import BaseOperator
+
+from dlagent.hooks.mlflow import MLflowHook
+
+DEFAULT_EXPERIMENT = "dlagent"
+
+
+def airflow_ids(context) -> dict:
+    """dag_id, run_id, task_id and map_index of the running task instance."""
+    ti = context["ti"]
+    dag_run = context["dag_run"]
+    map_index = getattr(ti, "map_index", -1)
+    return {
+        "dag_id": getattr(dag_run, "dag_id", None) or ti.dag_id,
+        "run_id": dag_run.run_id,
+        "task_id": ti.task_id,
+        "map_index": -1 if map_index is None else int(map_index),
+    }
+
+
+def airflow_tags(ids: dict) -> dict:
+    return {f"airflow.{name}": str(value) for name, value in ids.items()}
+
+
+class DlagentOperator(BaseOperator):
+    """Base class: holds the MLflow connection and experiment; opens parent and step runs."""
+
+    template_fields: Sequence[str] = ("experiment_name",)
+    ui_color = "#e8f4fd"
+
+    def __init__(self, *, experiment_name: str = DEFAULT_EXPERIMENT, mlflow_conn_id: str = MLflowHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.experiment_name = experiment_name
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context):
+        """Run the step; bad input fails the task at once, without retries (a retry cannot fix it)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from dlagent.errors import ConfigError
+
+        try:
+            result = self.run(context)
+        except ConfigError as exc:
+            raise AirflowFailException(f"invalid input, nothing was run: {exc}") from exc
+        if isinstance(result, dict) and self.do_xcom_push:
+            # Each top-level key is also its own XCom, so `task.output["model_uri"]` works
+            # (XComArg's [] selects an XCom key), like @task(multiple_outputs=True).
+            for key, value in result.items():
+                context["ti"].xcom_push(key=str(key), value=value)
+        return result
+
+    def run(self, context):
+        raise NotImplementedError
+
+    @cached_property
+    def hook(self) -> MLflowHook:
+        return MLflowHook(mlflow_conn_id=self.mlflow_conn_id)
+
+    def parent_run_id(self, context) -> str:
+        """The DAG run's MLflow parent run (created by whichever task needs it first)."""
+        from dlagent.ml.tracking import find_or_create_run, run_key
+
+        ids = airflow_ids(context)
+        experiment_id = self.hook.get_experiment_id(self.experiment_name)
+        run_id, _ = find_or_create_run(
+            self.hook.client, experiment_id, run_key(ids["dag_id"], ids["run_id"]),
+            run_name=f"{ids['dag_id']} {ids['run_id']}",
+            tags={"airflow.dag_id": ids["dag_id"], "airflow.run_id": ids["run_id"], "dlagent.kind": "pipeline"},
+        )
+        return run_id
+
+    @contextmanager
+    def step_run(self, context, step: str):
+        """Yield this task's child run id; end it FINISHED, or FAILED when the step raises."""
+        from dlagent.ml.tracking import find_or_create_run, run_key
+
+        ids = airflow_ids(context)
+        parent = self.parent_run_id(context)
+        experiment_id = self.hook.get_experiment_id(self.experiment_name)
+        suffix = f"[{ids['map_index']}]" if ids["map_index"] >= 0 else ""
+        run_id, created = find_or_create_run(
+            self.hook.client, experiment_id,
+            run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]),
+            run_name=f"{ids['task_id']}{suffix}",
+            tags={**airflow_tags(ids), "dlagent.step": step},
+            parent_run_id=parent,
+        )
+        self.log.info("MLflow %s run %s (%s) under parent %s at %s", step, run_id, "new" if created else "continued", parent, self.hook.tracking_uri)
+        try:
+            yield run_id
+        except BaseException:
+            self.hook.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.hook.client.set_terminated(run_id, status="FINISHED")

@@ -1,0 +1,91 @@
+"""Start and finish a pipeline run: validate everything first, record the outcome last."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dlagent.operators.base import DlagentOperator, airflow_ids
+
+
+class ValidateInputsOperator(DlagentOperator):
+    """Refuse bad settings and data before any compute, and open the DAG run's parent run.
+
+    Checks the training settings and loads the data set once (shapes, dtypes, NaN/inf,
+    labels, class counts), so a bad Param fails here with a message naming the field,
+    not minutes later inside training.
+    """
+
+    template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options")
+    ui_color = "#f3e8fd"
+
+    def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.train_config = train_config
+        self.data_options = data_options
+
+    def run(self, context):
+        from dlagent import settings
+        from dlagent.ml import tracking
+        from dlagent.ml.config import TrainConfig
+        from dlagent.ml.data import load_dataset_with_options
+
+        config = TrainConfig.from_dict(self.train_config or {})
+        splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+        parent = self.parent_run_id(context)
+        tracking.log_params_safely(self.hook.client, parent, {**config.to_dict(), "dataset": self.dataset})
+        summary = splits.summary()
+        self.log.info("inputs valid: %s; MLflow parent run %s", summary, parent)
+        return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
+
+
+class FinishPipelineOperator(DlagentOperator):
+    """Close the parent run: FINISHED when no task of the DAG run failed, else FAILED.
+
+    Runs with trigger rule ``all_done`` so a failed run is recorded as failed in MLflow
+    instead of staying RUNNING forever. ``collect`` names the upstream results to keep on
+    the parent run, as ``{"test_accuracy": "evaluate.test_accuracy", ...}``; results of
+    tasks that did not run are left out.
+    """
+
+    template_fields: Sequence[str] = ("experiment_name", "collect")
+
+    def __init__(self, *, collect: dict[str, str] | None = None, trigger_rule="all_done", **kwargs):
+        super().__init__(trigger_rule=trigger_rule, **kwargs)
+        self.collect = collect
+
+    def run(self, context):
+        from airflow.sdk.exceptions import AirflowException
+
+        from dlagent.ml import tracking
+
+        parent = self.parent_run_id(context)
+        summary = self._collect(context)
+        metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracking.log_metrics(self.hook.client, parent, metrics)
+        for name, value in summary.items():
+            if isinstance(value, str):
+                self.hook.client.set_tag(parent, f"dlagent.{name}", value)
+        failed = self._failed_task_count(context)
+        status = "FAILED" if failed else "FINISHED"
+        self.hook.client.set_terminated(parent, status=status)
+        self.log.info("pipeline %s: MLflow parent run %s %s; summary %s", airflow_ids(context)["run_id"], parent, status, summary)
+        if failed:
+            raise AirflowException(f"{failed} task(s) of this DAG run failed; MLflow parent run {parent} marked FAILED")
+        return {"parent_run_id": parent, "status": status, **summary}
+
+    def _collect(self, context) -> dict:
+        summary = {}
+        for name, source in (self.collect or {}).items():
+            task_id, _, key = source.partition(".")
+            value = context["ti"].xcom_pull(task_ids=task_id)
+            for part in key.split(".") if key else []:
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                summary[name] = value
+        return summary
+
+    @staticmethod
+    def _failed_task_count(context) -> int:
+        ids = airflow_ids(context)
+        return context["ti"].get_ti_count(dag_id=ids["dag_id"], run_ids=[ids["run_id"]], states=["failed", "upstream_failed"])

@@ -1,0 +1,58 @@
+"""The trigger form of the pipeline DAGs: one described, JSON-schema-validated Param a setting.
+
+Airflow validates these when a run is created (UI form, REST API, ``dags test -c``), so an
+out-of-range value is refused before any task starts; the first task then checks what a
+schema cannot (does the data set exist, is it well formed).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+
+from dlagent.ml.config import MODELS, OPTIMIZERS, TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+TRAIN_PARAM_NAMES = ("model", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
+                     "early_stopping_patience", "seed")
+DATA_PARAM_NAMES = ("max_samples", "label_column")
+
+
+def pipeline_params() -> dict[str, Param]:
+    return {
+        "dataset": Param(
+            "digits", type="string", minLength=1, title="Data set",
+            description="Which data: 'digits' (bundled), 'mnist-idx:<dir>', 'npz:<file>' (arrays x, y), "
+                        "'csv:<file>' (with a label column) or 'images:<dir>' (one sub-folder per class).",
+        ),
+        "model": Param(_DEFAULTS.model, type="string", enum=list(MODELS), title="Model",
+                       description="'cnn' for images, 'mlp' for images or tabular data."),
+        "epochs": Param(_DEFAULTS.epochs, type="integer", minimum=1, maximum=1000, title="Epochs",
+                        description="Maximum training epochs; early stopping may end sooner."),
+        "batch_size": Param(_DEFAULTS.batch_size, type="integer", minimum=1, maximum=65536, title="Batch size",
+                            description="Samples per gradient step."),
+        "learning_rate": Param(_DEFAULTS.learning_rate, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate",
+                               description="Optimizer step size, > 0 (Adam's usual 0.001)."),
+        "optimizer": Param(_DEFAULTS.optimizer, type="string", enum=list(OPTIMIZERS), title="Optimizer",
+                           description="Keras optimizer."),
+        "units": Param(_DEFAULTS.units, type="integer", minimum=1, maximum=65536, title="Dense units",
+                       description="Width of the hidden dense layer."),
+        "dropout": Param(_DEFAULTS.dropout, type="number", minimum=0, exclusiveMaximum=1, title="Dropout",
+                         description="Dropout rate before the dense layer, in [0, 1)."),
+        "early_stopping_patience": Param(_DEFAULTS.early_stopping_patience, type="integer", minimum=0, maximum=10000,
+                                         title="Early-stopping patience",
+                                         description="Epochs without validation-loss improvement before stopping; 0 turns it off."),
+        "seed": Param(_DEFAULTS.seed, type="integer", minimum=0, maximum=2**31 - 1, title="Seed",
+                      description="Seeds the data split and the weights: the same seed gives the same run."),
+        "max_samples": Param(None, type=["null", "integer"], minimum=30, title="Max samples",
+                             description="Keep a stratified subset of this many samples (quick runs); empty for all."),
+        "label_column": Param("label", type="string", minLength=1, title="CSV label column",
+                              description="Name of the label column for 'csv:' data sets."),
+        "experiment_name": Param("dlagent", type="string", minLength=1, maxLength=200, title="MLflow experiment",
+                                 description="MLflow experiment holding this run's parent and child runs."),
+    }
+
+
+def templated(names) -> dict[str, str]:
+    """``{"epochs": "{{ params.epochs }}", ...}``; DAGs render templates as native objects."""
+    return {name: "{{ params.%s }}" % name for name in names}
