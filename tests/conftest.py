@@ -1,0 +1,93 @@
+"""Shared fixtures: an isolated dlagent home, real MLflow stores, real PostgreSQL databases.
+
+Environment for Airflow is set before anything imports it, so the suite never touches a
+person's own ~/airflow or .dlagent/.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="dlagent-test-"))
+os.environ["DLAGENT_HOME"] = str(_SESSION_HOME)
+os.environ["AIRFLOW_HOME"] = str(_SESSION_HOME / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_DIR / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_DIR / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_SESSION_HOME / 'airflow' / 'airflow.db'}"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("AIRFLOW_CONN_MLFLOW_DEFAULT", None)
+(_SESSION_HOME / "airflow").mkdir(parents=True, exist_ok=True)
+
+# SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed: name the driver.
+POSTGRES_ADMIN_URL = os.environ.get("DLAGENT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh MLflow tracking store (SQLite backend, local artifacts) for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DLAGENT_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    return uri
+
+
+def _postgres_admin():
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(POSTGRES_ADMIN_URL.replace("+psycopg2", ""), connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        message = (f"PostgreSQL is unreachable at {POSTGRES_ADMIN_URL}: {exc}. Start it "
+                   "(pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) "
+                   "or point DLAGENT_TEST_POSTGRES_URL at one.")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)  # on CI the PostgreSQL tests must run
+        pytest.skip(message)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def postgres_databases():
+    """Factory of fresh, empty PostgreSQL databases (URLs); all dropped after the test."""
+    admin = _postgres_admin()
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    created = []
+
+    def make() -> str:
+        name = f"dlagent_test_{uuid.uuid4().hex[:10]}"
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{base}/{name}"
+
+    try:
+        yield make
+    finally:
+        with admin.cursor() as cur:
+            for name in created:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_databases) -> str:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    return postgres_databases()
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """A small stratified digits split, loaded once: quick enough for many training tests."""
+    from dlagent.ml.data import load_dataset
+
+    return load_dataset("digits", seed=0, max_samples=600)

@@ -1,0 +1,86 @@
+"""The whole dl_agent_pipeline through real Airflow (`airflow dags test`), on tiny data.
+
+Once with the Airflow metadata DB and the MLflow backend store in SQLite, once with both in
+PostgreSQL (required on CI). Whole-DAG runs are slow (Airflow start-up), so they are few.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import PROJECT_DIR
+
+pytestmark = pytest.mark.slow
+TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e"}
+
+
+def _dags_test(env: dict, conf: dict) -> subprocess.CompletedProcess:
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    return subprocess.run(
+        [airflow, "dags", "test", "dl_agent_pipeline", "-c", json.dumps(conf)],
+        env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600,
+    )
+
+
+def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str) -> dict:
+    from dlagent import cli
+
+    env = cli.stack_env()
+    env.update({
+        "DLAGENT_HOME": str(tmp_path / "home"),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "DLAGENT_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
+    })
+    cli.setup(env)
+    return env
+
+
+def _pipeline_runs(mlflow_uri: str) -> dict:
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    return {r.data.tags.get("airflow.task_id", "parent"): r for r in runs}
+
+
+def _assert_finished_pipeline(result, mlflow_uri):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = _pipeline_runs(mlflow_uri)
+    assert {"parent", "validate_inputs", "train", "evaluate", "finish"} - {"validate_inputs", "finish"} <= set(runs)
+    parent = runs["parent"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["airflow.dag_id"] == "dl_agent_pipeline"
+    assert parent.data.metrics["test_accuracy"] > 0.5  # 4 epochs of an MLP on 300 digits
+    for step in ("train", "evaluate"):
+        assert runs[step].data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert runs[step].info.status == "FINISHED"
+    assert runs["train"].data.params["epochs"] == "4"  # the conf reached the training task
+    assert runs["train"].data.params["model"] == "mlp"
+
+
+def test_pipeline_on_sqlite(tmp_path):
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri)
+    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_uri)
+
+    # bad input: refused by the first task, nothing trained, the parent run not left RUNNING
+    bad = _dags_test(env, {**TINY_CONF, "dataset": f"npz:{tmp_path}/missing.npz"})
+    assert bad.returncode != 0 or "failed" in bad.stdout.lower()
+    assert "does not exist" in bad.stdout + bad.stderr
+    client = MlflowClient(mlflow_uri)
+    trains = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.`airflow.task_id` = 'train'")
+    assert len(trains) == 1  # only the good run's
+
+
+@pytest.mark.postgres
+def test_pipeline_on_postgresql(tmp_path, postgres_databases):
+    airflow_db, mlflow_db = postgres_databases(), postgres_databases()
+    env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db)
+    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_db)

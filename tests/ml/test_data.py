@@ -1,0 +1,144 @@
+"""The data layer on real data: bundled digits, MNIST IDX, npz, CSV and image folders."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from dlagent.errors import ConfigError
+from dlagent.ml.data import load_dataset, load_dataset_with_options, parse_dataset_uri
+from tests.conftest import SHARED_DATA
+
+
+def test_digits_split_is_stratified_deterministic_and_scaled():
+    a = load_dataset("digits", seed=3)
+    b = load_dataset("digits", seed=3)
+    c = load_dataset("digits", seed=4)
+    assert a.num_classes == 10 and a.input_shape == (8, 8)
+    assert len(a.y_train) + len(a.y_val) + len(a.y_test) == 1797
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.y_test, c.y_test)
+    assert 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+    # stratified: every class in every part, in about the same share
+    for part in (a.y_train, a.y_val, a.y_test):
+        shares = np.bincount(part, minlength=10) / len(part)
+        assert shares.min() > 0.07 and shares.max() < 0.13
+
+
+def test_max_samples_keeps_a_stratified_subset():
+    splits = load_dataset("digits", seed=0, max_samples=300)
+    assert len(splits.y_train) + len(splits.y_val) + len(splits.y_test) == 300
+    assert set(np.unique(splits.y_test)) == set(range(10))
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_loader_reads_gzip_idx(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (60, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.repeat(np.arange(3), 20))
+    splits = load_dataset(f"mnist-idx:{tmp_path}", seed=0)
+    assert splits.input_shape == (28, 28) and splits.num_classes == 3
+    assert splits.x_train.dtype == np.float32 and splits.x_train.max() <= 1.0
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist-t10k").is_dir(), reason="../shared/data/mnist-t10k is not beside this checkout")
+def test_real_mnist_test_set_loads_with_its_documented_class_counts():
+    from dlagent.ml.data import load_arrays
+
+    x, y, _ = load_arrays(f"mnist-idx:{SHARED_DATA / 'mnist-t10k'}")
+    assert x.shape == (10000, 28, 28)
+    assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_npz_csv_and_image_folder_loaders(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 5)).astype(np.float32), y=np.repeat([0, 1], 20))
+    assert load_dataset(f"npz:{tmp_path / 'd.npz'}").input_shape == (5,)
+
+    rows = ["a,b,species"] + [f"{i},{i % 3},{'cat' if i % 2 else 'dog'}" for i in range(30)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    splits = load_dataset_with_options(f"csv:{tmp_path / 'd.csv'}", {"label_column": "species"}, seed=0)
+    assert splits.class_names == ["cat", "dog"] and splits.input_shape == (2,)
+
+    for label in ("circle", "square"):
+        (tmp_path / "img" / label).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(tmp_path / "img" / label / f"{i}.png")
+    images = load_dataset(f"images:{tmp_path / 'img'}")
+    assert images.class_names == ["circle", "square"] and images.input_shape == (12, 12)
+
+
+def _npz(tmp_path, x, y):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=x, y=y)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    ("make_uri", "field", "words"),
+    [
+        (lambda p: "imagenet", "dataset", "unknown data set"),
+        (lambda p: "npz:/no/such/file.npz", "dataset", "does not exist"),
+        (lambda p: "csv:", "dataset", "needs a path"),
+        (lambda p: _npz(p, np.full((30, 4), np.nan, np.float32), np.repeat([0, 1, 2], 10)), "dataset", "NaN/inf"),
+        (lambda p: _npz(p, np.ones((30, 4), np.float32), np.zeros(30, int)), "dataset", "single class"),
+        (lambda p: _npz(p, np.ones((30, 4), np.float32), np.repeat([0, 5], 15)), "dataset", "no samples"),
+        (lambda p: _npz(p, np.ones((30, 4), np.float32), np.repeat([-1, 1], 15)), "dataset", ">= 0"),
+        (lambda p: _npz(p, np.ones((30, 4), np.float32), np.repeat([0, 1], 10)), "dataset", "30 feature rows but 20 labels"),
+    ],
+)
+def test_bad_data_is_refused_with_the_field_named(tmp_path, make_uri, field, words):
+    with pytest.raises(ConfigError) as error:
+        load_dataset(make_uri(tmp_path))
+    assert error.value.field == field
+    assert words in str(error.value)
+    assert "Fix:" in str(error.value)
+
+
+def test_csv_without_label_column_and_ragged_csv_are_refused(tmp_path):
+    (tmp_path / "no_label.csv").write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(ConfigError, match="no column 'label'") as error:
+        load_dataset(f"csv:{tmp_path / 'no_label.csv'}")
+    assert error.value.field == "label_column"
+    (tmp_path / "ragged.csv").write_text("a,label\n1,0\n2\n")
+    with pytest.raises(ConfigError, match="line 3 has 1 fields"):
+        load_dataset(f"csv:{tmp_path / 'ragged.csv'}")
+
+
+def test_corrupt_image_is_named(tmp_path):
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(ConfigError, match="broken.png"):
+        load_dataset(f"images:{tmp_path}")
+
+
+def test_paths_outside_allowed_roots_are_refused_even_through_symlinks(tmp_path):
+    root, outside = tmp_path / "data", tmp_path / "secret"
+    root.mkdir(), outside.mkdir()
+    np.savez(outside / "x.npz", x=np.ones((30, 2), np.float32), y=np.repeat([0, 1, 2], 10))
+    (root / "link.npz").symlink_to(outside / "x.npz")
+    for uri in (f"npz:{outside / 'x.npz'}", f"npz:{root / 'link.npz'}", f"npz:{root}/../secret/x.npz"):
+        with pytest.raises(ConfigError, match="outside the allowed data roots"):
+            load_dataset(uri, allowed_roots=[str(root)])
+
+
+def test_unknown_data_option_is_refused():
+    with pytest.raises(ConfigError) as error:
+        load_dataset_with_options("digits", {"labelcolumn": "y"}, seed=0)
+    assert error.value.field == "data_options.labelcolumn"
+
+
+def test_parse_dataset_uri():
+    assert parse_dataset_uri(" digits ") == ("digits", "")
+    assert parse_dataset_uri("npz:/a/b.npz") == ("npz", "/a/b.npz")

@@ -1,0 +1,39 @@
+"""A task-instance context for calling an operator's execute() directly.
+
+Airflow builds this for a real task; here only the parts our operators read are given, and
+XComs are kept in a dict so a test can read what the task pushed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TaskInstanceStub:
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int = -1
+    xcoms: dict = field(default_factory=dict)
+    failed_tasks: int = 0
+
+    def xcom_push(self, key, value):
+        self.xcoms[key] = value
+
+    def xcom_pull(self, task_ids=None, key="return_value"):
+        return self.xcoms.get((task_ids, key))
+
+    def get_ti_count(self, dag_id, run_ids=None, states=None, **_):
+        return self.failed_tasks
+
+
+@dataclass
+class DagRunStub:
+    dag_id: str
+    run_id: str
+
+
+def make_context(task_id: str, *, dag_id: str = "test_dag", run_id: str = "manual__1", map_index: int = -1) -> dict:
+    ti = TaskInstanceStub(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index)
+    return {"ti": ti, "dag_run": DagRunStub(dag_id=dag_id, run_id=run_id), "params": {}}

@@ -1,0 +1,97 @@
+"""TrainOperator, EvaluateOperator and the pipeline operators against a real MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from mlflow import MlflowClient
+
+from dlagent.operators.evaluate import EvaluateOperator
+from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
+from dlagent.operators.train import TrainOperator
+from tests.operators.context import make_context
+
+TINY = {"dataset": "digits", "data_options": {"max_samples": 300}}
+TRAIN = {"model": "mlp", "epochs": 3, "seed": 1}
+
+
+def _runs(uri, experiment="exp"):
+    client = MlflowClient(uri)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_train_then_evaluate_as_child_runs_of_one_parent(mlflow_uri):
+    train = TrainOperator(task_id="train", train_config=TRAIN, overrides={"units": 16}, experiment_name="exp", **TINY)
+    context = make_context("train")
+    out = train.execute(context)
+    assert out["config"]["units"] == 16 and out["model_uri"].startswith("models:/")
+    assert context["ti"].xcoms["model_uri"] == out["model_uri"]  # each key is its own XCom too
+
+    evaluate = EvaluateOperator(task_id="evaluate", model_uri=out["model_uri"], seed=1, experiment_name="exp", **TINY)
+    result = evaluate.execute(make_context("evaluate"))
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+
+    runs = {r.data.tags.get("airflow.task_id", "parent"): r for r in _runs(mlflow_uri)}
+    assert set(runs) == {"parent", "train", "evaluate"}
+    parent_id = runs["parent"].info.run_id
+    assert runs["train"].data.tags["mlflow.parentRunId"] == parent_id
+    assert runs["evaluate"].data.tags["mlflow.parentRunId"] == parent_id
+    assert runs["train"].data.params["units"] == "16"
+    assert runs["evaluate"].data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
+    assert runs["train"].info.status == runs["evaluate"].info.status == "FINISHED"
+
+
+def test_running_a_task_twice_reuses_its_mlflow_run(mlflow_uri):
+    train = TrainOperator(task_id="train", train_config=TRAIN, experiment_name="exp", **TINY)
+    first = train.execute(make_context("train"))
+    second = train.execute(make_context("train"))
+    assert first["run_id"] == second["run_id"]
+    assert len(_runs(mlflow_uri)) == 2  # the parent and one train run
+
+
+def test_a_failing_step_ends_its_run_failed(mlflow_uri):
+    evaluate = EvaluateOperator(task_id="evaluate", model_uri="models:/m-doesnotexist", experiment_name="exp", **TINY)
+    with pytest.raises(Exception, match="m-doesnotexist"):
+        evaluate.execute(make_context("evaluate"))
+    (step,) = [r for r in _runs(mlflow_uri) if r.data.tags.get("airflow.task_id") == "evaluate"]
+    assert step.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"train_config": {**TRAIN, "epochs": 0}}, "epochs: must be in [1, 10000]"),
+        ({"train_config": {**TRAIN, "learning_rate": -1.0}}, "learning_rate"),
+        ({"train_config": TRAIN, "dataset": "npz:/missing.npz"}, "does not exist"),
+        ({"train_config": TRAIN, "dataset": "cifar"}, "unknown data set"),
+    ],
+)
+def test_bad_input_fails_without_retry_and_before_any_run(mlflow_uri, kwargs, words):
+    operator = TrainOperator(task_id="train", experiment_name="exp", **{**TINY, **kwargs})
+    with pytest.raises(AirflowFailException, match="invalid input") as error:
+        operator.execute(make_context("train"))
+    assert words in str(error.value)
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None  # nothing was started
+
+
+def test_validate_then_finish_closes_the_parent_run(mlflow_uri):
+    validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp", **TINY)
+    out = validate.execute(make_context("validate_inputs"))
+    assert out["data"]["n_train"] > 0
+    finish = FinishPipelineOperator(task_id="finish", collect={"test_accuracy": "evaluate.test_accuracy"}, experiment_name="exp")
+    context = make_context("finish")
+    context["ti"].xcoms[("evaluate", "return_value")] = {"test_accuracy": 0.9}
+    assert finish.execute(context)["status"] == "FINISHED"
+    (parent,) = _runs(mlflow_uri)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["test_accuracy"] == 0.9
+    assert parent.info.run_id == out["parent_run_id"]
+
+
+def test_finish_marks_the_parent_failed_when_a_task_failed(mlflow_uri):
+    finish = FinishPipelineOperator(task_id="finish", experiment_name="exp")
+    context = make_context("finish")
+    context["ti"].failed_tasks = 1
+    with pytest.raises(AirflowException, match="marked FAILED"):
+        finish.execute(context)
+    (parent,) = _runs(mlflow_uri)
+    assert parent.info.status == "FAILED"
