@@ -29,7 +29,7 @@ PIPELINE_DAG = "dl_agent_pipeline"
 def stack_env(base: dict | None = None) -> dict:
     """The environment for Airflow commands on the embedded stack (explicit settings win)."""
     env = dict(os.environ if base is None else base)
-    home = settings.dlagent_home()
+    home = Path(env["DLAGENT_HOME"]).resolve() if env.get("DLAGENT_HOME") else settings.dlagent_home()
     env["DLAGENT_HOME"] = str(home)
     env.setdefault("AIRFLOW_HOME", str(home / "airflow"))
     env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(PROJECT_DIR / "dags"))

@@ -1,0 +1,139 @@
+"""What Airflow costs: dl_agent_pipeline through `airflow dags test` vs plain dlagent.ml calls.
+
+Both sides do the same work on the same data and seed, each in a fresh process: validate
+and load the data, train and log the model to MLflow, load it back by URI, evaluate, log.
+Prints both wall times and their ratio, Airflow's fixed start-up (CLI + in-process execution
+API, paid once per `dags test`), and the overhead per task measured inside the DAG run.
+
+    python bench/overhead.py                      # bundled digits
+    python bench/overhead.py --data ../shared/data/mnist-t10k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_DIR / "plugins"))
+
+DIRECT = r"""
+import json, sys, time
+start = time.perf_counter()
+from mlflow import MlflowClient
+from dlagent.ml import tracking
+from dlagent.ml.config import TrainConfig
+from dlagent.ml.data import load_dataset_with_options
+from dlagent.ml.training import evaluate, load_keras_model, train
+conf, uri, artifacts = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+config = TrainConfig.from_dict({k: v for k, v in conf.items() if k not in ("dataset", "max_samples")})
+client = MlflowClient(uri)
+experiment = tracking.ensure_experiment(client, "overhead-direct", artifacts)
+parent, _ = tracking.find_or_create_run(client, experiment, "direct", run_name="direct")
+load_dataset_with_options(conf["dataset"], {"max_samples": conf.get("max_samples")}, seed=config.seed)  # validate
+splits = load_dataset_with_options(conf["dataset"], {"max_samples": conf.get("max_samples")}, seed=config.seed)
+run_id, _ = tracking.find_or_create_run(client, experiment, "direct/train", run_name="train", parent_run_id=parent)
+result, model_uri = train(splits, config, tracking_uri=uri, run_id=run_id)
+client.set_terminated(run_id)
+metrics = evaluate(load_keras_model(model_uri, tracking_uri=uri), splits)
+eval_id, _ = tracking.find_or_create_run(client, experiment, "direct/evaluate", run_name="evaluate", parent_run_id=parent)
+tracking.log_metrics(client, eval_id, metrics)
+client.set_terminated(eval_id)
+client.set_terminated(parent)
+print("DIRECT " + json.dumps({"seconds": time.perf_counter() - start, **metrics}))
+"""
+
+TASK_LINE = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\w+)")
+
+
+def run_direct(conf: dict, workdir: Path) -> tuple[float, dict]:
+    uri = f"sqlite:///{workdir / 'direct.db'}"
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", DIRECT, json.dumps(conf), uri, str(workdir / "direct-artifacts")],
+                         capture_output=True, text=True, check=True, cwd=PROJECT_DIR, env=_env(workdir))
+    wall = time.perf_counter() - started
+    line = next(l for l in out.stdout.splitlines() if l.startswith("DIRECT "))
+    return wall, json.loads(line[len("DIRECT "):])
+
+
+def _env(workdir: Path) -> dict:
+    from dlagent import cli
+
+    env = cli.stack_env({**os.environ, "DLAGENT_HOME": str(workdir / "home")})
+    env["AIRFLOW_HOME"] = str(workdir / "airflow")
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{workdir / 'airflow' / 'airflow.db'}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'airflow-mlflow.db'}"
+    env["DLAGENT_ARTIFACT_ROOT"] = str(workdir / "airflow-artifacts")
+    return env
+
+
+def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
+    from dlagent import cli
+
+    env = _env(workdir)
+    cli.setup(env)  # migrate once, outside the timed part (a deployment has its DB already)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    started = time.perf_counter()
+    out = subprocess.run([airflow, "dags", "test", "dl_agent_pipeline", "-c", json.dumps({**conf, "experiment_name": "overhead"})],
+                         capture_output=True, text=True, cwd=PROJECT_DIR, env=env)
+    wall = time.perf_counter() - started
+    if out.returncode != 0 or "state=success" not in out.stdout:
+        sys.exit(f"airflow dags test failed:\n{out.stdout[-4000:]}\n{out.stderr[-2000:]}")
+    tasks: dict[str, dict] = {}
+    for line in out.stdout.splitlines():
+        match = TASK_LINE.match(line)
+        if match:
+            stamp = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
+            tasks.setdefault(match.group(3), {})["start" if match.group(2) == "starting" else "end"] = stamp
+    return wall, tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="an MNIST IDX folder (e.g. ../shared/data/mnist-t10k); default: bundled digits")
+    parser.add_argument("--epochs", type=int, default=20)
+    args = parser.parse_args()
+    dataset = "digits"
+    if args.data:
+        if not Path(args.data).is_dir():
+            sys.exit(f"--data {args.data!r} is not a folder: give the MNIST IDX folder, e.g. ../shared/data/mnist-t10k")
+        dataset = f"mnist-idx:{Path(args.data).resolve()}"
+    conf = {"dataset": dataset, "model": "cnn", "epochs": args.epochs, "seed": 42, "early_stopping_patience": 0}
+    with tempfile.TemporaryDirectory(prefix="dlagent-overhead-") as tmp:
+        workdir = Path(tmp)
+        direct_s, direct = run_direct(conf, workdir)
+        airflow_s, tasks = run_airflow(conf, workdir)
+    spans = {t: v["end"] - v["start"] for t, v in tasks.items() if {"start", "end"} <= set(v)}
+    first_start = min(v["start"] for v in tasks.values())
+    last_end = max(v["end"] for v in tasks.values())
+    in_dag_s = last_end - first_start
+    startup_s = airflow_s - in_dag_s
+    # Inside the DAG run the work is the direct run's work spread over tasks; what is left is
+    # Airflow's scheduling, state and XCom traffic plus each task re-loading what it needs.
+    overhead_per_task = (in_dag_s - direct_s) / len(spans)
+    ratio = airflow_s / direct_s
+    print(f"data: {dataset}, cnn, {args.epochs} epochs, seed 42 (direct test_accuracy {direct['test_accuracy']:.4f})")
+    print(f"direct dlagent.ml calls (one process):  {direct_s:7.2f} s")
+    print(f"airflow dags test (whole command):       {airflow_s:7.2f} s   ratio {ratio:.2f}")
+    print(f"  of which CLI + execution API start-up: {startup_s:7.2f} s")
+    print(f"  of which the DAG run's tasks:          {in_dag_s:7.2f} s   ratio {in_dag_s / direct_s:.2f}")
+    for task, seconds in spans.items():
+        print(f"    {task:<18} {seconds:6.2f} s")
+    print(f"overhead per task (tasks {len(spans)}):          {overhead_per_task:7.2f} s")
+    print("RESULT " + json.dumps({
+        "airflow_s": round(airflow_s, 2), "direct_s": round(direct_s, 2), "ratio": round(ratio, 3),
+        "overhead_per_task_s": round(overhead_per_task, 3), "startup_s": round(startup_s, 2),
+        "in_dag_s": round(in_dag_s, 2), "in_dag_ratio": round(in_dag_s / direct_s, 3), "tasks": len(spans), "dataset": dataset,
+    }))
+
+
+if __name__ == "__main__":
+    main()
