@@ -1,14 +1,14 @@
-"""dl_agent_pipeline: validate -> train -> evaluate -> finish, one MLflow parent run per DAG run."""
+"""dl_agent_pipeline: validate -> tune (N mapped workers) -> train -> evaluate -> finish."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from airflow.sdk import DAG
-
 from dlagent.operators.evaluate import EvaluateOperator
 from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
 from dlagent.operators.train import TrainOperator
+from dlagent.operators.tune import CreateStudyOperator, TuneOperator, TuneSummaryOperator
 from dlagent.params import DATA_PARAM_NAMES, TRAIN_PARAM_NAMES, pipeline_params, templated
 
 DOC = """
@@ -17,7 +17,10 @@ Trains a Keras model on the chosen data set, evaluates it on a held-out test spl
 everything in MLflow (one parent run per DAG run, a child run per task).
 
 * **validate_inputs** refuses bad settings or data before any compute.
-* **train** trains with early stopping and logs per-epoch metrics and the model.
+* **create_study** creates the Optuna study (named from this DAG run) once; **tune** runs
+  `tuning_workers` mapped workers sharing it until it holds `n_trials` trials (pruned ones
+  count); **tune_summary** logs best params and plots on the parent run.
+* **train** trains with the best parameters and early stopping, logging per-epoch metrics and the model.
 * **evaluate** measures test accuracy and loss.
 * **finish** closes the MLflow parent run (FAILED if any task failed).
 
@@ -42,9 +45,18 @@ with DAG(
         task_id="validate_inputs", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
         data_options=data_options, **common,
     )
+    tuning = {
+        "dataset": "{{ params.dataset }}", "data_options": data_options, "train_config": templated(TRAIN_PARAM_NAMES),
+        "search_space": "{{ params.search_space }}", "n_trials": "{{ params.n_trials }}", "timeout_s": "{{ params.tune_timeout_s }}",
+        "sampler": "{{ params.sampler }}", "pruner": "{{ params.pruner }}", "metric": "{{ params.tune_metric }}",
+        "direction": "{{ 'minimize' if params.tune_metric == 'val_loss' else 'maximize' }}", **common,
+    }
+    create_study = CreateStudyOperator(task_id="create_study", n_workers="{{ params.tuning_workers }}", **tuning)
+    tune = TuneOperator.partial(task_id="tune", **tuning).expand(worker_index=create_study.output)
+    tune_summary = TuneSummaryOperator(task_id="tune_summary", **tuning)
     train = TrainOperator(
         task_id="train", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
-        data_options=data_options, **common,
+        overrides=tune_summary.output["best_params"], data_options=data_options, **common,
     )
     evaluate = EvaluateOperator(
         task_id="evaluate", model_uri=train.output["model_uri"], dataset="{{ params.dataset }}",
@@ -53,7 +65,8 @@ with DAG(
     finish = FinishPipelineOperator(
         task_id="finish",
         collect={"test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
-                 "model_uri": "train.model_uri", "train_run_id": "train.run_id", "best_val_accuracy": "train.metrics.best_val_accuracy"},
+                 "model_uri": "train.model_uri", "train_run_id": "train.run_id", "best_val_accuracy": "train.metrics.best_val_accuracy",
+                 "tune_best_value": "tune_summary.best_value", "study_name": "tune_summary.study_name"},
         **common,
     )
-    validate >> train >> evaluate >> finish
+    validate >> create_study >> tune >> tune_summary >> train >> evaluate >> finish

@@ -54,7 +54,7 @@ def setup(env: dict) -> None:
     for folder in (home, Path(env["AIRFLOW_HOME"]), settings.local_mlflow_dir(), settings.local_optuna_dir()):
         folder.mkdir(parents=True, exist_ok=True)
     db = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    print(f"[dlagent] home {home}\n[dlagent] Airflow home {env['AIRFLOW_HOME']}, metadata DB {_redact(db)}", flush=True)
+    print(f"[dlagent] home {home}\n[dlagent] Airflow home {env['AIRFLOW_HOME']}, metadata DB {settings.redact_url(db)}", flush=True)
     marker = Path(env["AIRFLOW_HOME"]) / ".migrated"
     if marker.exists() and marker.read_text() == db:
         print("[dlagent] Airflow metadata DB already migrated", flush=True)
@@ -65,13 +65,6 @@ def setup(env: dict) -> None:
         raise SystemExit(f"[dlagent] 'airflow db migrate' failed (exit {result.returncode})")
     marker.write_text(db)
     print("[dlagent] Airflow metadata DB migrated", flush=True)
-
-
-def _redact(uri: str) -> str:
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
 
 
 def run_pipeline(env: dict, conf: dict) -> int:

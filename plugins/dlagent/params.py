@@ -48,6 +48,22 @@ def pipeline_params() -> dict[str, Param]:
                              description="Keep a stratified subset of this many samples (quick runs); empty for all."),
         "label_column": Param("label", type="string", minLength=1, title="CSV label column",
                               description="Name of the label column for 'csv:' data sets."),
+        "n_trials": Param(6, type="integer", minimum=0, maximum=10000, title="Tuning trials",
+                          description="Optuna trials in the hyper-parameter search (pruned trials count); 0 skips tuning."),
+        "tuning_workers": Param(1, type="integer", minimum=1, maximum=64, title="Tuning workers",
+                                description="Parallel worker tasks sharing one study (mapped tasks; one Airflow slot each)."),
+        "tune_timeout_s": Param(None, type=["null", "integer"], minimum=1, title="Tuning time budget (s)",
+                                description="Each worker stops starting trials after this many seconds; empty for no limit."),
+        "sampler": Param("tpe", type="string", enum=["tpe", "random", "gp", "cmaes"], title="Sampler",
+                         description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only)."),
+        "pruner": Param("hyperband", type="string", enum=["hyperband", "median", "none"], title="Pruner",
+                        description="Stops unpromising trials early from their per-epoch validation metric."),
+        "tune_metric": Param("val_accuracy", type="string", enum=["val_accuracy", "val_loss"], title="Tuning objective",
+                             description="Per-epoch validation metric the search optimises (accuracy up, loss down)."),
+        "search_space": Param(None, type=["null", "object"], title="Search space (JSON)",
+                              description='Empty for the model\'s default space, or e.g. {"learning_rate": {"type": "float", '
+                                          '"low": 0.0001, "high": 0.1, "log": true}, "batch_size": {"type": "categorical", '
+                                          '"choices": [32, 64, 128]}, "units": {"type": "int", "low": 32, "high": 256}}.'),
         "experiment_name": Param("dlagent", type="string", minLength=1, maxLength=200, title="MLflow experiment",
                                  description="MLflow experiment holding this run's parent and child runs."),
     }

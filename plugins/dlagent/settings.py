@@ -35,3 +35,11 @@ def data_roots() -> list[str] | None:
     """
     value = os.environ.get("DLAGENT_DATA_ROOTS", "").strip()
     return [p for p in value.split(os.pathsep) if p] or None
+
+
+def redact_url(url: str) -> str:
+    """``scheme://***@host/...``: a database or server URL safe to print in a log."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -17,7 +17,10 @@ from mlflow import MlflowClient
 from tests.conftest import PROJECT_DIR
 
 pytestmark = pytest.mark.slow
-TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e"}
+TINY_SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.03, "log": True}, "units": {"type": "int", "low": 16, "high": 64}}
+# Two mapped tuning workers share one 3-trial study, then train uses its best params.
+TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e",
+             "n_trials": 3, "tuning_workers": 2, "search_space": TINY_SPACE}
 
 
 def _dags_test(env: dict, conf: dict) -> subprocess.CompletedProcess:
@@ -28,7 +31,7 @@ def _dags_test(env: dict, conf: dict) -> subprocess.CompletedProcess:
     )
 
 
-def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str) -> dict:
+def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str, optuna_url: str) -> dict:
     from dlagent import cli
 
     env = cli.stack_env()
@@ -37,6 +40,7 @@ def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str) -> dict:
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
         "MLFLOW_TRACKING_URI": mlflow_uri,
+        "DLAGENT_OPTUNA_STORAGE": optuna_url,
         "DLAGENT_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
     })
     cli.setup(env)
@@ -50,10 +54,10 @@ def _pipeline_runs(mlflow_uri: str) -> dict:
     return {r.data.tags.get("airflow.task_id", "parent"): r for r in runs}
 
 
-def _assert_finished_pipeline(result, mlflow_uri):
+def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = _pipeline_runs(mlflow_uri)
-    assert {"parent", "validate_inputs", "train", "evaluate", "finish"} - {"validate_inputs", "finish"} <= set(runs)
+    assert {"parent", "train", "evaluate"} <= set(runs)
     parent = runs["parent"]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["airflow.dag_id"] == "dl_agent_pipeline"
@@ -64,11 +68,28 @@ def _assert_finished_pipeline(result, mlflow_uri):
     assert runs["train"].data.params["epochs"] == "4"  # the conf reached the training task
     assert runs["train"].data.params["model"] == "mlp"
 
+    # tune: one study named from the DAG run, exactly n_trials finished trials from both workers
+    import optuna
+
+    (name,) = optuna.get_all_study_names(optuna_url)
+    assert name.startswith("dl_agent_pipeline.")
+    study = optuna.load_study(study_name=name, storage=optuna_url)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == TINY_CONF["n_trials"]
+    client = MlflowClient(mlflow_uri)
+    trial_runs = client.search_runs([parent.info.experiment_id], f"tags.`optuna.study` = '{name}' and tags.`optuna.trial_number` != ''")
+    assert {r.data.tags["airflow.map_index"] for r in trial_runs} <= {"0", "1"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # training used the best trial's parameters
+    assert float(runs["train"].data.params["learning_rate"]) == pytest.approx(study.best_params["learning_rate"])
+    assert int(runs["train"].data.params["units"]) == study.best_params["units"]
+
 
 def test_pipeline_on_sqlite(tmp_path):
-    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri)
-    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_uri)
+    mlflow_uri, optuna_url = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri, optuna_url=optuna_url)
+    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_uri, optuna_url)
 
     # bad input: refused by the first task, nothing trained, the parent run not left RUNNING
     bad = _dags_test(env, {**TINY_CONF, "dataset": f"npz:{tmp_path}/missing.npz"})
@@ -81,6 +102,6 @@ def test_pipeline_on_sqlite(tmp_path):
 
 @pytest.mark.postgres
 def test_pipeline_on_postgresql(tmp_path, postgres_databases):
-    airflow_db, mlflow_db = postgres_databases(), postgres_databases()
-    env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db)
-    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_db)
+    airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()
+    env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db, optuna_url=optuna_db)
+    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_db, optuna_db)

@@ -1,0 +1,172 @@
+"""Hyper-parameter search as Airflow tasks: create the study, N mapped workers, a summary.
+
+The study lives in an RDB (``OptunaHook``) and is named from the DAG run, so a retried or
+cleared task continues the same study instead of starting over, and N mapped worker tasks
+(on N Airflow slots or Celery workers) share one search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+from dlagent.errors import ConfigError
+from dlagent.hooks.optuna import OptunaHook
+from dlagent.operators.base import DlagentOperator, airflow_ids
+from dlagent.settings import redact_url
+
+MAX_WORKERS = 64
+
+
+def study_name_for(context) -> str:
+    ids = airflow_ids(context)
+    return f"{ids['dag_id']}.{ids['run_id']}"
+
+
+class _TuneBase(DlagentOperator):
+    """Shared arguments of the three tuning operators (all templated)."""
+
+    template_fields: Sequence[str] = (
+        "experiment_name", "dataset", "data_options", "train_config", "search_space", "n_trials", "timeout_s",
+        "sampler", "pruner", "metric", "direction", "study_name",
+    )
+
+    def __init__(self, *, dataset: str = "digits", data_options: dict | None = None, train_config: dict | None = None,
+                 search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
+                 sampler: str = "tpe", pruner: str = "hyperband", metric: str = "val_accuracy", direction: str = "maximize",
+                 study_name: str | None = None, optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.data_options = data_options
+        self.train_config = train_config
+        self.search_space = search_space
+        self.n_trials = n_trials
+        self.timeout_s = timeout_s
+        self.sampler = sampler
+        self.pruner = pruner
+        self.metric = metric
+        self.direction = direction
+        self.study_name = study_name
+        self.optuna_conn_id = optuna_conn_id
+
+    @cached_property
+    def optuna_hook(self) -> OptunaHook:
+        return OptunaHook(optuna_conn_id=self.optuna_conn_id)
+
+    def _settings(self):
+        """Validate everything a trial needs, before any trial (and before any compute)."""
+        from dlagent.ml import tuning
+        from dlagent.ml.config import TrainConfig
+
+        base = TrainConfig.from_dict(self.train_config or {})
+        space = tuning.validate_search_space(self.search_space or tuning.default_search_space(base.model))
+        n_trials = _int_field("n_trials", self.n_trials, low=0, high=10_000)
+        timeout = None if self.timeout_s in (None, "", 0) else _int_field("timeout_s", self.timeout_s, low=1, high=7 * 24 * 3600)
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError("direction", f"must be 'maximize' or 'minimize', got {self.direction!r}.", "pick one.")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError("metric", f"must name a per-epoch metric such as 'val_accuracy', got {self.metric!r}.", "use val_accuracy or val_loss.")
+        return base, space, n_trials, timeout
+
+    def _study_name(self, context) -> str:
+        return self.study_name or study_name_for(context)
+
+
+class CreateStudyOperator(_TuneBase):
+    """Create the study (and its tables) once, before the mapped workers start.
+
+    Workers that create a study concurrently race (a known Optuna issue on PostgreSQL), so
+    this single task does it. Its return value is the list of worker indexes ``[0..n-1]``
+    (empty when ``n_trials`` is 0), which the pipeline expands the worker task over (Airflow
+    maps only over a task's return value); ``study_name``, ``n_trials`` and ``search_space``
+    are pushed as XComs of their own.
+    """
+
+    template_fields: Sequence[str] = (*_TuneBase.template_fields, "n_workers")
+
+    def __init__(self, *, n_workers: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.n_workers = n_workers
+
+    def execute(self, context):
+        return super().execute(context)["workers"]
+
+    def run(self, context):
+        from dlagent.ml import tuning
+
+        base, space, n_trials, _ = self._settings()
+        workers = _int_field("n_workers", self.n_workers, low=1, high=MAX_WORKERS)
+        name = self._study_name(context)
+        if n_trials == 0:
+            self.log.info("n_trials is 0: tuning is skipped, training uses the given settings")
+            return {"study_name": name, "workers": [], "n_trials": 0, "search_space": space}
+        tuning.create_study(self.optuna_hook.storage_url, name, direction=self.direction, metric=self.metric, space=space,
+                            sampler_name=self.sampler, pruner_name=self.pruner, seed=base.seed, max_resource=base.epochs)
+        self.log.info("study %s ready in %s: %d trials over %d workers, space %s", name, redact_url(self.optuna_hook.storage_url),
+                      n_trials, workers, space)
+        return {"study_name": name, "workers": list(range(workers)), "n_trials": n_trials, "search_space": space}
+
+
+class TuneOperator(_TuneBase):
+    """One tuning worker: runs trials of the shared study until it holds ``n_trials``.
+
+    Expand it over ``worker_index`` (``.partial(...).expand(worker_index=create.output["workers"])``).
+    Each trial is an MLflow child run of the DAG run's parent run; pruning uses per-epoch
+    validation metrics. Returns ``{"worker", "trials_run", "best_value"}``.
+    """
+
+    template_fields: Sequence[str] = (*_TuneBase.template_fields, "worker_index")
+
+    def __init__(self, *, worker_index: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.worker_index = worker_index
+
+    def run(self, context):
+        from dlagent import settings
+        from dlagent.ml import tuning
+        from dlagent.ml.data import load_dataset_with_options
+
+        base, space, n_trials, timeout = self._settings()
+        splits = load_dataset_with_options(self.dataset, self.data_options, seed=base.seed, allowed_roots=settings.data_roots())
+        parent = self.parent_run_id(context)
+        ids = airflow_ids(context)
+        result = tuning.run_worker(
+            self.optuna_hook.storage_url, self._study_name(context), splits, base, space, n_trials,
+            timeout_s=timeout, metric=self.metric, direction=self.direction, worker_index=int(self.worker_index),
+            tracking_uri=self.hook.tracking_uri, experiment_id=self.hook.get_experiment_id(self.experiment_name),
+            parent_run_id=parent, worker_tags={"airflow.task_id": ids["task_id"], "airflow.map_index": str(ids["map_index"]),
+                                               "airflow.run_id": ids["run_id"], "airflow.dag_id": ids["dag_id"]},
+        )
+        self.log.info("worker %s done: %s", self.worker_index, result)
+        return {"worker": int(self.worker_index), **result}
+
+
+class TuneSummaryOperator(_TuneBase):
+    """Summarise the study for downstream tasks and log it on the DAG run's parent run.
+
+    Returns ``{"study_name", "best_params", "best_value", "n_complete", "n_pruned", "n_fail", ...}``;
+    ``best_params`` is ``{}`` when tuning was skipped, so training keeps its own settings.
+    """
+
+    def __init__(self, *, trigger_rule: str = "none_failed", **kwargs):
+        super().__init__(trigger_rule=trigger_rule, **kwargs)
+
+    def run(self, context):
+        from dlagent.ml import tuning
+
+        _, _, n_trials, _ = self._settings()
+        name = self._study_name(context)
+        if n_trials == 0:
+            return {"study_name": name, "best_params": {}, "best_value": None, "skipped": True}
+        summary = tuning.study_summary(self.optuna_hook.storage_url, name)
+        study = tuning.load_study(self.optuna_hook.storage_url, name)
+        tuning.log_study_to_mlflow(study, self.hook.tracking_uri, self.parent_run_id(context))
+        self.log.info("study %s: best %s = %s with %s", name, self.metric, summary.get("best_value"), summary.get("best_params"))
+        return {"study_name": name, **summary}
+
+
+def _int_field(name, value, *, low, high) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r}.", f"give a whole number in [{low}, {high}].")
+    return value
+

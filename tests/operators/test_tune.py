@@ -1,0 +1,88 @@
+"""The tuning operators on a real study store and a real MLflow store."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+from dlagent.operators.tune import CreateStudyOperator, TuneOperator, TuneSummaryOperator
+from mlflow import MlflowClient
+
+from tests.operators.context import make_context
+
+SPACE = {"learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}, "units": {"type": "int", "low": 16, "high": 64}}
+SETTINGS = {
+    "dataset": "digits", "data_options": {"max_samples": 300}, "train_config": {"model": "mlp", "epochs": 3, "seed": 0},
+    "search_space": SPACE, "n_trials": 3, "experiment_name": "exp",
+}
+
+
+@pytest.fixture
+def study_storage(tmp_path, monkeypatch) -> str:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    monkeypatch.setenv("DLAGENT_OPTUNA_STORAGE", url)
+    return url
+
+
+def test_create_workers_summary_share_one_study(mlflow_uri, study_storage):
+    context = make_context("create_study")
+    workers = CreateStudyOperator(task_id="create_study", n_workers=2, **SETTINGS).execute(context)
+    assert workers == [0, 1]  # the return value the tune task is mapped over
+    study_name = context["ti"].xcoms["study_name"]
+    assert study_name == "test_dag.manual__1"
+    for index in workers:
+        TuneOperator(task_id="tune", worker_index=index, **SETTINGS).execute(make_context("tune", map_index=index))
+    study = optuna.load_study(study_name=study_name, storage=study_storage)
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 3
+
+    summary = TuneSummaryOperator(task_id="tune_summary", **SETTINGS).execute(make_context("tune_summary"))
+    assert set(summary["best_params"]) == set(SPACE)
+    assert summary["best_value"] == study.best_value
+
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("dlagent.kind") == "pipeline")
+    trials = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert len(trials) == 3 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+
+
+def test_rerunning_create_study_continues_the_same_study(mlflow_uri, study_storage):
+    operator = CreateStudyOperator(task_id="create_study", n_workers=1, **SETTINGS)
+    operator.execute(make_context("create_study"))
+    TuneOperator(task_id="tune", worker_index=0, **SETTINGS).execute(make_context("tune", map_index=0))
+    operator.execute(make_context("create_study"))  # a cleared task, run again
+    assert optuna.get_all_study_names(study_storage) == ["test_dag.manual__1"]
+    assert len(optuna.load_study(study_name="test_dag.manual__1", storage=study_storage).trials) == 3
+
+
+def test_zero_trials_skips_tuning(mlflow_uri, study_storage):
+    settings = {**SETTINGS, "n_trials": 0}
+    assert CreateStudyOperator(task_id="create_study", **settings).execute(make_context("create_study")) == []
+    assert TuneSummaryOperator(task_id="tune_summary", **settings).execute(make_context("tune_summary"))["best_params"] == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"search_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}, "search_space.learning_rate"),
+        ({"search_space": {"learning_rate": {"type": "float", "low": 0, "high": 0.1, "log": True}}}, "search_space.learning_rate"),
+        ({"search_space": {"units": {"type": "integer", "low": 1, "high": 3}}}, "search_space.units"),
+        ({"search_space": {"batch_size": {"type": "categorical", "choices": []}}}, "search_space.batch_size"),
+        ({"sampler": "annealing"}, "sampler"),
+        ({"pruner": "sometimes"}, "pruner"),
+        ({"n_trials": -1}, "n_trials"),
+    ],
+)
+def test_bad_tuning_input_is_refused_before_any_trial(mlflow_uri, study_storage, changes, words):
+    with pytest.raises(AirflowFailException, match="invalid input") as error:
+        CreateStudyOperator(task_id="create_study", **{**SETTINGS, **changes}).execute(make_context("create_study"))
+    assert words in str(error.value)
+    assert not _has_tables(study_storage) or optuna.get_all_study_names(study_storage) == []
+
+
+def _has_tables(url: str) -> bool:
+    import sqlalchemy
+
+    return "studies" in sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_table_names()
