@@ -1,0 +1,311 @@
+"""The agent's plan: a small JSON document saying what the next pipeline run should do, and why.
+
+A plan is a plain dict (JSON-able, XCom-able) with these keys::
+
+    {
+      "action": "deploy" | "retune" | "stop",
+      "train": {"learning_rate": 0.003, "epochs": 14, "dropout": 0.3},    # TrainConfig overrides
+      "tune": {"n_trials": 8, "n_workers": 2,                             # or null: no tuning
+               "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 9e-4, "log": true}}},
+      "compress": [{"sparsity": 0.8, "quantization": "int8"}],            # mapped candidates (width = length)
+      "controller": {...ControllerSettings...},                            # or null: no in-training controller
+      "policy": {"name": "learning", "arm": "lr_x2-epochs_x1", "context": "overfit"},  # or null
+      "reasons": [{"decision": "train.dropout=0.3", "because": "train/validation accuracy gap 0.08 > 0.05"}]
+    }
+
+:func:`validate_plan` checks every field (unknown keys, types, ranges, with the field named in
+the :class:`~dlagent.errors.ConfigError`) and returns a normalized copy: missing optional
+sections become ``{}`` / ``None`` / ``[]`` / ``None``, and ``controller`` is expanded to all its
+settings so the plan says exactly what will run. :func:`plan_to_json` is the deterministic
+serialization (sorted keys, no NaN). Nothing here imports Airflow, Keras or MLflow.
+
+Search spaces use one format everywhere (Params, plans, the tuner)::
+
+    {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true},
+     "units": {"type": "int", "low": 32, "high": 256, "log": true},
+     "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]}}
+
+Names are :class:`~dlagent.ml.config.TrainConfig` fields; bounds and choices must be valid
+values of that field.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+
+from dlagent.errors import ConfigError
+
+ACTIONS = ("deploy", "retune", "stop")
+SECTIONS = ("action", "compress", "controller", "policy", "reasons", "train", "tune")
+TUNE_KEYS = ("n_trials", "n_workers", "search_space")
+POLICY_KEYS = ("arm", "context", "name")
+SPACE_TYPES = ("float", "int", "categorical")
+MAX_TRIALS = 10_000
+MAX_WORKERS = 256
+MAX_CANDIDATES = 32
+MAX_REASONS = 500
+MAX_TEXT = 2_000
+
+
+def _train_fields() -> dict[str, str]:
+    from dlagent.ml.config import TrainConfig
+
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+
+def validate_plan(doc) -> dict:
+    """Return a validated, normalized copy of ``doc`` (a dict or a JSON string).
+
+    Raises :class:`ConfigError` naming the first bad field (``train.learning_rate``,
+    ``tune.search_space.units.low``, ``compress[1].sparsity``, ``reasons[0].because``...).
+    """
+    if isinstance(doc, (str, bytes)):
+        try:
+            doc = json.loads(doc)
+        except ValueError as exc:
+            raise ConfigError("plan", f"is not valid JSON: {exc}.", "pass a JSON object.") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError("plan", f"must be a JSON object, got {type(doc).__name__}.", f"pass a mapping with keys {list(SECTIONS)}.")
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown plan section (known: {list(SECTIONS)}).", "remove it or fix its spelling.")
+    if "action" not in doc:
+        raise ConfigError("action", "is missing.", f"give one of {list(ACTIONS)}.")
+    if doc["action"] not in ACTIONS:
+        raise ConfigError("action", f"must be one of {list(ACTIONS)}, got {doc['action']!r}.", f"give one of {list(ACTIONS)}.")
+    if "reasons" not in doc:
+        raise ConfigError("reasons", "is missing.", 'give a list of {"decision": ..., "because": ...} (every decision says why).')
+    return {
+        "action": doc["action"],
+        "train": validate_train(doc.get("train")),
+        "tune": validate_tune(doc.get("tune")),
+        "compress": validate_compress(doc.get("compress")),
+        "controller": validate_controller(doc.get("controller")),
+        "policy": validate_policy(doc.get("policy")),
+        "reasons": validate_reasons(doc["reasons"]),
+    }
+
+
+def plan_to_json(plan: dict, *, indent: int | None = 2) -> str:
+    """The deterministic serialization of a (validated) plan: sorted keys, no NaN/inf."""
+    return json.dumps(validate_plan(plan), sort_keys=True, indent=indent, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def validate_train(section) -> dict:
+    """TrainConfig overrides: known fields only, each value valid for its field."""
+    from dlagent.ml.config import TrainConfig
+
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError("train", f"must be a JSON object of training settings, got {type(section).__name__}.", "pass e.g. {\"epochs\": 20}.")
+    fields = _train_fields()
+    for name in sorted(section):
+        if name not in fields:
+            raise ConfigError(f"train.{name}", f"unknown training setting (known: {sorted(fields)}).", "remove it or fix its spelling.")
+    try:
+        TrainConfig.from_dict(dict(section))
+    except ConfigError as exc:
+        raise ConfigError(f"train.{exc.field}", exc.problem, exc.fix) from exc
+    return {name: section[name] for name in sorted(section)}
+
+
+def validate_tune(section) -> dict | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError("tune", f"must be a JSON object or null, got {type(section).__name__}.", 'pass {"n_trials": 8, "n_workers": 1, "search_space": null}.')
+    unknown = sorted(set(section) - set(TUNE_KEYS))
+    if unknown:
+        raise ConfigError(f"tune.{unknown[0]}", f"unknown tuning setting (known: {list(TUNE_KEYS)}).", "remove it or fix its spelling.")
+    if "n_trials" not in section:
+        raise ConfigError("tune.n_trials", "is missing.", "give the number of trials to run (0 for none).")
+    n_trials = _int("tune.n_trials", section["n_trials"], 0, MAX_TRIALS)
+    n_workers = _int("tune.n_workers", section.get("n_workers", 1), 1, MAX_WORKERS)
+    return {"n_trials": n_trials, "n_workers": n_workers, "search_space": validate_search_space(section.get("search_space"))}
+
+
+def validate_search_space(space, field: str = "tune.search_space") -> dict | None:
+    """Validate a search space (format in the module docstring); ``None`` means the default one."""
+    from dlagent.ml.config import TrainConfig
+
+    if space is None:
+        return None
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(field, f"must be a non-empty JSON object or null, got {space!r}.",
+                          'give e.g. {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true}}.')
+    fields = _train_fields()
+    out = {}
+    for name in sorted(space):
+        where = f"{field}.{name}"
+        if name not in fields:
+            raise ConfigError(where, f"is not a training setting (known: {sorted(fields)}).", "tune TrainConfig fields only.")
+        spec = space[name]
+        if not isinstance(spec, dict):
+            raise ConfigError(where, f"must be a JSON object with a 'type', got {spec!r}.", f"give a 'type' among {list(SPACE_TYPES)}.")
+        kind = spec.get("type")
+        if kind not in SPACE_TYPES:
+            raise ConfigError(f"{where}.type", f"must be one of {list(SPACE_TYPES)}, got {kind!r}.", f"pick one of {list(SPACE_TYPES)}.")
+        declared = fields[name]
+        if kind == "categorical":
+            allowed = {"type", "choices"}
+        else:
+            allowed = {"type", "low", "high", "log", "step"}
+            if declared not in ("int", "float") or (kind == "float" and declared == "int"):
+                right = "'int' or 'categorical'" if declared == "int" else "'categorical'"
+                raise ConfigError(f"{where}.type", f"{kind!r} does not fit the {declared} setting {name!r}.", f"use type {right}.")
+        extra = sorted(set(spec) - allowed)
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}", f"unknown key for a {kind} range (known: {sorted(allowed)}).", "remove it.")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ConfigError(f"{where}.choices", f"must be a non-empty list, got {choices!r}.", "list the values to try.")
+            for i, choice in enumerate(choices):
+                _check_setting(TrainConfig, name, choice, f"{where}.choices[{i}]")
+            out[name] = {"type": "categorical", "choices": list(choices)}
+            continue
+        for key in ("low", "high"):
+            if key not in spec:
+                raise ConfigError(f"{where}.{key}", "is missing.", "give both 'low' and 'high'.")
+        low, high = spec["low"], spec["high"]
+        for key, value in (("low", low), ("high", high)):
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{where}.{key}", f"must be an integer, got {value!r}.", "give a whole number.")
+            _check_setting(TrainConfig, name, value, f"{where}.{key}")
+        if not low < high:
+            raise ConfigError(where, f"needs low < high, got low={low}, high={high}.", "widen the range or use a fixed value in 'train'.")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}.log", f"must be true or false, got {log!r}.", "give a boolean.")
+        if log and low <= 0:
+            raise ConfigError(f"{where}.low", f"must be > 0 on a log scale, got {low}.", "give a positive lower bound or log=false.")
+        entry = {"type": kind, "low": low, "high": high, "log": log}
+        if spec.get("step") is not None:
+            step = spec["step"]
+            if log:
+                raise ConfigError(f"{where}.step", "cannot be combined with log=true (Optuna refuses it).", "drop 'step' or set log=false.")
+            if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
+                raise ConfigError(f"{where}.step", f"must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}.", "give a positive step.")
+            entry["step"] = step
+        out[name] = entry
+    return out
+
+
+def _check_setting(config_cls, name, value, where):
+    try:
+        config_cls.from_dict({name: value})
+    except ConfigError as exc:
+        raise ConfigError(where, exc.problem, exc.fix) from exc
+    except TypeError as exc:
+        raise ConfigError(where, f"is not a valid value for {name!r}: {value!r} ({exc}).", "give a value of the setting's type.") from exc
+
+
+def validate_compress(section) -> list:
+    """Compression candidates: each a partial ``CompressionConfig`` (unknown keys refused)."""
+    if section is None:
+        return []
+    if not isinstance(section, list):
+        raise ConfigError("compress", f"must be a list of candidate settings, got {type(section).__name__}.",
+                          'pass e.g. [{"sparsity": 0.8, "quantization": "int8"}], or [] for none.')
+    if len(section) > MAX_CANDIDATES:
+        raise ConfigError("compress", f"has {len(section)} candidates, more than {MAX_CANDIDATES}.", "keep the mapped expansion small.")
+    from dlagent.ml.compression import CompressionConfig
+
+    out = []
+    for i, candidate in enumerate(section):
+        where = f"compress[{i}]"
+        if not isinstance(candidate, dict):
+            raise ConfigError(where, f"must be a JSON object, got {candidate!r}.", 'give e.g. {"sparsity": 0.8, "quantization": "int8"}.')
+        try:
+            CompressionConfig.from_dict(dict(candidate))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc.field}", exc.problem, exc.fix) from exc
+        except TypeError as exc:
+            raise ConfigError(where, f"is not a valid compression setting: {exc}.", "check the value types.") from exc
+        out.append({key: candidate[key] for key in sorted(candidate)})
+    return out
+
+
+def validate_controller(section) -> dict | None:
+    from dlagent.agent.controller import ControllerSettings
+
+    if section is None:
+        return None
+    return ControllerSettings.from_dict(section).to_dict()
+
+
+def validate_policy(section) -> dict | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError("policy", f"must be a JSON object or null, got {type(section).__name__}.", 'pass {"name": "rules"}.')
+    unknown = sorted(set(section) - set(POLICY_KEYS))
+    if unknown:
+        raise ConfigError(f"policy.{unknown[0]}", f"unknown key (known: {list(POLICY_KEYS)}).", "remove it.")
+    name = section.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("policy.name", f"must be a non-empty string, got {name!r}.", "name the policy that made the plan.")
+    for key in ("arm", "context"):
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 200):
+            raise ConfigError(f"policy.{key}", f"must be a short non-empty string or null, got {value!r}.", "give the bandit's label.")
+    return {"name": name, "arm": section.get("arm"), "context": section.get("context")}
+
+
+def validate_reasons(reasons) -> list:
+    if not isinstance(reasons, list):
+        raise ConfigError("reasons", f"must be a list, got {type(reasons).__name__}.", 'give [{"decision": ..., "because": ...}].')
+    if len(reasons) > MAX_REASONS:
+        raise ConfigError("reasons", f"has {len(reasons)} entries, more than {MAX_REASONS}.", "keep one reason per decision.")
+    out = []
+    for i, reason in enumerate(reasons):
+        where = f"reasons[{i}]"
+        if not isinstance(reason, dict) or set(reason) != {"decision", "because"}:
+            raise ConfigError(where, f"must be an object with exactly 'decision' and 'because', got {reason!r}.", "say what was decided and why.")
+        for key in ("decision", "because"):
+            text = reason[key]
+            if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+                raise ConfigError(f"{where}.{key}", f"must be a non-empty string of at most {MAX_TEXT} characters, got {text!r}.", "write a short sentence.")
+        out.append({"decision": reason["decision"], "because": reason["because"]})
+    return out
+
+
+def _int(field, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(field, f"must be an integer, got {value!r} ({type(value).__name__}).", f"give a whole number in [{low}, {high}].")
+    if not low <= value <= high:
+        raise ConfigError(field, f"must be in [{low}, {high}], got {value}.", f"give a whole number in [{low}, {high}].")
+    return value
+
+
+def empty_plan(action: str = "stop") -> dict:
+    """A do-nothing plan skeleton (callers add sections and reasons)."""
+    return copy.deepcopy({"action": action, "train": {}, "tune": None, "compress": [], "controller": None, "policy": None, "reasons": []})
+
+
+def log_plan(client, run_id: str, plan: dict, observation=None) -> dict:
+    """Validate ``plan`` and record it on MLflow run ``run_id``; return the validated plan.
+
+    Artifacts ``decisions.json`` (the plan with its reasons) and, when given,
+    ``observation.json``; tags ``dlagent.action``, ``dlagent.policy`` and ``dlagent.arm``.
+    A failure to store the plan is raised: a decision nobody can read back is not made.
+    """
+    plan = validate_plan(plan)
+    client.log_text(run_id, plan_to_json(plan), "decisions.json")
+    if observation is not None:
+        data = observation.to_dict() if hasattr(observation, "to_dict") else observation
+        client.log_text(run_id, json.dumps(data, sort_keys=True, indent=2, allow_nan=False, default=str), "observation.json")
+    policy = plan["policy"] or {}
+    client.set_tag(run_id, "dlagent.action", plan["action"])
+    if policy.get("name"):
+        client.set_tag(run_id, "dlagent.policy", policy["name"])
+    if policy.get("arm"):
+        client.set_tag(run_id, "dlagent.arm", policy["arm"])
+    return plan

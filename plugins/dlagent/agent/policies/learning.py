@@ -1,0 +1,346 @@
+"""The ``learning`` policy: a contextual bandit on top of the ``rules`` policy.
+
+The rules policy writes the whole plan; the bandit then picks one **arm** and scales the
+plan's ``train.learning_rate`` and ``train.epochs`` with it. Arms are every pair of
+``lr_scales`` x ``epoch_scales`` (default {0.5, 1, 2} x {0.5, 1, 1.5}: 9 arms, named like
+``lr_x2-epochs_x0.5``). The **context** is what the observation says about training, one of
+:data:`CONTEXTS` (``diverged``, ``overfit``, ``underfit``, ``improving``, ``plateau``,
+``converged``, ``unknown``).
+
+Choosing (deterministic given ``seed`` and the recorded rewards):
+
+* the value of an arm in a context is its mean reward there, shrunk toward its mean over
+  all contexts (``(sum_ctx + prior_weight * mean_all) / (n_ctx + prior_weight)``), so what
+  was learnt in one context helps in another; an arm never tried anywhere is tried first
+  (in arm order);
+* ``epsilon_greedy`` (default): with probability ``epsilon`` a random arm, else the best;
+  ``ucb``: the best of value + ``ucb_c`` * sqrt(ln(N + 1) / (n_ctx + 1)).
+  Randomness comes from ``random.Random(f"{seed}|{number of rewards}|{context}")``.
+
+Rewarding: after the run the plan produced, call :meth:`LearningPolicy.update` with
+``R = a * accuracy_gain - b * seconds - c * compute`` (:meth:`LearningPolicy.reward`;
+``accuracy_gain`` a fraction, e.g. new test accuracy minus the champion's, ``seconds`` the
+wall time, ``compute`` the epochs trained), and the plan (its ``policy.arm`` and
+``policy.context`` say what to credit). A ``key`` (e.g. ``dag_id/run_id``) makes the update
+idempotent: a retried reward task does not count twice.
+
+State: a store of ``(context, arm, reward)`` records.
+
+* :class:`MLflowStateStore` (what the pipeline uses): one run named ``agent-policy-state``
+  (tag ``dlagent.kind = agent-policy-state``, found again by tag ``dlagent.key``) in the
+  pipeline's experiment. Each reward is **appended** as a point of the metric
+  ``reward/<context>/<arm>`` (MLflow metric histories are append-only, so two DAG runs
+  rewarding at once lose nothing, unlike a read-modify-write JSON blob); the state is the
+  replay of those histories. Idempotency keys are tags ``dlagent.reward_key.<sha1>``.
+  The rewards are visible as charts in the MLflow UI.
+* :class:`MemoryStateStore`: in-process (notebooks, tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+from dlagent.agent.observe import Observation
+from dlagent.agent.policies.base import Policy
+from dlagent.agent.policies.rules import RulesPolicy, _finite, _num, _sig
+from dlagent.errors import ConfigError
+
+CONTEXTS = ("diverged", "overfit", "underfit", "improving", "plateau", "converged", "unknown")
+STRATEGIES = ("epsilon_greedy", "ucb")
+STATE_RUN_NAME = "agent-policy-state"
+STATE_KIND = "agent-policy-state"
+REWARD_PREFIX = "reward/"
+REWARD_KEY_TAG = "dlagent.reward_key."
+
+
+def arm_name(lr_scale: float, epoch_scale: float) -> str:
+    return f"lr_x{lr_scale:g}-epochs_x{epoch_scale:g}"
+
+
+def context_of(observation: Observation) -> str:
+    """The bandit's context: what the main learning curve says (see :data:`CONTEXTS`)."""
+    curve = observation.main_curve
+    if curve is None or not curve["epochs"]:
+        return "unknown"
+    if curve["diverged"]:
+        return "diverged"
+    if curve["overfitting"]:
+        return "overfit"
+    if curve["underfitting"]:
+        return "underfit"
+    if curve["still_improving"]:
+        return "improving"
+    if curve["plateau"]:
+        return "plateau"
+    return "converged"
+
+
+# --------------------------------------------------------------------------- state stores
+
+
+class MemoryStateStore:
+    """Rewards kept in this process."""
+
+    def __init__(self):
+        self._records: list[tuple[str, str, float]] = []
+        self._keys: set[str] = set()
+
+    def records(self) -> list[tuple[str, str, float]]:
+        return list(self._records)
+
+    def record(self, context: str, arm: str, reward: float, key: str | None = None) -> bool:
+        if key is not None and key in self._keys:
+            return False
+        self._records.append((context, arm, float(reward)))
+        if key is not None:
+            self._keys.add(key)
+        return True
+
+
+class MLflowStateStore:
+    """Rewards as append-only metric histories of one ``agent-policy-state`` run (see module doc).
+
+    :param client: an ``MlflowClient`` (``MLflowHook(...).client`` in a task).
+    :param experiment_id: the experiment holding the state run (the pipeline's).
+    :param policy_key: separates independent bandits in one experiment.
+    """
+
+    def __init__(self, client, experiment_id: str, *, policy_key: str = "learning"):
+        if not isinstance(experiment_id, str) or not experiment_id:
+            raise ConfigError("experiment_id", f"must be an MLflow experiment id, got {experiment_id!r}.", "pass hook.get_experiment_id(name).")
+        if not isinstance(policy_key, str) or not policy_key or len(policy_key) > 200:
+            raise ConfigError("policy_key", f"must be a short non-empty string, got {policy_key!r}.", "give e.g. 'learning'.")
+        self.client = client
+        self.experiment_id = experiment_id
+        self.policy_key = policy_key
+        self._run_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{STATE_RUN_NAME}/{self.policy_key}"
+
+    def run_id(self, *, create: bool = True) -> str | None:
+        """The state run's id (created, FINISHED, on first write; ``None`` if absent and not creating)."""
+        if self._run_id is not None:
+            return self._run_id
+        from dlagent.ml.tracking import RUN_KEY_TAG, find_run
+
+        run = find_run(self.client, self.experiment_id, self.key)
+        if run is None:
+            if not create:
+                return None
+            run = self.client.create_run(self.experiment_id, run_name=STATE_RUN_NAME,
+                                         tags={RUN_KEY_TAG: self.key, "dlagent.kind": STATE_KIND, "dlagent.policy": self.policy_key})
+            self.client.set_terminated(run.info.run_id, status="FINISHED")
+            # Two first writers may race to create it: the oldest run with the key wins.
+            winner = find_run(self.client, self.experiment_id, self.key)
+            if winner is not None and winner.info.run_id != run.info.run_id:
+                self.client.delete_run(run.info.run_id)
+                run = winner
+        self._run_id = run.info.run_id
+        return self._run_id
+
+    def records(self) -> list[tuple[str, str, float]]:
+        run_id = self.run_id(create=False)
+        if run_id is None:
+            return []
+        run = self.client.get_run(run_id)
+        points = []
+        for metric in sorted(run.data.metrics):
+            if not metric.startswith(REWARD_PREFIX):
+                continue
+            parts = metric[len(REWARD_PREFIX):].split("/")
+            if len(parts) != 2:
+                continue
+            context, arm = parts
+            for m in self.client.get_metric_history(run_id, metric):
+                points.append((m.timestamp, m.step, context, arm, float(m.value)))
+        points.sort()
+        return [(c, a, v) for _, _, c, a, v in points]
+
+    def record(self, context: str, arm: str, reward: float, key: str | None = None) -> bool:
+        import time
+
+        from mlflow.entities import Metric
+
+        run_id = self.run_id()
+        tag = None
+        if key is not None:
+            tag = REWARD_KEY_TAG + hashlib.sha1(key.encode()).hexdigest()[:16]
+            if tag in self.client.get_run(run_id).data.tags:
+                return False
+        metric = f"{REWARD_PREFIX}{context}/{arm}"
+        step = len(self.client.get_metric_history(run_id, metric))  # informational: the n-th reward of this arm here
+        self.client.log_batch(run_id, metrics=[Metric(metric, float(reward), int(time.time() * 1000), step)])
+        if tag is not None:
+            self.client.set_tag(run_id, tag, key[:500])
+        return True
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class LearningPolicy(Policy):
+    """A contextual bandit choosing learning-rate and epoch-budget scales (see module doc).
+
+    :param store: a state store (``MLflowStateStore`` in the pipeline; default in-memory).
+    :param seed: makes choices reproducible.
+    :param strategy: ``epsilon_greedy`` or ``ucb``.
+    :param epsilon: exploration probability of ``epsilon_greedy``, in [0, 1].
+    :param ucb_c: exploration weight of ``ucb``, >= 0.
+    :param prior_weight: how many context-specific rewards weigh as much as the all-context mean.
+    :param accuracy_weight, time_weight, compute_weight: ``a``, ``b``, ``c`` of the reward.
+    :param lr_scales, epoch_scales: the arms' factors.
+    :param rules: keyword arguments for the underlying :class:`RulesPolicy`.
+    """
+
+    name = "learning"
+    uses_store = True
+
+    def __init__(self, *, store=None, seed: int = 0, strategy: str = "epsilon_greedy", epsilon: float = 0.1,
+                 ucb_c: float = 1.0, prior_weight: float = 1.0, accuracy_weight: float = 100.0,
+                 time_weight: float = 0.001, compute_weight: float = 0.01,
+                 lr_scales=(0.5, 1.0, 2.0), epoch_scales=(0.5, 1.0, 1.5), rules: dict | None = None):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError("seed", f"must be a non-negative integer, got seed={seed!r}.", "give e.g. 0.")
+        if strategy not in STRATEGIES:
+            raise ConfigError("strategy", f"must be one of {list(STRATEGIES)}, got strategy={strategy!r}.", f"pick one of {list(STRATEGIES)}.")
+        _num("epsilon", epsilon, 0.0, 1.0)
+        _num("ucb_c", ucb_c, 0.0, 1e6)
+        _num("prior_weight", prior_weight, 0.0, 1e6)
+        for name, value in (("accuracy_weight", accuracy_weight), ("time_weight", time_weight), ("compute_weight", compute_weight)):
+            _num(name, value, 0.0, 1e9)
+        for name, scales in (("lr_scales", lr_scales), ("epoch_scales", epoch_scales)):
+            if not isinstance(scales, (list, tuple)) or not scales or len(set(scales)) != len(scales):
+                raise ConfigError(name, f"must be a non-empty list of distinct factors, got {name}={scales!r}.", "give e.g. [0.5, 1, 2].")
+            for value in scales:
+                _num(name, value, 0.0, 100.0, low_open=True)
+        if store is None:
+            store = MemoryStateStore()
+        for method in ("records", "record"):
+            if not callable(getattr(store, method, None)):
+                raise ConfigError("store", f"must have records() and record(...), got {store!r}.", "pass an MLflowStateStore or MemoryStateStore.")
+        self.store = store
+        self.seed = seed
+        self.strategy = strategy
+        self.epsilon = float(epsilon)
+        self.ucb_c = float(ucb_c)
+        self.prior_weight = float(prior_weight)
+        self.weights = {"a": float(accuracy_weight), "b": float(time_weight), "c": float(compute_weight)}
+        self.arms = {arm_name(lr, ep): (float(lr), float(ep)) for lr in lr_scales for ep in epoch_scales}
+        self.rules = RulesPolicy(**(rules or {}))
+
+    # ------------------------------------------------------------------ reward
+    def reward(self, accuracy_gain: float, seconds: float, compute: float) -> float:
+        """``a * accuracy_gain - b * seconds - c * compute`` with this policy's weights."""
+        for name, value in (("accuracy_gain", accuracy_gain), ("seconds", seconds), ("compute", compute)):
+            if not _finite(value):
+                raise ConfigError(name, f"must be a finite number, got {name}={value!r}.", "pass the measured value.")
+        if seconds < 0 or compute < 0:
+            raise ConfigError("seconds" if seconds < 0 else "compute", "must be >= 0.", "pass the time and compute used.")
+        w = self.weights
+        return w["a"] * accuracy_gain - w["b"] * seconds - w["c"] * compute
+
+    def reward_from_observation(self, observation, accuracy: float | None, baseline_accuracy: float | None) -> float:
+        """Reward of a finished run: accuracy gain over ``baseline_accuracy`` (the champion's
+        before the run; 0 gain without one), its ``run_seconds`` and ``epochs`` as compute."""
+        obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
+        gain = (accuracy - baseline_accuracy) if _finite(accuracy) and _finite(baseline_accuracy) else 0.0
+        return self.reward(gain, float(obs.compute.get("run_seconds") or 0.0), float(obs.compute.get("epochs") or 0.0))
+
+    def update(self, reward: float, *, plan: dict | None = None, arm: str | None = None, context: str | None = None,
+               key: str | None = None) -> bool:
+        """Credit ``reward`` to the plan's arm in its context; False if ``key`` was already rewarded."""
+        if plan is not None:
+            section = plan.get("policy") or {}
+            arm = arm or section.get("arm")
+            context = context or section.get("context")
+        if arm not in self.arms:
+            raise ConfigError("arm", f"unknown arm {arm!r} (known: {sorted(self.arms)}).", "pass the plan the learning policy made.")
+        if context not in CONTEXTS:
+            raise ConfigError("context", f"unknown context {context!r} (known: {list(CONTEXTS)}).", "pass the plan the learning policy made.")
+        if not _finite(reward):
+            raise ConfigError("reward", f"must be a finite number, got reward={reward!r}.", "compute it with LearningPolicy.reward(...).")
+        return self.store.record(context, arm, float(reward), key)
+
+    # ------------------------------------------------------------------ decide
+    def statistics(self, records=None) -> dict:
+        """``{"n": total, "all": {arm: [n, sum]}, "by_context": {ctx: {arm: [n, sum]}}}``."""
+        records = self.store.records() if records is None else records
+        overall = {arm: [0, 0.0] for arm in self.arms}
+        by_context: dict = {}
+        n = 0
+        for context, arm, value in records:
+            if arm not in self.arms:
+                continue  # an arm of an earlier configuration
+            n += 1
+            overall[arm][0] += 1
+            overall[arm][1] += value
+            entry = by_context.setdefault(context, {a: [0, 0.0] for a in self.arms})
+            entry[arm][0] += 1
+            entry[arm][1] += value
+        return {"n": n, "all": overall, "by_context": by_context}
+
+    def values(self, context: str, stats: dict) -> dict:
+        """Estimated value of each arm in ``context`` (None: never tried anywhere)."""
+        out = {}
+        in_context = stats["by_context"].get(context, {})
+        for arm in self.arms:
+            n_all, sum_all = stats["all"][arm]
+            if n_all == 0:
+                out[arm] = None
+                continue
+            n_ctx, sum_ctx = in_context.get(arm, [0, 0.0])
+            out[arm] = (sum_ctx + self.prior_weight * (sum_all / n_all)) / (n_ctx + self.prior_weight) if (n_ctx + self.prior_weight) else sum_all / n_all
+        return out
+
+    def choose(self, context: str, stats: dict) -> tuple[str, str]:
+        """``(arm, why)`` for ``context`` given the statistics."""
+        values = self.values(context, stats)
+        untried = [arm for arm in self.arms if values[arm] is None]
+        if untried:
+            return untried[0], f"arm {untried[0]} has never been tried ({len(untried)} of {len(self.arms)} untried)"
+        rng = random.Random(f"{self.seed}|{stats['n']}|{context}")
+        if self.strategy == "epsilon_greedy":
+            if rng.random() < self.epsilon:
+                arm = rng.choice(list(self.arms))
+                return arm, f"exploring (probability epsilon={self.epsilon:g}): random arm {arm}"
+            best = max(values.values())
+            ties = [arm for arm in self.arms if values[arm] >= best - 1e-12]
+            arm = ties[0] if len(ties) == 1 else rng.choice(ties)
+            return arm, f"best estimated reward {values[arm]:.4g} in context {context!r} ({stats['n']} rewards so far)"
+        in_context = stats["by_context"].get(context, {})
+        n_ctx_total = sum(v[0] for v in in_context.values())
+        scores = {}
+        for arm in self.arms:
+            n_ctx = in_context.get(arm, [0, 0.0])[0]
+            scores[arm] = values[arm] + self.ucb_c * math.sqrt(math.log(n_ctx_total + 1) / (n_ctx + 1))
+        best = max(scores.values())
+        arm = next(a for a in self.arms if scores[a] >= best - 1e-12)
+        return arm, f"highest upper confidence bound {scores[arm]:.4g} (mean {values[arm]:.4g}) in context {context!r}"
+
+    def decide(self, observation) -> dict:
+        from dlagent.ml.config import TrainConfig
+
+        obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
+        plan = self.rules.decide(obs)
+        context = context_of(obs)
+        stats = self.statistics()
+        arm, why = self.choose(context, stats)
+        lr_scale, epoch_scale = self.arms[arm]
+        current = {**TrainConfig().to_dict(), **obs.config, **plan["train"]}
+        train = dict(plan["train"])
+        if lr_scale != 1.0:
+            train["learning_rate"] = min(10.0, _sig(current["learning_rate"] * lr_scale))
+        if epoch_scale != 1.0:
+            train["epochs"] = max(1, min(10_000, int(round(current["epochs"] * epoch_scale))))
+        plan["train"] = train
+        plan["policy"] = {"name": self.name, "arm": arm, "context": context}
+        plan["reasons"].append({
+            "decision": f"learning: arm {arm} (learning_rate={train.get('learning_rate', current['learning_rate'])}, "
+                        f"epochs={train.get('epochs', current['epochs'])})",
+            "because": f"context {context!r}: {why} [{self.strategy}, seed {self.seed}]",
+        })
+        return plan

@@ -1,0 +1,345 @@
+"""The ``rules`` policy: transparent defaults a person can read, check and override.
+
+Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
+
+1. **train**: start from the best trial's parameters; set ``epochs`` from the learning curve
+   (best epoch + ``early_stopping_patience``, or ``still_improving_factor`` x the epochs run
+   when validation loss was still improving at the end); on divergence lower
+   ``learning_rate`` by ``divergence_lr_factor``; on a train/validation accuracy gap above
+   ``gap_threshold`` raise ``dropout`` by ``dropout_step`` (up to ``max_dropout``); on an
+   under-fitting plateau double ``units`` (up to ``max_units``).
+2. **tune**: no completed trial -> a first round of ``initial_trials`` on the default space;
+   otherwise add ``trials_per_round`` trials only while the best value improved by more than
+   ``min_improvement`` over the last ``improvement_window`` trials (and ``max_trials`` is not
+   reached), on a space narrowed around the best trial for the parameters the trials varied (``learning_rate`` in
+   [best / ``search_width``, best x ``search_width``] on a log scale, ``dropout``/``momentum``
+   +-0.1, ``units``/``filters``/``batch_size`` in [best / 2, best x 2], categoricals fixed).
+   ``n_workers`` = min(trials, free CPUs, ``max_workers``).
+3. **controller**: the in-training controller with a plateau patience of half the
+   early-stopping patience (the learning rate drops before training stops).
+4. **compress**: with measured candidates, the smallest one whose accuracy is within
+   ``accuracy_budget_points`` of the uncompressed model; without, ``compress_candidates``.
+5. **action**: ``deploy`` only when the gate blessed the run and the candidate beats the
+   champion by more than ``min_champion_gain_points``; else ``retune`` when more trials are
+   planned; else ``stop``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dlagent.agent.observe import Observation
+from dlagent.agent.policies.base import Policy
+from dlagent.errors import ConfigError
+
+DEFAULT_CANDIDATES = (
+    {"quantization": "dynamic"},
+    {"quantization": "int8"},
+    {"quantization": "int8", "sparsity": 0.5},
+    {"quantization": "int8", "sparsity": 0.8},
+)
+LOG_FLOATS = ("learning_rate",)
+LINEAR_FLOATS = {"dropout": (0.0, 0.9), "momentum": (0.0, 0.99)}
+LOG_INTS = {"units": 65_536, "filters": 4_096, "batch_size": 65_536}
+CATEGORICALS = ("model", "optimizer")
+
+
+class RulesPolicy(Policy):
+    """Transparent rules (see the module docstring). Every argument is validated eagerly."""
+
+    name = "rules"
+
+    def __init__(self, *, initial_trials: int = 8, trials_per_round: int = 8, max_trials: int = 64,
+                 min_improvement: float = 0.002, improvement_window: int = 4, search_width: float = 3.0,
+                 gap_threshold: float = 0.05, dropout_step: float = 0.1, max_dropout: float = 0.5,
+                 divergence_lr_factor: float = 0.3, max_epochs: int = 200, still_improving_factor: float = 1.5,
+                 max_units: int = 1024, accuracy_budget_points: float = 1.0, min_champion_gain_points: float = 0.0,
+                 compress_candidates: list | None = None, max_workers: int | None = None):
+        _int("initial_trials", initial_trials, 0, 10_000)
+        _int("trials_per_round", trials_per_round, 1, 10_000)
+        _int("max_trials", max_trials, 1, 10_000)
+        _num("min_improvement", min_improvement, 0.0, 1e9)
+        _int("improvement_window", improvement_window, 1, 10_000)
+        _num("search_width", search_width, 1.0, 1e6, low_open=True)
+        _num("gap_threshold", gap_threshold, 0.0, 1.0, low_open=True)
+        _num("dropout_step", dropout_step, 0.0, 0.5, low_open=True)
+        _num("max_dropout", max_dropout, 0.0, 0.95)
+        _num("divergence_lr_factor", divergence_lr_factor, 0.0, 1.0, low_open=True, high_open=True)
+        _int("max_epochs", max_epochs, 1, 10_000)
+        _num("still_improving_factor", still_improving_factor, 1.0, 10.0)
+        _int("max_units", max_units, 1, 65_536)
+        _num("accuracy_budget_points", accuracy_budget_points, 0.0, 100.0)
+        _num("min_champion_gain_points", min_champion_gain_points, 0.0, 100.0)
+        if max_workers is not None:
+            _int("max_workers", max_workers, 1, 256)
+        if compress_candidates is None:
+            compress_candidates = [dict(c) for c in DEFAULT_CANDIDATES]
+        from dlagent.agent.plan import validate_compress
+
+        try:
+            compress_candidates = validate_compress(compress_candidates)
+        except ConfigError as exc:
+            raise ConfigError(f"compress_candidates.{exc.field}", exc.problem, exc.fix) from exc
+        self.initial_trials = initial_trials
+        self.trials_per_round = trials_per_round
+        self.max_trials = max_trials
+        self.min_improvement = min_improvement
+        self.improvement_window = improvement_window
+        self.search_width = search_width
+        self.gap_threshold = gap_threshold
+        self.dropout_step = dropout_step
+        self.max_dropout = max_dropout
+        self.divergence_lr_factor = divergence_lr_factor
+        self.max_epochs = max_epochs
+        self.still_improving_factor = still_improving_factor
+        self.max_units = max_units
+        self.accuracy_budget_points = accuracy_budget_points
+        self.min_champion_gain_points = min_champion_gain_points
+        self.compress_candidates = compress_candidates
+        self.max_workers = max_workers
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, observation) -> dict:
+        from dlagent.agent.controller import ControllerSettings
+        from dlagent.ml.config import TrainConfig
+
+        obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
+        reasons: list[dict] = []
+
+        def because(decision: str, why: str):
+            reasons.append({"decision": decision, "because": why})
+
+        current = {**TrainConfig().to_dict(), **obs.config}
+        train: dict = {}
+
+        def set_train(name, value, why):
+            train[name] = value
+            current[name] = value
+            because(f"train.{name}={value}", why)
+
+        # 1. train ---------------------------------------------------------------
+        best = obs.best_trial
+        if best is not None:
+            changed = {k: v for k, v in sorted(best["params"].items()) if k in current and k != "epochs" and current.get(k) != v}
+            for key, value in changed.items():
+                train[key] = value
+                current[key] = value
+            because("train: best trial parameters",
+                    f"trial {best['number']} has the best value {best['value']:.6g} ({obs.direction}) of "
+                    f"{len(obs.completed_trials)} completed trials; adopted {changed or 'no changes'}")
+        curve = obs.main_curve
+        if curve is None or not curve["epochs"]:
+            because("train: epochs unchanged", "no learning curve observed yet")
+        else:
+            where = f"the {'best trial' if curve['step'] == 'trial' else 'training run'} {curve['run_id'][:8]}"
+            if curve["diverged"]:
+                lr = _sig(current["learning_rate"] * self.divergence_lr_factor)
+                set_train("learning_rate", lr, f"the loss of {where} diverged (epoch {(curve['divergence_epoch'] or 0) + 1}): "
+                          f"learning_rate x{self.divergence_lr_factor:g}")
+            elif curve["best_epoch"] is not None:
+                patience = int(current["early_stopping_patience"])
+                if curve["still_improving"]:
+                    epochs = math.ceil(curve["epochs"] * self.still_improving_factor) + patience
+                    why = (f"validation loss of {where} was still improving at its last epoch {curve['epochs']}: "
+                           f"x{self.still_improving_factor:g} + early_stopping_patience {patience}")
+                else:
+                    epochs = curve["best_epoch"] + 1 + patience
+                    why = (f"{where} reached its best validation loss at epoch {curve['best_epoch'] + 1} of {curve['epochs']}: "
+                           f"+ early_stopping_patience {patience}")
+                epochs = max(1, min(self.max_epochs, epochs))
+                if epochs != current["epochs"]:
+                    set_train("epochs", epochs, why + (f" (capped at max_epochs {self.max_epochs})" if epochs == self.max_epochs else ""))
+                else:
+                    because(f"train.epochs={epochs} unchanged", why)
+            if curve["gap"] is not None and curve["gap"] > self.gap_threshold:
+                dropout = round(min(self.max_dropout, current["dropout"] + self.dropout_step), 4)
+                if dropout > current["dropout"]:
+                    set_train("dropout", dropout, f"train/validation accuracy gap {curve['gap']:.3f} > {self.gap_threshold:g}: more regularisation")
+                else:
+                    because("train.dropout unchanged", f"accuracy gap {curve['gap']:.3f} is large but dropout is already at max_dropout {self.max_dropout:g}")
+            elif curve["underfitting"] and curve["plateau"]:
+                units = min(self.max_units, int(current["units"]) * 2)
+                if units > current["units"]:
+                    set_train("units", units, f"training accuracy {curve['final_accuracy']} < 0.9 on a plateau: under-fitting, a wider model")
+
+        # 2. tune ----------------------------------------------------------------
+        tune = self._tune(obs, because)
+
+        # 3. controller ------------------------------------------------------------
+        patience = max(1, int(current["early_stopping_patience"]) // 2)
+        controller = ControllerSettings(patience=patience).to_dict()
+        because(f"controller.patience={patience}",
+                f"half the early_stopping_patience {current['early_stopping_patience']}: the learning rate drops on a plateau "
+                "before early stopping ends training; divergence restores weights, lowers the rate and clips gradients")
+
+        # 4. compress --------------------------------------------------------------
+        compress, chosen = self._compress(obs, because)
+
+        # 5. action ---------------------------------------------------------------
+        action = self._action(obs, tune, chosen, because)
+        return {"action": action, "train": train, "tune": tune, "compress": compress, "controller": controller,
+                "policy": {"name": self.name, "arm": None, "context": None}, "reasons": reasons}
+
+    # ------------------------------------------------------------------ parts
+    def tuning_progress(self, obs: Observation) -> tuple[bool | None, float | None]:
+        """``(improving, gain)`` of the best value over the last ``improvement_window`` trials.
+
+        ``improving`` is ``None`` with no completed trial, ``True`` while fewer trials than the
+        window have completed (too early to tell).
+        """
+        history = obs.best_value_history
+        if not history:
+            return None, None
+        if len(history) <= self.improvement_window:
+            return True, None
+        gain = history[-1] - history[-1 - self.improvement_window]
+        if obs.direction == "minimize":
+            gain = -gain
+        return gain > self.min_improvement, gain
+
+    def _workers(self, obs: Observation, n_trials: int) -> tuple[int, str]:
+        free = obs.resources.get("cpus_free")
+        total = obs.resources.get("cpu_count")
+        limit = free if isinstance(free, int) and free > 0 else 1
+        workers = max(1, min(n_trials, limit, self.max_workers or limit))
+        return workers, f"{free if free is not None else 'unknown'} free CPUs of {total if total is not None else 'unknown'}, {n_trials} trials" + (
+            f", max_workers {self.max_workers}" if self.max_workers else "")
+
+    def _tune(self, obs: Observation, because) -> dict | None:
+        done = len(obs.trials)
+        if not obs.completed_trials:
+            if self.initial_trials == 0:
+                because("tune=null", "no completed trial and initial_trials is 0")
+                return None
+            n = min(self.initial_trials, self.max_trials)
+            workers, why = self._workers(obs, n)
+            because(f"tune.n_trials={n}", f"no completed trial yet ({done} trials seen): a first round on the default search space")
+            because(f"tune.n_workers={workers}", why)
+            return {"n_trials": n, "n_workers": workers, "search_space": None}
+        improving, gain = self.tuning_progress(obs)
+        remaining = self.max_trials - done
+        if not improving or remaining <= 0:
+            why = (f"max_trials {self.max_trials} reached ({done} trials)" if remaining <= 0 else
+                   f"the best value improved by {gain:.6g} over the last {self.improvement_window} trials, "
+                   f"not more than min_improvement {self.min_improvement:g}")
+            because("tune=null (no more trials)", why)
+            return None
+        n = min(self.trials_per_round, remaining)
+        tuned = {k: v for k, v in obs.best_trial["params"].items() if k in obs.tuned_params} or obs.best_trial["params"]
+        space, notes = self.narrow(tuned)
+        workers, why = self._workers(obs, n)
+        because(f"tune.n_trials={n}", "the best value is still improving" + (
+            f" (+{gain:.6g} over the last {self.improvement_window} trials)" if gain is not None else
+            f" (only {len(obs.best_value_history)} completed trials, fewer than improvement_window {self.improvement_window})"))
+        because(f"tune.n_workers={workers}", why)
+        because("tune.search_space narrowed", "around the best trial: " + "; ".join(notes) if notes else "no numeric parameter to narrow")
+        return {"n_trials": n, "n_workers": workers, "search_space": space or None}
+
+    def narrow(self, params: dict) -> tuple[dict, list[str]]:
+        """A search space around ``params`` (the best trial's), with one note per parameter."""
+        from dlagent.ml.config import TrainConfig
+
+        space, notes = {}, []
+        for name in sorted(params):
+            value = params[name]
+            if name in LOG_FLOATS and isinstance(value, (int, float)) and value > 0:
+                low, high = _sig(value / self.search_width), _sig(min(10.0, value * self.search_width))
+                if low < high:
+                    space[name] = {"type": "float", "low": low, "high": high, "log": True}
+                    notes.append(f"{name} in [{low:g}, {high:g}] (log, best {value:g} /{self.search_width:g} x{self.search_width:g})")
+            elif name in LINEAR_FLOATS and isinstance(value, (int, float)):
+                lo, hi = LINEAR_FLOATS[name]
+                low, high = round(max(lo, value - 0.1), 4), round(min(hi, value + 0.1), 4)
+                if low < high:
+                    space[name] = {"type": "float", "low": low, "high": high, "log": False}
+                    notes.append(f"{name} in [{low:g}, {high:g}] (best {value:g} +-0.1)")
+            elif name in LOG_INTS and isinstance(value, int) and not isinstance(value, bool):
+                low, high = max(1, value // 2), min(LOG_INTS[name], value * 2)
+                if low < high:
+                    space[name] = {"type": "int", "low": low, "high": high, "log": True}
+                    notes.append(f"{name} in [{low}, {high}] (log, best {value} /2 x2)")
+            elif name in CATEGORICALS:
+                try:
+                    TrainConfig.from_dict({name: value})
+                except ConfigError:
+                    continue
+                space[name] = {"type": "categorical", "choices": [value]}
+                notes.append(f"{name} fixed to {value!r}")
+        return space, notes
+
+    def _compress(self, obs: Observation, because) -> tuple[list, dict | None]:
+        measured = [c for c in obs.candidates if _finite(c["metrics"].get("accuracy"))]
+        if not measured:
+            because(f"compress: {len(self.compress_candidates)} candidates",
+                    "no compression measured yet: try each candidate (one mapped task each)")
+            return [dict(c) for c in self.compress_candidates], None
+        reference = obs.reference_accuracy
+        source = "the uncompressed model's test_accuracy"
+        if reference is None:
+            reference = max(c["metrics"]["accuracy"] for c in measured)
+            source = "the best candidate's accuracy (no evaluation run observed)"
+        budget = self.accuracy_budget_points / 100.0
+        within = [c for c in measured if c["metrics"]["accuracy"] >= reference - budget - 1e-9]
+        if not within:
+            because("compress: none", f"no candidate within {self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}; "
+                    f"best candidate {max(c['metrics']['accuracy'] for c in measured):.4f}")
+            return [], None
+        chosen = min(within, key=lambda c: (c["metrics"].get("size_bytes", math.inf) if _finite(c["metrics"].get("size_bytes")) else math.inf,
+                                            -c["metrics"]["accuracy"], c["name"]))
+        size = chosen["metrics"].get("size_bytes")
+        because(f"compress: {chosen['name']}",
+                f"the most compressed candidate ({f'{size:.0f} bytes' if _finite(size) else 'size unknown'}) within "
+                f"{self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}: accuracy {chosen['metrics']['accuracy']:.4f}; "
+                f"{len(within)} of {len(measured)} candidates within budget")
+        return [dict(chosen["config"])], chosen
+
+    def _action(self, obs: Observation, tune: dict | None, chosen: dict | None, because) -> str:
+        if chosen is not None:
+            accuracy, what = chosen["metrics"]["accuracy"], f"compressed candidate {chosen['name']}"
+        else:
+            accuracy, what = obs.reference_accuracy, "evaluated model"
+        champion = None
+        if obs.champion:
+            metrics = obs.champion.get("metrics") or {}
+            champion = metrics.get("test_accuracy", metrics.get("accuracy"))
+        blessed = obs.gate["blessed"] if obs.gate else None
+        if accuracy is None:
+            better, versus = False, "no evaluated accuracy observed"
+        elif champion is None:
+            better, versus = True, f"{what} accuracy {accuracy:.4f}, no champion deployed"
+        else:
+            gain = (accuracy - champion) * 100.0
+            better = gain > self.min_champion_gain_points + 1e-9
+            versus = (f"{what} accuracy {accuracy:.4f} vs champion v{obs.champion['version']} {champion:.4f} "
+                      f"({gain:+.2f} points, min gain {self.min_champion_gain_points:g})")
+        gate = "not evaluated by the gate" if blessed is None else ("blessed by the gate" if blessed else "rejected by the gate")
+        if blessed and better:
+            because("action=deploy", f"{gate} and better than the champion: {versus}")
+            return "deploy"
+        if tune is not None and tune["n_trials"] > 0:
+            because("action=retune", f"not deploying ({gate}; {versus}) and tuning continues: run {tune['n_trials']} trials")
+            return "retune"
+        because("action=stop", f"not deploying ({gate}; {versus}) and no more tuning is planned")
+        return "stop"
+
+
+def _sig(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {name}={value!r}.", f"give a whole number in [{low}, {high}].")
+
+
+def _num(name, value, low, high, *, low_open=False, high_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
+        raise ConfigError(name, f"must be a number in {interval}, got {name}={value!r}.", f"give a value in {interval}.")

@@ -1,0 +1,147 @@
+"""Observe a fixed MLflow history, decide with the rules policy, validate, log the plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from dlagent.agent import run_agent
+from dlagent.agent.observe import Observation, ObservationError, analyze_curve, observe
+from dlagent.agent.plan import log_plan, plan_to_json, validate_plan
+from dlagent.agent.policies import Policy, load_policy
+from dlagent.agent.policies.rules import RulesPolicy
+from dlagent.errors import ConfigError
+from mlflow import MlflowClient
+
+from tests.agent.history import CHAMPION, build_history
+
+RESOURCES = {"cpu_count": 4, "cpus_free": 2, "load_1m": 1.5, "memory_free_gb": 8.0}
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    """One store for the module (the tests only read it, or add runs of their own)."""
+    folder = tmp_path_factory.mktemp("agent-history")
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    return client, build_history(client, artifact_location=str(folder / "artifacts"))
+
+
+def test_observe_reads_the_history(history):
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    assert obs.config["learning_rate"] == 0.001 and obs.config["model"] == "mlp" and "dataset" not in obs.config
+    assert [t["number"] for t in obs.trials] == [0, 1, 2, 3, 4, 5]
+    assert [t["state"] for t in obs.trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "PRUNED", "COMPLETE"]
+    assert obs.best_trial["number"] == 3 and obs.direction == "maximize"
+    assert obs.best_trial["params"] == {"dropout": 0.2, "epochs": 10, "learning_rate": 0.002, "model": "mlp", "seed": 42, "units": 128}
+    assert obs.tuned_params == ["dropout", "learning_rate", "units"]
+    assert obs.best_value_history == [0.9, 0.93, 0.95, 0.95]
+    assert {c["step"] for c in obs.curves} == {"train", "trial"}
+    trial_curve = obs.curve_of(ids["best_trial_run_id"])
+    assert trial_curve["best_epoch"] == 4 and trial_curve["overfitting"] and trial_curve["gap"] == pytest.approx(0.08)
+    train_curve = obs.curve_of(ids["train_run_id"])
+    assert train_curve["still_improving"] and not train_curve["diverged"]
+    assert obs.reference_accuracy == 0.95 and obs.gate["blessed"] is True
+    assert sorted(c["name"] for c in obs.candidates) == ["float32", "int8", "pruned80+int8"]
+    assert obs.champion == {"name": CHAMPION, "version": "1", "run_id": obs.champion["run_id"], "metrics": {"test_accuracy": 0.92}}
+    assert obs.compute == {"runs": 11, "finished_runs": 10, "run_seconds": 107.0, "epochs": 53, "trials": 6}
+    assert Observation.from_dict(json.loads(obs.to_json())) == obs  # JSON round trip
+
+
+def test_rules_plan_is_deterministic_valid_and_explained(history):
+    client, ids = history
+    plans = []
+    for _ in range(2):  # two observations of the same history, two policy instances
+        obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+        plans.append(plan_to_json(RulesPolicy().decide(obs)))
+    assert plans[0] == plans[1]
+    plan = validate_plan(json.loads(plans[0]))
+    assert plan["train"] == {"dropout": 0.3, "epochs": 8, "learning_rate": 0.002}  # best trial, best epoch 5 + patience 3, gap
+    assert plan["tune"]["n_trials"] == 8 and plan["tune"]["n_workers"] == 2  # 2 free CPUs
+    assert plan["tune"]["search_space"] == {
+        "dropout": {"type": "float", "low": 0.1, "high": 0.3, "log": False},
+        "learning_rate": {"type": "float", "low": 0.0006667, "high": 0.006, "log": True},
+        "units": {"type": "int", "low": 64, "high": 256, "log": True},
+    }
+    assert plan["compress"] == [{"quantization": "int8", "sparsity": 0.0}]  # smallest within 1 point of 0.95
+    assert plan["action"] == "deploy"  # blessed, 0.948 beats the champion's 0.92
+    decisions = [r["decision"] for r in plan["reasons"]]
+    assert "train.dropout=0.3" in decisions and "action=deploy" in decisions and "compress: int8" in decisions
+    assert all(r["because"] for r in plan["reasons"])
+
+
+def test_rules_stop_tuning_when_the_best_value_stalls(history):
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    stalled = RulesPolicy(improvement_window=1).decide(obs)  # 0.95 -> 0.95 over the last trial
+    assert stalled["tune"] is None
+    improving = RulesPolicy(improvement_window=2).decide(obs)  # 0.93 -> 0.95 over the last two
+    assert improving["tune"]["n_trials"] == 8
+    obs.gate = {"run_id": "x", "blessed": False, "metrics": {}}
+    assert RulesPolicy(improvement_window=1).decide(obs)["action"] == "stop"
+    assert RulesPolicy(improvement_window=2).decide(obs)["action"] == "retune"
+    assert RulesPolicy(accuracy_budget_points=0.1).decide(obs)["compress"] == [{"quantization": "none", "sparsity": 0.0}]
+
+
+def test_minimize_direction_and_nested_trials(history):
+    from tests.agent.history import child
+
+    client, ids = history
+    experiment_id = ids["experiment_id"]
+    parent = client.create_run(experiment_id).info.run_id
+    tune = child(client, experiment_id, parent, "tune", "tune", 1_700_000_000_000)  # trials one level deeper
+    for number, loss in enumerate([0.5, 0.3, 0.4]):
+        child(client, experiment_id, tune, None, f"trial-{number}", 1_700_000_000_001 + number,
+              tags={"optuna.trial_number": str(number), "optuna.state": "COMPLETE"}, params={"learning_rate": 0.01 * (number + 1)},
+              metrics={"objective": loss})
+    client.log_metric(parent, "best_value", 0.3)
+    obs = observe(client, experiment_id, parent, resources=RESOURCES)
+    assert obs.direction == "minimize" and obs.best_trial["number"] == 1 and obs.best_value_history == [0.5, 0.3, 0.3]
+
+
+def test_rules_lower_the_learning_rate_on_divergence():
+    curve = analyze_curve({"loss": [1.0, 0.5, 3.0, float("nan")], "val_loss": [1.0, 0.6, 2.0, float("nan")]})
+    assert curve["diverged"] and curve["divergence_epoch"] == 2
+    obs = Observation(experiment_id="1", parent_run_id="p", config={"learning_rate": 0.5},
+                      curves=[{"run_id": "r", "step": "train", "params": {}, **curve}], resources=RESOURCES)
+    plan = validate_plan(RulesPolicy().decide(obs))
+    assert plan["train"]["learning_rate"] == 0.15
+    assert any("diverged" in r["because"] for r in plan["reasons"])
+
+
+def test_run_agent_and_log_plan(history):
+    client, ids = history
+    plan, obs = run_agent(client, ids["experiment_id"], ids["parent_run_id"], champion_name=CHAMPION, resources=RESOURCES)
+    agent_run = client.create_run(ids["experiment_id"], tags={"dlagent.step": "agent"})  # not a child: the module shares the history
+    log_plan(client, agent_run.info.run_id, plan, obs)
+    stored = json.loads(Path(client.download_artifacts(agent_run.info.run_id, "decisions.json")).read_text())
+    assert stored == plan
+    assert client.get_run(agent_run.info.run_id).data.tags["dlagent.action"] == "deploy"
+
+
+def test_observe_errors_are_clear(history, monkeypatch):
+    client, ids = history
+    with pytest.raises(ConfigError, match="^parent_run_id: no MLflow run"):
+        observe(client, ids["experiment_id"], "0" * 32)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(ObservationError, match=r"MLflow at http://127\.0\.0\.1:9"):
+        observe(MlflowClient("http://127.0.0.1:9"), "0", "abc")
+
+
+def test_load_policy():
+    assert isinstance(load_policy("rules"), RulesPolicy)
+    assert load_policy("dlagent.agent.policies.rules.RulesPolicy", max_trials=4).max_trials == 4
+    assert load_policy("learning", seed=3).seed == 3
+    for bad, match in [("genetic", "unknown policy 'genetic'"), ("json.JSONDecoder", "not a dlagent Policy"),
+                       ("no_such_pkg.Policy", "cannot import"), ("", "must be a policy name")]:
+        with pytest.raises(ConfigError, match=match) as info:
+            load_policy(bad)
+        assert info.value.field == "policy"
+    with pytest.raises(ConfigError) as info:
+        load_policy("rules", max_trials=0)
+    assert info.value.field == "policy.max_trials" and "max_trials=0" in str(info.value)
+    with pytest.raises(ConfigError, match="bad arguments"):
+        load_policy("rules", colour="red")
+    assert issubclass(RulesPolicy, Policy)

@@ -1,0 +1,101 @@
+"""The learning policy: state that survives across runs in MLflow, and learning the best arm."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from dlagent.agent.observe import Observation, analyze_curve
+from dlagent.agent.plan import validate_plan
+from dlagent.agent.policies.learning import LearningPolicy, MemoryStateStore, MLflowStateStore, context_of
+from dlagent.errors import ConfigError
+from mlflow import MlflowClient
+
+from tests.agent.history import BEST_TRIAL_CURVE
+
+RESOURCES = {"cpu_count": 2, "cpus_free": 1}
+DIVERGED = {"loss": [1.0, 0.5, 3.0, float("nan")], "val_loss": [1.0, 0.6, 2.0, float("nan")]}
+
+
+def observation(curve=BEST_TRIAL_CURVE) -> Observation:
+    summary = analyze_curve(curve)
+    return Observation(experiment_id="1", parent_run_id="p", config={"learning_rate": 0.001, "epochs": 10},
+                       curves=[{"run_id": "r", "step": "train", "params": {}, **summary}], resources=RESOURCES)
+
+
+def environment(best: str, seed: int = 0):
+    """A synthetic pipeline: the best arm earns about 1.0, every other arm about 0.3."""
+    rng = random.Random(seed)
+    return lambda arm: (1.0 if arm == best else 0.3) + rng.gauss(0, 0.05)
+
+
+def test_state_survives_across_runs_and_moves_to_the_best_arm(mlflow_uri, tmp_path):
+    client = MlflowClient(mlflow_uri)
+    experiment_id = client.create_experiment("bandit", artifact_location=str(tmp_path / "artifacts"))
+    obs = observation()
+    best = "lr_x2-epochs_x1"
+    reward_of = environment(best)
+    chosen = []
+    for run in range(24):  # every simulated DAG run builds a fresh policy that reloads the state
+        policy = LearningPolicy(store=MLflowStateStore(client, experiment_id), seed=7)
+        plan = validate_plan(policy.decide(obs))
+        assert plan["policy"]["name"] == "learning" and plan["policy"]["context"] == "overfit"
+        chosen.append(plan["policy"]["arm"])
+        assert policy.update(reward_of(plan["policy"]["arm"]), plan=plan, key=f"dag/manual__{run}") is True
+    assert len(set(chosen[:9])) == 9  # every arm tried once first
+    assert Counter(chosen[-10:])[best] >= 8
+    fresh = LearningPolicy(store=MLflowStateStore(client, experiment_id), seed=7)
+    stats = fresh.statistics()
+    assert stats["n"] == 24 and stats["by_context"]["overfit"][best][0] == Counter(chosen)[best]
+    # A retried reward task does not count twice.
+    assert fresh.update(5.0, plan=plan, key="dag/manual__23") is False
+    assert fresh.statistics()["n"] == 24
+    # Deterministic given the seed and the stored rewards.
+    assert LearningPolicy(store=MLflowStateStore(client, experiment_id), seed=7).decide(obs) == fresh.decide(obs)
+    # The state lives in one run of the experiment.
+    runs = client.search_runs([experiment_id], filter_string="tags.`dlagent.kind` = 'agent-policy-state'")
+    assert len(runs) == 1 and runs[0].info.run_name == "agent-policy-state"
+
+
+def test_contexts_learn_their_own_best_arm_with_ucb():
+    policy = LearningPolicy(store=MemoryStateStore(), strategy="ucb", ucb_c=0.3, seed=1)
+    observations = {"overfit": observation(), "diverged": observation(DIVERGED)}
+    best = {"overfit": "lr_x1-epochs_x0.5", "diverged": "lr_x0.5-epochs_x1"}
+    envs = {ctx: environment(arm, seed=i) for i, (ctx, arm) in enumerate(best.items())}
+    for run in range(60):
+        ctx = "overfit" if run % 2 else "diverged"
+        plan = policy.decide(observations[ctx])
+        assert plan["policy"]["context"] == ctx == context_of(observations[ctx])
+        policy.update(envs[ctx](plan["policy"]["arm"]), plan=plan)
+    for ctx, arm in best.items():
+        assert policy.decide(observations[ctx])["policy"]["arm"] == arm
+
+
+def test_arms_scale_the_rules_plan_and_say_why():
+    policy = LearningPolicy()
+    plan = policy.decide(observation())
+    arm = plan["policy"]["arm"]
+    assert arm == "lr_x0.5-epochs_x0.5"  # nothing tried yet: the first arm
+    # rules: best epoch 5 + default patience 5 = 10 epochs (unchanged); the arm halves both.
+    assert plan["train"]["learning_rate"] == 0.0005 and plan["train"]["epochs"] == 5
+    assert plan["reasons"][-1]["decision"].startswith(f"learning: arm {arm}")
+
+
+def test_reward_and_arguments_are_validated():
+    policy = LearningPolicy(accuracy_weight=100, time_weight=0.01, compute_weight=0.1)
+    assert policy.reward(0.02, 100.0, 10) == pytest.approx(2.0 - 1.0 - 1.0)
+    obs = Observation(experiment_id="1", parent_run_id="p", compute={"run_seconds": 50.0, "epochs": 5})
+    assert policy.reward_from_observation(obs, 0.95, 0.93) == pytest.approx(2.0 - 0.5 - 0.5)
+    with pytest.raises(ConfigError, match="^seconds"):
+        policy.reward(0.1, float("nan"), 1)
+    with pytest.raises(ConfigError, match="^arm: unknown arm"):
+        policy.update(1.0, arm="lr_x9", context="overfit")
+    with pytest.raises(ConfigError, match="^context"):
+        policy.update(1.0, arm="lr_x1-epochs_x1", context="sunny")
+    with pytest.raises(ConfigError, match="^strategy"):
+        LearningPolicy(strategy="thompson")
+    with pytest.raises(ConfigError, match=r"^epsilon: .*epsilon=1\.5"):
+        LearningPolicy(epsilon=1.5)
+    with pytest.raises(ConfigError, match="^lr_scales"):
+        LearningPolicy(lr_scales=[1, 1])

@@ -1,0 +1,90 @@
+"""The plan schema: valid plans normalize deterministically, malformed ones name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dlagent.agent.plan import plan_to_json, validate_plan
+from dlagent.errors import ConfigError
+
+
+def good_plan(**changes) -> dict:
+    plan = {
+        "action": "retune",
+        "train": {"learning_rate": 0.003, "epochs": 12, "dropout": 0.3},
+        "tune": {"n_trials": 8, "n_workers": 2,
+                 "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                                  "units": {"type": "int", "low": 32, "high": 256, "log": True},
+                                  "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]}}},
+        "compress": [{"sparsity": 0.8, "quantization": "int8"}, {"quantization": "dynamic"}],
+        "controller": {"patience": 1, "factor": 0.5},
+        "policy": {"name": "rules", "arm": None, "context": None},
+        "reasons": [{"decision": "train.dropout=0.3", "because": "accuracy gap 0.08"}],
+    }
+    plan.update(changes)
+    return plan
+
+
+def test_valid_plan_is_normalized_and_serialized_deterministically():
+    plan = validate_plan(good_plan())
+    assert plan["controller"]["patience"] == 1 and plan["controller"]["clipnorm"] == 1.0  # expanded to every setting
+    assert validate_plan(plan) == plan  # idempotent
+    text = plan_to_json(good_plan())
+    shuffled = dict(reversed(list(good_plan().items())))
+    assert plan_to_json(shuffled) == text
+    assert json.loads(text) == plan
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    assert validate_plan(text) == plan  # a JSON string is accepted too
+
+
+def test_minimal_plan_gets_empty_sections():
+    plan = validate_plan({"action": "stop", "reasons": []})
+    assert plan == {"action": "stop", "train": {}, "tune": None, "compress": [], "controller": None, "policy": None, "reasons": []}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"action": "launch"}, "action"),
+        ({"surprise": 1}, "surprise"),
+        ({"train": {"lr": 0.1}}, "train.lr"),
+        ({"train": {"learning_rate": -1.0}}, "train.learning_rate"),
+        ({"train": {"epochs": 2.5}}, "train.epochs"),
+        ({"train": [1, 2]}, "train"),
+        ({"tune": {"n_trials": -1}}, "tune.n_trials"),
+        ({"tune": {"n_trials": 4, "n_workers": 0}}, "tune.n_workers"),
+        ({"tune": {"n_trials": 4, "parallel": 2}}, "tune.parallel"),
+        ({"tune": {"n_trials": 4, "search_space": {"lr": {"type": "float", "low": 0.1, "high": 1}}}}, "tune.search_space.lr"),
+        ({"tune": {"n_trials": 4, "search_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}}, "tune.search_space.learning_rate"),
+        ({"tune": {"n_trials": 4, "search_space": {"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}}, "tune.search_space.learning_rate.low"),
+        ({"tune": {"n_trials": 4, "search_space": {"dropout": {"type": "float", "low": 0.1, "high": 1.5}}}}, "tune.search_space.dropout.high"),
+        ({"tune": {"n_trials": 4, "search_space": {"units": {"type": "float", "low": 8, "high": 64}}}}, "tune.search_space.units.type"),
+        ({"tune": {"n_trials": 4, "search_space": {"optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}}}}, "tune.search_space.optimizer.choices[1]"),
+        ({"compress": [{"sparsity": 1.5}]}, "compress[0].sparsity"),
+        ({"compress": [{"quantization": "int8"}, {"quantization": "int4"}]}, "compress[1].quantization"),
+        ({"compress": [{"prune": True}]}, "compress[0].prune"),
+        ({"controller": {"factor": 2.0}}, "controller.factor"),
+        ({"controller": {"speed": 1}}, "controller.speed"),
+        ({"policy": {"arm": "x"}}, "policy.name"),
+        ({"reasons": [{"decision": "x"}]}, "reasons[0]"),
+        ({"reasons": [{"decision": "x", "because": ""}]}, "reasons[0].because"),
+        ({"reasons": "because"}, "reasons"),
+    ],
+)
+def test_malformed_plan_names_the_field(change, field):
+    with pytest.raises(ConfigError) as info:
+        validate_plan(good_plan(**change))
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}:")
+
+
+def test_missing_required_sections_and_bad_documents():
+    with pytest.raises(ConfigError, match="^action: is missing"):
+        validate_plan({"reasons": []})
+    with pytest.raises(ConfigError, match="^reasons: is missing"):
+        validate_plan({"action": "stop"})
+    with pytest.raises(ConfigError, match="^plan: is not valid JSON"):
+        validate_plan("{not json")
+    with pytest.raises(ConfigError, match="^plan: must be a JSON object"):
+        validate_plan([1])
