@@ -1,0 +1,212 @@
+"""The deployment gate: bless a candidate only when it is measured better than the champion.
+
+:func:`decide` compares three sets of measurements taken on the same held-out test split:
+
+* ``candidate_metrics``: the model that would ship (e.g. the int8 TFLite candidate);
+* ``reference_metrics``: the uncompressed model it came from (to bound what compression lost);
+* ``champion_metrics``: the model deployed now (``None`` when nothing is deployed).
+
+A candidate is blessed when every check passes:
+
+1. ``test_accuracy >= min_accuracy`` (when set);
+2. accuracy drop versus the reference ``<= max_accuracy_drop_points`` (when set);
+3. ``size_bytes <= max_size_bytes`` and ``latency_ms_p95 <= max_latency_ms_p95`` (when set);
+4. versus the champion: **better** by more than 0 and at least ``min_improvement_points``, or
+   **as good** (within ``tie_tolerance_points``) **and** smaller or faster by at least
+   ``min_efficiency_gain`` (a fraction of the champion's size or p95 latency).
+
+A candidate worse than the champion by more than :data:`MAX_REGRESSION_POINTS` (0.5
+accuracy points) is never blessed, whatever the thresholds say. Accuracies are fractions in
+[0, 1]; differences are reported in points (1 point = 0.01).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from dlagent.errors import ConfigError
+
+MAX_REGRESSION_POINTS = 0.5
+ACCURACY = "test_accuracy"
+SIZE = "size_bytes"
+LATENCY = "latency_ms_p95"
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Limits a candidate must meet; ``None`` switches a limit off. Validated on creation."""
+
+    min_accuracy: float | None = None
+    max_accuracy_drop_points: float | None = 1.0
+    max_size_bytes: int | None = None
+    max_latency_ms_p95: float | None = None
+    min_improvement_points: float = 0.0
+    tie_tolerance_points: float = MAX_REGRESSION_POINTS
+    min_efficiency_gain: float = 0.05
+
+    def __post_init__(self):
+        _number("min_accuracy", self.min_accuracy, low=0.0, high=1.0, optional=True,
+                fix="give a fraction in [0, 1], e.g. 0.9 for 90%, or null for no minimum.")
+        _number("max_accuracy_drop_points", self.max_accuracy_drop_points, low=0.0, high=100.0, optional=True,
+                fix="give accuracy points in [0, 100], e.g. 1.0, or null for no limit.")
+        _integer("max_size_bytes", self.max_size_bytes, low=1, optional=True)
+        _number("max_latency_ms_p95", self.max_latency_ms_p95, low=0.0, high=1e9, low_open=True, optional=True,
+                fix="give milliseconds > 0, e.g. 5.0, or null for no limit.")
+        _number("min_improvement_points", self.min_improvement_points, low=0.0, high=100.0,
+                fix="give accuracy points in [0, 100], e.g. 0.")
+        _number("tie_tolerance_points", self.tie_tolerance_points, low=0.0, high=MAX_REGRESSION_POINTS,
+                fix=f"give accuracy points in [0, {MAX_REGRESSION_POINTS}]: a model worse by more is never blessed.")
+        _number("min_efficiency_gain", self.min_efficiency_gain, low=0.0, high=1.0, high_open=True,
+                fix="give a fraction in [0, 1), e.g. 0.05 for 5% smaller or faster.")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> GateThresholds:
+        """Build from a dict (Params); unknown keys are refused."""
+        if values is None:
+            return cls()
+        if not isinstance(values, dict):
+            raise ConfigError("thresholds", f"must be a JSON object, got {type(values).__name__}.", "pass a mapping of limits.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"thresholds.{unknown[0]}", f"unknown gate threshold (known: {sorted(known)}).", "remove it or fix its spelling.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _number(name, value, *, low, high, low_open=False, high_open=False, optional=False, fix=""):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"thresholds.{name}", f"must be a finite number{' or null' if optional else ''}, got {value!r} ({type(value).__name__}).", fix)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+        raise ConfigError(f"thresholds.{name}", f"must be in {interval}, got {value}.", fix)
+
+
+def _integer(name, value, *, low, optional=False):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"thresholds.{name}", f"must be a whole number of bytes{' or null' if optional else ''}, got {value!r} ({type(value).__name__}).",
+                          "give e.g. 500000, or null for no limit.")
+    if value < low:
+        raise ConfigError(f"thresholds.{name}", f"must be >= {low}, got {value}.", "give a positive number of bytes.")
+
+
+def _metric(metrics: dict | None, key: str, where: str, *, required: bool = False) -> float | None:
+    if metrics is None:
+        return None
+    if not isinstance(metrics, dict):
+        raise ConfigError(where, f"must be a mapping of metric names to numbers, got {type(metrics).__name__}.", "pass the metrics dict from the evaluation.")
+    value = metrics.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}.{key}", "is missing.", f"measure {key} on the test split first.")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}.{key}", f"must be a finite number, got {value!r}.", "pass measured values.")
+    if key == ACCURACY and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}.{key}", f"must be a fraction in [0, 1], got {value}.", "pass accuracy as a fraction, not a percentage.")
+    return float(value)
+
+
+def _points(a: float, b: float) -> float:
+    return round((a - b) * 100.0, 6)
+
+
+def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_metrics: dict | None,
+           thresholds: GateThresholds | dict | None = None) -> dict:
+    """Decide whether the candidate ships.
+
+    Returns ``{"blessed": bool, "reasons": [str], "checks": [{"check", "passed", "detail"}],
+    "accuracy_drop_points": float|None, "delta_vs_champion_points": float|None}``: ``reasons``
+    holds the failed checks when rejected and what earned the blessing otherwise; ``checks``
+    holds every check. Bad input (thresholds of the wrong type, a metric that is not a number,
+    a candidate without ``test_accuracy``) raises :class:`ConfigError`.
+    """
+    if not isinstance(thresholds, GateThresholds):
+        thresholds = GateThresholds.from_dict(thresholds)
+    accuracy = _metric(candidate_metrics, ACCURACY, "candidate_metrics", required=True)
+    size = _metric(candidate_metrics, SIZE, "candidate_metrics")
+    latency = _metric(candidate_metrics, LATENCY, "candidate_metrics")
+    reference_accuracy = _metric(reference_metrics, ACCURACY, "reference_metrics", required=reference_metrics is not None)
+    checks: list[dict] = []
+
+    def check(name: str, passed: bool, detail: str):
+        checks.append({"check": name, "passed": bool(passed), "detail": detail})
+
+    if thresholds.min_accuracy is not None:
+        check("min_accuracy", accuracy >= thresholds.min_accuracy - _EPS,
+              f"test_accuracy {accuracy:.4f} {'>=' if accuracy >= thresholds.min_accuracy - _EPS else '<'} min_accuracy {thresholds.min_accuracy:.4f}")
+
+    drop = None
+    if reference_accuracy is not None:
+        drop = _points(reference_accuracy, accuracy)
+        if thresholds.max_accuracy_drop_points is not None:
+            ok = drop <= thresholds.max_accuracy_drop_points + _EPS
+            check("max_accuracy_drop_points", ok,
+                  f"accuracy drop versus the uncompressed model {drop:+.2f} points {'<=' if ok else '>'} {thresholds.max_accuracy_drop_points} allowed")
+    elif thresholds.max_accuracy_drop_points is not None:
+        check("max_accuracy_drop_points", False, "no reference (uncompressed) metrics to measure the accuracy drop against")
+
+    for name, value, limit, unit in (("max_size_bytes", size, thresholds.max_size_bytes, "bytes"),
+                                      ("max_latency_ms_p95", latency, thresholds.max_latency_ms_p95, "ms")):
+        if limit is None:
+            continue
+        metric = SIZE if name == "max_size_bytes" else LATENCY
+        if value is None:
+            check(name, False, f"{metric} was not measured, so the limit {limit} {unit} cannot be verified")
+        else:
+            ok = value <= limit + _EPS
+            check(name, ok, f"{metric} {value:g} {unit} {'<=' if ok else '>'} limit {limit:g} {unit}")
+
+    delta = None
+    champion_accuracy = _metric(champion_metrics, ACCURACY, "champion_metrics", required=champion_metrics is not None)
+    if champion_accuracy is None:
+        check("champion", True, "no champion deployed: the first model that meets the limits ships")
+    else:
+        delta = _points(accuracy, champion_accuracy)
+        champion_size = _metric(champion_metrics, SIZE, "champion_metrics")
+        champion_latency = _metric(champion_metrics, LATENCY, "champion_metrics")
+        gain = thresholds.min_efficiency_gain
+        smaller = size is not None and champion_size is not None and size <= champion_size * (1 - gain) + _EPS
+        faster = latency is not None and champion_latency is not None and latency <= champion_latency * (1 - gain) + _EPS
+        if delta < -MAX_REGRESSION_POINTS - _EPS:
+            check("champion", False, f"worse than the champion by {-delta:.2f} points (more than {MAX_REGRESSION_POINTS}): never blessed")
+        elif delta > _EPS and delta >= thresholds.min_improvement_points - _EPS:
+            check("champion", True, f"better than the champion by {delta:+.2f} points (min_improvement_points {thresholds.min_improvement_points})")
+        elif delta >= -thresholds.tie_tolerance_points - _EPS and (smaller or faster):
+            what = " and ".join(
+                part for part, flag in (
+                    (f"smaller ({size:g} vs {champion_size:g} bytes)" if smaller else "", smaller),
+                    (f"faster (p95 {latency:.3f} vs {champion_latency:.3f} ms)" if faster else "", faster),
+                ) if flag
+            )
+            check("champion", True, f"as good as the champion ({delta:+.2f} points, tolerance {thresholds.tie_tolerance_points}) and {what}")
+        else:
+            why = (f"{delta:+.2f} points versus the champion is not an improvement of at least "
+                   f"{max(thresholds.min_improvement_points, 0.0)} points")
+            if delta >= -thresholds.tie_tolerance_points - _EPS:
+                why += f", and it is not at least {gain:.0%} smaller or faster than the champion"
+            else:
+                why += f", and it is outside the {thresholds.tie_tolerance_points}-point tie tolerance"
+            check("champion", False, why)
+
+    blessed = all(c["passed"] for c in checks)
+    reasons = [c["detail"] for c in checks if c["passed"] == blessed] if blessed else [c["detail"] for c in checks if not c["passed"]]
+    return {
+        "blessed": blessed,
+        "reasons": reasons,
+        "checks": checks,
+        "accuracy_drop_points": drop,
+        "delta_vs_champion_points": delta,
+        "thresholds": thresholds.to_dict(),
+    }

@@ -1,0 +1,211 @@
+"""The deployment gate: rules on measured metrics, and real injected regressions that must never
+reach the registry."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from dlagent.errors import ConfigError
+from dlagent.ml.config import TrainConfig
+from dlagent.ml.gate import MAX_REGRESSION_POINTS, GateThresholds, decide
+
+CHAMPION = {"test_accuracy": 0.950, "size_bytes": 100_000, "latency_ms_p95": 1.0}
+REFERENCE = {"test_accuracy": 0.955}
+OPEN = GateThresholds(max_accuracy_drop_points=None)
+
+
+def _candidate(accuracy, size=100_000, latency=1.0):
+    return {"test_accuracy": accuracy, "size_bytes": size, "latency_ms_p95": latency}
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def test_first_model_ships_when_it_meets_the_limits():
+    decision = decide(_candidate(0.9), REFERENCE, None, GateThresholds(min_accuracy=0.85, max_accuracy_drop_points=6))
+    assert decision["blessed"] is True
+    assert any("no champion" in reason for reason in decision["reasons"])
+
+
+def test_better_than_champion_ships():
+    decision = decide(_candidate(0.956), REFERENCE, CHAMPION, OPEN)
+    assert decision["blessed"] and decision["delta_vs_champion_points"] == pytest.approx(0.6)
+    assert any("better than the champion" in r for r in decision["reasons"])
+
+
+def test_min_improvement_is_required_unless_smaller_or_faster():
+    thresholds = GateThresholds(max_accuracy_drop_points=None, min_improvement_points=1.0)
+    assert not decide(_candidate(0.955), REFERENCE, CHAMPION, thresholds)["blessed"]
+    assert decide(_candidate(0.961), REFERENCE, CHAMPION, thresholds)["blessed"]
+    assert decide(_candidate(0.955, size=50_000), REFERENCE, CHAMPION, thresholds)["blessed"]
+
+
+def test_equal_accuracy_ships_only_when_smaller_or_faster():
+    same = decide(_candidate(0.95), REFERENCE, CHAMPION, OPEN)
+    assert not same["blessed"]
+    assert "not at least 5% smaller or faster" in same["reasons"][0]
+    assert decide(_candidate(0.95, size=60_000), REFERENCE, CHAMPION, OPEN)["blessed"]
+    faster = decide(_candidate(0.95, latency=0.5), REFERENCE, CHAMPION, OPEN)
+    assert faster["blessed"] and "faster" in faster["reasons"][-1]
+    assert not decide(_candidate(0.95, size=99_000, latency=0.99), REFERENCE, CHAMPION, OPEN)["blessed"]  # within noise
+
+
+def test_slightly_worse_but_much_smaller_ships_within_the_tie_tolerance():
+    assert decide(_candidate(0.946, size=20_000), REFERENCE, CHAMPION, OPEN)["blessed"]  # -0.4 points
+    strict = GateThresholds(max_accuracy_drop_points=None, tie_tolerance_points=0.0)
+    assert not decide(_candidate(0.946, size=20_000), REFERENCE, CHAMPION, strict)["blessed"]
+
+
+@pytest.mark.parametrize("accuracy", [0.9449, 0.94, 0.90, 0.5, 0.0])
+def test_worse_than_champion_by_more_than_half_a_point_is_never_blessed(accuracy):
+    generous = GateThresholds(min_accuracy=0.0, max_accuracy_drop_points=100.0, min_improvement_points=0.0,
+                              tie_tolerance_points=MAX_REGRESSION_POINTS, min_efficiency_gain=0.0)
+    decision = decide(_candidate(accuracy, size=1, latency=0.001), REFERENCE, CHAMPION, generous)
+    assert decision["blessed"] is False
+    assert any("never blessed" in reason for reason in decision["reasons"])
+
+
+def test_limits_on_accuracy_drop_size_and_latency():
+    thresholds = GateThresholds(min_accuracy=0.9, max_accuracy_drop_points=0.5, max_size_bytes=50_000, max_latency_ms_p95=0.5)
+    decision = decide(_candidate(0.96, size=60_000, latency=0.7), {"test_accuracy": 0.97}, None, thresholds)
+    assert decision["blessed"] is False
+    failed = {c["check"] for c in decision["checks"] if not c["passed"]}
+    assert failed == {"max_accuracy_drop_points", "max_size_bytes", "max_latency_ms_p95"}
+    assert decision["accuracy_drop_points"] == pytest.approx(1.0)
+    assert len(decision["reasons"]) == 3
+    unmeasured = decide({"test_accuracy": 0.96}, None, None, GateThresholds(max_accuracy_drop_points=None, max_size_bytes=10))
+    assert not unmeasured["blessed"] and "not measured" in unmeasured["reasons"][0]
+    no_reference = decide(_candidate(0.96), None, None, GateThresholds(max_accuracy_drop_points=1.0))
+    assert not no_reference["blessed"] and "no reference" in no_reference["reasons"][0]
+    assert not decide(_candidate(0.89), None, None, GateThresholds(min_accuracy=0.9, max_accuracy_drop_points=None))["blessed"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("min_accuracy", "0.9"), ("min_accuracy", 90), ("min_accuracy", True), ("max_accuracy_drop_points", [1]),
+     ("max_accuracy_drop_points", -1), ("max_size_bytes", 1.5e6), ("max_size_bytes", "1MB"), ("max_size_bytes", 0),
+     ("max_latency_ms_p95", "fast"), ("max_latency_ms_p95", 0), ("min_improvement_points", None),
+     ("min_improvement_points", float("nan")), ("tie_tolerance_points", 1.0), ("min_efficiency_gain", 1.0)],
+)
+def test_thresholds_of_wrong_type_or_range_name_the_field(field, value):
+    with pytest.raises(ConfigError) as err:
+        GateThresholds(**{field: value})
+    assert err.value.field == f"thresholds.{field}"
+    with pytest.raises(ConfigError) as err:
+        decide(_candidate(0.9), REFERENCE, None, {field: value})
+    assert err.value.field == f"thresholds.{field}"
+
+
+def test_threshold_dicts_refuse_unknown_keys_and_non_mappings():
+    with pytest.raises(ConfigError) as err:
+        GateThresholds.from_dict({"min_acc": 0.9})
+    assert err.value.field == "thresholds.min_acc"
+    with pytest.raises(ConfigError) as err:
+        decide(_candidate(0.9), REFERENCE, None, [("min_accuracy", 0.9)])
+    assert err.value.field == "thresholds"
+    assert GateThresholds.from_dict(None) == GateThresholds()
+
+
+@pytest.mark.parametrize(
+    ("candidate", "field"),
+    [({}, "candidate_metrics.test_accuracy"), ({"test_accuracy": "0.9"}, "candidate_metrics.test_accuracy"),
+     ({"test_accuracy": 95.0}, "candidate_metrics.test_accuracy"), ({"test_accuracy": 0.9, "size_bytes": "big"}, "candidate_metrics.size_bytes")],
+)
+def test_bad_metrics_are_refused(candidate, field):
+    with pytest.raises(ConfigError) as err:
+        decide(candidate, None, None, OPEN)
+    assert err.value.field == field
+
+
+# --------------------------------------------------------------------------- injected regressions
+
+
+@pytest.fixture(scope="module")
+def trained(digits_small):
+    from dlagent.ml.training import fit
+
+    return fit(digits_small, TrainConfig(model="mlp", epochs=30, units=128, early_stopping_patience=0)).model
+
+
+def _registry_state(client, name):
+    versions = sorted((v.version, tuple(sorted(v.tags.items()))) for v in client.search_model_versions(f"name = '{name}'"))
+    return versions, dict(client.get_registered_model(name).aliases)
+
+
+def _noisy(model, scale, seed=0):
+    from dlagent.ml.compression import copy_model
+
+    rng = np.random.default_rng(seed)
+    noisy = copy_model(model)
+    noisy.set_weights([w + rng.normal(0, scale * (w.std() or 1.0), w.shape).astype(w.dtype) for w in model.get_weights()])
+    return noisy
+
+
+def test_every_injected_regression_is_rejected_and_nothing_is_deployed(trained, digits_small, mlflow_uri):
+    from dlagent.ml.compression import CompressionConfig, compress, prune
+    from dlagent.ml.registry import deploy_if_blessed, log_deployable_model, register_champion
+    from dlagent.ml.tracking import ensure_experiment
+    from dlagent.ml.training import fit
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(ensure_experiment(client, "gate", os.environ["DLAGENT_ARTIFACT_ROOT"])).info.run_id
+    name = "gate-digits"
+
+    def deploy(candidate, label, thresholds, reference):
+        uri = log_deployable_model(candidate.keras_model, digits_small, tracking_uri=mlflow_uri, run_id=run_id,
+                                   tflite_bytes=candidate.tflite_bytes, name=label.replace(" ", "-").replace("%", "pct").replace(",", ""))
+        return deploy_if_blessed(mlflow_uri, name, uri, candidate_metrics=candidate.metrics, reference_metrics=reference,
+                                 thresholds=thresholds, idempotency_key=f"gate/{label}")
+
+    # the deployed champion: the float32 TFLite conversion of a well-trained model
+    champion = compress(trained, digits_small, CompressionConfig(quantization="none"), latency_runs=100)
+    champion_uri = log_deployable_model(trained, digits_small, tracking_uri=mlflow_uri, run_id=run_id, tflite_bytes=champion.tflite_bytes)
+    register_champion(mlflow_uri, champion_uri, name, idempotency_key="gate/champion", metrics=champion.metrics)
+    before = _registry_state(client, name)
+    champion_accuracy = champion.metrics["test_accuracy"]
+    assert champion_accuracy >= 0.85
+
+    # a good candidate: the same model with int8 weights, as accurate and at least 2x smaller
+    good = compress(trained, digits_small, CompressionConfig(quantization="dynamic"), latency_runs=100)
+    assert abs(good.metrics["test_accuracy"] - champion_accuracy) * 100 <= 0.5
+    assert good.metrics["size_bytes"] < 0.5 * champion.metrics["size_bytes"]
+    limits = GateThresholds(max_accuracy_drop_points=2.0)
+
+    shuffled = digits_small.__class__(**{**digits_small.__dict__, "y_train": np.random.default_rng(1).permutation(digits_small.y_train)})
+    int8 = CompressionConfig(quantization="int8")
+    regressions = {
+        "noisy weights": compress(_noisy(trained, 1.5), digits_small, int8, latency_runs=50),
+        "97% pruned, no fine-tune": compress(prune(trained, None, 0.97, fine_tune_epochs=0), digits_small, int8, latency_runs=50),
+        "under-trained": compress(fit(digits_small, TrainConfig(model="mlp", epochs=1, units=8, learning_rate=1e-4)).model,
+                                  digits_small, int8, latency_runs=50),
+        "shuffled labels": compress(fit(shuffled, TrainConfig(model="mlp", epochs=3, units=16)).model, digits_small,
+                                    CompressionConfig(quantization="dynamic"), latency_runs=50),
+        "tiny student": compress(trained, digits_small, CompressionConfig(distill=True, student_model="mlp", student_units=2,
+                                                                          distill_epochs=2), latency_runs=50),
+    }
+    cases = [(label, candidate, GateThresholds(max_accuracy_drop_points=100.0), "champion") for label, candidate in regressions.items()]
+    cases += [
+        ("over the size limit", good, GateThresholds(max_accuracy_drop_points=2.0, max_size_bytes=good.metrics["size_bytes"] - 1),
+         "max_size_bytes"),
+        ("over the latency limit", good, GateThresholds(max_accuracy_drop_points=2.0, max_latency_ms_p95=1e-4), "max_latency_ms_p95"),
+    ]
+    for label, candidate, thresholds, failing_check in cases:
+        if failing_check == "champion":  # the injected fault really costs more than half a point
+            assert (champion_accuracy - candidate.metrics["test_accuracy"]) * 100 > MAX_REGRESSION_POINTS, label
+        outcome = deploy(candidate, label, thresholds, champion.metrics)
+        decision = outcome["decision"]
+        assert decision["blessed"] is False, (label, decision["reasons"])
+        assert [c["check"] for c in decision["checks"] if not c["passed"]] == [failing_check], (label, decision["reasons"])
+        assert outcome["version"] is None
+        assert _registry_state(client, name) == before, f"{label} changed the registry"
+    assert len(cases) == 7
+
+    # the gate is not simply shut: the good candidate, within its limits, ships
+    outcome = deploy(good, "good", limits, champion.metrics)
+    assert outcome["decision"]["blessed"], outcome["decision"]["reasons"]
+    assert "smaller" in outcome["decision"]["reasons"][-1]
+    assert outcome["version"]["version"] == "2"
+    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": "2", "previous": "1"}
