@@ -1,15 +1,17 @@
-"""dl_agent_pipeline: validate -> tune (N mapped workers) -> train -> evaluate -> finish."""
+"""dl_agent_pipeline: validate -> tune (N mapped workers) -> train -> compress (mapped) -> evaluate -> deploy -> finish."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from airflow.sdk import DAG
+from dlagent.operators.compress import CompressionCandidatesOperator, CompressOperator
+from dlagent.operators.deploy import DeployOperator
 from dlagent.operators.evaluate import EvaluateOperator
 from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
 from dlagent.operators.train import TrainOperator
 from dlagent.operators.tune import CreateStudyOperator, TuneOperator, TuneSummaryOperator
-from dlagent.params import DATA_PARAM_NAMES, TRAIN_PARAM_NAMES, pipeline_params, templated
+from dlagent.params import DATA_PARAM_NAMES, GATE_PARAM_NAMES, TRAIN_PARAM_NAMES, pipeline_params, templated
 
 DOC = """
 ### dlagent pipeline
@@ -21,7 +23,14 @@ everything in MLflow (one parent run per DAG run, a child run per task).
   `tuning_workers` mapped workers sharing it until it holds `n_trials` trials (pruned ones
   count); **tune_summary** logs best params and plots on the parent run.
 * **train** trains with the best parameters and early stopping, logging per-epoch metrics and the model.
-* **evaluate** measures test accuracy and loss.
+* **compression_candidates** lists the candidates; **compress** (one mapped task each) prunes,
+  distils and/or quantizes (TFLite) and measures size, accuracy and latency.
+* **evaluate** measures the trained model, the most compressed candidate within the accuracy
+  budget and the deployed champion on the same test split (per-class metrics, confusion
+  matrix, explanation plots) and gates the candidate: `blessed` with its reasons.
+* **deploy** registers a blessed candidate in the MLflow Model Registry (alias `champion`,
+  former one `previous`) and writes the serving bundle; otherwise it is *skipped* and its
+  log says why.
 * **finish** closes the MLflow parent run (FAILED if any task failed).
 
 Open the MLflow UI (`make mlflow-ui`) and look for the experiment named in the form.
@@ -41,9 +50,11 @@ with DAG(
     common = {"experiment_name": "{{ params.experiment_name }}"}
     data_options = templated(DATA_PARAM_NAMES)
 
+    gate_thresholds = templated(GATE_PARAM_NAMES)
     validate = ValidateInputsOperator(
         task_id="validate_inputs", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
-        data_options=data_options, **common,
+        data_options=data_options, compression_candidates="{{ params.compression_candidates }}",
+        gate_thresholds=gate_thresholds, model_name="{{ params.model_name }}", **common,
     )
     tuning = {
         "dataset": "{{ params.dataset }}", "data_options": data_options, "train_config": templated(TRAIN_PARAM_NAMES),
@@ -58,15 +69,25 @@ with DAG(
         task_id="train", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
         overrides=tune_summary.output["best_params"], data_options=data_options, **common,
     )
+    data = {"dataset": "{{ params.dataset }}", "data_options": data_options, "seed": "{{ params.seed }}"}
+    candidates = CompressionCandidatesOperator(task_id="compression_candidates", candidates="{{ params.compression_candidates }}",
+                                               seed="{{ params.seed }}", **common)
+    compress = CompressOperator.partial(task_id="compress", model_uri=train.output["model_uri"], **data, **common).expand(
+        compression=candidates.output)
     evaluate = EvaluateOperator(
-        task_id="evaluate", model_uri=train.output["model_uri"], dataset="{{ params.dataset }}",
-        data_options=data_options, seed="{{ params.seed }}", **common,
+        task_id="evaluate", model_uri=train.output["model_uri"], candidates=compress.output, model_name="{{ params.model_name }}",
+        thresholds=gate_thresholds, **data, **common,
     )
+    deploy = DeployOperator(task_id="deploy", evaluation=evaluate.output, model_name="{{ params.model_name }}",
+                            thresholds=gate_thresholds, **common)
     finish = FinishPipelineOperator(
         task_id="finish",
         collect={"test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
                  "model_uri": "train.model_uri", "train_run_id": "train.run_id", "best_val_accuracy": "train.metrics.best_val_accuracy",
-                 "tune_best_value": "tune_summary.best_value", "study_name": "tune_summary.study_name"},
+                 "tune_best_value": "tune_summary.best_value", "study_name": "tune_summary.study_name",
+                 "candidate": "evaluate.candidate.candidate", "candidate_size_bytes": "evaluate.candidate.metrics.size_bytes",
+                 "keras_test_accuracy": "evaluate.reference.metrics.test_accuracy",
+                 "deployed_version": "deploy.version", "champion_uri": "deploy.champion_uri"},
         **common,
     )
-    validate >> create_study >> tune >> tune_summary >> train >> evaluate >> finish
+    validate >> create_study >> tune >> tune_summary >> train >> candidates >> compress >> evaluate >> deploy >> finish

@@ -3,6 +3,7 @@
 ``python -m dlagent.cli setup``   prepare ``$DLAGENT_HOME`` (Airflow home + metadata DB, MLflow store)
 ``python -m dlagent.cli run``     run ``dl_agent_pipeline`` end to end and print a summary
 ``python -m dlagent.cli env``     print the environment the stack uses (``eval $(... env)``)
+``python -m dlagent.cli rollback`` move the registry alias ``champion`` back to ``previous`` and redeploy
 
 Every step is idempotent and says what it does. A configured PostgreSQL
 (``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``) or MLflow server (``MLFLOW_TRACKING_URI`` or the
@@ -107,6 +108,23 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int) 
     return 0 if returncode == 0 and status == "FINISHED" else (returncode or 1)
 
 
+def rollback_champion(env: dict, model_name: str, deploy_dir: str | None) -> int:
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("DLAGENT_", "MLFLOW_", "AIRFLOW_CONN_"))})
+    from dlagent.errors import ConfigError
+    from dlagent.hooks.mlflow import MLflowHook
+    from dlagent.operators.deploy import rollback_champion as rollback
+
+    uri = MLflowHook().tracking_uri
+    try:
+        moved = rollback(uri, model_name, deploy_dir)
+    except ConfigError as exc:
+        print(f"[dlagent] rollback refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"[dlagent] {model_name}: champion is now version {moved['champion']} (was {moved['rolled_back_from']}); "
+          f"previous: {moved['previous']}; serving bundle {moved['bundle']} ({settings.redact_url(uri)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dlagent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,12 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run dl_agent_pipeline end to end")
     run.add_argument("--conf", default=os.environ.get("DLAGENT_CONF", "{}"), help="JSON conf for the DAG run (the trigger form's fields)")
     sub.add_parser("env", help="print the stack's environment as shell exports")
+    rollback = sub.add_parser("rollback", help="move alias 'champion' back to 'previous' and redeploy the serving bundle")
+    rollback.add_argument("--model-name", default="dlagent-classifier", help="registered model (default: dlagent-classifier)")
+    rollback.add_argument("--deploy-dir", default=None, help="serving bundle folder (default: $DLAGENT_HOME/deploy)")
     args = parser.parse_args(argv)
     env = stack_env()
     if args.command == "env":
         for name in sorted(k for k in env if k.startswith(("DLAGENT_", "AIRFLOW", "MLFLOW_"))):
             print(f"export {name}={shlex.quote(env[name])}")
         return 0
+    if args.command == "rollback":
+        return rollback_champion(env, args.model_name, args.deploy_dir)
     setup(env)
     if args.command == "run":
         try:

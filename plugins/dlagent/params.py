@@ -16,6 +16,7 @@ _DEFAULTS = TrainConfig()
 TRAIN_PARAM_NAMES = ("model", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
                      "early_stopping_patience", "seed")
 DATA_PARAM_NAMES = ("max_samples", "label_column")
+GATE_PARAM_NAMES = ("min_accuracy", "max_accuracy_drop_points", "max_size_bytes", "max_latency_ms_p95")
 
 
 def pipeline_params() -> dict[str, Param]:
@@ -64,6 +65,23 @@ def pipeline_params() -> dict[str, Param]:
                               description='Empty for the model\'s default space, or e.g. {"learning_rate": {"type": "float", '
                                           '"low": 0.0001, "high": 0.1, "log": true}, "batch_size": {"type": "categorical", '
                                           '"choices": [32, 64, 128]}, "units": {"type": "int", "low": 32, "high": 256}}.'),
+        "compression_candidates": Param(
+            None, type=["null", "array"], items={"type": "object"}, maxItems=32, title="Compression candidates (JSON)",
+            description='One mapped compress task per entry; empty for the defaults [{"quantization": "dynamic"}, '
+                        '{"quantization": "int8"}, {"sparsity": 0.8, "quantization": "int8", "fine_tune_epochs": 2}]. '
+                        "Keys: sparsity [0, 0.99], quantization (none, dynamic, float16, int8), fine_tune_epochs, "
+                        "pruning_scope, pruning_schedule, distill, student_model, temperature, alpha, ...",
+        ),
+        "model_name": Param("dlagent-classifier", type="string", minLength=1, maxLength=200, pattern="^[^/@:]+$",
+                            title="Registered model", description="MLflow Model Registry name; alias 'champion' is what is deployed."),
+        "min_accuracy": Param(None, type=["null", "number"], minimum=0, maximum=1, title="Gate: minimum accuracy",
+                              description="Test accuracy (fraction) the shipped model must reach; empty for none."),
+        "max_accuracy_drop_points": Param(1.0, type=["null", "number"], minimum=0, maximum=100, title="Gate: maximum compression loss",
+                                          description="Accuracy points the compressed model may lose against the uncompressed one."),
+        "max_size_bytes": Param(None, type=["null", "integer"], minimum=1, title="Gate: maximum size (bytes)",
+                                description="Largest model file that may ship; empty for no limit."),
+        "max_latency_ms_p95": Param(None, type=["null", "number"], exclusiveMinimum=0, title="Gate: maximum p95 latency (ms)",
+                                    description="Slowest single-sample p95 latency that may ship; empty for no limit."),
         "experiment_name": Param("dlagent", type="string", minLength=1, maxLength=200, title="MLflow experiment",
                                  description="MLflow experiment holding this run's parent and child runs."),
     }
@@ -71,4 +89,4 @@ def pipeline_params() -> dict[str, Param]:
 
 def templated(names) -> dict[str, str]:
     """``{"epochs": "{{ params.epochs }}", ...}``; DAGs render templates as native objects."""
-    return {name: "{{ params.%s }}" % name for name in names}
+    return {name: "{{ params." + name + " }}" for name in names}

@@ -85,6 +85,16 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     assert float(runs["train"].data.params["learning_rate"]) == pytest.approx(study.best_params["learning_rate"])
     assert int(runs["train"].data.params["units"]) == study.best_params["units"]
 
+    # compress (3 mapped candidates) -> evaluate (gate) -> deploy: the champion is registered
+    compress_runs = client.search_runs([parent.info.experiment_id], "tags.`airflow.task_id` = 'compress'")
+    assert sorted(r.data.tags["dlagent.candidate"] for r in compress_runs) == ["dynamic", "int8", "pruned80+int8"]
+    assert runs["evaluate"].data.tags["dlagent.gate.blessed"] == "true"
+    assert parent.data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
+    from dlagent.ml.registry import get_champion
+
+    champion = get_champion(mlflow_uri, "dlagent-classifier")
+    assert champion["version"] == "1" and champion["tflite_artifact"]
+
 
 def test_pipeline_on_sqlite(tmp_path):
     mlflow_uri, optuna_url = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"

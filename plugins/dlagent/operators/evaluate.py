@@ -1,42 +1,200 @@
-"""EvaluateOperator: measure a logged model on the held-out test split."""
+"""EvaluateOperator: measure the trained model, its compressed candidates and the champion on one
+held-out split, pick the candidate to ship, and gate it.
+
+Everything is measured in this task, on the same test split (same data set, options and
+seed as training): the uncompressed Keras model (the reference), the chosen TFLite candidate
+and the current champion (its TFLite file from the registry, alias ``champion``). The gate
+(:func:`dlagent.ml.gate.decide`) then says ``blessed: true/false`` with its reasons, which go
+to MLflow (tags, ``gate/decision.json``) and to the task log.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
 from dlagent.operators.base import DlagentOperator
 
+DEFAULT_MODEL_NAME = "dlagent-classifier"
+SUMMARY_METRICS = (
+    "test_accuracy", "test_loss", "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
+    "predict_latency_ms_p50", "throughput_samples_per_s", "sparsity", "num_params",
+)
+
+
+def pick_candidate(candidates: list[dict], reference_accuracy: float, thresholds) -> dict:
+    """The most compressed candidate (smallest gzip size) that stays within the limits.
+
+    Limits: the accuracy drop versus the reference, the size and the latency thresholds. When
+    none qualifies, the most accurate candidate is returned, and the gate says why it fails.
+    """
+    def within(candidate) -> bool:
+        m = candidate["metrics"]
+        drop = (reference_accuracy - m["test_accuracy"]) * 100
+        return ((thresholds.max_accuracy_drop_points is None or drop <= thresholds.max_accuracy_drop_points + 1e-9)
+                and (thresholds.max_size_bytes is None or m["size_bytes"] <= thresholds.max_size_bytes)
+                and (thresholds.max_latency_ms_p95 is None or m["latency_ms_p95"] <= thresholds.max_latency_ms_p95)
+                and (thresholds.min_accuracy is None or m["test_accuracy"] >= thresholds.min_accuracy))
+
+    qualified = [c for c in candidates if within(c)]
+    if qualified:
+        return min(qualified, key=lambda c: (c["metrics"]["gzip_size_bytes"], -c["metrics"]["test_accuracy"]))
+    return max(candidates, key=lambda c: (c["metrics"]["test_accuracy"], -c["metrics"]["gzip_size_bytes"]))
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: metrics[k] for k in SUMMARY_METRICS if k in metrics and isinstance(metrics[k], (int, float)) and math.isfinite(metrics[k])}
+
 
 class EvaluateOperator(DlagentOperator):
-    """Evaluate ``model_uri`` on the test split of ``dataset`` (same seed as training).
+    """Evaluate, compare with the champion, and gate.
 
-    Returns ``{"run_id", "model_uri", "test_accuracy", "test_loss"}``.
+    :param model_uri: the trained (uncompressed) model, the reference (templated).
+    :param candidates: the compress task's results (a list of ``{"candidate", "model_uri", "metrics"}``,
+        templated, e.g. ``compress.output``); empty or ``None`` evaluates the Keras model alone.
+    :param model_name: the registered model whose ``champion`` alias is compared with.
+    :param thresholds: gate limits (``dlagent.ml.gate.GateThresholds`` fields), validated before any compute.
+    :param explain: write an integrated-gradients (images) or permutation-importance (tables) plot.
+
+    Returns small JSON: ``blessed``, ``reasons``, ``candidate`` (name, model URI, metrics),
+    ``reference`` and ``champion`` metrics, ``test_accuracy``/``test_loss`` of what would ship.
     """
 
-    template_fields: Sequence[str] = ("experiment_name", "model_uri", "dataset", "data_options", "seed")
+    template_fields: Sequence[str] = ("experiment_name", "model_uri", "candidates", "dataset", "data_options", "seed",
+                                      "model_name", "thresholds", "explain")
     ui_color = "#e3f6e3"
 
-    def __init__(self, *, model_uri: str, dataset: str = "digits", data_options: dict | None = None, seed: int = 42, **kwargs):
+    def __init__(self, *, model_uri: str, candidates: list | None = None, dataset: str = "digits", data_options: dict | None = None,
+                 seed: int = 42, model_name: str = DEFAULT_MODEL_NAME, thresholds: dict | None = None, explain: bool = True,
+                 latency_runs: int = 100, **kwargs):
         super().__init__(**kwargs)
         self.model_uri = model_uri
+        self.candidates = candidates
         self.dataset = dataset
         self.data_options = data_options
         self.seed = seed
+        self.model_name = model_name
+        self.thresholds = thresholds
+        self.explain = explain
+        self.latency_runs = latency_runs
 
-    def run(self, context):
-        from dlagent import settings
-        from dlagent.ml import tracking
-        from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.training import evaluate, load_keras_model
+    def _check_inputs(self):
+        from dlagent.ml import registry
+        from dlagent.ml.gate import GateThresholds
 
+        thresholds = GateThresholds.from_dict(self.thresholds)
         if not isinstance(self.model_uri, str) or not self.model_uri:
             raise ConfigError("model_uri", f"must be an MLflow model URI, got {self.model_uri!r}.", "pass the train task's model_uri.")
+        if not isinstance(self.explain, bool):
+            raise ConfigError("explain", f"must be true or false, got {self.explain!r}.", "give a boolean.")
+        candidates = list(self.candidates or [])
+        for index, candidate in enumerate(candidates):
+            if not isinstance(candidate, dict) or not {"model_uri", "metrics", "candidate"} <= set(candidate):
+                raise ConfigError(f"candidates[{index}]", f"is not a compress task result: {candidate!r}.",
+                                  "pass the compress task's output (compress.output).")
+        registry.resolve_logged_model(self.hook.tracking_uri, self.model_uri)
+        return thresholds, candidates, registry.check_model_name(self.model_name)
+
+    def run(self, context):
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from dlagent import settings
+        from dlagent.ml import registry, tracking
+        from dlagent.ml.data import load_dataset_with_options
+        from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
+        from dlagent.ml.gate import decide
+        from dlagent.ml.training import load_keras_model
+
+        thresholds, candidates, model_name = self._check_inputs()
+        tracking_uri = self.hook.tracking_uri
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
-        with self.step_run(context, "evaluate") as run_id:
-            model = load_keras_model(self.model_uri, tracking_uri=self.hook.tracking_uri)
-            metrics = evaluate(model, splits)
-            tracking.log_params_safely(self.hook.client, run_id, {"model_uri": self.model_uri, "dataset": self.dataset, "seed": self.seed})
-            tracking.log_metrics(self.hook.client, run_id, metrics)
-        self.log.info("test_accuracy %.4f, test_loss %.4f on %d test samples", metrics["test_accuracy"], metrics["test_loss"], len(splits.y_test))
-        return {"run_id": run_id, "model_uri": self.model_uri, **metrics}
+        runs = int(self.latency_runs)
+        with self.step_run(context, "evaluate") as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
+            client = self.hook.client
+            tracking.log_params_safely(client, run_id, {"model_uri": self.model_uri, "dataset": self.dataset, "seed": self.seed,
+                                                       "model_name": model_name, "candidates": len(candidates),
+                                                       **{f"gate.{k}": v for k, v in thresholds.to_dict().items()}})
+            model = load_keras_model(self.model_uri, tracking_uri=tracking_uri)
+            reference = evaluate_keras(model, splits, out_dir=Path(tmp) / "keras", explain=self.explain, latency_runs=runs)
+            log_evaluation(tracking_uri, run_id, reference, prefix="keras_")
+            tracking.log_metrics(client, run_id, {"test_accuracy": reference.metrics["test_accuracy"], "test_loss": reference.metrics["test_loss"]})
+            self.log.info("reference Keras model: %s", _describe(reference.metrics))
+
+            if candidates:
+                chosen = pick_candidate(candidates, reference.metrics["test_accuracy"], thresholds)
+                for c in candidates:
+                    self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"]), "  <- chosen" if c is chosen else "")
+                tflite = registry.read_tflite(tracking_uri, chosen["model_uri"])
+                report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
+                log_evaluation(tracking_uri, run_id, report, prefix="tflite_")
+                shipped = {**chosen["metrics"], **report.metrics}  # sparsity etc. from compress, the rest measured here
+                candidate = {"candidate": chosen["candidate"], "model_uri": chosen["model_uri"], "run_id": chosen.get("run_id")}
+            else:
+                shipped = dict(reference.metrics)
+                candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
+            client.set_tag(run_id, "dlagent.candidate", candidate["candidate"])
+
+            champion = self._measure_champion(registry, tracking_uri, model_name, splits, runs, Path(tmp))
+            if champion is not None:
+                tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
+            decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds)
+            client.set_tag(run_id, "dlagent.gate.blessed", str(decision["blessed"]).lower())
+            client.set_tag(run_id, "dlagent.gate.reasons", "; ".join(decision["reasons"])[:5000])
+            decision_path = Path(tmp) / "decision.json"
+            decision_path.write_text(json.dumps({**decision, "candidate": candidate, "champion": champion}, indent=2, default=str))
+            client.log_artifact(run_id, str(decision_path), "gate")
+
+        for check in decision["checks"]:
+            self.log.info("gate %s %-26s %s", "PASS" if check["passed"] else "FAIL", check["check"], check["detail"])
+        self.log.info("gate: %s (%s)", "BLESSED" if decision["blessed"] else "NOT blessed", "; ".join(decision["reasons"]))
+        return {
+            "run_id": run_id,
+            "blessed": decision["blessed"],
+            "reasons": decision["reasons"],
+            "candidate": {**candidate, "metrics": _summary(shipped)},
+            "reference": {"model_uri": self.model_uri, "metrics": _summary(reference.metrics)},
+            "champion": champion,
+            "accuracy_drop_points": decision["accuracy_drop_points"],
+            "delta_vs_champion_points": decision["delta_vs_champion_points"],
+            "test_accuracy": shipped["test_accuracy"],
+            "test_loss": shipped["test_loss"],
+        }
+
+    def _measure_champion(self, registry, tracking_uri, model_name, splits, runs, tmp):
+        """The champion's metrics on *this* split, or the ones stored at its registration when
+        its TFLite file cannot run on this data (another input shape): said in the log."""
+        from dlagent.ml.evaluation import evaluate_tflite
+
+        found = registry.read_champion_tflite(tracking_uri, model_name)
+        if found is None:
+            self.log.info("no champion for %s yet: the first model that meets the limits ships", model_name)
+            return None
+        content, info = found
+        try:
+            report = evaluate_tflite(content, splits, out_dir=tmp / "champion", explain=False, latency_runs=runs)
+            source = "measured on this split"
+            metrics = _summary(report.metrics)
+        except Exception as exc:  # noqa: BLE001 - e.g. the champion was trained on other input shapes
+            if not info["metrics"]:
+                raise ConfigError("model_name", f"the champion of {model_name!r} (version {info['version']}) cannot run on this "
+                                  f"data set ({exc}) and has no stored metrics.", "use another model_name for this data set.") from exc
+            self.log.warning("champion version %s cannot run on this split (%s): comparing with its stored metrics", info["version"], exc)
+            source, metrics = "stored at registration", _summary(info["metrics"])
+        self.log.info("champion %s version %s (%s): %s", model_name, info["version"], source, _describe(metrics))
+        return {"version": info["version"], "source": source, "metrics": metrics}
+
+
+def _describe(m: dict) -> str:
+    parts = [f"accuracy {m['test_accuracy']:.4f}"]
+    if "size_bytes" in m:
+        parts.append(f"{m['size_bytes']:,} bytes")
+    if "gzip_size_bytes" in m:
+        parts.append(f"gzip {m['gzip_size_bytes']:,}")
+    if "latency_ms_p50" in m:
+        parts.append(f"p50 {m['latency_ms_p50']:.3f} ms")
+    if "latency_ms_p95" in m:
+        parts.append(f"p95 {m['latency_ms_p95']:.3f} ms")
+    return ", ".join(parts)

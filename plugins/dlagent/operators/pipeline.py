@@ -10,19 +10,25 @@ from dlagent.operators.base import DlagentOperator, airflow_ids
 class ValidateInputsOperator(DlagentOperator):
     """Refuse bad settings and data before any compute, and open the DAG run's parent run.
 
-    Checks the training settings and loads the data set once (shapes, dtypes, NaN/inf,
-    labels, class counts), so a bad Param fails here with a message naming the field,
-    not minutes later inside training.
+    Checks the training settings, the compression candidates, the gate thresholds and the
+    registered-model name, and loads the data set once (shapes, dtypes, NaN/inf, labels, class
+    counts), so a bad Param fails here with a message naming the field, not minutes later
+    after tuning and training.
     """
 
-    template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options")
+    template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options", "compression_candidates",
+                                      "gate_thresholds", "model_name")
     ui_color = "#f3e8fd"
 
-    def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, **kwargs):
+    def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, compression_candidates=None,
+                 gate_thresholds: dict | None = None, model_name: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.dataset = dataset
         self.train_config = train_config
         self.data_options = data_options
+        self.compression_candidates = compression_candidates
+        self.gate_thresholds = gate_thresholds
+        self.model_name = model_name
 
     def run(self, context):
         from dlagent import settings
@@ -31,12 +37,25 @@ class ValidateInputsOperator(DlagentOperator):
         from dlagent.ml.data import load_dataset_with_options
 
         config = TrainConfig.from_dict(self.train_config or {})
+        self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
         parent = self.parent_run_id(context)
         tracking.log_params_safely(self.hook.client, parent, {**config.to_dict(), "dataset": self.dataset})
         summary = splits.summary()
         self.log.info("inputs valid: %s; MLflow parent run %s", summary, parent)
         return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
+
+    def _check_later_steps(self) -> None:
+        from dlagent.ml.gate import GateThresholds
+        from dlagent.ml.registry import check_model_name
+        from dlagent.operators.compress import validate_candidates
+
+        if self.compression_candidates not in (None, ""):
+            validate_candidates(self.compression_candidates)
+        if self.gate_thresholds is not None:
+            GateThresholds.from_dict(self.gate_thresholds)
+        if self.model_name is not None:
+            check_model_name(self.model_name)
 
 
 class FinishPipelineOperator(DlagentOperator):

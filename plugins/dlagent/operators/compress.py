@@ -1,0 +1,120 @@
+"""Compression as Airflow tasks: validate the candidate list once, then one mapped task per candidate.
+
+Airflow maps a task only over another task's *return value*, so
+:class:`CompressionCandidatesOperator` returns the validated list of candidate settings and
+:class:`CompressOperator` is expanded over it (``.expand(compression=candidates.output)``).
+The width of the fan-out is the length of that list: a Param, or an agent's plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dlagent.errors import ConfigError
+from dlagent.operators.base import DlagentOperator
+
+MAX_CANDIDATES = 32
+
+DEFAULT_CANDIDATES = [
+    {"quantization": "dynamic"},
+    {"quantization": "int8"},
+    {"sparsity": 0.8, "quantization": "int8", "fine_tune_epochs": 2},
+]
+
+
+def validate_candidates(candidates, field: str = "compression_candidates") -> list[dict]:
+    """Check each candidate's settings (``CompressionConfig``) and return them as plain dicts."""
+    from dlagent.ml.compression import CompressionConfig
+
+    if not isinstance(candidates, list) or not candidates:
+        raise ConfigError(field, f"must be a non-empty list of compression settings, got {candidates!r}.",
+                          'give e.g. [{"quantization": "int8"}, {"sparsity": 0.8, "quantization": "int8"}].')
+    if len(candidates) > MAX_CANDIDATES:
+        raise ConfigError(field, f"has {len(candidates)} candidates; at most {MAX_CANDIDATES} are allowed.", "drop some.")
+    validated = []
+    for index, candidate in enumerate(candidates):
+        try:
+            validated.append(CompressionConfig.from_dict(candidate).to_dict())
+        except ConfigError as exc:
+            raise ConfigError(f"{field}[{index}].{exc.field}", exc.problem, exc.fix) from exc
+    return validated
+
+
+class CompressionCandidatesOperator(DlagentOperator):
+    """Validate the compression candidates and return them as a list (what ``compress`` maps over).
+
+    :param candidates: a list of ``CompressionConfig`` dicts (templated: a Param or ``plan["compress"]``).
+    :param seed: applied to candidates that give none, so a run is reproducible.
+    """
+
+    template_fields: Sequence[str] = ("candidates", "seed")
+    ui_color = "#fff4d6"
+
+    def __init__(self, *, candidates: list | None = None, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.candidates = candidates
+        self.seed = seed
+
+    def run(self, context):
+        candidates = self.candidates if self.candidates not in (None, "") else DEFAULT_CANDIDATES
+        if self.seed not in (None, "") and isinstance(candidates, list):
+            candidates = [{"seed": self.seed, **c} if isinstance(c, dict) else c for c in candidates]
+        validated = validate_candidates(candidates)
+        for index, candidate in enumerate(validated):
+            self.log.info("candidate %d: sparsity %.2f, quantization %s, distill %s", index, candidate["sparsity"],
+                          candidate["quantization"], candidate["distill"])
+        return validated
+
+
+class CompressOperator(DlagentOperator):
+    """Build one compressed candidate from a logged model and measure it on the test split.
+
+    Loads the Keras model behind ``model_uri`` (never through XCom), distils / prunes /
+    quantizes it as ``compression`` says, measures size, gzip size, test accuracy (through the
+    TFLite interpreter), single-sample latency p50/p95, throughput and the sparsity of the
+    weights, and logs all of it as this task's MLflow child run together with a logged model
+    (the compressed Keras model with signature and input example, the ``.tflite`` file and the
+    labels inside it). Returns ``{"run_id", "candidate", "model_uri", "config", "metrics"}``.
+    """
+
+    template_fields: Sequence[str] = ("experiment_name", "model_uri", "dataset", "data_options", "seed", "compression")
+    ui_color = "#fff4d6"
+
+    def __init__(self, *, model_uri: str, compression: dict, dataset: str = "digits", data_options: dict | None = None,
+                 seed: int = 42, latency_runs: int = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.model_uri = model_uri
+        self.compression = compression
+        self.dataset = dataset
+        self.data_options = data_options
+        self.seed = seed
+        self.latency_runs = latency_runs
+
+    def run(self, context):
+        from dlagent import settings
+        from dlagent.ml import registry, tracking
+        from dlagent.ml.compression import CompressionConfig, compress
+        from dlagent.ml.data import load_dataset_with_options
+        from dlagent.ml.training import load_keras_model
+
+        config = CompressionConfig.from_dict(self.compression)
+        tracking_uri = self.hook.tracking_uri
+        registry.resolve_logged_model(tracking_uri, self.model_uri)  # a missing model is refused before any compute
+        splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
+        with self.step_run(context, "compress") as run_id:
+            model = load_keras_model(self.model_uri, tracking_uri=tracking_uri)
+            self.log.info("compressing %s as %s: %s", self.model_uri, config.label, config.to_dict())
+            candidate = compress(model, splits, config, latency_runs=int(self.latency_runs))
+            client = self.hook.client
+            tracking.log_params_safely(client, run_id, {**config.to_dict(), "source_model_uri": self.model_uri})
+            tracking.log_metrics(client, run_id, candidate.metrics)
+            client.set_tag(run_id, "dlagent.candidate", candidate.name)
+            model_uri = registry.log_deployable_model(candidate.keras_model, splits, tracking_uri=tracking_uri, run_id=run_id,
+                                                      tflite_bytes=candidate.tflite_bytes)
+            client.set_tag(run_id, "dlagent.model_uri", model_uri)
+        m = candidate.metrics
+        self.log.info("%s: %d bytes (gzip %d), test accuracy %.4f, latency p50 %.3f ms, sparsity %.2f; logged as %s",
+                      candidate.name, m["size_bytes"], m["gzip_size_bytes"], m["test_accuracy"], m["latency_ms_p50"],
+                      m["sparsity"], model_uri)
+        return {"run_id": run_id, "candidate": candidate.name, "model_uri": model_uri, "config": config.to_dict(),
+                "metrics": {k: v for k, v in m.items() if isinstance(v, (int, float))}}

@@ -1,0 +1,240 @@
+"""train -> compress (candidates) -> evaluate (gate) -> deploy / rollback, as operators on a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from dlagent.operators.compress import CompressionCandidatesOperator, CompressOperator
+from dlagent.operators.deploy import DeployOperator, RollbackOperator
+from dlagent.operators.evaluate import EvaluateOperator
+from dlagent.operators.train import TrainOperator
+from mlflow import MlflowClient
+
+from tests.conftest import PROJECT_DIR
+from tests.operators.context import make_context
+
+DATA = {"dataset": "digits", "data_options": {"max_samples": 400}, "seed": 0}
+NAME = "test-classifier"
+CANDIDATES = [{"quantization": "dynamic"}, {"quantization": "int8"}, {"sparsity": 0.8, "quantization": "int8", "fine_tune_epochs": 2}]
+
+
+def _train(run_id: str, **config) -> dict:
+    train_config = {"model": "mlp", "epochs": 8, "units": 64, "seed": 0, **config}
+    return TrainOperator(task_id="train", dataset="digits", data_options=DATA["data_options"], train_config=train_config,
+                         experiment_name="exp").execute(make_context("train", run_id=run_id))
+
+
+def _compress(model_uri: str, run_id: str, candidates=CANDIDATES) -> list[dict]:
+    validated = CompressionCandidatesOperator(task_id="compression_candidates", candidates=candidates, seed=0,
+                                              experiment_name="exp").execute(make_context("compression_candidates", run_id=run_id))
+    return [
+        CompressOperator(task_id="compress", model_uri=model_uri, compression=config, latency_runs=20, experiment_name="exp", **DATA)
+        .execute(make_context("compress", run_id=run_id, map_index=index))
+        for index, config in enumerate(validated)
+    ]
+
+
+def _evaluate(model_uri: str, candidates: list, run_id: str, **kwargs) -> dict:
+    return EvaluateOperator(task_id="evaluate", model_uri=model_uri, candidates=candidates, model_name=NAME, latency_runs=20,
+                            experiment_name="exp", **DATA, **kwargs).execute(make_context("evaluate", run_id=run_id))
+
+
+def _deploy(evaluation: dict, run_id: str, deploy_dir: Path) -> dict:
+    return DeployOperator(task_id="deploy", evaluation=evaluation, model_name=NAME, deploy_dir=str(deploy_dir),
+                          experiment_name="exp").execute(make_context("deploy", run_id=run_id))
+
+
+def _versions(uri: str) -> list:
+    client = MlflowClient(uri, registry_uri=uri)
+    try:
+        return client.search_model_versions(f"name = '{NAME}'")
+    except Exception:  # noqa: BLE001 - no registered model yet
+        return []
+
+
+@pytest.fixture(scope="module")
+def pipeline_store(tmp_path_factory):
+    """One real store through the whole flow: trained model, three candidates, evaluated, deployed."""
+    folder = tmp_path_factory.mktemp("deploy-flow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.setenv("DLAGENT_ARTIFACT_ROOT", str(folder / "artifacts"))
+    trained = _train("run_1")
+    candidates = _compress(trained["model_uri"], "run_1")
+    evaluation = _evaluate(trained["model_uri"], candidates, "run_1")
+    deployed = _deploy(evaluation, "run_1", folder / "deploy")
+    yield {"uri": uri, "folder": folder, "trained": trained, "candidates": candidates, "evaluation": evaluation, "deployed": deployed}
+    patch.undo()
+
+
+def test_each_candidate_is_a_child_run_with_its_measurements(pipeline_store):
+    from dlagent.ml.compression import measure_sparsity
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.evaluation import TFLiteModel
+    from dlagent.ml.registry import read_tflite
+    from dlagent.ml.training import load_keras_model
+
+    uri, candidates = pipeline_store["uri"], pipeline_store["candidates"]
+    assert [c["candidate"] for c in candidates] == ["dynamic", "int8", "pruned80+int8"]
+    splits = load_dataset("digits", seed=0, max_samples=400)
+    client = MlflowClient(uri)
+    for candidate in candidates:
+        run = client.get_run(candidate["run_id"])
+        assert run.data.tags["dlagent.candidate"] == candidate["candidate"]
+        assert run.info.status == "FINISHED"
+        for key in ("size_bytes", "gzip_size_bytes", "test_accuracy", "latency_ms_p50", "latency_ms_p95"):
+            assert run.data.metrics[key] == pytest.approx(candidate["metrics"][key])
+        # the TFLite file stored with the logged model gives the accuracy the run reports
+        accuracy = TFLiteModel(read_tflite(uri, candidate["model_uri"])).accuracy(splits.x_test, splits.y_test)
+        assert accuracy == pytest.approx(candidate["metrics"]["test_accuracy"])
+    pruned = load_keras_model(candidates[2]["model_uri"], tracking_uri=uri)
+    assert measure_sparsity(pruned) == pytest.approx(0.8, abs=0.01)
+    assert candidates[2]["metrics"]["gzip_size_bytes"] < candidates[1]["metrics"]["gzip_size_bytes"]  # zeros compress
+
+
+def test_evaluate_picks_the_most_compressed_candidate_within_budget_and_logs_the_gate(pipeline_store):
+    evaluation, candidates = pipeline_store["evaluation"], pipeline_store["candidates"]
+    reference = evaluation["reference"]["metrics"]["test_accuracy"]
+    within = [c for c in candidates if (reference - c["metrics"]["test_accuracy"]) * 100 <= 1.0 + 1e-9]
+    expected = min(within, key=lambda c: c["metrics"]["gzip_size_bytes"]) if within else None
+    if expected is not None:
+        assert evaluation["candidate"]["candidate"] == expected["candidate"]
+        assert evaluation["blessed"] is True  # no champion yet
+    client = MlflowClient(pipeline_store["uri"])
+    run = client.get_run(evaluation["run_id"])
+    assert run.data.tags["dlagent.gate.blessed"] == str(evaluation["blessed"]).lower()
+    for key in ("keras_test_accuracy", "keras_macro_f1", "keras_class_0_recall", "keras_latency_ms_p95", "keras_predict_latency_ms_p50",
+                "tflite_test_accuracy", "tflite_latency_ms_p50", "tflite_throughput_samples_per_s"):
+        assert key in run.data.metrics, key
+    files = {a.path for a in client.list_artifacts(evaluation["run_id"], "evaluation/keras")}
+    assert {"evaluation/keras/confusion_matrix.png", "evaluation/keras/integrated_gradients.png"} <= files
+    decision = json.loads(Path(client.download_artifacts(evaluation["run_id"], "gate/decision.json")).read_text())
+    assert decision["blessed"] == evaluation["blessed"] and decision["reasons"] == evaluation["reasons"]
+    assert len(json.dumps(evaluation)) < 8000  # XCom stays small
+
+
+def test_deploy_registers_the_champion_with_its_tflite_and_writes_the_bundle(pipeline_store):
+    from dlagent.ml.registry import get_champion
+
+    deployed, uri = pipeline_store["deployed"], pipeline_store["uri"]
+    champion = get_champion(uri, NAME)
+    assert champion["version"] == deployed["version"] == "1"
+    assert champion["tflite_artifact"] == "tflite/model.tflite"
+    bundle = Path(deployed["bundle"])
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    assert metadata["version"] == "1" and (bundle / "model.tflite").read_bytes()
+    assert json.loads((bundle / "labels.json").read_text()) == [str(i) for i in range(10)]
+
+
+def test_deploying_twice_for_one_dag_run_gives_one_version(pipeline_store):
+    again = _deploy(pipeline_store["evaluation"], "run_1", pipeline_store["folder"] / "deploy")
+    assert again["version"] == pipeline_store["deployed"]["version"] and again["created"] is False
+    assert len(_versions(pipeline_store["uri"])) == 1
+
+
+def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_store, monkeypatch):
+    """Five worse models (real ones: the champion's weights with noise), one DAG run each: none ships."""
+    from dlagent.ml.compression import quantize
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.evaluation import TFLiteModel
+    from dlagent.ml.registry import get_champion, log_deployable_model
+    from dlagent.ml.training import load_keras_model
+
+    uri = pipeline_store["uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    champion_accuracy = pipeline_store["evaluation"]["test_accuracy"]
+    splits = load_dataset("digits", seed=0, max_samples=400)
+    client = MlflowClient(uri)
+    rng = np.random.default_rng(0)
+    injected = 0
+    for scale in (0.3, 0.5, 0.8, 1.2, 2.0, 3.0):
+        model = load_keras_model(pipeline_store["trained"]["model_uri"], tracking_uri=uri)
+        model.set_weights([w + rng.normal(0, scale * (np.std(w) or 1.0), w.shape).astype(w.dtype) for w in model.get_weights()])
+        content = quantize(model, "none")
+        accuracy = TFLiteModel(content).accuracy(splits.x_test, splits.y_test)
+        if (champion_accuracy - accuracy) * 100 <= 0.5:
+            continue  # not a regression: skip it
+        injected += 1
+        run_id = f"regression_{injected}"
+        run = client.create_run(client.get_experiment_by_name("exp").experiment_id)
+        model_uri = log_deployable_model(model, splits, tracking_uri=uri, run_id=run.info.run_id, tflite_bytes=content)
+        metrics = {"test_accuracy": accuracy, "size_bytes": len(content), "gzip_size_bytes": len(content), "latency_ms_p95": 0.01}
+        evaluation = _evaluate(model_uri, [{"candidate": "float32", "model_uri": model_uri, "run_id": run.info.run_id,
+                                            "metrics": metrics}], run_id, explain=False)
+        assert evaluation["blessed"] is False and "worse than the champion" in " ".join(evaluation["reasons"])
+        with pytest.raises(AirflowSkipException, match="not deployed"):
+            _deploy(evaluation, run_id, pipeline_store["folder"] / "deploy")
+        # a hand-edited blessing is caught by the deploy task's own gate re-check
+        with pytest.raises(AirflowSkipException, match="re-check refused"):
+            _deploy({**evaluation, "blessed": True}, run_id, pipeline_store["folder"] / "deploy")
+    assert injected >= 5
+    assert get_champion(uri, NAME)["version"] == "1" and len(_versions(uri)) == 1
+
+
+@pytest.mark.parametrize(
+    ("candidates", "thresholds", "model_uri", "field"),
+    [
+        ([{"sparsity": 1.5}], None, None, "compression_candidates[0].sparsity"),
+        ([{"sparsity": -0.1}], None, None, "compression_candidates[0].sparsity"),
+        ([{"quantization": "int4"}], None, None, "compression_candidates[0].quantization"),
+        ([{"quantization": "int8", "representative_samples": 0}], None, None, "compression_candidates[0].representative_samples"),
+        (None, {"min_accuracy": "high"}, None, "min_accuracy"),
+        (None, {"max_size_bytes": 1.5}, None, "max_size_bytes"),
+        (None, None, "models:/m-00000000000000000000000000000000", "model_uri"),
+    ],
+)
+def test_bad_input_is_refused_and_the_registry_is_untouched(pipeline_store, monkeypatch, candidates, thresholds, model_uri, field):
+    from dlagent.ml.registry import get_champion
+
+    uri = pipeline_store["uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    before = sorted(v.version for v in _versions(uri))
+    with pytest.raises(AirflowFailException, match="invalid input") as error:
+        if candidates is not None:
+            _compress(pipeline_store["trained"]["model_uri"], "bad_run", candidates)
+        elif thresholds is not None:
+            _evaluate(pipeline_store["trained"]["model_uri"], pipeline_store["candidates"], "bad_run", thresholds=thresholds)
+        else:
+            CompressOperator(task_id="compress", model_uri=model_uri, compression={"quantization": "int8"}, experiment_name="exp",
+                             **DATA).execute(make_context("compress", run_id="bad_run"))
+    assert field in str(error.value)
+    assert sorted(v.version for v in _versions(uri)) == before and get_champion(uri, NAME)["version"] == "1"
+
+
+def test_rollback_by_cli_and_operator(pipeline_store, monkeypatch):
+    from dlagent.ml.registry import get_champion, register_champion
+
+    uri, folder = pipeline_store["uri"], pipeline_store["folder"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    deploy_dir = folder / "deploy"
+    for key, candidate in (("manual/2", pipeline_store["candidates"][0]),):
+        register_champion(uri, candidate["model_uri"], NAME, idempotency_key=key, run_id=candidate["run_id"], metrics=candidate["metrics"])
+    assert get_champion(uri, NAME)["version"] == "2"
+    moved = RollbackOperator(task_id="rollback", model_name=NAME, deploy_dir=str(deploy_dir),
+                             experiment_name="exp").execute(make_context("rollback"))
+    assert moved["champion"] == "1" and moved["rolled_back_from"] == "2"
+    assert json.loads((deploy_dir / "current" / "metadata.json").read_text())["version"] == "1"
+
+    third = pipeline_store["candidates"][1]
+    register_champion(uri, third["model_uri"], NAME, idempotency_key="manual/3", run_id=third["run_id"], metrics=third["metrics"])
+    assert get_champion(uri, NAME)["version"] == "3"
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri, "DLAGENT_DEPLOY_DIR": str(folder / "deploy")}
+    result = subprocess.run([sys.executable, "-m", "dlagent.cli", "rollback", "--model-name", NAME], env=env, cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "champion is now version 1 (was 3)" in result.stdout
+    assert get_champion(uri, NAME)["version"] == "1"
+    assert json.loads((folder / "deploy" / "current" / "metadata.json").read_text())["version"] == "1"
+
+    # nothing further back: the operator refuses clearly and changes nothing
+    with pytest.raises(AirflowFailException, match="model_name"):
+        RollbackOperator(task_id="rollback", model_name=NAME, deploy_dir=str(folder / "deploy"),
+                         experiment_name="exp").execute(make_context("rollback"))
+    assert get_champion(uri, NAME)["version"] == "1"
