@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dlagent-installed
 CONF ?= {}
 
-.PHONY: run test install setup lint mlflow-ui bench clean
+.PHONY: run test install setup lint mlflow-ui serve rollback bench clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "[dlagent] $(PYTHON) not found: install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
@@ -39,6 +39,20 @@ mlflow-ui: install
 	uri=$${MLFLOW_TRACKING_URI:-sqlite:///$$DLAGENT_HOME/mlflow/mlflow.db}; \
 	echo "[dlagent] MLflow UI on http://127.0.0.1:5000 for $$uri"; \
 	$(VENV)/bin/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000
+
+MODEL_NAME ?= dlagent-classifier
+PORT ?= 5001
+
+# Serve the registered champion over HTTP (POST /invocations) with MLflow's scoring server.
+serve: install
+	@eval "$$($(PY) -m dlagent.cli env)"; \
+	export MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$$DLAGENT_HOME/mlflow/mlflow.db}; \
+	echo "[dlagent] serving models:/$(MODEL_NAME)@champion from $$MLFLOW_TRACKING_URI on http://127.0.0.1:$(PORT)"; \
+	$(VENV)/bin/mlflow models serve -m "models:/$(MODEL_NAME)@champion" --env-manager local --host 127.0.0.1 --port $(PORT)
+
+# Move the alias champion back to previous and re-point the serving bundle.
+rollback: install
+	$(PY) -m dlagent.cli rollback --model-name $(MODEL_NAME)
 
 clean:
 	rm -rf .dlagent

@@ -1,7 +1,9 @@
 """What Airflow costs: dl_agent_pipeline through `airflow dags test` vs plain dlagent.ml calls.
 
 Both sides do the same work on the same data and seed, each in a fresh process: validate
-and load the data, train and log the model to MLflow, load it back by URI, evaluate, log.
+and load the data, train and log the model to MLflow, compress it (one dynamic-range TFLite
+candidate), evaluate the Keras model and the candidate, gate it, register it as champion and
+write the serving bundle. Tuning is off here (`n_trials` 0; bench/hpo_vs_grid.py covers it).
 Prints both wall times and their ratio, Airflow's fixed start-up (CLI + in-process execution
 API, paid once per `dags test`), and the overhead per task measured inside the DAG run.
 
@@ -26,29 +28,52 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
 
 DIRECT = r"""
-import json, sys, time
+import json, sys, tempfile, time
+from pathlib import Path
 start = time.perf_counter()
 from mlflow import MlflowClient
-from dlagent.ml import tracking
+from dlagent.ml import registry, tracking
+from dlagent.ml.compression import CompressionConfig, compress
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import load_dataset_with_options
-from dlagent.ml.training import evaluate, load_keras_model, train
-conf, uri, artifacts = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-config = TrainConfig.from_dict({k: v for k, v in conf.items() if k not in ("dataset", "max_samples")})
+from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
+from dlagent.ml.gate import GateThresholds
+from dlagent.ml.training import load_keras_model, train
+conf, uri, artifacts, deploy_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+config = TrainConfig.from_dict({k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__})
+options = {"max_samples": conf.get("max_samples")}
 client = MlflowClient(uri)
 experiment = tracking.ensure_experiment(client, "overhead-direct", artifacts)
 parent, _ = tracking.find_or_create_run(client, experiment, "direct", run_name="direct")
-load_dataset_with_options(conf["dataset"], {"max_samples": conf.get("max_samples")}, seed=config.seed)  # validate
-splits = load_dataset_with_options(conf["dataset"], {"max_samples": conf.get("max_samples")}, seed=config.seed)
-run_id, _ = tracking.find_or_create_run(client, experiment, "direct/train", run_name="train", parent_run_id=parent)
+load_dataset_with_options(conf["dataset"], options, seed=config.seed)  # validate
+def child(name):
+    return tracking.find_or_create_run(client, experiment, f"direct/{name}", run_name=name, parent_run_id=parent)[0]
+splits = load_dataset_with_options(conf["dataset"], options, seed=config.seed)
+run_id = child("train")
 result, model_uri = train(splits, config, tracking_uri=uri, run_id=run_id)
 client.set_terminated(run_id)
-metrics = evaluate(load_keras_model(model_uri, tracking_uri=uri), splits)
-eval_id, _ = tracking.find_or_create_run(client, experiment, "direct/evaluate", run_name="evaluate", parent_run_id=parent)
-tracking.log_metrics(client, eval_id, metrics)
+compress_id = child("compress")
+candidate = compress(load_keras_model(model_uri, tracking_uri=uri), splits,
+                     CompressionConfig.from_dict({"seed": config.seed, **conf["compression_candidates"][0]}), latency_runs=100)
+tracking.log_metrics(client, compress_id, candidate.metrics)
+candidate_uri = registry.log_deployable_model(candidate.keras_model, splits, tracking_uri=uri, run_id=compress_id, tflite_bytes=candidate.tflite_bytes)
+client.set_terminated(compress_id)
+eval_id = child("evaluate")
+with tempfile.TemporaryDirectory() as tmp:
+    reference = evaluate_keras(load_keras_model(model_uri, tracking_uri=uri), splits, out_dir=Path(tmp) / "k", latency_runs=100)
+    log_evaluation(uri, eval_id, reference, prefix="keras_")
+    report = evaluate_tflite(registry.read_tflite(uri, candidate_uri), splits, out_dir=Path(tmp) / "t", explain=False, latency_runs=100)
+    log_evaluation(uri, eval_id, report, prefix="tflite_")
 client.set_terminated(eval_id)
+deploy_id = child("deploy")
+outcome = registry.deploy_if_blessed(uri, "overhead", candidate_uri, candidate_metrics={**candidate.metrics, **report.metrics},
+                                     reference_metrics=reference.metrics, thresholds=GateThresholds(), idempotency_key="direct",
+                                     run_id=compress_id)
+registry.deploy_champion_bundle(uri, "overhead", deploy_dir)
+client.set_terminated(deploy_id)
 client.set_terminated(parent)
-print("DIRECT " + json.dumps({"seconds": time.perf_counter() - start, **metrics}))
+print("DIRECT " + json.dumps({"seconds": time.perf_counter() - start, "test_accuracy": report.metrics["test_accuracy"],
+                              "blessed": outcome["decision"]["blessed"]}))
 """
 
 TASK_LINE = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\w+)")
@@ -57,10 +82,10 @@ TASK_LINE = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\w+
 def run_direct(conf: dict, workdir: Path) -> tuple[float, dict]:
     uri = f"sqlite:///{workdir / 'direct.db'}"
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", DIRECT, json.dumps(conf), uri, str(workdir / "direct-artifacts")],
+    out = subprocess.run([sys.executable, "-c", DIRECT, json.dumps(conf), uri, str(workdir / "direct-artifacts"), str(workdir / "direct-deploy")],
                          capture_output=True, text=True, check=True, cwd=PROJECT_DIR, env=_env(workdir))
     wall = time.perf_counter() - started
-    line = next(l for l in out.stdout.splitlines() if l.startswith("DIRECT "))
+    line = next(text for text in out.stdout.splitlines() if text.startswith("DIRECT "))
     return wall, json.loads(line[len("DIRECT "):])
 
 
@@ -72,6 +97,7 @@ def _env(workdir: Path) -> dict:
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{workdir / 'airflow' / 'airflow.db'}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'airflow-mlflow.db'}"
     env["DLAGENT_ARTIFACT_ROOT"] = str(workdir / "airflow-artifacts")
+    env["DLAGENT_DEPLOY_DIR"] = str(workdir / "airflow-deploy")
     return env
 
 
@@ -106,7 +132,9 @@ def main() -> None:
         if not Path(args.data).is_dir():
             sys.exit(f"--data {args.data!r} is not a folder: give the MNIST IDX folder, e.g. ../shared/data/mnist-t10k")
         dataset = f"mnist-idx:{Path(args.data).resolve()}"
-    conf = {"dataset": dataset, "model": "cnn", "epochs": args.epochs, "seed": 42, "early_stopping_patience": 0}
+    # Tuning off (it has its own benchmark); one compression candidate, evaluated, gated, deployed.
+    conf = {"dataset": dataset, "model": "cnn", "epochs": args.epochs, "seed": 42, "early_stopping_patience": 0,
+            "n_trials": 0, "compression_candidates": [{"quantization": "dynamic"}]}
     with tempfile.TemporaryDirectory(prefix="dlagent-overhead-") as tmp:
         workdir = Path(tmp)
         direct_s, direct = run_direct(conf, workdir)

@@ -98,8 +98,17 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int) 
     print(f"MLflow parent run:  {run.info.run_id} in experiment {experiment!r}")
     if "test_accuracy" in metrics:
         print(f"test accuracy:      {metrics['test_accuracy']:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
+    if tags.get("dlagent.study_name"):
+        print(f"tuning:             study {tags['dlagent.study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
     if tags.get("dlagent.model_uri"):
         print(f"model:              {tags['dlagent.model_uri']}  (training run {tags.get('dlagent.train_run_id')})")
+    if tags.get("dlagent.candidate"):
+        print(f"shipped candidate:  {tags['dlagent.candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
+              f"(uncompressed Keras model: accuracy {metrics.get('keras_test_accuracy', float('nan')):.4f})")
+    if tags.get("dlagent.deploy"):
+        print(f"deploy:             {tags['dlagent.deploy']}"[:400])
+    if tags.get("dlagent.champion_uri"):
+        print(f"serve the champion: make serve   (mlflow models serve -m {tags['dlagent.champion_uri']} --env-manager local)")
     print(f"tracking store:     {hook.tracking_uri}")
     if hook.tracking_uri.startswith("sqlite:"):
         print(f"artifacts:          {hook.artifact_location}")
