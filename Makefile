@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dlagent-installed
 CONF ?= {}
 
-.PHONY: run test install setup lint mlflow-ui serve rollback bench clean
+.PHONY: run test install setup lint mlflow-ui serve rollback clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "[dlagent] $(PYTHON) not found: install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
