@@ -89,7 +89,7 @@ def build_history(client, *, with_champion: bool = True, experiment_name: str = 
                                 metrics={"epochs_run": 5.0, "best_val_accuracy": 0.89}, seconds=30)
     log_curve(client, ids["train_run_id"], TRAIN_CURVE)
     ids["evaluate_run_id"] = child(client, experiment_id, parent, "evaluate", "evaluate", t0 + 60_000,
-                                   tags={"dlagent.blessed": "true"}, metrics={"test_accuracy": 0.95, "test_loss": 0.2}, seconds=2)
+                                   tags={"dlagent.gate.blessed": "true"}, metrics={"test_accuracy": 0.95, "test_loss": 0.2}, seconds=2)
     for j, (name, sparsity, quantization, accuracy, size, latency) in enumerate(CANDIDATES):
         child(client, experiment_id, parent, "compress", f"compress[{j}]", t0 + 70_000 + j,
               tags={"dlagent.candidate": name}, params={"sparsity": sparsity, "quantization": quantization},

@@ -57,10 +57,10 @@ def test_minimal_plan_gets_empty_sections():
         ({"tune": {"n_trials": 4, "parallel": 2}}, "tune.parallel"),
         ({"tune": {"n_trials": 4, "search_space": {"lr": {"type": "float", "low": 0.1, "high": 1}}}}, "tune.search_space.lr"),
         ({"tune": {"n_trials": 4, "search_space": {"learning_rate": {"type": "float", "low": 0.1, "high": 0.01}}}}, "tune.search_space.learning_rate"),
-        ({"tune": {"n_trials": 4, "search_space": {"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}}, "tune.search_space.learning_rate.low"),
-        ({"tune": {"n_trials": 4, "search_space": {"dropout": {"type": "float", "low": 0.1, "high": 1.5}}}}, "tune.search_space.dropout.high"),
-        ({"tune": {"n_trials": 4, "search_space": {"units": {"type": "float", "low": 8, "high": 64}}}}, "tune.search_space.units.type"),
-        ({"tune": {"n_trials": 4, "search_space": {"optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}}}}, "tune.search_space.optimizer.choices[1]"),
+        ({"tune": {"n_trials": 4, "search_space": {"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}}, "tune.search_space.learning_rate"),
+        ({"tune": {"n_trials": 4, "search_space": {"dropout": {"type": "float", "low": 0.1, "high": 1.5}}}}, "tune.search_space.dropout"),
+        ({"tune": {"n_trials": 4, "search_space": {"units": {"type": "float", "low": 8, "high": 64}}}}, "tune.search_space.units"),
+        ({"tune": {"n_trials": 4, "search_space": {"optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}}}}, "tune.search_space.optimizer"),
         ({"compress": [{"sparsity": 1.5}]}, "compress[0].sparsity"),
         ({"compress": [{"quantization": "int8"}, {"quantization": "int4"}]}, "compress[1].quantization"),
         ({"compress": [{"prune": True}]}, "compress[0].prune"),
@@ -88,3 +88,16 @@ def test_missing_required_sections_and_bad_documents():
         validate_plan("{not json")
     with pytest.raises(ConfigError, match="^plan: must be a JSON object"):
         validate_plan([1])
+
+
+def test_plan_search_spaces_are_checked_by_the_tuner_itself():
+    from dlagent.ml import tuning
+
+    space = {"units": {"type": "int", "low": 32, "high": 256, "step": 32}, "batch_size": {"type": "categorical", "choices": [32, 64]}}
+    plan = validate_plan(good_plan(tune={"n_trials": 4, "search_space": space}))
+    assert plan["tune"]["search_space"] == tuning.validate_search_space(space)
+    assert list(plan["tune"]["search_space"]) == ["batch_size", "units"]  # sorted: deterministic JSON
+    duplicate = {"batch_size": {"type": "categorical", "choices": [32, 32]}}  # a rule of the tuner's
+    with pytest.raises(ConfigError) as info:
+        validate_plan(good_plan(tune={"n_trials": 4, "search_space": duplicate}))
+    assert info.value.field == "tune.search_space.batch_size" and "duplicates" in info.value.problem

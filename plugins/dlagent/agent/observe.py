@@ -24,7 +24,7 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
 * **compression candidates** (``dlagent.step = compress``): metrics ``accuracy`` (or
   ``test_accuracy``), ``size_bytes``, ``latency_ms_p95``; config from the params that are
   compression settings (``sparsity``, ``quantization``, ...).
-* **gate**: the most recent run with a ``dlagent.blessed`` tag (``true``/``false``).
+* **gate**: the most recent run with a ``dlagent.gate.blessed`` tag (``true``/``false``).
 * **champion**: the version under alias ``champion`` of ``champion_name`` (absent model or
   alias: ``None``); metrics from its ``dlagent.metric.*`` tags, then its run's metrics.
 * **compute**: number of runs, summed run durations (finished runs), summed ``epochs_run``.
@@ -48,7 +48,7 @@ from dlagent.errors import ConfigError
 
 STEP_TAG = "dlagent.step"
 PARENT_TAG = "mlflow.parentRunId"
-BLESSED_TAG = "dlagent.blessed"
+BLESSED_TAG = "dlagent.gate.blessed"  # written by EvaluateOperator
 CHAMPION_ALIAS = "champion"
 METRIC_TAG_PREFIX = "dlagent.metric."
 TRIAL_STEPS = ("tune-trial", "trial")

@@ -26,7 +26,8 @@ Search spaces use one format everywhere (Params, plans, the tuner)::
      "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]}}
 
 Names are :class:`~dlagent.ml.config.TrainConfig` fields; bounds and choices must be valid
-values of that field.
+values of that field. One validator checks them, the tuner's
+(:func:`dlagent.ml.tuning.validate_search_space`), so a plan never holds a space the tuner refuses.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 
 from dlagent.errors import ConfigError
 
@@ -42,7 +42,6 @@ ACTIONS = ("deploy", "retune", "stop")
 SECTIONS = ("action", "compress", "controller", "policy", "reasons", "train", "tune")
 TUNE_KEYS = ("n_trials", "n_workers", "search_space")
 POLICY_KEYS = ("arm", "context", "name")
-SPACE_TYPES = ("float", "int", "categorical")
 MAX_TRIALS = 10_000
 MAX_WORKERS = 256
 MAX_CANDIDATES = 32
@@ -132,79 +131,29 @@ def validate_tune(section) -> dict | None:
 
 
 def validate_search_space(space, field: str = "tune.search_space") -> dict | None:
-    """Validate a search space (format in the module docstring); ``None`` means the default one."""
-    from dlagent.ml.config import TrainConfig
+    """Validate a search space (format in the module docstring); ``None`` means the default one.
+
+    The rules live in one place, :func:`dlagent.ml.tuning.validate_search_space` (what the
+    tuner itself accepts); this only names the field under ``field`` (``tune.search_space.units``
+    in a plan) and sorts the parameters so a plan serializes deterministically.
+    """
+    from dlagent.ml.tuning import validate_search_space as validate_for_tuner
 
     if space is None:
         return None
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(field, f"must be a non-empty JSON object or null, got {space!r}.",
-                          'give e.g. {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true}}.')
-    fields = _train_fields()
-    out = {}
-    for name in sorted(space):
-        where = f"{field}.{name}"
-        if name not in fields:
-            raise ConfigError(where, f"is not a training setting (known: {sorted(fields)}).", "tune TrainConfig fields only.")
-        spec = space[name]
-        if not isinstance(spec, dict):
-            raise ConfigError(where, f"must be a JSON object with a 'type', got {spec!r}.", f"give a 'type' among {list(SPACE_TYPES)}.")
-        kind = spec.get("type")
-        if kind not in SPACE_TYPES:
-            raise ConfigError(f"{where}.type", f"must be one of {list(SPACE_TYPES)}, got {kind!r}.", f"pick one of {list(SPACE_TYPES)}.")
-        declared = fields[name]
-        if kind == "categorical":
-            allowed = {"type", "choices"}
-        else:
-            allowed = {"type", "low", "high", "log", "step"}
-            if declared not in ("int", "float") or (kind == "float" and declared == "int"):
-                right = "'int' or 'categorical'" if declared == "int" else "'categorical'"
-                raise ConfigError(f"{where}.type", f"{kind!r} does not fit the {declared} setting {name!r}.", f"use type {right}.")
-        extra = sorted(set(spec) - allowed)
-        if extra:
-            raise ConfigError(f"{where}.{extra[0]}", f"unknown key for a {kind} range (known: {sorted(allowed)}).", "remove it.")
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise ConfigError(f"{where}.choices", f"must be a non-empty list, got {choices!r}.", "list the values to try.")
-            for i, choice in enumerate(choices):
-                _check_setting(TrainConfig, name, choice, f"{where}.choices[{i}]")
-            out[name] = {"type": "categorical", "choices": list(choices)}
-            continue
-        for key in ("low", "high"):
-            if key not in spec:
-                raise ConfigError(f"{where}.{key}", "is missing.", "give both 'low' and 'high'.")
-        low, high = spec["low"], spec["high"]
-        for key, value in (("low", low), ("high", high)):
-            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{where}.{key}", f"must be an integer, got {value!r}.", "give a whole number.")
-            _check_setting(TrainConfig, name, value, f"{where}.{key}")
-        if not low < high:
-            raise ConfigError(where, f"needs low < high, got low={low}, high={high}.", "widen the range or use a fixed value in 'train'.")
-        log = spec.get("log", False)
-        if not isinstance(log, bool):
-            raise ConfigError(f"{where}.log", f"must be true or false, got {log!r}.", "give a boolean.")
-        if log and low <= 0:
-            raise ConfigError(f"{where}.low", f"must be > 0 on a log scale, got {low}.", "give a positive lower bound or log=false.")
-        entry = {"type": kind, "low": low, "high": high, "log": log}
-        if spec.get("step") is not None:
-            step = spec["step"]
-            if log:
-                raise ConfigError(f"{where}.step", "cannot be combined with log=true (Optuna refuses it).", "drop 'step' or set log=false.")
-            if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0 or (kind == "int" and not isinstance(step, int)):
-                raise ConfigError(f"{where}.step", f"must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}.", "give a positive step.")
-            entry["step"] = step
-        out[name] = entry
-    return out
-
-
-def _check_setting(config_cls, name, value, where):
     try:
-        config_cls.from_dict({name: value})
+        checked = validate_for_tuner(space)
     except ConfigError as exc:
-        raise ConfigError(where, exc.problem, exc.fix) from exc
-    except TypeError as exc:
-        raise ConfigError(where, f"is not a valid value for {name!r}: {value!r} ({exc}).", "give a value of the setting's type.") from exc
+        raise ConfigError(_rebase_field(exc.field, field), exc.problem, exc.fix) from exc
+    return {name: checked[name] for name in sorted(checked)}
+
+
+def _rebase_field(name: str, field: str) -> str:
+    """``search_space.units`` (the tuner's name) -> ``<field>.units``."""
+    prefix = "search_space"
+    if name == prefix or name.startswith(prefix + "."):
+        return field + name[len(prefix):]
+    return f"{field}.{name}"
 
 
 def validate_compress(section) -> list:

@@ -1,0 +1,447 @@
+"""The agent as Airflow tasks: decide a plan from MLflow, branch on it, turn it into a run's conf.
+
+* :class:`AgentOperator` observes a pipeline run through the MLflow hook, lets a policy decide
+  the plan (:mod:`dlagent.agent`), logs it as an ``agent`` child run (``decisions.json``) and
+  in the task log, and returns it, so downstream tasks take ``agent.output["train"]``,
+  ``agent.output["compress"]``... (each plan section is also its own XCom).
+* :class:`PlanBranchOperator` follows ``plan["action"]``: deploy, retune or stop.
+* :class:`PlanConfOperator` turns a plan into the ``conf`` of a ``dl_agent_pipeline`` run:
+  the observed run's settings changed as the plan says, keeping only what the pipeline's
+  Params accept (and validating it against them).
+
+Nothing heavy is imported at module level: DAG files import this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+
+from dlagent.errors import ConfigError
+from dlagent.operators.base import DlagentOperator, airflow_ids
+
+PHASES = ("plan", "decide")
+PIPELINE_KIND = "pipeline"
+PHASE_TAG = "dlagent.phase"
+OBSERVED_TAG = "dlagent.observed_run_id"
+MAX_PARENT_HOPS = 3
+POOL_NOTE = ("free Airflow pool slots are not readable from an Airflow 3 task (the Task SDK has no pool API and "
+             "tasks have no metadata-database access): resources are this worker's CPUs and memory")
+
+
+class AgentOperator(DlagentOperator):
+    """Observe a pipeline run in MLflow, decide the next plan with a policy, log it, return it.
+
+    :param phase: ``plan`` (after tuning: downstream tasks take ``train``, ``compress`` and
+        ``controller`` from the plan; its ``action`` is provisional) or ``decide`` (after
+        evaluation: the ``action`` deploy / retune / stop is final, and a learning policy is
+        first rewarded for the plan it made in phase ``plan`` of the same pipeline run).
+    :param policy: ``rules``, ``learning`` or the dotted path of a
+        :class:`~dlagent.agent.policies.base.Policy` subclass (templated).
+    :param policy_kwargs: constructor arguments of the policy, e.g. ``{"max_trials": 32}``
+        or ``{"epsilon": 0.2, "seed": 1}`` (templated).
+    :param champion_name: registered model whose ``champion`` alias the plan compares with
+        (templated; empty: no comparison).
+    :param observe_run_id: the MLflow run to observe instead of this DAG run's parent run: a
+        pipeline parent run, or any run under one (its pipeline parent is used), e.g. the run
+        of a champion a sensor watched (templated).
+    :param fixed_resources: the observation's ``resources`` as given, ``{"cpu_count",
+        "cpus_free", ...}`` (replays, tests); empty: the worker's CPUs, load and memory are
+        measured (free pool slots are not readable in Airflow 3; the task's pool is recorded).
+
+    Returns the validated plan ``{"action", "train", "tune", "compress", "controller",
+    "policy", "reasons"}``. Bad arguments or a malformed plan fail the task without retries
+    (:class:`~dlagent.errors.ConfigError`); an unreachable MLflow fails it with a message
+    naming the tracking URI (retried like any transient failure). There is no default plan.
+    """
+
+    template_fields: Sequence[str] = ("experiment_name", "phase", "policy", "policy_kwargs", "champion_name",
+                                      "observe_run_id", "fixed_resources")
+    template_fields_renderers = {"policy_kwargs": "json", "fixed_resources": "json"}
+    ui_color = "#fff4d6"
+
+    def __init__(self, *, phase: str = "plan", policy: str = "rules", policy_kwargs: dict | None = None,
+                 champion_name: str | None = None, observe_run_id: str | None = None, fixed_resources: dict | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.phase = phase
+        self.policy = policy
+        self.policy_kwargs = policy_kwargs
+        self.champion_name = champion_name
+        self.observe_run_id = observe_run_id
+        self.fixed_resources = fixed_resources
+
+    # ------------------------------------------------------------------ run
+    def run(self, context):
+        phase, policy_kwargs, champion, resources = self._arguments()
+        try:
+            return self._decide(context, phase, policy_kwargs, champion, resources)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            if _is_mlflow_failure(exc):
+                from airflow.sdk.exceptions import AirflowException
+
+                raise AirflowException(
+                    f"the agent made no decision: MLflow at {self.hook.tracking_uri} could not be read "
+                    f"({type(exc).__name__}: {_first_line(exc)}). Check that the tracking server is up and that the "
+                    f"{self.mlflow_conn_id!r} Connection (or MLFLOW_TRACKING_URI) points at it; no default plan is used."
+                ) from exc
+            raise
+
+    def _arguments(self):
+        if self.phase not in PHASES:
+            raise ConfigError("phase", f"must be one of {list(PHASES)}, got {self.phase!r}.",
+                              "use 'plan' after tuning and 'decide' after evaluation.")
+        if not isinstance(self.policy, str) or not self.policy.strip():
+            raise ConfigError("policy", f"must be a policy name or dotted class path, got {self.policy!r}.",
+                              "use 'rules', 'learning' or 'package.module.ClassName'.")
+        kwargs = self.policy_kwargs
+        if isinstance(kwargs, str):
+            kwargs = _json_object("policy_kwargs", kwargs)
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError("policy_kwargs", f"must be a JSON object of policy arguments, got {type(kwargs).__name__}.",
+                              'give e.g. {"max_trials": 32}, or leave it empty.')
+        champion = self.champion_name or None
+        if champion is not None and not isinstance(champion, str):
+            raise ConfigError("champion_name", f"must be a registered model name, got {champion!r}.", "give the model's name or leave it empty.")
+        from dlagent.agent.policies.base import load_policy
+
+        load_policy(self.policy, **kwargs)  # a bad name or argument fails here, before MLflow is contacted
+        resources = self.fixed_resources
+        if isinstance(resources, str):
+            resources = _json_object("fixed_resources", resources) if resources.strip() else None
+        if resources is not None and not isinstance(resources, dict):
+            raise ConfigError("fixed_resources", f"must be a JSON object or empty, got {type(resources).__name__}.",
+                              'give e.g. {"cpu_count": 4, "cpus_free": 2}, or leave it empty to measure.')
+        return self.phase, kwargs, champion, resources
+
+    def _decide(self, context, phase, policy_kwargs, champion, resources) -> dict:
+        from dlagent.agent import reward_run, run_agent
+        from dlagent.agent.observe import measure_resources, observe
+        from dlagent.agent.plan import log_plan, validate_plan
+        from dlagent.agent.policies.base import load_policy
+        from dlagent.agent.policies.learning import MLflowStateStore
+        from dlagent.ml import tracking
+
+        ids = airflow_ids(context)
+        client = self.hook.client
+        with self.step_run(context, "agent") as agent_run_id:
+            experiment_id, observed = self._target(client, self.parent_run_id(context))
+            client.set_tag(agent_run_id, PHASE_TAG, phase)
+            client.set_tag(agent_run_id, OBSERVED_TAG, observed)
+            context["ti"].xcom_push(key="observed_run_id", value=observed)  # for PlanConfOperator
+            if resources is None:
+                resources = {**measure_resources(), "pool": self.pool, "pool_slots": self.pool_slots}
+                self.log.info("%s", POOL_NOTE)
+            observation = observe(client, experiment_id, observed, champion, resources=resources)
+            store_key = "learning" if self.policy.strip() == "learning" else self.policy.strip()[-200:]
+            store = MLflowStateStore(client, observation.experiment_id, policy_key=store_key)
+            policy = load_policy(self.policy, store=store, **policy_kwargs)
+            reward = None
+            if phase == "decide":
+                planned = self._planned(client, observation.experiment_id, observed)
+                reward = reward_run(policy, observation, planned, key=f"{ids['dag_id']}/{ids['run_id']}")
+            plan, _ = run_agent(client, observation.experiment_id, observed, policy=policy, observation=observation)
+            plan = validate_plan({**plan, "reasons": [*plan["reasons"], *self._phase_reasons(phase, reward)]})
+            tracking.log_params_safely(client, agent_run_id, _plan_params(phase, self.policy, champion, observed, plan))
+            log_plan(client, agent_run_id, plan, observation)
+            metrics = {"reasons": len(plan["reasons"]), "compress_candidates": len(plan["compress"]),
+                       "tune_trials": (plan["tune"] or {}).get("n_trials", 0)}
+            if reward and reward["reward"] is not None:
+                metrics["reward"] = reward["reward"]
+                client.set_tag(agent_run_id, "dlagent.reward_recorded", str(reward["recorded"]).lower())
+            tracking.log_metrics(client, agent_run_id, metrics)
+        self.log.info("%s", summarize(plan, phase=phase, observed=observed, agent_run_id=agent_run_id,
+                                      tracking_uri=self.hook.tracking_uri))
+        return plan
+
+    def _target(self, client, own_parent: str) -> tuple[str, str]:
+        """``(experiment_id, run_id)`` of the pipeline run to observe."""
+        from mlflow.exceptions import MlflowException
+
+        run_id = self.observe_run_id or own_parent
+        if not isinstance(run_id, str):
+            raise ConfigError("observe_run_id", f"must be an MLflow run id, got {run_id!r}.", "pass a run id, or leave it empty.")
+        for _ in range(MAX_PARENT_HOPS + 1):
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    raise ConfigError("observe_run_id", f"no MLflow run {run_id!r} at {self.hook.tracking_uri}.",
+                                      "pass the id of a pipeline run (or of a run under one), or leave it empty.") from exc
+                raise
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if run_id == own_parent or run.data.tags.get("dlagent.kind") == PIPELINE_KIND or not parent:
+                return run.info.experiment_id, run.info.run_id
+            run_id = parent
+        return run.info.experiment_id, run.info.run_id
+
+    def _planned(self, client, experiment_id: str, observed: str) -> dict | None:
+        """The plan the agent made in phase ``plan`` of the observed pipeline run (the latest
+        finished one: a failed decision has no ``decisions.json``)."""
+        import tempfile
+        from pathlib import Path
+
+        from dlagent.agent.plan import validate_plan
+
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=(f"tags.`mlflow.parentRunId` = '{observed}' and tags.`dlagent.step` = 'agent' "
+                           f"and tags.`{PHASE_TAG}` = 'plan' and attributes.status = 'FINISHED'"),
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if not runs:
+            return None
+        with tempfile.TemporaryDirectory(prefix="dlagent-agent-") as folder:
+            path = Path(client.download_artifacts(runs[0].info.run_id, "decisions.json", folder))
+            try:
+                return validate_plan(path.read_text())
+            except ConfigError as exc:
+                raise ConfigError(f"decisions.json of run {runs[0].info.run_id}: {exc.field}", exc.problem, exc.fix) from exc
+
+    @staticmethod
+    def _phase_reasons(phase: str, reward: dict | None) -> list[dict]:
+        if phase == "plan":
+            return [{"decision": "phase=plan",
+                     "because": "made after tuning: downstream tasks take train, compress and controller from this plan; "
+                                "its action is provisional and is decided again after evaluation (phase decide)"}]
+        if reward is None:
+            return []
+        if reward["reward"] is None:
+            return [{"decision": "reward: none recorded", "because": reward["because"]}]
+        verb = "recorded" if reward["recorded"] else "already recorded"
+        return [{"decision": f"reward {reward['reward']:.6g} {verb}", "because": reward["because"]}]
+
+
+class PlanBranchOperator(BaseBranchOperator):
+    """Follow a plan's ``action``: run the deploy, retune or stop task, skip the others.
+
+    :param plan: the plan, usually ``agent.output`` of an ``AgentOperator`` in phase
+        ``decide`` (templated; a dict or its JSON text). A malformed plan fails the task
+        without retries, naming the field.
+    :param deploy_task_id, retune_task_id, stop_task_id: the task (or task group) to follow
+        for each action; ``None`` skips every downstream task for that action.
+    """
+
+    template_fields: Sequence[str] = ("plan",)
+    ui_color = "#fff4d6"
+
+    def __init__(self, *, plan, deploy_task_id: str | None = "deploy", retune_task_id: str | None = "retune",
+                 stop_task_id: str | None = "stop", **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.branches = {"deploy": deploy_task_id, "retune": retune_task_id, "stop": stop_task_id}
+        for action, task_id in self.branches.items():
+            if task_id is not None and (not isinstance(task_id, str) or not task_id):
+                raise ConfigError(f"{action}_task_id", f"must be a task id or None, got {task_id!r}.",
+                                  f"name the task to run when the plan says {action!r}.")
+
+    def choose_branch(self, context):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from dlagent.agent.plan import validate_plan
+
+        try:
+            plan = validate_plan(self.plan)
+        except ConfigError as exc:
+            raise AirflowFailException(f"invalid plan, no branch taken: {exc}") from exc
+        action = plan["action"]
+        task_id = self.branches[action]
+        why = next((r["because"] for r in plan["reasons"] if r["decision"].startswith("action=")), "no reason given")
+        self.log.info("plan action %r -> %s, because: %s", action, task_id or "skip every branch", why)
+        return task_id
+
+
+# --------------------------------------------------------------------------- plan -> conf
+
+#: Where each part of a plan goes in a ``dl_agent_pipeline`` conf (kept only if it is a Param).
+TUNE_TO_PARAMS = {"n_trials": "n_trials", "n_workers": "tuning_workers", "search_space": "search_space"}
+SECTION_PARAMS = ("compress", "controller")
+
+
+def pipeline_conf(plan: dict, accepted, base: dict | None = None) -> tuple[dict, list[str]]:
+    """``(conf, notes)``: the conf of a pipeline run that follows ``plan``.
+
+    ``base`` first (e.g. the observed run's settings), then the plan's ``train`` settings
+    under their own names, its ``tune`` section as ``n_trials`` / ``tuning_workers`` /
+    ``search_space`` (no tuning: ``n_trials`` 0), and ``compress`` / ``controller`` as is.
+    Only names in ``accepted`` (the pipeline's Params) are kept; ``notes`` says what was left
+    out and why. Empty (``None``) base values are not sent.
+    """
+    from dlagent.agent.plan import validate_plan
+
+    plan = validate_plan(plan)
+    accepted = set(accepted)
+    wanted: dict = {k: v for k, v in (base or {}).items() if v is not None}
+    for name, value in plan["train"].items():
+        wanted[name] = value
+    if plan["tune"] is None:
+        wanted["n_trials"] = 0
+    else:
+        for key, param in TUNE_TO_PARAMS.items():
+            if plan["tune"].get(key) is not None:
+                wanted[param] = plan["tune"][key]
+    for section in SECTION_PARAMS:
+        if plan[section]:
+            wanted[section] = plan[section]
+    conf, notes = {}, []
+    for name, value in wanted.items():
+        if name in accepted:
+            conf[name] = value
+        else:
+            notes.append(f"{name}={json.dumps(value, sort_keys=True)} left out: dl_agent_pipeline has no Param {name!r}")
+    return conf, notes
+
+
+class PlanConfOperator(DlagentOperator):
+    """Turn a plan into the ``conf`` of a ``dl_agent_pipeline`` run (for ``TriggerDagRunOperator``).
+
+    :param plan: the plan (``agent.output``; templated).
+    :param observed_run_id: the pipeline run the plan was made from
+        (``agent.output["observed_run_id"]``; templated): its training settings and data set
+        (the params of its MLflow parent run) are the starting point, so what the plan does
+        not change stays as it was, not as the Params' defaults say.
+    :param base_conf: settings sent whatever was observed, e.g. the MLflow experiment
+        (templated); the plan's values win over them.
+
+    The conf is validated against the pipeline's Params (:func:`dlagent.params.pipeline_params`)
+    here, so a value the trigger form would refuse fails this task naming the Param.
+    Returns the conf.
+    """
+
+    template_fields: Sequence[str] = ("experiment_name", "plan", "observed_run_id", "base_conf")
+    template_fields_renderers = {"base_conf": "json"}
+    ui_color = "#fff4d6"
+
+    def __init__(self, *, plan, observed_run_id: str | None = None, base_conf: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.observed_run_id = observed_run_id
+        self.base_conf = base_conf
+
+    def execute(self, context):
+        result = super().execute(context)
+        return result["conf"]
+
+    def run(self, context):
+        from airflow.sdk.definitions.param import ParamsDict
+        from airflow.sdk.exceptions import ParamValidationError
+
+        from dlagent.params import pipeline_params
+
+        base = self.base_conf
+        if base is not None and not isinstance(base, dict):
+            raise ConfigError("base_conf", f"must be a JSON object, got {type(base).__name__}.", "pass a mapping of pipeline Params.")
+        observed = self._observed_settings()
+        params = pipeline_params()
+        conf, notes = pipeline_conf(self.plan, params, {**observed, **(base or {})})
+        checked = ParamsDict(params)
+        for name, value in conf.items():
+            try:
+                checked[name] = value
+            except ParamValidationError as exc:
+                raise ConfigError(f"conf.{name}", f"dl_agent_pipeline's Param refuses {value!r}: {_first_line(exc)}",
+                                  "fix the plan's value or the policy's limits.") from exc
+        for note in notes:
+            self.log.info("%s", note)
+        self.log.info("conf for dl_agent_pipeline: %s", json.dumps(conf, sort_keys=True))
+        return {"conf": conf, "left_out": notes}
+
+    def _observed_settings(self) -> dict:
+        if not self.observed_run_id:
+            return {}
+        from mlflow.exceptions import MlflowException
+
+        from dlagent.agent.observe import _train_params
+
+        try:
+            params = self.hook.client.get_run(self.observed_run_id).data.params
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                raise ConfigError("observed_run_id", f"no MLflow run {self.observed_run_id!r} at {self.hook.tracking_uri}.",
+                                  "pass agent.output['observed_run_id'], or leave it empty.") from exc
+            raise
+        settings = _train_params(params)
+        if params.get("dataset"):
+            settings["dataset"] = params["dataset"]
+        return settings
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def summarize(plan: dict, *, phase: str = "plan", observed: str | None = None, agent_run_id: str | None = None,
+              tracking_uri: str | None = None) -> str:
+    """A readable account of a plan: every decision with its reason (for the task log)."""
+    policy = plan.get("policy") or {}
+    who = policy.get("name") or "?"
+    if policy.get("arm"):
+        who += f", arm {policy['arm']} in context {policy.get('context')!r}"
+    lines = [f"agent plan (phase {phase}, policy {who}) for pipeline run {observed}: action={plan['action']}"]
+    lines.append(f"  train: {json.dumps(plan['train'], sort_keys=True) if plan['train'] else 'unchanged'}")
+    tune = plan["tune"]
+    lines.append("  tune: none" if tune is None else
+                 f"  tune: {tune['n_trials']} trials on {tune['n_workers']} workers, "
+                 f"search space {json.dumps(tune['search_space'], sort_keys=True) if tune['search_space'] else 'default'}")
+    lines.append(f"  compress: {json.dumps(plan['compress'], sort_keys=True) if plan['compress'] else 'none'}")
+    controller = plan["controller"]
+    lines.append("  controller: none" if controller is None else
+                 f"  controller: patience {controller['patience']}, factor {controller['factor']}, clipnorm {controller['clipnorm']}")
+    lines.append(f"  {len(plan['reasons'])} decisions, each with its reason:")
+    for reason in plan["reasons"]:
+        lines.append(f"    - {reason['decision']}: {reason['because']}")
+    if agent_run_id:
+        lines.append(f"  recorded as decisions.json of MLflow run {agent_run_id}" + (f" at {tracking_uri}" if tracking_uri else ""))
+    return "\n".join(lines)
+
+
+def _plan_params(phase: str, policy: str, champion: str | None, observed: str, plan: dict) -> dict:
+    params = {"phase": phase, "policy": policy, "champion_name": champion or "", "observed_run_id": observed,
+              "action": plan["action"]}
+    for name, value in plan["train"].items():
+        params[f"train.{name}"] = value
+    if plan["tune"] is not None:
+        params["tune.n_trials"] = plan["tune"]["n_trials"]
+        params["tune.n_workers"] = plan["tune"]["n_workers"]
+    params["compress.candidates"] = len(plan["compress"])
+    if (plan["policy"] or {}).get("arm"):
+        params["policy.arm"] = plan["policy"]["arm"]
+        params["policy.context"] = plan["policy"]["context"]
+    return params
+
+
+def _json_object(field: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(field, f"is not valid JSON: {exc}.", "give a JSON object.") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(field, f"must be a JSON object, got {type(value).__name__}.", "give a JSON object.")
+    return value
+
+
+def _is_mlflow_failure(exc: BaseException) -> bool:
+    """True for errors reading or writing MLflow (unreachable server, broken store)."""
+    from dlagent.agent.observe import ObservationError
+
+    if isinstance(exc, ObservationError):
+        return True
+    try:
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - mlflow is a dependency
+        MlflowException = ()  # noqa: N806
+    try:
+        from requests.exceptions import RequestException
+    except ImportError:  # pragma: no cover
+        RequestException = ()  # noqa: N806
+    return isinstance(exc, (MlflowException, RequestException, ConnectionError, TimeoutError))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
