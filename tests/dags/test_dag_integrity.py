@@ -71,9 +71,9 @@ def test_dag_file_parses_fast_without_heavy_imports(dag_file):
     ],
 )
 def test_trigger_form_refuses_bad_values_naming_the_field(dagbag, conf, field):
-    from airflow.sdk.exceptions import ParamValidationError
-
     import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
 
     params = copy.deepcopy(dagbag.dags["dl_agent_pipeline"].params)
     with pytest.raises(ParamValidationError, match=f"param {field}"):

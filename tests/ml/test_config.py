@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 

@@ -6,9 +6,9 @@ import gzip
 
 import numpy as np
 import pytest
-
 from dlagent.errors import ConfigError
 from dlagent.ml.data import load_dataset, load_dataset_with_options, parse_dataset_uri
+
 from tests.conftest import SHARED_DATA
 
 

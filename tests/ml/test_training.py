@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mlflow import MlflowClient
-
 from dlagent.ml import tracking
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.training import evaluate, fit, load_keras_model, train
+from mlflow import MlflowClient
 
 
 def test_cnn_reaches_high_accuracy_on_digits_and_logs_everything(mlflow_uri, tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-from mlflow import MlflowClient
-
 from dlagent.operators.evaluate import EvaluateOperator
 from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
 from dlagent.operators.train import TrainOperator
+from mlflow import MlflowClient
+
 from tests.operators.context import make_context
 
 TINY = {"dataset": "digits", "data_options": {"max_samples": 300}}

@@ -101,8 +101,9 @@ def log_params_safely(client: MlflowClient, run_id: str, params: dict) -> None:
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int | None = None) -> None:
     """Log finite numeric metrics; report, never raise (logging never kills training)."""
-    from mlflow.entities import Metric
     import time
+
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     batch = [
