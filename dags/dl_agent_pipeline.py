@@ -1,10 +1,13 @@
-"""dl_agent_pipeline: validate -> tune (N mapped workers) -> train -> compress (mapped) -> evaluate -> deploy -> finish."""
+"""dl_agent_pipeline: validate -> tune (N mapped workers) -> agent -> train -> compress (mapped) -> evaluate -> agent -> deploy / retune / stop."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG
+from dlagent.operators.agent import AgentOperator, PlanBranchOperator, PlanConfOperator
 from dlagent.operators.compress import CompressionCandidatesOperator, CompressOperator
 from dlagent.operators.deploy import DeployOperator
 from dlagent.operators.evaluate import EvaluateOperator
@@ -22,7 +25,11 @@ everything in MLflow (one parent run per DAG run, a child run per task).
 * **create_study** creates the Optuna study (named from this DAG run) once; **tune** runs
   `tuning_workers` mapped workers sharing it until it holds `n_trials` trials (pruned ones
   count); **tune_summary** logs best params and plots on the parent run.
-* **train** trains with the best parameters and early stopping, logging per-epoch metrics and the model.
+* **agent_plan** (the agent, `agent_policy`) reads the study, the trials' learning curves, the
+  champion and the free CPUs in MLflow and plans the training (epochs, dropout, learning rate,
+  in-training controller) and the compression candidates; every decision with its reason is in
+  its log and in its MLflow run (`decisions.json`). `agent_policy: off` runs the Params as given.
+* **train** trains with the best parameters and the agent's settings, logging per-epoch metrics and the model.
 * **compression_candidates** lists the candidates; **compress** (one mapped task each) prunes,
   distils and/or quantizes (TFLite) and measures size, accuracy and latency.
 * **evaluate** measures the trained model, the most compressed candidate within the accuracy
@@ -31,6 +38,8 @@ everything in MLflow (one parent run per DAG run, a child run per task).
 * **deploy** registers a blessed candidate in the MLflow Model Registry (alias `champion`,
   former one `previous`) and writes the serving bundle; otherwise it is *skipped* and its
   log says why.
+* **agent_decide** reads the evaluation and decides `deploy`, `retune` (a follow-up run with
+  the agent's plan as its conf, while `retune_budget` lasts) or `stop`; **follow_plan** takes that branch.
 * **finish** closes the MLflow parent run (FAILED if any task failed).
 
 Open the MLflow UI (`make mlflow-ui`) and look for the experiment named in the form.
@@ -65,21 +74,37 @@ with DAG(
     create_study = CreateStudyOperator(task_id="create_study", n_workers="{{ params.tuning_workers }}", **tuning)
     tune = TuneOperator.partial(task_id="tune", **tuning).expand(worker_index=create_study.output)
     tune_summary = TuneSummaryOperator(task_id="tune_summary", **tuning)
+    agent = {"policy": "{{ params.agent_policy }}", "champion_name": "{{ params.model_name }}", **common}
+    agent_plan = AgentOperator(task_id="agent_plan", phase="plan", **agent)
     train = TrainOperator(
         task_id="train", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
-        overrides=tune_summary.output["best_params"], data_options=data_options, **common,
+        overrides=[tune_summary.output["best_params"], agent_plan.output["train"]], controller=agent_plan.output["controller"],
+        data_options=data_options, **common,
     )
     data = {"dataset": "{{ params.dataset }}", "data_options": data_options, "seed": "{{ params.seed }}"}
     candidates = CompressionCandidatesOperator(task_id="compression_candidates", candidates="{{ params.compression_candidates }}",
-                                               seed="{{ params.seed }}", **common)
+                                               planned=agent_plan.output["compress"], seed="{{ params.seed }}", **common)
     compress = CompressOperator.partial(task_id="compress", model_uri=train.output["model_uri"], **data, **common).expand(
         compression=candidates.output)
     evaluate = EvaluateOperator(
         task_id="evaluate", model_uri=train.output["model_uri"], candidates=compress.output, model_name="{{ params.model_name }}",
         thresholds=gate_thresholds, **data, **common,
     )
+    agent_decide = AgentOperator(task_id="agent_decide", phase="decide", **agent)
+    follow_plan = PlanBranchOperator(task_id="follow_plan", plan=agent_decide.output, deploy_task_id="deploy",
+                                     retune_task_id="retune_conf", stop_task_id="stop", allow_retune="{{ params.retune_budget > 0 }}")
     deploy = DeployOperator(task_id="deploy", evaluation=evaluate.output, model_name="{{ params.model_name }}",
                             thresholds=gate_thresholds, **common)
+    retune_conf = PlanConfOperator(
+        task_id="retune_conf", plan=agent_decide.output, observed_run_id=agent_decide.output["observed_run_id"],
+        base_conf={"experiment_name": "{{ params.experiment_name }}", "dataset": "{{ params.dataset }}",
+                   "model_name": "{{ params.model_name }}", "agent_policy": "{{ params.agent_policy }}",
+                   "retune_budget": "{{ params.retune_budget - 1 }}"},
+        **common,
+    )
+    retune = TriggerDagRunOperator(task_id="retune", trigger_dag_id="dl_agent_pipeline", trigger_run_id="retune__{{ run_id }}",
+                                   conf=retune_conf.output, skip_when_already_exists=True, wait_for_completion=False)
+    stop = EmptyOperator(task_id="stop")
     finish = FinishPipelineOperator(
         task_id="finish",
         collect={"test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
@@ -87,7 +112,10 @@ with DAG(
                  "tune_best_value": "tune_summary.best_value", "study_name": "tune_summary.study_name",
                  "candidate": "evaluate.candidate.candidate", "candidate_size_bytes": "evaluate.candidate.metrics.size_bytes",
                  "keras_test_accuracy": "evaluate.reference.metrics.test_accuracy",
-                 "deployed_version": "deploy.version", "champion_uri": "deploy.champion_uri"},
+                 "deployed_version": "deploy.version", "champion_uri": "deploy.champion_uri", "agent_action": "agent_decide.action"},
         **common,
     )
-    validate >> create_study >> tune >> tune_summary >> train >> candidates >> compress >> evaluate >> deploy >> finish
+    validate >> create_study >> tune >> tune_summary >> agent_plan >> train >> candidates >> compress >> evaluate >> agent_decide
+    agent_decide >> follow_plan >> [deploy, retune_conf, stop]
+    retune_conf >> retune
+    [deploy, retune, stop] >> finish

@@ -82,6 +82,11 @@ def pipeline_params() -> dict[str, Param]:
                                 description="Largest model file that may ship; empty for no limit."),
         "max_latency_ms_p95": Param(None, type=["null", "number"], exclusiveMinimum=0, title="Gate: maximum p95 latency (ms)",
                                     description="Slowest single-sample p95 latency that may ship; empty for no limit."),
+        "agent_policy": Param("rules", type="string", minLength=1, title="Agent policy",
+                              description="'rules' (transparent defaults), 'learning' (a bandit that learns across runs), "
+                                          "a dotted class path of your own Policy, or 'off' to run the Params as given."),
+        "retune_budget": Param(0, type="integer", minimum=0, maximum=10, title="Retune budget",
+                               description="How many follow-up pipeline runs the agent may trigger when it decides to retune."),
         "experiment_name": Param("dlagent", type="string", minLength=1, maxLength=200, title="MLflow experiment",
                                  description="MLflow experiment holding this run's parent and child runs."),
     }

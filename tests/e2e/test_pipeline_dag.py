@@ -65,8 +65,7 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     for step in ("train", "evaluate"):
         assert runs[step].data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert runs[step].info.status == "FINISHED"
-    assert runs["train"].data.params["epochs"] == "4"  # the conf reached the training task
-    assert runs["train"].data.params["model"] == "mlp"
+    assert runs["train"].data.params["model"] == "mlp"  # the conf reached the training task
 
     # tune: one study named from the DAG run, exactly n_trials finished trials from both workers
     import optuna
@@ -81,14 +80,24 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     assert {r.data.tags["airflow.map_index"] for r in trial_runs} <= {"0", "1"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
-    # training used the best trial's parameters
-    assert float(runs["train"].data.params["learning_rate"]) == pytest.approx(study.best_params["learning_rate"])
-    assert int(runs["train"].data.params["units"]) == study.best_params["units"]
+    # the agent's plan (decisions.json of the agent_plan run) re-parameterized training: the
+    # final training run's MLflow params are the conf, then the best trial's, then the plan's
+    plan = json.loads(Path(client.download_artifacts(runs["agent_plan"].info.run_id, "decisions.json")).read_text())
+    assert plan["reasons"] and runs["agent_plan"].data.params.get("policy") == "rules"
+    expected = {"epochs": TINY_CONF["epochs"], "model": "mlp", **study.best_params, **plan["train"]}
+    for name, value in expected.items():
+        logged = runs["train"].data.params[name]
+        assert (float(logged) == pytest.approx(value)) if isinstance(value, float) else logged == str(value), name
+    assert "epochs" in plan["train"]  # the rules policy sets the final epochs from the learning curve
 
-    # compress (3 mapped candidates) -> evaluate (gate) -> deploy: the champion is registered
+    # compress (one mapped task per candidate the plan lists) -> evaluate (gate) -> deploy
+    from dlagent.ml.compression import CompressionConfig
+
     compress_runs = client.search_runs([parent.info.experiment_id], "tags.`airflow.task_id` = 'compress'")
-    assert sorted(r.data.tags["dlagent.candidate"] for r in compress_runs) == ["dynamic", "int8", "pruned80+int8"]
+    planned = sorted(CompressionConfig.from_dict(c).label for c in plan["compress"])
+    assert len(planned) >= 2 and sorted(r.data.tags["dlagent.candidate"] for r in compress_runs) == planned
     assert runs["evaluate"].data.tags["dlagent.gate.blessed"] == "true"
+    assert runs["agent_decide"].data.tags["dlagent.action"] == "deploy"  # blessed, and no champion yet
     assert parent.data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
     from dlagent.ml.registry import get_champion
 

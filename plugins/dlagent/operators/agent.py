@@ -75,6 +75,13 @@ class AgentOperator(DlagentOperator):
 
     # ------------------------------------------------------------------ run
     def run(self, context):
+        if self.policy == "off":
+            from dlagent.agent.plan import validate_plan
+
+            plan = validate_plan({"action": "deploy", "reasons": [
+                {"decision": "no changes", "because": "agent_policy is 'off': the Params' settings run as given"}]})
+            self.log.info("agent off: the plan changes nothing (deploy stays up to the gate)")
+            return plan
         phase, policy_kwargs, champion, resources = self._arguments()
         try:
             return self._decide(context, phase, policy_kwargs, champion, resources)
@@ -228,13 +235,14 @@ class PlanBranchOperator(BaseBranchOperator):
         for each action; ``None`` skips every downstream task for that action.
     """
 
-    template_fields: Sequence[str] = ("plan",)
+    template_fields: Sequence[str] = ("plan", "allow_retune")
     ui_color = "#fff4d6"
 
     def __init__(self, *, plan, deploy_task_id: str | None = "deploy", retune_task_id: str | None = "retune",
-                 stop_task_id: str | None = "stop", **kwargs):
+                 stop_task_id: str | None = "stop", allow_retune=True, **kwargs):
         super().__init__(**kwargs)
         self.plan = plan
+        self.allow_retune = allow_retune
         self.branches = {"deploy": deploy_task_id, "retune": retune_task_id, "stop": stop_task_id}
         for action, task_id in self.branches.items():
             if task_id is not None and (not isinstance(task_id, str) or not task_id):
@@ -251,8 +259,11 @@ class PlanBranchOperator(BaseBranchOperator):
         except ConfigError as exc:
             raise AirflowFailException(f"invalid plan, no branch taken: {exc}") from exc
         action = plan["action"]
-        task_id = self.branches[action]
         why = next((r["because"] for r in plan["reasons"] if r["decision"].startswith("action=")), "no reason given")
+        if action == "retune" and self.allow_retune in (False, "False", "false", 0, "0"):
+            self.log.info("plan action 'retune' (because: %s) turned into 'stop': the retune budget is spent", why)
+            action, why = "stop", "retune budget spent"
+        task_id = self.branches[action]
         self.log.info("plan action %r -> %s, because: %s", action, task_id or "skip every branch", why)
         return task_id
 

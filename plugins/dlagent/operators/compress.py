@@ -43,20 +43,29 @@ def validate_candidates(candidates, field: str = "compression_candidates") -> li
 class CompressionCandidatesOperator(DlagentOperator):
     """Validate the compression candidates and return them as a list (what ``compress`` maps over).
 
-    :param candidates: a list of ``CompressionConfig`` dicts (templated: a Param or ``plan["compress"]``).
+    :param candidates: a list of ``CompressionConfig`` dicts given by a person (templated: a Param).
+    :param planned: the agent's list (``plan["compress"]``, templated), used when ``candidates`` is empty;
+        with neither, :data:`DEFAULT_CANDIDATES`.
     :param seed: applied to candidates that give none, so a run is reproducible.
     """
 
-    template_fields: Sequence[str] = ("candidates", "seed")
+    template_fields: Sequence[str] = ("candidates", "planned", "seed")
     ui_color = "#fff4d6"
 
-    def __init__(self, *, candidates: list | None = None, seed: int | None = None, **kwargs):
+    def __init__(self, *, candidates: list | None = None, planned: list | None = None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.candidates = candidates
+        self.planned = planned
         self.seed = seed
 
     def run(self, context):
-        candidates = self.candidates if self.candidates not in (None, "") else DEFAULT_CANDIDATES
+        if self.candidates not in (None, "", []):
+            candidates, source = self.candidates, "the compression_candidates Param"
+        elif self.planned not in (None, "", []):
+            candidates, source = self.planned, "the agent's plan"
+        else:
+            candidates, source = DEFAULT_CANDIDATES, "the defaults"
+        self.log.info("compression candidates from %s", source)
         if self.seed not in (None, "") and isinstance(candidates, list):
             candidates = [{"seed": self.seed, **c} if isinstance(c, dict) else c for c in candidates]
         validated = validate_candidates(candidates)

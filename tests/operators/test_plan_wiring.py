@@ -1,0 +1,75 @@
+"""How a plan reaches the pipeline's tasks: training overrides and controller, candidates, the branch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+from mlflow import MlflowClient
+
+from dlagent.operators.agent import AgentOperator, PlanBranchOperator
+from dlagent.operators.compress import DEFAULT_CANDIDATES, CompressionCandidatesOperator
+from dlagent.operators.train import TrainOperator
+from tests.operators.context import make_context
+
+TINY = {"dataset": "digits", "data_options": {"max_samples": 300}}
+
+
+def test_training_applies_overrides_in_order_and_runs_the_planned_controller(mlflow_uri):
+    # min_delta 1.0: val_loss never "improves" enough, so the controller lowers the learning rate
+    controller = {"patience": 1, "factor": 0.5, "min_delta": 1.0, "cooldown": 0}
+    out = TrainOperator(
+        task_id="train", train_config={"model": "mlp", "epochs": 4, "units": 16, "learning_rate": 0.01, "seed": 0},
+        overrides=[{"units": 24, "learning_rate": 0.02}, {"learning_rate": 0.005}, None], controller=controller,
+        experiment_name="exp", **TINY,
+    ).execute(make_context("train"))
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(out["run_id"])
+    assert run.data.params["units"] == "24" and float(run.data.params["learning_rate"]) == pytest.approx(0.005)
+    changes = json.loads(Path(client.download_artifacts(out["run_id"], "controller_changes.json")).read_text())["changes"]
+    assert changes and all(c["new"] < c["old"] for c in changes if c["setting"] == "learning_rate")
+
+
+def test_bad_override_layer_is_refused_naming_it(mlflow_uri):
+    with pytest.raises(AirflowFailException, match=r"overrides\[1\]"):
+        TrainOperator(task_id="train", train_config={"model": "mlp", "epochs": 1}, overrides=[{}, "fast"], experiment_name="exp",
+                      **TINY).execute(make_context("train"))
+
+
+@pytest.mark.parametrize(
+    ("given", "planned", "expected"),
+    [
+        ([{"quantization": "int8"}], [{"quantization": "dynamic"}], ["int8"]),  # a person's Param wins
+        (None, [{"quantization": "dynamic"}, {"quantization": "float16"}], ["dynamic", "float16"]),  # then the plan
+        (None, [], [c["quantization"] for c in DEFAULT_CANDIDATES]),  # then the defaults
+    ],
+)
+def test_candidates_come_from_the_param_then_the_plan_then_the_defaults(mlflow_uri, given, planned, expected):
+    out = CompressionCandidatesOperator(task_id="compression_candidates", candidates=given, planned=planned,
+                                        experiment_name="exp").execute(make_context("compression_candidates"))
+    assert [c["quantization"] for c in out] == expected
+
+
+def _plan(action: str) -> dict:
+    return {"action": action, "reasons": [{"decision": f"action={action}", "because": "test"}]}
+
+
+@pytest.mark.parametrize(
+    ("action", "allow_retune", "branch"),
+    [("deploy", False, "deploy"), ("retune", True, "retune_conf"), ("retune", False, "stop"), ("stop", True, "stop")],
+)
+def test_branch_follows_the_plan_and_the_retune_budget(action, allow_retune, branch):
+    operator = PlanBranchOperator(task_id="follow_plan", plan=_plan(action), retune_task_id="retune_conf", allow_retune=allow_retune)
+    assert operator.choose_branch(make_context("follow_plan")) == branch
+
+
+def test_malformed_plan_fails_the_branch():
+    with pytest.raises(AirflowFailException, match="invalid plan"):
+        PlanBranchOperator(task_id="follow_plan", plan={"action": "celebrate", "reasons": []}).choose_branch(make_context("follow_plan"))
+
+
+def test_agent_off_changes_nothing(mlflow_uri):
+    plan = AgentOperator(task_id="agent_plan", policy="off", experiment_name="exp").execute(make_context("agent_plan"))
+    assert plan["action"] == "deploy" and plan["train"] == {} and plan["compress"] == [] and plan["controller"] is None
