@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
-from mlflow import MlflowClient
-
 from dlagent.operators.agent import AgentOperator, PlanBranchOperator
 from dlagent.operators.compress import DEFAULT_CANDIDATES, CompressionCandidatesOperator
 from dlagent.operators.train import TrainOperator
+from mlflow import MlflowClient
+
 from tests.operators.context import make_context
 
 TINY = {"dataset": "digits", "data_options": {"max_samples": 300}}
