@@ -95,7 +95,7 @@ def test_reward_and_arguments_are_validated():
         policy.update(1.0, arm="lr_x1-epochs_x1", context="sunny")
     with pytest.raises(ConfigError, match="^strategy"):
         LearningPolicy(strategy="thompson")
-    with pytest.raises(ConfigError, match=r"^epsilon: .*epsilon=1\.5"):
+    with pytest.raises(ConfigError, match=r"^epsilon: .*got 1\.5"):
         LearningPolicy(epsilon=1.5)
     with pytest.raises(ConfigError, match="^lr_scales"):
         LearningPolicy(lr_scales=[1, 1])

@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
+from dlagent.validation import check_int, check_number
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +106,12 @@ class ControllerSettings:
         return dataclasses.asdict(self)
 
 
-def _number(name, value, *, low, high, low_open=False, high_open=False, fix=""):
-    field = f"controller.{name}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(field, f"must be a number, got {value!r}.", fix)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high or math.isinf(value):
-        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        raise ConfigError(field, f"must be in {interval}, got {name}={value}.", fix)
+def _number(name, value, **limits):
+    check_number(f"controller.{name}", value, **limits)
 
 
 def _integer(name, value, *, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"controller.{name}", f"must be an integer >= {low}, got {name}={value!r}.", f"give a whole number >= {low}.")
+    check_int(f"controller.{name}", value, low=low)
 
 
 def controller_from_plan(section: dict | None) -> list:

@@ -37,6 +37,7 @@ import dataclasses
 import json
 
 from dlagent.errors import ConfigError
+from dlagent.validation import check_int
 
 ACTIONS = ("deploy", "retune", "stop")
 SECTIONS = ("action", "compress", "controller", "policy", "reasons", "train", "tune")
@@ -227,11 +228,7 @@ def validate_reasons(reasons) -> list:
 
 
 def _int(field, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"must be an integer, got {value!r} ({type(value).__name__}).", f"give a whole number in [{low}, {high}].")
-    if not low <= value <= high:
-        raise ConfigError(field, f"must be in [{low}, {high}], got {value}.", f"give a whole number in [{low}, {high}].")
-    return value
+    return check_int(field, value, low=low, high=high)
 
 
 def empty_plan(action: str = "stop") -> dict:

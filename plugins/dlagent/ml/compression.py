@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import TrainConfig, _check_choice, _check_float, _check_int
+from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
+from dlagent.validation import check_choice, check_int, check_number
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +100,19 @@ class CompressionConfig:
     def __post_init__(self):
         validate_sparsity(self.sparsity)
         validate_quantization(self.quantization)
-        _check_choice("pruning_scope", self.pruning_scope, PRUNING_SCOPES)
-        _check_choice("pruning_schedule", self.pruning_schedule, PRUNING_SCHEDULES)
-        _check_choice("student_model", self.student_model, STUDENT_MODELS)
-        _check_int("fine_tune_epochs", self.fine_tune_epochs, low=0, high=1_000)
-        _check_int("representative_samples", self.representative_samples, low=1, high=100_000)
-        _check_int("student_units", self.student_units, low=1, high=65_536)
-        _check_int("student_filters", self.student_filters, low=1, high=4_096)
-        _check_int("distill_epochs", self.distill_epochs, low=1, high=10_000)
-        _check_int("batch_size", self.batch_size, low=1, high=65_536)
-        _check_int("seed", self.seed, low=0, high=2**31 - 1)
-        _check_float("fine_tune_learning_rate", self.fine_tune_learning_rate, low=0.0, high=10.0, low_open=True)
-        _check_float("temperature", self.temperature, low=0.0, high=100.0, low_open=True)
-        _check_float("alpha", self.alpha, low=0.0, high=1.0)
+        check_choice("pruning_scope", self.pruning_scope, PRUNING_SCOPES)
+        check_choice("pruning_schedule", self.pruning_schedule, PRUNING_SCHEDULES)
+        check_choice("student_model", self.student_model, STUDENT_MODELS)
+        check_int("fine_tune_epochs", self.fine_tune_epochs, low=0, high=1_000)
+        check_int("representative_samples", self.representative_samples, low=1, high=100_000)
+        check_int("student_units", self.student_units, low=1, high=65_536)
+        check_int("student_filters", self.student_filters, low=1, high=4_096)
+        check_int("distill_epochs", self.distill_epochs, low=1, high=10_000)
+        check_int("batch_size", self.batch_size, low=1, high=65_536)
+        check_int("seed", self.seed, low=0, high=2**31 - 1)
+        check_number("fine_tune_learning_rate", self.fine_tune_learning_rate, low=0.0, high=10.0, low_open=True)
+        check_number("temperature", self.temperature, low=0.0, high=100.0, low_open=True)
+        check_number("alpha", self.alpha, low=0.0, high=1.0)
         for name in ("int8_io", "distill"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}.", "give a boolean.")
@@ -220,7 +221,7 @@ def magnitude_masks(kernels: list, sparsity: float, scope: str = "layer") -> lis
     sparsity equals the requested one.
     """
     sparsity = validate_sparsity(sparsity)
-    _check_choice("pruning_scope", scope, PRUNING_SCOPES)
+    check_choice("pruning_scope", scope, PRUNING_SCOPES)
     values = [np.abs(np.asarray(k.numpy() if hasattr(k, "numpy") else k, dtype=np.float32)) for k in kernels]
     if scope == "layer":
         return [_keep_mask(v.ravel(), int(round(sparsity * v.size))).reshape(v.shape) for v in values]
@@ -329,9 +330,9 @@ def prune(
     import keras
 
     sparsity = validate_sparsity(sparsity)
-    _check_choice("pruning_scope", scope, PRUNING_SCOPES)
-    _check_choice("pruning_schedule", schedule, PRUNING_SCHEDULES)
-    _check_int("fine_tune_epochs", fine_tune_epochs, low=0, high=1_000)
+    check_choice("pruning_scope", scope, PRUNING_SCOPES)
+    check_choice("pruning_schedule", schedule, PRUNING_SCHEDULES)
+    check_int("fine_tune_epochs", fine_tune_epochs, low=0, high=1_000)
     if schedule == "polynomial" and fine_tune_epochs == 0 and sparsity > 0:
         raise ConfigError("fine_tune_epochs", "the 'polynomial' schedule needs fine_tune_epochs >= 1.", "raise it or use 'oneshot'.")
     pruned = copy_model(model)
@@ -374,7 +375,7 @@ def build_student(kind: str, input_shape: tuple, num_classes: int, *, units: int
 
     from dlagent.ml.models import build_model
 
-    _check_choice("student_model", kind, STUDENT_MODELS)
+    check_choice("student_model", kind, STUDENT_MODELS)
     base = build_model(TrainConfig(model=kind, units=units, filters=filters, dropout=0.1, seed=seed), input_shape, num_classes)
     penultimate = base.get_layer("probabilities").input
     logits = layers.Dense(num_classes, name="logits")(penultimate)
@@ -407,8 +408,8 @@ def distill(
     import keras
     from keras import ops
 
-    _check_float("temperature", temperature, low=0.0, high=100.0, low_open=True)
-    _check_float("alpha", alpha, low=0.0, high=1.0)
+    check_number("temperature", temperature, low=0.0, high=100.0, low_open=True)
+    check_number("alpha", alpha, low=0.0, high=1.0)
     keras.utils.set_random_seed(seed)
     num_classes = splits.num_classes
 

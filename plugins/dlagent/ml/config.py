@@ -7,10 +7,10 @@ agent plans): ``learning_rate``, never ``lr``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
+from dlagent.validation import check_choice, check_int, check_number
 
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -31,17 +31,17 @@ class TrainConfig:
     seed: int = 42
 
     def __post_init__(self):
-        _check_choice("model", self.model, MODELS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_int("epochs", self.epochs, low=1, high=10_000)
-        _check_int("batch_size", self.batch_size, low=1, high=65_536)
-        _check_int("units", self.units, low=1, high=65_536)
-        _check_int("filters", self.filters, low=1, high=4_096)
-        _check_int("early_stopping_patience", self.early_stopping_patience, low=0, high=10_000)
-        _check_int("seed", self.seed, low=0, high=2**31 - 1)
-        _check_float("learning_rate", self.learning_rate, low=0.0, high=10.0, low_open=True)
-        _check_float("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        _check_float("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        check_choice("model", self.model, MODELS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_int("epochs", self.epochs, low=1, high=10_000)
+        check_int("batch_size", self.batch_size, low=1, high=65_536)
+        check_int("units", self.units, low=1, high=65_536)
+        check_int("filters", self.filters, low=1, high=4_096)
+        check_int("early_stopping_patience", self.early_stopping_patience, low=0, high=10_000)
+        check_int("seed", self.seed, low=0, high=2**31 - 1)
+        check_number("learning_rate", self.learning_rate, low=0.0, high=10.0, low_open=True)
+        check_number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_number("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -59,25 +59,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(name, f"must be one of {list(choices)}, got {value!r}.", f"pick one of {list(choices)}.")
-
-
-def _check_int(name, value, *, low, high):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {value!r} ({type(value).__name__}).", f"give a whole number in [{low}, {high}].")
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be in [{low}, {high}], got {value}.", f"give a whole number in [{low}, {high}].")
-
-
-def _check_float(name, value, *, low, high, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}.", "give a number.")
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high:
-        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        raise ConfigError(name, f"must be in {interval}, got {value}.", f"give a value in {interval}.")

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
+from dlagent.validation import check_int, check_number
 
 MAX_REGRESSION_POINTS = 0.5
 ACCURACY = "test_accuracy"
@@ -79,26 +80,12 @@ class GateThresholds:
         return dataclasses.asdict(self)
 
 
-def _number(name, value, *, low, high, low_open=False, high_open=False, optional=False, fix=""):
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"thresholds.{name}", f"must be a finite number{' or null' if optional else ''}, got {value!r} ({type(value).__name__}).", fix)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high:
-        interval = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        raise ConfigError(f"thresholds.{name}", f"must be in {interval}, got {value}.", fix)
+def _number(name, value, **limits):
+    check_number(f"thresholds.{name}", value, **limits)
 
 
 def _integer(name, value, *, low, optional=False):
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"thresholds.{name}", f"must be a whole number of bytes{' or null' if optional else ''}, got {value!r} ({type(value).__name__}).",
-                          "give e.g. 500000, or null for no limit.")
-    if value < low:
-        raise ConfigError(f"thresholds.{name}", f"must be >= {low}, got {value}.", "give a positive number of bytes.")
+    check_int(f"thresholds.{name}", value, low=low, optional=optional, fix="give a whole number of bytes, e.g. 500000, or null for no limit.")
 
 
 def _metric(metrics: dict | None, key: str, where: str, *, required: bool = False) -> float | None:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
+from dlagent.validation import check_int
 
 if TYPE_CHECKING:
     import optuna
@@ -262,10 +263,7 @@ def make_pruner(name: str = "hyperband", min_resource: int = 1, max_resource: in
 
 
 def _check_int_arg(name: str, value, *, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, f"must be an integer >= {low}, got {value!r}.", f"give a whole number >= {low}.")
+    check_int(name, value, low=low, optional=allow_none)
 
 
 # --------------------------------------------------------------------------- storage, study

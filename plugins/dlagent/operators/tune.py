@@ -14,6 +14,7 @@ from dlagent.errors import ConfigError
 from dlagent.hooks.optuna import OptunaHook
 from dlagent.operators.base import DlagentOperator, airflow_ids
 from dlagent.settings import redact_url
+from dlagent.validation import check_int
 
 MAX_WORKERS = 64
 
@@ -166,7 +167,4 @@ class TuneSummaryOperator(_TuneBase):
 
 
 def _int_field(name, value, *, low, high) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {value!r}.", f"give a whole number in [{low}, {high}].")
-    return value
-
+    return check_int(name, value, low=low, high=high)

@@ -31,6 +31,7 @@ import math
 from dlagent.agent.observe import Observation
 from dlagent.agent.policies.base import Policy
 from dlagent.errors import ConfigError
+from dlagent.validation import check_int, check_number
 
 DEFAULT_CANDIDATES = (
     {"quantization": "dynamic"},
@@ -332,14 +333,8 @@ def _finite(value) -> bool:
 
 
 def _int(name, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(name, f"must be an integer in [{low}, {high}], got {name}={value!r}.", f"give a whole number in [{low}, {high}].")
+    check_int(name, value, low=low, high=high)
 
 
 def _num(name, value, low, high, *, low_open=False, high_open=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
-        raise ConfigError(name, f"must be a number in {interval}, got {name}={value!r}.", f"give a value in {interval}.")
+    check_number(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
