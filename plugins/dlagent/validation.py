@@ -53,3 +53,20 @@ def check_number(field: str, value, *, low: float, high: float, low_open: bool =
     if too_low or too_high:
         raise ConfigError(field, f"must be in {interval}, got {value}.", fix)
     return value
+
+
+def settings_from_dict(cls, values, *, section: str, prefix: str = "", what: str = "setting"):
+    """Build the settings dataclass ``cls`` from a JSON object, refusing unknown keys by name.
+
+    ``section`` names the whole object in errors (``train``, ``thresholds``); ``prefix`` is put
+    before an unknown key's name (``thresholds.``); the dataclass validates the values itself.
+    """
+    import dataclasses
+
+    if not isinstance(values, dict):
+        raise ConfigError(section, f"must be a JSON object, got {type(values).__name__}.", f"pass a mapping of {what}s.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown {what} (known: {sorted(known)}).", "remove it or fix its spelling.")
+    return cls(**values)

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
-from dlagent.validation import check_int, check_number
+from dlagent.validation import check_int, check_number, settings_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,7 @@ class ControllerSettings:
         """Build from a dict (a plan's ``controller`` section); unknown keys are refused."""
         if values is None:
             return cls()
-        if not isinstance(values, dict):
-            raise ConfigError("controller", f"must be a JSON object or null, got {type(values).__name__}.", "pass a mapping of controller settings.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"controller.{unknown[0]}", f"unknown controller setting (known: {sorted(known)}).", "remove it or fix its spelling.")
-        return cls(**values)
+        return settings_from_dict(cls, values, section="controller", prefix="controller.", what="controller setting")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,7 +43,7 @@ import numpy as np
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
-from dlagent.validation import check_choice, check_int, check_number
+from dlagent.validation import check_choice, check_int, check_number, settings_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,7 @@ class CompressionConfig:
     @classmethod
     def from_dict(cls, values: dict) -> CompressionConfig:
         """Build from a dict (Params, a plan); unknown keys are refused."""
-        if not isinstance(values, dict):
-            raise ConfigError("compression", f"must be a JSON object, got {type(values).__name__}.", "pass a mapping of settings.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown compression setting (known: {sorted(known)}).", "remove it or fix its spelling.")
-        return cls(**values)
+        return settings_from_dict(cls, values, section="compression", prefix="", what="compression setting")
 
     def replace(self, **changes) -> CompressionConfig:
         return self.from_dict({**self.to_dict(), **changes})

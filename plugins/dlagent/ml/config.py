@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from dlagent.errors import ConfigError
-from dlagent.validation import check_choice, check_int, check_number
+from dlagent.validation import check_choice, check_int, check_number, settings_from_dict
 
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -46,13 +45,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a dict (Params, a plan, best trial params); unknown keys are refused."""
-        if not isinstance(values, dict):
-            raise ConfigError("train", f"must be a JSON object, got {type(values).__name__}.", "pass a mapping of settings.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown training setting (known: {sorted(known)}).", "remove it or fix its spelling.")
-        return cls(**values)
+        return settings_from_dict(cls, values, section="train", prefix="", what="training setting")
 
     def replace(self, **changes) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})

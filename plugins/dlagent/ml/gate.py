@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
-from dlagent.validation import check_int, check_number
+from dlagent.validation import check_int, check_number, settings_from_dict
 
 MAX_REGRESSION_POINTS = 0.5
 ACCURACY = "test_accuracy"
@@ -68,13 +68,7 @@ class GateThresholds:
         """Build from a dict (Params); unknown keys are refused."""
         if values is None:
             return cls()
-        if not isinstance(values, dict):
-            raise ConfigError("thresholds", f"must be a JSON object, got {type(values).__name__}.", "pass a mapping of limits.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"thresholds.{unknown[0]}", f"unknown gate threshold (known: {sorted(known)}).", "remove it or fix its spelling.")
-        return cls(**values)
+        return settings_from_dict(cls, values, section="thresholds", prefix="thresholds.", what="gate threshold")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
