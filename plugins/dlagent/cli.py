@@ -105,6 +105,8 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int) 
     if tags.get("dlagent.candidate"):
         print(f"shipped candidate:  {tags['dlagent.candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
               f"(uncompressed Keras model: accuracy {metrics.get('keras_test_accuracy', float('nan')):.4f})")
+    if tags.get("dlagent.agent_action"):
+        print(f"agent decided:      {tags['dlagent.agent_action']}  (reasons: the agent_decide run's decisions.json)")
     if tags.get("dlagent.deploy"):
         print(f"deploy:             {tags['dlagent.deploy']}"[:400])
     if tags.get("dlagent.champion_uri"):
