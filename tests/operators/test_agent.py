@@ -229,8 +229,8 @@ def test_policies_are_pluggable_by_class_path_and_a_malformed_plan_fails(store):
     [
         ({"policy": "genetic"}, "policy: unknown policy 'genetic'"),
         ({"policy": "no_such_pkg.Policy"}, "policy: cannot import module"),
-        ({"policy": "rules", "policy_kwargs": {"max_trials": 0}}, "policy.max_trials: must be an integer"),
-        ({"policy": "learning", "policy_kwargs": {"epsilon": 2}}, "policy.epsilon: must be a number in"),
+        ({"policy": "rules", "policy_kwargs": {"max_trials": 0}}, "policy.max_trials: must be in"),
+        ({"policy": "learning", "policy_kwargs": {"epsilon": 2}}, "policy.epsilon: must be in"),
         ({"phase": "later"}, "phase: must be one of"),
         ({"policy_kwargs": "[1]"}, "policy_kwargs: must be a JSON object"),
     ],
