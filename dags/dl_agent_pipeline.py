@@ -112,7 +112,8 @@ with DAG(
                  "tune_best_value": "tune_summary.best_value", "study_name": "tune_summary.study_name",
                  "candidate": "evaluate.candidate.candidate", "candidate_size_bytes": "evaluate.candidate.metrics.size_bytes",
                  "keras_test_accuracy": "evaluate.reference.metrics.test_accuracy",
-                 "deployed_version": "deploy.version", "champion_uri": "deploy.champion_uri", "agent_action": "agent_decide.action"},
+                 "deployed_version": "deploy.version", "champion_uri": "deploy.champion_uri", "agent_action": "agent_decide.action",
+                 "followed": "follow_plan"},
         **common,
     )
     validate >> create_study >> tune >> tune_summary >> agent_plan >> train >> candidates >> compress >> evaluate >> agent_decide

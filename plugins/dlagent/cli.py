@@ -106,9 +106,13 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int) 
         print(f"shipped candidate:  {tags['dlagent.candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
               f"(uncompressed Keras model: accuracy {metrics.get('keras_test_accuracy', float('nan')):.4f})")
     if tags.get("dlagent.agent_action"):
-        print(f"agent decided:      {tags['dlagent.agent_action']}  (reasons: the agent_decide run's decisions.json)")
+        followed = tags.get("dlagent.followed")
+        taken = f", branch taken: {followed}" if followed and followed != tags["dlagent.agent_action"] else ""
+        print(f"agent decided:      {tags['dlagent.agent_action']}{taken}  (reasons: the agent_decide run's decisions.json)")
     if tags.get("dlagent.deploy"):
         print(f"deploy:             {tags['dlagent.deploy']}"[:400])
+    elif tags.get("dlagent.agent_action"):
+        print("deploy:             not run: the deployed champion stays")
     if tags.get("dlagent.champion_uri"):
         print(f"serve the champion: make serve   (mlflow models serve -m {tags['dlagent.champion_uri']} --env-manager local)")
     print(f"tracking store:     {hook.tracking_uri}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,3 +146,14 @@ def test_load_policy():
     with pytest.raises(ConfigError, match="bad arguments"):
         load_policy("rules", colour="red")
     assert issubclass(RulesPolicy, Policy)
+
+
+def test_the_action_judges_the_candidate_the_gate_judged(history):
+    """A blessed evaluation whose shipped candidate is worse than the champion is not deployed,
+    even when another (unshipped) candidate would have beaten the champion."""
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    gate = {**obs.gate, "metrics": {**obs.gate["metrics"], "shipped_test_accuracy": 0.91}}  # champion: 0.92
+    plan = RulesPolicy().decide(dataclasses.replace(obs, gate=gate))
+    assert plan["action"] != "deploy"
+    assert any("the gated candidate accuracy 0.9100" in r["because"] for r in plan["reasons"] if r["decision"].startswith("action="))

@@ -136,6 +136,8 @@ class EvaluateOperator(DlagentOperator):
                 shipped = dict(reference.metrics)
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
             client.set_tag(run_id, "dlagent.candidate", candidate["candidate"])
+            # what the gate judges, for readers of this run (the agent among them)
+            tracking.log_metrics(client, run_id, {"shipped_test_accuracy": shipped["test_accuracy"]})
 
             champion = self._measure_champion(registry, tracking_uri, model_name, splits, runs, Path(tmp))
             if champion is not None:

@@ -285,17 +285,25 @@ class RulesPolicy(Policy):
             because("compress: none", f"no candidate within {self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}; "
                     f"best candidate {max(c['metrics']['accuracy'] for c in measured):.4f}")
             return [], None
-        chosen = min(within, key=lambda c: (c["metrics"].get("size_bytes", math.inf) if _finite(c["metrics"].get("size_bytes")) else math.inf,
-                                            -c["metrics"]["accuracy"], c["name"]))
-        size = chosen["metrics"].get("size_bytes")
+        def size_of(candidate) -> float:  # after gzip when measured: pruning only shrinks a compressed file
+            for key in ("gzip_size_bytes", "size_bytes"):
+                if _finite(candidate["metrics"].get(key)):
+                    return candidate["metrics"][key]
+            return math.inf
+
+        chosen = min(within, key=lambda c: (size_of(c), -c["metrics"]["accuracy"], c["name"]))
+        size = size_of(chosen)
         because(f"compress: {chosen['name']}",
-                f"the most compressed candidate ({f'{size:.0f} bytes' if _finite(size) else 'size unknown'}) within "
+                f"the most compressed candidate ({f'{size:.0f} bytes' if _finite(size) else 'size unknown'}, gzip when measured) within "
                 f"{self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}: accuracy {chosen['metrics']['accuracy']:.4f}; "
                 f"{len(within)} of {len(measured)} candidates within budget")
         return [dict(chosen["config"])], chosen
 
     def _action(self, obs: Observation, tune: dict | None, chosen: dict | None, because) -> str:
-        if chosen is not None:
+        shipped = (obs.gate or {}).get("metrics", {}).get("shipped_test_accuracy")
+        if _finite(shipped):  # the candidate the evaluate task picked and the gate judged
+            accuracy, what = shipped, "the gated candidate"
+        elif chosen is not None:
             accuracy, what = chosen["metrics"]["accuracy"], f"compressed candidate {chosen['name']}"
         else:
             accuracy, what = obs.reference_accuracy, "evaluated model"
