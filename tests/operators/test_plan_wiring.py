@@ -62,7 +62,9 @@ def _plan(action: str) -> dict:
 )
 def test_branch_follows_the_plan_and_the_retune_budget(action, allow_retune, branch):
     operator = PlanBranchOperator(task_id="follow_plan", plan=_plan(action), retune_task_id="retune_conf", allow_retune=allow_retune)
-    assert operator.choose_branch(make_context("follow_plan")) == branch
+    context = make_context("follow_plan")
+    assert operator.choose_branch(context) == branch
+    assert context["ti"].xcoms["return_value"] == branch  # kept for the run summary
 
 
 def test_malformed_plan_fails_the_branch():

@@ -264,6 +264,8 @@ class PlanBranchOperator(BaseBranchOperator):
             self.log.info("plan action 'retune' (because: %s) turned into 'stop': the retune budget is spent", why)
             action, why = "stop", "retune budget spent"
         task_id = self.branches[action]
+        # Branch operators push no XCom by default; the branch taken is worth keeping (the run summary shows it).
+        context["ti"].xcom_push(key="return_value", value=task_id or "none")
         self.log.info("plan action %r -> %s, because: %s", action, task_id or "skip every branch", why)
         return task_id
 
