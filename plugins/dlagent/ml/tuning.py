@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
+from dlagent.settings import redact_url
 from dlagent.validation import check_int
 
 if TYPE_CHECKING:
@@ -320,7 +321,7 @@ def make_storage(
                 skip_table_creation=not create_tables,
             )
         except ImportError as exc:
-            raise ConfigError("storage_url", f"no database driver for {_redact(url)}: {exc}.", "name the driver, e.g. 'postgresql+psycopg2://'.") from exc
+            raise ConfigError("storage_url", f"no database driver for {redact_url(url)}: {exc}.", "name the driver, e.g. 'postgresql+psycopg2://'.") from exc
 
 
 class _StaleTrialCallback:
@@ -344,15 +345,6 @@ def _sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for a message
-        return "<storage url>"
 
 
 def _resolve_direction(metric: str | None, direction: str | None) -> tuple[str, str]:
@@ -414,7 +406,7 @@ def create_study(
             "use a new study name to tune something else, or the same settings to continue it.",
         )
     counts = _state_counts(study.get_trials(deepcopy=False))
-    log.info("study %r %s in %s (%s)", study_name, "created" if created else "continued", _redact(storage_url), counts)
+    log.info("study %r %s in %s (%s)", study_name, "created" if created else "continued", redact_url(storage_url), counts)
     return {"study_name": study_name, "created": created, "direction": direction, "metric": metric, "n_trials": counts}
 
 
@@ -444,11 +436,11 @@ def load_study(storage_url: str, study_name: str, *, sampler=None, pruner=None, 
     try:
         return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError as exc:
-        raise ConfigError("study_name", f"no study {study_name!r} in {_redact(storage_url)}.", "create it first with create_study (the tune task's first step).") from exc
+        raise ConfigError("study_name", f"no study {study_name!r} in {redact_url(storage_url)}.", "create it first with create_study (the tune task's first step).") from exc
     except Exception as exc:
         # A storage without Optuna's tables (never initialised) reads as a missing study.
         if "no such table" in str(exc) or "does not exist" in str(exc) or "UndefinedTable" in type(getattr(exc, "orig", exc)).__name__:
-            raise ConfigError("study_name", f"no study {study_name!r} in {_redact(storage_url)} (no Optuna tables).", "create it first with create_study.") from exc
+            raise ConfigError("study_name", f"no study {study_name!r} in {redact_url(storage_url)} (no Optuna tables).", "create it first with create_study.") from exc
         raise
 
 
