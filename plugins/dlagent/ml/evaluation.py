@@ -116,11 +116,7 @@ class TFLiteModel:
         in_index = interpreter.get_input_details()[0]["index"]
         out_index = interpreter.get_output_details()[0]["index"]
         outputs = []
-        for start in range(0, len(x), batch_size):
-            chunk = x[start : start + batch_size]
-            n = len(chunk)
-            if n < batch_size:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
+        for chunk, n in padded_batches(x, batch_size):
             interpreter.set_tensor(in_index, self._to_input(chunk))
             interpreter.invoke()
             outputs.append(self._from_output(interpreter.get_tensor(out_index))[:n])
@@ -143,6 +139,17 @@ class TFLiteModel:
             self.predict(x, batch_size=batch_size)
             best = min(best, time.perf_counter() - started)
         return float(len(x) / best) if best > 0 else float("inf")
+
+
+def padded_batches(x: np.ndarray, size: int):
+    """Yield ``(batch, n_real)``: batches of exactly ``size`` rows, the last padded by repeating
+    its final row, so a model with a fixed batch shape never sees a new shape."""
+    for start in range(0, len(x), size):
+        chunk = x[start : start + size]
+        n = len(chunk)
+        if n < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+        yield chunk, n
 
 
 def latency_stats(fn, samples: list, *, runs: int = 200, warmup: int = 10, prefix: str = "") -> dict:
@@ -173,11 +180,7 @@ def keras_predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return np.zeros((0, *model.output_shape[1:]), np.float32)
     size = min(batch_size, len(x))
     outputs = []
-    for start in range(0, len(x), size):
-        chunk = x[start : start + size]
-        n = len(chunk)
-        if n < size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - n, axis=0)])
+    for chunk, n in padded_batches(x, size):
         outputs.append(np.asarray(model.predict_on_batch(chunk), dtype=np.float32)[:n])
     return np.concatenate(outputs)
 
