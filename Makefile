@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dlagent-installed
 CONF ?= {}
 
-.PHONY: run test install setup lint mlflow-ui serve rollback clean
+.PHONY: run test install setup ui lint mlflow-ui serve rollback clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "[dlagent] $(PYTHON) not found: install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 1; }
@@ -30,6 +30,12 @@ run: install
 test: install
 	$(PY) -m dlagent.cli setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The real services: Airflow api-server (UI), scheduler, dag-processor, triggerer and an
+# MLflow server; prints the URLs and the login. EXECUTOR=CeleryExecutor adds 2 Celery workers.
+EXECUTOR ?= LocalExecutor
+ui: setup
+	$(PY) -m dlagent.cli ui --executor $(EXECUTOR)
 
 lint: install
 	$(VENV)/bin/ruff check plugins dags tests bench

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,8 @@ def _postgres_admin():
     return conn
 
 
-@pytest.fixture
-def postgres_databases():
-    """Factory of fresh, empty PostgreSQL databases (URLs); all dropped after the test."""
+@contextmanager
+def _database_factory():
     admin = _postgres_admin()
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
     created = []
@@ -77,6 +77,20 @@ def postgres_databases():
             for name in created:
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def postgres_databases():
+    """Factory of fresh, empty PostgreSQL databases (URLs); all dropped after the test."""
+    with _database_factory() as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_postgres_databases():
+    """The same factory for a whole test module (a live stack shared by its tests)."""
+    with _database_factory() as make:
+        yield make
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@
 ``python -m dlagent.cli run``     run ``dl_agent_pipeline`` end to end and print a summary
 ``python -m dlagent.cli env``     print the environment the stack uses (``eval $(... env)``)
 ``python -m dlagent.cli rollback`` move the registry alias ``champion`` back to ``previous`` and redeploy
+``python -m dlagent.cli ui``      start the real services (Airflow UI/API, scheduler, ..., MLflow server)
 
 Every step is idempotent and says what it does. A configured PostgreSQL
 (``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``) or MLflow server (``MLFLOW_TRACKING_URI`` or the
@@ -140,6 +141,31 @@ def rollback_champion(env: dict, model_name: str, deploy_dir: str | None) -> int
     return 0
 
 
+def run_ui(env: dict, args) -> int:
+    """Start the real services, print where they are, and keep them up until Ctrl-C."""
+    from dlagent.stack import ADMIN_USER, LocalStack
+
+    stack = LocalStack(env, airflow_port=args.airflow_port, mlflow_port=args.mlflow_port,
+                       executor=args.executor, celery_workers=args.celery_workers)
+    print(f"[dlagent] starting {', '.join(stack.commands())} (logs in {stack.log_dir})", flush=True)
+    with stack:
+        print("\n" + "=" * 72)
+        print(f"Airflow UI:  {stack.airflow_url}   login: {ADMIN_USER} / {stack.admin_password}")
+        print(f"MLflow UI:   {stack.mlflow_url}   (backend store {settings.redact_url(stack.backend_store_uri)})")
+        print(f"executor:    {stack.executor}; metadata DB {settings.redact_url(env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN'])}")
+        print("trigger dl_agent_pipeline from its page (Trigger button: a form of the Params); Ctrl-C stops everything")
+        print("=" * 72, flush=True)
+        try:
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(1.0)
+            dead = [name for name, p in stack.processes.items() if p.poll() is not None]
+            print(f"[dlagent] service(s) exited: {dead}; see {stack.log_dir}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\n[dlagent] stopping the services", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dlagent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     rollback = sub.add_parser("rollback", help="move alias 'champion' back to 'previous' and redeploy the serving bundle")
     rollback.add_argument("--model-name", default="dlagent-classifier", help="registered model (default: dlagent-classifier)")
     rollback.add_argument("--deploy-dir", default=None, help="serving bundle folder (default: $DLAGENT_HOME/deploy)")
+    ui = sub.add_parser("ui", help="start Airflow (api-server, scheduler, dag-processor, triggerer) and an MLflow server")
+    ui.add_argument("--airflow-port", type=int, default=int(os.environ.get("DLAGENT_AIRFLOW_PORT", 8080)))
+    ui.add_argument("--mlflow-port", type=int, default=int(os.environ.get("DLAGENT_MLFLOW_PORT", 5000)))
+    ui.add_argument("--executor", choices=("LocalExecutor", "CeleryExecutor"), default="LocalExecutor")
+    ui.add_argument("--celery-workers", type=int, default=2, help="Celery workers to start with CeleryExecutor")
     args = parser.parse_args(argv)
     env = stack_env()
     if args.command == "env":
@@ -167,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(conf, dict):
             raise SystemExit("[dlagent] --conf must be a JSON object such as '{\"epochs\": 5}'.")
         return run_pipeline(env, conf)
+    if args.command == "ui":
+        return run_ui(env, args)
     return 0
 
 

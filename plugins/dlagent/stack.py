@@ -1,0 +1,270 @@
+"""The real local stack: Airflow's services and an MLflow tracking server as processes.
+
+``make ui`` (``python -m dlagent.cli ui``) starts what a deployment runs — api-server,
+scheduler, dag-processor, triggerer (LocalExecutor, or CeleryExecutor with workers) and
+``mlflow server`` — natively on this machine, with the same commands as
+``docker-compose.yaml``. The end-to-end tests start the very same :class:`LocalStack`.
+
+Stores: the embedded SQLite files under ``$DLAGENT_HOME`` by default; PostgreSQL when
+``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (Airflow) and ``DLAGENT_MLFLOW_BACKEND_STORE_URI``
+(MLflow) say so. Secrets (the admin password, the JWT secret shared by all Airflow
+components) are generated once per home into ``0600`` files, never written in the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ADMIN_USER = "admin"
+AIRFLOW_PORT = 8080
+MLFLOW_PORT = 5000
+AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def service_commands(*, airflow_port: int = AIRFLOW_PORT, mlflow_port: int = MLFLOW_PORT,
+                     host: str = "127.0.0.1", backend_store_uri: str = "sqlite:///mlflow.db",
+                     artifacts_destination: str = "./mlartifacts", celery_queues: str = "default",
+                     celery_concurrency: int = 1) -> dict[str, list[str]]:
+    """Each service's command line (program first), shared with docker-compose.yaml."""
+    return {
+        "api-server": ["airflow", "api-server", "--host", host, "--port", str(airflow_port)],
+        "scheduler": ["airflow", "scheduler"],
+        "dag-processor": ["airflow", "dag-processor"],
+        "triggerer": ["airflow", "triggerer"],
+        "mlflow": ["mlflow", "server", "--backend-store-uri", backend_store_uri,
+                   "--artifacts-destination", artifacts_destination, "--serve-artifacts",
+                   "--host", host, "--port", str(mlflow_port)],
+        "celery-worker": ["airflow", "celery", "worker", "--queues", celery_queues,
+                          "--concurrency", str(celery_concurrency)],
+    }
+
+
+def _secret_file(path: Path, make) -> str:
+    """Read a generated secret, creating it (mode 0600) the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(make())
+    return path.read_text().strip()
+
+
+def _get(url: str, timeout: float = 5.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@dataclass
+class LocalStack:
+    """Airflow + MLflow server processes for one ``DLAGENT_HOME``; stop() ends them all."""
+
+    env: dict
+    airflow_port: int = AIRFLOW_PORT
+    mlflow_port: int = MLFLOW_PORT
+    executor: str = "LocalExecutor"
+    celery_workers: int = 0
+    processes: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        home = Path(self.env["DLAGENT_HOME"])
+        self.home = home
+        self.log_dir = home / "stack-logs"
+        mlflow_dir = home / "mlflow"
+        backend = self.env.get("DLAGENT_MLFLOW_BACKEND_STORE_URI") or f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+        self.backend_store_uri = backend
+        self.artifacts_destination = str(mlflow_dir / "artifacts")
+        airflow_home = Path(self.env["AIRFLOW_HOME"])
+        self.password_file = airflow_home / "simple_auth_manager_passwords.json"
+        self.admin_password = json.loads(_secret_file(
+            self.password_file, lambda: json.dumps({ADMIN_USER: secrets.token_urlsafe(12)})))[ADMIN_USER]
+        jwt_secret = _secret_file(airflow_home / "jwt_secret", lambda: secrets.token_urlsafe(32))
+        self.env.update({
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW_CONN_MLFLOW_DEFAULT": self.mlflow_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "DLAGENT_MLFLOW_UI_URL": self.mlflow_url,
+            # Processes the DAG folder promptly, so a new DAG shows up in seconds.
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": self.env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30"),
+        })
+        if self.executor == "CeleryExecutor":
+            self.env.setdefault("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0")
+            db = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+            self.env.setdefault("AIRFLOW__CELERY__RESULT_BACKEND", "db+" + db)
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def commands(self) -> dict[str, list[str]]:
+        commands = service_commands(airflow_port=self.airflow_port, mlflow_port=self.mlflow_port,
+                                    backend_store_uri=self.backend_store_uri,
+                                    artifacts_destination=self.artifacts_destination)
+        wanted = ["mlflow", *AIRFLOW_SERVICES]
+        selected = {name: commands[name] for name in wanted}
+        for index in range(self.celery_workers if self.executor == "CeleryExecutor" else 0):
+            selected[f"celery-worker-{index + 1}"] = [*commands["celery-worker"], "--celery-hostname", f"worker{index + 1}@%h"]
+        return selected
+
+    def _executable(self, program: str) -> str:
+        return str(Path(sys.executable).with_name(program))
+
+    def start_service(self, name: str) -> subprocess.Popen:
+        """Start one service (again, after a crash or a kill); its output goes to stack-logs/<name>.log."""
+        command = self.commands()[name]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
+        process = subprocess.Popen([self._executable(command[0]), *command[1:]], env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start(self, *, timeout: float = 180.0) -> None:
+        Path(self.artifacts_destination).mkdir(parents=True, exist_ok=True)
+        for name in self.commands():
+            self.start_service(name)
+        self.wait_healthy(timeout=timeout)
+
+    def wait_healthy(self, *, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        checks = {"mlflow": f"{self.mlflow_url}/health", "api-server": f"{self.airflow_url}/api/v2/monitor/health"}
+        pending = dict(checks)
+        while pending:
+            for name, url in list(pending.items()):
+                if _get(url) == 200:
+                    pending.pop(name)
+            dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+            if dead:
+                raise RuntimeError(f"stack services exited: {dead}; see {self.log_dir}/<service>.log\n{self.tail_logs()}")
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"not healthy after {timeout:.0f} s: {sorted(pending)}; see {self.log_dir}\n{self.tail_logs()}")
+            if pending:
+                time.sleep(1.0)
+
+    def stop_service(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+        process = self.processes.get(name)
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """End every service (TERM, then KILL after 30 s), the whole process group each."""
+        for name in reversed(list(self.processes)):
+            self.stop_service(name)
+
+    def tail_logs(self, lines: int = 15) -> str:
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class AirflowApi:
+    """A small client of Airflow's REST API (v2), logged in as the UI's trigger button would be."""
+
+    def __init__(self, base_url: str, username: str, password: str):
+        self.base_url = base_url.rstrip("/")
+        self.username, self.password = username, password
+        self._token: str | None = None
+
+    def _send(self, method: str, path: str, body: dict | None = None, *, auth: bool = True) -> dict:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.base_url}{path}", data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{method} {path} -> HTTP {exc.code}: {exc.read().decode(errors='replace')[:800]}") from exc
+        return json.loads(payload) if payload else {}
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self._send("POST", "/auth/token", {"username": self.username, "password": self.password},
+                                     auth=False)["access_token"]
+        return self._token
+
+    def get(self, path: str) -> dict:
+        return self._send("GET", path)
+
+    def wait_for_dag(self, dag_id: str, *, timeout: float = 180.0) -> dict:
+        """Wait until the dag-processor has parsed ``dag_id`` (it shows up in the API)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.get(f"/api/v2/dags/{dag_id}")
+            except RuntimeError as exc:
+                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(2.0)
+
+    def unpause(self, dag_id: str) -> None:
+        self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def trigger(self, dag_id: str, conf: dict, *, run_id: str | None = None) -> str:
+        """Create a DAG run with ``conf`` (validated against the DAG's Params by Airflow)."""
+        body = {"logical_date": None, "conf": conf}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, *, timeout: float = 900.0, poll: float = 3.0) -> str:
+        """Poll until the run ends; return its state ("success" or "failed")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")["task_instances"]

@@ -1,0 +1,106 @@
+"""The real stack, as a person uses it: Airflow's services and an MLflow server as processes.
+
+`LocalStack` (what `make ui` starts) runs api-server, scheduler (LocalExecutor),
+dag-processor, triggerer and `mlflow server`, all on PostgreSQL (the Airflow metadata DB,
+the MLflow backend store and the Optuna study). A run is triggered through the Airflow REST
+API with a conf, as the UI's trigger button does; the results are checked through the MLflow
+server's REST API. The services are stopped at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.e2e.test_pipeline_dag import TINY_CONF
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+PIPELINE = "dl_agent_pipeline"
+LIVE_CONF = {**TINY_CONF, "experiment_name": "live"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
+    """The stack's environment for a throw-away home on the given PostgreSQL databases."""
+    from dlagent import cli
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
+    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
+    env.update({
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+        "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
+        "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
+        "DLAGENT_DEPLOY_DIR": str(home / "deploy"),
+    })
+    cli.setup(env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def live_stack(tmp_path_factory, module_postgres_databases):
+    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack
+
+    home = tmp_path_factory.mktemp("live")
+    env = live_env(home, module_postgres_databases(), module_postgres_databases(), module_postgres_databases())
+    stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port())
+    with stack:
+        api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
+        api.wait_for_dag(PIPELINE)
+        api.unpause(PIPELINE)
+        stack.api = api
+        yield stack
+
+
+def mlflow_api(stack, path: str, body: dict | None = None, **query) -> dict:
+    """GET (query) or POST (JSON body) on the MLflow server's REST API."""
+    url = f"{stack.mlflow_url}/api/2.0/mlflow/{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_stack):
+    api = live_stack.api
+    run_id = api.trigger(PIPELINE, LIVE_CONF, run_id="rest_e2e")
+    state = api.wait_for_run(PIPELINE, run_id, timeout=900)
+    tasks = {(t["task_id"], t["map_index"]): t["state"] for t in api.task_instances(PIPELINE, run_id)}
+    assert state == "success", f"{tasks}\n{live_stack.tail_logs(40)}"
+    assert tasks[("deploy", -1)] == "success" and tasks[("tune", 0)] == tasks[("tune", 1)] == "success"
+
+    # Through the MLflow server's REST API: the runs, the registered version, the alias.
+    experiment = mlflow_api(live_stack, "experiments/get-by-name", experiment_name="live")["experiment"]
+    runs = mlflow_api(live_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 500})["runs"]
+    by_task, tune_workers = {}, set()
+    for run in runs:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        if tags.get("airflow.run_id") == run_id:
+            by_task.setdefault(tags.get("airflow.task_id", "parent"), []).append(run["info"]["status"])
+            if tags.get("airflow.task_id") == "tune":
+                tune_workers.add(tags["airflow.map_index"])
+    assert {"parent", "tune", "train", "compress", "evaluate", "agent_decide", "deploy"} <= set(by_task)
+    assert all(status == "FINISHED" for statuses in by_task.values() for status in statuses), by_task
+    assert tune_workers == {"0", "1"}  # both mapped tuning workers logged their runs
+    alias = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")
+    version = alias["model_version"]
+    assert version["version"] == "1" and version["status"] == "READY"
+    assert mlflow_api(live_stack, "registered-models/get", name="dlagent-classifier")["registered_model"]["name"]
+    assert (live_stack.home / "deploy").is_dir()
+
+
+def test_bad_conf_is_refused_by_the_api_before_a_run_exists(live_stack):
+    with pytest.raises(RuntimeError, match="HTTP 400") as refused:
+        live_stack.api.trigger(PIPELINE, {**LIVE_CONF, "epochs": 0})
+    assert "epochs" in str(refused.value)
