@@ -17,6 +17,8 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	@# the installed entry point is the plugin; a second copy in plugins/ would register it twice
+	rm -rf plugins/dlagent.egg-info
 	@touch $(STAMP)
 
 install: $(STAMP)

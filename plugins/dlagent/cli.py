@@ -40,6 +40,7 @@ def stack_env(base: dict | None = None) -> dict:
     env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{Path(env['AIRFLOW_HOME']) / 'airflow.db'}")
     env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "60")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine unasked
     env.setdefault("PYTHONPATH", str(PROJECT_DIR / "plugins"))
     return env
 

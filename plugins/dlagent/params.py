@@ -95,3 +95,30 @@ def pipeline_params() -> dict[str, Param]:
 def templated(names) -> dict[str, str]:
     """``{"epochs": "{{ params.epochs }}", ...}``; DAGs render templates as native objects."""
     return {name: "{{ params." + name + " }}" for name in names}
+
+
+def check_pipeline_conf(conf: dict, *, field: str = "conf",
+                        fix: str = "give a value the trigger form accepts (see the Param's description).") -> None:
+    """Check a conf for ``dl_agent_pipeline`` against its Params, as the trigger form would.
+
+    Raises :class:`dlagent.errors.ConfigError` naming ``<field>.<name>`` for an unknown key
+    or a value a Param refuses, so a task that builds a conf fails before it triggers anything.
+    """
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from dlagent.errors import ConfigError
+
+    if not isinstance(conf, dict):
+        raise ConfigError(field, f"must be a JSON object, got {type(conf).__name__}.", "pass a mapping of pipeline Params.")
+    params = pipeline_params()
+    checked = ParamsDict(params)
+    for name, value in conf.items():
+        if name not in params:
+            raise ConfigError(f"{field}.{name}", "is not a Param of dl_agent_pipeline.",
+                              f"use one of: {', '.join(sorted(params))}.")
+        try:
+            checked[name] = value
+        except ParamValidationError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+            raise ConfigError(f"{field}.{name}", f"dl_agent_pipeline's Param refuses {value!r}: {first}", fix) from exc

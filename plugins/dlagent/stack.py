@@ -234,6 +234,9 @@ class AirflowApi:
     def get(self, path: str) -> dict:
         return self._send("GET", path)
 
+    def post(self, path: str, body: dict) -> dict:
+        return self._send("POST", path, body)
+
     def wait_for_dag(self, dag_id: str, *, timeout: float = 180.0) -> dict:
         """Wait until the dag-processor has parsed ``dag_id`` (it shows up in the API)."""
         deadline = time.monotonic() + timeout
@@ -253,7 +256,7 @@ class AirflowApi:
         body = {"logical_date": None, "conf": conf}
         if run_id:
             body["dag_run_id"] = run_id
-        return self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+        return self.post(f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
 
     def wait_for_run(self, dag_id: str, run_id: str, *, timeout: float = 900.0, poll: float = 3.0) -> str:
         """Poll until the run ends; return its state ("success" or "failed")."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import urllib.parse
 import urllib.request
 
@@ -21,6 +22,7 @@ from tests.e2e.test_pipeline_dag import TINY_CONF
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PIPELINE = "dl_agent_pipeline"
+RETRAIN = "dl_agent_retrain"
 LIVE_CONF = {**TINY_CONF, "experiment_name": "live"}
 
 
@@ -55,8 +57,9 @@ def live_stack(tmp_path_factory, module_postgres_databases):
     stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port())
     with stack:
         api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
-        api.wait_for_dag(PIPELINE)
-        api.unpause(PIPELINE)
+        for dag_id in (PIPELINE, RETRAIN):
+            api.wait_for_dag(dag_id)
+            api.unpause(dag_id)
         stack.api = api
         yield stack
 
@@ -98,6 +101,24 @@ def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_st
     assert version["version"] == "1" and version["status"] == "READY"
     assert mlflow_api(live_stack, "registered-models/get", name="dlagent-classifier")["registered_model"]["name"]
     assert (live_stack.home / "deploy").is_dir()
+
+
+def test_new_training_data_event_starts_a_retrain_that_runs_the_pipeline(live_stack):
+    """An asset event, as a data-ingestion job posts it, makes the scheduler start dl_agent_retrain."""
+    api = live_stack.api
+    (asset,) = api.get("/api/v2/assets?name_pattern=dlagent_training_data")["assets"]
+    update = {**LIVE_CONF, "experiment_name": "live_retrain"}
+    api.post("/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"conf": update}})
+    deadline = time.monotonic() + 120
+    while not (runs := api.get(f"/api/v2/dags/{RETRAIN}/dagRuns")["dag_runs"]):
+        assert time.monotonic() < deadline, "the asset event started no dl_agent_retrain run"
+        time.sleep(2)
+    (retrain,) = runs
+    assert retrain["run_type"] == "asset_triggered"
+    assert api.wait_for_run(RETRAIN, retrain["dag_run_id"], timeout=900) == "success", live_stack.tail_logs(40)
+    pipeline_run = api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/retrain__{retrain['dag_run_id']}")
+    assert pipeline_run["state"] == "success" and pipeline_run["conf"]["experiment_name"] == "live_retrain"
+    assert pipeline_run["conf"]["max_samples"] == LIVE_CONF["max_samples"]  # the event's conf reached the pipeline
 
 
 def test_bad_conf_is_refused_by_the_api_before_a_run_exists(live_stack):

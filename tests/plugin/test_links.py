@@ -1,0 +1,157 @@
+"""Each extra link gives the right MLflow URL for a real store, filled by running the operators.
+
+Airflow calls ``get_link(operator, ti_key=<running task instance>)`` when a try ends and stores
+the URL as XCom; here the same call is made on the operators that ran (``conftest.pipeline``),
+with a task instance that pulls their XComs the way ``RuntimeTaskInstance.xcom_pull`` does.
+The expected URLs are built from what MLflow holds, not from the XComs.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from airflow.sdk.exceptions import AirflowSkipException
+from dlagent.hooks.mlflow import MLflowHook
+from dlagent.links import MLflowRunLink, RegisteredModelLink, TuningStudyLink
+from dlagent.operators.base import DlagentOperator
+from dlagent.operators.deploy import DeployOperator
+from mlflow import MlflowClient
+
+from tests.operators.context import make_context
+from tests.plugin.conftest import DAG_ID, MODEL_NAME, RUN_ID
+
+UI = "http://127.0.0.1:5000"
+
+
+class RuntimeTI:
+    """What the task runner passes as ``ti_key`` at the end of a try: the task instance itself."""
+
+    def __init__(self, context):
+        stub = context["ti"]
+        self.dag_id, self.task_id, self.run_id, self.map_index = stub.dag_id, stub.task_id, stub.run_id, stub.map_index
+        self._xcoms = stub.xcoms
+
+    def xcom_pull(self, task_ids=None, key="return_value", *, map_indexes=None, **_):
+        assert (task_ids, map_indexes) == (self.task_id, self.map_index), "a link reads its own task instance's XComs"
+        return self._xcoms.get(key)
+
+
+def links(operator, context) -> dict:
+    return {link.name: link.get_link(operator, ti_key=RuntimeTI(context)) for link in operator.operator_extra_links}
+
+
+def links_of(pipeline, label: str) -> dict:
+    return links(pipeline.operators[label], pipeline.contexts[label])
+
+
+def mlflow_runs(pipeline):
+    client = MlflowClient(pipeline.uri)
+    experiment = client.get_experiment_by_name("plugin")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("dlagent.kind") == "pipeline" and r.data.tags["airflow.run_id"] == RUN_ID)
+    return client, experiment.experiment_id, parent, runs
+
+
+def task_run(runs, task_id: str, map_index: int = -1):
+    (run,) = [r for r in runs if r.data.tags.get("airflow.task_id") == task_id and "dlagent.step" in r.data.tags
+              and r.data.tags.get("airflow.map_index") == str(map_index)]
+    return run
+
+
+@pytest.mark.parametrize(("label", "map_index"), [("train", -1), ("compress", 0), ("evaluate", -1), ("deploy", -1),
+                                                  ("agent_plan", -1), ("agent_decide", -1)])
+def test_mlflow_run_link_opens_the_tasks_own_child_run(pipeline_env, label, map_index):
+    _, experiment_id, parent, runs = mlflow_runs(pipeline_env)
+    run = task_run(runs, label, map_index)
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert links_of(pipeline_env, label)["MLflow run"] == f"{UI}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+
+
+@pytest.mark.parametrize("label", ["create_study", "tune", "tune_summary"])
+def test_tuning_tasks_link_to_the_study_on_the_parent_run(pipeline_env, label):
+    client, experiment_id, parent, runs = mlflow_runs(pipeline_env)
+    got = links_of(pipeline_env, label)
+    parent_url = f"{UI}/#/experiments/{experiment_id}/runs/{parent.info.run_id}"
+    assert got["Tuning study"] == f"{parent_url}/artifacts"
+    assert got["MLflow run"] == parent_url  # tuning tasks have no run of their own; trials are the parent's children
+    # what the link promises is there: the study, its plots, its trials under that run
+    assert parent.data.tags["optuna.study"] == f"{DAG_ID}.{RUN_ID}"
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(parent.info.run_id, "optuna"))
+    trials = [r for r in runs if "optuna.trial_number" in r.data.tags]
+    assert len(trials) == 2 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
+
+
+def test_registered_model_link_opens_the_champion_version(pipeline_env):
+    version = pipeline_env.results["deploy"]["version"]
+    client = MlflowClient(pipeline_env.uri, registry_uri=pipeline_env.uri)
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == str(version)
+    got = links_of(pipeline_env, "deploy")
+    assert got["Registered model"] == f"{UI}/#/models/{quote(MODEL_NAME, safe='')}/versions/{version}"
+    assert set(got) == {"MLflow run", "Registered model"}
+
+
+def test_agent_tasks_link_to_the_decisions_page_relative_to_the_airflow_ui(pipeline_env):
+    got = links_of(pipeline_env, "agent_decide")
+    # the UI resolves it against its own base URL; ':' and '+' of the run id are escaped
+    assert got["Agent decisions"] == "dlagent/runs/dl_agent_pipeline/manual__2026-01-02T03%3A04%3A05.678901%2B00%3A00"
+
+
+def test_what_operators_record_for_links_is_small_json(pipeline_env):
+    xcoms = pipeline_env.contexts["train"]["ti"].xcoms
+    _, experiment_id, _, runs = mlflow_runs(pipeline_env)
+    assert xcoms["mlflow_run"] == {"experiment_id": experiment_id, "run_id": task_run(runs, "train").info.run_id}
+    assert set(xcoms["mlflow_parent_run"]) == {"experiment_id", "run_id"}
+    assert pipeline_env.contexts["deploy"]["ti"].xcoms["registered_model"] == {
+        "name": MODEL_NAME, "version": str(pipeline_env.results["deploy"]["version"])}
+
+
+def test_skipped_deploy_has_no_model_link_and_links_the_parent_run_with_the_reason(pipeline_env):
+    evaluation = {**pipeline_env.results["evaluate"], "blessed": False, "reasons": ["worse than the champion"]}
+    operator = DeployOperator(task_id="deploy", evaluation=evaluation, model_name=MODEL_NAME, experiment_name="plugin-skip",
+                              deploy_dir=str(pipeline_env.folder / "deploy"))
+    context = make_context("deploy", dag_id=DAG_ID, run_id="manual__skipped")
+    with pytest.raises(AirflowSkipException):
+        operator.execute(context)
+    got = links(operator, context)
+    assert got["Registered model"] == ""  # an empty link: the UI shows no button
+    client = MlflowClient(pipeline_env.uri)
+    parent_id = got["MLflow run"].rsplit("/", 1)[1]
+    assert client.get_run(parent_id).data.tags["dlagent.deploy"].startswith("skipped: worse than the champion")
+
+
+class FailingStep(DlagentOperator):
+    def run(self, context):
+        with self.step_run(context, "train"):
+            raise RuntimeError("diverged")
+
+
+def test_a_failed_task_still_links_to_its_failed_run(mlflow_uri, monkeypatch):
+    monkeypatch.delenv("DLAGENT_MLFLOW_UI_URL", raising=False)
+    operator = FailingStep(task_id="train", experiment_name="exp")
+    context = make_context("train")
+    with pytest.raises(RuntimeError):
+        operator.execute(context)
+    run_id = links(operator, context)["MLflow run"].rsplit("/", 1)[1]
+    assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_no_xcom_no_link():
+    ti = RuntimeTI(make_context("train"))
+    operator = FailingStep(task_id="train")
+    for link in (MLflowRunLink(), TuningStudyLink(), RegisteredModelLink()):
+        assert link.get_link(operator, ti_key=ti) == ""
+
+
+def test_mlflow_ui_url_follows_the_setting_the_server_and_the_connection(monkeypatch, tmp_path):
+    monkeypatch.delenv("DLAGENT_MLFLOW_UI_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    assert MLflowHook().ui_url == "http://127.0.0.1:5000"  # the embedded store: `make mlflow-ui`
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://user:secret@mlflow.example:8443/")
+    assert MLflowHook().ui_url == "https://mlflow.example:8443"  # the server is its UI; never the password
+    monkeypatch.setenv("DLAGENT_MLFLOW_UI_URL", "http://localhost:5001/")
+    assert MLflowHook().ui_url == "http://localhost:5001"  # e.g. http://mlflow:5000 inside docker compose
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", '{"conn_type": "mlflow", "host": "mlflow", "port": 5000, '
+                                                      '"extra": {"ui_url": "https://mlflow.corp/"}}')
+    assert MLflowHook().ui_url == "https://mlflow.corp"
