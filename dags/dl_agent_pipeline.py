@@ -63,7 +63,8 @@ with DAG(
     validate = ValidateInputsOperator(
         task_id="validate_inputs", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
         data_options=data_options, compression_candidates="{{ params.compression_candidates }}",
-        gate_thresholds=gate_thresholds, model_name="{{ params.model_name }}", **common,
+        gate_thresholds=gate_thresholds, model_name="{{ params.model_name }}",
+        search_space="{{ params.search_space }}", **common,
     )
     tuning = {
         "dataset": "{{ params.dataset }}", "data_options": data_options, "train_config": templated(TRAIN_PARAM_NAMES),

@@ -8,6 +8,7 @@ URIs and credentials come from the hooks.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -43,3 +44,60 @@ def redact_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
+
+
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@'\"<>]+@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every ``scheme://user:password@`` in it turned into ``scheme://***@``.
+
+    For messages we did not write (an MLflow or database error quoting the URL it failed on)
+    before they go into a log, an exception or a Connection test result.
+    """
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", str(text))
+
+
+def mask_url_password(url: str | None) -> None:
+    """Register the password inside ``url`` with Airflow's secrets masker (task logs hide it).
+
+    Airflow masks a Connection's password field by itself, but not a password inside a URL
+    held in ``extra`` or an environment variable. Outside Airflow this does nothing.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url or "").password
+    except ValueError:
+        return
+    if not password:
+        return
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # the ML core without Airflow
+        return
+    for value in {password, unquote(password)}:
+        mask_secret(value)
+
+
+DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
+
+
+def mlflow_ui_url(tracking_uri: str | None = None) -> str:
+    """Base URL of the MLflow UI that links in Airflow point a person's browser to.
+
+    ``DLAGENT_MLFLOW_UI_URL`` when set (for a tracking server a browser reaches at another
+    address, e.g. ``http://mlflow:5000`` inside docker compose); else the tracking URI itself
+    when it is an http(s) server (the UI is served there), without any credentials in it;
+    else ``http://127.0.0.1:5000``, where ``make mlflow-ui`` serves the embedded SQLite store.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    value = os.environ.get("DLAGENT_MLFLOW_UI_URL", "").strip()
+    if value:
+        return value.rstrip("/")
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        parts = urlsplit(tracking_uri)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
+    return DEFAULT_MLFLOW_UI_URL

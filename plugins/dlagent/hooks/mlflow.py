@@ -53,6 +53,11 @@ class MLflowHook(BaseHook):
 
     @cached_property
     def tracking_uri(self) -> str:
+        uri = self._tracking_uri()
+        settings.mask_url_password(uri)
+        return uri
+
+    def _tracking_uri(self) -> str:
         conn = self._connection
         if conn is not None:
             extra = conn.extra_dejson or {}
@@ -76,6 +81,19 @@ class MLflowHook(BaseHook):
         if self.tracking_uri.startswith("sqlite:") or self.tracking_uri.startswith("postgresql"):
             return str(settings.local_mlflow_dir() / "artifacts")
         return None
+
+    @cached_property
+    def ui_url(self) -> str:
+        """Base URL of the MLflow UI for links a person opens (no trailing slash).
+
+        The Connection's extra ``ui_url`` if set, else :func:`dlagent.settings.mlflow_ui_url`:
+        ``DLAGENT_MLFLOW_UI_URL``, else an http(s) tracking server itself, else
+        ``http://127.0.0.1:5000`` (``make mlflow-ui`` for the embedded store).
+        """
+        conn = self._connection
+        if conn is not None and (conn.extra_dejson or {}).get("ui_url"):
+            return str(conn.extra_dejson["ui_url"]).rstrip("/")
+        return settings.mlflow_ui_url(self.tracking_uri)
 
     def configure_client_environment(self) -> None:
         """Point the process's MLflow fluent API at this server, with the Connection's login.
@@ -113,5 +131,5 @@ class MLflowHook(BaseHook):
         try:
             self.client.search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - reported to the person testing the Connection
-            return False, f"MLflow at {self.tracking_uri} is not reachable: {exc}"
-        return True, f"MLflow at {self.tracking_uri} answered."
+            return False, f"MLflow at {settings.redact_url(self.tracking_uri)} is not reachable: {settings.redact_text(exc)}"
+        return True, f"MLflow at {settings.redact_url(self.tracking_uri)} answered."

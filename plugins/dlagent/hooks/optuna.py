@@ -41,6 +41,11 @@ class OptunaHook(BaseHook):
 
     @cached_property
     def storage_url(self) -> str:
+        url = self._storage_url()
+        settings.mask_url_password(url)
+        return url
+
+    def _storage_url(self) -> str:
         from airflow.sdk.exceptions import AirflowNotFoundException
 
         try:

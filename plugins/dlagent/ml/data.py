@@ -89,18 +89,30 @@ def resolve_data_path(argument: str, *, allowed_roots: list[str] | None = None, 
     Symbolic links are resolved before the check, so a link cannot lead outside a root.
     """
     path = Path(os.path.expanduser(argument)).resolve()
-    if allowed_roots:
-        roots = [Path(r).expanduser().resolve() for r in allowed_roots]
-        if not any(path == root or root in path.parents for root in roots):
-            raise ConfigError(
-                field_name,
-                f"path {argument!r} resolves to {str(path)!r}, outside the allowed data roots "
-                f"{[str(r) for r in roots]}.",
-                "put the data under one of those roots or add a root to DLAGENT_DATA_ROOTS.",
-            )
+    check_inside_roots(path, allowed_roots, argument=argument, field_name=field_name)
     if not path.exists():
         raise ConfigError(field_name, f"path {argument!r} does not exist.", "check the path, relative to the working directory.")
     return path
+
+
+def check_inside_roots(path: Path, allowed_roots: list[str] | None, *, argument=None, field_name="dataset") -> Path:
+    """Refuse ``path`` (resolved: symbolic links followed) when it is outside every allowed root.
+
+    Used for the data set path itself and for every file a loader opens inside a folder, so
+    a symbolic link inside a data root cannot lead to a file outside the roots.
+    """
+    if not allowed_roots:
+        return path
+    resolved = Path(path).resolve()
+    roots = [Path(r).expanduser().resolve() for r in allowed_roots]
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        given = str(path) if argument is None else argument
+        raise ConfigError(
+            field_name,
+            f"path {given!r} resolves to {str(resolved)!r}, outside the allowed data roots {[str(r) for r in roots]}.",
+            "put the data under one of those roots or add a root to DLAGENT_DATA_ROOTS.",
+        )
+    return resolved
 
 
 def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[str] | None = None):
@@ -113,10 +125,13 @@ def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[st
         x = bunch.images.astype(np.float32) / 16.0
         return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
     path = resolve_data_path(argument, allowed_roots=allowed_roots)
-    loader = {"mnist-idx": _load_mnist_idx, "npz": _load_npz, "images": _load_image_folder}.get(scheme)
     if scheme == "csv":
         return _load_csv(path, label_column)
-    return loader(path)
+    if scheme == "npz":
+        return _load_npz(path)
+    if scheme == "mnist-idx":
+        return _load_mnist_idx(path, allowed_roots)
+    return _load_image_folder(path, allowed_roots)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -137,32 +152,45 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
-def _find_one(directory: Path, pattern: str) -> Path:
+def _find_one(directory: Path, pattern: str, allowed_roots=None) -> Path:
     matches = sorted(directory.glob(pattern))
     if not matches:
         raise ConfigError("dataset", f"no file matching {pattern!r} in {str(directory)!r}.", "point mnist-idx: at a folder with IDX files.")
-    return matches[0]
+    return check_inside_roots(matches[0], allowed_roots)
 
 
-def _load_mnist_idx(directory: Path):
+def _load_mnist_idx(directory: Path, allowed_roots=None):
     if not directory.is_dir():
         raise ConfigError("dataset", f"mnist-idx needs a folder, got file {str(directory)!r}.", "give the folder holding the IDX files.")
-    images = _read_idx(_find_one(directory, "*images-idx3-ubyte*"))
-    labels = _read_idx(_find_one(directory, "*labels-idx1-ubyte*"))
+    images = _read_idx(_find_one(directory, "*images-idx3-ubyte*", allowed_roots))
+    labels = _read_idx(_find_one(directory, "*labels-idx1-ubyte*", allowed_roots))
     return images.astype(np.float32) / 255.0, labels.astype(np.int64), [str(i) for i in range(int(labels.max()) + 1)]
 
 
 def _load_npz(path: Path):
+    import zipfile
+
+    fix = "save it with np.savez(path, x=..., y=...)."
+    if not path.is_file():
+        raise ConfigError("dataset", f"npz: needs a file, got folder {str(path)!r}.", fix)
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ConfigError("dataset", f"{str(path)!r} holds a single array (.npy), not an .npz archive of x and y.", fix)
             missing = {"x", "y"} - set(archive.files)
             if missing:
-                raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} (has {archive.files}).", "save it with np.savez(path, x=..., y=...).")
+                raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} (has {archive.files}).", fix)
             x, y = archive["x"], archive["y"]
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError("dataset", f"cannot read {str(path)!r} as .npz: {exc}.", "save it with np.savez(path, x=..., y=...).") from exc
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # empty or truncated files, pickled objects (refused: allow_pickle=False), not a zip at all
+        if "allow_pickle" in str(exc):
+            raise ConfigError("dataset", f"{str(path)!r} holds object arrays, which only pickle can load; pickle is never loaded "
+                              "(a pickle can run code).", "store x and y as numeric (or string label) arrays.") from exc
+        raise ConfigError("dataset", f"cannot read {str(path)!r} as .npz: {type(exc).__name__}: {exc or 'empty file'}.", fix) from exc
+    except TypeError as exc:  # np.load of a plain .npy returns an array, which is not a context manager
+        raise ConfigError("dataset", f"{str(path)!r} holds a single array (.npy), not an .npz archive of x and y.", fix) from exc
     if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
         raise ConfigError("dataset", f"x in {str(path)!r} has dtype {x.dtype}, not numeric.", "store features as numbers.")
     # 8-bit images are scaled like the other image loaders; other numbers are kept as given.
@@ -188,8 +216,16 @@ def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
 
 
 def _load_csv(path: Path, label_column: str):
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    if not path.is_file():
+        raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError as exc:
+        raise ConfigError("dataset", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                          "save the CSV as UTF-8 text (a binary or other-encoding file cannot be read).") from exc
+    except csv.Error as exc:
+        raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV: {exc}.", "save it as plain comma-separated text.") from exc
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
     header = [h.strip() for h in rows[0]]
@@ -216,7 +252,9 @@ def _load_csv(path: Path, label_column: str):
     return np.array(features, dtype=np.float32), y, names
 
 
-def _load_image_folder(directory: Path):
+def _load_image_folder(directory: Path, allowed_roots=None):
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if not directory.is_dir():
@@ -226,19 +264,27 @@ def _load_image_folder(directory: Path):
         raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
     images, labels, size, mode = [], [], None, None
     for label, class_dir in enumerate(class_dirs):
+        check_inside_roots(class_dir, allowed_roots)
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            check_inside_roots(file, allowed_roots)
             try:
-                with Image.open(file) as img:
-                    img.load()
-                    mode = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
-                    img = img.convert(mode)
-                    size = size or img.size
-                    if img.size != size:
-                        img = img.resize(size)
-                    images.append(np.asarray(img, dtype=np.float32) / 255.0)
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                with warnings.catch_warnings():
+                    # an image past Pillow's pixel limit (a decompression bomb) is refused, not just warned about
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(file) as img:
+                        img.load()
+                        mode = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
+                        img = img.convert(mode)
+                        size = size or img.size
+                        if img.size != size:
+                            img = img.resize(size)
+                        images.append(np.asarray(img, dtype=np.float32) / 255.0)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise ConfigError("dataset", f"image {str(file)!r} is too large to load safely: {exc}",
+                                  f"resize it below {Image.MAX_IMAGE_PIXELS} pixels, or remove it.") from exc
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise ConfigError("dataset", f"cannot read image {str(file)!r}: {exc}.", "remove or replace the corrupt file.") from exc
             labels.append(label)
     if not images:
@@ -253,8 +299,11 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
     non-finite features, labels outside ``0..K-1``, a single class, or a class too small
     to appear in each of train, validation and test.
     """
-    if x.ndim < 2 or len(x) == 0:
-        raise ConfigError("dataset", f"needs at least one sample with features, got features of shape {x.shape}.", "check the data file.")
+    if x.ndim < 2:
+        raise ConfigError("dataset", f"features must be (samples, features...) with at least 2 dimensions, got shape {x.shape}.",
+                          "store one row of features per sample, e.g. shape (n, d) for tables or (n, height, width) for images.")
+    if len(x) == 0 or x[0].size == 0:
+        raise ConfigError("dataset", f"is empty: features of shape {x.shape}.", "give at least one sample with at least one feature.")
     if len(x) != len(y):
         raise ConfigError("dataset", f"{len(x)} feature rows but {len(y)} labels.", "give one label per sample.")
     if not np.issubdtype(x.dtype, np.floating):

@@ -6,19 +6,29 @@ from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 
 
+def check_model_input(model: str, input_shape: tuple[int, ...]) -> None:
+    """Refuse a model that cannot take samples of ``input_shape`` (no Keras needed: checked at the edge).
+
+    ``cnn`` needs images, ``(height, width[, channels])`` with height and width >= 2 (it pools
+    by 2); ``mlp`` flattens any shape.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if model == "cnn" and (len(shape) not in (2, 3) or min(shape[:2]) < 2):
+        raise ConfigError(
+            "model",
+            f"'cnn' needs image data of shape (height, width[, channels]) with height and width >= 2, got samples of shape {shape}.",
+            "use model 'mlp' for tabular data (csv:, or npz: with one feature row per sample).",
+        )
+
+
 def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int):
     """Return an uncompiled Keras model for ``config.model`` (``mlp`` or ``cnn``)."""
     import keras
     from keras import layers
 
+    check_model_input(config.model, input_shape)
     inputs = keras.Input(shape=input_shape, name="features")
     if config.model == "cnn":
-        if len(input_shape) not in (2, 3):
-            raise ConfigError(
-                "model",
-                f"'cnn' needs image data of shape (height, width[, channels]), got samples of shape {input_shape}.",
-                "use model 'mlp' for tabular data.",
-            )
         x = layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 2 else inputs
         small = min(input_shape[:2]) < 16  # 8x8 digits: one pooling step less
         x = layers.Conv2D(config.filters, 3, padding="same", activation="relu")(x)

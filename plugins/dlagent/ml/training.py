@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
 
@@ -140,9 +141,20 @@ def log_keras_model(model, splits: DatasetSplits, *, tracking_uri: str | None, r
 
 
 def load_keras_model(model_uri: str, *, tracking_uri: str | None = None):
-    """Load a logged Keras model in Keras safe mode (no arbitrary code from a model file)."""
+    """Load a logged Keras model in Keras safe mode (no arbitrary code from a model file).
+
+    A model whose file carries code (a ``Lambda`` layer with a Python function) is refused
+    with :class:`ConfigError` (field ``model_uri``): a retry cannot make it safe.
+    """
     import mlflow
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
+    try:
+        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
+    except ValueError as exc:
+        if "safe_mode" not in str(exc):
+            raise
+        raise ConfigError("model_uri", f"{model_uri!r} carries Python code (e.g. a Lambda layer); Keras safe mode refuses to "
+                          f"load it: {str(exc).splitlines()[0]}",
+                          "rebuild the model from built-in Keras layers (or registered serializable custom layers) and log it again.") from exc

@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 
 from dlagent.errors import ConfigError
+from dlagent.links import AgentDecisionsLink, MLflowRunLink
 from dlagent.operators.base import DlagentOperator, airflow_ids
+from dlagent.settings import redact_text, redact_url
 
 PHASES = ("plan", "decide")
 PIPELINE_KIND = "pipeline"
@@ -61,6 +63,7 @@ class AgentOperator(DlagentOperator):
                                       "observe_run_id", "fixed_resources")
     template_fields_renderers = {"policy_kwargs": "json", "fixed_resources": "json"}
     ui_color = "#fff4d6"
+    operator_extra_links = (MLflowRunLink(), AgentDecisionsLink())
 
     def __init__(self, *, phase: str = "plan", policy: str = "rules", policy_kwargs: dict | None = None,
                  champion_name: str | None = None, observe_run_id: str | None = None, fixed_resources: dict | None = None,
@@ -92,8 +95,8 @@ class AgentOperator(DlagentOperator):
                 from airflow.sdk.exceptions import AirflowException
 
                 raise AirflowException(
-                    f"the agent made no decision: MLflow at {self.hook.tracking_uri} could not be read "
-                    f"({type(exc).__name__}: {_first_line(exc)}). Check that the tracking server is up and that the "
+                    f"the agent made no decision: MLflow at {redact_url(self.hook.tracking_uri)} could not be read "
+                    f"({type(exc).__name__}: {redact_text(_first_line(exc))}). Check that the tracking server is up and that the "
                     f"{self.mlflow_conn_id!r} Connection (or MLFLOW_TRACKING_URI) points at it; no default plan is used."
                 ) from exc
             raise
@@ -179,7 +182,7 @@ class AgentOperator(DlagentOperator):
                 run = client.get_run(run_id)
             except MlflowException as exc:
                 if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                    raise ConfigError("observe_run_id", f"no MLflow run {run_id!r} at {self.hook.tracking_uri}.",
+                    raise ConfigError("observe_run_id", f"no MLflow run {run_id!r} at {redact_url(self.hook.tracking_uri)}.",
                                       "pass the id of a pipeline run (or of a run under one), or leave it empty.") from exc
                 raise
             parent = run.data.tags.get("mlflow.parentRunId")
@@ -342,24 +345,14 @@ class PlanConfOperator(DlagentOperator):
         return result["conf"]
 
     def run(self, context):
-        from airflow.sdk.definitions.param import ParamsDict
-        from airflow.sdk.exceptions import ParamValidationError
-
-        from dlagent.params import pipeline_params
+        from dlagent.params import check_pipeline_conf, pipeline_params
 
         base = self.base_conf
         if base is not None and not isinstance(base, dict):
             raise ConfigError("base_conf", f"must be a JSON object, got {type(base).__name__}.", "pass a mapping of pipeline Params.")
         observed = self._observed_settings()
-        params = pipeline_params()
-        conf, notes = pipeline_conf(self.plan, params, {**observed, **(base or {})})
-        checked = ParamsDict(params)
-        for name, value in conf.items():
-            try:
-                checked[name] = value
-            except ParamValidationError as exc:
-                raise ConfigError(f"conf.{name}", f"dl_agent_pipeline's Param refuses {value!r}: {_first_line(exc)}",
-                                  "fix the plan's value or the policy's limits.") from exc
+        conf, notes = pipeline_conf(self.plan, pipeline_params(), {**observed, **(base or {})})
+        check_pipeline_conf(conf, fix="fix the plan's value or the policy's limits.")
         for note in notes:
             self.log.info("%s", note)
         self.log.info("conf for dl_agent_pipeline: %s", json.dumps(conf, sort_keys=True))
@@ -376,7 +369,7 @@ class PlanConfOperator(DlagentOperator):
             params = self.hook.client.get_run(self.observed_run_id).data.params
         except MlflowException as exc:
             if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                raise ConfigError("observed_run_id", f"no MLflow run {self.observed_run_id!r} at {self.hook.tracking_uri}.",
+                raise ConfigError("observed_run_id", f"no MLflow run {self.observed_run_id!r} at {redact_url(self.hook.tracking_uri)}.",
                                   "pass agent.output['observed_run_id'], or leave it empty.") from exc
             raise
         settings = _train_params(params)
@@ -409,7 +402,7 @@ def summarize(plan: dict, *, phase: str = "plan", observed: str | None = None, a
     for reason in plan["reasons"]:
         lines.append(f"    - {reason['decision']}: {reason['because']}")
     if agent_run_id:
-        lines.append(f"  recorded as decisions.json of MLflow run {agent_run_id}" + (f" at {tracking_uri}" if tracking_uri else ""))
+        lines.append(f"  recorded as decisions.json of MLflow run {agent_run_id}" + (f" at {redact_url(tracking_uri)}" if tracking_uri else ""))
     return "\n".join(lines)
 
 

@@ -14,6 +14,8 @@ from functools import cached_property
 from airflow.sdk import BaseOperator
 
 from dlagent.hooks.mlflow import MLflowHook
+from dlagent.links import MLFLOW_PARENT_XCOM, MLFLOW_RUN_XCOM, MLflowRunLink
+from dlagent.settings import redact_url
 
 DEFAULT_EXPERIMENT = "dlagent"
 
@@ -35,11 +37,43 @@ def airflow_tags(ids: dict) -> dict:
     return {f"airflow.{name}": str(value) for name, value in ids.items()}
 
 
+#: Largest XCom a dlagent task may return (JSON, UTF-8 bytes): XCom is for ids, URIs, metrics and
+#: plans; models, arrays and tables travel as MLflow artifacts.
+MAX_XCOM_BYTES = 64 * 1024
+
+
+def check_xcom_value(task_id: str, value) -> int:
+    """Return the JSON size of ``value``; fail the task (no retry) if it is not JSON or too big.
+
+    Both are bugs or misuse a retry cannot fix, so the task fails at once with what to do.
+    """
+    import json
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise AirflowFailException(
+            f"task {task_id!r} returned an XCom that is not JSON ({exc}); return plain JSON (str, int, float, bool, "
+            f"None, lists and dicts of them), e.g. an MLflow URI instead of an object."
+        ) from exc
+    size = len(text.encode("utf-8"))
+    if size > MAX_XCOM_BYTES:
+        raise AirflowFailException(
+            f"task {task_id!r} returned {size} bytes of XCom, over the {MAX_XCOM_BYTES}-byte limit; keep XCom to small "
+            f"JSON (ids, URIs, metrics) and log large results to MLflow as artifacts."
+        )
+    return size
+
+
 class DlagentOperator(BaseOperator):
     """Base class: holds the MLflow connection and experiment; opens parent and step runs."""
 
     template_fields: Sequence[str] = ("experiment_name",)
     ui_color = "#e8f4fd"
+    # "MLflow run" in the Airflow UI: evaluated when the task ends, from the XComs below (dlagent.links).
+    operator_extra_links = (MLflowRunLink(),)
 
     def __init__(self, *, experiment_name: str = DEFAULT_EXPERIMENT, mlflow_conn_id: str = MLflowHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
@@ -56,6 +90,8 @@ class DlagentOperator(BaseOperator):
             result = self.run(context)
         except ConfigError as exc:
             raise AirflowFailException(f"invalid input, nothing was run: {exc}") from exc
+        if self.do_xcom_push:
+            check_xcom_value(self.task_id, result)
         if isinstance(result, dict) and self.do_xcom_push:
             # Each top-level key is also its own XCom, so `task.output["model_uri"]` works
             # (XComArg's [] selects an XCom key), like @task(multiple_outputs=True).
@@ -81,6 +117,7 @@ class DlagentOperator(BaseOperator):
             run_name=f"{ids['dag_id']} {ids['run_id']}",
             tags={"airflow.dag_id": ids["dag_id"], "airflow.run_id": ids["run_id"], "dlagent.kind": "pipeline"},
         )
+        _push_run_ref(context, MLFLOW_PARENT_XCOM, experiment_id, run_id)
         return run_id
 
     @contextmanager
@@ -99,10 +136,19 @@ class DlagentOperator(BaseOperator):
             tags={**airflow_tags(ids), "dlagent.step": step},
             parent_run_id=parent,
         )
-        self.log.info("MLflow %s run %s (%s) under parent %s at %s", step, run_id, "new" if created else "continued", parent, self.hook.tracking_uri)
+        _push_run_ref(context, MLFLOW_RUN_XCOM, experiment_id, run_id)  # before the work: a failed task links too
+        self.log.info("MLflow %s run %s (%s) under parent %s at %s", step, run_id, "new" if created else "continued", parent,
+                      redact_url(self.hook.tracking_uri))
         try:
             yield run_id
         except BaseException:
             self.hook.client.set_terminated(run_id, status="FAILED")
             raise
         self.hook.client.set_terminated(run_id, status="FINISHED")
+
+
+def _push_run_ref(context, key: str, experiment_id: str, run_id: str) -> None:
+    """Record an MLflow run as a small XCom (what the task's extra links are built from)."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    if ti is not None and hasattr(ti, "xcom_push"):
+        ti.xcom_push(key=key, value={"experiment_id": str(experiment_id), "run_id": str(run_id)})

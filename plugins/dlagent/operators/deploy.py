@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
+from dlagent.links import REGISTERED_MODEL_XCOM, MLflowRunLink, RegisteredModelLink
 from dlagent.operators.base import DlagentOperator, airflow_ids, airflow_tags
 from dlagent.operators.evaluate import DEFAULT_MODEL_NAME
 
@@ -39,6 +40,7 @@ class DeployOperator(DlagentOperator):
 
     template_fields: Sequence[str] = ("experiment_name", "evaluation", "model_name", "thresholds", "deploy_dir")
     ui_color = "#d6f5ff"
+    operator_extra_links = (MLflowRunLink(), RegisteredModelLink())
 
     def __init__(self, *, evaluation, model_name: str = DEFAULT_MODEL_NAME, thresholds: dict | None = None,
                  deploy_dir: str | None = None, **kwargs):
@@ -85,6 +87,7 @@ class DeployOperator(DlagentOperator):
             bundle = registry.deploy_champion_bundle(self.hook.tracking_uri, name, _deploy_dir(self.deploy_dir),
                                                      extra_metadata={"airflow": ids, "candidate": candidate.get("candidate")})
             self.hook.client.set_tag(run_id, "dlagent.registered_version", f"{name}/{version['version']}")
+            context["ti"].xcom_push(key=REGISTERED_MODEL_XCOM, value={"name": name, "version": str(version["version"])})
         self.hook.client.set_tag(parent, "dlagent.deploy", f"deployed {name} version {version['version']}")
         self.log.info("%s %s version %s as %r (previous: %s); serving bundle %s -> %s",
                       "registered" if version.get("created") else "already registered", name, version["version"],
@@ -99,6 +102,7 @@ class RollbackOperator(DlagentOperator):
 
     template_fields: Sequence[str] = ("experiment_name", "model_name", "deploy_dir")
     ui_color = "#ffe0e0"
+    operator_extra_links = (RegisteredModelLink(),)
 
     def __init__(self, *, model_name: str = DEFAULT_MODEL_NAME, deploy_dir: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -106,7 +110,9 @@ class RollbackOperator(DlagentOperator):
         self.deploy_dir = deploy_dir
 
     def run(self, context):
-        return rollback_champion(self.hook.tracking_uri, self.model_name, self.deploy_dir, log=self.log)
+        result = rollback_champion(self.hook.tracking_uri, self.model_name, self.deploy_dir, log=self.log)
+        context["ti"].xcom_push(key=REGISTERED_MODEL_XCOM, value={"name": str(self.model_name), "version": str(result["champion"])})
+        return result
 
 
 def rollback_champion(tracking_uri: str, model_name: str, deploy_dir=None, *, log=None) -> dict:

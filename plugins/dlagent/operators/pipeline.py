@@ -4,24 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dlagent.errors import ConfigError
 from dlagent.operators.base import DlagentOperator, airflow_ids
 
 
 class ValidateInputsOperator(DlagentOperator):
     """Refuse bad settings and data before any compute, and open the DAG run's parent run.
 
-    Checks the training settings, the compression candidates, the gate thresholds and the
-    registered-model name, and loads the data set once (shapes, dtypes, NaN/inf, labels, class
-    counts), so a bad Param fails here with a message naming the field, not minutes later
-    after tuning and training.
+    Checks the DAG run's conf for names that are not Params of the DAG (a misspelt setting
+    would otherwise be ignored silently), the training settings, the search space (when
+    given), the compression candidates, the gate thresholds and the registered-model name,
+    then loads the data set once (shapes, dtypes, NaN/inf, labels, class counts) and checks
+    that the model can take its samples, so a bad Param fails here with a message naming the
+    field, not minutes later after tuning and training.
+
+    :param allow_unknown_conf: accept conf keys that are not Params of the DAG (default: refused).
     """
 
     template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options", "compression_candidates",
-                                      "gate_thresholds", "model_name")
+                                      "gate_thresholds", "model_name", "search_space")
     ui_color = "#f3e8fd"
 
     def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, compression_candidates=None,
-                 gate_thresholds: dict | None = None, model_name: str | None = None, **kwargs):
+                 gate_thresholds: dict | None = None, model_name: str | None = None, search_space=None,
+                 allow_unknown_conf: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dataset = dataset
         self.train_config = train_config
@@ -29,27 +35,55 @@ class ValidateInputsOperator(DlagentOperator):
         self.compression_candidates = compression_candidates
         self.gate_thresholds = gate_thresholds
         self.model_name = model_name
+        self.search_space = search_space
+        self.allow_unknown_conf = allow_unknown_conf
 
     def run(self, context):
         from dlagent import settings
         from dlagent.ml import tracking
         from dlagent.ml.config import TrainConfig
         from dlagent.ml.data import load_dataset_with_options
+        from dlagent.ml.models import check_model_input
 
+        self._check_conf_keys(context)
+        if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
+            raise ConfigError("experiment_name", f"must be a non-empty MLflow experiment name, got {self.experiment_name!r}.",
+                              "use e.g. 'dlagent'.")
         config = TrainConfig.from_dict(self.train_config or {})
         self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+        check_model_input(config.model, splits.input_shape)
         parent = self.parent_run_id(context)
         tracking.log_params_safely(self.hook.client, parent, {**config.to_dict(), "dataset": self.dataset})
         summary = splits.summary()
         self.log.info("inputs valid: %s; MLflow parent run %s", summary, parent)
         return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
 
+    def _check_conf_keys(self, context) -> None:
+        """Refuse conf keys the DAG has no Param for: Airflow accepts them and nothing reads them."""
+        import difflib
+
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if self.allow_unknown_conf or not isinstance(conf, dict) or not self.has_dag():
+            return
+        known = sorted(self.dag.params)
+        unknown = sorted(set(conf) - set(known))
+        if known and unknown:
+            name = unknown[0]
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"Did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(str(name), f"is not a Param of {self.dag.dag_id!r}, so it would be ignored"
+                              f"{f' (also unknown: {unknown[1:]})' if len(unknown) > 1 else ''}.",
+                              f"{hint}Remove it or fix its spelling; the Params are {known}.")
+
     def _check_later_steps(self) -> None:
         from dlagent.ml.gate import GateThresholds
         from dlagent.ml.registry import check_model_name
+        from dlagent.ml.tuning import validate_search_space
         from dlagent.operators.compress import validate_candidates
 
+        if self.search_space not in (None, ""):
+            validate_search_space(self.search_space)
         if self.compression_candidates not in (None, ""):
             validate_candidates(self.compression_candidates)
         if self.gate_thresholds is not None:

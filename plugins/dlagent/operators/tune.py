@@ -12,6 +12,7 @@ from functools import cached_property
 
 from dlagent.errors import ConfigError
 from dlagent.hooks.optuna import OptunaHook
+from dlagent.links import MLflowRunLink, TuningStudyLink
 from dlagent.operators.base import DlagentOperator, airflow_ids
 from dlagent.settings import redact_url
 from dlagent.validation import check_int
@@ -31,6 +32,7 @@ class _TuneBase(DlagentOperator):
         "experiment_name", "dataset", "data_options", "train_config", "search_space", "n_trials", "timeout_s",
         "sampler", "pruner", "metric", "direction", "study_name",
     )
+    operator_extra_links = (MLflowRunLink(), TuningStudyLink())
 
     def __init__(self, *, dataset: str = "digits", data_options: dict | None = None, train_config: dict | None = None,
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
@@ -98,6 +100,7 @@ class CreateStudyOperator(_TuneBase):
         base, space, n_trials, _ = self._settings()
         workers = _int_field("n_workers", self.n_workers, low=1, high=MAX_WORKERS)
         name = self._study_name(context)
+        self.parent_run_id(context)  # the DAG run's parent run, where the study is logged ("Tuning study" link)
         if n_trials == 0:
             self.log.info("n_trials is 0: tuning is skipped, training uses the given settings")
             return {"study_name": name, "workers": [], "n_trials": 0, "search_space": space}

@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from dlagent.hooks.mlflow import MLflowHook
+from dlagent.settings import redact_url
 
 EVENT_STATUSES = ("success", "error", "timeout")
 
@@ -104,7 +105,7 @@ class MLflowMetricSensor(BaseSensorOperator):
 
     def poke(self, context) -> PokeReturnValue:
         result = self._check(self.condition())
-        self.log.info("%s (MLflow %s)", result["message"], self.hook.tracking_uri)
+        self.log.info("%s (MLflow %s)", result["message"], redact_url(self.hook.tracking_uri))
         return PokeReturnValue(is_done=result["met"], xcom_value=result if result["met"] else None)
 
     def execute(self, context) -> Any:

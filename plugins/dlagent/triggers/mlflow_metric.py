@@ -29,6 +29,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from dlagent.settings import redact_text, redact_url
+
 CLASSPATH = "dlagent.triggers.mlflow_metric.MLflowMetricTrigger"
 
 
@@ -92,9 +94,9 @@ class MLflowMetricTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "error", "message": str(exc), "condition": condition})
                 return
             except Exception as exc:  # noqa: BLE001 - reported as the one error event
-                self.log.warning("MLflow check failed at %s: %s", self.tracking_uri, exc)
+                self.log.warning("MLflow check failed at %s: %s", redact_url(self.tracking_uri), redact_text(exc))
                 yield TriggerEvent({"status": "error", "condition": condition,
-                                    "message": f"MLflow at {self.tracking_uri} could not be read: {type(exc).__name__}: {exc}"})
+                                    "message": f"MLflow at {redact_url(self.tracking_uri)} could not be read: {type(exc).__name__}: {redact_text(exc)}"})
                 return
             if result["met"]:
                 self.log.info("condition met after %d checks: %s", polls, result["message"])
