@@ -7,6 +7,7 @@ person's own ~/airflow or .dlagent/.
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -88,9 +89,63 @@ def postgres_databases():
 
 @pytest.fixture(scope="module")
 def module_postgres_databases():
-    """The same factory for a whole test module (a live stack shared by its tests)."""
+    """The same factory for a whole test module."""
     with _database_factory() as make:
         yield make
+
+
+@pytest.fixture(scope="session")
+def session_postgres_databases():
+    """The same factory for the whole session (the live stack's stores)."""
+    with _database_factory() as make:
+        yield make
+
+
+PIPELINE = "dl_agent_pipeline"
+RETRAIN = "dl_agent_retrain"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
+    """The stack's environment for a throw-away home on the given PostgreSQL databases."""
+    from dlagent import cli
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
+    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
+    env.update({
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+        "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
+        "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
+        "DLAGENT_DEPLOY_DIR": str(home / "deploy"),
+    })
+    cli.setup(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory, session_postgres_databases):
+    """The real services (what `make ui` starts) on PostgreSQL, shared by the tests that need them.
+
+    Started on first use, stopped at the end of the session whatever happens; `stack.api` is a
+    logged-in REST client, and both pipeline DAGs are unpaused.
+    """
+    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack
+
+    home = tmp_path_factory.mktemp("live")
+    env = live_env(home, session_postgres_databases(), session_postgres_databases(), session_postgres_databases())
+    stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port())
+    with stack:
+        api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
+        for dag_id in (PIPELINE, RETRAIN):
+            api.wait_for_dag(dag_id)
+            api.unpause(dag_id)
+        stack.api = api
+        yield stack
 
 
 @pytest.fixture

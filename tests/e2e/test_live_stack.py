@@ -10,58 +10,17 @@ server's REST API. The services are stopped at the end whatever happens.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
+from tests.conftest import PIPELINE, RETRAIN
 from tests.e2e.test_pipeline_dag import TINY_CONF
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-PIPELINE = "dl_agent_pipeline"
-RETRAIN = "dl_agent_retrain"
 LIVE_CONF = {**TINY_CONF, "experiment_name": "live"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
-    """The stack's environment for a throw-away home on the given PostgreSQL databases."""
-    from dlagent import cli
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
-    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
-    env.update({
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
-        "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
-        "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
-        "DLAGENT_DEPLOY_DIR": str(home / "deploy"),
-    })
-    cli.setup(env)
-    return env
-
-
-@pytest.fixture(scope="module")
-def live_stack(tmp_path_factory, module_postgres_databases):
-    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack
-
-    home = tmp_path_factory.mktemp("live")
-    env = live_env(home, module_postgres_databases(), module_postgres_databases(), module_postgres_databases())
-    stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port())
-    with stack:
-        api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
-        for dag_id in (PIPELINE, RETRAIN):
-            api.wait_for_dag(dag_id)
-            api.unpause(dag_id)
-        stack.api = api
-        yield stack
 
 
 def mlflow_api(stack, path: str, body: dict | None = None, **query) -> dict:
