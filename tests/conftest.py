@@ -74,9 +74,12 @@ def _database_factory():
     try:
         yield make
     finally:
-        with admin.cursor() as cur:
-            for name in created:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if created:
+            admin.close()
+            admin = _postgres_admin()  # a fresh session: the fault tests restart the server
+            with admin.cursor() as cur:
+                for name in created:
+                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
 
 
@@ -122,6 +125,9 @@ def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
         "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
         "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
         "DLAGENT_DEPLOY_DIR": str(home / "deploy"),
+        # A task whose process died (scheduler killed) is failed and retried after 60 s, not 5 min.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
     })
     cli.setup(env)
     return env
@@ -146,6 +152,17 @@ def live_stack(tmp_path_factory, session_postgres_databases):
             api.unpause(dag_id)
         stack.api = api
         yield stack
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts (append them); any still running are killed afterwards."""
+    started: list = []
+    yield started
+    for proc in started:  # only the processes this test started
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture

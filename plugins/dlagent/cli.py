@@ -157,11 +157,13 @@ def run_ui(env: dict, args) -> int:
         print("trigger dl_agent_pipeline from its page (Trigger button: a form of the Params); Ctrl-C stops everything")
         print("=" * 72, flush=True)
         try:
-            while all(p.poll() is None for p in stack.processes.values()):
-                time.sleep(1.0)
-            dead = [name for name, p in stack.processes.items() if p.poll() is not None]
-            print(f"[dlagent] service(s) exited: {dead}; see {stack.log_dir}", file=sys.stderr)
-            return 1
+            reported = {}
+            while True:  # the stack's watchdog restarts a crashed service; say so here
+                time.sleep(2.0)
+                for name, count in stack.restarts.items():
+                    if reported.get(name) != count:
+                        print(f"[dlagent] {name} exited and was restarted ({count}x); see {stack.log_dir}/{name}.log", flush=True)
+                        reported[name] = count
         except KeyboardInterrupt:
             print("\n[dlagent] stopping the services", flush=True)
     return 0

@@ -19,6 +19,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -78,9 +79,12 @@ class LocalStack:
     mlflow_port: int = MLFLOW_PORT
     executor: str = "LocalExecutor"
     celery_workers: int = 0
+    restart_crashed: bool = True
     processes: dict = field(default_factory=dict)
+    restarts: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self._stopped: set[str] = set()
         home = Path(self.env["DLAGENT_HOME"])
         self.home = home
         self.log_dir = home / "stack-logs"
@@ -141,6 +145,7 @@ class LocalStack:
         process = subprocess.Popen([self._executable(command[0]), *command[1:]], env=self.env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        self._stopped.discard(name)
         self.processes[name] = process
         return process
 
@@ -149,6 +154,30 @@ class LocalStack:
         for name in self.commands():
             self.start_service(name)
         self.wait_healthy(timeout=timeout)
+        if self.restart_crashed:
+            self._stopping = threading.Event()
+            self._watchdog = threading.Thread(target=self._supervise, name="dlagent-stack-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def restart_crashed_services(self) -> list[str]:
+        """Start again every service that exited on its own, as compose's ``restart: always`` does.
+
+        A scheduler loses its database connection when PostgreSQL restarts and exits; a
+        deployment's process manager brings it back, and so does this.
+        """
+        restarted = []
+        for name, process in list(self.processes.items()):
+            if process.poll() is not None and name not in self._stopped:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                with open(self.log_dir / f"{name}.log", "a") as log:
+                    log.write(f"\n[dlagent stack] {name} exited with {process.returncode}; restart {self.restarts[name]}\n")
+                self.start_service(name)
+                restarted.append(name)
+        return restarted
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(2.0):
+            self.restart_crashed_services()
 
     def wait_healthy(self, *, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -166,7 +195,14 @@ class LocalStack:
             if pending:
                 time.sleep(1.0)
 
-    def stop_service(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    def stop_service(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 30.0, restart: bool = False) -> None:
+        """Stop one service: its whole process group (a scheduler's task processes too).
+
+        ``restart=True`` lets the watchdog start it again (a crash); otherwise it stays down
+        until :meth:`start_service`.
+        """
+        if not restart:
+            self._stopped.add(name)
         process = self.processes.get(name)
         if process is None or process.poll() is not None:
             return
@@ -182,6 +218,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """End every service (TERM, then KILL after 30 s), the whole process group each."""
+        if getattr(self, "_stopping", None) is not None:
+            self._stopping.set()
+            self._watchdog.join(timeout=10)
         for name in reversed(list(self.processes)):
             self.stop_service(name)
 

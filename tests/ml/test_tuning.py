@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -87,16 +85,6 @@ def _finish(proc: subprocess.Popen, tmp_path: Path, index: int) -> dict:
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, output[-3000:]
     return json.loads(lines[0][len("RESULT "):])
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:  # only the processes this test started
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _by_state(trials) -> dict:
@@ -346,44 +334,3 @@ def test_two_worker_processes_share_a_postgres_study_and_finish_exactly_n_trials
     assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, never on the same trial
     assert ran[0] | ran[1] == {t.number for t in trials}
     assert len({t.user_attrs["worker"] for t in trials}) == 2
-
-
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_a_worker_killed_mid_trial_is_failed_retried_and_the_study_still_finishes(postgres_url, tmp_path, procs):
-    n_trials = 6
-    tuning.create_study(postgres_url, "killed", space=SPACE, pruner_name="none", seed=0)
-    marker = tmp_path / "in-second-trial"
-    procs.append(_start_worker(tmp_path, postgres_url, "killed", n_trials, 0, stall_in_fit=2, marker=str(marker)))
-    _wait_for(marker.exists, 180, "the doomed worker to be inside its second trial", procs)
-    procs.append(_start_worker(tmp_path, postgres_url, "killed", n_trials, 1))
-
-    def survivor_has_finished_a_trial() -> bool:
-        trials = tuning.load_study(postgres_url, "killed").get_trials()
-        return sum(t.state.name == "COMPLETE" for t in trials) >= 2
-
-    _wait_for(survivor_has_finished_a_trial, 180, "the second worker to finish a trial", procs)
-    before = tuning.load_study(postgres_url, "killed").get_trials()
-    running = [t for t in before if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{procs[0].pid}")]
-    assert len(running) == 1
-    victim = running[0].number
-    finished_before = {t.number: t.value for t in before if t.state.name == "COMPLETE"}
-    killed_at = datetime.now()
-    os.kill(procs[0].pid, signal.SIGKILL)
-    procs[0].wait(timeout=30)
-    assert procs[0].returncode == -signal.SIGKILL
-
-    result = _finish(procs[1], tmp_path, 1)
-    trials = {t.number: t for t in tuning.load_study(postgres_url, "killed").get_trials()}
-    dead = trials[victim]
-    assert dead.state.name == "FAIL"
-    assert (dead.datetime_complete - killed_at).total_seconds() >= GRACE - HEARTBEAT - 0.5  # failed only after the grace period
-    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim]
-    assert len(retries) == 1
-    assert retries[0].state.name == "COMPLETE" and retries[0].params == dead.params
-    assert retries[0].number in result["trials"]
-    counts = _by_state(trials.values())
-    assert counts["COMPLETE"] + counts["PRUNED"] == n_trials
-    assert counts["RUNNING"] == counts["WAITING"] == 0 and counts["FAIL"] == 1
-    assert all(trials[n].state.name == "COMPLETE" and trials[n].value == v for n, v in finished_before.items())
-    assert result["study_n_trials"]["COMPLETE"] == n_trials

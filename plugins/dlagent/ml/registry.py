@@ -299,7 +299,18 @@ def _stored_champion_metrics(tracking_uri: str | None, name: str) -> dict | None
     return champion["metrics"] if champion and champion["metrics"] else None
 
 
-def register_champion(
+def register_champion(tracking_uri: str | None, model_uri: str, name: str, *, lock=None, **kwargs) -> dict:
+    """Register ``model_uri`` as the champion of ``name`` (see :func:`_register_champion`).
+
+    ``lock``: a context manager held from reading the current champion to moving the aliases
+    (e.g. :func:`dlagent.ml.locks.named_lock`), so two deployments at once cannot both take
+    the same champion as their ``previous`` and lose one from the rollback chain.
+    """
+    with lock if lock is not None else contextlib.nullcontext():
+        return _register_champion(tracking_uri, model_uri, name, **kwargs)
+
+
+def _register_champion(
     tracking_uri: str | None,
     model_uri: str,
     name: str,
@@ -485,6 +496,9 @@ def rollback(tracking_uri: str | None, name: str) -> dict:
     return {"name": name, "champion": target, "previous": further, "rolled_back_from": current}
 
 
+_UNSET = object()
+
+
 def deploy_if_blessed(
     tracking_uri: str | None,
     name: str,
@@ -498,19 +512,41 @@ def deploy_if_blessed(
     run_id: str | None = None,
     tflite_path=None,
     tags: dict | None = None,
+    lock=None,
+    evaluated_champion=_UNSET,
 ) -> dict:
     """Gate the candidate and register it only when blessed.
+
+    ``lock`` (see :func:`register_champion`) is held over the gate and the promotion, so a
+    deployment racing another is gated against the champion the other one just made.
 
     ``champion_metrics`` defaults to the metrics stored on the current champion version
     (pass metrics re-measured on the current test split when the data changed). Returns
     ``{"decision": <gate.decide result>, "version": <register_champion result> | None}``.
     A retry after a successful deployment (same ``idempotency_key``) returns the registered
     version without gating again, since the champion is then the candidate itself.
+    ``evaluated_champion``: the champion version ``champion_metrics`` were measured on; when
+    another deployment has moved the alias since, the new champion's stored metrics are used.
     """
+    with lock if lock is not None else contextlib.nullcontext():
+        return _deploy_if_blessed(tracking_uri, name, model_uri, candidate_metrics=candidate_metrics,
+                                  reference_metrics=reference_metrics, thresholds=thresholds, idempotency_key=idempotency_key,
+                                  champion_metrics=champion_metrics, run_id=run_id, tflite_path=tflite_path, tags=tags,
+                                  evaluated_champion=evaluated_champion)
+
+
+def _deploy_if_blessed(tracking_uri, name, model_uri, *, candidate_metrics, reference_metrics, thresholds, idempotency_key,
+                       champion_metrics, run_id, tflite_path, tags, evaluated_champion) -> dict:
     from dlagent.ml.gate import decide
 
     name = _check_name(name)
     client = _client(tracking_uri)
+    if evaluated_champion is not _UNSET:
+        current = get_champion(tracking_uri, name)
+        if (current or {}).get("version") != (None if evaluated_champion is None else str(evaluated_champion)):
+            log.warning("the champion of %s moved from %s to %s since the evaluation: gating against the new one's stored metrics",
+                        name, evaluated_champion, (current or {}).get("version"))
+            champion_metrics = (current or {}).get("metrics") or None
     if isinstance(idempotency_key, str) and idempotency_key.strip():
         done = _find_by_key(client, name, idempotency_key)
         if done:

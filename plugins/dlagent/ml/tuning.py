@@ -32,7 +32,6 @@ pruning steps are epochs (1-based), so ``min_resource``/``max_resource`` are epo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -637,36 +636,11 @@ def _fail_stale_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-@contextlib.contextmanager
 def _study_lock(storage, study_name: str):
     """Serialise 'count the trials, then ask for one' across all workers of a study."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
+    from dlagent.ml.locks import named_lock
 
-    backend = make_url(storage.url).get_backend_name()
-    if backend == "postgresql":
-        key = int.from_bytes(hashlib.sha256(f"dlagent.tuning/{study_name}".encode()).digest()[:8], "big", signed=True)
-        with storage.engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            connection.commit()
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                connection.commit()
-        return
-    path = _sqlite_path(storage.url) if backend == "sqlite" else None
-    if path is None:
-        yield
-        return
-    import fcntl
-
-    with open(path.with_name(path.name + ".dlagent-lock"), "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return named_lock(storage.url, f"dlagent.tuning/{study_name}", engine=storage.engine)
 
 
 class _Heartbeat:

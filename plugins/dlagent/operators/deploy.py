@@ -34,6 +34,9 @@ class DeployOperator(DlagentOperator):
     :param model_name: the registered model (default ``dlagent-classifier``).
     :param thresholds: the gate limits the evaluate task used (re-checked here).
     :param deploy_dir: where serving bundles go (default ``$DLAGENT_HOME/deploy``).
+    :param optuna_conn_id: the coordination database (the Optuna study storage): a lock per
+        model there serialises gate and promotion, so two runs deploying at once are judged
+        one after the other and keep the ``previous`` chain whole.
 
     Returns ``{"name", "version", "model_uri", "champion_uri", "previous_version", "bundle", "created"}``.
     """
@@ -43,8 +46,9 @@ class DeployOperator(DlagentOperator):
     operator_extra_links = (MLflowRunLink(), RegisteredModelLink())
 
     def __init__(self, *, evaluation, model_name: str = DEFAULT_MODEL_NAME, thresholds: dict | None = None,
-                 deploy_dir: str | None = None, **kwargs):
+                 deploy_dir: str | None = None, optuna_conn_id: str = "optuna_default", **kwargs):
         super().__init__(**kwargs)
+        self.optuna_conn_id = optuna_conn_id
         self.evaluation = evaluation
         self.model_name = model_name
         self.thresholds = thresholds
@@ -53,8 +57,10 @@ class DeployOperator(DlagentOperator):
     def run(self, context):
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from dlagent.hooks.optuna import OptunaHook
         from dlagent.ml import registry
         from dlagent.ml.gate import GateThresholds
+        from dlagent.ml.locks import named_lock
 
         evaluation = self.evaluation
         if not isinstance(evaluation, dict) or not {"blessed", "candidate", "reference"} <= set(evaluation):
@@ -78,6 +84,8 @@ class DeployOperator(DlagentOperator):
                 champion_metrics=champion["metrics"] if champion else None, thresholds=thresholds,
                 idempotency_key=f"{ids['dag_id']}/{ids['run_id']}", run_id=candidate.get("run_id"),
                 tags={**airflow_tags(ids), "dlagent.candidate": str(candidate.get("candidate"))},
+                evaluated_champion=champion["version"] if champion else None,
+                lock=named_lock(OptunaHook(optuna_conn_id=self.optuna_conn_id).storage_url, f"dlagent.deploy/{name}"),
             )
             version = outcome["version"]
             if version is None:
