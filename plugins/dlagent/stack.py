@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ ADMIN_USER = "admin"
 AIRFLOW_PORT = 8080
 MLFLOW_PORT = 5000
 AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
+EXECUTORS = {"CeleryExecutor": "airflow.providers.celery.executors.celery_executor.CeleryExecutor"}
 
 
 def service_commands(*, airflow_port: int = AIRFLOW_PORT, mlflow_port: int = MLFLOW_PORT,
@@ -60,6 +62,14 @@ def _secret_file(path: Path, make) -> str:
     return path.read_text().strip()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _get(url: str, timeout: float = 5.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -85,6 +95,7 @@ class LocalStack:
 
     def __post_init__(self):
         self._stopped: set[str] = set()
+        self._log_ports: dict[str, int] = {}
         home = Path(self.env["DLAGENT_HOME"])
         self.home = home
         self.log_dir = home / "stack-logs"
@@ -98,7 +109,7 @@ class LocalStack:
             self.password_file, lambda: json.dumps({ADMIN_USER: secrets.token_urlsafe(12)})))[ADMIN_USER]
         jwt_secret = _secret_file(airflow_home / "jwt_secret", lambda: secrets.token_urlsafe(32))
         self.env.update({
-            "AIRFLOW__CORE__EXECUTOR": self.executor,
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS.get(self.executor, self.executor),
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
@@ -111,7 +122,7 @@ class LocalStack:
             # Processes the DAG folder promptly, so a new DAG shows up in seconds.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": self.env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30"),
         })
-        if self.executor == "CeleryExecutor":
+        if self.executor in ("CeleryExecutor", EXECUTORS["CeleryExecutor"]):
             self.env.setdefault("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0")
             db = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
             self.env.setdefault("AIRFLOW__CELERY__RESULT_BACKEND", "db+" + db)
@@ -130,19 +141,29 @@ class LocalStack:
                                     artifacts_destination=self.artifacts_destination)
         wanted = ["mlflow", *AIRFLOW_SERVICES]
         selected = {name: commands[name] for name in wanted}
-        for index in range(self.celery_workers if self.executor == "CeleryExecutor" else 0):
+        for index in range(self.celery_workers if "CeleryExecutor" in self.executor else 0):
             selected[f"celery-worker-{index + 1}"] = [*commands["celery-worker"], "--celery-hostname", f"worker{index + 1}@%h"]
         return selected
 
     def _executable(self, program: str) -> str:
         return str(Path(sys.executable).with_name(program))
 
+    def _service_env(self, name: str) -> dict:
+        """Each process that serves task logs gets its own port, so two stacks (or two Celery
+        workers) on one machine do not fight over Airflow's defaults 8793/8794."""
+        if name not in self._log_ports:
+            default = {"triggerer": 8794, "scheduler": 8793}.get(name)
+            shared_defaults = self.airflow_port == AIRFLOW_PORT and default is not None
+            self._log_ports[name] = default if shared_defaults else _free_port()
+        key = "TRIGGER_LOG_SERVER_PORT" if name == "triggerer" else "WORKER_LOG_SERVER_PORT"
+        return {**self.env, f"AIRFLOW__LOGGING__{key}": str(self._log_ports[name])}
+
     def start_service(self, name: str) -> subprocess.Popen:
         """Start one service (again, after a crash or a kill); its output goes to stack-logs/<name>.log."""
         command = self.commands()[name]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
-        process = subprocess.Popen([self._executable(command[0]), *command[1:]], env=self.env, stdout=log,
+        process = subprocess.Popen([self._executable(command[0]), *command[1:]], env=self._service_env(name), stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self._stopped.discard(name)
@@ -307,6 +328,10 @@ class AirflowApi:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
             time.sleep(poll)
+
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> dict:
+        """Mark a DAG run success or failed, as the UI's buttons do (its running tasks are stopped)."""
+        return self._send("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}", {"state": state})
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")["task_instances"]
