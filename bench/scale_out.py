@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import sys
 import tempfile
 import uuid
@@ -29,12 +28,6 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
 ADMIN_URL = os.environ.get("DLAGENT_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def create_databases(count: int) -> list[str]:
@@ -80,20 +73,12 @@ def worker_of_each_task(log_dir: Path, run_id: str) -> dict[int, str]:
 
 def one_round(workers: int, conf: dict, broker_db: int) -> dict:
     import optuna
-    from dlagent import cli
-    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack
+    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
 
     airflow_db, mlflow_db, optuna_db = databases = create_databases(3)
     home = Path(tempfile.mkdtemp(prefix=f"dlagent-scale-{workers}-"))
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
-    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
-    env.update({
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
-        "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
-        "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:6379/{broker_db}",
-    })
-    cli.setup(env)
+    env = postgres_stack_env(home, airflow_db=airflow_db, mlflow_db=mlflow_db, optuna_db=optuna_db,
+                             AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}")
     stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers)
     try:
         with stack:

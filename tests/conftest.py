@@ -7,7 +7,6 @@ person's own ~/airflow or .dlagent/.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -108,29 +107,16 @@ PIPELINE = "dl_agent_pipeline"
 RETRAIN = "dl_agent_retrain"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
-    """The stack's environment for a throw-away home on the given PostgreSQL databases."""
-    from dlagent import cli
+    """The live stack's environment: PostgreSQL stores, and dead tasks detected in a minute."""
+    from dlagent.stack import postgres_stack_env
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
-    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
-    env.update({
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
-        "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
-        "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
-        "DLAGENT_DEPLOY_DIR": str(home / "deploy"),
+    return postgres_stack_env(
+        home, airflow_db=airflow_db, mlflow_db=mlflow_db, optuna_db=optuna_db,
         # A task whose process died (scheduler killed) is failed and retried after 60 s, not 5 min.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
-    })
-    cli.setup(env)
-    return env
+        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60",
+        AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="15",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +126,7 @@ def live_stack(tmp_path_factory, session_postgres_databases):
     Started on first use, stopped at the end of the session whatever happens; `stack.api` is a
     logged-in REST client, and both pipeline DAGs are unpaused.
     """
-    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack
+    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack, free_port
 
     home = tmp_path_factory.mktemp("live")
     env = live_env(home, session_postgres_databases(), session_postgres_databases(), session_postgres_databases())

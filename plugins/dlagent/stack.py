@@ -62,7 +62,8 @@ def _secret_file(path: Path, make) -> str:
     return path.read_text().strip()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a second stack beside a person's own)."""
     import socket
 
     with socket.socket() as sock:
@@ -78,6 +79,28 @@ def _get(url: str, timeout: float = 5.0) -> int:
         return exc.code
     except (urllib.error.URLError, OSError):
         return 0
+
+
+def postgres_stack_env(home: Path, *, airflow_db: str, mlflow_db: str, optuna_db: str, **extra: str) -> dict:
+    """The environment of a throw-away stack in ``home`` with all three stores on PostgreSQL.
+
+    Airflow's metadata DB, the MLflow server's backend store and the Optuna study (also the
+    deploy lock) each get one of the given ``postgresql+psycopg2://`` URLs; the metadata DB
+    is migrated. ``extra`` variables are added. Used by the live tests and the benchmarks.
+    """
+    from dlagent import cli
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
+    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
+    env.update({
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
+        "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
+        "AIRFLOW_CONN_OPTUNA_DEFAULT": optuna_db.replace("postgresql+psycopg2://", "postgresql://"),
+        "DLAGENT_DEPLOY_DIR": str(Path(home) / "deploy"),
+        **extra,
+    })
+    cli.setup(env)
+    return env
 
 
 @dataclass
@@ -154,7 +177,7 @@ class LocalStack:
         if name not in self._log_ports:
             default = {"triggerer": 8794, "scheduler": 8793}.get(name)
             shared_defaults = self.airflow_port == AIRFLOW_PORT and default is not None
-            self._log_ports[name] = default if shared_defaults else _free_port()
+            self._log_ports[name] = default if shared_defaults else free_port()
         key = "TRIGGER_LOG_SERVER_PORT" if name == "triggerer" else "WORKER_LOG_SERVER_PORT"
         return {**self.env, f"AIRFLOW__LOGGING__{key}": str(self._log_ports[name])}
 
