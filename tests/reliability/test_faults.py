@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from dlagent.ml import tuning
@@ -237,3 +238,86 @@ def test_clearing_and_rerunning_every_task_duplicates_nothing(live_stack, reliab
                        detail=f"{len(runs_after)} MLflow runs ({len(new_runs)} new), statuses {sorted(set(statuses))}; "
                               f"registry versions {versions_before} -> {versions_after}; try numbers {sorted(tries)}")
     assert ok
+
+
+# ------------------------------------------------------------------- the sensor and its trigger
+
+def _mlflow_server(tmp_path, port: int) -> subprocess.Popen:
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    log = open(tmp_path / "mlflow-server.log", "ab")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_up(url: str, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"MLflow at {url} did not come up"
+            time.sleep(0.5)
+
+
+def test_sensor_and_trigger_ride_out_the_mlflow_server_down_for_30_s(tmp_path, procs, monkeypatch, reliability_record):
+    """Poke mode and the deferrable trigger both wait through the outage and then see the metric."""
+    import asyncio
+    import threading
+
+    from dlagent.ml.conditions import build_condition
+    from dlagent.sensors.mlflow_metric import MLflowMetricSensor
+    from dlagent.stack import free_port
+    from dlagent.triggers.mlflow_metric import MLflowMetricTrigger
+    from mlflow import MlflowClient
+
+    from tests.operators.context import make_context
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs.append(_mlflow_server(tmp_path, port))
+    _wait_up(url)
+    client = MlflowClient(url)
+    run_id = client.create_run(client.create_experiment("watched")).info.run_id
+    os.killpg(procs[0].pid, signal.SIGTERM)
+    procs[0].wait(timeout=30)
+
+    results: dict = {}
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the sensor's hook: no Connection, so the env
+
+    def poke_mode():
+        sensor = MLflowMetricSensor(task_id="watch", run_id=run_id, metric="val_accuracy", op=">=", threshold=0.9,
+                                    poke_interval=1, timeout=240, mode="poke")
+        try:
+            results["sensor"] = sensor.execute(make_context("watch"))
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
+            results["sensor"] = exc
+
+    def deferred():
+        trigger = MLflowMetricTrigger(tracking_uri=url, poll_interval=1, timeout=240,
+                                      condition=build_condition(run_id=run_id, metric="val_accuracy", op=">=", threshold=0.9))
+
+        async def first_event():
+            async for event in trigger.run():
+                return event.payload
+
+        results["trigger"] = asyncio.run(first_event())
+
+    threads = [threading.Thread(target=poke_mode), threading.Thread(target=deferred)]
+    for thread in threads:
+        thread.start()
+    time.sleep(30)  # the server stays down while both wait
+    procs.append(_mlflow_server(tmp_path, port))
+    _wait_up(url)
+    client.log_metric(run_id, "val_accuracy", 0.95)
+    for thread in threads:
+        thread.join(timeout=300)
+    sensor, trigger = results.get("sensor"), results.get("trigger")
+    ok = isinstance(sensor, dict) and sensor.get("met") is True and (trigger or {}).get("status") == "success"
+    reliability_record("fault", "MLflow server down 30 s under the sensor (poke and deferrable)", ok,
+                       detail=f"poke mode returned {str(sensor)[:200]}; trigger event status {(trigger or {}).get('status')}: "
+                              f"{str((trigger or {}).get('message'))[:200]}")
+    assert ok, (sensor, trigger)
