@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from dlagent.ml.registry import (
     rollback,
     write_serving_bundle,
 )
+from dlagent.stack import free_port
 
 NAME = "dlagent-digits"
 
@@ -255,12 +255,6 @@ def test_champion_bundle_runs_in_the_interpreter(logged, models, digits_small, m
 # --------------------------------------------------------------------------- serving over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(url: str, payload: dict, timeout: float = 30):
     request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -271,7 +265,7 @@ def test_champion_answers_predictions_over_http(logged, models, digits_small, ml
     register_champion(mlflow_uri, logged[0], NAME, idempotency_key="serve-1")
     register_champion(mlflow_uri, logged[1], NAME, idempotency_key="serve-2")
     rollback(mlflow_uri, NAME)  # the champion is version 1 again: serving must follow the alias
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
