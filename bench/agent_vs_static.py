@@ -60,6 +60,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
 
@@ -81,23 +82,26 @@ def base_config(args, settings, seed: int):
 
 
 def tune(workdir: Path, study: str, splits, base, space, n_trials: int, seed: int, *, client=None, experiment_id=None,
-         parent_run_id=None, tracking_uri=None) -> dict:
-    """One tuning round: a new study, ``n_trials`` trials (TPE + Hyperband over 1..epochs)."""
+         parent_run_id=None, tracking_uri=None, seed_from=()) -> dict:
+    """One tuning round: a new study (seeded with ``seed_from``'s trials), ``n_trials`` trials
+    (TPE + Hyperband over 1..epochs)."""
     from dlagent.ml import tuning
 
     url = f"sqlite:///{workdir / 'optuna.db'}"
-    tuning.create_study(url, study, space=space, sampler_name="tpe", pruner_name="hyperband", seed=seed, max_resource=base.epochs)
+    tuning.create_study(url, study, space=space, sampler_name="tpe", pruner_name="hyperband", seed=seed, max_resource=base.epochs,
+                        seed_from=list(seed_from) or None)
     tuning.run_worker(url, study, splits, base, None, n_trials, tracking_uri=tracking_uri, experiment_id=experiment_id,
                       parent_run_id=parent_run_id, worker_tags={"bench": "agent_vs_static"})
     return tuning.study_summary(url, study)
 
 
-def final_training(splits, config, callbacks=()) -> dict:
+def final_training(splits, config, callbacks=(), *, warm_start=None, tracking_uri=None) -> dict:
     import keras
     from dlagent.ml.evaluation import keras_model_size
-    from dlagent.ml.training import evaluate, fit
+    from dlagent.ml.training import evaluate, fit, load_checkpoint
 
-    result = fit(splits, config, callbacks=list(callbacks))
+    initial = load_checkpoint(warm_start, tracking_uri=tracking_uri) if warm_start else None
+    result = fit(splits, config, callbacks=list(callbacks), initial_model=initial)
     out = {"test_accuracy": evaluate(result.model, splits)["test_accuracy"], "size_bytes": keras_model_size(result.model),
            "epochs": result.epochs_run, "config": config.to_dict()}
     keras.backend.clear_session()
@@ -143,7 +147,8 @@ def agent_pipeline(workdir: Path, splits, base, settings, seed: int) -> dict:
         study = f"agent-{seed}-round{rounds}"
         n_trials = min(plan["tune"]["n_trials"], budget - ran)
         summary = tune(workdir, study, splits, base, space, n_trials, seed + rounds, client=client,
-                       experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracking_uri)
+                       experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracking_uri,
+                       seed_from=plan["tune"]["seed_studies"])
         tuning_epochs += summary["epochs_total"]
         ran += n_trials
         _number_trials_across_rounds(client, experiment_id, study)
@@ -153,7 +158,8 @@ def agent_pipeline(workdir: Path, splits, base, settings, seed: int) -> dict:
                  if r.data.tags.get("optuna.state") in ("COMPLETE", "PRUNED"))
     decisions = [f"{r['decision']}: {r['because']}" for r in plan["reasons"]]
     config = base.replace(**plan["train"])
-    final = final_training(splits, config, controller_from_plan(plan["controller"]))
+    final = final_training(splits, config, controller_from_plan(plan["controller"]), warm_start=plan["warm_start"],
+                           tracking_uri=tracking_uri)
     return {**final, "tuning_epochs": tuning_epochs, "trials": trials, "rounds": rounds,
             "total_epochs": tuning_epochs + final["epochs"], "seconds": time.perf_counter() - started, "decisions": decisions}
 

@@ -72,7 +72,8 @@ with DAG(
         "sampler": "{{ params.sampler }}", "pruner": "{{ params.pruner }}", "metric": "{{ params.tune_metric }}",
         "direction": "{{ 'minimize' if params.tune_metric == 'val_loss' else 'maximize' }}", **common,
     }
-    create_study = CreateStudyOperator(task_id="create_study", n_workers="{{ params.tuning_workers }}", **tuning)
+    create_study = CreateStudyOperator(task_id="create_study", n_workers="{{ params.tuning_workers }}",
+                                       seed_studies="{{ params.tune_seed_studies }}", **tuning)
     tune = TuneOperator.partial(task_id="tune", **tuning).expand(worker_index=create_study.output)
     tune_summary = TuneSummaryOperator(task_id="tune_summary", **tuning)
     agent = {"policy": "{{ params.agent_policy }}", "champion_name": "{{ params.model_name }}", **common}
@@ -80,7 +81,7 @@ with DAG(
     train = TrainOperator(
         task_id="train", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
         overrides=[tune_summary.output["best_params"], agent_plan.output["train"]], controller=agent_plan.output["controller"],
-        data_options=data_options, **common,
+        warm_start=agent_plan.output["warm_start"], data_options=data_options, **common,
     )
     data = {"dataset": "{{ params.dataset }}", "data_options": data_options, "seed": "{{ params.seed }}"}
     candidates = CompressionCandidatesOperator(task_id="compression_candidates", candidates="{{ params.compression_candidates }}",

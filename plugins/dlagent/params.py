@@ -61,6 +61,9 @@ def pipeline_params() -> dict[str, Param]:
                         description="Stops unpromising trials early from their per-epoch validation metric."),
         "tune_metric": Param("val_accuracy", type="string", enum=["val_accuracy", "val_loss"], title="Tuning objective",
                              description="Per-epoch validation metric the search optimises (accuracy up, loss down)."),
+        "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
+                                   description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "
+                                               "run's study, so its pruner and sampler start from them. The agent sets it on a retune."),
         "search_space": Param(None, type=["null", "object"], title="Search space (JSON)",
                               description='Empty for the model\'s default space, or e.g. {"learning_rate": {"type": "float", '
                                           '"low": 0.0001, "high": 0.1, "log": true}, "batch_size": {"type": "categorical", '

@@ -157,3 +157,34 @@ def test_the_action_judges_the_candidate_the_gate_judged(history):
     plan = RulesPolicy().decide(dataclasses.replace(obs, gate=gate))
     assert plan["action"] != "deploy"
     assert any("the gated candidate accuracy 0.9100" in r["because"] for r in plan["reasons"] if r["decision"].startswith("action="))
+
+
+def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_round(history):
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    assert obs.best_trial["checkpoint"] is None and obs.best_trial["study"] == "s"
+    cold = RulesPolicy(improvement_window=2).decide(obs)
+    assert cold["warm_start"] is None and cold["train"]["epochs"] == 8
+    assert any(r["decision"] == "warm_start=null" and "saved no weights" in r["because"] for r in cold["reasons"])
+    assert cold["tune"]["seed_studies"] == ["s"]  # the next round's study replays this one's trials
+
+    obs.best_trial["checkpoint"] = checkpoint = f"runs:/{obs.best_trial['run_id']}/checkpoint/model.keras"
+    warm = validate_plan(RulesPolicy(improvement_window=2).decide(obs))
+    # The best trial converged (best epoch 5 of 8): fine-tune its weights for early_stopping_patience (3)
+    # epochs at 0.3 x its learning rate, instead of 8 epochs from scratch; dropout has no weights, so the gap rule still applies.
+    assert warm["warm_start"] == checkpoint
+    assert warm["train"] == {"dropout": 0.3, "epochs": 3, "learning_rate": 0.0006}
+    assert any(r["decision"] == "warm_start=trial 3" for r in warm["reasons"])
+    assert RulesPolicy(warm_start=False).decide(obs)["warm_start"] is None
+    with pytest.raises(ConfigError, match="^fine_tune_lr_factor"):
+        RulesPolicy(fine_tune_lr_factor=0)
+
+
+def test_rules_respect_max_trials_when_no_trial_completed():
+    from dlagent.agent.observe import Observation
+
+    failed = [{"number": n, "state": "FAIL", "value": None, "params": {}, "run_id": f"r{n}", "epochs_run": 0, "study": "s",
+               "checkpoint": None} for n in range(4)]
+    obs = Observation(experiment_id="1", parent_run_id="p", trials=failed, resources=RESOURCES)
+    assert RulesPolicy(initial_trials=8, max_trials=4).decide(obs)["tune"] is None
+    assert RulesPolicy(initial_trials=8, max_trials=6).decide(obs)["tune"]["n_trials"] == 2

@@ -43,7 +43,8 @@ def test_state_survives_across_runs_and_moves_to_the_best_arm(mlflow_uri, tmp_pa
         assert plan["policy"]["name"] == "learning" and plan["policy"]["context"] == "overfit"
         chosen.append(plan["policy"]["arm"])
         assert policy.update(reward_of(plan["policy"]["arm"]), plan=plan, key=f"dag/manual__{run}") is True
-    assert len(set(chosen[:9])) == 9  # every arm tried once first
+    assert chosen[0] == "lr_x1-epochs_x1"  # nothing learnt yet: the rules' plan unchanged
+    assert best in chosen[:8]  # the additive prior finds it in a few runs, not one run per arm
     assert Counter(chosen[-10:])[best] >= 8
     fresh = LearningPolicy(store=MLflowStateStore(client, experiment_id), seed=7)
     stats = fresh.statistics()
@@ -73,13 +74,33 @@ def test_contexts_learn_their_own_best_arm_with_ucb():
 
 
 def test_arms_scale_the_rules_plan_and_say_why():
-    policy = LearningPolicy()
+    policy = LearningPolicy(strategy="epsilon_greedy", epsilon=0.0)
+    first = policy.decide(observation())
+    assert first["policy"]["arm"] == "lr_x1-epochs_x1"  # nothing learnt yet: the rules' plan as it is
+    assert "learning_rate" not in first["train"] and first["train"].get("epochs", 10) == 10
+    assert "start from the rules' plan" in first["reasons"][-1]["because"]
+    policy.update(0.5, plan=first)
     plan = policy.decide(observation())
     arm = plan["policy"]["arm"]
-    assert arm == "lr_x0.5-epochs_x0.5"  # nothing tried yet: the first arm
+    assert arm == "lr_x0.5-epochs_x0.5"  # epsilon_greedy: then the untried arms in arm order
     # rules: best epoch 5 + default patience 5 = 10 epochs (unchanged); the arm halves both.
     assert plan["train"]["learning_rate"] == 0.0005 and plan["train"]["epochs"] == 5
     assert plan["reasons"][-1]["decision"].startswith(f"learning: arm {arm}")
+
+
+def test_thompson_shares_what_one_arm_taught_with_arms_of_the_same_factor():
+    policy = LearningPolicy(seed=3)
+    for arm, reward in (("lr_x1-epochs_x1", 0.8), ("lr_x0.5-epochs_x1", -2.2), ("lr_x2-epochs_x1", 1.8)):
+        policy.update(reward, arm=arm, context="overfit")
+    posteriors = policy.posteriors("overfit", policy.store.records())
+    # Never tried, yet ranked by what their learning-rate factor did elsewhere.
+    assert posteriors["lr_x2-epochs_x1.5"][0] > posteriors["lr_x1-epochs_x1.5"][0] > posteriors["lr_x0.5-epochs_x1.5"][0]
+    assert posteriors["lr_x2-epochs_x1.5"][2] == 0 and posteriors["lr_x2-epochs_x1"][2] == 1
+    # Its own reward pulls an arm's posterior toward it and narrows it.
+    assert posteriors["lr_x2-epochs_x1"][1] < posteriors["lr_x2-epochs_x1.5"][1]
+    choices = Counter(LearningPolicy(store=policy.store, seed=s).decide(observation())["policy"]["arm"] for s in range(40))
+    assert sum(n for arm, n in choices.items() if arm.startswith("lr_x2")) >= 30
+    assert not any(arm.startswith("lr_x0.5") for arm in choices)
 
 
 def test_reward_and_arguments_are_validated():
@@ -94,7 +115,9 @@ def test_reward_and_arguments_are_validated():
     with pytest.raises(ConfigError, match="^context"):
         policy.update(1.0, arm="lr_x1-epochs_x1", context="sunny")
     with pytest.raises(ConfigError, match="^strategy"):
-        LearningPolicy(strategy="thompson")
+        LearningPolicy(strategy="softmax")
+    with pytest.raises(ConfigError, match="^prior_sd"):
+        LearningPolicy(prior_sd=0)
     with pytest.raises(ConfigError, match=r"^epsilon: .*got 1\.5"):
         LearningPolicy(epsilon=1.5)
     with pytest.raises(ConfigError, match="^lr_scales"):

@@ -38,9 +38,18 @@ def test_valid_plan_is_normalized_and_serialized_deterministically():
     assert validate_plan(text) == plan  # a JSON string is accepted too
 
 
+def test_warm_start_and_seed_studies_round_trip():
+    plan = validate_plan(good_plan(warm_start="runs:/abc123/checkpoint/model.keras",
+                                   tune={"n_trials": 3, "seed_studies": ["round0", "round1"]}))
+    assert plan["warm_start"] == "runs:/abc123/checkpoint/model.keras"
+    assert plan["tune"]["seed_studies"] == ["round0", "round1"] and plan["tune"]["n_workers"] == 1
+    assert validate_plan(good_plan())["tune"]["seed_studies"] == []
+
+
 def test_minimal_plan_gets_empty_sections():
     plan = validate_plan({"action": "stop", "reasons": []})
-    assert plan == {"action": "stop", "train": {}, "tune": None, "compress": [], "controller": None, "policy": None, "reasons": []}
+    assert plan == {"action": "stop", "train": {}, "tune": None, "warm_start": None, "compress": [], "controller": None,
+                    "policy": None, "reasons": []}
 
 
 @pytest.mark.parametrize(
@@ -61,6 +70,11 @@ def test_minimal_plan_gets_empty_sections():
         ({"tune": {"n_trials": 4, "search_space": {"dropout": {"type": "float", "low": 0.1, "high": 1.5}}}}, "tune.search_space.dropout"),
         ({"tune": {"n_trials": 4, "search_space": {"units": {"type": "float", "low": 8, "high": 64}}}}, "tune.search_space.units"),
         ({"tune": {"n_trials": 4, "search_space": {"optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}}}}, "tune.search_space.optimizer"),
+        ({"tune": {"n_trials": 4, "seed_studies": "round0"}}, "tune.seed_studies"),
+        ({"tune": {"n_trials": 4, "seed_studies": ["round0", ""]}}, "tune.seed_studies"),
+        ({"warm_start": "/tmp/model.keras"}, "warm_start"),
+        ({"warm_start": 42}, "warm_start"),
+        ({"warm_start": "runs:/abc/checkpoint/model keras"}, "warm_start"),
         ({"compress": [{"sparsity": 1.5}]}, "compress[0].sparsity"),
         ({"compress": [{"quantization": "int8"}, {"quantization": "int4"}]}, "compress[1].quantization"),
         ({"compress": [{"prune": True}]}, "compress[0].prune"),

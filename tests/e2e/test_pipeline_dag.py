@@ -89,6 +89,12 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
         logged = runs["train"].data.params[name]
         assert (float(logged) == pytest.approx(value)) if isinstance(value, float) else logged == str(value), name
     assert "epochs" in plan["train"]  # the rules policy sets the final epochs from the learning curve
+    # the best trial saved its weights, so the plan continues from them and the train task did
+    best_run = next(r for r in client.search_runs([parent.info.experiment_id], "tags.`optuna.trial_number` != ''")
+                    if int(r.data.tags["optuna.trial_number"]) == study.best_trial.number)
+    assert best_run.data.tags.get("dlagent.checkpoint") == "checkpoint/model.keras"
+    assert plan["warm_start"] == f"runs:/{best_run.info.run_id}/checkpoint/model.keras"
+    assert runs["train"].data.tags["dlagent.warm_start"] == plan["warm_start"]
 
     # compress (one mapped task per candidate the plan lists) -> evaluate (gate) -> deploy
     from dlagent.ml.compression import CompressionConfig

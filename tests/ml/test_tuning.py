@@ -334,3 +334,96 @@ def test_two_worker_processes_share_a_postgres_study_and_finish_exactly_n_trials
     assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, never on the same trial
     assert ran[0] | ran[1] == {t.number for t in trials}
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+# --------------------------------------------------------------------------- agent rounds: checkpoints, seeded studies
+
+
+def test_new_best_trials_save_checkpoints_that_warm_start_a_training(tmp_path, mlflow_uri, digits_small):
+    from dlagent.agent.observe import observe
+    from dlagent.ml.training import evaluate, fit, load_checkpoint
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = tracking.ensure_experiment(client, "warm", str(tmp_path / "artifacts"))
+    parent, _ = tracking.find_or_create_run(client, experiment, "dag/run/warm", run_name="pipeline")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tuning.create_study(url, "warm", space=SPACE, sampler_name="random", pruner_name="none", seed=1)
+    config = TrainConfig(**BASE)
+    tuning.run_worker(url, "warm", digits_small, config, None, 3, heartbeat_interval=HEARTBEAT, grace_period=GRACE,
+                      tracking_uri=mlflow_uri, experiment_id=experiment, parent_run_id=parent)
+    study = tuning.load_study(url, "warm")
+    saved = {int(r.data.tags["optuna.trial_number"]) for r in client.search_runs([experiment], "tags.`dlagent.checkpoint` != ''")}
+    # Trial 0 is always a new best; a later trial only when it beat every earlier one.
+    new_bests = [t.number for t in study.trials if t.value > max((p.value for p in study.trials[:t.number]), default=float("-inf"))]
+    assert saved == set(new_bests) and study.best_trial.number in saved
+
+    obs = observe(client, experiment, parent, resources={"cpu_count": 1, "cpus_free": 1})
+    assert obs.best_trial["number"] == study.best_trial.number and obs.best_trial["study"] == "warm"
+    assert obs.best_trial["checkpoint"] == f"runs:/{obs.best_trial['run_id']}/checkpoint/model.keras"
+    model = load_checkpoint(obs.best_trial["checkpoint"], tracking_uri=mlflow_uri)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _, val_accuracy = model.evaluate(digits_small.x_val, digits_small.y_val, verbose=0)
+    assert val_accuracy == pytest.approx(study.best_value, abs=1e-6)  # the very weights that earned the trial's value
+
+    best = config.replace(**study.best_params, epochs=2, early_stopping_patience=2)
+    result = fit(digits_small, best, initial_model=model)
+    assert result.start_val_loss is not None and result.epochs_run == 2
+    final_val_loss = result.model.evaluate(digits_small.x_val, digits_small.y_val, verbose=0)[0]
+    assert final_val_loss <= result.start_val_loss + 1e-6  # never worse than where it started
+    assert evaluate(result.model, digits_small)["test_accuracy"] > 0.5
+
+    with pytest.raises(ConfigError) as missing:
+        load_checkpoint(f"runs:/{obs.best_trial['run_id']}/checkpoint/nope.keras", tracking_uri=mlflow_uri)
+    assert missing.value.field == "warm_start"
+    with pytest.raises(ConfigError) as shapes:
+        fit(_other_shape(digits_small), best, initial_model=model)
+    assert shapes.value.field == "warm_start"
+
+
+def _other_shape(splits):
+    """The same data with one feature fewer: a checkpoint of the full data does not fit it."""
+    import dataclasses
+
+    return dataclasses.replace(splits, x_train=splits.x_train[..., :-1], x_val=splits.x_val[..., :-1], x_test=splits.x_test[..., :-1])
+
+
+def test_a_seeded_round_replays_earlier_trials_for_its_pruner_and_sampler(tmp_path, digits_small):
+    space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.3, "log": True}}
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = TrainConfig(model="mlp", epochs=4, optimizer="sgd", early_stopping_patience=0, seed=0)
+    tuning.create_study(url, "round0", space=space, sampler_name="random", pruner_name="hyperband", seed=0, max_resource=4)
+    tuning.run_worker(url, "round0", digits_small, config, None, 5, heartbeat_interval=HEARTBEAT, grace_period=GRACE)
+    first = tuning.load_study(url, "round0").get_trials()
+    narrowed = {"learning_rate": {"type": "float", "low": 3e-3, "high": 0.3, "log": True}}
+    inside = [t for t in first if 3e-3 <= t.params["learning_rate"] <= 0.3]
+    assert 0 < len(inside) < len(first)  # the random draws of seed 0 fall on both sides
+
+    created = tuning.create_study(url, "round1", space=narrowed, sampler_name="tpe", pruner_name="hyperband", seed=1,
+                                  max_resource=4, seed_from=["round0"])
+    assert created["seeded"] == {"copied": len(inside), "skipped": len(first) - len(inside), "from": ["round0"], "already_seeded": False}
+    assert created["n_trials"]["COMPLETE"] == 0  # copies are not this round's trials
+    copies = tuning.load_study(url, "round1").get_trials()
+    assert [c.user_attrs[tuning.COPIED_ATTR] for c in copies] == [f"round0#{t.number}" for t in inside]
+    for copy, old in zip(copies, inside):
+        assert copy.state == old.state and copy.value == old.value and copy.params == old.params
+        assert copy.intermediate_values == old.intermediate_values
+        if copy.state.name == "COMPLETE":  # it reached every rung: the pruner recorded it in this study's brackets
+            assert "completed_rung_0" in copy.system_attrs
+
+    result = tuning.run_worker(url, "round1", digits_small, config, None, 3, heartbeat_interval=HEARTBEAT, grace_period=GRACE)
+    summary = tuning.study_summary(url, "round1")
+    assert len(result["trials"]) == 3 and summary["n_finished"] == 3
+    own = [t for t in tuning.load_study(url, "round1").get_trials() if tuning.COPIED_ATTR not in t.user_attrs]
+    assert summary["epochs_total"] == result["epochs_run"] == sum(t.user_attrs["epochs_run"] for t in own)
+    assert all(3e-3 <= t.params["learning_rate"] <= 0.3 for t in own)
+    # Seeding happens once: a re-run of the create step (a retried task) copies nothing more.
+    again = tuning.create_study(url, "round1", space=narrowed, sampler_name="tpe", pruner_name="hyperband", seed=1,
+                                max_resource=4, seed_from=["round0"])
+    assert again["seeded"]["already_seeded"] and len(tuning.load_study(url, "round1").get_trials()) == len(inside) + 3
+    with pytest.raises(ConfigError) as missing:
+        tuning.create_study(url, "round2", space=narrowed, seed_from=["nope"])
+    assert missing.value.field == "seed_from"
+    with pytest.raises(ConfigError) as not_a_list:
+        tuning.seed_study(url, "round1", "round0")
+    assert not_a_list.value.field == "seed_from"

@@ -171,28 +171,28 @@ def test_learning_policy_state_survives_two_dag_runs(store):
 
     # DAG run 1: plan after tuning, then decide after evaluation (which rewards the plan).
     first = agent("agent_plan", phase="plan", **kwargs).execute(make_context("agent_plan", dag_id=DAG_ID, run_id="manual__1"))
-    assert first["policy"] == {"name": "learning", "arm": "lr_x0.5-epochs_x0.5", "context": "overfit"}  # nothing learnt yet
-    assert first["train"]["learning_rate"] == 0.001 and first["train"]["epochs"] == 4  # rules' 0.002 and 8, halved
+    assert first["policy"] == {"name": "learning", "arm": "lr_x1-epochs_x1", "context": "overfit"}  # nothing learnt yet: the rules' plan
+    assert first["train"]["learning_rate"] == 0.002 and first["train"]["epochs"] == 8  # the rules' values, unscaled
     decide = agent("agent_decide", phase="decide", **kwargs)
     decided = decide.execute(make_context("agent_decide", dag_id=DAG_ID, run_id="manual__1"))
     reward = decided["reasons"][-1]
     assert reward["decision"].startswith("reward ") and reward["decision"].endswith(" recorded")
-    assert "arm lr_x0.5-epochs_x0.5 in context 'overfit'" in reward["because"]
+    assert "arm lr_x1-epochs_x1 in context 'overfit'" in reward["because"]
     # A retried decide task does not reward the same run twice.
     retried = decide.execute(make_context("agent_decide", dag_id=DAG_ID, run_id="manual__1"))
     assert retried["reasons"][-1]["decision"].endswith("already recorded")
 
     # The state is one MLflow run of the experiment, holding one reward.
     (state,) = client.search_runs([experiment_id], "tags.`dlagent.kind` = 'agent-policy-state'")
-    history = client.get_metric_history(state.info.run_id, "reward/overfit/lr_x0.5-epochs_x0.5")
+    history = client.get_metric_history(state.info.run_id, "reward/overfit/lr_x1-epochs_x1")
     assert len(history) == 1
     expected = 100 * (0.95 - 0.92) - 0.001 * 107.0 - 0.01 * 53  # a*gain - b*seconds - c*epochs of the observed run
     assert history[0].value == pytest.approx(expected, abs=0.05)
 
     # DAG run 2, a fresh operator in a fresh process as far as it knows: it reads the reward back.
     second = agent("agent_plan", phase="plan", **kwargs).execute(make_context("agent_plan", dag_id=DAG_ID, run_id="manual__2"))
-    assert second["policy"]["arm"] == "lr_x0.5-epochs_x1"  # the first arm is no longer untried
-    assert "8 of 9 untried" in json.dumps(second["reasons"])
+    why = next(r["because"] for r in second["reasons"] if r["decision"].startswith("learning: arm"))
+    assert "Thompson sample" in why and "1 rewards in all" in why  # it read the first run's reward back
 
 
 class BrokenPolicy(Policy):
@@ -308,7 +308,8 @@ def test_branch_refuses_a_malformed_plan():
 PLAN = {
     "action": "retune",
     "train": {"learning_rate": 0.002, "epochs": 8, "dropout": 0.3, "momentum": 0.5},
-    "tune": {"n_trials": 8, "n_workers": 2, "search_space": {"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}}},
+    "tune": {"n_trials": 8, "n_workers": 2, "search_space": {"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+             "seed_studies": ["dl_agent_pipeline__manual__1"]},
     "compress": [{"quantization": "int8"}],
     "reasons": [{"decision": "x", "because": "y"}],
 }
@@ -323,6 +324,7 @@ def test_plan_becomes_a_pipeline_conf_with_only_accepted_params(mlflow_uri):
     assert set(conf) <= names
     assert conf["learning_rate"] == 0.002 and conf["epochs"] == 8 and conf["dropout"] == 0.3 and conf["dataset"] == "digits"
     assert conf["n_trials"] == 8 and conf["tuning_workers"] == 2 and conf["search_space"] == PLAN["tune"]["search_space"]
+    assert conf["tune_seed_studies"] == ["dl_agent_pipeline__manual__1"]  # the retune's study replays this run's trials
     assert "max_samples" not in conf  # an empty base value is not sent
     _, notes = pipeline_conf(PLAN, {"learning_rate"})
     assert any(note.startswith("epochs=8 left out") for note in notes)

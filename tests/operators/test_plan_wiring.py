@@ -32,6 +32,32 @@ def test_training_applies_overrides_in_order_and_runs_the_planned_controller(mlf
     assert changes and all(c["new"] < c["old"] for c in changes if c["setting"] == "learning_rate")
 
 
+def test_training_continues_from_a_planned_warm_start(mlflow_uri, tmp_path):
+    first = TrainOperator(task_id="train", train_config={"model": "mlp", "epochs": 3, "units": 16, "seed": 0},
+                          experiment_name="exp", **TINY).execute(make_context("train"))
+    client = MlflowClient(mlflow_uri)
+    # What dlagent.ml.tuning saves for a new best trial: a plain .keras file under checkpoint/.
+    from dlagent.ml.training import load_keras_model
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    load_keras_model(first["model_uri"], tracking_uri=mlflow_uri).save(folder / "model.keras")
+    client.log_artifact(first["run_id"], str(folder / "model.keras"), "checkpoint")
+    warm = f"runs:/{first['run_id']}/checkpoint/model.keras"
+    out = TrainOperator(task_id="train_more", train_config={"model": "mlp", "epochs": 2, "units": 16, "seed": 0}, warm_start=warm,
+                        experiment_name="exp", **TINY).execute(make_context("train_more"))
+    run = client.get_run(out["run_id"])
+    assert run.data.tags["dlagent.warm_start"] == warm and run.data.params["epochs"] == "2"
+    metrics = client.get_run(out["run_id"]).data.metrics
+    assert metrics["epochs_run"] == 2 and metrics["start_val_loss"] > 0 and metrics["kept_start_weights"] in (0, 1)
+    # It continued from the first model: the starting loss is the first model's, far below an untrained one's (ln 10 = 2.3).
+    history = client.get_metric_history(first["run_id"], "val_loss")
+    assert metrics["start_val_loss"] == pytest.approx(min(m.value for m in history), rel=1e-3)
+    with pytest.raises(AirflowFailException, match="warm_start"):
+        TrainOperator(task_id="t", train_config={"model": "mlp", "epochs": 1}, warm_start="/tmp/model.keras",
+                      experiment_name="exp", **TINY).execute(make_context("t"))
+
+
 def test_bad_override_layer_is_refused_naming_it(mlflow_uri):
     with pytest.raises(AirflowFailException, match=r"overrides\[1\]"):
         TrainOperator(task_id="train", train_config={"model": "mlp", "epochs": 1}, overrides=[{}, "fast"], experiment_name="exp",

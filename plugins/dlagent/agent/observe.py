@@ -16,7 +16,9 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
   ``optuna.direction`` (or ``direction``) on a trial or the parent run, else inferred from the
   parent's ``best_value`` metric (the tuning summary), else ``maximize``; params: the run
   params that are ``TrainConfig`` fields, typed as the field. ``tuned_params`` lists the
-  parameters whose values differ between trials (what the search space varied).
+  parameters whose values differ between trials (what the search space varied). ``study``: tag
+  ``optuna.study``; ``checkpoint``: ``runs:/<run>/<path>`` when the trial saved its weights (tag
+  ``dlagent.checkpoint``, written for each new best trial), else ``None``.
 * **training curves** (``dlagent.step = train``, and the best trial): the metric histories
   ``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``learning_rate``, summarised by
   :func:`analyze_curve` (best epoch, train/validation gap, plateau, divergence...).
@@ -49,6 +51,7 @@ from dlagent.errors import ConfigError
 STEP_TAG = "dlagent.step"
 PARENT_TAG = "mlflow.parentRunId"
 BLESSED_TAG = "dlagent.gate.blessed"  # written by EvaluateOperator
+CHECKPOINT_TAG = "dlagent.checkpoint"  # written by dlagent.ml.tuning on a new best trial's run
 CHAMPION_ALIAS = "champion"
 METRIC_TAG_PREFIX = "dlagent.metric."
 TRIAL_STEPS = ("tune-trial", "trial")
@@ -301,6 +304,9 @@ def _trial(run) -> dict:
         "params": _train_params(run.data.params),
         "run_id": run.info.run_id,
         "epochs_run": int(metrics["epochs_run"]) if _finite(metrics.get("epochs_run")) else None,
+        "study": tags.get("optuna.study"),
+        # a new best trial's saved weights (dlagent.ml.tuning), a warm start for the final training
+        "checkpoint": f"runs:/{run.info.run_id}/{tags[CHECKPOINT_TAG]}" if tags.get(CHECKPOINT_TAG) else None,
     }
 
 

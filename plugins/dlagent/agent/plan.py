@@ -6,8 +6,10 @@ A plan is a plain dict (JSON-able, XCom-able) with these keys::
       "action": "deploy" | "retune" | "stop",
       "train": {"learning_rate": 0.003, "epochs": 14, "dropout": 0.3},    # TrainConfig overrides
       "tune": {"n_trials": 8, "n_workers": 2,                             # or null: no tuning
-               "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 9e-4, "log": true}}},
+               "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 9e-4, "log": true}},
+               "seed_studies": ["<earlier round's study>"]},                # replayed into the new study
       "compress": [{"sparsity": 0.8, "quantization": "int8"}],            # mapped candidates (width = length)
+      "warm_start": "runs:/<trial run>/checkpoint/model.keras",           # or null: train from scratch
       "controller": {...ControllerSettings...},                            # or null: no in-training controller
       "policy": {"name": "learning", "arm": "lr_x2-epochs_x1", "context": "overfit"},  # or null
       "reasons": [{"decision": "train.dropout=0.3", "because": "train/validation accuracy gap 0.08 > 0.05"}]
@@ -40,8 +42,9 @@ from dlagent.errors import ConfigError
 from dlagent.validation import check_int
 
 ACTIONS = ("deploy", "retune", "stop")
-SECTIONS = ("action", "compress", "controller", "policy", "reasons", "train", "tune")
-TUNE_KEYS = ("n_trials", "n_workers", "search_space")
+SECTIONS = ("action", "compress", "controller", "policy", "reasons", "train", "tune", "warm_start")
+TUNE_KEYS = ("n_trials", "n_workers", "search_space", "seed_studies")
+WARM_START_SCHEMES = ("runs:/", "models:/")
 POLICY_KEYS = ("arm", "context", "name")
 MAX_TRIALS = 10_000
 MAX_WORKERS = 256
@@ -82,6 +85,7 @@ def validate_plan(doc) -> dict:
         "action": doc["action"],
         "train": validate_train(doc.get("train")),
         "tune": validate_tune(doc.get("tune")),
+        "warm_start": validate_warm_start(doc.get("warm_start")),
         "compress": validate_compress(doc.get("compress")),
         "controller": validate_controller(doc.get("controller")),
         "policy": validate_policy(doc.get("policy")),
@@ -128,7 +132,22 @@ def validate_tune(section) -> dict | None:
         raise ConfigError("tune.n_trials", "is missing.", "give the number of trials to run (0 for none).")
     n_trials = _int("tune.n_trials", section["n_trials"], 0, MAX_TRIALS)
     n_workers = _int("tune.n_workers", section.get("n_workers", 1), 1, MAX_WORKERS)
-    return {"n_trials": n_trials, "n_workers": n_workers, "search_space": validate_search_space(section.get("search_space"))}
+    seeds = section.get("seed_studies") or []
+    if not isinstance(seeds, list) or len(seeds) > MAX_CANDIDATES or not all(isinstance(n, str) and 0 < len(n) <= 512 for n in seeds):
+        raise ConfigError("tune.seed_studies", f"must be a list of at most {MAX_CANDIDATES} study names, got {seeds!r}.",
+                          "name the earlier rounds' Optuna studies, or give [] for none.")
+    return {"n_trials": n_trials, "n_workers": n_workers, "search_space": validate_search_space(section.get("search_space")),
+            "seed_studies": list(seeds)}
+
+
+def validate_warm_start(value) -> str | None:
+    """``None`` (train from scratch) or the URI of the weights to start the training from."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(WARM_START_SCHEMES) or len(value) > 1000 or any(c.isspace() for c in value):
+        raise ConfigError("warm_start", f"must be null or a model URI starting with {' or '.join(WARM_START_SCHEMES)}, got {value!r}.",
+                          "give a trial checkpoint (runs:/<run id>/checkpoint/model.keras), or null to train from scratch.")
+    return value
 
 
 def validate_search_space(space, field: str = "tune.search_space") -> dict | None:
@@ -233,7 +252,8 @@ def _int(field, value, low, high):
 
 def empty_plan(action: str = "stop") -> dict:
     """A do-nothing plan skeleton (callers add sections and reasons)."""
-    return copy.deepcopy({"action": action, "train": {}, "tune": None, "compress": [], "controller": None, "policy": None, "reasons": []})
+    return copy.deepcopy({"action": action, "train": {}, "tune": None, "warm_start": None, "compress": [], "controller": None,
+                          "policy": None, "reasons": []})
 
 
 def log_plan(client, run_id: str, plan: dict, observation=None) -> dict:

@@ -26,6 +26,8 @@ class TrainResult:
     epochs_run: int = 0
     best_epoch: int = 0
     seconds: float = 0.0
+    start_val_loss: float | None = None  # warm start: the starting model's validation loss
+    kept_start: bool = False  # warm start: no epoch beat it, the starting weights were kept
 
     @property
     def best_val_accuracy(self) -> float:
@@ -38,23 +40,38 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.seconds, 3),
+            **({"start_val_loss": self.start_val_loss, "kept_start_weights": int(self.kept_start)} if self.start_val_loss is not None else {}),
         }
 
 
-def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: int = 0) -> TrainResult:
-    """Build, compile and fit a model; early stopping restores the best validation weights."""
+def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: int = 0, initial_model=None) -> TrainResult:
+    """Build, compile and fit a model; early stopping restores the best validation weights.
+
+    With ``initial_model`` (a Keras model, e.g. :func:`load_checkpoint` of the best tuning
+    trial) training continues from its weights for ``config.epochs`` more epochs, with a fresh
+    optimizer at ``config.learning_rate``; when no epoch beats its starting validation loss the
+    starting weights are kept (Keras' early stopping alone would keep the best *new* epoch).
+    """
     import keras
 
     from dlagent.ml.models import build_model, build_optimizer
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, splits.input_shape, splits.num_classes)
+    if initial_model is None:
+        model = build_model(config, splits.input_shape, splits.num_classes)
+    else:
+        _check_shapes(initial_model, splits)
+        model = initial_model
     model.compile(optimizer=build_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     all_callbacks = list(callbacks)
     if config.early_stopping_patience > 0:
         all_callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)
         )
+    start_val_loss, start_weights = None, None
+    if initial_model is not None:
+        start_val_loss = float(model.evaluate(splits.x_val, splits.y_val, verbose=0, batch_size=256)[0])
+        start_weights = model.get_weights()
     started = time.perf_counter()
     history = model.fit(
         splits.x_train,
@@ -69,7 +86,37 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
     val_loss = hist.get("val_loss", [])
     best_epoch = int(np.nanargmin(val_loss)) if val_loss and np.isfinite(val_loss).any() else max(len(val_loss) - 1, 0)
-    return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds)
+    kept_start = False
+    if start_weights is not None and not (val_loss and np.isfinite(val_loss[best_epoch]) and val_loss[best_epoch] < start_val_loss):
+        model.set_weights(start_weights)
+        kept_start = True
+        log.info("no epoch beat the starting validation loss %.4f: the starting weights are kept", start_val_loss)
+    return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
+                       start_val_loss=start_val_loss, kept_start=kept_start)
+
+
+def _check_shapes(model, splits: DatasetSplits) -> None:
+    expected_in, expected_out = tuple(splits.input_shape), splits.num_classes
+    got_in, got_out = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if got_in != expected_in or got_out != expected_out:
+        raise ConfigError("warm_start", f"the starting model takes {got_in} and predicts {got_out} classes; the data has "
+                          f"{expected_in} and {expected_out} classes.", "start from a checkpoint trained on this dataset, or train from scratch.")
+
+
+def load_checkpoint(model_uri: str, *, tracking_uri: str | None = None):
+    """Load a trial checkpoint (``runs:/<run>/checkpoint/model.keras``, a plain ``.keras`` file
+    artifact) in Keras safe mode; a missing or unreadable one raises :class:`ConfigError`."""
+    import keras
+    import mlflow
+
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError("warm_start", f"cannot load the checkpoint {model_uri!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                          "give the checkpoint URI of a trial run (runs:/<run id>/checkpoint/model.keras), or null to train from scratch.") from exc
 
 
 def evaluate(model, splits: DatasetSplits) -> dict:
@@ -86,13 +133,14 @@ def train(
     run_id: str | None = None,
     callbacks=(),
     log_model: bool = True,
+    initial_model=None,
 ) -> tuple[TrainResult, str | None]:
     """Fit a model and, when ``run_id`` is given, log params, per-epoch metrics and the model.
 
     Returns the result and the logged model's URI (``None`` without a run).
     """
     if run_id is None:
-        return fit(splits, config, callbacks=callbacks), None
+        return fit(splits, config, callbacks=callbacks, initial_model=initial_model), None
     from mlflow import MlflowClient
 
     from dlagent.ml import tracking
@@ -100,7 +148,7 @@ def train(
     client = MlflowClient(tracking_uri)
     tracking.log_params_safely(client, run_id, {**config.to_dict(), **_data_params(splits)})
     epoch_logger = tracking.mlflow_epoch_logger(client, run_id)
-    result = fit(splits, config, callbacks=[*callbacks, epoch_logger])
+    result = fit(splits, config, callbacks=[*callbacks, epoch_logger], initial_model=initial_model)
     tracking.log_metrics(client, run_id, result.metrics())
     log.info(
         "trained %s: %d epochs in %.1fs, best epoch %d, best val_accuracy %.4f",

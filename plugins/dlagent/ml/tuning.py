@@ -70,6 +70,10 @@ MEDIAN_STARTUP_TRIALS = 3  # the median pruner prunes nothing before this many t
 SETTINGS_ATTR = "dlagent.settings"  # study user attr holding the settings create_study recorded
 EPOCHS_ATTR = "epochs_run"  # trial user attr: epochs this trial trained
 TEST_ACCURACY_ATTR = "test_accuracy"  # trial user attr (only with record_test_accuracy=True)
+COPIED_ATTR = "dlagent.copied_from"  # trial user attr: "<study>#<number>" of a trial replayed from an earlier study
+SEEDED_ATTR = "dlagent.seeded_from"  # study user attr: the studies whose trials were replayed into it
+CHECKPOINT_TAG = "dlagent.checkpoint"  # MLflow tag on a trial run: artifact path of its saved model
+CHECKPOINT_PATH = "checkpoint/model.keras"
 
 _SPEC_KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -372,8 +376,13 @@ def create_study(
     min_resource: int = 1,
     max_resource: int | None = None,
     n_startup_trials: int | None = None,
+    seed_from: list | tuple | None = None,
 ) -> dict:
     """Create the study and its tables once (one task, before the workers); safe to re-run.
+
+    ``seed_from`` names earlier studies in the same storage (an agent's earlier tuning
+    rounds): their finished trials are replayed into the new study (:func:`seed_study`), so
+    its sampler starts from what they learnt and its pruner compares new trials with them.
 
     The settings are recorded on the study (user attr ``dlagent.settings``) so every worker
     tunes the same thing. A re-run with the same name and settings continues the study (never
@@ -404,9 +413,97 @@ def create_study(
             f"study {study_name!r} exists with different settings ({', '.join(f'{k}: {recorded.get(k)!r} -> {settings.get(k)!r}' for k in changed)}).",
             "use a new study name to tune something else, or the same settings to continue it.",
         )
-    counts = _state_counts(study.get_trials(deepcopy=False))
+    seeded = None
+    if seed_from:
+        seeded = seed_study(storage_url, study_name, seed_from)
+    counts = _state_counts(_own_trials(study.get_trials(deepcopy=False)))
     log.info("study %r %s in %s (%s)", study_name, "created" if created else "continued", redact_url(storage_url), counts)
-    return {"study_name": study_name, "created": created, "direction": direction, "metric": metric, "n_trials": counts}
+    out = {"study_name": study_name, "created": created, "direction": direction, "metric": metric, "n_trials": counts}
+    if seeded is not None:
+        out["seeded"] = seeded
+    return out
+
+
+def seed_study(storage_url: str, study_name: str, from_studies) -> dict:
+    """Replay the finished trials of ``from_studies`` into the (new) study ``study_name``.
+
+    Why: an agent tunes in rounds, each its own study (a narrowed space is a new study:
+    Optuna refuses to change a categorical's choices inside one). A fresh study's pruner has
+    nobody to compare with, so its first trials run to the end; its sampler knows nothing.
+    Replaying the earlier rounds' trials fixes both.
+
+    Each COMPLETE or PRUNED trial whose parameters all lie inside this study's space is
+    enqueued with those parameters, asked, its intermediate values reported again through
+    ``should_prune`` (so the pruner records them in this study's own brackets and rungs) and
+    told its original state and value. Copies carry the user attr ``dlagent.copied_from``
+    (``"<study>#<number>"``) and are left out of the trial counts, the ``n_trials`` target and
+    the epochs spent; trials outside the space are skipped. Runs once per study (user attr
+    ``dlagent.seeded_from``): a re-run or a retried task does not copy twice.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    if isinstance(from_studies, str) or not isinstance(from_studies, (list, tuple)) or not all(isinstance(n, str) and n for n in from_studies):
+        raise ConfigError("seed_from", f"must be a list of study names, got {from_studies!r}.", 'give e.g. ["dl_agent_pipeline__run1__tune"].')
+    storage = make_storage(storage_url, heartbeat_interval=None, create_tables=False)
+    reader = load_study(storage_url, study_name, storage=storage)
+    if reader.user_attrs.get(SEEDED_ATTR) is not None:
+        return {"copied": 0, "skipped": 0, "from": list(reader.user_attrs[SEEDED_ATTR]), "already_seeded": True}
+    settings = reader.user_attrs.get(SETTINGS_ATTR) or {}
+    space = settings.get("space")
+    if space is None:
+        raise ConfigError("search_space", f"study {study_name!r} records no search space to replay trials into.", "create it with a space.")
+    names = [n for n in from_studies if n != study_name]
+    missing = sorted(set(names) - set(optuna.study.get_all_study_names(storage)))
+    if missing:
+        raise ConfigError("seed_from", f"no study {missing[0]!r} in {redact_url(storage_url)}.", "name studies of the same storage (the earlier rounds').")
+    sources = {name: sorted(load_study(storage_url, name, storage=storage).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                            key=lambda t: t.number) for name in names}
+    # The workers' pruner: max_resource as recorded, else the training epochs (the longest trial seen).
+    max_resource = settings.get("max_resource") or max((max(t.intermediate_values, default=1) for ts in sources.values() for t in ts), default=1)
+    pruner = make_pruner(settings.get("pruner") or "hyperband", settings.get("min_resource") or 1, max_resource)
+    study = load_study(storage_url, study_name, sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner, storage=storage)
+    copied = skipped = 0
+    for name, olds in sources.items():
+        for old in olds:
+            if not _inside(old.params, space):
+                skipped += 1
+                continue
+            study.enqueue_trial({k: old.params[k] for k in space}, user_attrs={COPIED_ATTR: f"{name}#{old.number}"})
+            trial = study.ask()
+            suggest_params(trial, space)
+            for step in sorted(old.intermediate_values):
+                trial.report(old.intermediate_values[step], step)
+                trial.should_prune()  # records the value in this study's rungs; the old state stands
+            if old.state == TrialState.COMPLETE:
+                study.tell(trial, old.value)
+            else:
+                study.tell(trial, state=TrialState.PRUNED)
+            copied += 1
+    study.set_user_attr(SEEDED_ATTR, names)
+    log.info("study %r seeded with %d trials of %s (%d outside its space skipped)", study_name, copied, names, skipped)
+    return {"copied": copied, "skipped": skipped, "from": names, "already_seeded": False}
+
+
+def _inside(params: dict, space: dict) -> bool:
+    """Whether every parameter of ``space`` has a value in ``params`` that the space allows."""
+    for name, spec in space.items():
+        if name not in params:
+            return False
+        value = params[name]
+        if spec["type"] == "categorical":
+            if value not in spec["choices"]:
+                return False
+        elif not (isinstance(value, (int, float)) and spec["low"] - 1e-12 <= value <= spec["high"] + 1e-12):
+            return False
+        elif spec.get("step") and abs(((value - spec["low"]) / spec["step"]) - round((value - spec["low"]) / spec["step"])) > 1e-6:
+            return False
+    return True
+
+
+def _own_trials(trials) -> list:
+    """The trials a study ran itself, without the ones replayed from earlier studies."""
+    return [t for t in trials if COPIED_ATTR not in t.user_attrs]
 
 
 def _settings(metric, direction, space, sampler_name, pruner_name, seed, min_resource, max_resource, n_startup_trials) -> dict:
@@ -547,7 +644,7 @@ def run_worker(
             break
         with _study_lock(storage, study_name):
             _fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
+            trials = _own_trials(study.get_trials(deepcopy=False))
             counts = _state_counts(trials)
             finished = counts["COMPLETE"] + counts["PRUNED"]
             trial = None
@@ -574,7 +671,7 @@ def run_worker(
             record_test_accuracy=record_test_accuracy, callbacks=callbacks,
         ))
 
-    final = study.get_trials(deepcopy=False)
+    final = _own_trials(study.get_trials(deepcopy=False))
     result = {
         "study_name": study_name,
         "worker": worker,
@@ -730,6 +827,8 @@ def _run_trial(study, storage, trial, splits, base_config, space, metric, direct
                 state = TrialState.COMPLETE
                 if record_test_accuracy:
                     test_accuracy = evaluate(result.model, splits)["test_accuracy"]
+                if tracker is not None and run_id and _beats_best(study, value, direction):
+                    tracker.save_checkpoint(run_id, result.model)
             else:
                 reason = f"{metric} is {value}"
         except optuna.TrialPruned as exc:
@@ -790,6 +889,21 @@ class _TrialTracker:
         except Exception as exc:  # noqa: BLE001 - logging never kills training
             log.warning("could not open an MLflow run for trial %d: %s", trial.number, exc)
             return None
+
+    def save_checkpoint(self, run_id: str, model) -> None:
+        """Keep the weights of a new best trial as artifact ``checkpoint/model.keras`` (tag
+        ``dlagent.checkpoint``): a final training can start from them instead of from scratch.
+        Only new bests are saved, so a study stores a handful of small files, not one per trial."""
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="dlagent-checkpoint-") as folder:
+                path = Path(folder) / Path(CHECKPOINT_PATH).name
+                model.save(path)
+                self.client.log_artifact(run_id, str(path), str(Path(CHECKPOINT_PATH).parent))
+            self.client.set_tag(run_id, CHECKPOINT_TAG, CHECKPOINT_PATH)
+        except Exception as exc:  # noqa: BLE001 - a missing checkpoint only means a final training from scratch
+            log.warning("could not save the checkpoint of run %s: %s", run_id, exc)
 
     def epoch_logger(self, run_id: str):
         from dlagent.ml.tracking import mlflow_epoch_logger
@@ -857,8 +971,18 @@ def _best(study):
     return study.best_trial
 
 
+def _beats_best(study, value: float, direction: str) -> bool:
+    """Whether ``value`` beats every COMPLETE trial so far (replayed ones included)."""
+    best = _best(study)
+    if best is None:
+        return True
+    return value > best.value if direction == "maximize" else value < best.value
+
+
 def _summary_of(study) -> dict:
-    trials = study.get_trials(deepcopy=False)
+    """Counts and epochs of the study's own trials; the best trial may be a replayed one
+    (the best so far over the earlier rounds too)."""
+    trials = _own_trials(study.get_trials(deepcopy=False))
     best = _best(study)
     settings = study.user_attrs.get(SETTINGS_ATTR) or {}
     summary = {

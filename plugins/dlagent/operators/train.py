@@ -19,15 +19,19 @@ class TrainOperator(DlagentOperator):
     :param controller: an agent plan's ``controller`` section: the in-training controller
         (learning rate, momentum and gradient clipping on plateau or divergence); empty for none.
     :param data_options: ``label_column``, ``max_samples``, ``val_fraction``, ``test_fraction``.
+    :param warm_start: an agent plan's ``warm_start``: the URI of a tuning trial's saved weights
+        (``runs:/<run>/checkpoint/model.keras``) to continue from for ``epochs`` more epochs;
+        empty to train from scratch. The train run is tagged ``dlagent.warm_start``.
     """
 
-    template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "overrides", "data_options", "controller")
+    template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "overrides", "data_options", "controller", "warm_start")
     ui_color = "#fde8d8"
 
     def __init__(self, *, dataset: str = "digits", train_config: dict | None = None, overrides: dict | None = None,
-                 data_options: dict | None = None, controller: dict | None = None, **kwargs):
+                 data_options: dict | None = None, controller: dict | None = None, warm_start: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.controller = controller
+        self.warm_start = warm_start
         self.dataset = dataset
         self.train_config = train_config
         self.overrides = overrides
@@ -38,7 +42,8 @@ class TrainOperator(DlagentOperator):
         from dlagent.agent.controller import controller_from_plan
         from dlagent.ml.config import TrainConfig
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.training import train
+        from dlagent.agent.plan import validate_warm_start
+        from dlagent.ml.training import load_checkpoint, train
 
         merged = dict(self.train_config or {})
         for index, layer in enumerate(self.overrides if isinstance(self.overrides, (list, tuple)) else [self.overrides]):
@@ -49,12 +54,20 @@ class TrainOperator(DlagentOperator):
                                   "pass e.g. tune_summary.output['best_params'].")
             merged.update(layer)
         config = TrainConfig.from_dict(merged)
+        warm_start = validate_warm_start(self.warm_start or None)
         callbacks = controller_from_plan(self.controller or None)
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
         self.log.info("training %s on %s: %s%s", config.model, splits.summary(), config.to_dict(),
                       f"; in-training controller {self.controller}" if callbacks else "")
+        initial_model = None
+        if warm_start:
+            initial_model = load_checkpoint(warm_start, tracking_uri=self.hook.tracking_uri)
+            self.log.info("warm start: continuing from %s for %d more epochs", warm_start, config.epochs)
         with self.step_run(context, "train") as run_id:
-            result, model_uri = train(splits, config, tracking_uri=self.hook.tracking_uri, run_id=run_id, callbacks=callbacks)
+            if warm_start:
+                self.hook.client.set_tag(run_id, "dlagent.warm_start", warm_start)
+            result, model_uri = train(splits, config, tracking_uri=self.hook.tracking_uri, run_id=run_id, callbacks=callbacks,
+                                      initial_model=initial_model)
             for callback in callbacks:  # what the in-training controller changed, epoch by epoch, and why
                 changes = list(getattr(callback, "changes", []))
                 self.hook.client.log_dict(run_id, {"settings": self.controller, "changes": changes}, "controller_changes.json")

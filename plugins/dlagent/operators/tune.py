@@ -85,11 +85,12 @@ class CreateStudyOperator(_TuneBase):
     are pushed as XComs of their own.
     """
 
-    template_fields: Sequence[str] = (*_TuneBase.template_fields, "n_workers")
+    template_fields: Sequence[str] = (*_TuneBase.template_fields, "n_workers", "seed_studies")
 
-    def __init__(self, *, n_workers: int = 1, **kwargs):
+    def __init__(self, *, n_workers: int = 1, seed_studies: list | None = None, **kwargs):
         super().__init__(**kwargs)
         self.n_workers = n_workers
+        self.seed_studies = seed_studies
 
     def execute(self, context):
         return super().execute(context)["workers"]
@@ -104,8 +105,13 @@ class CreateStudyOperator(_TuneBase):
         if n_trials == 0:
             self.log.info("n_trials is 0: tuning is skipped, training uses the given settings")
             return {"study_name": name, "workers": [], "n_trials": 0, "search_space": space}
-        tuning.create_study(self.optuna_hook.storage_url, name, direction=self.direction, metric=self.metric, space=space,
-                            sampler_name=self.sampler, pruner_name=self.pruner, seed=base.seed, max_resource=base.epochs)
+        created = tuning.create_study(self.optuna_hook.storage_url, name, direction=self.direction, metric=self.metric, space=space,
+                                      sampler_name=self.sampler, pruner_name=self.pruner, seed=base.seed, max_resource=base.epochs,
+                                      seed_from=list(self.seed_studies) if self.seed_studies else None)
+        if created.get("seeded"):
+            seeded = created["seeded"]
+            self.log.info("replayed %d trials of %s into study %s (%d outside its space skipped)", seeded["copied"], seeded["from"],
+                          name, seeded["skipped"])
         self.log.info("study %s ready in %s: %d trials over %d workers, space %s", name, redact_url(self.optuna_hook.storage_url),
                       n_trials, workers, space)
         return {"study_name": name, "workers": list(range(workers)), "n_trials": n_trials, "search_space": space}

@@ -9,12 +9,22 @@ plan's ``train.learning_rate`` and ``train.epochs`` with it. Arms are every pair
 
 Choosing (deterministic given ``seed`` and the recorded rewards):
 
-* the value of an arm in a context is its mean reward there, shrunk toward its mean over
-  all contexts (``(sum_ctx + prior_weight * mean_all) / (n_ctx + prior_weight)``), so what
-  was learnt in one context helps in another; an arm never tried anywhere is tried first
-  (in arm order);
-* ``epsilon_greedy`` (default): with probability ``epsilon`` a random arm, else the best;
-  ``ucb``: the best of value + ``ucb_c`` * sqrt(ln(N + 1) / (n_ctx + 1)).
+* with no reward recorded yet, the **baseline arm** (``lr_x1-epochs_x1``: the rules' plan
+  unchanged) is played first: a new bandit starts where the rules are, never worse;
+* ``thompson`` (default): Thompson sampling on a Gaussian model of each arm's mean reward.
+  Its prior is an **additive model** fitted to every reward so far, ``baseline value +
+  effect of the arm's learning-rate factor + effect of its epoch factor`` (ridge-shrunk
+  toward 0, i.e. toward "as good as the rules"), so one bad ``lr_x0.5`` arm lowers every
+  ``lr_x0.5`` arm and a good ``lr_x2`` raises every ``lr_x2``: 9 arms are learnt from a few
+  runs instead of one run each. The prior's spread is ``prior_sd``; the arm's own rewards
+  in this context (noise ``noise_sd``, or the spread seen once there are enough) move it
+  from there. Each run samples every arm's posterior and plays the highest sample, so
+  exploration fades as the posteriors separate;
+* ``epsilon_greedy``: the value of an arm in a context is its mean reward there, shrunk
+  toward its mean over all contexts (``(sum_ctx + prior_weight * mean_all) / (n_ctx +
+  prior_weight)``), so what was learnt in one context helps in another; an arm never tried
+  anywhere is tried next (in arm order); with probability ``epsilon`` a random arm, else the
+  best; ``ucb``: the same values, the best of value + ``ucb_c`` * sqrt(ln(N + 1) / (n_ctx + 1)).
   Randomness comes from ``random.Random(f"{seed}|{number of rewards}|{context}")``.
 
 Rewarding: after the run the plan produced, call :meth:`LearningPolicy.update` with
@@ -48,7 +58,8 @@ from dlagent.agent.policies.rules import RulesPolicy, _finite, _num, _sig
 from dlagent.errors import ConfigError
 
 CONTEXTS = ("diverged", "overfit", "underfit", "improving", "plateau", "converged", "unknown")
-STRATEGIES = ("epsilon_greedy", "ucb")
+STRATEGIES = ("thompson", "epsilon_greedy", "ucb")
+BASELINE_SCALES = (1.0, 1.0)  # the arm that leaves the rules' plan as it is
 STATE_RUN_NAME = "agent-policy-state"
 STATE_KIND = "agent-policy-state"
 REWARD_PREFIX = "reward/"
@@ -187,9 +198,14 @@ class LearningPolicy(Policy):
 
     :param store: a state store (``MLflowStateStore`` in the pipeline; default in-memory).
     :param seed: makes choices reproducible.
-    :param strategy: ``epsilon_greedy`` or ``ucb``.
+    :param strategy: ``thompson`` (default), ``epsilon_greedy`` or ``ucb``.
     :param epsilon: exploration probability of ``epsilon_greedy``, in [0, 1].
     :param ucb_c: exploration weight of ``ucb``, >= 0.
+    :param prior_sd: ``thompson``: how far (in reward units) an arm may be from the additive
+        model's prediction before its own rewards are seen.
+    :param noise_sd: ``thompson``: the spread of one run's reward around its arm's mean,
+        used until 3 arms have 2 rewards each (then the pooled spread seen, floored at a tenth of this).
+    :param ridge: ``thompson``: shrinkage of the additive model's effects toward 0.
     :param prior_weight: how many context-specific rewards weigh as much as the all-context mean.
     :param accuracy_weight, time_weight, compute_weight: ``a``, ``b``, ``c`` of the reward.
     :param lr_scales, epoch_scales: the arms' factors.
@@ -199,8 +215,9 @@ class LearningPolicy(Policy):
     name = "learning"
     uses_store = True
 
-    def __init__(self, *, store=None, seed: int = 0, strategy: str = "epsilon_greedy", epsilon: float = 0.1,
-                 ucb_c: float = 1.0, prior_weight: float = 1.0, accuracy_weight: float = 100.0,
+    def __init__(self, *, store=None, seed: int = 0, strategy: str = "thompson", epsilon: float = 0.1,
+                 ucb_c: float = 1.0, prior_weight: float = 1.0, prior_sd: float = 1.0, noise_sd: float = 0.5,
+                 ridge: float = 1.0, accuracy_weight: float = 100.0,
                  time_weight: float = 0.001, compute_weight: float = 0.01,
                  lr_scales=(0.5, 1.0, 2.0), epoch_scales=(0.5, 1.0, 1.5), rules: dict | None = None):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -210,6 +227,9 @@ class LearningPolicy(Policy):
         _num("epsilon", epsilon, 0.0, 1.0)
         _num("ucb_c", ucb_c, 0.0, 1e6)
         _num("prior_weight", prior_weight, 0.0, 1e6)
+        _num("prior_sd", prior_sd, 0.0, 1e6, low_open=True)
+        _num("noise_sd", noise_sd, 0.0, 1e6, low_open=True)
+        _num("ridge", ridge, 0.0, 1e6, low_open=True)
         for name, value in (("accuracy_weight", accuracy_weight), ("time_weight", time_weight), ("compute_weight", compute_weight)):
             _num(name, value, 0.0, 1e9)
         for name, scales in (("lr_scales", lr_scales), ("epoch_scales", epoch_scales)):
@@ -228,6 +248,7 @@ class LearningPolicy(Policy):
         self.epsilon = float(epsilon)
         self.ucb_c = float(ucb_c)
         self.prior_weight = float(prior_weight)
+        self.prior_sd, self.noise_sd, self.ridge = float(prior_sd), float(noise_sd), float(ridge)
         self.weights = {"a": float(accuracy_weight), "b": float(time_weight), "c": float(compute_weight)}
         self.arms = {arm_name(lr, ep): (float(lr), float(ep)) for lr in lr_scales for ep in epoch_scales}
         self.rules = RulesPolicy(**(rules or {}))
@@ -296,8 +317,69 @@ class LearningPolicy(Policy):
             out[arm] = (sum_ctx + self.prior_weight * (sum_all / n_all)) / (n_ctx + self.prior_weight) if (n_ctx + self.prior_weight) else sum_all / n_all
         return out
 
-    def choose(self, context: str, stats: dict) -> tuple[str, str]:
-        """``(arm, why)`` for ``context`` given the statistics."""
+    @property
+    def baseline_arm(self) -> str | None:
+        """The arm that leaves the rules' plan unchanged, when it is one of the arms."""
+        return next((arm for arm, scales in self.arms.items() if scales == BASELINE_SCALES), None)
+
+    def additive_prior(self, records) -> dict:
+        """Each arm's predicted reward from every record: the baseline arm's value plus the
+        effects of its learning-rate factor and its epoch factor (ridge regression; factor 1
+        is the reference, so an effect never seen is 0: "as good as the rules")."""
+        import numpy as np
+
+        lr_levels = sorted({lr for lr, _ in self.arms.values() if lr != BASELINE_SCALES[0]})
+        ep_levels = sorted({ep for _, ep in self.arms.values() if ep != BASELINE_SCALES[1]})
+
+        def features(arm):
+            lr, ep = self.arms[arm]
+            return [1.0] + [float(lr == level) for level in lr_levels] + [float(ep == level) for level in ep_levels]
+
+        rows = [(features(arm), value) for _, arm, value in records if arm in self.arms]
+        x = np.array([r for r, _ in rows]).reshape(len(rows), 1 + len(lr_levels) + len(ep_levels))
+        y = np.array([v for _, v in rows])
+        penalty = self.ridge * np.eye(x.shape[1])
+        penalty[0, 0] = 1e-9  # the baseline value itself is not shrunk
+        beta = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+        return {arm: float(np.dot(features(arm), beta)) for arm in self.arms}
+
+    def posteriors(self, context: str, records) -> dict:
+        """``{arm: (mean, sd, n)}``: the additive prior updated with the arm's rewards in ``context``."""
+        import statistics
+
+        prior = self.additive_prior(records)
+        own: dict = {arm: [] for arm in self.arms}
+        for ctx, arm, value in records:
+            if ctx == context and arm in own:
+                own[arm].append(value)
+        noise = self.noise_sd
+        groups = [values for values in own.values() if len(values) >= 2]
+        if len(groups) >= 3:  # enough repeats to measure the noise itself
+            pooled = sum((len(v) - 1) * statistics.variance(v) for v in groups) / sum(len(v) - 1 for v in groups)
+            noise = max(pooled ** 0.5, self.noise_sd / 10)
+        out = {}
+        for arm in self.arms:
+            precision = 1 / self.prior_sd ** 2 + len(own[arm]) / noise ** 2
+            mean = (prior[arm] / self.prior_sd ** 2 + sum(own[arm]) / noise ** 2) / precision
+            out[arm] = (mean, precision ** -0.5, len(own[arm]))
+        return out
+
+    def choose(self, context: str, stats: dict, records=None) -> tuple[str, str]:
+        """``(arm, why)`` for ``context`` given the statistics (and, for ``thompson``, the records)."""
+        baseline = self.baseline_arm
+        if stats["n"] == 0 and baseline is not None:
+            return baseline, f"no reward recorded yet: start from the rules' plan (arm {baseline})"
+        if self.strategy == "thompson":
+            records = self.store.records() if records is None else records
+            rng = random.Random(f"{self.seed}|{stats['n']}|{context}")
+            posteriors = self.posteriors(context, records)
+            samples = {arm: rng.gauss(mean, sd) for arm, (mean, sd, _) in posteriors.items()}
+            arm = max(self.arms, key=lambda a: samples[a])
+            mean, sd, n = posteriors[arm]
+            best_mean = max(self.arms, key=lambda a: posteriors[a][0])
+            return arm, (f"Thompson sample {samples[arm]:.4g} is the highest (posterior mean {mean:.4g} +- {sd:.3g} from the additive "
+                         f"prior and {n} rewards of this arm here; {stats['n']} rewards in all; best mean: {best_mean} "
+                         f"{posteriors[best_mean][0]:.4g}) in context {context!r}")
         values = self.values(context, stats)
         untried = [arm for arm in self.arms if values[arm] is None]
         if untried:
@@ -327,8 +409,9 @@ class LearningPolicy(Policy):
         obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
         plan = self.rules.decide(obs)
         context = context_of(obs)
-        stats = self.statistics()
-        arm, why = self.choose(context, stats)
+        records = self.store.records()
+        stats = self.statistics(records)
+        arm, why = self.choose(context, stats, records)
         lr_scale, epoch_scale = self.arms[arm]
         current = {**TrainConfig().to_dict(), **obs.config, **plan["train"]}
         train = dict(plan["train"])

@@ -8,13 +8,22 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    ``learning_rate`` by ``divergence_lr_factor``; on a train/validation accuracy gap above
    ``gap_threshold`` raise ``dropout`` by ``dropout_step`` (up to ``max_dropout``); on an
    under-fitting plateau double ``units`` (up to ``max_units``).
+   **warm start**: when the best trial saved its weights (a checkpoint) and the final
+   training keeps its architecture, training continues from them instead of starting over
+   (``warm_start``): for ``still_improving_factor - 1`` x its epochs more when its validation
+   loss was still improving, else for ``early_stopping_patience`` epochs at
+   ``fine_tune_lr_factor`` x its learning rate (a fine-tuning step; the starting weights stay
+   when no epoch beats them). The trial already trained those weights: retraining them
+   from scratch repeats its epochs.
 2. **tune**: no completed trial -> a first round of ``initial_trials`` on the default space;
    otherwise add ``trials_per_round`` trials only while the best value improved by more than
    ``min_improvement`` over the last ``improvement_window`` trials (and ``max_trials`` is not
    reached), on a space narrowed around the best trial for the parameters the trials varied (``learning_rate`` in
    [best / ``search_width``, best x ``search_width``] on a log scale, ``dropout``/``momentum``
    +-0.1, ``units``/``filters``/``batch_size`` in [best / 2, best x 2], categoricals fixed).
-   ``n_workers`` = min(trials, free CPUs, ``max_workers``).
+   ``n_workers`` = min(trials, free CPUs, ``max_workers``). ``seed_studies`` lists the
+   studies seen so far: their trials are replayed into the new round's study, so its pruner
+   compares new trials with them and its sampler starts from what they learnt.
 3. **controller**: the in-training controller with a plateau patience of half the
    early-stopping patience (the learning rate drops before training stops).
 4. **compress**: with measured candidates, the smallest one whose accuracy is within
@@ -43,6 +52,7 @@ LOG_FLOATS = ("learning_rate",)
 LINEAR_FLOATS = {"dropout": (0.0, 0.9), "momentum": (0.0, 0.99)}
 LOG_INTS = {"units": 65_536, "filters": 4_096, "batch_size": 65_536}
 CATEGORICALS = ("model", "optimizer")
+ARCHITECTURE = ("model", "units", "filters")  # settings that change the weights' shapes
 
 
 class RulesPolicy(Policy):
@@ -55,7 +65,8 @@ class RulesPolicy(Policy):
                  gap_threshold: float = 0.05, dropout_step: float = 0.1, max_dropout: float = 0.5,
                  divergence_lr_factor: float = 0.3, max_epochs: int = 200, still_improving_factor: float = 1.5,
                  max_units: int = 1024, accuracy_budget_points: float = 1.0, min_champion_gain_points: float = 0.0,
-                 compress_candidates: list | None = None, max_workers: int | None = None):
+                 compress_candidates: list | None = None, max_workers: int | None = None, warm_start: bool = True,
+                 fine_tune_lr_factor: float = 0.3):
         _int("initial_trials", initial_trials, 0, 10_000)
         _int("trials_per_round", trials_per_round, 1, 10_000)
         _int("max_trials", max_trials, 1, 10_000)
@@ -73,6 +84,9 @@ class RulesPolicy(Policy):
         _num("min_champion_gain_points", min_champion_gain_points, 0.0, 100.0)
         if max_workers is not None:
             _int("max_workers", max_workers, 1, 256)
+        if not isinstance(warm_start, bool):
+            raise ConfigError("warm_start", f"must be true or false, got {warm_start!r}.", "give true to continue from the best trial's weights.")
+        _num("fine_tune_lr_factor", fine_tune_lr_factor, 0.0, 1.0, low_open=True)
         if compress_candidates is None:
             compress_candidates = [dict(c) for c in DEFAULT_CANDIDATES]
         from dlagent.agent.plan import validate_compress
@@ -98,6 +112,8 @@ class RulesPolicy(Policy):
         self.min_champion_gain_points = min_champion_gain_points
         self.compress_candidates = compress_candidates
         self.max_workers = max_workers
+        self.warm_start = warm_start
+        self.fine_tune_lr_factor = fine_tune_lr_factor
 
     # ------------------------------------------------------------------ decide
     def decide(self, observation) -> dict:
@@ -163,6 +179,8 @@ class RulesPolicy(Policy):
                 if units > current["units"]:
                     set_train("units", units, f"training accuracy {curve['final_accuracy']} < 0.9 on a plateau: under-fitting, a wider model")
 
+        warm_start = self._warm_start(obs, current, set_train, because)
+
         # 2. tune ----------------------------------------------------------------
         tune = self._tune(obs, because)
 
@@ -178,10 +196,43 @@ class RulesPolicy(Policy):
 
         # 5. action ---------------------------------------------------------------
         action = self._action(obs, tune, chosen, because)
-        return {"action": action, "train": train, "tune": tune, "compress": compress, "controller": controller,
+        return {"action": action, "train": train, "tune": tune, "warm_start": warm_start, "compress": compress, "controller": controller,
                 "policy": {"name": self.name, "arm": None, "context": None}, "reasons": reasons}
 
     # ------------------------------------------------------------------ parts
+    def _warm_start(self, obs: Observation, current: dict, set_train, because) -> str | None:
+        """The best trial's checkpoint when the final training can continue from it."""
+        best, curve = obs.best_trial, obs.main_curve
+        if not self.warm_start or best is None:
+            return None
+        if not best.get("checkpoint"):
+            because("warm_start=null", f"trial {best['number']} saved no weights: the final training starts from scratch")
+            return None
+        changed = sorted(k for k in ARCHITECTURE if k in best["params"] and best["params"][k] != current.get(k))
+        if changed:
+            diffs = ", ".join(f"{k} {best['params'][k]} -> {current[k]}" for k in changed)
+            because("warm_start=null", f"the final training changes the architecture ({diffs}): "
+                    "the trial's weights do not fit, it starts from scratch")
+            return None
+        if curve is None or curve["step"] != "trial" or curve["diverged"] or not curve["epochs"]:
+            because("warm_start=null", "no healthy learning curve of the best trial: the final training starts from scratch")
+            return None
+        trained = int(best.get("epochs_run") or curve["epochs"])
+        patience = int(current["early_stopping_patience"])
+        if curve["still_improving"]:
+            epochs = max(1, min(self.max_epochs, math.ceil(trained * (self.still_improving_factor - 1.0))))
+            set_train("epochs", epochs, f"warm start: trial {best['number']} trained {trained} epochs and its validation loss was still "
+                      f"improving: {epochs} more (x{self.still_improving_factor:g} in all)")
+        else:
+            epochs = max(1, min(self.max_epochs, patience))
+            lr = _sig(current["learning_rate"] * self.fine_tune_lr_factor)
+            set_train("epochs", epochs, f"warm start: trial {best['number']} converged (best validation loss at epoch "
+                      f"{curve['best_epoch'] + 1} of {curve['epochs']}): a fine-tuning of early_stopping_patience {patience} epochs")
+            set_train("learning_rate", lr, f"fine-tuning a converged model: learning_rate x{self.fine_tune_lr_factor:g}")
+        because(f"warm_start=trial {best['number']}", f"trial {best['number']} saved its weights ({best['checkpoint']}) and the final "
+                f"training keeps its architecture: continuing from them saves retraining its {trained} epochs")
+        return best["checkpoint"]
+
     def tuning_progress(self, obs: Observation) -> tuple[bool | None, float | None]:
         """``(improving, gain)`` of the best value over the last ``improvement_window`` trials.
 
@@ -212,11 +263,14 @@ class RulesPolicy(Policy):
             if self.initial_trials == 0:
                 because("tune=null", "no completed trial and initial_trials is 0")
                 return None
-            n = min(self.initial_trials, self.max_trials)
+            n = min(self.initial_trials, self.max_trials - done)
+            if n <= 0:
+                because("tune=null (no more trials)", f"max_trials {self.max_trials} reached ({done} trials, none completed)")
+                return None
             workers, why = self._workers(obs, n)
             because(f"tune.n_trials={n}", f"no completed trial yet ({done} trials seen): a first round on the default search space")
             because(f"tune.n_workers={workers}", why)
-            return {"n_trials": n, "n_workers": workers, "search_space": None}
+            return {"n_trials": n, "n_workers": workers, "search_space": None, "seed_studies": []}
         improving, gain = self.tuning_progress(obs)
         remaining = self.max_trials - done
         if not improving or remaining <= 0:
@@ -234,7 +288,11 @@ class RulesPolicy(Policy):
             f" (only {len(obs.best_value_history)} completed trials, fewer than improvement_window {self.improvement_window})"))
         because(f"tune.n_workers={workers}", why)
         because("tune.search_space narrowed", "around the best trial: " + "; ".join(notes) if notes else "no numeric parameter to narrow")
-        return {"n_trials": n, "n_workers": workers, "search_space": space or None}
+        seeds = sorted({t["study"] for t in obs.trials if t.get("study")})
+        if seeds:
+            because(f"tune.seed_studies={seeds}", "replay the trials seen so far into the new round's study: its pruner compares "
+                    "new trials with them (a fresh study lets its first trials run to the end) and its sampler starts from them")
+        return {"n_trials": n, "n_workers": workers, "search_space": space or None, "seed_studies": seeds}
 
     def narrow(self, params: dict) -> tuple[dict, list[str]]:
         """A search space around ``params`` (the best trial's), with one note per parameter."""
