@@ -14,8 +14,11 @@ seeds fit on 2 cores (``--model cnn`` for the Params' default model, several tim
   early stopping, evaluate on the test split. No agent.
 * **agent**: the rules policy decides after observing MLflow (a temporary SQLite store with
   the same runs the operators write): tuning in rounds (a first round of half the trials, then
-  more only while the best value still improves, on a space narrowed around the best trial),
-  then the final training's epochs (from the best trial's learning curve), dropout (on a
+  more only while the best value still improves, on a space narrowed around the best trial and
+  seeded with the earlier rounds' trials; each trial trains at most ``trial_epochs``, 0.4 x the
+  epochs by default, ``--trial-epochs-fraction`` to change it), then the final training, which
+  continues the best trial from its checkpoint (warm start), its epochs (from the best trial's
+  learning curve, less those the trial already ran), dropout (on a
   train/validation gap) and the in-training controller (learning rate on plateau, divergence
   recovery). Same budget: never more trials in total, nor more final-training epochs, than the
   static pipeline (``max_trials`` and ``max_epochs`` of the rules policy); it may use less.
@@ -32,7 +35,7 @@ plus noise, with ``lr_best`` twice the rules policy's learning rate (the rules a
 as learning-rate schedule work such as super-convergence suggests) and ``tau`` a quarter of the
 rules' epochs (accuracy saturates early). The reward is the learning policy's own formula
 ``a * (accuracy - baseline) - b * seconds - c * epochs`` with its default weights. The rules
-policy and the learning policy (default settings: 9 arms, epsilon-greedy) each make 10 plans
+policy and the learning policy (default settings: 9 arms, Thompson sampling) each make 10 plans
 in a row (the learning one is rewarded after each; its state is reloaded every run), repeated
 over ``--sim-repeats`` noise and policy seeds. ``learning_vs_rules_reward`` is the mean reward
 over those 10 runs, learning minus rules (exploration included);
@@ -82,14 +85,14 @@ def base_config(args, settings, seed: int):
 
 
 def tune(workdir: Path, study: str, splits, base, space, n_trials: int, seed: int, *, client=None, experiment_id=None,
-         parent_run_id=None, tracking_uri=None, seed_from=()) -> dict:
+         parent_run_id=None, tracking_uri=None, seed_from=(), min_resource=1) -> dict:
     """One tuning round: a new study (seeded with ``seed_from``'s trials), ``n_trials`` trials
-    (TPE + Hyperband over 1..epochs)."""
+    (TPE + Hyperband over min_resource..epochs)."""
     from dlagent.ml import tuning
 
     url = f"sqlite:///{workdir / 'optuna.db'}"
     tuning.create_study(url, study, space=space, sampler_name="tpe", pruner_name="hyperband", seed=seed, max_resource=base.epochs,
-                        seed_from=list(seed_from) or None)
+                        seed_from=list(seed_from) or None, min_resource=min_resource)
     tuning.run_worker(url, study, splits, base, None, n_trials, tracking_uri=tracking_uri, experiment_id=experiment_id,
                       parent_run_id=parent_run_id, worker_tags={"bench": "agent_vs_static"})
     return tuning.study_summary(url, study)
@@ -137,7 +140,8 @@ def agent_pipeline(workdir: Path, splits, base, settings, seed: int) -> dict:
     first = max(1, budget // 2)
     # The same budget as the static pipeline: at most its trials, at most its epochs for the final training.
     policy = RulesPolicy(initial_trials=first, trials_per_round=max(1, budget - first), max_trials=budget,
-                         improvement_window=max(1, first - 1), max_epochs=base.epochs, max_workers=1)
+                         improvement_window=max(1, first - 1), max_epochs=base.epochs, max_workers=1,
+                         **({"trial_epochs_fraction": settings["trial_epochs_fraction"]} if settings.get("trial_epochs_fraction") else {}))
     plan, _ = run_agent(client, experiment_id, parent, policy=policy, resources=RESOURCES)
     tuning_epochs, rounds, ran = 0, 0, 0
     # The bench also holds the budget itself: with no completed trial the rules ask for a first
@@ -146,9 +150,10 @@ def agent_pipeline(workdir: Path, splits, base, settings, seed: int) -> dict:
         space = plan["tune"]["search_space"] or tuning.default_search_space(base.model)
         study = f"agent-{seed}-round{rounds}"
         n_trials = min(plan["tune"]["n_trials"], budget - ran)
-        summary = tune(workdir, study, splits, base, space, n_trials, seed + rounds, client=client,
+        trial_base = base.replace(epochs=min(base.epochs, plan["tune"]["trial_epochs"] or base.epochs))
+        summary = tune(workdir, study, splits, trial_base, space, n_trials, seed + rounds, client=client,
                        experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracking_uri,
-                       seed_from=plan["tune"]["seed_studies"])
+                       seed_from=plan["tune"]["seed_studies"], min_resource=plan["tune"]["min_trial_epochs"] or 1)
         tuning_epochs += summary["epochs_total"]
         ran += n_trials
         _number_trials_across_rounds(client, experiment_id, study)
@@ -248,6 +253,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="1,000 samples, 5 epochs, 4 trials: a smoke run, not the figures")
     parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"], help="model of both pipelines (default mlp)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="data/model seeds (default 0 1 2)")
+    parser.add_argument("--trial-epochs-fraction", type=float, default=None,
+                        help="the rules policy's trial_epochs_fraction (default: the policy's own default)")
     parser.add_argument("--sim-repeats", type=int, default=20, help="repetitions of the 10 simulated runs")
     args = parser.parse_args(argv)
     data = Path(args.data)
@@ -258,6 +265,8 @@ def main(argv=None) -> int:
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds:
         settings["seeds"] = args.seeds
+    if args.trial_epochs_fraction is not None:
+        settings["trial_epochs_fraction"] = args.trial_epochs_fraction
     if len(settings["seeds"]) < 3 and not args.quick:
         print("[bench] give at least 3 seeds for the figures", file=sys.stderr)
         return 2
@@ -304,10 +313,11 @@ def main(argv=None) -> int:
     size_ratio = mean("agent", "size_bytes") / mean("static", "size_bytes")
     learning_vs_rules = sim["learning_mean_reward"] - sim["rules_mean_reward"]
     learning_after = sim["learning_reward_after"] - sim["rules_expected_reward"]
-    print(f"\n{'pipeline':<9}{'test acc (mean)':>16}{'per seed':>26}{'size bytes':>12}{'epochs':>8}{'tuning':>8}{'final':>7}{'trials':>7}{'wall s':>8}")
+    width = 2 + 7 * len(rows)
+    print(f"\n{'pipeline':<9}{'test acc (mean)':>16}{'per seed':>{width}}{'size bytes':>12}{'epochs':>8}{'tuning':>8}{'final':>7}{'trials':>7}{'wall s':>8}")
     for name in ("static", "agent"):
         per_seed = " ".join(f"{r[name]['test_accuracy']:.4f}" for r in rows)
-        print(f"{name:<9}{mean(name, 'test_accuracy'):>16.4f}{per_seed:>26}{mean(name, 'size_bytes'):>12.0f}{mean(name, 'total_epochs'):>8.1f}"
+        print(f"{name:<9}{mean(name, 'test_accuracy'):>16.4f}{per_seed:>{width}}{mean(name, 'size_bytes'):>12.0f}{mean(name, 'total_epochs'):>8.1f}"
               f"{mean(name, 'tuning_epochs'):>8.1f}{mean(name, 'epochs'):>7.1f}{mean(name, 'trials'):>7.1f}{mean(name, 'seconds'):>8.1f}")
     print(f"\nagent/static total epochs {epochs_ratio:.3f} (final training only {final_ratio:.3f}); size ratio {size_ratio:.3f}; "
           f"test accuracy agent - static {gain:+.2f} points")

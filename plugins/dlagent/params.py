@@ -61,6 +61,14 @@ def pipeline_params() -> dict[str, Param]:
                         description="Stops unpromising trials early from their per-epoch validation metric."),
         "tune_metric": Param("val_accuracy", type="string", enum=["val_accuracy", "val_loss"], title="Tuning objective",
                              description="Per-epoch validation metric the search optimises (accuracy up, loss down)."),
+        "tune_trial_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000, title="Epochs per trial",
+                                   description="Each tuning trial trains at most this many epochs (the search ranks settings on "
+                                               "short runs); empty for the training's epochs. The agent sets it on a retune, "
+                                               "when the final training continues the best trial's weights."),
+        "tune_min_trial_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000, title="Epochs before pruning",
+                                       description="No tuning trial is pruned before this many epochs (the pruner's first "
+                                                   "rung; at most the trial's epochs); empty for 1. The agent sets it with "
+                                                   "Epochs per trial."),
         "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
                                    description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "
                                                "run's study, so its pruner and sampler start from them. The agent sets it on a retune."),

@@ -188,3 +188,45 @@ def test_rules_respect_max_trials_when_no_trial_completed():
     obs = Observation(experiment_id="1", parent_run_id="p", trials=failed, resources=RESOURCES)
     assert RulesPolicy(initial_trials=8, max_trials=4).decide(obs)["tune"] is None
     assert RulesPolicy(initial_trials=8, max_trials=6).decide(obs)["tune"]["n_trials"] == 2
+
+
+def test_rules_short_trials_then_continue_the_best_one(history):
+    """With warm start, trials train trial_epochs_fraction x the epochs; a still-improving best
+    trial is continued for the rest of a from-scratch training's epochs."""
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    plan = validate_plan(RulesPolicy(improvement_window=2).decide(obs))
+    assert plan["tune"]["trial_epochs"] == 4  # 0.4 x the pipeline's 10 epochs
+    assert any(r["decision"] == "tune.trial_epochs=4" and "warm start" in r["because"] for r in plan["reasons"])
+    assert plan["tune"]["min_trial_epochs"] == 1  # 0.25 x 4 epochs: the pruner's first rung
+    assert RulesPolicy(improvement_window=2, min_trial_epochs_fraction=0.5).decide(obs)["tune"]["min_trial_epochs"] == 2
+    assert RulesPolicy(improvement_window=2, trial_epochs_fraction=0.3).decide(obs)["tune"]["trial_epochs"] == 3
+    assert RulesPolicy(improvement_window=2, trial_epochs_fraction=1.0).decide(obs)["tune"]["trial_epochs"] is None
+    cold = RulesPolicy(improvement_window=2, warm_start=False).decide(obs)["tune"]
+    assert cold["trial_epochs"] is None and cold["min_trial_epochs"] is None  # the trials' weights would be thrown away
+    first = RulesPolicy().decide(Observation(experiment_id="1", parent_run_id="p", config={"epochs": 20}, resources=RESOURCES))
+    assert first["tune"]["search_space"] is None and first["tune"]["trial_epochs"] == 8 and first["tune"]["min_trial_epochs"] == 2
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(ConfigError, match="^trial_epochs_fraction"):
+            RulesPolicy(trial_epochs_fraction=bad)
+        with pytest.raises(ConfigError, match="^min_trial_epochs_fraction"):
+            RulesPolicy(min_trial_epochs_fraction=bad)
+
+    # The best trial was cut off by trial_epochs while still improving (8 epochs, best at the last).
+    curve = analyze_curve({"loss": [1.0, 0.6, 0.45, 0.35, 0.3, 0.26, 0.23, 0.21], "val_loss": [1.0, 0.7, 0.55, 0.47, 0.42, 0.39, 0.37, 0.36],
+                           "accuracy": [0.7, 0.8, 0.85, 0.88, 0.9, 0.91, 0.915, 0.92], "val_accuracy": [0.7, 0.79, 0.84, 0.87, 0.89, 0.9, 0.905, 0.91]})
+    assert curve["still_improving"]
+    best = {"number": 0, "state": "COMPLETE", "value": 0.91, "params": {"learning_rate": 0.002}, "run_id": "t0", "epochs_run": 8,
+            "study": "s", "checkpoint": "runs:/t0/checkpoint/model.keras"}
+    cut = Observation(experiment_id="1", parent_run_id="p", config={"epochs": 20, "early_stopping_patience": 5}, trials=[best],
+                      best_trial=best, best_value_history=[0.91], curves=[{"run_id": "t0", "step": "trial", "params": {}, **curve}],
+                      resources=RESOURCES)
+    warm = validate_plan(RulesPolicy().decide(cut))
+    # From scratch: the configured 20 epochs (more than the curve's 8 x 1.5 + patience 5 = 17); the trial ran 8 of them,
+    # so 12 more (early stopping may end it sooner).
+    assert warm["warm_start"] == best["checkpoint"] and warm["train"] == {"epochs": 12, "learning_rate": 0.002}
+    assert RulesPolicy(max_epochs=10).decide(cut)["train"]["epochs"] == 10  # capped at max_epochs
+    cut.config["epochs"] = 10
+    assert RulesPolicy().decide(cut)["train"]["epochs"] == 9  # the curve's 17 - 8
+    cut.config["epochs"] = 11
+    assert RulesPolicy(max_epochs=11).decide(cut)["train"]["epochs"] == 5  # 11 - 8 = 3, but at least the patience

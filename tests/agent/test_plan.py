@@ -38,12 +38,15 @@ def test_valid_plan_is_normalized_and_serialized_deterministically():
     assert validate_plan(text) == plan  # a JSON string is accepted too
 
 
-def test_warm_start_and_seed_studies_round_trip():
+def test_warm_start_seed_studies_and_trial_epochs_round_trip():
     plan = validate_plan(good_plan(warm_start="runs:/abc123/checkpoint/model.keras",
-                                   tune={"n_trials": 3, "seed_studies": ["round0", "round1"]}))
+                                   tune={"n_trials": 3, "seed_studies": ["round0", "round1"], "trial_epochs": 10,
+                                         "min_trial_epochs": 3}))
     assert plan["warm_start"] == "runs:/abc123/checkpoint/model.keras"
     assert plan["tune"]["seed_studies"] == ["round0", "round1"] and plan["tune"]["n_workers"] == 1
+    assert plan["tune"]["trial_epochs"] == 10 and plan["tune"]["min_trial_epochs"] == 3
     assert validate_plan(good_plan())["tune"]["seed_studies"] == []
+    assert validate_plan(good_plan())["tune"]["trial_epochs"] is None  # trials train the full epochs
 
 
 def test_minimal_plan_gets_empty_sections():
@@ -72,6 +75,11 @@ def test_minimal_plan_gets_empty_sections():
         ({"tune": {"n_trials": 4, "search_space": {"optimizer": {"type": "categorical", "choices": ["adam", "lbfgs"]}}}}, "tune.search_space.optimizer"),
         ({"tune": {"n_trials": 4, "seed_studies": "round0"}}, "tune.seed_studies"),
         ({"tune": {"n_trials": 4, "seed_studies": ["round0", ""]}}, "tune.seed_studies"),
+        ({"tune": {"n_trials": 4, "trial_epochs": 0}}, "tune.trial_epochs"),
+        ({"tune": {"n_trials": 4, "trial_epochs": 2.5}}, "tune.trial_epochs"),
+        ({"tune": {"n_trials": 4, "trial_epochs": True}}, "tune.trial_epochs"),
+        ({"tune": {"n_trials": 4, "trial_epochs": 4, "min_trial_epochs": 5}}, "tune.min_trial_epochs"),
+        ({"tune": {"n_trials": 4, "min_trial_epochs": 0}}, "tune.min_trial_epochs"),
         ({"warm_start": "/tmp/model.keras"}, "warm_start"),
         ({"warm_start": 42}, "warm_start"),
         ({"warm_start": "runs:/abc/checkpoint/model keras"}, "warm_start"),

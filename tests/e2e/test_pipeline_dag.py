@@ -18,9 +18,10 @@ from tests.conftest import PROJECT_DIR
 
 pytestmark = pytest.mark.slow
 TINY_SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.03, "log": True}, "units": {"type": "int", "low": 16, "high": 64}}
-# Two mapped tuning workers share one 3-trial study, then train uses its best params.
+# Two mapped tuning workers share one 3-trial study of 3-epoch trials, then train uses its best params.
 TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e",
-             "n_trials": 3, "tuning_workers": 2, "search_space": TINY_SPACE}
+             "n_trials": 3, "tuning_workers": 2, "search_space": TINY_SPACE, "tune_trial_epochs": 3,
+             "tune_min_trial_epochs": 2}
 
 
 def _dags_test(env: dict, conf: dict) -> subprocess.CompletedProcess:
@@ -79,6 +80,8 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     trial_runs = client.search_runs([parent.info.experiment_id], f"tags.`optuna.study` = '{name}' and tags.`optuna.trial_number` != ''")
     assert {r.data.tags["airflow.map_index"] for r in trial_runs} <= {"0", "1"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
+    assert {r.data.params["epochs"] for r in trial_runs} == {str(TINY_CONF["tune_trial_epochs"])}  # the Param capped every trial
+    assert study.user_attrs["dlagent.settings"]["min_resource"] == TINY_CONF["tune_min_trial_epochs"]  # the pruner's first rung
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     # the agent's plan (decisions.json of the agent_plan run) re-parameterized training: the
     # final training run's MLflow params are the conf, then the best trial's, then the plan's

@@ -309,7 +309,8 @@ PLAN = {
     "action": "retune",
     "train": {"learning_rate": 0.002, "epochs": 8, "dropout": 0.3, "momentum": 0.5},
     "tune": {"n_trials": 8, "n_workers": 2, "search_space": {"learning_rate": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
-             "seed_studies": ["dl_agent_pipeline__manual__1"]},
+             "seed_studies": ["dl_agent_pipeline__manual__1"], "trial_epochs": 4,
+             "min_trial_epochs": 2},
     "compress": [{"quantization": "int8"}],
     "reasons": [{"decision": "x", "because": "y"}],
 }
@@ -325,6 +326,7 @@ def test_plan_becomes_a_pipeline_conf_with_only_accepted_params(mlflow_uri):
     assert conf["learning_rate"] == 0.002 and conf["epochs"] == 8 and conf["dropout"] == 0.3 and conf["dataset"] == "digits"
     assert conf["n_trials"] == 8 and conf["tuning_workers"] == 2 and conf["search_space"] == PLAN["tune"]["search_space"]
     assert conf["tune_seed_studies"] == ["dl_agent_pipeline__manual__1"]  # the retune's study replays this run's trials
+    assert conf["tune_trial_epochs"] == 4 and conf["tune_min_trial_epochs"] == 2  # its trials train 2 to 4 epochs
     assert "max_samples" not in conf  # an empty base value is not sent
     _, notes = pipeline_conf(PLAN, {"learning_rate"})
     assert any(note.startswith("epochs=8 left out") for note in notes)

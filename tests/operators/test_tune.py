@@ -57,6 +57,20 @@ def test_rerunning_create_study_continues_the_same_study(mlflow_uri, study_stora
     assert len(optuna.load_study(study_name="test_dag.manual__1", storage=study_storage).trials) == 3
 
 
+def test_trial_epochs_caps_every_trial_and_the_pruner(mlflow_uri, study_storage):
+    settings = {**SETTINGS, "train_config": {**SETTINGS["train_config"], "epochs": 4}, "n_trials": 2, "trial_epochs": 2,
+                "min_trial_epochs": 2}
+    CreateStudyOperator(task_id="create_study", **settings).execute(make_context("create_study"))
+    TuneOperator(task_id="tune", worker_index=0, **settings).execute(make_context("tune", map_index=0))
+    study = optuna.load_study(study_name="test_dag.manual__1", storage=study_storage)
+    assert study.user_attrs["dlagent.settings"]["max_resource"] == 2  # Hyperband's brackets follow the cap
+    assert study.user_attrs["dlagent.settings"]["min_resource"] == 2  # and its first rung, min_trial_epochs
+    assert len(study.trials) == 2 and all(max(t.intermediate_values) <= 2 for t in study.trials)
+    client = MlflowClient(mlflow_uri)
+    trial_runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`optuna.trial_number` != ''")
+    assert {r.data.params["epochs"] for r in trial_runs} == {"2"}
+
+
 def test_zero_trials_skips_tuning(mlflow_uri, study_storage):
     settings = {**SETTINGS, "n_trials": 0}
     assert CreateStudyOperator(task_id="create_study", **settings).execute(make_context("create_study")) == []
@@ -73,6 +87,8 @@ def test_zero_trials_skips_tuning(mlflow_uri, study_storage):
         ({"sampler": "annealing"}, "sampler"),
         ({"pruner": "sometimes"}, "pruner"),
         ({"n_trials": -1}, "n_trials"),
+        ({"trial_epochs": 0}, "trial_epochs"),
+        ({"trial_epochs": 2, "min_trial_epochs": 3}, "min_trial_epochs"),
     ],
 )
 def test_bad_tuning_input_is_refused_before_any_trial(mlflow_uri, study_storage, changes, words):

@@ -7,7 +7,9 @@ A plan is a plain dict (JSON-able, XCom-able) with these keys::
       "train": {"learning_rate": 0.003, "epochs": 14, "dropout": 0.3},    # TrainConfig overrides
       "tune": {"n_trials": 8, "n_workers": 2,                             # or null: no tuning
                "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 9e-4, "log": true}},
-               "seed_studies": ["<earlier round's study>"]},                # replayed into the new study
+               "seed_studies": ["<earlier round's study>"],                 # replayed into the new study
+               "trial_epochs": 8,                                            # or null: trials train the full epochs
+               "min_trial_epochs": 2},                                       # or null: the pruner may stop a trial after 1
       "compress": [{"sparsity": 0.8, "quantization": "int8"}],            # mapped candidates (width = length)
       "warm_start": "runs:/<trial run>/checkpoint/model.keras",           # or null: train from scratch
       "controller": {...ControllerSettings...},                            # or null: no in-training controller
@@ -43,11 +45,12 @@ from dlagent.validation import check_int
 
 ACTIONS = ("deploy", "retune", "stop")
 SECTIONS = ("action", "compress", "controller", "policy", "reasons", "train", "tune", "warm_start")
-TUNE_KEYS = ("n_trials", "n_workers", "search_space", "seed_studies")
+TUNE_KEYS = ("n_trials", "n_workers", "search_space", "seed_studies", "trial_epochs", "min_trial_epochs")
 WARM_START_SCHEMES = ("runs:/", "models:/")
 POLICY_KEYS = ("arm", "context", "name")
 MAX_TRIALS = 10_000
 MAX_WORKERS = 256
+MAX_EPOCHS = 10_000
 MAX_CANDIDATES = 32
 MAX_REASONS = 500
 MAX_TEXT = 2_000
@@ -136,8 +139,14 @@ def validate_tune(section) -> dict | None:
     if not isinstance(seeds, list) or len(seeds) > MAX_CANDIDATES or not all(isinstance(n, str) and 0 < len(n) <= 512 for n in seeds):
         raise ConfigError("tune.seed_studies", f"must be a list of at most {MAX_CANDIDATES} study names, got {seeds!r}.",
                           "name the earlier rounds' Optuna studies, or give [] for none.")
+    trial_epochs = section.get("trial_epochs")
+    if trial_epochs is not None:
+        trial_epochs = _int("tune.trial_epochs", trial_epochs, 1, MAX_EPOCHS)
+    min_trial_epochs = section.get("min_trial_epochs")
+    if min_trial_epochs is not None:
+        min_trial_epochs = _int("tune.min_trial_epochs", min_trial_epochs, 1, trial_epochs or MAX_EPOCHS)
     return {"n_trials": n_trials, "n_workers": n_workers, "search_space": validate_search_space(section.get("search_space")),
-            "seed_studies": list(seeds)}
+            "seed_studies": list(seeds), "trial_epochs": trial_epochs, "min_trial_epochs": min_trial_epochs}
 
 
 def validate_warm_start(value) -> str | None:

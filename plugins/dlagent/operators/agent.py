@@ -276,7 +276,8 @@ class PlanBranchOperator(BaseBranchOperator):
 # --------------------------------------------------------------------------- plan -> conf
 
 #: Where each part of a plan goes in a ``dl_agent_pipeline`` conf (kept only if it is a Param).
-TUNE_TO_PARAMS = {"n_trials": "n_trials", "n_workers": "tuning_workers", "search_space": "search_space", "seed_studies": "tune_seed_studies"}
+TUNE_TO_PARAMS = {"n_trials": "n_trials", "n_workers": "tuning_workers", "search_space": "search_space", "seed_studies": "tune_seed_studies",
+                  "trial_epochs": "tune_trial_epochs", "min_trial_epochs": "tune_min_trial_epochs"}
 SECTION_PARAMS = ("compress", "controller")
 
 
@@ -285,7 +286,7 @@ def pipeline_conf(plan: dict, accepted, base: dict | None = None) -> tuple[dict,
 
     ``base`` first (e.g. the observed run's settings), then the plan's ``train`` settings
     under their own names, its ``tune`` section as ``n_trials`` / ``tuning_workers`` /
-    ``search_space`` / ``tune_seed_studies`` (no tuning: ``n_trials`` 0), and ``compress`` / ``controller`` as is.
+    ``search_space`` / ``tune_seed_studies`` / ``tune_trial_epochs`` / ``tune_min_trial_epochs`` (no tuning: ``n_trials`` 0), and ``compress`` / ``controller`` as is.
     Only names in ``accepted`` (the pipeline's Params) are kept; ``notes`` says what was left
     out and why. Empty (``None``) base values are not sent.
     """

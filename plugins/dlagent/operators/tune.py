@@ -30,14 +30,15 @@ class _TuneBase(DlagentOperator):
 
     template_fields: Sequence[str] = (
         "experiment_name", "dataset", "data_options", "train_config", "search_space", "n_trials", "timeout_s",
-        "sampler", "pruner", "metric", "direction", "study_name",
+        "sampler", "pruner", "metric", "direction", "study_name", "trial_epochs", "min_trial_epochs",
     )
     operator_extra_links = (MLflowRunLink(), TuningStudyLink())
 
     def __init__(self, *, dataset: str = "digits", data_options: dict | None = None, train_config: dict | None = None,
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
                  sampler: str = "tpe", pruner: str = "hyperband", metric: str = "val_accuracy", direction: str = "maximize",
-                 study_name: str | None = None, optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
+                 study_name: str | None = None, trial_epochs: int | None = None, min_trial_epochs: int | None = None,
+                 optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
         self.dataset = dataset
         self.data_options = data_options
@@ -50,6 +51,8 @@ class _TuneBase(DlagentOperator):
         self.metric = metric
         self.direction = direction
         self.study_name = study_name
+        self.trial_epochs = trial_epochs
+        self.min_trial_epochs = min_trial_epochs
         self.optuna_conn_id = optuna_conn_id
 
     @cached_property
@@ -62,6 +65,11 @@ class _TuneBase(DlagentOperator):
         from dlagent.ml.config import TrainConfig
 
         base = TrainConfig.from_dict(self.train_config or {})
+        if self.trial_epochs not in (None, ""):
+            # Trials train at most trial_epochs (the study's max_resource follows): the search ranks settings on short runs.
+            base = base.replace(epochs=min(base.epochs, _int_field("trial_epochs", self.trial_epochs, low=1, high=10_000)))
+        if self.min_trial_epochs not in (None, ""):
+            _int_field("min_trial_epochs", self.min_trial_epochs, low=1, high=base.epochs)
         space = tuning.validate_search_space(self.search_space or tuning.default_search_space(base.model))
         n_trials = _int_field("n_trials", self.n_trials, low=0, high=10_000)
         timeout = None if self.timeout_s in (None, "", 0) else _int_field("timeout_s", self.timeout_s, low=1, high=7 * 24 * 3600)
@@ -107,6 +115,7 @@ class CreateStudyOperator(_TuneBase):
             return {"study_name": name, "workers": [], "n_trials": 0, "search_space": space}
         created = tuning.create_study(self.optuna_hook.storage_url, name, direction=self.direction, metric=self.metric, space=space,
                                       sampler_name=self.sampler, pruner_name=self.pruner, seed=base.seed, max_resource=base.epochs,
+                                      min_resource=int(self.min_trial_epochs) if self.min_trial_epochs not in (None, "") else 1,
                                       seed_from=list(self.seed_studies) if self.seed_studies else None)
         if created.get("seeded"):
             seeded = created["seeded"]

@@ -10,18 +10,24 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    under-fitting plateau double ``units`` (up to ``max_units``).
    **warm start**: when the best trial saved its weights (a checkpoint) and the final
    training keeps its architecture, training continues from them instead of starting over
-   (``warm_start``): for ``still_improving_factor - 1`` x its epochs more when its validation
-   loss was still improving, else for ``early_stopping_patience`` epochs at
-   ``fine_tune_lr_factor`` x its learning rate (a fine-tuning step; the starting weights stay
-   when no epoch beats them). The trial already trained those weights: retraining them
-   from scratch repeats its epochs.
+   (``warm_start``): when its validation loss was still improving, for the epochs a
+   from-scratch training would run less those the trial ran (at least
+   ``early_stopping_patience``; early stopping ends it sooner), else for
+   ``early_stopping_patience`` epochs at ``fine_tune_lr_factor`` x its learning rate (a
+   fine-tuning step; the starting weights stay when no epoch beats them). The trial already
+   trained those weights: retraining them from scratch repeats its epochs.
 2. **tune**: no completed trial -> a first round of ``initial_trials`` on the default space;
    otherwise add ``trials_per_round`` trials only while the best value improved by more than
    ``min_improvement`` over the last ``improvement_window`` trials (and ``max_trials`` is not
    reached), on a space narrowed around the best trial for the parameters the trials varied (``learning_rate`` in
    [best / ``search_width``, best x ``search_width``] on a log scale, ``dropout``/``momentum``
    +-0.1, ``units``/``filters``/``batch_size`` in [best / 2, best x 2], categoricals fixed).
-   ``n_workers`` = min(trials, free CPUs, ``max_workers``). ``seed_studies`` lists the
+   ``n_workers`` = min(trials, free CPUs, ``max_workers``). With warm start on, each trial
+   trains at most ``trial_epochs`` = ``trial_epochs_fraction`` x the training's epochs: the
+   search only ranks settings, and the winner goes on training from its checkpoint, so short
+   trials lose little and save most of the search's epochs; the pruner's first rung is then
+   ``min_trial_epochs`` = ``min_trial_epochs_fraction`` x those epochs (not epoch 1, whose
+   ranking is noisy). ``seed_studies`` lists the
    studies seen so far: their trials are replayed into the new round's study, so its pruner
    compares new trials with them and its sampler starts from what they learnt.
 3. **controller**: the in-training controller with a plateau patience of half the
@@ -66,7 +72,7 @@ class RulesPolicy(Policy):
                  divergence_lr_factor: float = 0.3, max_epochs: int = 200, still_improving_factor: float = 1.5,
                  max_units: int = 1024, accuracy_budget_points: float = 1.0, min_champion_gain_points: float = 0.0,
                  compress_candidates: list | None = None, max_workers: int | None = None, warm_start: bool = True,
-                 fine_tune_lr_factor: float = 0.3):
+                 fine_tune_lr_factor: float = 0.3, trial_epochs_fraction: float = 0.4, min_trial_epochs_fraction: float = 0.25):
         _int("initial_trials", initial_trials, 0, 10_000)
         _int("trials_per_round", trials_per_round, 1, 10_000)
         _int("max_trials", max_trials, 1, 10_000)
@@ -87,6 +93,8 @@ class RulesPolicy(Policy):
         if not isinstance(warm_start, bool):
             raise ConfigError("warm_start", f"must be true or false, got {warm_start!r}.", "give true to continue from the best trial's weights.")
         _num("fine_tune_lr_factor", fine_tune_lr_factor, 0.0, 1.0, low_open=True)
+        _num("trial_epochs_fraction", trial_epochs_fraction, 0.0, 1.0, low_open=True)
+        _num("min_trial_epochs_fraction", min_trial_epochs_fraction, 0.0, 1.0, low_open=True)
         if compress_candidates is None:
             compress_candidates = [dict(c) for c in DEFAULT_CANDIDATES]
         from dlagent.agent.plan import validate_compress
@@ -114,6 +122,8 @@ class RulesPolicy(Policy):
         self.max_workers = max_workers
         self.warm_start = warm_start
         self.fine_tune_lr_factor = fine_tune_lr_factor
+        self.trial_epochs_fraction = trial_epochs_fraction
+        self.min_trial_epochs_fraction = min_trial_epochs_fraction
 
     # ------------------------------------------------------------------ decide
     def decide(self, observation) -> dict:
@@ -179,10 +189,11 @@ class RulesPolicy(Policy):
                 if units > current["units"]:
                     set_train("units", units, f"training accuracy {curve['final_accuracy']} < 0.9 on a plateau: under-fitting, a wider model")
 
-        warm_start = self._warm_start(obs, current, set_train, because)
+        configured_epochs = int({**TrainConfig().to_dict(), **obs.config}["epochs"])
+        warm_start = self._warm_start(obs, current, set_train, because, configured_epochs=configured_epochs)
 
         # 2. tune ----------------------------------------------------------------
-        tune = self._tune(obs, because)
+        tune = self._tune(obs, because, configured_epochs=configured_epochs)
 
         # 3. controller ------------------------------------------------------------
         patience = max(1, int(current["early_stopping_patience"]) // 2)
@@ -200,7 +211,7 @@ class RulesPolicy(Policy):
                 "policy": {"name": self.name, "arm": None, "context": None}, "reasons": reasons}
 
     # ------------------------------------------------------------------ parts
-    def _warm_start(self, obs: Observation, current: dict, set_train, because) -> str | None:
+    def _warm_start(self, obs: Observation, current: dict, set_train, because, *, configured_epochs: int) -> str | None:
         """The best trial's checkpoint when the final training can continue from it."""
         best, curve = obs.best_trial, obs.main_curve
         if not self.warm_start or best is None:
@@ -220,9 +231,15 @@ class RulesPolicy(Policy):
         trained = int(best.get("epochs_run") or curve["epochs"])
         patience = int(current["early_stopping_patience"])
         if curve["still_improving"]:
-            epochs = max(1, min(self.max_epochs, math.ceil(trained * (self.still_improving_factor - 1.0))))
+            # What a from-scratch training would run (step 1's estimate, at least the configured
+            # epochs: a trial cut short by trial_epochs says little about when it would stop),
+            # less what the trial ran.
+            from_scratch = max(int(current["epochs"]), int(configured_epochs))
+            epochs = max(1, min(self.max_epochs, max(patience, from_scratch - trained)))
             set_train("epochs", epochs, f"warm start: trial {best['number']} trained {trained} epochs and its validation loss was still "
-                      f"improving: {epochs} more (x{self.still_improving_factor:g} in all)")
+                      f"improving: the {from_scratch} epochs of a from-scratch training (the curve's estimate or the configured "
+                      f"epochs, the larger) less those {trained} (at least early_stopping_patience {patience}); early stopping "
+                      "ends it sooner once it converges")
         else:
             epochs = max(1, min(self.max_epochs, patience))
             lr = _sig(current["learning_rate"] * self.fine_tune_lr_factor)
@@ -257,7 +274,24 @@ class RulesPolicy(Policy):
         return workers, f"{free if free is not None else 'unknown'} free CPUs of {total if total is not None else 'unknown'}, {n_trials} trials" + (
             f", max_workers {self.max_workers}" if self.max_workers else "")
 
-    def _tune(self, obs: Observation, because) -> dict | None:
+    def _trial_epochs(self, configured_epochs: int, because) -> dict:
+        """``trial_epochs`` (most epochs per trial: a fraction of the training's when the winner is
+        continued) and ``min_trial_epochs`` (the pruner's first rung for such short trials)."""
+        if not self.warm_start or self.trial_epochs_fraction >= 1.0:
+            return {"trial_epochs": None, "min_trial_epochs": None}
+        epochs = max(1, math.ceil(configured_epochs * self.trial_epochs_fraction))
+        if epochs >= configured_epochs:
+            return {"trial_epochs": None, "min_trial_epochs": None}
+        because(f"tune.trial_epochs={epochs}", f"trials train at most trial_epochs_fraction {self.trial_epochs_fraction:g} x the "
+                f"{configured_epochs} training epochs: the search only has to rank settings, and the final training continues the "
+                "best trial from its checkpoint (warm start) instead of paying for every trial's full run")
+        first = max(1, min(epochs, round(epochs * self.min_trial_epochs_fraction)))
+        because(f"tune.min_trial_epochs={first}", f"no trial is pruned before min_trial_epochs_fraction {self.min_trial_epochs_fraction:g} x "
+                f"its {epochs} epochs: a first rung at epoch 1 ranks short trials on one noisy epoch, and a fast starter "
+                "pushes out a better setting")
+        return {"trial_epochs": epochs, "min_trial_epochs": first}
+
+    def _tune(self, obs: Observation, because, *, configured_epochs: int) -> dict | None:
         done = len(obs.trials)
         if not obs.completed_trials:
             if self.initial_trials == 0:
@@ -270,7 +304,8 @@ class RulesPolicy(Policy):
             workers, why = self._workers(obs, n)
             because(f"tune.n_trials={n}", f"no completed trial yet ({done} trials seen): a first round on the default search space")
             because(f"tune.n_workers={workers}", why)
-            return {"n_trials": n, "n_workers": workers, "search_space": None, "seed_studies": []}
+            return {"n_trials": n, "n_workers": workers, "search_space": None, "seed_studies": [],
+                    **self._trial_epochs(configured_epochs, because)}
         improving, gain = self.tuning_progress(obs)
         remaining = self.max_trials - done
         if not improving or remaining <= 0:
@@ -292,7 +327,8 @@ class RulesPolicy(Policy):
         if seeds:
             because(f"tune.seed_studies={seeds}", "replay the trials seen so far into the new round's study: its pruner compares "
                     "new trials with them (a fresh study lets its first trials run to the end) and its sampler starts from them")
-        return {"n_trials": n, "n_workers": workers, "search_space": space or None, "seed_studies": seeds}
+        return {"n_trials": n, "n_workers": workers, "search_space": space or None, "seed_studies": seeds,
+                **self._trial_epochs(configured_epochs, because)}
 
     def narrow(self, params: dict) -> tuple[dict, list[str]]:
         """A search space around ``params`` (the best trial's), with one note per parameter."""
