@@ -11,7 +11,8 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    **warm start**: when the best trial saved its weights (a checkpoint) and the final
    training keeps its architecture, training continues from them instead of starting over
    (``warm_start``): when its validation loss was still improving, for the epochs a
-   from-scratch training would run less those the trial ran (at least
+   from-scratch training would run (the curve's estimate or the configured epochs, the
+   larger) less those the trial ran (at least
    ``early_stopping_patience``; early stopping ends it sooner), else for
    ``early_stopping_patience`` epochs at ``fine_tune_lr_factor`` x its learning rate (a
    fine-tuning step; the starting weights stay when no epoch beats them). The trial already
