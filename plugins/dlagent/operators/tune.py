@@ -26,7 +26,12 @@ def study_name_for(context) -> str:
 
 
 class _TuneBase(DlagentOperator):
-    """Shared arguments of the three tuning operators (all templated)."""
+    """Shared arguments of the three tuning operators (all templated).
+
+    ``trial_epochs`` caps each trial's epochs (the study's Hyperband ``max_resource`` follows)
+    and ``min_trial_epochs`` is the pruner's first rung (``min_resource``): the agent sets both
+    when the final training continues the best trial, so trials only have to rank settings.
+    """
 
     template_fields: Sequence[str] = (
         "experiment_name", "dataset", "data_options", "train_config", "search_space", "n_trials", "timeout_s",
