@@ -73,8 +73,7 @@ class _TuneBase(DlagentOperator):
         if self.trial_epochs not in (None, ""):
             # Trials train at most trial_epochs (the study's max_resource follows): the search ranks settings on short runs.
             base = base.replace(epochs=min(base.epochs, _int_field("trial_epochs", self.trial_epochs, low=1, high=10_000)))
-        if self.min_trial_epochs not in (None, ""):
-            _int_field("min_trial_epochs", self.min_trial_epochs, low=1, high=base.epochs)
+        self._first_rung(base)
         space = tuning.validate_search_space(self.search_space or tuning.default_search_space(base.model))
         n_trials = _int_field("n_trials", self.n_trials, low=0, high=10_000)
         timeout = None if self.timeout_s in (None, "", 0) else _int_field("timeout_s", self.timeout_s, low=1, high=7 * 24 * 3600)
@@ -83,6 +82,12 @@ class _TuneBase(DlagentOperator):
         if not isinstance(self.metric, str) or not self.metric:
             raise ConfigError("metric", f"must name a per-epoch metric such as 'val_accuracy', got {self.metric!r}.", "use val_accuracy or val_loss.")
         return base, space, n_trials, timeout
+
+    def _first_rung(self, base) -> int:
+        """The pruner's first rung (``min_trial_epochs``, validated against the trials' epochs); 1 when empty."""
+        if self.min_trial_epochs in (None, ""):
+            return 1
+        return _int_field("min_trial_epochs", self.min_trial_epochs, low=1, high=base.epochs)
 
     def _study_name(self, context) -> str:
         return self.study_name or study_name_for(context)
@@ -120,7 +125,7 @@ class CreateStudyOperator(_TuneBase):
             return {"study_name": name, "workers": [], "n_trials": 0, "search_space": space}
         created = tuning.create_study(self.optuna_hook.storage_url, name, direction=self.direction, metric=self.metric, space=space,
                                       sampler_name=self.sampler, pruner_name=self.pruner, seed=base.seed, max_resource=base.epochs,
-                                      min_resource=int(self.min_trial_epochs) if self.min_trial_epochs not in (None, "") else 1,
+                                      min_resource=self._first_rung(base),
                                       seed_from=list(self.seed_studies) if self.seed_studies else None)
         if created.get("seeded"):
             seeded = created["seeded"]

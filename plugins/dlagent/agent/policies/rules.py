@@ -138,6 +138,7 @@ class RulesPolicy(Policy):
             reasons.append({"decision": decision, "because": why})
 
         current = {**TrainConfig().to_dict(), **obs.config}
+        configured_epochs = int(current["epochs"])  # before the plan changes them
         train: dict = {}
 
         def set_train(name, value, why):
@@ -190,7 +191,6 @@ class RulesPolicy(Policy):
                 if units > current["units"]:
                     set_train("units", units, f"training accuracy {curve['final_accuracy']} < 0.9 on a plateau: under-fitting, a wider model")
 
-        configured_epochs = int({**TrainConfig().to_dict(), **obs.config}["epochs"])
         warm_start = self._warm_start(obs, current, set_train, because, configured_epochs=configured_epochs)
 
         # 2. tune ----------------------------------------------------------------
@@ -278,10 +278,8 @@ class RulesPolicy(Policy):
     def _trial_epochs(self, configured_epochs: int, because) -> dict:
         """``trial_epochs`` (most epochs per trial: a fraction of the training's when the winner is
         continued) and ``min_trial_epochs`` (the pruner's first rung for such short trials)."""
-        if not self.warm_start or self.trial_epochs_fraction >= 1.0:
-            return {"trial_epochs": None, "min_trial_epochs": None}
         epochs = max(1, math.ceil(configured_epochs * self.trial_epochs_fraction))
-        if epochs >= configured_epochs:
+        if not self.warm_start or epochs >= configured_epochs:
             return {"trial_epochs": None, "min_trial_epochs": None}
         because(f"tune.trial_epochs={epochs}", f"trials train at most trial_epochs_fraction {self.trial_epochs_fraction:g} x the "
                 f"{configured_epochs} training epochs: the search only has to rank settings, and the final training continues the "
