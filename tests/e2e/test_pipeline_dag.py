@@ -128,6 +128,19 @@ def test_pipeline_on_sqlite(tmp_path):
     assert len(trains) == 1  # only the good run's
 
 
+def test_pipeline_with_null_plan_sections(tmp_path):
+    """agent_policy off: the plan's warm_start and controller are null. The train task takes
+    them as None: a null section of the agent's plan must not fail its consumers (Airflow reads
+    a None XCom as a missing one unless the producer declares multiple_outputs)."""
+    mlflow_uri, optuna_url = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri, optuna_url=optuna_url)
+    result = _dags_test(env, {**TINY_CONF, "agent_policy": "off", "n_trials": 0})
+    assert result.returncode == 0 and "DagRun failed" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = _pipeline_runs(mlflow_uri)
+    assert runs["parent"].info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
+    assert "dlagent.warm_start" not in runs["train"].data.tags  # trained from scratch, as the null plan says
+
+
 @pytest.mark.postgres
 def test_pipeline_on_postgresql(tmp_path, postgres_databases):
     airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()

@@ -68,6 +68,10 @@ class AgentOperator(DlagentOperator):
     def __init__(self, *, phase: str = "plan", policy: str = "rules", policy_kwargs: dict | None = None,
                  champion_name: str | None = None, observe_run_id: str | None = None, fixed_resources: dict | None = None,
                  **kwargs):
+        # multiple_outputs: a null section (``warm_start``, ``tune``) reaches a downstream
+        # XComArg (``agent.output["warm_start"]``) as None; without it Airflow cannot tell a
+        # None XCom from a missing one and fails the consumer with XComNotFound.
+        kwargs.setdefault("multiple_outputs", True)
         super().__init__(**kwargs)
         self.phase = phase
         self.policy = policy
