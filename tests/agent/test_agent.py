@@ -104,6 +104,10 @@ def test_minimize_direction_and_nested_trials(history):
 def test_rules_lower_the_learning_rate_on_divergence():
     curve = analyze_curve({"loss": [1.0, 0.5, 3.0, float("nan")], "val_loss": [1.0, 0.6, 2.0, float("nan")]})
     assert curve["diverged"] and curve["divergence_epoch"] == 2
+    # A healthy model near zero loss: 0.01 -> 0.025 more than doubles, but gives back almost nothing of 1.5 -> 0.01.
+    spike = analyze_curve({"loss": [1.5, 0.3, 0.1, 0.03, 0.01, 0.025, 0.012], "val_loss": [1.0, 0.3, 0.15, 0.1, 0.09, 0.1, 0.09]})
+    assert not spike["diverged"] and spike["divergence_epoch"] is None
+    assert analyze_curve({"loss": [1.5, 0.1, 1.0]})["diverged"]  # 0.1 -> 1.0 gave back most of what it had learnt
     obs = Observation(experiment_id="1", parent_run_id="p", config={"learning_rate": 0.5},
                       curves=[{"run_id": "r", "step": "train", "params": {}, **curve}], resources=RESOURCES)
     plan = validate_plan(RulesPolicy().decide(obs))

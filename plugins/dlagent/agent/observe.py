@@ -380,7 +380,9 @@ def analyze_curve(history: dict, *, plateau_window: int = 3, plateau_tolerance: 
     ``epochs_since_best``, ``still_improving`` (best epoch is the last), ``plateau`` (the
     monitored loss improved by less than ``plateau_tolerance`` relative over the last
     ``plateau_window`` epochs), ``diverged`` (a non-finite loss, or the training loss above
-    ``divergence_factor`` x its best so far), ``overfitting``, ``underfitting``, and
+    ``divergence_factor`` x its best so far *and* having given back more than half of what it
+    had gained since the first epoch: near zero, 0.01 -> 0.025 is noise, not divergence),
+    ``overfitting``, ``underfitting``, and
     ``learning_rates`` (first/last logged).
     """
     loss = [float(v) for v in history.get("loss", [])]
@@ -393,8 +395,10 @@ def analyze_curve(history: dict, *, plateau_window: int = 3, plateau_tolerance: 
     diverged = any(not math.isfinite(v) for v in loss + val_loss)
     divergence_epoch = None
     best_so_far = math.inf
+    first = next((v for v in loss if math.isfinite(v)), math.inf)
     for i, value in enumerate(loss):
-        if not math.isfinite(value) or (best_so_far < math.inf and best_so_far > 0 and value > divergence_factor * best_so_far):
+        if not math.isfinite(value) or (best_so_far < math.inf and best_so_far > 0 and value > divergence_factor * best_so_far
+                                        and value > best_so_far + 0.5 * (first - best_so_far)):
             diverged = True
             divergence_epoch = i if divergence_epoch is None else divergence_epoch
         elif value < best_so_far:
