@@ -25,13 +25,16 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
         -c /opt/dlagent/requirements/constraints.txt
 
 # The package, installed in editable mode from /opt/airflow/plugins (pyproject.toml: packages
-# under plugins/): docker compose mounts ./plugins there, so the running code is the checkout's;
-# without that mount (Kubernetes), the copy baked in here is used. Its Airflow plugin registers
-# through the `airflow.plugins` entry point; plugins/.airflowignore keeps Airflow's plugin-folder
-# walk out of it.
+# under plugins/ and dev/): docker compose mounts ./plugins there, so the running code is the
+# checkout's; without that mount (Kubernetes), the copy baked in here is used. Its Airflow plugin
+# registers through the `airflow.plugins` entry point; plugins/.airflowignore keeps Airflow's
+# plugin-folder walk out of it. dev/ is the command line (`python -m dlagent_dev.cli rollback`);
+# Airflow never imports it.
 COPY --chown=airflow:0 pyproject.toml README.md /opt/airflow/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
-RUN pip install --no-cache-dir --no-deps -e /opt/airflow
+COPY --chown=airflow:0 dev/ /opt/airflow/dev/
+RUN pip install --no-cache-dir --no-deps -e /opt/airflow \
+    && rm -rf /opt/airflow/dlagent.egg-info /opt/airflow/plugins/dlagent.egg-info
 
 # DAGs and include/ baked in too (compose mounts the checkout's over them, read-only).
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/

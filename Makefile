@@ -17,50 +17,50 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	@# the installed entry point is the plugin; a second copy in plugins/ would register it twice
-	rm -rf plugins/dlagent.egg-info
+	@# the installed entry point is the plugin; a second copy of its metadata on sys.path would register it twice
+	rm -rf dlagent.egg-info plugins/dlagent.egg-info dev/dlagent.egg-info dev/dlagent_dev.egg-info
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 setup: install
-	$(PY) -m dlagent.cli setup
+	$(PY) -m dlagent_dev.cli setup
 
+# One line per task as it starts and ends; the full `airflow dags test` log goes to .dlagent/logs/.
 run: install
-	$(PY) -m dlagent.cli run --conf '$(CONF)'
+	$(PY) -m dlagent_dev.cli run --conf '$(CONF)'
 
+# The suite fails if it leaves a process running (tests/conftest.py: pytest_sessionfinish).
 test: install
-	$(PY) -m dlagent.cli setup
+	$(PY) -m dlagent_dev.cli setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The real services: Airflow api-server (UI), scheduler, dag-processor, triggerer and an
 # MLflow server; prints the URLs and the login. EXECUTOR=CeleryExecutor adds 2 Celery workers.
+# Ctrl-C (or SIGTERM) stops every service with its whole process group; a `make ui` that was
+# killed (SIGKILL) leaves its services, and the next one stops them first and reuses the ports.
 EXECUTOR ?= LocalExecutor
 ui: setup
-	$(PY) -m dlagent.cli ui --executor $(EXECUTOR)
+	$(PY) -m dlagent_dev.cli ui --executor $(EXECUTOR)
 
 lint: install
-	$(VENV)/bin/ruff check plugins dags tests bench
+	$(VENV)/bin/ruff check plugins dags tests bench dev
 
+# The MLflow UI on the stack's tracking store (MLFLOW_TRACKING_URI, else the embedded one).
+# mlflow-ui and serve run MLflow in a process group of their own: Ctrl-C ends all of it.
 mlflow-ui: install
-	@eval "$$($(PY) -m dlagent.cli env)"; \
-	uri=$${MLFLOW_TRACKING_URI:-sqlite:///$$DLAGENT_HOME/mlflow/mlflow.db}; \
-	echo "[dlagent] MLflow UI on http://127.0.0.1:5000 for $$uri"; \
-	$(VENV)/bin/mlflow ui --backend-store-uri "$$uri" --host 127.0.0.1 --port 5000
+	$(PY) -m dlagent_dev.cli mlflow-ui --port 5000
 
 MODEL_NAME ?= dlagent-classifier
 PORT ?= 5001
 
 # Serve the registered champion over HTTP (POST /invocations) with MLflow's scoring server.
 serve: install
-	@eval "$$($(PY) -m dlagent.cli env)"; \
-	export MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$$DLAGENT_HOME/mlflow/mlflow.db}; \
-	echo "[dlagent] serving models:/$(MODEL_NAME)@champion from $$MLFLOW_TRACKING_URI on http://127.0.0.1:$(PORT)"; \
-	$(VENV)/bin/mlflow models serve -m "models:/$(MODEL_NAME)@champion" --env-manager local --host 127.0.0.1 --port $(PORT)
+	$(PY) -m dlagent_dev.cli serve --model-name $(MODEL_NAME) --port $(PORT)
 
 # Move the alias champion back to previous and re-point the serving bundle.
 rollback: install
-	$(PY) -m dlagent.cli rollback --model-name $(MODEL_NAME)
+	$(PY) -m dlagent_dev.cli rollback --model-name $(MODEL_NAME)
 
 clean:
 	rm -rf .dlagent

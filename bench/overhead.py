@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
+sys.path.insert(0, str(PROJECT_DIR / "dev"))
 
 DIRECT = r"""
 import json, sys, tempfile, time
@@ -76,7 +76,6 @@ print("DIRECT " + json.dumps({"seconds": time.perf_counter() - start, "test_accu
                               "blessed": outcome["decision"]["blessed"]}))
 """
 
-TASK_LINE = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\w+)")
 
 
 def run_direct(conf: dict, workdir: Path) -> tuple[float, dict]:
@@ -90,9 +89,9 @@ def run_direct(conf: dict, workdir: Path) -> tuple[float, dict]:
 
 
 def _env(workdir: Path) -> dict:
-    from dlagent import cli
+    from dlagent_dev.env import stack_env
 
-    env = cli.stack_env({**os.environ, "DLAGENT_HOME": str(workdir / "home")})
+    env = stack_env({**os.environ, "DLAGENT_HOME": str(workdir / "home")})
     env["AIRFLOW_HOME"] = str(workdir / "airflow")
     env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{workdir / 'airflow' / 'airflow.db'}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'airflow-mlflow.db'}"
@@ -102,10 +101,11 @@ def _env(workdir: Path) -> dict:
 
 
 def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
-    from dlagent import cli
+    from dlagent_dev.env import setup
+    from dlagent_dev.progress import TASK_LINE
 
     env = _env(workdir)
-    cli.setup(env)  # migrate once, outside the timed part (a deployment has its DB already)
+    setup(env)  # migrate once, outside the timed part (a deployment has its DB already)
     airflow = str(Path(sys.executable).with_name("airflow"))
     started = time.perf_counter()
     out = subprocess.run([airflow, "dags", "test", "dl_agent_pipeline", "-c", json.dumps({**conf, "experiment_name": "overhead"})],
@@ -117,8 +117,8 @@ def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
     for line in out.stdout.splitlines():
         match = TASK_LINE.match(line)
         if match:
-            stamp = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
-            tasks.setdefault(match.group(3), {})["start" if match.group(2) == "starting" else "end"] = stamp
+            stamp = datetime.fromisoformat(match["at"].replace("Z", "+00:00")).timestamp()
+            tasks.setdefault(match["task"], {})["start" if match["event"] == "starting" else "end"] = stamp
     return wall, tasks
 
 

@@ -1,6 +1,6 @@
 """Scale-out: tuning trials per minute on CeleryExecutor with one Celery worker, then two.
 
-Each round starts the real services (`dlagent.stack.LocalStack`: api-server, scheduler,
+Each round starts the real services (`dlagent_dev.stack.LocalStack`: api-server, scheduler,
 dag-processor, triggerer, MLflow server) with CeleryExecutor, the Redis broker on this
 machine and 1 or 2 Celery workers (concurrency 1 each), on fresh PostgreSQL databases
 (Airflow metadata, MLflow store, Optuna study). It triggers dl_agent_pipeline through the
@@ -8,6 +8,8 @@ REST API with 2 mapped tuning workers sharing one study, and measures the tune t
 first start to last end, from Airflow's task instances. With one Celery worker the two
 mapped tune tasks run one after the other (the first one finishes the study); with two they
 run at once, on both workers. Prints which Celery worker ran which mapped task and trials.
+At the end it fails (exit 1) if any process it started is still running, and lists it
+(`dlagent_dev.procs`, the same check as the test suite's).
 
     python bench/scale_out.py                       # 16 trials of the digits CNN
     python bench/scale_out.py --trials 24 --epochs 10
@@ -27,6 +29,7 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
+sys.path.insert(0, str(PROJECT_DIR / "dev"))
 ADMIN_URL = os.environ.get("DLAGENT_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
@@ -73,7 +76,7 @@ def worker_of_each_task(log_dir: Path, run_id: str) -> dict[int, str]:
 
 def one_round(workers: int, conf: dict, broker_db: int) -> dict:
     import optuna
-    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
+    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
 
     airflow_db, mlflow_db, optuna_db = databases = create_databases(3)
     home = Path(tempfile.mkdtemp(prefix=f"dlagent-scale-{workers}-"))
@@ -110,6 +113,19 @@ def one_round(workers: int, conf: dict, broker_db: int) -> dict:
 
 
 def main() -> int:
+    from dlagent_dev import procs
+
+    session = procs.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
+    try:
+        return _main()
+    finally:
+        left = procs.end_session(session)
+        if left:
+            print(procs.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
+            sys.exit(1)
+
+
+def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=8)

@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated dlagent home, real MLflow stores, real PostgreSQL databases.
 
 Environment for Airflow is set before anything imports it, so the suite never touches a
-person's own ~/airflow or .dlagent/.
+person's own ~/airflow or .dlagent/. The session fails if it leaves a process running
+(``dlagent_dev.pytest_guard``: the hooks imported below).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from dlagent_dev import procs as dev_procs
+from dlagent_dev.pytest_guard import pytest_configure, pytest_sessionfinish  # noqa: F401 - the session's leftover check
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="dlagent-test-"))
@@ -109,7 +112,7 @@ RETRAIN = "dl_agent_retrain"
 
 def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
     """The live stack's environment: PostgreSQL stores, and dead tasks detected in a minute."""
-    from dlagent.stack import postgres_stack_env
+    from dlagent_dev.stack import postgres_stack_env
 
     return postgres_stack_env(
         home, airflow_db=airflow_db, mlflow_db=mlflow_db, optuna_db=optuna_db,
@@ -126,7 +129,7 @@ def live_stack(tmp_path_factory, session_postgres_databases):
     Started on first use, stopped at the end of the session whatever happens; `stack.api` is a
     logged-in REST client, and both pipeline DAGs are unpaused.
     """
-    from dlagent.stack import ADMIN_USER, AirflowApi, LocalStack, free_port
+    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port
 
     home = tmp_path_factory.mktemp("live")
     env = live_env(home, session_postgres_databases(), session_postgres_databases(), session_postgres_databases())
@@ -140,15 +143,48 @@ def live_stack(tmp_path_factory, session_postgres_databases):
         yield stack
 
 
+class Procs(list):
+    """The processes a test starts: ``append`` a ``Popen`` (or ``start`` a command, in a process
+    group of its own). Afterwards each one is stopped with everything it started: its whole
+    process group when it leads one (TERM, KILL after a grace period, until the group is empty),
+    else the process and its descendants."""
+
+    def __init__(self):
+        super().__init__()
+        self._leads_group: dict[int, bool] = {}
+
+    def append(self, proc) -> None:
+        info = dev_procs.read_process(proc.pid)
+        leads = info is not None and info.pgid == proc.pid
+        self._leads_group[proc.pid] = leads
+        if leads:
+            dev_procs.register_group(proc.pid)  # the session's leftover check looks there too
+        super().append(proc)
+
+    def extend(self, procs) -> None:
+        for proc in procs:
+            self.append(proc)
+
+    def start(self, command: list[str], **popen_kwargs):
+        proc = dev_procs.start(command, **popen_kwargs)
+        self.append(proc)
+        return proc
+
+    def stop(self, proc, *, grace: float = 10.0) -> list:
+        """Stop one of them now (e.g. a server taken down mid-test); returns what survived."""
+        return dev_procs.stop(proc, leads_group=self._leads_group.get(proc.pid, False), grace=grace)
+
+
 @pytest.fixture
 def procs():
-    """Processes a test starts (append them); any still running are killed afterwards."""
-    started: list = []
+    """Processes a test starts (append them, or ``procs.start(command)``); stopped afterwards with
+    whatever they started, and the test errors if any survives."""
+    started = Procs()
     yield started
+    survivors = []
     for proc in started:  # only the processes this test started
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        survivors += started.stop(proc)
+    assert not survivors, dev_procs.report(survivors, "process(es) survived SIGKILL")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """docker-compose.yaml describes the deployment the local stack runs, without a credential in it.
 
 No Docker engine runs here, so the file is parsed (PyYAML resolves the ``<<: *airflow-common``
-merge keys as Compose does) and checked against the local stack (``dlagent.stack``): the same
+merge keys as Compose does) and checked against the local stack (``dlagent_dev.stack``): the same
 services, the same command lines, the same ports. Compose's ``${VAR:-default}`` interpolation is
 resolved by a small helper below.
 """
@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from dlagent import stack
+from dlagent_dev import stack
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_DIR / "docker-compose.yaml"
 
-# compose service -> the local stack's service (dlagent.stack.service_commands)
+# compose service -> the local stack's service (dlagent_dev.stack.service_commands)
 STACK_SERVICE = {
     "airflow-apiserver": "api-server",
     "airflow-scheduler": "scheduler",
@@ -342,3 +342,6 @@ def test_dockerfile_extends_the_official_image():
                 assert "-r " in line and "-c " in line and "constraints.txt" in line
     assert pip_users and set(pip_users) == {"airflow"}, "pip runs as the airflow user"
     assert "--no-deps -e /opt/airflow" in text
+    # the command line (`python -m dlagent_dev.cli rollback`, docs/deploy.md) is in the image beside the plugin
+    assert {"COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/", "COPY --chown=airflow:0 dev/ /opt/airflow/dev/"} <= set(lines)
+    assert text.index("dev/ /opt/airflow/dev/") < text.index("--no-deps -e /opt/airflow")

@@ -33,7 +33,7 @@ def _dags_test(env: dict, conf: dict) -> subprocess.CompletedProcess:
 
 
 def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str, optuna_url: str) -> dict:
-    from dlagent import cli
+    from dlagent_dev import cli
 
     env = cli.stack_env()
     env.update({

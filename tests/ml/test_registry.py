@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,8 @@ from dlagent.ml.registry import (
     rollback,
     write_serving_bundle,
 )
-from dlagent.stack import free_port
+from dlagent_dev.procs import start, stop_group
+from dlagent_dev.stack import free_port
 
 NAME = "dlagent-digits"
 
@@ -271,10 +271,10 @@ def test_champion_answers_predictions_over_http(logged, models, digits_small, ml
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(
+        server = start(  # in a process group of its own
             [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
              "-p", str(port), "-h", "127.0.0.1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 120
@@ -299,10 +299,4 @@ def test_champion_answers_predictions_over_http(logged, models, digits_small, ml
             _post(f"http://127.0.0.1:{port}/invocations", {"inputs": [[1.0, 2.0]]})
         assert err.value.code == 400
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn worker it started
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
+        stop_group(server, grace=20)  # the CLI and the uvicorn worker it started, until none is left

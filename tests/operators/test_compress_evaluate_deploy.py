@@ -226,7 +226,7 @@ def test_rollback_by_cli_and_operator(pipeline_store, monkeypatch):
     register_champion(uri, third["model_uri"], NAME, idempotency_key="manual/3", run_id=third["run_id"], metrics=third["metrics"])
     assert get_champion(uri, NAME)["version"] == "3"
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri, "DLAGENT_DEPLOY_DIR": str(folder / "deploy")}
-    result = subprocess.run([sys.executable, "-m", "dlagent.cli", "rollback", "--model-name", NAME], env=env, cwd=PROJECT_DIR,
+    result = subprocess.run([sys.executable, "-m", "dlagent_dev.cli", "rollback", "--model-name", NAME], env=env, cwd=PROJECT_DIR,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "champion is now version 1 (was 3)" in result.stdout

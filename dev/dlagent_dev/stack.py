@@ -1,6 +1,6 @@
 """The real local stack: Airflow's services and an MLflow tracking server as processes.
 
-``make ui`` (``python -m dlagent.cli ui``) starts what a deployment runs — api-server,
+``make ui`` (``python -m dlagent_dev.cli ui``) starts what a deployment runs — api-server,
 scheduler, dag-processor, triggerer (LocalExecutor, or CeleryExecutor with workers) and
 ``mlflow server`` — natively on this machine, with the same commands as
 ``docker-compose.yaml``. The end-to-end tests start the very same :class:`LocalStack`.
@@ -9,6 +9,11 @@ Stores: the embedded SQLite files under ``$DLAGENT_HOME`` by default; PostgreSQL
 ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` (Airflow) and ``DLAGENT_MLFLOW_BACKEND_STORE_URI``
 (MLflow) say so. Secrets (the admin password, the JWT secret shared by all Airflow
 components) are generated once per home into ``0600`` files, never written in the repo.
+
+Each service runs in a process group of its own (:mod:`dlagent_dev.procs`), tagged with its
+home: :meth:`LocalStack.stop` ends every group and waits until it is empty, and
+:meth:`LocalStack.start` first stops what a killed earlier stack of the same home left running,
+so its ports are free again.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +30,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dlagent_dev import env as dev_env
+from dlagent_dev import procs
 
 ADMIN_USER = "admin"
 AIRFLOW_PORT = 8080
@@ -88,10 +95,9 @@ def postgres_stack_env(home: Path, *, airflow_db: str, mlflow_db: str, optuna_db
     deploy lock) each get one of the given ``postgresql+psycopg2://`` URLs; the metadata DB
     is migrated. ``extra`` variables are added. Used by the live tests and the benchmarks.
     """
-    from dlagent import cli
-
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_"))}
-    env = cli.stack_env({**base, "DLAGENT_HOME": str(home)})
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_")) or k == procs.SESSION_ENV}
+    env = dev_env.stack_env({**base, "DLAGENT_HOME": str(home)})
     env.update({
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
         "DLAGENT_MLFLOW_BACKEND_STORE_URI": mlflow_db,
@@ -99,7 +105,7 @@ def postgres_stack_env(home: Path, *, airflow_db: str, mlflow_db: str, optuna_db
         "DLAGENT_DEPLOY_DIR": str(Path(home) / "deploy"),
         **extra,
     })
-    cli.setup(env)
+    dev_env.setup(env)
     return env
 
 
@@ -168,9 +174,6 @@ class LocalStack:
             selected[f"celery-worker-{index + 1}"] = [*commands["celery-worker"], "--celery-hostname", f"worker{index + 1}@%h"]
         return selected
 
-    def _executable(self, program: str) -> str:
-        return str(Path(sys.executable).with_name(program))
-
     def _service_env(self, name: str) -> dict:
         """Each process that serves task logs gets its own port, so two stacks (or two Celery
         workers) on one machine do not fight over Airflow's defaults 8793/8794."""
@@ -181,19 +184,39 @@ class LocalStack:
         key = "TRIGGER_LOG_SERVER_PORT" if name == "triggerer" else "WORKER_LOG_SERVER_PORT"
         return {**self.env, f"AIRFLOW__LOGGING__{key}": str(self._log_ports[name])}
 
+    @property
+    def tag(self) -> str:
+        """What every process of this stack carries (``DLAGENT_PROC_TAG``): one per home."""
+        return f"stack:{self.home.resolve()}"
+
     def start_service(self, name: str) -> subprocess.Popen:
         """Start one service (again, after a crash or a kill); its output goes to stack-logs/<name>.log."""
         command = self.commands()[name]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
-        process = subprocess.Popen([self._executable(command[0]), *command[1:]], env=self._service_env(name), stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = procs.start([dev_env.executable(command[0]), *command[1:]], tag=self.tag, env=self._service_env(name),
+                              stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._stopped.discard(name)
         self.processes[name] = process
         return process
 
+    def stop_leftovers(self) -> list[procs.ProcInfo]:
+        """Stop the services an earlier stack of this home left running when it was killed
+        (SIGKILL gives it no chance to stop them), so their ports are free again.
+
+        Refuses (RuntimeError) while that stack's own process is alive: it is still in use.
+        """
+        stopped, owner = procs.stop_orphans(self.tag)
+        if owner:
+            raise RuntimeError(f"the services of {self.home} are running, started by process {owner.split(':')[0]} "
+                               f"(another `make ui`?): stop it first (Ctrl-C there, or kill {owner.split(':')[0]})")
+        return stopped
+
     def start(self, *, timeout: float = 180.0) -> None:
+        left = self.stop_leftovers()
+        if left:
+            print(f"[dlagent stack] stopped {len(left)} process(es) a killed earlier stack of {self.home} left running", flush=True)
         Path(self.artifacts_destination).mkdir(parents=True, exist_ok=True)
         for name in self.commands():
             self.start_service(name)
@@ -215,6 +238,7 @@ class LocalStack:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 with open(self.log_dir / f"{name}.log", "a") as log:
                     log.write(f"\n[dlagent stack] {name} exited with {process.returncode}; restart {self.restarts[name]}\n")
+                procs.stop_group(process)  # what the crashed service started may still hold its port
                 self.start_service(name)
                 restarted.append(name)
         return restarted
@@ -240,7 +264,8 @@ class LocalStack:
                 time.sleep(1.0)
 
     def stop_service(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 30.0, restart: bool = False) -> None:
-        """Stop one service: its whole process group (a scheduler's task processes too).
+        """Stop one service: its whole process group (a scheduler's task processes, MLflow's
+        uvicorn workers and job runners too), SIGKILL after ``timeout`` s, until none is left.
 
         ``restart=True`` lets the watchdog start it again (a crash); otherwise it stays down
         until :meth:`start_service`.
@@ -248,25 +273,26 @@ class LocalStack:
         if not restart:
             self._stopped.add(name)
         process = self.processes.get(name)
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        left = procs.stop_group(process, sig=sig, grace=timeout)  # also when the leader already exited
+        if left:
+            raise RuntimeError(f"{name}: still running after SIGKILL: {procs.report(left)}")
 
     def stop(self) -> None:
-        """End every service (TERM, then KILL after 30 s), the whole process group each."""
+        """End every service (TERM, then KILL after 30 s), the whole process group each, and
+        return when no process of any of them is left."""
         if getattr(self, "_stopping", None) is not None:
             self._stopping.set()
             self._watchdog.join(timeout=10)
+        failures = []
         for name in reversed(list(self.processes)):
-            self.stop_service(name)
+            try:
+                self.stop_service(name)
+            except RuntimeError as exc:  # stop the others all the same
+                failures.append(str(exc))
+        if failures:
+            raise RuntimeError("\n".join(failures))
 
     def tail_logs(self, lines: int = 15) -> str:
         parts = []

@@ -1,0 +1,436 @@
+"""Processes the tooling starts, how they end, and what is left when they did not.
+
+A long-lived service (``mlflow server``, ``airflow scheduler``, ...) starts helpers of its own:
+uvicorn workers, a job runner, huey consumers, task processes. Killing the service's own
+process leaves them running, reparented. So everything here works on **process groups**:
+
+* :func:`start` runs a command in a new session, hence its own process group, and records the
+  group (:func:`started_groups`);
+* :func:`stop_group` sends SIGTERM to the whole group, waits until no process of it is left
+  (a zombie does not count), then SIGKILL and waits again;
+* :func:`find_leftovers` lists live processes by group, by an environment mark inherited from a
+  session (:func:`begin_session`) and by a path in their command line; :func:`end_session` is
+  the check at the end of a test session or a benchmark;
+* a *tag* (``DLAGENT_PROC_TAG``, with the starting process in ``DLAGENT_PROC_OWNER``) lets a
+  later run find the services an earlier, killed one left behind (:func:`stop_orphans`).
+
+Linux only (it reads ``/proc``). Nothing here imports Airflow, MLflow or dlagent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Environment variable naming what a started service belongs to (e.g. ``stack:/path/to/home``).
+TAG_ENV = "DLAGENT_PROC_TAG"
+#: Environment variable naming the process that started it: ``<pid>:<start time in ticks>``.
+OWNER_ENV = "DLAGENT_PROC_OWNER"
+#: Environment variable every process of a session inherits (:func:`begin_session`).
+SESSION_ENV = "DLAGENT_SESSION_MARK"
+
+#: Variables that name the checkout a process works for; another path there means another checkout.
+CHECKOUT_ENV = ("AIRFLOW__CORE__DAGS_FOLDER", "DLAGENT_PROJECT_DIR")
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_started_groups: set[int] = set()
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """One process as ``/proc/<pid>/stat`` and ``cmdline`` show it."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    start_ticks: int
+    cmdline: str
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")  # a zombie has ended; only its parent's wait() is missing
+
+    @property
+    def age_s(self) -> float:
+        return max(0.0, _uptime() - self.start_ticks / _CLOCK_TICKS)
+
+    def describe(self) -> str:
+        return f"pid {self.pid} (group {self.pgid}, parent {self.ppid}, {self.age_s:.0f} s old): {self.cmdline[:300]}"
+
+
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return time.time() - _uptime()
+
+
+def read_process(pid: int) -> ProcInfo | None:
+    """The process ``pid``, or ``None`` when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    comm_end = stat.rindex(")")  # the command name may hold spaces and parentheses
+    fields = stat[comm_end + 2:].split()
+    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip() or f"[{stat[stat.index('(') + 1:comm_end]}]"
+    return ProcInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]), state=fields[0],
+                    start_ticks=int(fields[19]), cmdline=cmdline)
+
+
+def processes() -> list[ProcInfo]:
+    """Every live process (zombies left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = read_process(int(entry))
+            if info is not None and info.alive:
+                found.append(info)
+    return found
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with (empty when it is gone or not ours to read)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    pairs = (item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+    return dict(pairs)
+
+
+def ancestors(pid: int | None = None) -> set[int]:
+    """``pid`` (default: this process) and every process above it."""
+    pid = os.getpid() if pid is None else pid
+    chain = set()
+    while pid > 0 and pid not in chain:
+        chain.add(pid)
+        info = read_process(pid)
+        if info is None:
+            break
+        pid = info.ppid
+    return chain
+
+
+def descendants(pid: int) -> list[ProcInfo]:
+    """Live processes below ``pid`` (children, their children, ...)."""
+    children: dict[int, list[ProcInfo]] = {}
+    for info in processes():
+        children.setdefault(info.ppid, []).append(info)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child.pid)
+    return found
+
+
+def group_members(pgid: int) -> list[ProcInfo]:
+    """Live processes of process group ``pgid``."""
+    return [p for p in processes() if p.pgid == pgid]
+
+
+def owner_token(pid: int | None = None) -> str:
+    """``<pid>:<start time>`` of a process: names it even after its pid is reused."""
+    info = read_process(os.getpid() if pid is None else pid)
+    return f"{info.pid}:{info.start_ticks}" if info else ""
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process an :func:`owner_token` names still runs."""
+    pid, _, ticks = token.partition(":")
+    if not pid.isdigit():
+        return False
+    info = read_process(int(pid))
+    return info is not None and info.alive and str(info.start_ticks) == ticks
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def start(command: list[str], *, tag: str | None = None, **popen_kwargs) -> subprocess.Popen:
+    """Start ``command`` in a new session (its own process group) and record the group.
+
+    ``tag`` marks it and every process it starts (environment ``DLAGENT_PROC_TAG``, plus
+    ``DLAGENT_PROC_OWNER``: this process), so :func:`stop_orphans` finds them if this process
+    dies without stopping them. Other keyword arguments go to :class:`subprocess.Popen`.
+    """
+    popen_kwargs.setdefault("stdin", subprocess.DEVNULL)
+    if tag is not None:
+        env = dict(popen_kwargs.pop("env", None) or os.environ)
+        env.update({TAG_ENV: tag, OWNER_ENV: owner_token()})
+        popen_kwargs["env"] = env
+    process = subprocess.Popen(command, start_new_session=True, **popen_kwargs)
+    register_group(process.pid)
+    return process
+
+
+def register_group(pgid: int) -> None:
+    """Remember a process group started here (the session check looks for what is left of it)."""
+    _started_groups.add(int(pgid))
+
+
+def started_groups() -> frozenset[int]:
+    return frozenset(_started_groups)
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def _reap(process: subprocess.Popen | None) -> None:
+    if process is not None:
+        process.poll()
+
+
+def _wait_until(gone, timeout: float, process: subprocess.Popen | None) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(process)  # our own child is a zombie until waited for
+        if gone():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_group(target: subprocess.Popen | int, *, grace: float = 10.0, sig: int = signal.SIGTERM,
+               kill_wait: float = 10.0) -> list[ProcInfo]:
+    """End process group ``target`` (a :class:`~subprocess.Popen` that leads its group, or a pgid).
+
+    Sends ``sig`` (SIGTERM) to the whole group and waits up to ``grace`` seconds until no process
+    of it is left, then SIGKILL and up to ``kill_wait`` seconds more. Returns what is still alive
+    (normally nothing). Refuses this process's own group, which would end the caller.
+    """
+    process = target if isinstance(target, subprocess.Popen) else None
+    pgid = process.pid if process is not None else int(target)
+    if pgid <= 1 or pgid == os.getpgrp():
+        raise ValueError(f"refusing to stop process group {pgid}: it is this process's own (or init's)")
+    gone = lambda: not group_members(pgid)  # noqa: E731
+    if not gone():
+        _signal_group(pgid, sig)
+        if not _wait_until(gone, grace, process):
+            _signal_group(pgid, signal.SIGKILL)
+            _wait_until(gone, kill_wait, process)
+    if process is not None:
+        try:
+            process.wait(timeout=kill_wait)
+        except subprocess.TimeoutExpired:
+            pass
+    return group_members(pgid)
+
+
+def stop_tree(process: subprocess.Popen, *, grace: float = 10.0, kill_wait: float = 10.0) -> list[ProcInfo]:
+    """End a process that shares its group with others (e.g. with pytest) and everything below it.
+
+    Once it has exited (and was waited for) its pid may be reused and what it started is no longer
+    below it: nothing is done then (the session check finds such orphans).
+    """
+    if process.poll() is not None:
+        return []
+    members = [info for info in (read_process(process.pid), *descendants(process.pid)) if info is not None and info.alive]
+    keys = {(m.pid, m.start_ticks) for m in members}
+
+    def alive() -> list[ProcInfo]:
+        return [info for pid, ticks in keys if (info := read_process(pid)) and info.alive and info.start_ticks == ticks]
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
+        left = alive()
+        if not left:
+            break
+        for info in left:
+            try:
+                os.kill(info.pid, sig)
+            except ProcessLookupError:
+                pass
+        _wait_until(lambda: not alive(), wait, process)
+    try:
+        process.wait(timeout=kill_wait)
+    except subprocess.TimeoutExpired:
+        pass
+    return alive()
+
+
+def stop(process: subprocess.Popen, *, leads_group: bool | None = None, grace: float = 10.0) -> list[ProcInfo]:
+    """End ``process`` and what it started: its whole group when it leads one, else its tree."""
+    if leads_group is None:
+        info = read_process(process.pid)
+        leads_group = info is not None and info.pgid == process.pid
+    if leads_group:
+        return stop_group(process, grace=grace)
+    return stop_tree(process, grace=grace)
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def _is_init_like(info: ProcInfo | None) -> bool:
+    """pid 1, or a per-user service manager that adopts orphans (``systemd --user``)."""
+    return info is None or info.pid <= 1 or info.cmdline.split(" ", 1)[0].rsplit("/", 1)[-1] in ("systemd", "init")
+
+
+def find_leftovers(*, groups: Iterable[int] = (), env_mark: tuple[str, str] | None = None, path: str | Path | None = None,
+                   started_after: float | None = None) -> list[ProcInfo]:
+    """Live processes that belong to a run, except this process and its ancestors.
+
+    A process belongs when it is in one of ``groups``; or its environment holds ``env_mark``
+    (name, value); or its command line contains ``path``, it started after ``started_after`` (a
+    ``time.time()``), its environment names no other run (``env_mark``'s name with another value)
+    and no other checkout (:data:`CHECKOUT_ENV`), and it is this process's descendant or was
+    orphaned (every process above it up to init matches too). The last rule finds what was
+    started with an environment of its own without touching a person's own ``make run`` in the
+    same checkout (its parent ``make`` is alive).
+    """
+    mine = ancestors()
+    groups = set(groups)
+    path = str(path) if path is not None else None
+    after_ticks = None if started_after is None else (started_after - _boot_time()) * _CLOCK_TICKS
+    table = {info.pid: info for info in processes()}
+    envs: dict[int, dict] = {}
+
+    def env_of(pid: int) -> dict:
+        if pid not in envs:
+            envs[pid] = environ(pid)
+        return envs[pid]
+
+    def marked(info: ProcInfo) -> bool:
+        return env_mark is not None and env_of(info.pid).get(env_mark[0]) == env_mark[1]
+
+    def path_match(info: ProcInfo) -> bool:
+        if path is None or path not in info.cmdline:
+            return False
+        env = env_of(info.pid)
+        if any(env.get(name) and not env[name].startswith(path) for name in CHECKOUT_ENV):
+            return False  # another checkout's (e.g. a second clone that uses this one's interpreter)
+        value = env.get(env_mark[0]) if env_mark is not None else None
+        return value is None or value == env_mark[1]
+
+    def by_path(info: ProcInfo) -> bool:
+        if not path_match(info) or (after_ticks is not None and info.start_ticks < after_ticks):
+            return False
+        parent = table.get(info.ppid)
+        seen = set()
+        while not _is_init_like(parent) and parent.pid not in seen:
+            if parent.pid in mine:
+                return True  # below this process
+            if not (path_match(parent) or marked(parent) or parent.pgid in groups):
+                return False  # someone else's (a live `make` above it)
+            seen.add(parent.pid)
+            parent = table.get(parent.ppid)
+        return True  # orphaned
+
+    return [info for info in table.values()
+            if info.pid not in mine and (info.pgid in groups or marked(info) or by_path(info))]
+
+
+def stop_processes(found: Iterable[ProcInfo], *, grace: float = 10.0) -> list[ProcInfo]:
+    """Stop what :func:`find_leftovers` found: a whole process group when every process in it
+    was found, each process on its own otherwise. Returns what survived."""
+    found = list(found)
+    keys = {(p.pid, p.start_ticks) for p in found}
+    live = processes()
+    members: dict[int, list[ProcInfo]] = {}
+    for info in live:
+        members.setdefault(info.pgid, []).append(info)
+    own = {os.getpgrp(), 0, 1}
+    whole = {pgid for pgid in {p.pgid for p in found} - own
+             if all((m.pid, m.start_ticks) in keys for m in members.get(pgid, []))}
+    survivors = []
+    for pgid in whole:
+        survivors += stop_group(pgid, grace=grace)
+    singles = [p for p in found if p.pgid not in whole]
+
+    def alive(p: ProcInfo) -> bool:
+        now = read_process(p.pid)
+        return now is not None and now.alive and now.start_ticks == p.start_ticks
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        left = [p for p in singles if alive(p)]
+        for info in left:
+            try:
+                os.kill(info.pid, sig)
+            except ProcessLookupError:
+                pass
+        _wait_until(lambda: not any(alive(p) for p in singles), wait if left else 0, None)
+    return survivors + [p for p in singles if alive(p)]
+
+
+@dataclass(frozen=True)
+class Session:
+    """A test session or benchmark: the processes it starts inherit ``SESSION_ENV=token``."""
+
+    token: str
+    started: float
+    path: str | None
+
+    def leftovers(self) -> list[ProcInfo]:
+        return find_leftovers(groups=started_groups(), env_mark=(SESSION_ENV, self.token), path=self.path,
+                              started_after=self.started - 1.0)
+
+
+def begin_session(path: str | Path | None = None) -> Session:
+    """Mark this process's environment, so every process started from now on can be found.
+
+    ``path`` (usually the checkout) is also looked for in command lines, for processes started
+    with an environment of their own.
+    """
+    session = Session(token=uuid.uuid4().hex, started=time.time(), path=str(path) if path is not None else None)
+    os.environ[SESSION_ENV] = session.token
+    return session
+
+
+def report(found: Iterable[ProcInfo], what: str = "processes left running") -> str:
+    found = sorted(found, key=lambda p: (p.pgid, p.pid))
+    lines = [f"{len(found)} {what}:"] + [f"  {p.describe()}" for p in found]
+    return "\n".join(lines)
+
+
+def end_session(session: Session, *, stop_them: bool = True) -> list[ProcInfo]:
+    """What the session left running (listed before they are stopped, when ``stop_them``)."""
+    found = session.leftovers()
+    if found and stop_them:
+        stop_processes(found)
+    return found
+
+
+# --------------------------------------------------------------------------- tagged services
+
+
+def tagged(tag: str) -> list[ProcInfo]:
+    """Live processes started by :func:`start` with ``tag`` (and everything they started)."""
+    return [p for p in processes() if environ(p.pid).get(TAG_ENV) == tag]
+
+
+def stop_orphans(tag: str) -> tuple[list[ProcInfo], str | None]:
+    """Stop what an earlier run left under ``tag`` when that run is gone (killed).
+
+    Returns ``(stopped, None)``; or ``([], owner)`` without stopping anything when the run that
+    started them (``owner``, ``pid:ticks``) is still alive: it owns them.
+    """
+    found = [p for p in tagged(tag) if p.pid not in ancestors()]
+    owners = {environ(p.pid).get(OWNER_ENV, "") for p in found}
+    me = owner_token()
+    for owner in owners:
+        if owner and owner != me and owner_alive(owner):
+            return [], owner
+    stop_processes(found)
+    return found, None
