@@ -1,0 +1,138 @@
+"""``make ui`` (cli.run_ui + LocalStack) leaves no process behind: Ctrl-C, SIGTERM and SIGHUP
+stop every service with its whole process group; a ``make ui`` killed with SIGKILL leaves its
+services, and the next one of the same home stops them first and reuses the ports.
+
+The services are small HTTP servers with a helper process each (``tests/dev/fake_stack.py``);
+the code that starts, watches and stops them is the real one. The real services are started in
+tests/e2e and tests/reliability (``live_stack``).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from dlagent_dev import procs
+from dlagent_dev.stack import LocalStack, free_port
+
+from tests.conftest import PROJECT_DIR
+from tests.dev.fake_stack import FakeStack, fake_env
+
+
+class Ui:
+    """One `make ui` (the fake stack's driver) in a process group of its own, like a terminal's job."""
+
+    def __init__(self, home, airflow_port: int, mlflow_port: int):
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.dev.fake_stack", str(home), str(airflow_port), str(mlflow_port)],
+                                        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)
+        self.lines: list[str] = []
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            line = self.process.stdout.readline()
+            if not line:
+                pytest.fail(f"`make ui` exited ({self.process.wait()}) before {text!r}:\n" + "".join(self.lines))
+            self.lines.append(line)
+            assert time.monotonic() < deadline, f"no {text!r} in {timeout} s:\n" + "".join(self.lines)
+
+    def finish(self, timeout: float = 60) -> str:
+        rest, _ = self.process.communicate(timeout=timeout)
+        return "".join(self.lines) + rest
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now (servers set SO_REUSEADDR: TIME_WAIT does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def ui_setup(tmp_path):
+    home = tmp_path / "home"
+    tag = f"stack:{home.resolve()}"
+    ports = (free_port(), free_port())
+    started: list[Ui] = []
+    yield home, tag, ports, started
+    for ui in started:  # whatever happened: no driver, no service left
+        procs.stop_group(ui.process, grace=5)
+    procs.stop_orphans(tag)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
+def test_make_ui_stops_every_service_and_its_helpers_on(ui_setup, sig):
+    home, tag, ports, started = ui_setup
+    ui = Ui(home, *ports)
+    started.append(ui)
+    ui.wait_for("Airflow UI:")
+    services = procs.tagged(tag)
+    assert len(services) == 5  # 3 services, 2 of them with a helper process
+    assert not any(_port_free(port) for port in ports)
+    ui.process.send_signal(sig)
+    output = ui.finish()
+    assert ui.process.returncode == 0, output
+    assert "all services stopped" in output
+    assert procs.tagged(tag) == []  # run_ui returned only once every group was empty
+    assert all(_port_free(port) for port in ports)
+
+
+def test_a_killed_make_ui_leaves_its_services_and_the_next_one_stops_them_and_reuses_the_ports(ui_setup):
+    home, tag, ports, started = ui_setup
+    first = Ui(home, *ports)
+    started.append(first)
+    first.wait_for("Airflow UI:")
+    left = {p.pid for p in procs.tagged(tag)}
+    first.process.kill()  # SIGKILL: it cannot stop anything
+    first.process.wait()
+    assert {p.pid for p in procs.tagged(tag)} == left and not any(_port_free(port) for port in ports)
+
+    second = Ui(home, *ports)  # same home, same ports
+    started.append(second)
+    second.wait_for("Airflow UI:")
+    assert any(f"stopped {len(left)} process(es) a killed earlier stack" in line for line in second.lines), second.lines
+    assert not left & {p.pid for p in procs.tagged(tag)}  # the old ones are gone, the new ones serve the ports
+    second.process.send_signal(signal.SIGTERM)
+    assert second.finish() and second.process.returncode == 0
+    assert procs.tagged(tag) == [] and all(_port_free(port) for port in ports)
+
+
+def test_a_second_make_ui_of_a_running_home_refuses_and_touches_nothing(ui_setup):
+    home, tag, ports, started = ui_setup
+    first = Ui(home, *ports)
+    started.append(first)
+    first.wait_for("Airflow UI:")
+    running = {p.pid for p in procs.tagged(tag)}
+    second = Ui(home, free_port(), free_port())
+    started.append(second)
+    output = second.finish()
+    assert second.process.returncode != 0 and "are running, started by process" in output, output
+    assert {p.pid for p in procs.tagged(tag)} == running
+    first.process.send_signal(signal.SIGINT)
+    assert first.finish() and procs.tagged(tag) == []
+
+
+def test_stop_waits_until_each_services_group_is_empty_and_a_crashed_service_is_restarted_whole(tmp_path):
+    stack = FakeStack(fake_env(str(tmp_path / "home")), airflow_port=free_port(), mlflow_port=free_port())
+    assert isinstance(stack, LocalStack)
+    with stack:
+        mlflow = stack.processes["mlflow"]
+        helper = next(p for p in procs.group_members(mlflow.pid) if p.pid != mlflow.pid)
+        mlflow.kill()  # the service crashes; its helper lives on and would hold resources
+        deadline = time.monotonic() + 30
+        while stack.restarts.get("mlflow") != 1:
+            assert time.monotonic() < deadline, "the watchdog did not restart mlflow"
+            time.sleep(0.2)
+        assert procs.read_process(helper.pid) is None or not procs.read_process(helper.pid).alive
+        groups = [p.pid for p in stack.processes.values()]
+    assert all(procs.group_members(pgid) == [] for pgid in groups)
+    assert procs.tagged(stack.tag) == []
