@@ -65,12 +65,26 @@ def _pull(ti_key, key: str):
 
     In the worker ``ti_key`` is the running task instance (it can pull XComs); anywhere else
     (a ``TaskInstanceKey``) there is nothing to read and the link is empty.
+
+    A task does not push every key (a task without a child run has no ``mlflow_run``), and
+    asking Airflow for one XCom that does not exist makes its API client log an *error*
+    ("XCom not found") in the log of every task that ends well. So the key is first read for all
+    map indexes of the task at once (Airflow's sequence read: an empty answer, no error). A
+    mapped instance then takes the DAG run's parent run from any of them (it is the same run),
+    and asks for its own map index only when the key exists for some of them.
     """
     pull = getattr(ti_key, "xcom_pull", None)
     if pull is None:
         return None
+    values = pull(task_ids=ti_key.task_id, key=key)  # every map index; None when none pushed it
+    if values is None or values == []:
+        return None
     map_index = getattr(ti_key, "map_index", -1)
-    return pull(task_ids=ti_key.task_id, key=key, map_indexes=-1 if map_index is None else map_index)
+    if map_index is None or map_index < 0:
+        return values  # not mapped: the one value
+    if key == MLFLOW_PARENT_XCOM:
+        return values[0] if isinstance(values, list) else values
+    return pull(task_ids=ti_key.task_id, key=key, map_indexes=map_index)
 
 
 def _ref(value) -> dict | None:

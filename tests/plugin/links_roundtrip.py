@@ -32,10 +32,19 @@ class FailingStep(DlagentOperator):
             raise RuntimeError("diverged")
 
 
+class ParentOnly(DlagentOperator):
+    """Works on the DAG run's parent run and has no child run of its own (like validate or tune)."""
+
+    def run(self, context):
+        return {"parent_run_id": self.parent_run_id(context)}
+
+
 with DAG("dlagent_links_probe", schedule=None, start_date=pendulum.datetime(2026, 1, 1), tags=["test"]) as dag:
     Step(task_id="step", experiment_name="probe", retries=0)
     FailingStep(task_id="failing_step", experiment_name="probe", retries=0)
     Step.partial(task_id="mapped_step", retries=0).expand(experiment_name=["probe", "probe"])
+    ParentOnly(task_id="parent_only", experiment_name="probe", retries=0)
+    ParentOnly.partial(task_id="mapped_parent_only", retries=0).expand(experiment_name=["probe", "probe"])
 '''
 
 
@@ -58,7 +67,8 @@ def main(dags_folder: str) -> None:
     client = TestClient(create_app(apps="core"))
     headers = {"Authorization": f"Bearer {get_auth_manager().generate_jwt(SimpleAuthManagerUser(username='t', role='viewer'))}"}
     out = {"run_id": dag_run.run_id, "links": {}}
-    for task_id, map_index in (("step", -1), ("failing_step", -1), ("mapped_step", 0), ("mapped_step", 1)):
+    for task_id, map_index in (("step", -1), ("failing_step", -1), ("mapped_step", 0), ("mapped_step", 1), ("parent_only", -1),
+                               ("mapped_parent_only", 0), ("mapped_parent_only", 1)):
         base = f"/api/v2/dags/dlagent_links_probe/dagRuns/{dag_run.run_id}/taskInstances/{task_id}"
         if map_index >= 0:
             state = client.get(f"{base}/{map_index}", headers=headers).json()["state"]

@@ -24,17 +24,34 @@ from tests.plugin.conftest import DAG_ID, MODEL_NAME, RUN_ID
 UI = "http://127.0.0.1:5000"
 
 
-class RuntimeTI:
-    """What the task runner passes as ``ti_key`` at the end of a try: the task instance itself."""
+_ALL = object()
 
-    def __init__(self, context):
+
+class RuntimeTI:
+    """What the task runner passes as ``ti_key`` at the end of a try: the task instance itself.
+
+    ``xcom_pull`` answers as ``RuntimeTaskInstance.xcom_pull`` does: without ``map_indexes``,
+    the values of every map index (one value unwrapped, ``None`` when there is none: Airflow's
+    sequence read, which logs nothing); with ``map_indexes``, that one instance's value, and a
+    missing one is recorded in ``missing`` (Airflow's API client logs it as an error).
+    ``siblings`` holds other map indexes' XComs ({map_index: {key: value}}).
+    """
+
+    def __init__(self, context, siblings: dict | None = None):
         stub = context["ti"]
         self.dag_id, self.task_id, self.run_id, self.map_index = stub.dag_id, stub.task_id, stub.run_id, stub.map_index
-        self._xcoms = stub.xcoms
+        self._by_index = {**(siblings or {}), self.map_index: stub.xcoms}
+        self.missing: list[tuple[str, int]] = []
 
-    def xcom_pull(self, task_ids=None, key="return_value", *, map_indexes=None, **_):
-        assert (task_ids, map_indexes) == (self.task_id, self.map_index), "a link reads its own task instance's XComs"
-        return self._xcoms.get(key)
+    def xcom_pull(self, task_ids=None, key="return_value", *, map_indexes=_ALL, **_):
+        assert task_ids == self.task_id, "a link reads its own task's XComs"
+        if map_indexes is _ALL:
+            values = [xcoms[key] for _, xcoms in sorted(self._by_index.items()) if key in xcoms]
+            return None if not values else values[0] if len(values) == 1 else values
+        assert map_indexes == self.map_index, "a link reads its own task instance's XComs"
+        if key not in self._by_index[map_indexes]:
+            self.missing.append((key, map_indexes))
+        return self._by_index[map_indexes].get(key)
 
 
 def links(operator, context) -> dict:
@@ -141,6 +158,32 @@ def test_no_xcom_no_link():
     operator = FailingStep(task_id="train")
     for link in (MLflowRunLink(), TuningStudyLink(), RegisteredModelLink()):
         assert link.get_link(operator, ti_key=ti) == ""
+    assert ti.missing == []  # no single-XCom read of a key that is not there: no "XCom not found" error
+
+
+def test_a_task_without_a_child_run_links_its_parent_run_without_asking_for_the_missing_key(monkeypatch):
+    monkeypatch.setenv("DLAGENT_MLFLOW_UI_URL", UI)
+    context = make_context("validate_inputs")
+    context["ti"].xcom_push(key="mlflow_parent_run", value={"experiment_id": "1", "run_id": "parent"})
+    ti = RuntimeTI(context)
+    assert MLflowRunLink().get_link(FailingStep(task_id="validate_inputs"), ti_key=ti) == f"{UI}/#/experiments/1/runs/parent"
+    assert ti.missing == []
+
+
+def test_mapped_instances_link_their_own_child_run_and_the_shared_parent_run(monkeypatch):
+    monkeypatch.setenv("DLAGENT_MLFLOW_UI_URL", UI)
+    parent = {"experiment_id": "1", "run_id": "parent"}
+    siblings = {0: {"mlflow_parent_run": parent, "mlflow_run": {"experiment_id": "1", "run_id": "child-0"}},
+                2: {"mlflow_parent_run": parent, "mlflow_run": {"experiment_id": "1", "run_id": "child-2"}}}
+    operator = FailingStep(task_id="compress")
+    context = make_context("compress", map_index=1)
+    context["ti"].xcom_push(key="mlflow_parent_run", value=parent)
+    context["ti"].xcom_push(key="mlflow_run", value={"experiment_id": "1", "run_id": "child-1"})
+    assert MLflowRunLink().get_link(operator, ti_key=RuntimeTI(context, siblings)) == f"{UI}/#/experiments/1/runs/child-1"
+    tune = RuntimeTI(make_context("tune", map_index=1), {0: {"mlflow_parent_run": parent}})  # tune workers: no child run
+    assert MLflowRunLink().get_link(operator, ti_key=tune) == f"{UI}/#/experiments/1/runs/parent"
+    assert TuningStudyLink().get_link(operator, ti_key=tune) == f"{UI}/#/experiments/1/runs/parent/artifacts"
+    assert tune.missing == []
 
 
 def test_mlflow_ui_url_follows_the_setting_the_server_and_the_connection(monkeypatch, tmp_path):

@@ -131,3 +131,8 @@ def test_airflow_evaluates_the_links_when_a_task_ends_and_the_api_server_serves_
         assert run.data.tags["airflow.task_id"] == key.split("[")[0] and run.info.status == status
         assert run.data.tags["airflow.map_index"] == map_index  # each mapped instance links to its own run
         assert url.split("/")[-3] == run.info.experiment_id
+    parents = {links[key]["extra_links"]["MLflow run"] for key in ("parent_only", "mapped_parent_only[0]", "mapped_parent_only[1]")}
+    assert len(parents) == 1  # tasks without a child run link the DAG run's parent run
+    assert client.get_run(parents.pop().rsplit("/", 1)[1]).data.tags["dlagent.kind"] == "pipeline"
+    # evaluating the links of tasks that pushed no child run logs no "XCom not found" error
+    assert "XCom not found" not in result.stdout + result.stderr
