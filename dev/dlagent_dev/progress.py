@@ -137,9 +137,17 @@ def _tune_summary(v: dict) -> str:
     return f"best {v.get('metric', 'value')} {_pct(v['best_value'])} of {v.get('n_finished', '?')} finished trial(s)"
 
 
-def _agent(v: dict) -> str:
-    epochs = (v.get("train") or {}).get("epochs")
-    return f"action {v['action']}" + (f", train {epochs} epochs" if epochs else "")
+def _agent_plan(v: dict) -> str:
+    train = v.get("train") or {}
+    parts = [f"{train['epochs']} epochs" if train.get("epochs") else "",
+             f"learning rate {float(train['learning_rate']):.2g}" if train.get("learning_rate") else "",
+             "warm start" if v.get("warm_start") else "",
+             f"{len(v['compress'])} compression candidate(s)" if isinstance(v.get("compress"), list) else ""]
+    return "plan: train " + ", ".join(p for p in parts if p) if any(parts) else ""
+
+
+def _agent_decide(v: dict) -> str:
+    return f"decided: {v['action']}"
 
 
 def _train(v: dict) -> str:
@@ -179,7 +187,7 @@ def _finish(v: dict) -> str:
 
 HEADLINES: dict[str, Callable] = {
     "validate_inputs": _validate, "create_study": _create_study, "tune": _tune, "tune_summary": _tune_summary,
-    "agent_plan": _agent, "agent_decide": _agent, "train": _train, "compression_candidates": _candidates,
+    "agent_plan": _agent_plan, "agent_decide": _agent_decide, "train": _train, "compression_candidates": _candidates,
     "compress": _compress, "evaluate": _evaluate, "follow_plan": _follow, "deploy": _deploy, "finish": _finish,
     "retune_conf": lambda v: "conf of the follow-up run ready", "rollback": _deploy,
 }
