@@ -85,25 +85,28 @@ def base_config(args, settings, seed: int):
 
 
 def tune(workdir: Path, study: str, splits, base, space, n_trials: int, seed: int, *, client=None, experiment_id=None,
-         parent_run_id=None, tracking_uri=None, seed_from=(), min_resource=1) -> dict:
+         parent_run_id=None, seed_from=(), min_resource=1) -> dict:
     """One tuning round: a new study (seeded with ``seed_from``'s trials), ``n_trials`` trials
     (TPE + Hyperband over min_resource..epochs)."""
     from dlagent.ml import tuning
 
     url = f"sqlite:///{workdir / 'optuna.db'}"
-    tuning.create_study(url, study, space=space, sampler_name="tpe", pruner_name="hyperband", seed=seed, max_resource=base.epochs,
-                        seed_from=list(seed_from) or None, min_resource=min_resource)
-    tuning.run_worker(url, study, splits, base, None, n_trials, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                      parent_run_id=parent_run_id, worker_tags={"bench": "agent_vs_static"})
+    settings = tuning.StudySettings(space=space, sampler="tpe", pruner="hyperband", seed=seed, max_resource=base.epochs,
+                                    min_resource=min_resource)
+    tuning.create_study(url, study, settings, seed_from=list(seed_from) or None)
+    worker = tuning.WorkerSettings(storage_url=url, study_name=study, base_config=base, n_trials=n_trials, experiment_id=experiment_id,
+                                   parent_run_id=parent_run_id, worker_tags={"bench": "agent_vs_static"})
+    tuning.run_worker(worker, splits, client=client)
     return tuning.study_summary(url, study)
 
 
-def final_training(splits, config, callbacks=(), *, warm_start=None, tracking_uri=None) -> dict:
+def final_training(splits, config, callbacks=(), *, warm_start=None, client=None) -> dict:
     import keras
     from dlagent.ml.evaluation import keras_model_size
-    from dlagent.ml.training import evaluate, fit, load_checkpoint
+    from dlagent.ml.model_store import load_checkpoint
+    from dlagent.ml.training import evaluate, fit
 
-    initial = load_checkpoint(warm_start, tracking_uri=tracking_uri) if warm_start else None
+    initial = load_checkpoint(client, warm_start) if warm_start else None
     result = fit(splits, config, callbacks=list(callbacks), initial_model=initial)
     out = {"test_accuracy": evaluate(result.model, splits)["test_accuracy"], "size_bytes": keras_model_size(result.model),
            "epochs": result.epochs_run, "config": config.to_dict()}
@@ -152,7 +155,7 @@ def agent_pipeline(workdir: Path, splits, base, settings, seed: int) -> dict:
         n_trials = min(plan["tune"]["n_trials"], budget - ran)
         trial_base = base.replace(epochs=min(base.epochs, plan["tune"]["trial_epochs"] or base.epochs))
         summary = tune(workdir, study, splits, trial_base, space, n_trials, seed + rounds, client=client,
-                       experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracking_uri,
+                       experiment_id=experiment_id, parent_run_id=parent,
                        seed_from=plan["tune"]["seed_studies"], min_resource=plan["tune"]["min_trial_epochs"] or 1)
         tuning_epochs += summary["epochs_total"]
         ran += n_trials
@@ -163,8 +166,7 @@ def agent_pipeline(workdir: Path, splits, base, settings, seed: int) -> dict:
                  if r.data.tags.get("optuna.state") in ("COMPLETE", "PRUNED"))
     decisions = [f"{r['decision']}: {r['because']}" for r in plan["reasons"]]
     config = base.replace(**plan["train"])
-    final = final_training(splits, config, controller_from_plan(plan["controller"]), warm_start=plan["warm_start"],
-                           tracking_uri=tracking_uri)
+    final = final_training(splits, config, controller_from_plan(plan["controller"]), warm_start=plan["warm_start"], client=client)
     return {**final, "tuning_epochs": tuning_epochs, "trials": trials, "rounds": rounds,
             "total_epochs": tuning_epochs + final["epochs"], "seconds": time.perf_counter() - started, "decisions": decisions}
 

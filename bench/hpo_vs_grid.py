@@ -84,10 +84,10 @@ def run_optuna(splits, plan, workdir: Path, name: str, pruner: str, *, n_trials:
     max_resource = max(plan["epochs"])
     url = f"sqlite:///{workdir / name}.db"
     started = time.perf_counter()
-    tuning.create_study(url, name, space=space, sampler_name="tpe", pruner_name=pruner, seed=0,
-                        min_resource=1, max_resource=max_resource, n_startup_trials=N_STARTUP_TRIALS)
-    tuning.run_worker(url, name, splits, TrainConfig(**BASE, epochs=max_resource), None, n_trials,
-                      max_epochs=max_epochs, record_test_accuracy=True)
+    tuning.create_study(url, name, tuning.StudySettings(space=space, sampler="tpe", pruner=pruner, seed=0, min_resource=1,
+                                                       max_resource=max_resource, n_startup_trials=N_STARTUP_TRIALS))
+    tuning.run_worker(tuning.WorkerSettings(storage_url=url, study_name=name, base_config=TrainConfig(**BASE, epochs=max_resource),
+                                            n_trials=n_trials, max_epochs=max_epochs, record_test_accuracy=True), splits)
     seconds = time.perf_counter() - started
     summary = tuning.study_summary(url, name)
     for trial in tuning.load_study(url, name).get_trials():

@@ -32,17 +32,18 @@ import json, sys, tempfile, time
 from pathlib import Path
 start = time.perf_counter()
 from mlflow import MlflowClient
-from dlagent.ml import registry, tracking
+from dlagent.ml import registry, serving, tracking
 from dlagent.ml.compression import CompressionConfig, compress
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import load_dataset_with_options
 from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
 from dlagent.ml.gate import GateThresholds
-from dlagent.ml.training import load_keras_model, train
+from dlagent.ml.model_store import load_keras_model, log_keras_model, read_tflite
+from dlagent.ml.training import train
 conf, uri, artifacts, deploy_dir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 config = TrainConfig.from_dict({k: v for k, v in conf.items() if k in TrainConfig.__dataclass_fields__})
 options = {"max_samples": conf.get("max_samples")}
-client = MlflowClient(uri)
+client = MlflowClient(uri, registry_uri=uri)
 experiment = tracking.ensure_experiment(client, "overhead-direct", artifacts)
 parent, _ = tracking.find_or_create_run(client, experiment, "direct", run_name="direct")
 load_dataset_with_options(conf["dataset"], options, seed=config.seed)  # validate
@@ -50,26 +51,27 @@ def child(name):
     return tracking.find_or_create_run(client, experiment, f"direct/{name}", run_name=name, parent_run_id=parent)[0]
 splits = load_dataset_with_options(conf["dataset"], options, seed=config.seed)
 run_id = child("train")
-result, model_uri = train(splits, config, tracking_uri=uri, run_id=run_id)
+result, model_uri = train(splits, config, client=client, run_id=run_id)
 client.set_terminated(run_id)
 compress_id = child("compress")
-candidate = compress(load_keras_model(model_uri, tracking_uri=uri), splits,
+candidate = compress(load_keras_model(client, model_uri), splits,
                      CompressionConfig.from_dict({"seed": config.seed, **conf["compression_candidates"][0]}), latency_runs=100)
 tracking.log_metrics(client, compress_id, candidate.metrics)
-candidate_uri = registry.log_deployable_model(candidate.keras_model, splits, tracking_uri=uri, run_id=compress_id, tflite_bytes=candidate.tflite_bytes)
+candidate_uri = log_keras_model(client, compress_id, candidate.keras_model, splits.x_test[:2], labels=splits.class_names,
+                                tflite_bytes=candidate.tflite_bytes)
 client.set_terminated(compress_id)
 eval_id = child("evaluate")
 with tempfile.TemporaryDirectory() as tmp:
-    reference = evaluate_keras(load_keras_model(model_uri, tracking_uri=uri), splits, out_dir=Path(tmp) / "k", latency_runs=100)
-    log_evaluation(uri, eval_id, reference, prefix="keras_")
-    report = evaluate_tflite(registry.read_tflite(uri, candidate_uri), splits, out_dir=Path(tmp) / "t", explain=False, latency_runs=100)
-    log_evaluation(uri, eval_id, report, prefix="tflite_")
+    reference = evaluate_keras(load_keras_model(client, model_uri), splits, out_dir=Path(tmp) / "k", latency_runs=100)
+    log_evaluation(client, eval_id, reference, prefix="keras_")
+    report = evaluate_tflite(read_tflite(client, candidate_uri), splits, out_dir=Path(tmp) / "t", explain=False, latency_runs=100)
+    log_evaluation(client, eval_id, report, prefix="tflite_")
 client.set_terminated(eval_id)
 deploy_id = child("deploy")
-outcome = registry.deploy_if_blessed(uri, "overhead", candidate_uri, candidate_metrics={**candidate.metrics, **report.metrics},
+outcome = registry.deploy_if_blessed(client, "overhead", candidate_uri, candidate_metrics={**candidate.metrics, **report.metrics},
                                      reference_metrics=reference.metrics, thresholds=GateThresholds(), idempotency_key="direct",
                                      run_id=compress_id)
-registry.deploy_champion_bundle(uri, "overhead", deploy_dir)
+serving.deploy_champion_bundle(client, "overhead", deploy_dir)
 client.set_terminated(deploy_id)
 client.set_terminated(parent)
 print("DIRECT " + json.dumps({"seconds": time.perf_counter() - start, "test_accuracy": report.metrics["test_accuracy"],

@@ -70,8 +70,7 @@ with DAG(
         "dataset": "{{ params.dataset }}", "data_options": data_options, "train_config": templated(TRAIN_PARAM_NAMES),
         "search_space": "{{ params.search_space }}", "n_trials": "{{ params.n_trials }}", "timeout_s": "{{ params.tune_timeout_s }}",
         "trial_epochs": "{{ params.tune_trial_epochs }}", "min_trial_epochs": "{{ params.tune_min_trial_epochs }}",
-        "sampler": "{{ params.sampler }}", "pruner": "{{ params.pruner }}", "metric": "{{ params.tune_metric }}",
-        "direction": "{{ 'minimize' if params.tune_metric == 'val_loss' else 'maximize' }}", **common,
+        "sampler": "{{ params.sampler }}", "pruner": "{{ params.pruner }}", "metric": "{{ params.tune_metric }}", **common,
     }
     create_study = CreateStudyOperator(task_id="create_study", n_workers="{{ params.tuning_workers }}",
                                        seed_studies="{{ params.tune_seed_studies }}", **tuning)

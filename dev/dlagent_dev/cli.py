@@ -204,9 +204,10 @@ def rollback_champion(env: dict, model_name: str, deploy_dir: str | None) -> int
     from dlagent.hooks.mlflow import MLflowHook
     from dlagent.operators.deploy import rollback_champion as rollback
 
-    uri = MLflowHook().tracking_uri
+    hook = MLflowHook()
+    uri = hook.tracking_uri
     try:
-        moved = rollback(uri, model_name, deploy_dir)
+        moved = rollback(hook.client, model_name, deploy_dir)
     except ConfigError as exc:
         print(f"[dlagent] rollback refused: {exc}", file=sys.stderr)
         return 1

@@ -3,72 +3,56 @@
 Airflow validates these when a run is created (UI form, REST API, ``dags test -c``), so an
 out-of-range value is refused before any task starts; the first task then checks what a
 schema cannot (does the data set exist, is it well formed).
+
+Every setting with limits is generated from the settings dataclass that declares them
+(:class:`~dlagent.ml.config.TrainConfig`, :class:`~dlagent.ml.tuning.TuneConfig`,
+:class:`~dlagent.ml.gate.GateThresholds`): the form, the operators, the agent's plan and its
+policies read the same numbers, so an agent cannot plan a conf the form refuses.
 """
 
 from __future__ import annotations
 
+import json
+
 from airflow.sdk import Param
 
-from dlagent.ml.config import MODELS, OPTIMIZERS, TrainConfig
-
-_DEFAULTS = TrainConfig()
+from dlagent.ml.config import TrainConfig
+from dlagent.ml.gate import GateThresholds
+from dlagent.ml.selection import DEFAULT_CANDIDATES, MAX_CANDIDATES
+from dlagent.ml.tuning.settings import TuneConfig
+from dlagent.validation import field_bounds, field_default
 
 TRAIN_PARAM_NAMES = ("model", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
                      "early_stopping_patience", "seed")
 DATA_PARAM_NAMES = ("max_samples", "label_column")
 GATE_PARAM_NAMES = ("min_accuracy", "max_accuracy_drop_points", "max_size_bytes", "max_latency_ms_p95")
+#: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
+TUNE_PARAM_FIELDS = {"n_trials": "n_trials", "tuning_workers": "n_workers", "tune_timeout_s": "timeout_s",
+                     "tune_trial_epochs": "trial_epochs", "tune_min_trial_epochs": "min_trial_epochs",
+                     "sampler": "sampler", "pruner": "pruner", "tune_metric": "metric"}
+
+
+def declared_param(cls, field: str) -> Param:
+    """The Param of a settings dataclass field: its default, its declared limits, its words."""
+    bounds = field_bounds(cls, field)
+    return Param(field_default(cls, field), **bounds.json_schema(), title=bounds.title or field,
+                 description=bounds.description or "")
 
 
 def pipeline_params() -> dict[str, Param]:
-    return {
+    """The trigger form of ``dl_agent_pipeline``: every bounded setting generated from its dataclass."""
+    params = {
         "dataset": Param(
             "digits", type="string", minLength=1, title="Data set",
             description="Which data: 'digits' (bundled), 'mnist-idx:<dir>', 'npz:<file>' (arrays x, y), "
                         "'csv:<file>' (with a label column) or 'images:<dir>' (one sub-folder per class).",
         ),
-        "model": Param(_DEFAULTS.model, type="string", enum=list(MODELS), title="Model",
-                       description="'cnn' for images, 'mlp' for images or tabular data."),
-        "epochs": Param(_DEFAULTS.epochs, type="integer", minimum=1, maximum=1000, title="Epochs",
-                        description="Maximum training epochs; early stopping may end sooner."),
-        "batch_size": Param(_DEFAULTS.batch_size, type="integer", minimum=1, maximum=65536, title="Batch size",
-                            description="Samples per gradient step."),
-        "learning_rate": Param(_DEFAULTS.learning_rate, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate",
-                               description="Optimizer step size, > 0 (Adam's usual 0.001)."),
-        "optimizer": Param(_DEFAULTS.optimizer, type="string", enum=list(OPTIMIZERS), title="Optimizer",
-                           description="Keras optimizer."),
-        "units": Param(_DEFAULTS.units, type="integer", minimum=1, maximum=65536, title="Dense units",
-                       description="Width of the hidden dense layer."),
-        "dropout": Param(_DEFAULTS.dropout, type="number", minimum=0, exclusiveMaximum=1, title="Dropout",
-                         description="Dropout rate before the dense layer, in [0, 1)."),
-        "early_stopping_patience": Param(_DEFAULTS.early_stopping_patience, type="integer", minimum=0, maximum=10000,
-                                         title="Early-stopping patience",
-                                         description="Epochs without validation-loss improvement before stopping; 0 turns it off."),
-        "seed": Param(_DEFAULTS.seed, type="integer", minimum=0, maximum=2**31 - 1, title="Seed",
-                      description="Seeds the data split and the weights: the same seed gives the same run."),
+        **{name: declared_param(TrainConfig, name) for name in TRAIN_PARAM_NAMES},
         "max_samples": Param(None, type=["null", "integer"], minimum=30, title="Max samples",
                              description="Keep a stratified subset of this many samples (quick runs); empty for all."),
         "label_column": Param("label", type="string", minLength=1, title="CSV label column",
                               description="Name of the label column for 'csv:' data sets."),
-        "n_trials": Param(6, type="integer", minimum=0, maximum=10000, title="Tuning trials",
-                          description="Optuna trials in the hyper-parameter search (pruned trials count); 0 skips tuning."),
-        "tuning_workers": Param(1, type="integer", minimum=1, maximum=64, title="Tuning workers",
-                                description="Parallel worker tasks sharing one study (mapped tasks; one Airflow slot each)."),
-        "tune_timeout_s": Param(None, type=["null", "integer"], minimum=1, title="Tuning time budget (s)",
-                                description="Each worker stops starting trials after this many seconds; empty for no limit."),
-        "sampler": Param("tpe", type="string", enum=["tpe", "random", "gp", "cmaes"], title="Sampler",
-                         description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only)."),
-        "pruner": Param("hyperband", type="string", enum=["hyperband", "median", "none"], title="Pruner",
-                        description="Stops unpromising trials early from their per-epoch validation metric."),
-        "tune_metric": Param("val_accuracy", type="string", enum=["val_accuracy", "val_loss"], title="Tuning objective",
-                             description="Per-epoch validation metric the search optimises (accuracy up, loss down)."),
-        "tune_trial_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000, title="Epochs per trial",
-                                   description="Each tuning trial trains at most this many epochs (the search ranks settings on "
-                                               "short runs); empty for the training's epochs. The agent sets it on a retune, "
-                                               "when the final training continues the best trial's weights."),
-        "tune_min_trial_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000, title="Epochs before pruning",
-                                       description="No tuning trial is pruned before this many epochs (the pruner's first "
-                                                   "rung; at most the trial's epochs); empty for 1. The agent sets it with "
-                                                   "Epochs per trial."),
+        **{name: declared_param(TuneConfig, field) for name, field in TUNE_PARAM_FIELDS.items()},
         "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
                                    description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "
                                                "run's study, so its pruner and sampler start from them. The agent sets it on a retune."),
@@ -77,22 +61,14 @@ def pipeline_params() -> dict[str, Param]:
                                           '"low": 0.0001, "high": 0.1, "log": true}, "batch_size": {"type": "categorical", '
                                           '"choices": [32, 64, 128]}, "units": {"type": "int", "low": 32, "high": 256}}.'),
         "compression_candidates": Param(
-            None, type=["null", "array"], items={"type": "object"}, maxItems=32, title="Compression candidates (JSON)",
-            description='One mapped compress task per entry; empty for the defaults [{"quantization": "dynamic"}, '
-                        '{"quantization": "int8"}, {"sparsity": 0.8, "quantization": "int8", "fine_tune_epochs": 2}]. '
-                        "Keys: sparsity [0, 0.99], quantization (none, dynamic, float16, int8), fine_tune_epochs, "
-                        "pruning_scope, pruning_schedule, distill, student_model, temperature, alpha, ...",
+            None, type=["null", "array"], items={"type": "object"}, maxItems=MAX_CANDIDATES, title="Compression candidates (JSON)",
+            description=f"One mapped compress task per entry; empty for the agent's plan or the defaults "
+                        f"{json.dumps(list(DEFAULT_CANDIDATES))}. Keys: sparsity [0, 0.99], quantization (none, dynamic, float16, "
+                        "int8), fine_tune_epochs, pruning_scope, pruning_schedule, distill, student_model, temperature, alpha, ...",
         ),
         "model_name": Param("dlagent-classifier", type="string", minLength=1, maxLength=200, pattern="^[^/@:]+$",
                             title="Registered model", description="MLflow Model Registry name; alias 'champion' is what is deployed."),
-        "min_accuracy": Param(None, type=["null", "number"], minimum=0, maximum=1, title="Gate: minimum accuracy",
-                              description="Test accuracy (fraction) the shipped model must reach; empty for none."),
-        "max_accuracy_drop_points": Param(1.0, type=["null", "number"], minimum=0, maximum=100, title="Gate: maximum compression loss",
-                                          description="Accuracy points the compressed model may lose against the uncompressed one."),
-        "max_size_bytes": Param(None, type=["null", "integer"], minimum=1, title="Gate: maximum size (bytes)",
-                                description="Largest model file that may ship; empty for no limit."),
-        "max_latency_ms_p95": Param(None, type=["null", "number"], exclusiveMinimum=0, title="Gate: maximum p95 latency (ms)",
-                                    description="Slowest single-sample p95 latency that may ship; empty for no limit."),
+        **{name: declared_param(GateThresholds, name) for name in GATE_PARAM_NAMES},
         "agent_policy": Param("rules", type="string", minLength=1, title="Agent policy",
                               description="'rules' (transparent defaults), 'learning' (a bandit that learns across runs), "
                                           "a dotted class path of your own Policy, or 'off' to run the Params as given."),
@@ -101,6 +77,7 @@ def pipeline_params() -> dict[str, Param]:
         "experiment_name": Param("dlagent", type="string", minLength=1, maxLength=200, title="MLflow experiment",
                                  description="MLflow experiment holding this run's parent and child runs."),
     }
+    return params
 
 
 def templated(names) -> dict[str, str]:

@@ -70,3 +70,130 @@ def settings_from_dict(cls, values, *, section: str, prefix: str = "", what: str
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", f"unknown {what} (known: {sorted(known)}).", "remove it or fix its spelling.")
     return cls(**values)
+
+
+# --------------------------------------------------------------------------- bounds declared once
+#
+# A settings dataclass declares each field's limits once, as field metadata (``bounded(...)``).
+# The dataclass checks itself with them (:func:`check_fields`), the trigger form's Params are
+# generated from them (``dlagent.params``), and the plan, policy and tuning validators read the
+# same numbers (:func:`field_bounds`), so no two places can disagree on a limit.
+
+BOUNDS_KEY = "dlagent.bounds"
+KINDS = ("int", "number", "choice", "bool", "str")
+
+
+class Bounds:
+    """The limits of one setting: its kind, range or choices, and the words of the trigger form."""
+
+    __slots__ = ("kind", "low", "high", "low_open", "high_open", "choices", "optional", "title", "description", "fix")
+
+    def __init__(self, kind: str, *, low=None, high=None, low_open: bool = False, high_open: bool = False, choices=None,
+                 optional: bool = False, title: str | None = None, description: str | None = None, fix: str | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind == "number" and (low is None or high is None):
+            raise ValueError("a number needs both low and high")
+        if kind == "int" and low is None:
+            raise ValueError("an int needs low")
+        if kind == "choice" and not choices:
+            raise ValueError("a choice needs choices")
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.choices = tuple(choices) if choices is not None else None
+        self.optional, self.title, self.description, self.fix = optional, title, description, fix
+
+    def check(self, field: str, value):
+        """Return ``value`` when it is within bounds, else raise :class:`ConfigError` naming ``field``."""
+        if value is None and self.optional:
+            return None
+        if self.kind == "int":
+            return check_int(field, value, low=self.low, high=self.high, optional=self.optional, fix=self.fix)
+        if self.kind == "number":
+            return check_number(field, value, low=self.low, high=self.high, low_open=self.low_open, high_open=self.high_open,
+                                optional=self.optional, fix=self.fix)
+        if self.kind == "choice":
+            return check_choice(field, value, self.choices)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(field, f"must be true or false, got {value!r}.", self.fix or "give true or false.")
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(field, f"must be a non-empty string, got {value!r}.", self.fix or "give a name.")
+        return value
+
+    def json_schema(self) -> dict:
+        """The JSON-schema keywords of this setting (what an Airflow ``Param`` validates)."""
+        base = {"int": "integer", "number": "number", "choice": None, "bool": "boolean", "str": "string"}[self.kind]
+        schema: dict = {}
+        if self.kind == "choice":
+            kinds = sorted({_json_type(c) for c in self.choices})
+            base = kinds[0] if len(kinds) == 1 else kinds
+            schema["enum"] = list(self.choices) + ([None] if self.optional else [])
+        if self.kind in ("int", "number"):
+            if self.low is not None:
+                schema["exclusiveMinimum" if self.low_open else "minimum"] = self.low
+            if self.high is not None:
+                schema["exclusiveMaximum" if self.high_open else "maximum"] = self.high
+        if self.kind == "str":
+            schema["minLength"] = 1
+        types = base if isinstance(base, list) else [base]
+        schema["type"] = (["null", *types] if self.optional else (types[0] if len(types) == 1 else types))
+        return schema
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string"
+
+
+def bounded(default, kind: str, **bounds):
+    """A dataclass field whose limits are declared once (see :class:`Bounds`)."""
+    import dataclasses
+
+    return dataclasses.field(default=default, metadata={BOUNDS_KEY: Bounds(kind, **bounds)})
+
+
+def field_bounds(cls, name: str) -> Bounds:
+    """The declared limits of field ``name`` of settings dataclass ``cls``."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if BOUNDS_KEY not in f.metadata:
+                raise KeyError(f"{cls.__name__}.{name} declares no bounds")
+            return f.metadata[BOUNDS_KEY]
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_default(cls, name: str):
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.default
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def check_fields(instance, prefix: str = "") -> None:
+    """Check every bounded field of a settings dataclass instance (call it in ``__post_init__``)."""
+    import dataclasses
+
+    for f in dataclasses.fields(instance):
+        bounds = f.metadata.get(BOUNDS_KEY)
+        if bounds is not None:
+            bounds.check(f"{prefix}{f.name}", getattr(instance, f.name))
+
+
+def finite(value) -> bool:
+    """A real, finite number (booleans are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` rounded to ``digits`` significant digits (readable plan values: 0.003, not 0.0030000001)."""
+    return float(f"{value:.{digits}g}")

@@ -40,3 +40,58 @@ def test_test_connection_reports_reachability(mlflow_uri, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     ok, message = MLflowHook().test_connection()
     assert ok is False and "127.0.0.1:9" in message
+
+
+def test_the_client_sends_the_connections_login_without_touching_the_environment(monkeypatch):
+    """Basic auth from the Connection reaches the server as a header; os.environ and MLflow's global URI stay as they were."""
+    import base64
+    import json
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import mlflow
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Server(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self._answer()
+
+        def do_POST(self):  # noqa: N802
+            self._answer()
+
+        def _answer(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"experiments": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_AUTH", json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": port, "login": "alice", "password": "s3cret:/@x"}))
+        before_env, before_uri = dict(os.environ), mlflow.get_tracking_uri()
+        hook = MLflowHook(mlflow_conn_id="mlflow_auth")
+        ok, message = hook.test_connection()
+        assert ok, message
+        assert "s3cret" not in message and "s3cret" not in hook.tracking_uri  # the shown URI carries no password
+        path, authorization = seen[-1]
+        assert path.startswith("/api/2.0/mlflow/experiments/search")
+        assert authorization == "Basic " + base64.b64encode(b"alice:s3cret:/@x").decode()
+        assert dict(os.environ) == before_env and mlflow.get_tracking_uri() == before_uri
+        assert MLflowHook(mlflow_conn_id="mlflow_auth").client is not hook.client  # one client per hook
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -159,8 +159,8 @@ def test_log_evaluation_to_an_mlflow_run(cnn, digits_small, mlflow_uri, tmp_path
     keras_report = evaluate_keras(cnn, digits_small, out_dir=tmp_path / "keras", latency_runs=20, predict_runs=3, samples_per_class=1)
     tflite_report = evaluate_tflite(quantize(cnn, "dynamic"), digits_small, out_dir=tmp_path / "tflite", keras_model=cnn,
                                     latency_runs=20, samples_per_class=1)
-    log_evaluation(mlflow_uri, run_id, keras_report)
-    log_evaluation(mlflow_uri, run_id, tflite_report, prefix="tflite_")
+    log_evaluation(client, run_id, keras_report)
+    log_evaluation(client, run_id, tflite_report, prefix="tflite_")
     logged = client.get_run(run_id).data.metrics
     assert logged["test_accuracy"] == pytest.approx(keras_report.metrics["test_accuracy"])
     assert logged["tflite_test_accuracy"] == pytest.approx(tflite_report.metrics["test_accuracy"])

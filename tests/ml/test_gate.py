@@ -145,25 +145,27 @@ def _noisy(model, scale, seed=0):
 
 def test_every_injected_regression_is_rejected_and_nothing_is_deployed(trained, digits_small, mlflow_uri):
     from dlagent.ml.compression import CompressionConfig, compress, prune
-    from dlagent.ml.registry import deploy_if_blessed, log_deployable_model, register_champion
+    from dlagent.ml.model_store import log_keras_model
+    from dlagent.ml.registry import deploy_if_blessed, register_champion
     from dlagent.ml.tracking import ensure_experiment
     from dlagent.ml.training import fit
     from mlflow import MlflowClient
 
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(mlflow_uri, registry_uri=mlflow_uri)
     run_id = client.create_run(ensure_experiment(client, "gate", os.environ["DLAGENT_ARTIFACT_ROOT"])).info.run_id
     name = "gate-digits"
 
     def deploy(candidate, label, thresholds, reference):
-        uri = log_deployable_model(candidate.keras_model, digits_small, tracking_uri=mlflow_uri, run_id=run_id,
-                                   tflite_bytes=candidate.tflite_bytes, name=label.replace(" ", "-").replace("%", "pct").replace(",", ""))
-        return deploy_if_blessed(mlflow_uri, name, uri, candidate_metrics=candidate.metrics, reference_metrics=reference,
+        uri = log_keras_model(client, run_id, candidate.keras_model, digits_small.x_test[:2], labels=digits_small.class_names,
+                              tflite_bytes=candidate.tflite_bytes, name=label.replace(" ", "-").replace("%", "pct").replace(",", ""))
+        return deploy_if_blessed(client, name, uri, candidate_metrics=candidate.metrics, reference_metrics=reference,
                                  thresholds=thresholds, idempotency_key=f"gate/{label}")
 
     # the deployed champion: the float32 TFLite conversion of a well-trained model
     champion = compress(trained, digits_small, CompressionConfig(quantization="none"), latency_runs=100)
-    champion_uri = log_deployable_model(trained, digits_small, tracking_uri=mlflow_uri, run_id=run_id, tflite_bytes=champion.tflite_bytes)
-    register_champion(mlflow_uri, champion_uri, name, idempotency_key="gate/champion", metrics=champion.metrics)
+    champion_uri = log_keras_model(client, run_id, trained, digits_small.x_test[:2], labels=digits_small.class_names,
+                                   tflite_bytes=champion.tflite_bytes)
+    register_champion(client, champion_uri, name, idempotency_key="gate/champion", metrics=champion.metrics)
     before = _registry_state(client, name)
     champion_accuracy = champion.metrics["test_accuracy"]
     assert champion_accuracy >= 0.85

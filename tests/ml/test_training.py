@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dlagent.ml import tracking
 from dlagent.ml.config import TrainConfig
-from dlagent.ml.training import evaluate, fit, load_keras_model, train
+from dlagent.ml.model_store import load_keras_model
+from dlagent.ml.training import evaluate, fit, train
 from mlflow import MlflowClient
 
 
@@ -17,14 +18,14 @@ def test_cnn_reaches_high_accuracy_on_digits_and_logs_everything(mlflow_uri, tmp
     run_id, created = tracking.find_or_create_run(client, experiment, "k", run_name="train")
     assert created
     config = TrainConfig(model="cnn", epochs=15, early_stopping_patience=3)
-    result, model_uri = train(splits, config, tracking_uri=mlflow_uri, run_id=run_id)
+    result, model_uri = train(splits, config, client=client, run_id=run_id)
 
     run = client.get_run(run_id)
     assert run.data.params["learning_rate"] == "0.001" and run.data.params["dataset"] == "digits"
     history = client.get_metric_history(run_id, "val_accuracy")
     assert [m.step for m in history] == list(range(result.epochs_run))
     assert run.data.metrics["epochs_run"] == result.epochs_run
-    model = load_keras_model(model_uri, tracking_uri=mlflow_uri)
+    model = load_keras_model(client, model_uri)
     metrics = evaluate(model, splits)
     assert metrics["test_accuracy"] >= 0.95
     assert metrics == evaluate(result.model, splits)  # the logged model is the trained one

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, DownstreamTasksSkipped
-from dlagent.agent.plan import plan_to_json, validate_plan
+from dlagent.agent.plan import pipeline_conf, plan_to_json, validate_plan
 from dlagent.agent.policies.base import Policy
 from dlagent.ml.tracking import run_key
-from dlagent.operators.agent import AgentOperator, PlanBranchOperator, PlanConfOperator, pipeline_conf
+from dlagent.operators.agent import AgentOperator, PlanBranchOperator, PlanConfOperator
 from mlflow import MlflowClient
 
 from tests.agent.history import BEST_TRIAL_CURVE, CANDIDATES, CHAMPION, TRAIN_CURVE, TRIALS, child, log_curve
@@ -348,9 +348,13 @@ def test_plan_conf_starts_from_the_observed_run_settings(store):
 
 
 def test_plan_conf_refuses_what_the_pipeline_params_refuse(mlflow_uri):
-    plan = {**PLAN, "tune": {**PLAN["tune"], "n_workers": 200}}  # a valid plan, but more workers than the Param allows
-    with pytest.raises(AirflowFailException, match=r"invalid input, nothing was run: conf\.tuning_workers: dl_agent_pipeline's Param refuses 200"):
+    # One limit for the plan and the Param: a plan cannot hold more workers than the trigger form allows.
+    plan = {**PLAN, "tune": {**PLAN["tune"], "n_workers": 200}}
+    with pytest.raises(AirflowFailException, match=r"invalid input, nothing was run: tune\.n_workers: must be in \[1, 64\], got 200"):
         PlanConfOperator(task_id="plan_conf", plan=plan).execute(make_context("plan_conf"))
+    # What only the Param knows (a base conf value out of its range) is still refused by the Param.
+    with pytest.raises(AirflowFailException, match=r"conf\.retune_budget: dl_agent_pipeline's Param refuses 99"):
+        PlanConfOperator(task_id="plan_conf", plan=PLAN, base_conf={"retune_budget": 99}).execute(make_context("plan_conf"))
     with pytest.raises(AirflowFailException, match="invalid input, nothing was run: action"):
         PlanConfOperator(task_id="plan_conf", plan={"action": "go", "reasons": []}).execute(make_context("plan_conf"))
     with pytest.raises(AirflowFailException, match="observed_run_id: no MLflow run"):

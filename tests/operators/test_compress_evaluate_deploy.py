@@ -50,8 +50,13 @@ def _deploy(evaluation: dict, run_id: str, deploy_dir: Path) -> dict:
                           experiment_name="exp").execute(make_context("deploy", run_id=run_id))
 
 
+def _client(uri: str):
+    """What the operators' hook gives the ML core: a client whose registry is its tracking store."""
+    return MlflowClient(uri, registry_uri=uri)
+
+
 def _versions(uri: str) -> list:
-    client = MlflowClient(uri, registry_uri=uri)
+    client = _client(uri)
     try:
         return client.search_model_versions(f"name = '{NAME}'")
     except Exception:  # noqa: BLE001 - no registered model yet
@@ -78,8 +83,7 @@ def test_each_candidate_is_a_child_run_with_its_measurements(pipeline_store):
     from dlagent.ml.compression import measure_sparsity
     from dlagent.ml.data import load_dataset
     from dlagent.ml.evaluation import TFLiteModel
-    from dlagent.ml.registry import read_tflite
-    from dlagent.ml.training import load_keras_model
+    from dlagent.ml.model_store import load_keras_model, read_tflite
 
     uri, candidates = pipeline_store["uri"], pipeline_store["candidates"]
     assert [c["candidate"] for c in candidates] == ["dynamic", "int8", "pruned80+int8"]
@@ -92,9 +96,9 @@ def test_each_candidate_is_a_child_run_with_its_measurements(pipeline_store):
         for key in ("size_bytes", "gzip_size_bytes", "test_accuracy", "latency_ms_p50", "latency_ms_p95"):
             assert run.data.metrics[key] == pytest.approx(candidate["metrics"][key])
         # the TFLite file stored with the logged model gives the accuracy the run reports
-        accuracy = TFLiteModel(read_tflite(uri, candidate["model_uri"])).accuracy(splits.x_test, splits.y_test)
+        accuracy = TFLiteModel(read_tflite(_client(uri), candidate["model_uri"])).accuracy(splits.x_test, splits.y_test)
         assert accuracy == pytest.approx(candidate["metrics"]["test_accuracy"])
-    pruned = load_keras_model(candidates[2]["model_uri"], tracking_uri=uri)
+    pruned = load_keras_model(_client(uri), candidates[2]["model_uri"])
     assert measure_sparsity(pruned) == pytest.approx(0.8, abs=0.01)
     assert candidates[2]["metrics"]["gzip_size_bytes"] < candidates[1]["metrics"]["gzip_size_bytes"]  # zeros compress
 
@@ -124,7 +128,7 @@ def test_deploy_registers_the_champion_with_its_tflite_and_writes_the_bundle(pip
     from dlagent.ml.registry import get_champion
 
     deployed, uri = pipeline_store["deployed"], pipeline_store["uri"]
-    champion = get_champion(uri, NAME)
+    champion = get_champion(_client(uri), NAME)
     assert champion["version"] == deployed["version"] == "1"
     assert champion["tflite_artifact"] == "tflite/model.tflite"
     bundle = Path(deployed["bundle"])
@@ -144,8 +148,8 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
     from dlagent.ml.compression import quantize
     from dlagent.ml.data import load_dataset
     from dlagent.ml.evaluation import TFLiteModel
-    from dlagent.ml.registry import get_champion, log_deployable_model
-    from dlagent.ml.training import load_keras_model
+    from dlagent.ml.model_store import load_keras_model, log_keras_model
+    from dlagent.ml.registry import get_champion
 
     uri = pipeline_store["uri"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -155,7 +159,7 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
     rng = np.random.default_rng(0)
     injected = 0
     for scale in (0.3, 0.5, 0.8, 1.2, 2.0, 3.0):
-        model = load_keras_model(pipeline_store["trained"]["model_uri"], tracking_uri=uri)
+        model = load_keras_model(_client(uri), pipeline_store["trained"]["model_uri"])
         model.set_weights([w + rng.normal(0, scale * (np.std(w) or 1.0), w.shape).astype(w.dtype) for w in model.get_weights()])
         content = quantize(model, "none")
         accuracy = TFLiteModel(content).accuracy(splits.x_test, splits.y_test)
@@ -164,7 +168,7 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
         injected += 1
         run_id = f"regression_{injected}"
         run = client.create_run(client.get_experiment_by_name("exp").experiment_id)
-        model_uri = log_deployable_model(model, splits, tracking_uri=uri, run_id=run.info.run_id, tflite_bytes=content)
+        model_uri = log_keras_model(_client(uri), run.info.run_id, model, splits.x_test[:2], labels=splits.class_names, tflite_bytes=content)
         metrics = {"test_accuracy": accuracy, "size_bytes": len(content), "gzip_size_bytes": len(content), "latency_ms_p95": 0.01}
         evaluation = _evaluate(model_uri, [{"candidate": "float32", "model_uri": model_uri, "run_id": run.info.run_id,
                                             "metrics": metrics}], run_id, explain=False)
@@ -175,7 +179,7 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
         with pytest.raises(AirflowSkipException, match="re-check refused"):
             _deploy({**evaluation, "blessed": True}, run_id, pipeline_store["folder"] / "deploy")
     assert injected >= 5
-    assert get_champion(uri, NAME)["version"] == "1" and len(_versions(uri)) == 1
+    assert get_champion(_client(uri), NAME)["version"] == "1" and len(_versions(uri)) == 1
 
 
 @pytest.mark.parametrize(
@@ -205,7 +209,7 @@ def test_bad_input_is_refused_and_the_registry_is_untouched(pipeline_store, monk
             CompressOperator(task_id="compress", model_uri=model_uri, compression={"quantization": "int8"}, experiment_name="exp",
                              **DATA).execute(make_context("compress", run_id="bad_run"))
     assert field in str(error.value)
-    assert sorted(v.version for v in _versions(uri)) == before and get_champion(uri, NAME)["version"] == "1"
+    assert sorted(v.version for v in _versions(uri)) == before and get_champion(_client(uri), NAME)["version"] == "1"
 
 
 def test_rollback_by_cli_and_operator(pipeline_store, monkeypatch):
@@ -215,26 +219,26 @@ def test_rollback_by_cli_and_operator(pipeline_store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     deploy_dir = folder / "deploy"
     for key, candidate in (("manual/2", pipeline_store["candidates"][0]),):
-        register_champion(uri, candidate["model_uri"], NAME, idempotency_key=key, run_id=candidate["run_id"], metrics=candidate["metrics"])
-    assert get_champion(uri, NAME)["version"] == "2"
+        register_champion(_client(uri), candidate["model_uri"], NAME, idempotency_key=key, run_id=candidate["run_id"], metrics=candidate["metrics"])
+    assert get_champion(_client(uri), NAME)["version"] == "2"
     moved = RollbackOperator(task_id="rollback", model_name=NAME, deploy_dir=str(deploy_dir),
                              experiment_name="exp").execute(make_context("rollback"))
     assert moved["champion"] == "1" and moved["rolled_back_from"] == "2"
     assert json.loads((deploy_dir / "current" / "metadata.json").read_text())["version"] == "1"
 
     third = pipeline_store["candidates"][1]
-    register_champion(uri, third["model_uri"], NAME, idempotency_key="manual/3", run_id=third["run_id"], metrics=third["metrics"])
-    assert get_champion(uri, NAME)["version"] == "3"
+    register_champion(_client(uri), third["model_uri"], NAME, idempotency_key="manual/3", run_id=third["run_id"], metrics=third["metrics"])
+    assert get_champion(_client(uri), NAME)["version"] == "3"
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri, "DLAGENT_DEPLOY_DIR": str(folder / "deploy")}
     result = subprocess.run([sys.executable, "-m", "dlagent_dev.cli", "rollback", "--model-name", NAME], env=env, cwd=PROJECT_DIR,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "champion is now version 1 (was 3)" in result.stdout
-    assert get_champion(uri, NAME)["version"] == "1"
+    assert get_champion(_client(uri), NAME)["version"] == "1"
     assert json.loads((folder / "deploy" / "current" / "metadata.json").read_text())["version"] == "1"
 
     # nothing further back: the operator refuses clearly and changes nothing
     with pytest.raises(AirflowFailException, match="model_name"):
         RollbackOperator(task_id="rollback", model_name=NAME, deploy_dir=str(folder / "deploy"),
                          experiment_name="exp").execute(make_context("rollback"))
-    assert get_champion(uri, NAME)["version"] == "1"
+    assert get_champion(_client(uri), NAME)["version"] == "1"

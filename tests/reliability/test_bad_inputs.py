@@ -323,7 +323,9 @@ def world(tmp_path_factory, digits_small, module_postgres_databases):
     from dlagent.ml import tuning
     from dlagent.ml.compression import quantize
     from dlagent.ml.config import TrainConfig
-    from dlagent.ml.registry import deploy_champion_bundle, log_deployable_model, register_champion
+    from dlagent.ml.model_store import log_keras_model
+    from dlagent.ml.registry import register_champion
+    from dlagent.ml.serving import deploy_champion_bundle
     from dlagent.ml.tracking import ensure_experiment
     from dlagent.ml.training import fit
     from mlflow import MlflowClient
@@ -344,17 +346,17 @@ def world(tmp_path_factory, digits_small, module_postgres_databases):
         patch.delenv(name, raising=False)
     try:
         model = fit(digits_small, TrainConfig(model="mlp", epochs=2, units=16, early_stopping_patience=0)).model
-        client = MlflowClient(tracking_uri)
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         run_id = client.create_run(ensure_experiment(client, "reliability", str(base / "artifacts"))).info.run_id
-        model_uri = log_deployable_model(model, digits_small, tracking_uri=tracking_uri, run_id=run_id,
-                                         tflite_bytes=quantize(model, "dynamic"))
+        model_uri = log_keras_model(client, run_id, model, digits_small.x_test[:2], labels=digits_small.class_names,
+                                    tflite_bytes=quantize(model, "dynamic"))
         client.set_terminated(run_id)
-        register_champion(tracking_uri, model_uri, CHAMPION_NAME, idempotency_key="reliability/champion", run_id=run_id,
+        register_champion(client, model_uri, CHAMPION_NAME, idempotency_key="reliability/champion", run_id=run_id,
                           metrics={"test_accuracy": 0.5})
-        deploy_champion_bundle(tracking_uri, CHAMPION_NAME, base / "deploy")
+        deploy_champion_bundle(client, CHAMPION_NAME, base / "deploy")
 
         space = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
-        tuning.create_study(optuna_url, STUDY_NAME, space=space, max_resource=2)
+        tuning.create_study(optuna_url, STUDY_NAME, tuning.StudySettings(space=space, max_resource=2))
         storage = optuna.storages.RDBStorage(optuna_url)
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
         trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})

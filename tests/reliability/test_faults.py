@@ -24,7 +24,7 @@ from dlagent.ml import tuning
 
 from tests.conftest import PIPELINE, PROJECT_DIR
 from tests.e2e.test_pipeline_dag import TINY_CONF
-from tests.ml.test_tuning import GRACE, HEARTBEAT, SPACE, _by_state, _finish, _start_worker, _wait_for
+from tests.ml.tuning.workers import GRACE, HEARTBEAT, SPACE, by_state, finish, start_worker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 RELIABILITY_KIND = "fault"
@@ -123,17 +123,17 @@ def test_postgresql_restarted_mid_run(live_stack, reliability_record):
 def test_a_tuning_worker_killed_mid_trial_is_failed_retried_and_the_study_still_finishes(postgres_url, tmp_path, procs, reliability_record):
     """SIGKILL inside a trial: the study in PostgreSQL fails it after the heartbeat grace, retries it, completes."""
     n_trials = 6
-    tuning.create_study(postgres_url, "killed", space=SPACE, pruner_name="none", seed=0)
+    tuning.create_study(postgres_url, "killed", tuning.StudySettings(space=SPACE, pruner="none", seed=0))
     marker = tmp_path / "in-second-trial"
-    procs.append(_start_worker(tmp_path, postgres_url, "killed", n_trials, 0, stall_in_fit=2, marker=str(marker)))
-    _wait_for(marker.exists, 180, "the doomed worker to be inside its second trial", procs)
-    procs.append(_start_worker(tmp_path, postgres_url, "killed", n_trials, 1))
+    procs.append(start_worker(tmp_path, postgres_url, "killed", n_trials, 0, stall_in_fit=2, marker=str(marker)))
+    wait_for(marker.exists, 180, "the doomed worker to be inside its second trial", procs)
+    procs.append(start_worker(tmp_path, postgres_url, "killed", n_trials, 1))
 
     def survivor_has_finished_a_trial() -> bool:
         trials = tuning.load_study(postgres_url, "killed").get_trials()
         return sum(t.state.name == "COMPLETE" for t in trials) >= 2
 
-    _wait_for(survivor_has_finished_a_trial, 180, "the second worker to finish a trial", procs)
+    wait_for(survivor_has_finished_a_trial, 180, "the second worker to finish a trial", procs)
     before = tuning.load_study(postgres_url, "killed").get_trials()
     running = [t for t in before if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{procs[0].pid}")]
     assert len(running) == 1
@@ -144,7 +144,7 @@ def test_a_tuning_worker_killed_mid_trial_is_failed_retried_and_the_study_still_
     procs[0].wait(timeout=30)
     assert procs[0].returncode == -signal.SIGKILL
 
-    result = _finish(procs[1], tmp_path, 1)
+    result = finish(procs[1], tmp_path, 1)
     trials = {t.number: t for t in tuning.load_study(postgres_url, "killed").get_trials()}
     dead = trials[victim]
     assert dead.state.name == "FAIL"
@@ -153,7 +153,7 @@ def test_a_tuning_worker_killed_mid_trial_is_failed_retried_and_the_study_still_
     assert len(retries) == 1
     assert retries[0].state.name == "COMPLETE" and retries[0].params == dead.params
     assert retries[0].number in result["trials"]
-    counts = _by_state(trials.values())
+    counts = by_state(trials.values())
     assert counts["COMPLETE"] + counts["PRUNED"] == n_trials
     assert counts["RUNNING"] == counts["WAITING"] == 0 and counts["FAIL"] == 1
     assert all(trials[n].state.name == "COMPLETE" and trials[n].value == v for n, v in finished_before.items())
@@ -170,18 +170,20 @@ import json, sys, time
 from pathlib import Path
 from dlagent.ml.locks import named_lock
 from dlagent.ml.registry import register_champion
+from mlflow import MlflowClient
 uri, model_uri, key, go, lock_db = sys.argv[1:6]
+client = MlflowClient(uri, registry_uri=uri)
 lock = named_lock(lock_db, "dlagent.deploy/concurrent-model")  # as DeployOperator takes it
 while not Path(go).exists():
     time.sleep(0.01)
-print(json.dumps(register_champion(uri, model_uri, "concurrent-model", idempotency_key=key, lock=lock)), flush=True)
+print(json.dumps(register_champion(client, model_uri, "concurrent-model", idempotency_key=key, lock=lock)), flush=True)
 """
 
 
 def test_two_deploys_at_once_give_one_champion_and_both_versions(live_stack, digits_small, tmp_path, reliability_record):
     """Two processes register and promote at the same instant against the MLflow server."""
     from dlagent.ml.config import TrainConfig
-    from dlagent.ml.registry import log_deployable_model
+    from dlagent.ml.model_store import log_keras_model
     from dlagent.ml.tracking import ensure_experiment
     from dlagent.ml.training import fit
     from mlflow import MlflowClient
@@ -189,7 +191,7 @@ def test_two_deploys_at_once_give_one_champion_and_both_versions(live_stack, dig
     client = MlflowClient(live_stack.mlflow_url)
     run_id = client.create_run(ensure_experiment(client, "concurrency", None)).info.run_id
     model = fit(digits_small, TrainConfig(model="mlp", epochs=1, units=8, early_stopping_patience=0)).model
-    logged = [log_deployable_model(model, digits_small, tracking_uri=live_stack.mlflow_url, run_id=run_id, name=f"m{i}")
+    logged = [log_keras_model(client, run_id, model, digits_small.x_test[:2], labels=digits_small.class_names, name=f"m{i}")
               for i in range(2)]
     go = tmp_path / "go"
     env = {**os.environ, "MLFLOW_TRACKING_URI": live_stack.mlflow_url}
@@ -242,11 +244,13 @@ def test_clearing_and_rerunning_every_task_duplicates_nothing(live_stack, reliab
 
 # ------------------------------------------------------------------- the sensor and its trigger
 
-def _mlflow_server(tmp_path, port: int) -> subprocess.Popen:
+def _mlflow_server(procs, tmp_path, port: int) -> subprocess.Popen:
+    """``mlflow server`` in a process group of its own (it starts uvicorn workers, a job runner,
+    huey consumers): ``procs`` stops the whole group after the test."""
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    log = open(tmp_path / "mlflow-server.log", "ab")  # noqa: SIM115 - owned by the child process
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "mlflow-server.log", "ab") as log:
+        return procs.start(command, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait_up(url: str, timeout: float = 120) -> None:
@@ -269,20 +273,19 @@ def test_sensor_and_trigger_ride_out_the_mlflow_server_down_for_30_s(tmp_path, p
 
     from dlagent.ml.conditions import build_condition
     from dlagent.sensors.mlflow_metric import MLflowMetricSensor
-    from dlagent.stack import free_port
     from dlagent.triggers.mlflow_metric import MLflowMetricTrigger
+    from dlagent_dev.stack import free_port
     from mlflow import MlflowClient
 
     from tests.operators.context import make_context
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    procs.append(_mlflow_server(tmp_path, port))
+    _mlflow_server(procs, tmp_path, port)
     _wait_up(url)
     client = MlflowClient(url)
     run_id = client.create_run(client.create_experiment("watched")).info.run_id
-    os.killpg(procs[0].pid, signal.SIGTERM)
-    procs[0].wait(timeout=30)
+    assert procs.stop(procs[0], grace=30) == []  # down: the server and every worker of it, so the port is free
 
     results: dict = {}
 
@@ -310,7 +313,7 @@ def test_sensor_and_trigger_ride_out_the_mlflow_server_down_for_30_s(tmp_path, p
     for thread in threads:
         thread.start()
     time.sleep(30)  # the server stays down while both wait
-    procs.append(_mlflow_server(tmp_path, port))
+    _mlflow_server(procs, tmp_path, port)
     _wait_up(url)
     client.log_metric(run_id, "val_accuracy", 0.95)
     for thread in threads:

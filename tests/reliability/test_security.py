@@ -251,9 +251,9 @@ def test_a_model_carrying_code_is_refused_by_our_loading_path(mlflow_uri, tmp_pa
     import keras
     import mlflow
     from dlagent.errors import ConfigError
-    from dlagent.ml.tracking import MODEL_PIP_REQUIREMENTS
-    from dlagent.ml.training import load_keras_model
+    from dlagent.ml.model_store import MODEL_PIP_REQUIREMENTS, load_keras_model
     from dlagent.operators.compress import CompressOperator
+    from mlflow import MlflowClient
 
     from tests.operators.context import make_context
 
@@ -265,12 +265,11 @@ def test_a_model_carrying_code_is_refused_by_our_loading_path(mlflow_uri, tmp_pa
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(touched))
     model = keras.Model(inputs, outputs)
     marker.unlink()  # building the model ran the lambda once; from here on it must not run
-    mlflow.set_tracking_uri(mlflow_uri)
-    with mlflow.start_run() as run:
+    with mlflow.start_run() as run:  # the fluent API, through MLFLOW_TRACKING_URI (the mlflow_uri fixture)
         uri = mlflow.keras.log_model(model, name="model", pip_requirements=MODEL_PIP_REQUIREMENTS).model_uri
     problems = []
     with pytest.raises(ConfigError) as error:
-        load_keras_model(uri, tracking_uri=mlflow_uri)
+        load_keras_model(MlflowClient(mlflow_uri), uri)
     if error.value.field != "model_uri" or "safe mode" not in str(error.value) or not error.value.fix:
         problems.append(f"unclear refusal: {error.value}")
     with pytest.raises(AirflowFailException, match="invalid input, nothing was run: model_uri") as task_error:

@@ -69,7 +69,9 @@ def test_success_when_the_metric_is_logged_during_the_run(run, mlflow_uri):
     payload = events[0].payload
     assert payload["status"] == "success" and payload["result"]["value"] == 0.93 and payload["result"]["run_id"] == run_id
     assert "0.93 >= 0.9" in payload["message"]
-    assert seconds < 10 and ticks >= 10  # the loop kept running while MLflow was polled
+    # The loop kept running while MLflow was polled (a blocking call would starve the ticker); the time
+    # bound only catches a trigger that missed the metric, with room for a loaded machine.
+    assert ticks >= 10 and seconds < 60
 
 
 def test_timeout_yields_one_timeout_event(run, mlflow_uri):
@@ -78,7 +80,8 @@ def test_timeout_yields_one_timeout_event(run, mlflow_uri):
     events, seconds, ticks = collect(MLflowMetricTrigger(tracking_uri=mlflow_uri, condition=condition, poll_interval=0.2, timeout=1))
     assert [e.payload["status"] for e in events] == ["timeout"]
     assert "not logged yet" in events[0].payload["message"] and events[0].payload["timeout"] == 1.0
-    assert 1.0 <= seconds < 5 and ticks >= 20
+    assert seconds >= 1.0 and ticks >= 20  # never before the timeout, and the loop was never blocked
+    assert seconds < 30  # it does end (generous: a loaded machine stretches every sleep)
 
 
 def test_unreachable_mlflow_yields_one_error_event(monkeypatch):

@@ -2,46 +2,101 @@
 
 Nothing here imports Airflow (the operators call in; notebooks and benchmarks can too).
 
-Typical use (what ``AgentOperator`` does)::
+:func:`run_agent` is the whole decision, end to end: it opens the policy's state store,
+loads the policy, observes the run, rewards the plan that steered it (phase ``decide``),
+asks the policy for the next plan and validates it once (a :class:`~dlagent.agent.plan.Plan`)::
 
     from dlagent.agent import run_agent
     from dlagent.agent.plan import log_plan
 
-    plan, observation = run_agent(client, experiment_id, parent_run_id, policy="learning",
-                                  champion_name="dlagent-digits")
-    log_plan(client, agent_run_id, plan, observation)   # decisions.json + observation.json
+    outcome = run_agent(client, experiment_id, parent_run_id, policy="learning", champion_name="dlagent-digits")
+    log_plan(client, agent_run_id, outcome.plan, outcome.observation)   # decisions.json + observation.json
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules", champion_name: str | None = None,
-              store=None, resources: dict | None = None, observation=None, **policy_kwargs):
-    """Observe -> decide -> validate. Returns ``(plan, observation)``.
+PHASES = ("plan", "decide")
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    """What :func:`run_agent` decided: the plan, what it saw, and the reward it credited (``decide``)."""
+
+    plan: object  # dlagent.agent.plan.Plan
+    observation: object  # dlagent.agent.observe.Observation
+    reward: dict | None = None
+
+    def __iter__(self):
+        """``plan, observation = run_agent(...)`` still reads naturally."""
+        return iter((self.plan, self.observation))
+
+
+def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules", phase: str = "plan",
+              champion_name: str | None = None, store=None, resources: dict | None = None, observation=None,
+              reward_key: str | None = None, **policy_kwargs) -> AgentOutcome:
+    """Observe -> (reward) -> decide -> validate once. Returns an :class:`AgentOutcome`.
 
     ``policy`` is a name (``rules``, ``learning``), a dotted class path, or a ``Policy``
-    instance. For ``learning`` without a ``store``, the state lives in MLflow
-    (:class:`~dlagent.agent.policies.learning.MLflowStateStore` in ``experiment_id``).
-    An ``observation`` already read (e.g. to reward the run first, see :func:`reward_run`)
-    is used as is instead of reading MLflow again.
+    instance. A policy that keeps state gets a ``store``; without one, the state lives in MLflow
+    (:class:`~dlagent.agent.policies.learning.MLflowStateStore` in ``experiment_id``, one per
+    policy name). ``observation``: one already read, used as is. In phase ``decide`` the plan
+    made in phase ``plan`` of the same run is read back from MLflow and the policy is rewarded
+    for it first (:func:`reward_run`, idempotent under ``reward_key``, e.g. ``dag_id/run_id``);
+    the plan's reasons then say what was credited.
     """
-    from dlagent.agent.observe import observe
-    from dlagent.agent.plan import validate_plan
+    from dlagent.agent.observe import observe, read_planned
+    from dlagent.agent.plan import Plan
     from dlagent.agent.policies.base import Policy, load_policy
 
+    if phase not in PHASES:
+        from dlagent.errors import ConfigError
+
+        raise ConfigError("phase", f"must be one of {list(PHASES)}, got {phase!r}.", "use 'plan' after tuning and 'decide' after evaluation.")
     if observation is None:
         observation = observe(client, experiment_id, parent_run_id, champion_name, resources=resources)
     if not isinstance(policy, Policy):
-        if store is None and policy == "learning":
+        if store is None and _keeps_state(policy):
             from dlagent.agent.policies.learning import MLflowStateStore
 
-            store = MLflowStateStore(client, observation.experiment_id)
+            store = MLflowStateStore(client, observation.experiment_id, policy_key=_store_key(policy))
         policy = load_policy(policy, store=store, **policy_kwargs)
-    plan = validate_plan(policy.decide(observation))
-    return plan, observation
+    reward = None
+    if phase == "decide":
+        planned = read_planned(client, observation.experiment_id, observation.parent_run_id)
+        reward = reward_run(policy, observation, planned, key=reward_key)
+    plan = Plan.from_dict(policy.decide(observation)).with_reasons(phase_reasons(phase, reward))
+    return AgentOutcome(plan=plan, observation=observation, reward=reward)
 
 
-def reward_run(policy, observation, planned: dict | None, *, key: str | None = None) -> dict:
+def _keeps_state(policy) -> bool:
+    from dlagent.agent.policies.base import policy_class
+
+    return bool(getattr(policy_class(policy), "uses_store", False))
+
+
+def _store_key(policy: str) -> str:
+    """The state store of a policy name: ``learning`` for the built-in, else its (tail of the) dotted path."""
+    name = policy.strip()
+    return "learning" if name == "learning" else name[-200:]
+
+
+def phase_reasons(phase: str, reward: dict | None) -> list[dict]:
+    """The reasons a phase adds to the policy's own: what phase ``plan`` means, what was rewarded."""
+    if phase == "plan":
+        return [{"decision": "phase=plan",
+                 "because": "made after tuning: downstream tasks take train, compress and controller from this plan; "
+                            "its action is provisional and is decided again after evaluation (phase decide)"}]
+    if reward is None:
+        return []
+    if reward["reward"] is None:
+        return [{"decision": "reward: none recorded", "because": reward["because"]}]
+    verb = "recorded" if reward["recorded"] else "already recorded"
+    return [{"decision": f"reward {reward['reward']:.6g} {verb}", "because": reward["because"]}]
+
+
+def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
     """Credit the reward of a finished pipeline run to the plan that steered it.
 
     For policies that learn (those with ``reward_from_observation``, e.g. ``learning``):
@@ -87,4 +142,4 @@ def reward_run(policy, observation, planned: dict | None, *, key: str | None = N
     return out
 
 
-__all__ = ["reward_run", "run_agent"]
+__all__ = ["PHASES", "AgentOutcome", "phase_reasons", "reward_run", "run_agent"]

@@ -47,19 +47,13 @@ import os
 from dataclasses import dataclass, field
 
 from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
+from dlagent.validation import finite
 
-STEP_TAG = "dlagent.step"
-PARENT_TAG = "mlflow.parentRunId"
-BLESSED_TAG = "dlagent.gate.blessed"  # written by EvaluateOperator
-CHECKPOINT_TAG = "dlagent.checkpoint"  # written by dlagent.ml.tuning on a new best trial's run
-CHAMPION_ALIAS = "champion"
-METRIC_TAG_PREFIX = "dlagent.metric."
-TRIAL_STEPS = ("tune-trial", "trial")
-LEAF_STEPS = ("train", "evaluate", "compress", "gate", "deploy", "agent")
 CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
 VALUE_METRICS = ("objective", "value", "best_val_accuracy", "val_accuracy")
-NUMBER_TAGS = ("optuna.trial_number", "optuna.number", "number")
 MAX_DEPTH = 3
+MAX_PARENT_HOPS = 3
 
 
 class ObservationError(RuntimeError):
@@ -103,7 +97,7 @@ class Observation:
     # Convenience views used by the policies.
     @property
     def completed_trials(self) -> list:
-        return [t for t in self.trials if t["state"] == "COMPLETE" and _finite(t["value"])]
+        return [t for t in self.trials if t["state"] == "COMPLETE" and finite(t["value"])]
 
     def curve_of(self, run_id: str | None) -> dict | None:
         for curve in self.curves:
@@ -124,7 +118,7 @@ class Observation:
     @property
     def reference_accuracy(self) -> float | None:
         """Best held-out accuracy of an uncompressed model (evaluation runs)."""
-        values = [e["metrics"]["test_accuracy"] for e in self.evaluations if _finite(e["metrics"].get("test_accuracy"))]
+        values = [e["metrics"]["test_accuracy"] for e in self.evaluations if finite(e["metrics"].get("test_accuracy"))]
         return max(values) if values else None
 
 
@@ -143,7 +137,7 @@ def observe(client, experiment_id: str, parent_run_id: str, champion_name: str |
         try:
             parent = client.get_run(parent_run_id)
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            if names.is_missing(exc):
                 raise ConfigError("parent_run_id", f"no MLflow run {parent_run_id!r} at {uri}.", "pass the parent run id the pipeline created.") from exc
             raise
         experiment_id = str(experiment_id or parent.info.experiment_id)
@@ -158,8 +152,11 @@ def observe(client, experiment_id: str, parent_run_id: str, champion_name: str |
 
 
 def _tracking_uri(client) -> str:
+    """The client's tracking URI for a message: credentials never printed."""
+    from dlagent.settings import redact_url
+
     tracking = getattr(client, "_tracking_client", None)
-    return str(getattr(tracking, "tracking_uri", None) or getattr(client, "tracking_uri", "") or "<unknown>")
+    return redact_url(str(getattr(tracking, "tracking_uri", None) or getattr(client, "tracking_uri", "") or "<unknown>"))
 
 
 def _descendants(client, experiment_id: str, root: str) -> list:
@@ -168,13 +165,13 @@ def _descendants(client, experiment_id: str, root: str) -> list:
     for _ in range(MAX_DEPTH):
         children = []
         for parent_id in frontier:
-            children.extend(_search_all(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'"))
+            children.extend(_search_all(client, experiment_id, f"tags.`{names.PARENT_TAG}` = '{parent_id}'"))
         if not children:
             break
         found.extend(children)
         # Trials and single-step runs have no children: only container runs (a tune run that
         # holds its trials, say) are searched one level deeper, to keep the queries few.
-        frontier = [r.info.run_id for r in children if not _is_trial(r) and r.data.tags.get(STEP_TAG) not in LEAF_STEPS]
+        frontier = [r.info.run_id for r in children if not _is_trial(r) and r.data.tags.get(names.STEP_TAG) not in names.LEAF_STEPS]
     found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
     return found
 
@@ -194,14 +191,14 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     trials_runs = []
     for run in runs:
         tags = run.data.tags
-        step = tags.get(STEP_TAG, "")
+        step = tags.get(names.STEP_TAG, "")
         if _is_trial(run):
             trials_runs.append(run)
         else:
             by_step.setdefault(step, []).append(run)
 
     trials = sorted((_trial(run) for run in trials_runs), key=lambda t: (t["number"] if t["number"] is not None else 10**9, t["run_id"]))
-    completed = [t for t in trials if t["state"] == "COMPLETE" and _finite(t["value"])]
+    completed = [t for t in trials if t["state"] == "COMPLETE" and finite(t["value"])]
     direction = _direction(parent, trials_runs, completed)
     best_trial = None
     history = []
@@ -223,13 +220,13 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     candidates = [_candidate(r) for r in by_step.get("compress", [])]
     gate = None
     for run in reversed(runs):
-        value = run.data.tags.get(BLESSED_TAG)
+        value = run.data.tags.get(names.GATE_BLESSED_TAG)
         if value is not None:
             gate = {"run_id": run.info.run_id, "blessed": value.strip().lower() in ("true", "1", "yes"), "metrics": _metrics(run)}
             break
 
     seconds = sum((r.info.end_time - r.info.start_time) / 1000.0 for r in runs if r.info.end_time and r.info.start_time)
-    epochs = sum(int(r.data.metrics.get("epochs_run", 0) or 0) for r in runs if _finite(r.data.metrics.get("epochs_run")))
+    epochs = sum(int(r.data.metrics.get("epochs_run", 0) or 0) for r in runs if finite(r.data.metrics.get("epochs_run")))
     compute = {
         "runs": len(runs),
         "finished_runs": sum(1 for r in runs if r.info.status == "FINISHED"),
@@ -239,12 +236,12 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     }
     varied = sorted({k for t in trials for k in t["params"] if len({repr(u["params"].get(k)) for u in trials}) > 1})
     if len(trials) < 2 and best_trial is not None:
-        config = _train_params(parent.data.params)
+        config = train_params(parent.data.params)
         varied = sorted(k for k, v in best_trial["params"].items() if k in config and config[k] != v)
     return Observation(
         experiment_id=experiment_id,
         parent_run_id=parent.info.run_id,
-        config=_train_params(parent.data.params),
+        config=train_params(parent.data.params),
         direction=direction,
         trials=trials,
         best_trial=best_trial,
@@ -261,17 +258,17 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
 
 def _is_trial(run) -> bool:
     tags = run.data.tags
-    return tags.get(STEP_TAG) in TRIAL_STEPS or "optuna.state" in tags or any(tag in tags for tag in NUMBER_TAGS[:2])
+    return tags.get(names.STEP_TAG) in names.TRIAL_STEPS or names.TRIAL_STATE_TAG in tags or any(tag in tags for tag in names.TRIAL_NUMBER_TAGS[:2])
 
 
 def _direction(parent, trial_runs, completed) -> str:
     for run in [*trial_runs, parent]:
-        value = (run.data.tags.get("optuna.direction") or run.data.tags.get("direction") or "").lower()
+        value = (run.data.tags.get(names.DIRECTION_TAG) or run.data.tags.get("direction") or "").lower()
         if value in ("maximize", "minimize"):
             return value
     best = parent.data.metrics.get("best_value")
     values = [t["value"] for t in completed]
-    if _finite(best) and values and min(values) != max(values):
+    if finite(best) and values and min(values) != max(values):
         if math.isclose(best, min(values), rel_tol=1e-6, abs_tol=1e-9):
             return "minimize"
     return "maximize"
@@ -279,7 +276,7 @@ def _direction(parent, trial_runs, completed) -> str:
 
 def _trial(run) -> dict:
     tags, metrics = run.data.tags, run.data.metrics
-    number = next((tags[tag] for tag in NUMBER_TAGS if tags.get(tag) is not None), None)
+    number = next((tags[tag] for tag in names.TRIAL_NUMBER_TAGS if tags.get(tag) is not None), None)
     try:
         number = int(number) if number is not None else None
     except ValueError:
@@ -289,24 +286,24 @@ def _trial(run) -> dict:
         if key in metrics:
             value = metrics[key]
             break
-    if value is None and tags.get("optuna.value") is not None:
+    if value is None and tags.get(names.OPTUNA_VALUE_TAG) is not None:
         try:
-            value = float(tags["optuna.value"])
+            value = float(tags[names.OPTUNA_VALUE_TAG])
         except ValueError:
             value = None
-    state = (tags.get("optuna.state") or tags.get("state") or "").upper()
+    state = (tags.get(names.TRIAL_STATE_TAG) or tags.get("state") or "").upper()
     if not state:
         state = {"FINISHED": "COMPLETE" if value is not None else "FAIL", "RUNNING": "RUNNING", "SCHEDULED": "RUNNING"}.get(run.info.status, "FAIL")
     return {
         "number": number,
         "state": state,
-        "value": _round(value) if _finite(value) else None,
-        "params": _train_params(run.data.params),
+        "value": _round(value) if finite(value) else None,
+        "params": train_params(run.data.params),
         "run_id": run.info.run_id,
-        "epochs_run": int(metrics["epochs_run"]) if _finite(metrics.get("epochs_run")) else None,
-        "study": tags.get("optuna.study"),
+        "epochs_run": int(metrics["epochs_run"]) if finite(metrics.get("epochs_run")) else None,
+        "study": tags.get(names.STUDY_TAG),
         # a new best trial's saved weights (dlagent.ml.tuning), a warm start for the final training
-        "checkpoint": f"runs:/{run.info.run_id}/{tags[CHECKPOINT_TAG]}" if tags.get(CHECKPOINT_TAG) else None,
+        "checkpoint": f"runs:/{run.info.run_id}/{tags[names.CHECKPOINT_TAG]}" if tags.get(names.CHECKPOINT_TAG) else None,
     }
 
 
@@ -323,48 +320,80 @@ def _curve(client, run, step: str) -> dict:
             per_step[m.step] = m.value
         history[key] = [per_step[s] for s in sorted(per_step)]
     summary = analyze_curve(history)
-    return {"run_id": run.info.run_id, "step": step, "params": _train_params(run.data.params), **summary}
+    return {"run_id": run.info.run_id, "step": step, "params": train_params(run.data.params), **summary}
 
 
 def _candidate(run) -> dict:
     from dlagent.ml.compression import CompressionConfig
 
-    names = {f.name: str(f.type) for f in dataclasses.fields(CompressionConfig)}
+    declared = {f.name: str(f.type) for f in dataclasses.fields(CompressionConfig)}
     config = {}
     for key, text in sorted(run.data.params.items()):
-        if key in names:
-            config[key] = _typed(text, names[key])
+        if key in declared:
+            config[key] = _typed(text, declared[key])
     metrics = _metrics(run)
     if "accuracy" not in metrics and "test_accuracy" in metrics:
         metrics["accuracy"] = metrics["test_accuracy"]
-    return {"run_id": run.info.run_id, "name": run.data.tags.get("dlagent.candidate") or run.info.run_name or run.info.run_id,
+    return {"run_id": run.info.run_id, "name": run.data.tags.get(names.CANDIDATE_TAG) or run.info.run_name or run.info.run_id,
             "config": config, "metrics": metrics}
 
 
 def read_champion(client, name: str) -> dict | None:
-    """The version under alias ``champion`` of registered model ``name`` with its metrics, or None."""
+    """The champion of registered model ``name`` as the agent sees it: ``{"name", "version", "run_id",
+    "metrics"}`` (the version's gate metrics over its run's), or ``None``
+    (:func:`dlagent.ml.mlflow_names.read_champion`)."""
+    champion = names.read_champion(client, name, with_run_metrics=True)
+    if champion is None:
+        return None
+    metrics = {k: _round(v) for k, v in champion["metrics"].items() if finite(v)}
+    return {"name": name, "version": champion["version"], "run_id": champion["run_id"], "metrics": dict(sorted(metrics.items()))}
+
+
+def pipeline_run_of(client, run_id: str, *, own_parent: str | None = None) -> tuple[str, str]:
+    """``(experiment_id, run_id)`` of the pipeline run ``run_id`` belongs to.
+
+    ``run_id`` itself when it is a pipeline's parent run (or ``own_parent``), else the first
+    ancestor that is (at most :data:`MAX_PARENT_HOPS` up): e.g. the run of a champion a sensor
+    watched. A run that does not exist is a :class:`ConfigError` (field ``observe_run_id``).
+    """
     from mlflow.exceptions import MlflowException
 
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-    metrics = {}
-    if version.run_id:
+    if not isinstance(run_id, str) or not run_id:
+        raise ConfigError("observe_run_id", f"must be an MLflow run id, got {run_id!r}.", "pass a run id, or leave it empty.")
+    for _ in range(MAX_PARENT_HOPS + 1):
         try:
-            metrics.update(_metrics(client.get_run(version.run_id)))
+            run = client.get_run(run_id)
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
-                raise
-    for key, text in (version.tags or {}).items():
-        if key.startswith(METRIC_TAG_PREFIX):
-            try:
-                metrics[key[len(METRIC_TAG_PREFIX):]] = _round(float(text))
-            except ValueError:
-                continue
-    return {"name": name, "version": str(version.version), "run_id": version.run_id, "metrics": dict(sorted(metrics.items()))}
+            if names.is_missing(exc):
+                raise ConfigError("observe_run_id", f"no MLflow run {run_id!r} at {_tracking_uri(client)}.",
+                                  "pass the id of a pipeline run (or of a run under one), or leave it empty.") from exc
+            raise
+        parent = run.data.tags.get(names.PARENT_TAG)
+        if run_id == own_parent or run.data.tags.get(names.KIND_TAG) == names.KIND_PIPELINE or not parent:
+            return run.info.experiment_id, run.info.run_id
+        run_id = parent
+    return run.info.experiment_id, run.info.run_id
+
+
+def read_planned(client, experiment_id: str, pipeline_run_id: str):
+    """The plan the agent made in phase ``plan`` of a pipeline run (the latest finished one: a
+    failed decision has no ``decisions.json``), as a :class:`~dlagent.agent.plan.Plan`, or ``None``."""
+    import tempfile
+    from pathlib import Path
+
+    from dlagent.agent.plan import Plan
+
+    where = " and ".join((names.tag_equals(names.PARENT_TAG, pipeline_run_id), names.tag_equals(names.STEP_TAG, names.STEP_AGENT),
+                          names.tag_equals(names.PHASE_TAG, "plan"), "attributes.status = 'FINISHED'"))
+    runs = client.search_runs([experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dlagent-agent-") as folder:
+        path = Path(client.download_artifacts(runs[0].info.run_id, names.DECISIONS_FILE, folder))
+        try:
+            return Plan.from_dict(path.read_text())
+        except ConfigError as exc:
+            raise ConfigError(f"{names.DECISIONS_FILE} of run {runs[0].info.run_id}: {exc.field}", exc.problem, exc.fix) from exc
 
 
 # --------------------------------------------------------------------------- curves
@@ -477,14 +506,15 @@ def measure_resources() -> dict:
 # --------------------------------------------------------------------------- helpers
 
 
-def _train_params(params: dict) -> dict:
+def train_params(params: dict) -> dict:
+    """The MLflow params of a run that are training settings, typed as the settings (str -> int/float)."""
     from dlagent.ml.config import TrainConfig
 
-    names = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    declared = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out = {}
     for key in sorted(params):
-        if key in names:
-            value = _typed(params[key], names[key])
+        if key in declared:
+            value = _typed(params[key], declared[key])
             if value is not None:
                 out[key] = value
     return out
@@ -510,14 +540,10 @@ def _better(a: float, b: float, direction: str) -> bool:
 
 
 def _metrics(run) -> dict:
-    return {k: _round(v) for k, v in sorted(run.data.metrics.items()) if _finite(v)}
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return {k: _round(v) for k, v in sorted(run.data.metrics.items()) if finite(v)}
 
 
 def _round(value, digits: int = 6):
-    if value is None or not _finite(value):
+    if value is None or not finite(value):
         return None
     return float(f"{float(value):.{digits + 3}g}") if abs(value) < 1e-3 else round(float(value), digits)

@@ -95,32 +95,41 @@ class MLflowHook(BaseHook):
             return str(conn.extra_dejson["ui_url"]).rstrip("/")
         return settings.mlflow_ui_url(self.tracking_uri)
 
-    def configure_client_environment(self) -> None:
-        """Point the process's MLflow fluent API at this server, with the Connection's login.
-
-        MLflow reads basic-auth credentials from the environment; they are set for this
-        process only and never logged.
-        """
-        import mlflow
-
-        conn = self._connection
-        if conn is not None and conn.login:
-            os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
-        if self.tracking_uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(self.tracking_uri[len("sqlite:///"):]), exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
-
     def get_conn(self):
         """An ``MlflowClient`` for this server (created on first use, no I/O before)."""
         return self.client
 
     @cached_property
     def client(self):
+        """The ``MlflowClient`` every dlagent task hands to the ML core (registry URI = tracking URI).
+
+        Nothing process-wide changes: MLflow's global tracking URI is never set, and the
+        Connection's login travels inside this client's URI only (HTTP basic auth in the URL,
+        which ``requests`` sends as an ``Authorization`` header), never through ``os.environ``,
+        so a subprocess or a second hook in the same worker does not inherit it. The password
+        is registered with Airflow's secrets masker, and every message prints the URI redacted.
+        """
         from mlflow import MlflowClient
 
-        self.configure_client_environment()
-        return MlflowClient(self.tracking_uri)
+        uri = self._authenticated_uri()
+        if uri.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
+        return MlflowClient(uri, registry_uri=uri)
+
+    def _authenticated_uri(self) -> str:
+        """The tracking URI with the Connection's login and password in it (http(s) servers only)."""
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        conn, uri = self._connection, self.tracking_uri
+        if conn is None or not conn.login or not uri.startswith(("http://", "https://")):
+            return uri
+        parts = urlsplit(uri)
+        if "@" in parts.netloc:  # the URI names its own credentials
+            return uri
+        auth = quote(conn.login, safe="") + (f":{quote(conn.password, safe='')}" if conn.password else "")
+        authenticated = urlunsplit((parts.scheme, f"{auth}@{parts.netloc}", parts.path, parts.query, parts.fragment))
+        settings.mask_url_password(authenticated)
+        return authenticated
 
     def get_experiment_id(self, name: str) -> str:
         from dlagent.ml.tracking import ensure_experiment

@@ -30,19 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import io
 import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
+from dlagent.ml.evaluation import gzip_size
+from dlagent.ml.models import copy_model
 from dlagent.validation import check_choice, check_int, check_number, settings_from_dict
 
 log = logging.getLogger(__name__)
@@ -156,15 +156,6 @@ class Candidate:
     keras_model: object
     metrics: dict = field(default_factory=dict)
 
-    def save_tflite(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.tflite_bytes)
-        return path
-
-    def summary(self) -> dict:
-        """JSON-able description (for XCom, MLflow tags, reports): no bytes, no model."""
-        return {"name": self.name, "config": self.config.to_dict(), "metrics": dict(self.metrics)}
 
 
 # --------------------------------------------------------------------------- pruning
@@ -243,65 +234,6 @@ def polynomial_sparsity(step: int, end_step: int, target: float, initial: float 
     return target + (initial - target) * (1.0 - t) ** power
 
 
-def pruning_callback(kernels: list, masks: list, *, target: float = 0.0, scope: str = "layer", schedule: str = "oneshot",
-                     end_step: int = 0, frequency: int = 1):
-    """A Keras callback holding ``kernels`` at their ``masks`` after every batch.
-
-    With ``schedule='polynomial'`` it also recomputes the masks every ``frequency`` steps at
-    the scheduled sparsity, reaching ``target`` at ``end_step``; masks only ever grow (a
-    pruned weight is zero, so it stays among the smallest).
-    """
-    import keras
-
-    class MaskedPruning(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.masks = [np.asarray(m, dtype=np.float32) for m in masks]
-            self.step = 0
-            self.current_sparsity = target if schedule == "oneshot" else 0.0
-
-        def on_train_begin(self, logs=None):
-            self.step = 0
-            self._apply()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.step += 1
-            if schedule == "polynomial" and (self.step % frequency == 0 or self.step >= end_step):
-                scheduled = polynomial_sparsity(self.step, end_step, target)
-                if scheduled > self.current_sparsity:
-                    self.current_sparsity = scheduled
-                    self.masks = [m.astype(np.float32) for m in magnitude_masks(kernels, scheduled, scope)]
-            self._apply()
-
-        def on_train_end(self, logs=None):
-            if schedule == "polynomial" and self.current_sparsity < target:
-                self.current_sparsity = target
-                self.masks = [m.astype(np.float32) for m in magnitude_masks(kernels, target, scope)]
-            self._apply()
-
-        def _apply(self):
-            for kernel, mask in zip(kernels, self.masks, strict=True):
-                kernel.assign(kernel.numpy() * mask)
-
-    return MaskedPruning()
-
-
-def copy_model(model):
-    """An independent copy of a Keras model: same architecture and weights, **not compiled**.
-
-    ``keras.models.clone_model`` re-compiles the clone when the source is compiled (Keras
-    3.15), which would carry optimizer state into a saved file; ``from_config`` does not.
-    """
-    import keras
-
-    try:
-        clone = type(model).from_config(model.get_config())
-    except (NotImplementedError, TypeError, ValueError):  # a subclassed model without a config
-        clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def prune(
     model,
     splits: DatasetSplits | None,
@@ -322,6 +254,8 @@ def prune(
     training (``splits`` may then be ``None``).
     """
     import keras
+
+    from dlagent.ml.callbacks import MaskedPruning
 
     sparsity = validate_sparsity(sparsity)
     check_choice("pruning_scope", scope, PRUNING_SCOPES)
@@ -344,7 +278,7 @@ def prune(
     steps_per_epoch = math.ceil(len(splits.y_train) / batch_size)
     total_steps = steps_per_epoch * fine_tune_epochs
     end_step = max(1, int(0.7 * total_steps))
-    callback = pruning_callback(
+    callback = MaskedPruning(
         kernels, masks if schedule == "oneshot" else [np.ones_like(m) for m in masks],
         target=sparsity, scope=scope, schedule=schedule, end_step=end_step, frequency=max(1, end_step // 10),
     )
@@ -489,11 +423,6 @@ def quantize(model, mode: str = "int8", representative_data=None, *, int8_io: bo
         content = converter.convert()
     log.debug("TFLite converter output: %s", chatter.getvalue())
     return bytes(content)
-
-
-def gzip_size(data: bytes) -> int:
-    """Bytes after gzip at the highest level (what a download or an OTA update carries)."""
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 # --------------------------------------------------------------------------- the whole step

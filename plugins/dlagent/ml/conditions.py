@@ -35,13 +35,12 @@ import math
 import operator
 
 from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
 
 KINDS = ("run_finished", "threshold", "drift")
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 TARGET_KEYS = ("run_id", "experiment_name", "model_name")
 ENDED_BADLY = ("FAILED", "KILLED")
-METRIC_TAG_PREFIX = "dlagent.metric."
-STATE_RUN_KIND = "agent-policy-state"
 
 
 class ConditionError(RuntimeError):
@@ -212,9 +211,9 @@ def check_condition(client, condition: dict) -> dict:
 
     metric = condition["metric"]
     value = None
-    if version is not None and (version.tags or {}).get(METRIC_TAG_PREFIX + metric) is not None:
+    if version is not None and (version.tags or {}).get(names.metric_tag(metric)) is not None:
         try:
-            value = float(version.tags[METRIC_TAG_PREFIX + metric])
+            value = float(version.tags[names.metric_tag(metric)])
         except ValueError:
             value = None
     if value is None and run is not None:
@@ -250,11 +249,11 @@ def _latest_run(client, experiment_name: str, tags: dict):
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return None
-    clauses = [f"tags.`{k}` = '{_quote(v)}'" for k, v in sorted(tags.items())]
+    clauses = [names.tag_equals(k, v) for k, v in sorted(tags.items())]
     runs = client.search_runs([experiment.experiment_id], filter_string=" and ".join(clauses),
                               order_by=["attributes.start_time DESC"], max_results=10)
     for run in runs:
-        if run.data.tags.get("dlagent.kind") != STATE_RUN_KIND:
+        if run.data.tags.get(names.KIND_TAG) != names.KIND_POLICY_STATE:
             return run
     return None
 
@@ -265,10 +264,6 @@ def _version_by_alias(client, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if names.is_missing(exc):
             return None
         raise
-
-
-def _quote(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")

@@ -1,7 +1,9 @@
 """Training settings: one validated dataclass shared by the DAG Params, operators and core.
 
 The field names are the names used everywhere (Params, MLflow params, tuning search spaces,
-agent plans): ``learning_rate``, never ``lr``.
+agent plans): ``learning_rate``, never ``lr``. Each field's limits are declared once, here
+(:func:`dlagent.validation.bounded`): the dataclass checks itself with them, the trigger form's
+Params are generated from them, and the agent's plan and policies read the same numbers.
 """
 
 from __future__ import annotations
@@ -9,43 +11,48 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from dlagent.validation import check_choice, check_int, check_number, settings_from_dict
+from dlagent.validation import bounded, check_fields, field_bounds, settings_from_dict
 
 MODELS = ("mlp", "cnn")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
+MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "cnn"
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.0
-    units: int = 128
-    filters: int = 32
-    dropout: float = 0.2
-    early_stopping_patience: int = 5
-    seed: int = 42
+    model: str = bounded("cnn", "choice", choices=MODELS, title="Model",
+                         description="'cnn' for images, 'mlp' for images or tabular data.")
+    epochs: int = bounded(20, "int", low=1, high=MAX_EPOCHS, title="Epochs",
+                          description="Maximum training epochs; early stopping may end sooner.")
+    batch_size: int = bounded(32, "int", low=1, high=65_536, title="Batch size", description="Samples per gradient step.")
+    learning_rate: float = bounded(1e-3, "number", low=0.0, high=10.0, low_open=True, title="Learning rate",
+                                   description="Optimizer step size, > 0 (Adam's usual 0.001).")
+    optimizer: str = bounded("adam", "choice", choices=OPTIMIZERS, title="Optimizer", description="Keras optimizer.")
+    momentum: float = bounded(0.0, "number", low=0.0, high=1.0, high_open=True, title="Momentum",
+                              description="Momentum of 'sgd' and 'rmsprop', in [0, 1).")
+    units: int = bounded(128, "int", low=1, high=65_536, title="Dense units", description="Width of the hidden dense layer.")
+    filters: int = bounded(32, "int", low=1, high=4_096, title="Convolution filters",
+                           description="Filters of the first convolution of 'cnn' (the second has twice as many).")
+    dropout: float = bounded(0.2, "number", low=0.0, high=1.0, high_open=True, title="Dropout",
+                             description="Dropout rate before the dense layer, in [0, 1).")
+    early_stopping_patience: int = bounded(5, "int", low=0, high=10_000, title="Early-stopping patience",
+                                           description="Epochs without validation-loss improvement before stopping; 0 turns it off.")
+    seed: int = bounded(42, "int", low=0, high=MAX_SEED, title="Seed",
+                        description="Seeds the data split and the weights: the same seed gives the same run.")
 
     def __post_init__(self):
-        check_choice("model", self.model, MODELS)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_int("epochs", self.epochs, low=1, high=10_000)
-        check_int("batch_size", self.batch_size, low=1, high=65_536)
-        check_int("units", self.units, low=1, high=65_536)
-        check_int("filters", self.filters, low=1, high=4_096)
-        check_int("early_stopping_patience", self.early_stopping_patience, low=0, high=10_000)
-        check_int("seed", self.seed, low=0, high=2**31 - 1)
-        check_number("learning_rate", self.learning_rate, low=0.0, high=10.0, low_open=True)
-        check_number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        check_number("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Build from a dict (Params, a plan, best trial params); unknown keys are refused."""
         return settings_from_dict(cls, values, section="train", prefix="", what="training setting")
+
+    @classmethod
+    def bounds(cls, name: str):
+        """The declared limits of one setting (:class:`dlagent.validation.Bounds`)."""
+        return field_bounds(cls, name)
 
     def replace(self, **changes) -> TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})

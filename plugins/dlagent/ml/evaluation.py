@@ -20,6 +20,7 @@ global backend switch), so they work in a worker without a display.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.ml.data import DatasetSplits
+from dlagent.ml.plotting import new_figure
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +69,6 @@ class TFLiteModel:
             interpreter = self._tf.lite.Interpreter(model_content=self.model_content, num_threads=self.num_threads)
         interpreter.allocate_tensors()
         return interpreter
-
-    @property
-    def input_dtype(self):
-        return self.input_detail["dtype"]
-
-    @property
-    def output_dtype(self):
-        return self.output_detail["dtype"]
 
     def _to_input(self, x: np.ndarray) -> np.ndarray:
         dtype = self.input_detail["dtype"]
@@ -139,6 +133,11 @@ class TFLiteModel:
             self.predict(x, batch_size=batch_size)
             best = min(best, time.perf_counter() - started)
         return float(len(x) / best) if best > 0 else float("inf")
+
+
+def gzip_size(data: bytes) -> int:
+    """Bytes after gzip at the highest level (what a download or an OTA update carries)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 def padded_batches(x: np.ndarray, size: int):
@@ -215,7 +214,7 @@ def keras_throughput(model, x: np.ndarray, *, batch_size: int = 256, repeats: in
 
 def keras_model_size(model) -> int:
     """Bytes of the model saved as a ``.keras`` file without optimizer state (what is deployed)."""
-    from dlagent.ml.compression import copy_model
+    from dlagent.ml.models import copy_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
@@ -225,7 +224,7 @@ def keras_model_size(model) -> int:
 
 def keras_model_bytes(model) -> bytes:
     """The ``.keras`` file of ``model`` without optimizer state, as bytes."""
-    from dlagent.ml.compression import copy_model
+    from dlagent.ml.models import copy_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
@@ -296,8 +295,6 @@ def evaluate_keras(
     probs = keras_predict(model, splits.x_test)
     metrics, per_class, confusion = classification_metrics(splits.y_test, probs, splits.class_names)
     content = keras_model_bytes(model)
-    from dlagent.ml.compression import gzip_size
-
     metrics.update({
         "size_bytes": len(content),
         "gzip_size_bytes": gzip_size(content),
@@ -329,8 +326,6 @@ def evaluate_tflite(
     (the Keras model the TFLite file was converted from); permutation importance for tabular
     data runs on the TFLite model itself.
     """
-    from dlagent.ml.compression import gzip_size
-
     runner = TFLiteModel(model_content, num_threads=num_threads)
     probs = runner.predict(splits.x_test)
     metrics, per_class, confusion = classification_metrics(splits.y_test, probs, splits.class_names)
@@ -379,20 +374,11 @@ def _write_artifacts(report: EvaluationReport, splits: DatasetSplits, out_dir, *
 # --------------------------------------------------------------------------- plots and explanations
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_confusion_matrix(confusion, class_names: list[str], path, *, title: str = "") -> Path:
     matrix = np.asarray(confusion)
     n = len(class_names)
     size = max(4.0, 0.5 * n + 2)
-    figure = _figure(size, size)
+    figure = new_figure(size, size)
     axes = figure.add_subplot(1, 1, 1)
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
@@ -455,7 +441,7 @@ def plot_integrated_gradients(model, splits: DatasetSplits, path, *, samples_per
     columns = max(columns, 2)
     per_row = columns // 2
     rows = math.ceil(n / per_row)
-    figure = _figure(2.0 * columns, 2.1 * rows)
+    figure = new_figure(2.0 * columns, 2.1 * rows)
     for k, index in enumerate(picks):
         image = images[k]
         heat = np.abs(attributions[k])
@@ -506,7 +492,7 @@ def permutation_importance(predict_fn, x: np.ndarray, y: np.ndarray, *, repeats:
 def plot_permutation_importance(importance: list[dict], path, *, top: int = 20, feature_names=None) -> Path:
     shown = importance[:top][::-1]
     names = [str(feature_names[r["feature"]]) if feature_names else f"feature {r['feature']}" for r in shown]
-    figure = _figure(6.0, max(2.5, 0.3 * len(shown) + 1))
+    figure = new_figure(6.0, max(2.5, 0.3 * len(shown) + 1))
     axes = figure.add_subplot(1, 1, 1)
     axes.barh(names, [r["importance_mean"] for r in shown], xerr=[r["importance_std"] for r in shown], color="tab:blue")
     axes.set_xlabel("accuracy drop when shuffled")
@@ -519,7 +505,7 @@ def plot_permutation_importance(importance: list[dict], path, *, top: int = 20, 
 # --------------------------------------------------------------------------- MLflow
 
 
-def log_evaluation(tracking_uri: str | None, run_id: str, report: EvaluationReport, *, prefix: str = "",
+def log_evaluation(client, run_id: str, report: EvaluationReport, *, prefix: str = "",
                    artifact_path: str | None = None) -> None:
     """Log a report's metrics (``prefix`` + name) and artifacts (under ``artifact_path``,
     default ``evaluation/<kind>``) to ``run_id``.
@@ -528,11 +514,8 @@ def log_evaluation(tracking_uri: str | None, run_id: str, report: EvaluationRepo
     training loggers). A failure to upload an artifact is raised: an evaluation step whose
     report is not stored has not succeeded.
     """
-    from mlflow import MlflowClient
-
     from dlagent.ml.tracking import log_metrics
 
-    client = MlflowClient(tracking_uri)
     items = [(f"{prefix}{name}", value) for name, value in report.metrics.items()]
     for start in range(0, len(items), 900):  # MLflow takes at most 1,000 metrics per batch
         log_metrics(client, run_id, dict(items[start : start + 900]))

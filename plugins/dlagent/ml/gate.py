@@ -27,41 +27,42 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
-from dlagent.validation import check_int, check_number, settings_from_dict
+from dlagent.ml.selection import EPS, limit_checks, points
+from dlagent.validation import bounded, check_fields, settings_from_dict
 
 MAX_REGRESSION_POINTS = 0.5
 ACCURACY = "test_accuracy"
 SIZE = "size_bytes"
 LATENCY = "latency_ms_p95"
-_EPS = 1e-9
 
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Limits a candidate must meet; ``None`` switches a limit off. Validated on creation."""
+    """Limits a candidate must meet; ``None`` switches a limit off. Validated on creation; each
+    limit is declared once (the trigger form's Params are generated from these fields)."""
 
-    min_accuracy: float | None = None
-    max_accuracy_drop_points: float | None = 1.0
-    max_size_bytes: int | None = None
-    max_latency_ms_p95: float | None = None
-    min_improvement_points: float = 0.0
-    tie_tolerance_points: float = MAX_REGRESSION_POINTS
-    min_efficiency_gain: float = 0.05
+    min_accuracy: float | None = bounded(None, "number", low=0.0, high=1.0, optional=True, title="Gate: minimum accuracy",
+                                         description="Test accuracy (fraction) the shipped model must reach; empty for none.",
+                                         fix="give a fraction in [0, 1], e.g. 0.9 for 90%, or null for no minimum.")
+    max_accuracy_drop_points: float | None = bounded(1.0, "number", low=0.0, high=100.0, optional=True,
+                                                     title="Gate: maximum compression loss",
+                                                     description="Accuracy points the compressed model may lose against the uncompressed one.",
+                                                     fix="give accuracy points in [0, 100], e.g. 1.0, or null for no limit.")
+    max_size_bytes: int | None = bounded(None, "int", low=1, optional=True, title="Gate: maximum size (bytes)",
+                                         description="Largest model file that may ship; empty for no limit.",
+                                         fix="give a whole number of bytes, e.g. 500000, or null for no limit.")
+    max_latency_ms_p95: float | None = bounded(None, "number", low=0.0, high=1e9, low_open=True, optional=True,
+                                               title="Gate: maximum p95 latency (ms)",
+                                               description="Slowest single-sample p95 latency that may ship; empty for no limit.",
+                                               fix="give milliseconds > 0, e.g. 5.0, or null for no limit.")
+    min_improvement_points: float = bounded(0.0, "number", low=0.0, high=100.0, fix="give accuracy points in [0, 100], e.g. 0.")
+    tie_tolerance_points: float = bounded(MAX_REGRESSION_POINTS, "number", low=0.0, high=MAX_REGRESSION_POINTS,
+                                          fix=f"give accuracy points in [0, {MAX_REGRESSION_POINTS}]: a model worse by more is never blessed.")
+    min_efficiency_gain: float = bounded(0.05, "number", low=0.0, high=1.0, high_open=True,
+                                         fix="give a fraction in [0, 1), e.g. 0.05 for 5% smaller or faster.")
 
     def __post_init__(self):
-        _number("min_accuracy", self.min_accuracy, low=0.0, high=1.0, optional=True,
-                fix="give a fraction in [0, 1], e.g. 0.9 for 90%, or null for no minimum.")
-        _number("max_accuracy_drop_points", self.max_accuracy_drop_points, low=0.0, high=100.0, optional=True,
-                fix="give accuracy points in [0, 100], e.g. 1.0, or null for no limit.")
-        _integer("max_size_bytes", self.max_size_bytes, low=1, optional=True)
-        _number("max_latency_ms_p95", self.max_latency_ms_p95, low=0.0, high=1e9, low_open=True, optional=True,
-                fix="give milliseconds > 0, e.g. 5.0, or null for no limit.")
-        _number("min_improvement_points", self.min_improvement_points, low=0.0, high=100.0,
-                fix="give accuracy points in [0, 100], e.g. 0.")
-        _number("tie_tolerance_points", self.tie_tolerance_points, low=0.0, high=MAX_REGRESSION_POINTS,
-                fix=f"give accuracy points in [0, {MAX_REGRESSION_POINTS}]: a model worse by more is never blessed.")
-        _number("min_efficiency_gain", self.min_efficiency_gain, low=0.0, high=1.0, high_open=True,
-                fix="give a fraction in [0, 1), e.g. 0.05 for 5% smaller or faster.")
+        check_fields(self, prefix="thresholds.")
 
     @classmethod
     def from_dict(cls, values: dict | None) -> GateThresholds:
@@ -72,14 +73,6 @@ class GateThresholds:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _number(name, value, **limits):
-    check_number(f"thresholds.{name}", value, **limits)
-
-
-def _integer(name, value, *, low, optional=False):
-    check_int(f"thresholds.{name}", value, low=low, optional=optional, fix="give a whole number of bytes, e.g. 500000, or null for no limit.")
 
 
 def _metric(metrics: dict | None, key: str, where: str, *, required: bool = False) -> float | None:
@@ -99,10 +92,6 @@ def _metric(metrics: dict | None, key: str, where: str, *, required: bool = Fals
     return float(value)
 
 
-def _points(a: float, b: float) -> float:
-    return round((a - b) * 100.0, 6)
-
-
 def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_metrics: dict | None,
            thresholds: GateThresholds | dict | None = None) -> dict:
     """Decide whether the candidate ships.
@@ -119,52 +108,29 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
     size = _metric(candidate_metrics, SIZE, "candidate_metrics")
     latency = _metric(candidate_metrics, LATENCY, "candidate_metrics")
     reference_accuracy = _metric(reference_metrics, ACCURACY, "reference_metrics", required=reference_metrics is not None)
-    checks: list[dict] = []
+    # The limits: the same rule the evaluate step and the rules policy pick candidates with.
+    checks = limit_checks(accuracy, size, latency, reference_accuracy, thresholds)
+    drop = points(reference_accuracy, accuracy) if reference_accuracy is not None else None
 
     def check(name: str, passed: bool, detail: str):
         checks.append({"check": name, "passed": bool(passed), "detail": detail})
-
-    if thresholds.min_accuracy is not None:
-        check("min_accuracy", accuracy >= thresholds.min_accuracy - _EPS,
-              f"test_accuracy {accuracy:.4f} {'>=' if accuracy >= thresholds.min_accuracy - _EPS else '<'} min_accuracy {thresholds.min_accuracy:.4f}")
-
-    drop = None
-    if reference_accuracy is not None:
-        drop = _points(reference_accuracy, accuracy)
-        if thresholds.max_accuracy_drop_points is not None:
-            ok = drop <= thresholds.max_accuracy_drop_points + _EPS
-            check("max_accuracy_drop_points", ok,
-                  f"accuracy drop versus the uncompressed model {drop:+.2f} points {'<=' if ok else '>'} {thresholds.max_accuracy_drop_points} allowed")
-    elif thresholds.max_accuracy_drop_points is not None:
-        check("max_accuracy_drop_points", False, "no reference (uncompressed) metrics to measure the accuracy drop against")
-
-    for name, value, limit, unit in (("max_size_bytes", size, thresholds.max_size_bytes, "bytes"),
-                                      ("max_latency_ms_p95", latency, thresholds.max_latency_ms_p95, "ms")):
-        if limit is None:
-            continue
-        metric = SIZE if name == "max_size_bytes" else LATENCY
-        if value is None:
-            check(name, False, f"{metric} was not measured, so the limit {limit} {unit} cannot be verified")
-        else:
-            ok = value <= limit + _EPS
-            check(name, ok, f"{metric} {value:g} {unit} {'<=' if ok else '>'} limit {limit:g} {unit}")
 
     delta = None
     champion_accuracy = _metric(champion_metrics, ACCURACY, "champion_metrics", required=champion_metrics is not None)
     if champion_accuracy is None:
         check("champion", True, "no champion deployed: the first model that meets the limits ships")
     else:
-        delta = _points(accuracy, champion_accuracy)
+        delta = points(accuracy, champion_accuracy)
         champion_size = _metric(champion_metrics, SIZE, "champion_metrics")
         champion_latency = _metric(champion_metrics, LATENCY, "champion_metrics")
         gain = thresholds.min_efficiency_gain
-        smaller = size is not None and champion_size is not None and size <= champion_size * (1 - gain) + _EPS
-        faster = latency is not None and champion_latency is not None and latency <= champion_latency * (1 - gain) + _EPS
-        if delta < -MAX_REGRESSION_POINTS - _EPS:
+        smaller = size is not None and champion_size is not None and size <= champion_size * (1 - gain) + EPS
+        faster = latency is not None and champion_latency is not None and latency <= champion_latency * (1 - gain) + EPS
+        if delta < -MAX_REGRESSION_POINTS - EPS:
             check("champion", False, f"worse than the champion by {-delta:.2f} points (more than {MAX_REGRESSION_POINTS}): never blessed")
-        elif delta > _EPS and delta >= thresholds.min_improvement_points - _EPS:
+        elif delta > EPS and delta >= thresholds.min_improvement_points - EPS:
             check("champion", True, f"better than the champion by {delta:+.2f} points (min_improvement_points {thresholds.min_improvement_points})")
-        elif delta >= -thresholds.tie_tolerance_points - _EPS and (smaller or faster):
+        elif delta >= -thresholds.tie_tolerance_points - EPS and (smaller or faster):
             what = " and ".join(
                 part for part, flag in (
                     (f"smaller ({size:g} vs {champion_size:g} bytes)" if smaller else "", smaller),
@@ -175,7 +141,7 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         else:
             why = (f"{delta:+.2f} points versus the champion is not an improvement of at least "
                    f"{max(thresholds.min_improvement_points, 0.0)} points")
-            if delta >= -thresholds.tie_tolerance_points - _EPS:
+            if delta >= -thresholds.tie_tolerance_points - EPS:
                 why += f", and it is not at least {gain:.0%} smaller or faster than the champion"
             else:
                 why += f", and it is outside the {thresholds.tie_tolerance_points}-point tie tolerance"

@@ -12,11 +12,14 @@ import hashlib
 from pathlib import Path
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; ``None`` for an in-memory or ``file:`` URI database."""
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database
-    return Path(database) if database and database != ":memory:" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 @contextlib.contextmanager
@@ -48,7 +51,7 @@ def named_lock(url: str, name: str, *, engine=None):
             if owned:
                 engine.dispose()
         return
-    path = _sqlite_path(url) if backend == "sqlite" else None
+    path = sqlite_path(url) if backend == "sqlite" else None
     if path is None:
         yield
         return

@@ -52,3 +52,19 @@ def build_optimizer(config: TrainConfig):
     if config.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate=config.learning_rate, momentum=config.momentum)
     return keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+
+def copy_model(model):
+    """An independent copy of a Keras model: same architecture and weights, **not compiled**.
+
+    ``keras.models.clone_model`` re-compiles the clone when the source is compiled (Keras
+    3.15), which would carry optimizer state into a saved file; ``from_config`` does not.
+    """
+    import keras
+
+    try:
+        clone = type(model).from_config(model.get_config())
+    except (NotImplementedError, TypeError, ValueError):  # a subclassed model without a config
+        clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone

@@ -1,8 +1,8 @@
 """MLflow bookkeeping shared by every step: experiments, idempotent runs, safe metric logging.
 
 Runs are found again by a ``dlagent.key`` tag derived from where they come from (DAG id, run
-id, task id, map index), so a retried or cleared task continues its own MLflow run instead
-of leaving a second one behind.
+id, task id, map index; :func:`dlagent.ml.mlflow_names.find_run`), so a retried or cleared
+task continues its own MLflow run instead of leaving a second one behind.
 """
 
 from __future__ import annotations
@@ -11,16 +11,12 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
+from dlagent.ml.mlflow_names import PARENT_TAG, RUN_KEY_TAG, find_run
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
-
-RUN_KEY_TAG = "dlagent.key"
-PARENT_TAG = "mlflow.parentRunId"
-# MLflow's own pip requirements inference imports the model in a subprocess (slow, and it
-# can pick up the whole Airflow environment): state what serving the model needs instead.
-MODEL_PIP_REQUIREMENTS = ["tensorflow-cpu==2.21.0", "keras==3.15.1", "numpy"]
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -44,14 +40,6 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
 
 def run_key(*parts) -> str:
     return "/".join(str(p) for p in parts)
-
-
-def find_run(client: MlflowClient, experiment_id: str, key: str):
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{_quote(key)}'", max_results=1,
-        order_by=["attributes.start_time ASC"],
-    )
-    return runs[0] if runs else None
 
 
 def find_or_create_run(
@@ -81,10 +69,6 @@ def find_or_create_run(
         return run_id, False
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     return run.info.run_id, True
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def log_params_safely(client: MlflowClient, run_id: str, params: dict) -> None:
@@ -117,25 +101,3 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int | No
         client.log_batch(run_id, metrics=batch)
     except Exception as exc:  # noqa: BLE001 - a lost metric must not stop training
         log.warning("could not log metrics %s to MLflow run %s: %s", sorted(metrics), run_id, exc)
-
-
-def mlflow_epoch_logger(client: MlflowClient, run_id: str):
-    """A Keras callback logging every epoch's metrics (and learning rate) to ``run_id``."""
-    import keras
-
-    class MLflowEpochLogger(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            metrics = dict(logs or {})
-            optimizer = getattr(self.model, "optimizer", None)
-            if optimizer is not None:
-                try:
-                    metrics.setdefault("learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
-                except Exception:  # noqa: BLE001
-                    pass
-            log_metrics(client, run_id, metrics, step=epoch)
-
-    return MLflowEpochLogger()
-
-
-def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
-    client.set_terminated(run_id, status=status)

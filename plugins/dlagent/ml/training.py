@@ -47,7 +47,7 @@ class TrainResult:
 def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: int = 0, initial_model=None) -> TrainResult:
     """Build, compile and fit a model; early stopping restores the best validation weights.
 
-    With ``initial_model`` (a Keras model, e.g. :func:`load_checkpoint` of the best tuning
+    With ``initial_model`` (a Keras model, e.g. :func:`dlagent.ml.model_store.load_checkpoint` of the best tuning
     trial) training continues from its weights for ``config.epochs`` more epochs, with a fresh
     optimizer at ``config.learning_rate``; when no epoch beats its starting validation loss the
     starting weights are kept (Keras' early stopping alone would keep the best *new* epoch).
@@ -103,22 +103,6 @@ def _check_shapes(model, splits: DatasetSplits) -> None:
                           f"{expected_in} and {expected_out} classes.", "start from a checkpoint trained on this dataset, or train from scratch.")
 
 
-def load_checkpoint(model_uri: str, *, tracking_uri: str | None = None):
-    """Load a trial checkpoint (``runs:/<run>/checkpoint/model.keras``, a plain ``.keras`` file
-    artifact) in Keras safe mode; a missing or unreadable one raises :class:`ConfigError`."""
-    import keras
-    import mlflow
-
-    try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri)
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError("warm_start", f"cannot load the checkpoint {model_uri!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                          "give the checkpoint URI of a trial run (runs:/<run id>/checkpoint/model.keras), or null to train from scratch.") from exc
-
-
 def evaluate(model, splits: DatasetSplits) -> dict:
     """Test-split accuracy and loss (the held-out part no training step has seen)."""
     loss, accuracy = model.evaluate(splits.x_test, splits.y_test, verbose=0, batch_size=256)
@@ -129,80 +113,35 @@ def train(
     splits: DatasetSplits,
     config: TrainConfig,
     *,
-    tracking_uri: str | None = None,
+    client=None,
     run_id: str | None = None,
     callbacks=(),
     log_model: bool = True,
     initial_model=None,
 ) -> tuple[TrainResult, str | None]:
-    """Fit a model and, when ``run_id`` is given, log params, per-epoch metrics and the model.
+    """Fit a model and, with an MLflow ``client`` and ``run_id``, log params, per-epoch metrics and the model.
 
     Returns the result and the logged model's URI (``None`` without a run).
     """
     if run_id is None:
         return fit(splits, config, callbacks=callbacks, initial_model=initial_model), None
-    from mlflow import MlflowClient
-
+    if client is None:
+        raise ConfigError("client", "a run_id was given but no MLflow client.", "pass the hook's client (hook.client).")
     from dlagent.ml import tracking
+    from dlagent.ml.callbacks import MLflowEpochLogger
+    from dlagent.ml.model_store import log_keras_model
 
-    client = MlflowClient(tracking_uri)
     tracking.log_params_safely(client, run_id, {**config.to_dict(), **_data_params(splits)})
-    epoch_logger = tracking.mlflow_epoch_logger(client, run_id)
-    result = fit(splits, config, callbacks=[*callbacks, epoch_logger], initial_model=initial_model)
+    result = fit(splits, config, callbacks=[*callbacks, MLflowEpochLogger(client, run_id)], initial_model=initial_model)
     tracking.log_metrics(client, run_id, result.metrics())
     log.info(
         "trained %s: %d epochs in %.1fs, best epoch %d, best val_accuracy %.4f",
         config.model, result.epochs_run, result.seconds, result.best_epoch + 1, result.best_val_accuracy,
     )
-    model_uri = log_keras_model(result.model, splits, tracking_uri=tracking_uri, run_id=run_id) if log_model else None
+    model_uri = log_keras_model(client, run_id, result.model, splits.x_test[:2]) if log_model else None
     return result, model_uri
 
 
 def _data_params(splits: DatasetSplits) -> dict:
     summary = splits.summary()
     return {"dataset": summary["dataset"], "num_classes": summary["num_classes"], "n_train": summary["n_train"]}
-
-
-def log_keras_model(model, splits: DatasetSplits, *, tracking_uri: str | None, run_id: str, name: str = "model") -> str:
-    """Log a Keras model with a signature and input example; return its model URI.
-
-    A failure here is raised: a training step whose model is not stored has not succeeded.
-    """
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from dlagent.ml.tracking import MODEL_PIP_REQUIREMENTS
-
-    example = splits.x_test[:2]
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    active = mlflow.active_run()
-    if active is not None and active.info.run_id == run_id:
-        info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=MODEL_PIP_REQUIREMENTS)
-    else:
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            info = mlflow.keras.log_model(model, name=name, signature=signature, pip_requirements=MODEL_PIP_REQUIREMENTS)
-        # start_run's exit marks the run FINISHED; the caller decides when the step is done.
-        mlflow.MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
-    return info.model_uri
-
-
-def load_keras_model(model_uri: str, *, tracking_uri: str | None = None):
-    """Load a logged Keras model in Keras safe mode (no arbitrary code from a model file).
-
-    A model whose file carries code (a ``Lambda`` layer with a Python function) is refused
-    with :class:`ConfigError` (field ``model_uri``): a retry cannot make it safe.
-    """
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
-        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
-    except ValueError as exc:
-        if "safe_mode" not in str(exc):
-            raise
-        raise ConfigError("model_uri", f"{model_uri!r} carries Python code (e.g. a Lambda layer); Keras safe mode refuses to "
-                          f"load it: {str(exc).splitlines()[0]}",
-                          "rebuild the model from built-in Keras layers (or registered serializable custom layers) and log it again.") from exc

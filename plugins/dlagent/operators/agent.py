@@ -21,14 +21,11 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 
 from dlagent.errors import ConfigError
 from dlagent.links import AgentDecisionsLink, MLflowRunLink
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator, airflow_ids
 from dlagent.settings import redact_text, redact_url
 
 PHASES = ("plan", "decide")
-PIPELINE_KIND = "pipeline"
-PHASE_TAG = "dlagent.phase"
-OBSERVED_TAG = "dlagent.observed_run_id"
-MAX_PARENT_HOPS = 3
 POOL_NOTE = ("free Airflow pool slots are not readable from an Airflow 3 task (the Task SDK has no pool API and "
              "tasks have no metadata-database access): resources are this worker's CPUs and memory")
 
@@ -83,15 +80,15 @@ class AgentOperator(DlagentOperator):
     # ------------------------------------------------------------------ run
     def run(self, context):
         if self.policy == "off":
-            from dlagent.agent.plan import validate_plan
+            from dlagent.agent.plan import Plan
 
-            plan = validate_plan({"action": "deploy", "reasons": [
+            plan = Plan.from_dict({"action": "deploy", "reasons": [
                 {"decision": "no changes", "because": "agent_policy is 'off': the Params' settings run as given"}]})
             self.log.info("agent off: the plan changes nothing (deploy stays up to the gate)")
-            return plan
-        phase, policy_kwargs, champion, resources = self._arguments()
+            return plan.to_dict()
+        policy_kwargs, champion, resources = self._arguments()
         try:
-            return self._decide(context, phase, policy_kwargs, champion, resources)
+            return self._decide(context, policy_kwargs, champion, resources)
         except ConfigError:
             raise
         except Exception as exc:
@@ -106,130 +103,63 @@ class AgentOperator(DlagentOperator):
             raise
 
     def _arguments(self):
+        """Check every argument before MLflow is contacted (a bad policy name fails here)."""
+        from dlagent.agent.policies.base import load_policy
+
         if self.phase not in PHASES:
             raise ConfigError("phase", f"must be one of {list(PHASES)}, got {self.phase!r}.",
                               "use 'plan' after tuning and 'decide' after evaluation.")
-        if not isinstance(self.policy, str) or not self.policy.strip():
-            raise ConfigError("policy", f"must be a policy name or dotted class path, got {self.policy!r}.",
-                              "use 'rules', 'learning' or 'package.module.ClassName'.")
         kwargs = self.policy_kwargs
         if isinstance(kwargs, str):
             kwargs = _json_object("policy_kwargs", kwargs)
-        if kwargs is None:
-            kwargs = {}
+        kwargs = {} if kwargs is None else kwargs
         if not isinstance(kwargs, dict):
             raise ConfigError("policy_kwargs", f"must be a JSON object of policy arguments, got {type(kwargs).__name__}.",
                               'give e.g. {"max_trials": 32}, or leave it empty.')
         champion = self.champion_name or None
         if champion is not None and not isinstance(champion, str):
             raise ConfigError("champion_name", f"must be a registered model name, got {champion!r}.", "give the model's name or leave it empty.")
-        from dlagent.agent.policies.base import load_policy
-
-        load_policy(self.policy, **kwargs)  # a bad name or argument fails here, before MLflow is contacted
+        load_policy(self.policy, **kwargs)
         resources = self.fixed_resources
         if isinstance(resources, str):
             resources = _json_object("fixed_resources", resources) if resources.strip() else None
         if resources is not None and not isinstance(resources, dict):
             raise ConfigError("fixed_resources", f"must be a JSON object or empty, got {type(resources).__name__}.",
                               'give e.g. {"cpu_count": 4, "cpus_free": 2}, or leave it empty to measure.')
-        return self.phase, kwargs, champion, resources
+        return kwargs, champion, resources
 
-    def _decide(self, context, phase, policy_kwargs, champion, resources) -> dict:
-        from dlagent.agent import reward_run, run_agent
-        from dlagent.agent.observe import measure_resources, observe
-        from dlagent.agent.plan import log_plan, validate_plan
-        from dlagent.agent.policies.base import load_policy
-        from dlagent.agent.policies.learning import MLflowStateStore
+    def _decide(self, context, policy_kwargs, champion, resources) -> dict:
+        from dlagent.agent import run_agent
+        from dlagent.agent.observe import measure_resources, pipeline_run_of
+        from dlagent.agent.plan import log_plan, plan_params, summarize
         from dlagent.ml import tracking
 
         ids = airflow_ids(context)
         client = self.hook.client
-        with self.step_run(context, "agent") as agent_run_id:
-            experiment_id, observed = self._target(client, self.parent_run_id(context))
-            client.set_tag(agent_run_id, PHASE_TAG, phase)
-            client.set_tag(agent_run_id, OBSERVED_TAG, observed)
+        with self.step_run(context, names.STEP_AGENT) as agent_run_id:
+            own_parent = self.parent_run_id(context)
+            experiment_id, observed = pipeline_run_of(client, self.observe_run_id or own_parent, own_parent=own_parent)
+            client.set_tag(agent_run_id, names.PHASE_TAG, self.phase)
+            client.set_tag(agent_run_id, names.OBSERVED_TAG, observed)
             context["ti"].xcom_push(key="observed_run_id", value=observed)  # for PlanConfOperator
             if resources is None:
                 resources = {**measure_resources(), "pool": self.pool, "pool_slots": self.pool_slots}
                 self.log.info("%s", POOL_NOTE)
-            observation = observe(client, experiment_id, observed, champion, resources=resources)
-            store_key = "learning" if self.policy.strip() == "learning" else self.policy.strip()[-200:]
-            store = MLflowStateStore(client, observation.experiment_id, policy_key=store_key)
-            policy = load_policy(self.policy, store=store, **policy_kwargs)
-            reward = None
-            if phase == "decide":
-                planned = self._planned(client, observation.experiment_id, observed)
-                reward = reward_run(policy, observation, planned, key=f"{ids['dag_id']}/{ids['run_id']}")
-            plan, _ = run_agent(client, observation.experiment_id, observed, policy=policy, observation=observation)
-            plan = validate_plan({**plan, "reasons": [*plan["reasons"], *self._phase_reasons(phase, reward)]})
-            tracking.log_params_safely(client, agent_run_id, _plan_params(phase, self.policy, champion, observed, plan))
-            log_plan(client, agent_run_id, plan, observation)
-            metrics = {"reasons": len(plan["reasons"]), "compress_candidates": len(plan["compress"]),
-                       "tune_trials": (plan["tune"] or {}).get("n_trials", 0)}
-            if reward and reward["reward"] is not None:
-                metrics["reward"] = reward["reward"]
-                client.set_tag(agent_run_id, "dlagent.reward_recorded", str(reward["recorded"]).lower())
+            outcome = run_agent(client, experiment_id, observed, policy=self.policy, phase=self.phase, champion_name=champion,
+                                resources=resources, reward_key=f"{ids['dag_id']}/{ids['run_id']}", **policy_kwargs)
+            plan = outcome.plan
+            tracking.log_params_safely(client, agent_run_id, plan_params(plan, phase=self.phase, policy=self.policy,
+                                                                        champion=champion, observed=observed))
+            log_plan(client, agent_run_id, plan, outcome.observation)
+            metrics = {"reasons": len(plan.reasons), "compress_candidates": len(plan.compress),
+                       "tune_trials": (plan.tune or {}).get("n_trials", 0)}
+            if outcome.reward and outcome.reward["reward"] is not None:
+                metrics["reward"] = outcome.reward["reward"]
+                client.set_tag(agent_run_id, names.REWARD_RECORDED_TAG, str(outcome.reward["recorded"]).lower())
             tracking.log_metrics(client, agent_run_id, metrics)
-        self.log.info("%s", summarize(plan, phase=phase, observed=observed, agent_run_id=agent_run_id,
-                                      tracking_uri=self.hook.tracking_uri))
-        return plan
-
-    def _target(self, client, own_parent: str) -> tuple[str, str]:
-        """``(experiment_id, run_id)`` of the pipeline run to observe."""
-        from mlflow.exceptions import MlflowException
-
-        run_id = self.observe_run_id or own_parent
-        if not isinstance(run_id, str):
-            raise ConfigError("observe_run_id", f"must be an MLflow run id, got {run_id!r}.", "pass a run id, or leave it empty.")
-        for _ in range(MAX_PARENT_HOPS + 1):
-            try:
-                run = client.get_run(run_id)
-            except MlflowException as exc:
-                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-                    raise ConfigError("observe_run_id", f"no MLflow run {run_id!r} at {redact_url(self.hook.tracking_uri)}.",
-                                      "pass the id of a pipeline run (or of a run under one), or leave it empty.") from exc
-                raise
-            parent = run.data.tags.get("mlflow.parentRunId")
-            if run_id == own_parent or run.data.tags.get("dlagent.kind") == PIPELINE_KIND or not parent:
-                return run.info.experiment_id, run.info.run_id
-            run_id = parent
-        return run.info.experiment_id, run.info.run_id
-
-    def _planned(self, client, experiment_id: str, observed: str) -> dict | None:
-        """The plan the agent made in phase ``plan`` of the observed pipeline run (the latest
-        finished one: a failed decision has no ``decisions.json``)."""
-        import tempfile
-        from pathlib import Path
-
-        from dlagent.agent.plan import validate_plan
-
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=(f"tags.`mlflow.parentRunId` = '{observed}' and tags.`dlagent.step` = 'agent' "
-                           f"and tags.`{PHASE_TAG}` = 'plan' and attributes.status = 'FINISHED'"),
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        if not runs:
-            return None
-        with tempfile.TemporaryDirectory(prefix="dlagent-agent-") as folder:
-            path = Path(client.download_artifacts(runs[0].info.run_id, "decisions.json", folder))
-            try:
-                return validate_plan(path.read_text())
-            except ConfigError as exc:
-                raise ConfigError(f"decisions.json of run {runs[0].info.run_id}: {exc.field}", exc.problem, exc.fix) from exc
-
-    @staticmethod
-    def _phase_reasons(phase: str, reward: dict | None) -> list[dict]:
-        if phase == "plan":
-            return [{"decision": "phase=plan",
-                     "because": "made after tuning: downstream tasks take train, compress and controller from this plan; "
-                                "its action is provisional and is decided again after evaluation (phase decide)"}]
-        if reward is None:
-            return []
-        if reward["reward"] is None:
-            return [{"decision": "reward: none recorded", "because": reward["because"]}]
-        verb = "recorded" if reward["recorded"] else "already recorded"
-        return [{"decision": f"reward {reward['reward']:.6g} {verb}", "because": reward["because"]}]
+        self.log.info("%s", summarize(plan, phase=self.phase, observed=observed, agent_run_id=agent_run_id,
+                                      where=redact_url(self.hook.tracking_uri)))
+        return plan.to_dict()
 
 
 class PlanBranchOperator(BaseBranchOperator):
@@ -259,10 +189,10 @@ class PlanBranchOperator(BaseBranchOperator):
     def choose_branch(self, context):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from dlagent.agent.plan import validate_plan
+        from dlagent.agent.plan import Plan
 
         try:
-            plan = validate_plan(self.plan)
+            plan = Plan.from_dict(self.plan)  # an XCom: validated where it enters this task
         except ConfigError as exc:
             raise AirflowFailException(f"invalid plan, no branch taken: {exc}") from exc
         action = plan["action"]
@@ -278,46 +208,6 @@ class PlanBranchOperator(BaseBranchOperator):
 
 
 # --------------------------------------------------------------------------- plan -> conf
-
-#: Where each part of a plan goes in a ``dl_agent_pipeline`` conf (kept only if it is a Param).
-TUNE_TO_PARAMS = {"n_trials": "n_trials", "n_workers": "tuning_workers", "search_space": "search_space", "seed_studies": "tune_seed_studies",
-                  "trial_epochs": "tune_trial_epochs", "min_trial_epochs": "tune_min_trial_epochs"}
-SECTION_PARAMS = ("compress", "controller")
-
-
-def pipeline_conf(plan: dict, accepted, base: dict | None = None) -> tuple[dict, list[str]]:
-    """``(conf, notes)``: the conf of a pipeline run that follows ``plan``.
-
-    ``base`` first (e.g. the observed run's settings), then the plan's ``train`` settings
-    under their own names, its ``tune`` section as ``n_trials`` / ``tuning_workers`` /
-    ``search_space`` / ``tune_seed_studies`` / ``tune_trial_epochs`` / ``tune_min_trial_epochs`` (no tuning: ``n_trials`` 0), and ``compress`` / ``controller`` as is.
-    Only names in ``accepted`` (the pipeline's Params) are kept; ``notes`` says what was left
-    out and why. Empty (``None``) base values are not sent.
-    """
-    from dlagent.agent.plan import validate_plan
-
-    plan = validate_plan(plan)
-    accepted = set(accepted)
-    wanted: dict = {k: v for k, v in (base or {}).items() if v is not None}
-    for name, value in plan["train"].items():
-        wanted[name] = value
-    if plan["tune"] is None:
-        wanted["n_trials"] = 0
-    else:
-        for key, param in TUNE_TO_PARAMS.items():
-            if plan["tune"].get(key) is not None:
-                wanted[param] = plan["tune"][key]
-    for section in SECTION_PARAMS:
-        if plan[section]:
-            wanted[section] = plan[section]
-    conf, notes = {}, []
-    for name, value in wanted.items():
-        if name in accepted:
-            conf[name] = value
-        else:
-            notes.append(f"{name}={json.dumps(value, sort_keys=True)} left out: dl_agent_pipeline has no Param {name!r}")
-    return conf, notes
-
 
 class PlanConfOperator(DlagentOperator):
     """Turn a plan into the ``conf`` of a ``dl_agent_pipeline`` run (for ``TriggerDagRunOperator``).
@@ -350,6 +240,7 @@ class PlanConfOperator(DlagentOperator):
         return result["conf"]
 
     def run(self, context):
+        from dlagent.agent.plan import pipeline_conf
         from dlagent.params import check_pipeline_conf, pipeline_params
 
         base = self.base_conf
@@ -368,62 +259,22 @@ class PlanConfOperator(DlagentOperator):
             return {}
         from mlflow.exceptions import MlflowException
 
-        from dlagent.agent.observe import _train_params
+        from dlagent.agent.observe import train_params
 
         try:
             params = self.hook.client.get_run(self.observed_run_id).data.params
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            if names.is_missing(exc):
                 raise ConfigError("observed_run_id", f"no MLflow run {self.observed_run_id!r} at {redact_url(self.hook.tracking_uri)}.",
                                   "pass agent.output['observed_run_id'], or leave it empty.") from exc
             raise
-        settings = _train_params(params)
+        settings = train_params(params)
         if params.get("dataset"):
             settings["dataset"] = params["dataset"]
         return settings
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def summarize(plan: dict, *, phase: str = "plan", observed: str | None = None, agent_run_id: str | None = None,
-              tracking_uri: str | None = None) -> str:
-    """A readable account of a plan: every decision with its reason (for the task log)."""
-    policy = plan.get("policy") or {}
-    who = policy.get("name") or "?"
-    if policy.get("arm"):
-        who += f", arm {policy['arm']} in context {policy.get('context')!r}"
-    lines = [f"agent plan (phase {phase}, policy {who}) for pipeline run {observed}: action={plan['action']}"]
-    lines.append(f"  train: {json.dumps(plan['train'], sort_keys=True) if plan['train'] else 'unchanged'}")
-    tune = plan["tune"]
-    lines.append("  tune: none" if tune is None else
-                 f"  tune: {tune['n_trials']} trials on {tune['n_workers']} workers, "
-                 f"search space {json.dumps(tune['search_space'], sort_keys=True) if tune['search_space'] else 'default'}")
-    lines.append(f"  compress: {json.dumps(plan['compress'], sort_keys=True) if plan['compress'] else 'none'}")
-    controller = plan["controller"]
-    lines.append("  controller: none" if controller is None else
-                 f"  controller: patience {controller['patience']}, factor {controller['factor']}, clipnorm {controller['clipnorm']}")
-    lines.append(f"  {len(plan['reasons'])} decisions, each with its reason:")
-    for reason in plan["reasons"]:
-        lines.append(f"    - {reason['decision']}: {reason['because']}")
-    if agent_run_id:
-        lines.append(f"  recorded as decisions.json of MLflow run {agent_run_id}" + (f" at {redact_url(tracking_uri)}" if tracking_uri else ""))
-    return "\n".join(lines)
-
-
-def _plan_params(phase: str, policy: str, champion: str | None, observed: str, plan: dict) -> dict:
-    params = {"phase": phase, "policy": policy, "champion_name": champion or "", "observed_run_id": observed,
-              "action": plan["action"]}
-    for name, value in plan["train"].items():
-        params[f"train.{name}"] = value
-    if plan["tune"] is not None:
-        params["tune.n_trials"] = plan["tune"]["n_trials"]
-        params["tune.n_workers"] = plan["tune"]["n_workers"]
-    params["compress.candidates"] = len(plan["compress"])
-    if (plan["policy"] or {}).get("arm"):
-        params["policy.arm"] = plan["policy"]["arm"]
-        params["policy.context"] = plan["policy"]["context"]
-    return params
 
 
 def _json_object(field: str, text: str) -> dict:

@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 
 from dlagent.hooks.mlflow import MLflowHook
 from dlagent.links import MLFLOW_PARENT_XCOM, MLFLOW_RUN_XCOM, MLflowRunLink
+from dlagent.ml import mlflow_names as names
 from dlagent.settings import redact_url
 
 DEFAULT_EXPERIMENT = "dlagent"
@@ -34,7 +35,7 @@ def airflow_ids(context) -> dict:
 
 
 def airflow_tags(ids: dict) -> dict:
-    return {f"airflow.{name}": str(value) for name, value in ids.items()}
+    return {names.airflow_tag(name): str(value) for name, value in ids.items()}
 
 
 #: Largest XCom a dlagent task may return (JSON, UTF-8 bytes): XCom is for ids, URIs, metrics and
@@ -115,7 +116,7 @@ class DlagentOperator(BaseOperator):
         run_id, _ = find_or_create_run(
             self.hook.client, experiment_id, run_key(ids["dag_id"], ids["run_id"]),
             run_name=f"{ids['dag_id']} {ids['run_id']}",
-            tags={"airflow.dag_id": ids["dag_id"], "airflow.run_id": ids["run_id"], "dlagent.kind": "pipeline"},
+            tags={names.AIRFLOW_DAG_ID_TAG: ids["dag_id"], names.AIRFLOW_RUN_ID_TAG: ids["run_id"], names.KIND_TAG: names.KIND_PIPELINE},
         )
         _push_run_ref(context, MLFLOW_PARENT_XCOM, experiment_id, run_id)
         return run_id
@@ -133,7 +134,7 @@ class DlagentOperator(BaseOperator):
             self.hook.client, experiment_id,
             run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]),
             run_name=f"{ids['task_id']}{suffix}",
-            tags={**airflow_tags(ids), "dlagent.step": step},
+            tags={**airflow_tags(ids), names.STEP_TAG: step},
             parent_run_id=parent,
         )
         _push_run_ref(context, MLFLOW_RUN_XCOM, experiment_id, run_id)  # before the work: a failed task links too

@@ -10,34 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
-
-MAX_CANDIDATES = 32
-
-DEFAULT_CANDIDATES = [
-    {"quantization": "dynamic"},
-    {"quantization": "int8"},
-    {"sparsity": 0.8, "quantization": "int8", "fine_tune_epochs": 2},
-]
-
-
-def validate_candidates(candidates, field: str = "compression_candidates") -> list[dict]:
-    """Check each candidate's settings (``CompressionConfig``) and return them as plain dicts."""
-    from dlagent.ml.compression import CompressionConfig
-
-    if not isinstance(candidates, list) or not candidates:
-        raise ConfigError(field, f"must be a non-empty list of compression settings, got {candidates!r}.",
-                          'give e.g. [{"quantization": "int8"}, {"sparsity": 0.8, "quantization": "int8"}].')
-    if len(candidates) > MAX_CANDIDATES:
-        raise ConfigError(field, f"has {len(candidates)} candidates; at most {MAX_CANDIDATES} are allowed.", "drop some.")
-    validated = []
-    for index, candidate in enumerate(candidates):
-        try:
-            validated.append(CompressionConfig.from_dict(candidate).to_dict())
-        except ConfigError as exc:
-            raise ConfigError(f"{field}[{index}].{exc.field}", exc.problem, exc.fix) from exc
-    return validated
 
 
 class CompressionCandidatesOperator(DlagentOperator):
@@ -45,7 +19,7 @@ class CompressionCandidatesOperator(DlagentOperator):
 
     :param candidates: a list of ``CompressionConfig`` dicts given by a person (templated: a Param).
     :param planned: the agent's list (``plan["compress"]``, templated), used when ``candidates`` is empty;
-        with neither, :data:`DEFAULT_CANDIDATES`.
+        with neither, :data:`dlagent.ml.selection.DEFAULT_CANDIDATES`.
     :param seed: applied to candidates that give none, so a run is reproducible.
     """
 
@@ -59,16 +33,19 @@ class CompressionCandidatesOperator(DlagentOperator):
         self.seed = seed
 
     def run(self, context):
+        from dlagent.ml.compression import CompressionConfig
+        from dlagent.ml.selection import default_candidates, validate_candidates
+
         if self.candidates not in (None, "", []):
             candidates, source = self.candidates, "the compression_candidates Param"
         elif self.planned not in (None, "", []):
             candidates, source = self.planned, "the agent's plan"
         else:
-            candidates, source = DEFAULT_CANDIDATES, "the defaults"
+            candidates, source = default_candidates(), "the defaults"
         self.log.info("compression candidates from %s", source)
         if self.seed not in (None, "") and isinstance(candidates, list):
             candidates = [{"seed": self.seed, **c} if isinstance(c, dict) else c for c in candidates]
-        validated = validate_candidates(candidates)
+        validated = [CompressionConfig.from_dict(c).to_dict() for c in validate_candidates(candidates)]
         for index, candidate in enumerate(validated):
             self.log.info("candidate %d: sparsity %.2f, quantization %s, distill %s", index, candidate["sparsity"],
                           candidate["quantization"], candidate["distill"])
@@ -101,26 +78,25 @@ class CompressOperator(DlagentOperator):
 
     def run(self, context):
         from dlagent import settings
-        from dlagent.ml import registry, tracking
+        from dlagent.ml import tracking
         from dlagent.ml.compression import CompressionConfig, compress
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.training import load_keras_model
+        from dlagent.ml.model_store import load_keras_model, log_keras_model, resolve_logged_model
 
         config = CompressionConfig.from_dict(self.compression)
-        tracking_uri = self.hook.tracking_uri
-        registry.resolve_logged_model(tracking_uri, self.model_uri)  # a missing model is refused before any compute
+        client = self.hook.client
+        resolve_logged_model(client, self.model_uri)  # a missing model is refused before any compute
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
-        with self.step_run(context, "compress") as run_id:
-            model = load_keras_model(self.model_uri, tracking_uri=tracking_uri)
+        with self.step_run(context, names.STEP_COMPRESS) as run_id:
+            model = load_keras_model(client, self.model_uri)
             self.log.info("compressing %s as %s: %s", self.model_uri, config.label, config.to_dict())
             candidate = compress(model, splits, config, latency_runs=int(self.latency_runs))
-            client = self.hook.client
             tracking.log_params_safely(client, run_id, {**config.to_dict(), "source_model_uri": self.model_uri})
             tracking.log_metrics(client, run_id, candidate.metrics)
-            client.set_tag(run_id, "dlagent.candidate", candidate.name)
-            model_uri = registry.log_deployable_model(candidate.keras_model, splits, tracking_uri=tracking_uri, run_id=run_id,
-                                                      tflite_bytes=candidate.tflite_bytes)
-            client.set_tag(run_id, "dlagent.model_uri", model_uri)
+            client.set_tag(run_id, names.CANDIDATE_TAG, candidate.name)
+            model_uri = log_keras_model(client, run_id, candidate.keras_model, splits.x_test[:2], labels=splits.class_names,
+                                        tflite_bytes=candidate.tflite_bytes)
+            client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
         m = candidate.metrics
         self.log.info("%s: %d bytes (gzip %d), test accuracy %.4f, latency p50 %.3f ms, sparsity %.2f; logged as %s",
                       candidate.name, m["size_bytes"], m["gzip_size_bytes"], m["test_accuracy"], m["latency_ms_p50"],

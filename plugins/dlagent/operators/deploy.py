@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
 from dlagent.links import REGISTERED_MODEL_XCOM, MLflowRunLink, RegisteredModelLink
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator, airflow_ids, airflow_tags
 from dlagent.operators.evaluate import DEFAULT_MODEL_NAME
 
@@ -58,7 +59,7 @@ class DeployOperator(DlagentOperator):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from dlagent.hooks.optuna import OptunaHook
-        from dlagent.ml import registry
+        from dlagent.ml import registry, serving
         from dlagent.ml.gate import GateThresholds
         from dlagent.ml.locks import named_lock
 
@@ -71,37 +72,37 @@ class DeployOperator(DlagentOperator):
         parent = self.parent_run_id(context)
         if not evaluation["blessed"]:
             reasons = "; ".join(evaluation.get("reasons") or ["no reason given"])
-            self.hook.client.set_tag(parent, "dlagent.deploy", f"skipped: {reasons}"[:5000])
+            self.hook.client.set_tag(parent, names.DEPLOY_TAG, f"skipped: {reasons}"[:5000])
             self.log.info("not deployed: the gate did not bless %s: %s", evaluation["candidate"].get("candidate"), reasons)
             raise AirflowSkipException(f"not deployed, the gate did not bless the candidate: {reasons}")
 
         candidate = evaluation["candidate"]
         champion = evaluation.get("champion")
-        with self.step_run(context, "deploy") as run_id:
+        with self.step_run(context, names.STEP_DEPLOY) as run_id:
             outcome = registry.deploy_if_blessed(
-                self.hook.tracking_uri, name, candidate["model_uri"],
+                self.hook.client, name, candidate["model_uri"],
                 candidate_metrics=candidate["metrics"], reference_metrics=evaluation["reference"]["metrics"],
                 champion_metrics=champion["metrics"] if champion else None, thresholds=thresholds,
                 idempotency_key=f"{ids['dag_id']}/{ids['run_id']}", run_id=candidate.get("run_id"),
-                tags={**airflow_tags(ids), "dlagent.candidate": str(candidate.get("candidate"))},
+                tags={**airflow_tags(ids), names.CANDIDATE_TAG: str(candidate.get("candidate"))},
                 evaluated_champion=champion["version"] if champion else None,
                 lock=named_lock(OptunaHook(optuna_conn_id=self.optuna_conn_id).storage_url, f"dlagent.deploy/{name}"),
             )
             version = outcome["version"]
             if version is None:
                 reasons = "; ".join(outcome["decision"]["reasons"])
-                self.hook.client.set_tag(parent, "dlagent.deploy", f"refused: {reasons}"[:5000])
+                self.hook.client.set_tag(parent, names.DEPLOY_TAG, f"refused: {reasons}"[:5000])
                 raise AirflowSkipException(f"not deployed, the gate re-check refused the candidate: {reasons}")
-            bundle = registry.deploy_champion_bundle(self.hook.tracking_uri, name, _deploy_dir(self.deploy_dir),
+            bundle = serving.deploy_champion_bundle(self.hook.client, name, _deploy_dir(self.deploy_dir),
                                                      extra_metadata={"airflow": ids, "candidate": candidate.get("candidate")})
-            self.hook.client.set_tag(run_id, "dlagent.registered_version", f"{name}/{version['version']}")
+            self.hook.client.set_tag(run_id, names.REGISTERED_VERSION_TAG, f"{name}/{version['version']}")
             context["ti"].xcom_push(key=REGISTERED_MODEL_XCOM, value={"name": name, "version": str(version["version"])})
-        self.hook.client.set_tag(parent, "dlagent.deploy", f"deployed {name} version {version['version']}")
+        self.hook.client.set_tag(parent, names.DEPLOY_TAG, f"deployed {name} version {version['version']}")
         self.log.info("%s %s version %s as %r (previous: %s); serving bundle %s -> %s",
                       "registered" if version.get("created") else "already registered", name, version["version"],
-                      registry.CHAMPION, version.get("previous_version"), bundle, bundle.resolve())
+                      names.CHAMPION, version.get("previous_version"), bundle, bundle.resolve())
         return {"name": name, "version": version["version"], "model_uri": version["model_uri"],
-                "champion_uri": f"models:/{name}@{registry.CHAMPION}", "previous_version": version.get("previous_version"),
+                "champion_uri": f"models:/{name}@{names.CHAMPION}", "previous_version": version.get("previous_version"),
                 "bundle": str(bundle.resolve()), "created": bool(version.get("created"))}
 
 
@@ -118,21 +119,21 @@ class RollbackOperator(DlagentOperator):
         self.deploy_dir = deploy_dir
 
     def run(self, context):
-        result = rollback_champion(self.hook.tracking_uri, self.model_name, self.deploy_dir, log=self.log)
+        result = rollback_champion(self.hook.client, self.model_name, self.deploy_dir, log=self.log)
         context["ti"].xcom_push(key=REGISTERED_MODEL_XCOM, value={"name": str(self.model_name), "version": str(result["champion"])})
         return result
 
 
-def rollback_champion(tracking_uri: str, model_name: str, deploy_dir=None, *, log=None) -> dict:
+def rollback_champion(client, model_name: str, deploy_dir=None, *, log=None) -> dict:
     """Roll the registry back one version and redeploy the bundle (shared by the operator and CLI)."""
-    from dlagent.ml import registry
+    from dlagent.ml import registry, serving
 
     name = registry.check_model_name(model_name)
     try:
-        moved = registry.rollback(tracking_uri, name)
+        moved = registry.rollback(client, name)
     except registry.RegistryError as exc:
         raise ConfigError("model_name", str(exc), "deploy at least two versions before rolling back.") from exc
-    bundle = registry.deploy_champion_bundle(tracking_uri, name, _deploy_dir(deploy_dir), extra_metadata={"rolled_back_from": moved["rolled_back_from"]})
+    bundle = serving.deploy_champion_bundle(client, name, _deploy_dir(deploy_dir), extra_metadata={"rolled_back_from": moved["rolled_back_from"]})
     if log is not None:
         log.info("rolled %s back from version %s to %s; serving bundle %s -> %s", name, moved["rolled_back_from"],
                  moved["champion"], bundle, bundle.resolve())

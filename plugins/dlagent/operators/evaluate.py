@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
 
 DEFAULT_MODEL_NAME = "dlagent-classifier"
@@ -24,23 +25,13 @@ SUMMARY_METRICS = (
 
 
 def pick_candidate(candidates: list[dict], reference_accuracy: float, thresholds) -> dict:
-    """The most compressed candidate (smallest gzip size) that stays within the limits.
+    """The most compressed candidate within the gate's limits (:func:`dlagent.ml.selection.select_candidate`,
+    the rule the gate and the agent use too); when none qualifies, the most accurate one, and the
+    gate says why it fails."""
+    from dlagent.ml.selection import most_accurate, select_candidate
 
-    Limits: the accuracy drop versus the reference, the size and the latency thresholds. When
-    none qualifies, the most accurate candidate is returned, and the gate says why it fails.
-    """
-    def within(candidate) -> bool:
-        m = candidate["metrics"]
-        drop = (reference_accuracy - m["test_accuracy"]) * 100
-        return ((thresholds.max_accuracy_drop_points is None or drop <= thresholds.max_accuracy_drop_points + 1e-9)
-                and (thresholds.max_size_bytes is None or m["size_bytes"] <= thresholds.max_size_bytes)
-                and (thresholds.max_latency_ms_p95 is None or m["latency_ms_p95"] <= thresholds.max_latency_ms_p95)
-                and (thresholds.min_accuracy is None or m["test_accuracy"] >= thresholds.min_accuracy))
-
-    qualified = [c for c in candidates if within(c)]
-    if qualified:
-        return min(qualified, key=lambda c: (c["metrics"]["gzip_size_bytes"], -c["metrics"]["test_accuracy"]))
-    return max(candidates, key=lambda c: (c["metrics"]["test_accuracy"], -c["metrics"]["gzip_size_bytes"]))
+    chosen, _ = select_candidate(candidates, reference_accuracy, thresholds)
+    return chosen if chosen is not None else most_accurate(candidates)
 
 
 def _summary(metrics: dict) -> dict:
@@ -80,8 +71,9 @@ class EvaluateOperator(DlagentOperator):
         self.latency_runs = latency_runs
 
     def _check_inputs(self):
-        from dlagent.ml import registry
         from dlagent.ml.gate import GateThresholds
+        from dlagent.ml.model_store import resolve_logged_model
+        from dlagent.ml.registry import check_model_name
 
         thresholds = GateThresholds.from_dict(self.thresholds)
         if not isinstance(self.model_uri, str) or not self.model_uri:
@@ -93,8 +85,8 @@ class EvaluateOperator(DlagentOperator):
             if not isinstance(candidate, dict) or not {"model_uri", "metrics", "candidate"} <= set(candidate):
                 raise ConfigError(f"candidates[{index}]", f"is not a compress task result: {candidate!r}.",
                                   "pass the compress task's output (compress.output).")
-        registry.resolve_logged_model(self.hook.tracking_uri, self.model_uri)
-        return thresholds, candidates, registry.check_model_name(self.model_name)
+        resolve_logged_model(self.hook.client, self.model_uri)
+        return thresholds, candidates, check_model_name(self.model_name)
 
     def run(self, context):
         import json
@@ -102,24 +94,23 @@ class EvaluateOperator(DlagentOperator):
         from pathlib import Path
 
         from dlagent import settings
-        from dlagent.ml import registry, tracking
+        from dlagent.ml import tracking
         from dlagent.ml.data import load_dataset_with_options
         from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
         from dlagent.ml.gate import decide
-        from dlagent.ml.training import load_keras_model
+        from dlagent.ml.model_store import load_keras_model, read_tflite
 
         thresholds, candidates, model_name = self._check_inputs()
-        tracking_uri = self.hook.tracking_uri
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
         runs = int(self.latency_runs)
-        with self.step_run(context, "evaluate") as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
+        with self.step_run(context, names.STEP_EVALUATE) as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
             client = self.hook.client
             tracking.log_params_safely(client, run_id, {"model_uri": self.model_uri, "dataset": self.dataset, "seed": self.seed,
                                                        "model_name": model_name, "candidates": len(candidates),
                                                        **{f"gate.{k}": v for k, v in thresholds.to_dict().items()}})
-            model = load_keras_model(self.model_uri, tracking_uri=tracking_uri)
+            model = load_keras_model(client, self.model_uri)
             reference = evaluate_keras(model, splits, out_dir=Path(tmp) / "keras", explain=self.explain, latency_runs=runs)
-            log_evaluation(tracking_uri, run_id, reference, prefix="keras_")
+            log_evaluation(client, run_id, reference, prefix="keras_")
             tracking.log_metrics(client, run_id, {"test_accuracy": reference.metrics["test_accuracy"], "test_loss": reference.metrics["test_loss"]})
             self.log.info("reference Keras model: %s", _describe(reference.metrics))
 
@@ -127,27 +118,27 @@ class EvaluateOperator(DlagentOperator):
                 chosen = pick_candidate(candidates, reference.metrics["test_accuracy"], thresholds)
                 for c in candidates:
                     self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"]), "  <- chosen" if c is chosen else "")
-                tflite = registry.read_tflite(tracking_uri, chosen["model_uri"])
+                tflite = read_tflite(client, chosen["model_uri"])
                 report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
-                log_evaluation(tracking_uri, run_id, report, prefix="tflite_")
+                log_evaluation(client, run_id, report, prefix="tflite_")
                 shipped = {**chosen["metrics"], **report.metrics}  # sparsity etc. from compress, the rest measured here
                 candidate = {"candidate": chosen["candidate"], "model_uri": chosen["model_uri"], "run_id": chosen.get("run_id")}
             else:
                 shipped = dict(reference.metrics)
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
-            client.set_tag(run_id, "dlagent.candidate", candidate["candidate"])
+            client.set_tag(run_id, names.CANDIDATE_TAG, candidate["candidate"])
             # what the gate judges, for readers of this run (the agent among them)
             tracking.log_metrics(client, run_id, {"shipped_test_accuracy": shipped["test_accuracy"]})
 
-            champion = self._measure_champion(registry, tracking_uri, model_name, splits, runs, Path(tmp))
+            champion = self._measure_champion(client, model_name, splits, runs, Path(tmp))
             if champion is not None:
                 tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
             decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds)
-            client.set_tag(run_id, "dlagent.gate.blessed", str(decision["blessed"]).lower())
-            client.set_tag(run_id, "dlagent.gate.reasons", "; ".join(decision["reasons"])[:5000])
-            decision_path = Path(tmp) / "decision.json"
+            client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
+            client.set_tag(run_id, names.GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])
+            decision_path = Path(tmp) / names.GATE_DECISION_FILE
             decision_path.write_text(json.dumps({**decision, "candidate": candidate, "champion": champion}, indent=2, default=str))
-            client.log_artifact(run_id, str(decision_path), "gate")
+            client.log_artifact(run_id, str(decision_path), names.GATE_DECISION_ARTIFACT)
 
         for check in decision["checks"]:
             self.log.info("gate %s %-26s %s", "PASS" if check["passed"] else "FAIL", check["check"], check["detail"])
@@ -165,12 +156,13 @@ class EvaluateOperator(DlagentOperator):
             "test_loss": shipped["test_loss"],
         }
 
-    def _measure_champion(self, registry, tracking_uri, model_name, splits, runs, tmp):
+    def _measure_champion(self, client, model_name, splits, runs, tmp):
         """The champion's metrics on *this* split, or the ones stored at its registration when
         its TFLite file cannot run on this data (another input shape): said in the log."""
         from dlagent.ml.evaluation import evaluate_tflite
+        from dlagent.ml.serving import read_champion_tflite
 
-        found = registry.read_champion_tflite(tracking_uri, model_name)
+        found = read_champion_tflite(client, model_name)
         if found is None:
             self.log.info("no champion for %s yet: the first model that meets the limits ships", model_name)
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator, airflow_ids
 
 
@@ -79,8 +80,8 @@ class ValidateInputsOperator(DlagentOperator):
     def _check_later_steps(self) -> None:
         from dlagent.ml.gate import GateThresholds
         from dlagent.ml.registry import check_model_name
+        from dlagent.ml.selection import validate_candidates
         from dlagent.ml.tuning import validate_search_space
-        from dlagent.operators.compress import validate_candidates
 
         if self.search_space not in (None, ""):
             validate_search_space(self.search_space)
@@ -118,7 +119,7 @@ class FinishPipelineOperator(DlagentOperator):
         tracking.log_metrics(self.hook.client, parent, metrics)
         for name, value in summary.items():
             if isinstance(value, str):
-                self.hook.client.set_tag(parent, f"dlagent.{name}", value)
+                self.hook.client.set_tag(parent, names.summary_tag(name), value)
         failed = self._failed_task_count(context)
         status = "FAILED" if failed else "FINISHED"
         self.hook.client.set_terminated(parent, status=status)

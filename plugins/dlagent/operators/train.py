@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
 
 
@@ -40,10 +41,11 @@ class TrainOperator(DlagentOperator):
     def run(self, context):
         from dlagent import settings
         from dlagent.agent.controller import controller_from_plan
+        from dlagent.agent.plan import validate_warm_start
         from dlagent.ml.config import TrainConfig
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.agent.plan import validate_warm_start
-        from dlagent.ml.training import load_checkpoint, train
+        from dlagent.ml.model_store import load_checkpoint
+        from dlagent.ml.training import train
 
         merged = dict(self.train_config or {})
         for index, layer in enumerate(self.overrides if isinstance(self.overrides, (list, tuple)) else [self.overrides]):
@@ -61,19 +63,19 @@ class TrainOperator(DlagentOperator):
                       f"; in-training controller {self.controller}" if callbacks else "")
         initial_model = None
         if warm_start:
-            initial_model = load_checkpoint(warm_start, tracking_uri=self.hook.tracking_uri)
+            initial_model = load_checkpoint(self.hook.client, warm_start)
             self.log.info("warm start: continuing from %s for %d more epochs", warm_start, config.epochs)
-        with self.step_run(context, "train") as run_id:
+        with self.step_run(context, names.STEP_TRAIN) as run_id:
             if warm_start:
-                self.hook.client.set_tag(run_id, "dlagent.warm_start", warm_start)
-            result, model_uri = train(splits, config, tracking_uri=self.hook.tracking_uri, run_id=run_id, callbacks=callbacks,
+                self.hook.client.set_tag(run_id, names.WARM_START_TAG, warm_start)
+            result, model_uri = train(splits, config, client=self.hook.client, run_id=run_id, callbacks=callbacks,
                                       initial_model=initial_model)
             for callback in callbacks:  # what the in-training controller changed, epoch by epoch, and why
                 changes = list(getattr(callback, "changes", []))
-                self.hook.client.log_dict(run_id, {"settings": self.controller, "changes": changes}, "controller_changes.json")
+                self.hook.client.log_dict(run_id, {"settings": self.controller, "changes": changes}, names.CONTROLLER_CHANGES_FILE)
                 for change in changes:
                     self.log.info("controller, epoch %s: %s %s -> %s because %s", change.get("epoch"), change.get("setting"),
                                   change.get("old"), change.get("new"), change.get("because"))
-            self.hook.client.set_tag(run_id, "dlagent.model_uri", model_uri)
+            self.hook.client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
         self.log.info("model logged at %s", model_uri)
         return {"run_id": run_id, "model_uri": model_uri, "metrics": result.metrics(), "config": config.to_dict()}

@@ -10,19 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
-from dlagent.errors import ConfigError
 from dlagent.hooks.optuna import OptunaHook
 from dlagent.links import MLflowRunLink, TuningStudyLink
+from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator, airflow_ids
 from dlagent.settings import redact_url
-from dlagent.validation import check_int
-
-MAX_WORKERS = 64
 
 
 def study_name_for(context) -> str:
     ids = airflow_ids(context)
     return f"{ids['dag_id']}.{ids['run_id']}"
+
+
+def _optional(value):
+    """A templated optional setting: an empty rendering (``""``) means "not set"."""
+    return None if value in (None, "") else value
 
 
 class _TuneBase(DlagentOperator):
@@ -31,6 +33,7 @@ class _TuneBase(DlagentOperator):
     ``trial_epochs`` caps each trial's epochs (the study's Hyperband ``max_resource`` follows)
     and ``min_trial_epochs`` is the pruner's first rung (``min_resource``): the agent sets both
     when the final training continues the best trial, so trials only have to rank settings.
+    ``direction`` defaults to the metric's own (:func:`dlagent.ml.tuning.direction_for`).
     """
 
     template_fields: Sequence[str] = (
@@ -41,7 +44,7 @@ class _TuneBase(DlagentOperator):
 
     def __init__(self, *, dataset: str = "digits", data_options: dict | None = None, train_config: dict | None = None,
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
-                 sampler: str = "tpe", pruner: str = "hyperband", metric: str = "val_accuracy", direction: str = "maximize",
+                 sampler: str = "tpe", pruner: str = "hyperband", metric: str = "val_accuracy", direction: str | None = None,
                  study_name: str | None = None, trial_epochs: int | None = None, min_trial_epochs: int | None = None,
                  optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
@@ -64,30 +67,26 @@ class _TuneBase(DlagentOperator):
     def optuna_hook(self) -> OptunaHook:
         return OptunaHook(optuna_conn_id=self.optuna_conn_id)
 
-    def _settings(self):
-        """Validate everything a trial needs, before any trial (and before any compute)."""
+    def _settings(self, n_workers=1):
+        """Validate everything a trial needs, before any trial (and before any compute).
+
+        Returns ``(tune, trial_config, study)``: the :class:`~dlagent.ml.tuning.TuneConfig`, the
+        training settings of a trial (epochs capped at ``trial_epochs``) and the study's settings.
+        """
         from dlagent.ml import tuning
         from dlagent.ml.config import TrainConfig
 
-        base = TrainConfig.from_dict(self.train_config or {})
-        if self.trial_epochs not in (None, ""):
-            # Trials train at most trial_epochs (the study's max_resource follows): the search ranks settings on short runs.
-            base = base.replace(epochs=min(base.epochs, _int_field("trial_epochs", self.trial_epochs, low=1, high=10_000)))
-        self._first_rung(base)
-        space = tuning.validate_search_space(self.search_space or tuning.default_search_space(base.model))
-        n_trials = _int_field("n_trials", self.n_trials, low=0, high=10_000)
-        timeout = None if self.timeout_s in (None, "", 0) else _int_field("timeout_s", self.timeout_s, low=1, high=7 * 24 * 3600)
-        if self.direction not in ("maximize", "minimize"):
-            raise ConfigError("direction", f"must be 'maximize' or 'minimize', got {self.direction!r}.", "pick one.")
-        if not isinstance(self.metric, str) or not self.metric:
-            raise ConfigError("metric", f"must name a per-epoch metric such as 'val_accuracy', got {self.metric!r}.", "use val_accuracy or val_loss.")
-        return base, space, n_trials, timeout
-
-    def _first_rung(self, base) -> int:
-        """The pruner's first rung (``min_trial_epochs``, validated against the trials' epochs); 1 when empty."""
-        if self.min_trial_epochs in (None, ""):
-            return 1
-        return _int_field("min_trial_epochs", self.min_trial_epochs, low=1, high=base.epochs)
+        timeout = _optional(self.timeout_s)
+        tune = tuning.TuneConfig(n_trials=self.n_trials, n_workers=n_workers, timeout_s=None if timeout == 0 else timeout,
+                                 trial_epochs=_optional(self.trial_epochs), min_trial_epochs=_optional(self.min_trial_epochs),
+                                 sampler=self.sampler, pruner=self.pruner, metric=self.metric)
+        metric, direction = tuning.resolve_direction(tune.metric, _optional(self.direction))
+        trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
+        space = tuning.validate_search_space(self.search_space or tuning.default_search_space(trial_config.model))
+        study = tuning.StudySettings(metric=metric, direction=direction, space=space, sampler=tune.sampler, pruner=tune.pruner,
+                                     seed=trial_config.seed, min_resource=tune.first_rung(trial_config),
+                                     max_resource=trial_config.epochs)
+        return tune, trial_config, study
 
     def _study_name(self, context) -> str:
         return self.study_name or study_name_for(context)
@@ -116,24 +115,21 @@ class CreateStudyOperator(_TuneBase):
     def run(self, context):
         from dlagent.ml import tuning
 
-        base, space, n_trials, _ = self._settings()
-        workers = _int_field("n_workers", self.n_workers, low=1, high=MAX_WORKERS)
+        tune, _, study = self._settings(n_workers=self.n_workers)
         name = self._study_name(context)
         self.parent_run_id(context)  # the DAG run's parent run, where the study is logged ("Tuning study" link)
-        if n_trials == 0:
+        if tune.n_trials == 0:
             self.log.info("n_trials is 0: tuning is skipped, training uses the given settings")
-            return {"study_name": name, "workers": [], "n_trials": 0, "search_space": space}
-        created = tuning.create_study(self.optuna_hook.storage_url, name, direction=self.direction, metric=self.metric, space=space,
-                                      sampler_name=self.sampler, pruner_name=self.pruner, seed=base.seed, max_resource=base.epochs,
-                                      min_resource=self._first_rung(base),
+            return {"study_name": name, "workers": [], "n_trials": 0, "search_space": study.space}
+        created = tuning.create_study(self.optuna_hook.storage_url, name, study,
                                       seed_from=list(self.seed_studies) if self.seed_studies else None)
         if created.get("seeded"):
             seeded = created["seeded"]
             self.log.info("replayed %d trials of %s into study %s (%d outside its space skipped)", seeded["copied"], seeded["from"],
                           name, seeded["skipped"])
         self.log.info("study %s ready in %s: %d trials over %d workers, space %s", name, redact_url(self.optuna_hook.storage_url),
-                      n_trials, workers, space)
-        return {"study_name": name, "workers": list(range(workers)), "n_trials": n_trials, "search_space": space}
+                      tune.n_trials, tune.n_workers, study.space)
+        return {"study_name": name, "workers": list(range(tune.n_workers)), "n_trials": tune.n_trials, "search_space": study.space}
 
 
 class TuneOperator(_TuneBase):
@@ -155,17 +151,17 @@ class TuneOperator(_TuneBase):
         from dlagent.ml import tuning
         from dlagent.ml.data import load_dataset_with_options
 
-        base, space, n_trials, timeout = self._settings()
-        splits = load_dataset_with_options(self.dataset, self.data_options, seed=base.seed, allowed_roots=settings.data_roots())
+        tune, trial_config, study = self._settings()
+        splits = load_dataset_with_options(self.dataset, self.data_options, seed=trial_config.seed, allowed_roots=settings.data_roots())
         parent = self.parent_run_id(context)
         ids = airflow_ids(context)
-        result = tuning.run_worker(
-            self.optuna_hook.storage_url, self._study_name(context), splits, base, space, n_trials,
-            timeout_s=timeout, metric=self.metric, direction=self.direction, worker_index=int(self.worker_index),
-            tracking_uri=self.hook.tracking_uri, experiment_id=self.hook.get_experiment_id(self.experiment_name),
-            parent_run_id=parent, worker_tags={"airflow.task_id": ids["task_id"], "airflow.map_index": str(ids["map_index"]),
-                                               "airflow.run_id": ids["run_id"], "airflow.dag_id": ids["dag_id"]},
+        worker = tuning.WorkerSettings(
+            storage_url=self.optuna_hook.storage_url, study_name=self._study_name(context), base_config=trial_config,
+            n_trials=tune.n_trials, study=study, timeout_s=tune.timeout_s, worker_index=int(self.worker_index),
+            experiment_id=self.hook.get_experiment_id(self.experiment_name), parent_run_id=parent,
+            worker_tags={names.airflow_tag(key): str(value) for key, value in ids.items()},
         )
+        result = tuning.run_worker(worker, splits, client=self.hook.client)
         self.log.info("worker %s done: %s", self.worker_index, result)
         return {"worker": int(self.worker_index), **result}
 
@@ -183,16 +179,11 @@ class TuneSummaryOperator(_TuneBase):
     def run(self, context):
         from dlagent.ml import tuning
 
-        _, _, n_trials, _ = self._settings()
+        tune, _, _ = self._settings()
         name = self._study_name(context)
-        if n_trials == 0:
+        if tune.n_trials == 0:
             return {"study_name": name, "best_params": {}, "best_value": None, "skipped": True}
-        summary = tuning.study_summary(self.optuna_hook.storage_url, name)
         study = tuning.load_study(self.optuna_hook.storage_url, name)
-        tuning.log_study_to_mlflow(study, self.hook.tracking_uri, self.parent_run_id(context))
+        summary = tuning.log_study_to_mlflow(study, self.hook.client, self.parent_run_id(context))
         self.log.info("study %s: best %s = %s with %s", name, self.metric, summary.get("best_value"), summary.get("best_params"))
         return {"study_name": name, **summary}
-
-
-def _int_field(name, value, *, low, high) -> int:
-    return check_int(name, value, low=low, high=high)

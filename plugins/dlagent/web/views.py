@@ -16,15 +16,10 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from dlagent.links import decisions_path, experiment_url, run_url
+from dlagent.ml import mlflow_names as names
 
-PIPELINE_KIND = "pipeline"
 MAX_CHILDREN = 2000
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}\.png$")
-
-
-def _q(value) -> str:
-    """A value quoted for an MLflow search filter string."""
-    return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _time(ms) -> str | None:
@@ -48,9 +43,9 @@ def _run_summary(run, ui_url: str) -> dict:
         "start_time": _time(run.info.start_time),
         "end_time": _time(run.info.end_time),
         "mlflow_url": run_url(ui_url, run.info.experiment_id, run.info.run_id),
-        "task_id": tags.get("airflow.task_id"),
-        "map_index": tags.get("airflow.map_index"),
-        "step": tags.get("dlagent.step"),
+        "task_id": tags.get(names.AIRFLOW_TASK_ID_TAG),
+        "map_index": tags.get(names.AIRFLOW_MAP_INDEX_TAG),
+        "step": tags.get(names.STEP_TAG),
     }
 
 
@@ -58,11 +53,11 @@ def _agent_summary(run, ui_url: str) -> dict:
     tags = run.data.tags
     return {
         **_run_summary(run, ui_url),
-        "phase": tags.get("dlagent.phase"),
-        "action": tags.get("dlagent.action"),
-        "policy": tags.get("dlagent.policy"),
-        "arm": tags.get("dlagent.arm"),
-        "observed_run_id": tags.get("dlagent.observed_run_id"),
+        "phase": tags.get(names.PHASE_TAG),
+        "action": tags.get(names.ACTION_TAG),
+        "policy": tags.get(names.POLICY_TAG),
+        "arm": tags.get(names.ARM_TAG),
+        "observed_run_id": tags.get(names.OBSERVED_TAG),
         "reward": run.data.metrics.get("reward"),
     }
 
@@ -72,29 +67,29 @@ def pipeline_runs(client, ui_url: str, *, dag_id: str | None = None, max_results
     ids = experiment_ids(client)
     if not ids:
         return []
-    where = f"tags.`dlagent.kind` = '{PIPELINE_KIND}'"
+    where = names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE)
     if dag_id:
-        where += f" and tags.`airflow.dag_id` = '{_q(dag_id)}'"
+        where += " and " + names.tag_equals(names.AIRFLOW_DAG_ID_TAG, dag_id)
     parents = client.search_runs(ids, where, order_by=["attributes.start_time DESC"], max_results=max_results)
     if not parents:
         return []
     agents_by_parent = defaultdict(list)
     oldest = min(p.info.start_time or 0 for p in parents)
-    agents = client.search_runs(ids, f"tags.`dlagent.step` = 'agent' and attributes.start_time >= {int(oldest)}",
+    agents = client.search_runs(ids, f"{names.tag_equals(names.STEP_TAG, names.STEP_AGENT)} and attributes.start_time >= {int(oldest)}",
                                 order_by=["attributes.start_time ASC"], max_results=MAX_CHILDREN)
     for run in agents:
-        agents_by_parent[run.data.tags.get("mlflow.parentRunId")].append(_agent_summary(run, ui_url))
+        agents_by_parent[run.data.tags.get(names.PARENT_TAG)].append(_agent_summary(run, ui_url))
     rows = []
     for parent in parents:
         tags = parent.data.tags
         rows.append({
             **_run_summary(parent, ui_url),
-            "dag_id": tags.get("airflow.dag_id"),
-            "run_id": tags.get("airflow.run_id"),
-            "page": decisions_path(tags.get("airflow.dag_id") or "", tags.get("airflow.run_id") or ""),
-            "deploy": tags.get("dlagent.deploy"),
+            "dag_id": tags.get(names.AIRFLOW_DAG_ID_TAG),
+            "run_id": tags.get(names.AIRFLOW_RUN_ID_TAG),
+            "page": decisions_path(tags.get(names.AIRFLOW_DAG_ID_TAG) or "", tags.get(names.AIRFLOW_RUN_ID_TAG) or ""),
+            "deploy": tags.get(names.DEPLOY_TAG),
             "test_accuracy": parent.data.metrics.get("test_accuracy"),
-            "study": tags.get("optuna.study"),
+            "study": tags.get(names.STUDY_TAG),
             "decisions": agents_by_parent.get(parent.info.run_id, []),
         })
     return rows
@@ -105,8 +100,8 @@ def find_parent(client, dag_id: str, run_id: str):
     ids = experiment_ids(client)
     if not ids:
         return None
-    where = (f"tags.`dlagent.kind` = '{PIPELINE_KIND}' and tags.`airflow.dag_id` = '{_q(dag_id)}' "
-             f"and tags.`airflow.run_id` = '{_q(run_id)}'")
+    where = " and ".join((names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE), names.tag_equals(names.AIRFLOW_DAG_ID_TAG, dag_id),
+                          names.tag_equals(names.AIRFLOW_RUN_ID_TAG, run_id)))
     runs = client.search_runs(ids, where, order_by=["attributes.start_time ASC"], max_results=1)
     return runs[0] if runs else None
 
@@ -128,14 +123,14 @@ def read_plot(client, parent_run_id: str, name: str) -> bytes:
     if not PLOT_NAME.match(name):
         raise ValueError(f"not a plot name: {name!r}")
     with tempfile.TemporaryDirectory(prefix="dlagent-web-") as folder:
-        return Path(client.download_artifacts(parent_run_id, f"optuna/{name}", folder)).read_bytes()
+        return Path(client.download_artifacts(parent_run_id, f"{names.OPTUNA_ARTIFACT_DIR}/{name}", folder)).read_bytes()
 
 
 def _decision(client, run, ui_url: str) -> dict:
     decision = _agent_summary(run, ui_url)
     decision["artifacts_url"] = run_url(ui_url, run.info.experiment_id, run.info.run_id, tab="artifacts")
     try:
-        plan = read_json_artifact(client, run.info.run_id, "decisions.json")
+        plan = read_json_artifact(client, run.info.run_id, names.DECISIONS_FILE)
     except Exception as exc:  # noqa: BLE001 - a decision that failed before it was logged has none
         decision["plan"], decision["error"] = None, f"no readable decisions.json ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})"
     else:
@@ -147,28 +142,28 @@ def _decision(client, run, ui_url: str) -> dict:
 
 def _tuning(client, parent, trials: list, ui_url: str) -> dict | None:
     tags, metrics, params = parent.data.tags, parent.data.metrics, parent.data.params
-    study = tags.get("optuna.study") or next((t.data.tags.get("optuna.study") for t in trials if t.data.tags.get("optuna.study")), None)
+    study = tags.get(names.STUDY_TAG) or next((t.data.tags.get(names.STUDY_TAG) for t in trials if t.data.tags.get(names.STUDY_TAG)), None)
     if study is None and not trials:
         return None
     best_params = {k[len("best_"):]: v for k, v in sorted(params.items()) if k.startswith("best_")}
     plots = []
-    if tags.get("optuna.study"):
+    if tags.get(names.STUDY_TAG):
         try:
-            plots = sorted(a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, "optuna")
+            plots = sorted(a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, names.OPTUNA_ARTIFACT_DIR)
                            if a.path.endswith(".png"))
         except Exception:  # noqa: BLE001 - the page shows the study without its plots
             plots = []
     shown = list(best_params)
     rows = []
-    for trial in sorted(trials, key=lambda r: int(r.data.tags.get("optuna.trial_number", "0") or 0)):
+    for trial in sorted(trials, key=lambda r: int(r.data.tags.get(names.TRIAL_NUMBER_TAG, "0") or 0)):
         rows.append({
-            "number": int(trial.data.tags.get("optuna.trial_number", "0") or 0),
-            "state": trial.data.tags.get("optuna.state"),
+            "number": int(trial.data.tags.get(names.TRIAL_NUMBER_TAG, "0") or 0),
+            "state": trial.data.tags.get(names.TRIAL_STATE_TAG),
             "value": trial.data.metrics.get("objective"),
             "epochs_run": trial.data.metrics.get("epochs_run"),
             "params": {k: trial.data.params.get(k) for k in shown},
-            "task_id": trial.data.tags.get("airflow.task_id"),
-            "map_index": trial.data.tags.get("airflow.map_index"),
+            "task_id": trial.data.tags.get(names.AIRFLOW_TASK_ID_TAG),
+            "map_index": trial.data.tags.get(names.AIRFLOW_MAP_INDEX_TAG),
             "mlflow_url": run_url(ui_url, trial.info.experiment_id, trial.info.run_id),
         })
     return {
@@ -178,7 +173,7 @@ def _tuning(client, parent, trials: list, ui_url: str) -> dict | None:
         "best_params": best_params,
         "trials_by_state": {k[len("trials_"):].upper(): int(v) for k, v in sorted(metrics.items()) if k.startswith("trials_")},
         "plots": plots,
-        "plots_skipped": {k.rsplit(".", 1)[-1]: v for k, v in tags.items() if k.startswith("optuna.plot_skipped.")},
+        "plots_skipped": {k.rsplit(".", 1)[-1]: v for k, v in tags.items() if k.startswith(names.PLOT_SKIPPED_TAG_PREFIX)},
         "trials": rows,
         "mlflow_url": run_url(ui_url, parent.info.experiment_id, parent.info.run_id, tab="artifacts"),
     }
@@ -189,20 +184,20 @@ def run_details(client, ui_url: str, dag_id: str, run_id: str) -> dict | None:
     parent = find_parent(client, dag_id, run_id)
     if parent is None:
         return None
-    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{_q(parent.info.run_id)}'",
+    children = client.search_runs([parent.info.experiment_id], names.tag_equals(names.PARENT_TAG, parent.info.run_id),
                                   order_by=["attributes.start_time ASC"], max_results=MAX_CHILDREN)
-    trials = [r for r in children if "optuna.trial_number" in r.data.tags]
-    steps = [r for r in children if "optuna.trial_number" not in r.data.tags]
-    agents = [r for r in steps if r.data.tags.get("dlagent.step") == "agent"]
+    trials = [r for r in children if names.TRIAL_NUMBER_TAG in r.data.tags]
+    steps = [r for r in children if names.TRIAL_NUMBER_TAG not in r.data.tags]
+    agents = [r for r in steps if r.data.tags.get(names.STEP_TAG) == names.STEP_AGENT]
     tags = parent.data.tags
     return {
         "dag_id": dag_id,
         "run_id": run_id,
         **_run_summary(parent, ui_url),
         "experiment_url": experiment_url(ui_url, parent.info.experiment_id),
-        "deploy": tags.get("dlagent.deploy"),
+        "deploy": tags.get(names.DEPLOY_TAG),
         "metrics": dict(sorted(parent.data.metrics.items())),
         "decisions": [_decision(client, run, ui_url) for run in agents],
         "tuning": _tuning(client, parent, trials, ui_url),
-        "tasks": [{**_run_summary(run, ui_url), "candidate": run.data.tags.get("dlagent.candidate")} for run in steps],
+        "tasks": [{**_run_summary(run, ui_url), "candidate": run.data.tags.get(names.CANDIDATE_TAG)} for run in steps],
     }

@@ -42,13 +42,8 @@ class Policy(ABC):
         return False
 
 
-def load_policy(name_or_class_path: str, *, store=None, **kwargs) -> Policy:
-    """Instantiate a policy by name (``rules``, ``learning``) or dotted class path.
-
-    ``store`` (a :mod:`~dlagent.agent.policies.learning` state store) is passed only to
-    policies with ``uses_store = True``; other ``kwargs`` go to the constructor, whose
-    ``ConfigError``/``TypeError`` for a bad argument is reported under field ``policy``.
-    """
+def policy_class(name_or_class_path: str) -> type[Policy]:
+    """The :class:`Policy` subclass a name (``rules``, ``learning``) or dotted class path names."""
     if not isinstance(name_or_class_path, str) or not name_or_class_path.strip():
         raise ConfigError("policy", f"must be a policy name or dotted class path, got {name_or_class_path!r}.",
                           f"use one of {sorted(BUILTIN_POLICIES)} or 'package.module.ClassName'.")
@@ -66,6 +61,17 @@ def load_policy(name_or_class_path: str, *, store=None, **kwargs) -> Policy:
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         raise ConfigError("policy", f"{path!r} is not a dlagent Policy class (got {cls!r}).", "point at a subclass of dlagent.agent.policies.Policy.")
+    return cls
+
+
+def load_policy(name_or_class_path: str, *, store=None, **kwargs) -> Policy:
+    """Instantiate a policy by name (``rules``, ``learning``) or dotted class path.
+
+    ``store`` (a :mod:`~dlagent.agent.policies.learning` state store) is passed only to
+    policies with ``uses_store = True``; other ``kwargs`` go to the constructor, whose
+    ``ConfigError``/``TypeError`` for a bad argument is reported under field ``policy``.
+    """
+    cls = policy_class(name_or_class_path)
     if cls.uses_store:
         kwargs["store"] = store
     try:
@@ -73,4 +79,4 @@ def load_policy(name_or_class_path: str, *, store=None, **kwargs) -> Policy:
     except ConfigError as exc:
         raise ConfigError(f"policy.{exc.field}", exc.problem, exc.fix) from exc
     except TypeError as exc:
-        raise ConfigError("policy", f"bad arguments for {path}: {exc}.", "pass only the arguments the policy documents.") from exc
+        raise ConfigError("policy", f"bad arguments for {cls.__module__}.{cls.__name__}: {exc}.", "pass only the arguments the policy documents.") from exc

@@ -54,16 +54,16 @@ import random
 
 from dlagent.agent.observe import Observation
 from dlagent.agent.policies.base import Policy
-from dlagent.agent.policies.rules import RulesPolicy, _finite, _num, _sig
+from dlagent.agent.policies.rules import RulesPolicy
 from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
+from dlagent.validation import check_number, finite, significant
 
 CONTEXTS = ("diverged", "overfit", "underfit", "improving", "plateau", "converged", "unknown")
 STRATEGIES = ("thompson", "epsilon_greedy", "ucb")
 BASELINE_SCALES = (1.0, 1.0)  # the arm that leaves the rules' plan as it is
-STATE_RUN_NAME = "agent-policy-state"
-STATE_KIND = "agent-policy-state"
-REWARD_PREFIX = "reward/"
-REWARD_KEY_TAG = "dlagent.reward_key."
+STATE_RUN_NAME = names.POLICY_STATE_RUN_NAME
+REWARD_PREFIX = names.REWARD_METRIC_PREFIX
 
 
 def arm_name(lr_scale: float, epoch_scale: float) -> str:
@@ -136,17 +136,16 @@ class MLflowStateStore:
         """The state run's id (created, FINISHED, on first write; ``None`` if absent and not creating)."""
         if self._run_id is not None:
             return self._run_id
-        from dlagent.ml.tracking import RUN_KEY_TAG, find_run
-
-        run = find_run(self.client, self.experiment_id, self.key)
+        run = names.find_run(self.client, self.experiment_id, self.key)
         if run is None:
             if not create:
                 return None
             run = self.client.create_run(self.experiment_id, run_name=STATE_RUN_NAME,
-                                         tags={RUN_KEY_TAG: self.key, "dlagent.kind": STATE_KIND, "dlagent.policy": self.policy_key})
+                                         tags={names.RUN_KEY_TAG: self.key, names.KIND_TAG: names.KIND_POLICY_STATE,
+                                               names.POLICY_TAG: self.policy_key})
             self.client.set_terminated(run.info.run_id, status="FINISHED")
             # Two first writers may race to create it: the oldest run with the key wins.
-            winner = find_run(self.client, self.experiment_id, self.key)
+            winner = names.find_run(self.client, self.experiment_id, self.key)
             if winner is not None and winner.info.run_id != run.info.run_id:
                 self.client.delete_run(run.info.run_id)
                 run = winner
@@ -179,7 +178,7 @@ class MLflowStateStore:
         run_id = self.run_id()
         tag = None
         if key is not None:
-            tag = REWARD_KEY_TAG + hashlib.sha1(key.encode()).hexdigest()[:16]
+            tag = names.REWARD_KEY_TAG_PREFIX + hashlib.sha1(key.encode()).hexdigest()[:16]
             if tag in self.client.get_run(run_id).data.tags:
                 return False
         metric = f"{REWARD_PREFIX}{context}/{arm}"
@@ -224,19 +223,19 @@ class LearningPolicy(Policy):
             raise ConfigError("seed", f"must be a non-negative integer, got seed={seed!r}.", "give e.g. 0.")
         if strategy not in STRATEGIES:
             raise ConfigError("strategy", f"must be one of {list(STRATEGIES)}, got strategy={strategy!r}.", f"pick one of {list(STRATEGIES)}.")
-        _num("epsilon", epsilon, 0.0, 1.0)
-        _num("ucb_c", ucb_c, 0.0, 1e6)
-        _num("prior_weight", prior_weight, 0.0, 1e6)
-        _num("prior_sd", prior_sd, 0.0, 1e6, low_open=True)
-        _num("noise_sd", noise_sd, 0.0, 1e6, low_open=True)
-        _num("ridge", ridge, 0.0, 1e6, low_open=True)
+        check_number("epsilon", epsilon, low=0.0, high=1.0)
+        check_number("ucb_c", ucb_c, low=0.0, high=1e6)
+        check_number("prior_weight", prior_weight, low=0.0, high=1e6)
+        check_number("prior_sd", prior_sd, low=0.0, high=1e6, low_open=True)
+        check_number("noise_sd", noise_sd, low=0.0, high=1e6, low_open=True)
+        check_number("ridge", ridge, low=0.0, high=1e6, low_open=True)
         for name, value in (("accuracy_weight", accuracy_weight), ("time_weight", time_weight), ("compute_weight", compute_weight)):
-            _num(name, value, 0.0, 1e9)
+            check_number(name, value, low=0.0, high=1e9)
         for name, scales in (("lr_scales", lr_scales), ("epoch_scales", epoch_scales)):
             if not isinstance(scales, (list, tuple)) or not scales or len(set(scales)) != len(scales):
                 raise ConfigError(name, f"must be a non-empty list of distinct factors, got {name}={scales!r}.", "give e.g. [0.5, 1, 2].")
             for value in scales:
-                _num(name, value, 0.0, 100.0, low_open=True)
+                check_number(name, value, low=0.0, high=100.0, low_open=True)
         if store is None:
             store = MemoryStateStore()
         for method in ("records", "record"):
@@ -257,7 +256,7 @@ class LearningPolicy(Policy):
     def reward(self, accuracy_gain: float, seconds: float, compute: float) -> float:
         """``a * accuracy_gain - b * seconds - c * compute`` with this policy's weights."""
         for name, value in (("accuracy_gain", accuracy_gain), ("seconds", seconds), ("compute", compute)):
-            if not _finite(value):
+            if not finite(value):
                 raise ConfigError(name, f"must be a finite number, got {name}={value!r}.", "pass the measured value.")
         if seconds < 0 or compute < 0:
             raise ConfigError("seconds" if seconds < 0 else "compute", "must be >= 0.", "pass the time and compute used.")
@@ -268,7 +267,7 @@ class LearningPolicy(Policy):
         """Reward of a finished run: accuracy gain over ``baseline_accuracy`` (the champion's
         before the run; 0 gain without one), its ``run_seconds`` and ``epochs`` as compute."""
         obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
-        gain = (accuracy - baseline_accuracy) if _finite(accuracy) and _finite(baseline_accuracy) else 0.0
+        gain = (accuracy - baseline_accuracy) if finite(accuracy) and finite(baseline_accuracy) else 0.0
         return self.reward(gain, float(obs.compute.get("run_seconds") or 0.0), float(obs.compute.get("epochs") or 0.0))
 
     def update(self, reward: float, *, plan: dict | None = None, arm: str | None = None, context: str | None = None,
@@ -282,7 +281,7 @@ class LearningPolicy(Policy):
             raise ConfigError("arm", f"unknown arm {arm!r} (known: {sorted(self.arms)}).", "pass the plan the learning policy made.")
         if context not in CONTEXTS:
             raise ConfigError("context", f"unknown context {context!r} (known: {list(CONTEXTS)}).", "pass the plan the learning policy made.")
-        if not _finite(reward):
+        if not finite(reward):
             raise ConfigError("reward", f"must be a finite number, got reward={reward!r}.", "compute it with LearningPolicy.reward(...).")
         return self.store.record(context, arm, float(reward), key)
 
@@ -415,10 +414,10 @@ class LearningPolicy(Policy):
         lr_scale, epoch_scale = self.arms[arm]
         current = {**TrainConfig().to_dict(), **obs.config, **plan["train"]}
         train = dict(plan["train"])
-        if lr_scale != 1.0:
-            train["learning_rate"] = min(10.0, _sig(current["learning_rate"] * lr_scale))
+        if lr_scale != 1.0:  # within the settings' declared limits, so the plan's conf is one the Params accept
+            train["learning_rate"] = min(TrainConfig.bounds("learning_rate").high, significant(current["learning_rate"] * lr_scale))
         if epoch_scale != 1.0:
-            train["epochs"] = max(1, min(10_000, int(round(current["epochs"] * epoch_scale))))
+            train["epochs"] = max(1, min(TrainConfig.bounds("epochs").high, int(round(current["epochs"] * epoch_scale))))
         plan["train"] = train
         plan["policy"] = {"name": self.name, "arm": arm, "context": context}
         plan["reasons"].append({

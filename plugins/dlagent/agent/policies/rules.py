@@ -47,18 +47,8 @@ import math
 from dlagent.agent.observe import Observation
 from dlagent.agent.policies.base import Policy
 from dlagent.errors import ConfigError
-from dlagent.validation import check_int, check_number
+from dlagent.validation import check_int, check_number, finite, significant
 
-DEFAULT_CANDIDATES = (
-    {"quantization": "dynamic"},
-    {"quantization": "int8"},
-    {"quantization": "int8", "sparsity": 0.5},
-    {"quantization": "int8", "sparsity": 0.8},
-)
-LOG_FLOATS = ("learning_rate",)
-LINEAR_FLOATS = {"dropout": (0.0, 0.9), "momentum": (0.0, 0.99)}
-LOG_INTS = {"units": 65_536, "filters": 4_096, "batch_size": 65_536}
-CATEGORICALS = ("model", "optimizer")
 ARCHITECTURE = ("model", "units", "filters")  # settings that change the weights' shapes
 
 
@@ -74,9 +64,13 @@ class RulesPolicy(Policy):
                  max_units: int = 1024, accuracy_budget_points: float = 1.0, min_champion_gain_points: float = 0.0,
                  compress_candidates: list | None = None, max_workers: int | None = None, warm_start: bool = True,
                  fine_tune_lr_factor: float = 0.3, trial_epochs_fraction: float = 0.4, min_trial_epochs_fraction: float = 0.25):
-        _int("initial_trials", initial_trials, 0, 10_000)
-        _int("trials_per_round", trials_per_round, 1, 10_000)
-        _int("max_trials", max_trials, 1, 10_000)
+        from dlagent.ml.config import TrainConfig
+        from dlagent.ml.tuning.settings import TuneConfig
+
+        trials_limit = TuneConfig.bounds("n_trials").high  # every limit shared with the Params is read, not restated
+        _int("initial_trials", initial_trials, 0, trials_limit)
+        _int("trials_per_round", trials_per_round, 1, trials_limit)
+        _int("max_trials", max_trials, 1, trials_limit)
         _num("min_improvement", min_improvement, 0.0, 1e9)
         _int("improvement_window", improvement_window, 1, 10_000)
         _num("search_width", search_width, 1.0, 1e6, low_open=True)
@@ -84,26 +78,23 @@ class RulesPolicy(Policy):
         _num("dropout_step", dropout_step, 0.0, 0.5, low_open=True)
         _num("max_dropout", max_dropout, 0.0, 0.95)
         _num("divergence_lr_factor", divergence_lr_factor, 0.0, 1.0, low_open=True, high_open=True)
-        _int("max_epochs", max_epochs, 1, 10_000)
+        _int("max_epochs", max_epochs, 1, TrainConfig.bounds("epochs").high)
         _num("still_improving_factor", still_improving_factor, 1.0, 10.0)
-        _int("max_units", max_units, 1, 65_536)
+        _int("max_units", max_units, 1, TrainConfig.bounds("units").high)
         _num("accuracy_budget_points", accuracy_budget_points, 0.0, 100.0)
         _num("min_champion_gain_points", min_champion_gain_points, 0.0, 100.0)
         if max_workers is not None:
-            _int("max_workers", max_workers, 1, 256)
+            _int("max_workers", max_workers, 1, TuneConfig.bounds("n_workers").high)
         if not isinstance(warm_start, bool):
             raise ConfigError("warm_start", f"must be true or false, got {warm_start!r}.", "give true to continue from the best trial's weights.")
         _num("fine_tune_lr_factor", fine_tune_lr_factor, 0.0, 1.0, low_open=True)
         _num("trial_epochs_fraction", trial_epochs_fraction, 0.0, 1.0, low_open=True)
         _num("min_trial_epochs_fraction", min_trial_epochs_fraction, 0.0, 1.0, low_open=True)
-        if compress_candidates is None:
-            compress_candidates = [dict(c) for c in DEFAULT_CANDIDATES]
-        from dlagent.agent.plan import validate_compress
+        from dlagent.ml.selection import default_candidates, validate_candidates
 
-        try:
-            compress_candidates = validate_compress(compress_candidates)
-        except ConfigError as exc:
-            raise ConfigError(f"compress_candidates.{exc.field}", exc.problem, exc.fix) from exc
+        if compress_candidates is None:
+            compress_candidates = default_candidates()
+        compress_candidates = validate_candidates(compress_candidates, "compress_candidates", allow_empty=True)
         self.initial_trials = initial_trials
         self.trials_per_round = trials_per_round
         self.max_trials = max_trials
@@ -162,7 +153,7 @@ class RulesPolicy(Policy):
         else:
             where = f"the {'best trial' if curve['step'] == 'trial' else 'training run'} {curve['run_id'][:8]}"
             if curve["diverged"]:
-                lr = _sig(current["learning_rate"] * self.divergence_lr_factor)
+                lr = significant(current["learning_rate"] * self.divergence_lr_factor)
                 set_train("learning_rate", lr, f"the loss of {where} diverged (epoch {(curve['divergence_epoch'] or 0) + 1}): "
                           f"learning_rate x{self.divergence_lr_factor:g}")
             elif curve["best_epoch"] is not None:
@@ -243,7 +234,7 @@ class RulesPolicy(Policy):
                       "ends it sooner once it converges")
         else:
             epochs = max(1, min(self.max_epochs, patience))
-            lr = _sig(current["learning_rate"] * self.fine_tune_lr_factor)
+            lr = significant(current["learning_rate"] * self.fine_tune_lr_factor)
             set_train("epochs", epochs, f"warm start: trial {best['number']} converged (best validation loss at epoch "
                       f"{curve['best_epoch'] + 1} of {curve['epochs']}): a fine-tuning of early_stopping_patience {patience} epochs")
             set_train("learning_rate", lr, f"fine-tuning a converged model: learning_rate x{self.fine_tune_lr_factor:g}")
@@ -330,39 +321,17 @@ class RulesPolicy(Policy):
                 **self._trial_epochs(configured_epochs, because)}
 
     def narrow(self, params: dict) -> tuple[dict, list[str]]:
-        """A search space around ``params`` (the best trial's), with one note per parameter."""
-        from dlagent.ml.config import TrainConfig
+        """A search space around ``params`` (the best trial's), with one note per parameter
+        (:func:`dlagent.ml.tuning.narrow_search_space` with ``search_width``)."""
+        from dlagent.ml.tuning.space import narrow_search_space
 
-        space, notes = {}, []
-        for name in sorted(params):
-            value = params[name]
-            if name in LOG_FLOATS and isinstance(value, (int, float)) and value > 0:
-                low, high = _sig(value / self.search_width), _sig(min(10.0, value * self.search_width))
-                if low < high:
-                    space[name] = {"type": "float", "low": low, "high": high, "log": True}
-                    notes.append(f"{name} in [{low:g}, {high:g}] (log, best {value:g} /{self.search_width:g} x{self.search_width:g})")
-            elif name in LINEAR_FLOATS and isinstance(value, (int, float)):
-                lo, hi = LINEAR_FLOATS[name]
-                low, high = round(max(lo, value - 0.1), 4), round(min(hi, value + 0.1), 4)
-                if low < high:
-                    space[name] = {"type": "float", "low": low, "high": high, "log": False}
-                    notes.append(f"{name} in [{low:g}, {high:g}] (best {value:g} +-0.1)")
-            elif name in LOG_INTS and isinstance(value, int) and not isinstance(value, bool):
-                low, high = max(1, value // 2), min(LOG_INTS[name], value * 2)
-                if low < high:
-                    space[name] = {"type": "int", "low": low, "high": high, "log": True}
-                    notes.append(f"{name} in [{low}, {high}] (log, best {value} /2 x2)")
-            elif name in CATEGORICALS:
-                try:
-                    TrainConfig.from_dict({name: value})
-                except ConfigError:
-                    continue
-                space[name] = {"type": "categorical", "choices": [value]}
-                notes.append(f"{name} fixed to {value!r}")
-        return space, notes
+        return narrow_search_space(params, width=self.search_width)
 
     def _compress(self, obs: Observation, because) -> tuple[list, dict | None]:
-        measured = [c for c in obs.candidates if _finite(c["metrics"].get("accuracy"))]
+        from dlagent.ml.gate import GateThresholds
+        from dlagent.ml.selection import accuracy_of, select_candidate, size_of
+
+        measured = [c for c in obs.candidates if accuracy_of(c["metrics"]) is not None]
         if not measured:
             because(f"compress: {len(self.compress_candidates)} candidates",
                     "no compression measured yet: try each candidate (one mapped task each)")
@@ -370,34 +339,27 @@ class RulesPolicy(Policy):
         reference = obs.reference_accuracy
         source = "the uncompressed model's test_accuracy"
         if reference is None:
-            reference = max(c["metrics"]["accuracy"] for c in measured)
+            reference = max(accuracy_of(c["metrics"]) for c in measured)
             source = "the best candidate's accuracy (no evaluation run observed)"
-        budget = self.accuracy_budget_points / 100.0
-        within = [c for c in measured if c["metrics"]["accuracy"] >= reference - budget - 1e-9]
-        if not within:
+        # The evaluate step's and the gate's rule, with this policy's accuracy budget as the only limit.
+        chosen, within = select_candidate(measured, reference, GateThresholds(max_accuracy_drop_points=self.accuracy_budget_points))
+        if chosen is None:
             because("compress: none", f"no candidate within {self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}; "
-                    f"best candidate {max(c['metrics']['accuracy'] for c in measured):.4f}")
+                    f"best candidate {max(accuracy_of(c['metrics']) for c in measured):.4f}")
             return [], None
-        def size_of(candidate) -> float:  # after gzip when measured: pruning only shrinks a compressed file
-            for key in ("gzip_size_bytes", "size_bytes"):
-                if _finite(candidate["metrics"].get(key)):
-                    return candidate["metrics"][key]
-            return math.inf
-
-        chosen = min(within, key=lambda c: (size_of(c), -c["metrics"]["accuracy"], c["name"]))
-        size = size_of(chosen)
+        size = size_of(chosen["metrics"])
         because(f"compress: {chosen['name']}",
-                f"the most compressed candidate ({f'{size:.0f} bytes' if _finite(size) else 'size unknown'}, gzip when measured) within "
-                f"{self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}: accuracy {chosen['metrics']['accuracy']:.4f}; "
+                f"the most compressed candidate ({f'{size:.0f} bytes' if finite(size) else 'size unknown'}, gzip when measured) within "
+                f"{self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}: accuracy {accuracy_of(chosen['metrics']):.4f}; "
                 f"{len(within)} of {len(measured)} candidates within budget")
         return [dict(chosen["config"])], chosen
 
     def _action(self, obs: Observation, tune: dict | None, chosen: dict | None, because) -> str:
         shipped = (obs.gate or {}).get("metrics", {}).get("shipped_test_accuracy")
-        if _finite(shipped):  # the candidate the evaluate task picked and the gate judged
+        if finite(shipped):  # the candidate the evaluate task picked and the gate judged
             accuracy, what = shipped, "the gated candidate"
         elif chosen is not None:
-            accuracy, what = chosen["metrics"]["accuracy"], f"compressed candidate {chosen['name']}"
+            accuracy, what = chosen["metrics"].get("accuracy", chosen["metrics"].get("test_accuracy")), f"compressed candidate {chosen['name']}"
         else:
             accuracy, what = obs.reference_accuracy, "evaluated model"
         champion = None
@@ -423,14 +385,6 @@ class RulesPolicy(Policy):
             return "retune"
         because("action=stop", f"not deploying ({gate}; {versus}) and no more tuning is planned")
         return "stop"
-
-
-def _sig(value: float, digits: int = 4) -> float:
-    return float(f"{value:.{digits}g}")
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _int(name, value, low, high):

@@ -1,0 +1,136 @@
+"""Serving bundles: the deployed champion's TFLite file, labels and metadata in a folder a server reads.
+
+:func:`write_serving_bundle` writes model files, labels and metadata into a fresh folder and
+swaps it in by renames, so a reader never sees a half-written bundle;
+:func:`deploy_champion_bundle` does that for the registry's current champion, and
+:func:`read_champion_tflite` reads the champion's TFLite file (what the evaluate step re-measures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from dlagent.errors import ConfigError
+from dlagent.ml.mlflow_names import CHAMPION, LABELS_FILE, METADATA_FILE, TFLITE_DIR, TFLITE_FILE
+from dlagent.ml.model_store import download, download_tflite
+from dlagent.ml.registry import RegistryError, get_champion, now
+
+CURRENT_LINK = "current"
+
+
+def write_serving_bundle(deploy_dir, model_files: dict, labels: list, metadata: dict, *, bundle_name: str | None = None,
+                         keep: int = 3) -> Path:
+    """Write a serving bundle and make it current, never exposing a half-written one.
+
+    ``model_files`` maps file names (``model.tflite``) to bytes or to a path to copy. The
+    files, ``labels.json`` and ``metadata.json`` (with each file's sha256 added) are written
+    to a temporary folder *in* ``deploy_dir``, fsync'ed, renamed to ``bundle-<bundle_name>``,
+    and the symbolic link ``deploy_dir/current`` is swapped to it with ``os.replace`` (atomic
+    on POSIX). A bundle name that already exists is complete (it appears only by rename), so a
+    retry just re-points ``current``. Older bundles beyond ``keep`` are removed. Returns the
+    path of ``deploy_dir/current``.
+    """
+    if not isinstance(model_files, dict) or not model_files:
+        raise ConfigError("model_files", "must map at least one file name to bytes or a path.", "pass e.g. {'model.tflite': tflite_bytes}.")
+    for file_name in model_files:
+        if not isinstance(file_name, str) or not file_name or "/" in file_name or file_name.startswith(".") or file_name in (LABELS_FILE, METADATA_FILE):
+            raise ConfigError("model_files", f"bad file name {file_name!r}.", "use plain names such as 'model.tflite'.")
+    if not isinstance(labels, (list, tuple)):
+        raise ConfigError("labels", f"must be a list of class names, got {type(labels).__name__}.", "pass splits.class_names.")
+    if not isinstance(metadata, dict):
+        raise ConfigError("metadata", f"must be a JSON object, got {type(metadata).__name__}.", "pass a dict.")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError("keep", f"must be an integer >= 1, got {keep!r}.", "keep at least the current bundle.")
+    deploy = Path(deploy_dir)
+    deploy.mkdir(parents=True, exist_ok=True)
+    current = deploy / CURRENT_LINK
+    if current.exists() and not current.is_symlink():
+        raise ConfigError("deploy_dir", f"{str(current)!r} exists and is not a symbolic link made by dlagent.", "move it away or use another deploy_dir.")
+    bundle_name = bundle_name or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    if "/" in bundle_name or bundle_name.startswith("."):
+        raise ConfigError("bundle_name", f"bad bundle name {bundle_name!r}.", "use e.g. the registered version, 'v3'.")
+    final = deploy / f"bundle-{bundle_name}"
+    if not final.exists():
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=deploy))
+        try:
+            digests = {}
+            for file_name, content in model_files.items():
+                data = content if isinstance(content, (bytes, bytearray)) else Path(content).read_bytes()
+                _write_synced(staging / file_name, bytes(data))
+                digests[file_name] = hashlib.sha256(data).hexdigest()
+            _write_synced(staging / LABELS_FILE, json.dumps([str(label) for label in labels], indent=2).encode())
+            full_metadata = {**metadata, "files": digests, "labels_file": LABELS_FILE, "bundle": final.name, "written_at": now()}
+            _write_synced(staging / METADATA_FILE, json.dumps(full_metadata, indent=2, sort_keys=True, default=str).encode())
+            _fsync_dir(staging)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    link = deploy / f".current-{uuid.uuid4().hex[:8]}"
+    os.symlink(final.name, link)
+    os.replace(link, current)
+    _fsync_dir(deploy)
+    _prune_bundles(deploy, keep=keep, current=final.name)
+    return current
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _prune_bundles(deploy: Path, *, keep: int, current: str) -> None:
+    """Keep the current bundle and the ``keep - 1`` newest others."""
+    others = sorted((p for p in deploy.glob("bundle-*") if p.is_dir() and p.name != current),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for bundle in others[max(keep - 1, 0):]:
+        shutil.rmtree(bundle, ignore_errors=True)
+    for stale in deploy.glob(".staging-*"):  # left by a writer that was killed
+        if time.time() - stale.stat().st_mtime > 3600:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def deploy_champion_bundle(client, name: str, deploy_dir, *, extra_metadata: dict | None = None) -> Path:
+    """Download the champion's TFLite file and labels and write them as the current bundle."""
+    champion = get_champion(client, name)
+    if champion is None:
+        raise RegistryError(f"{name!r} has no {CHAMPION!r}: nothing to deploy.")
+    if not champion["tflite_artifact"]:
+        raise RegistryError(f"{name!r} version {champion['version']} has no TFLite artifact to deploy.")
+    location = client.get_model_version_download_uri(name, champion["version"])
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(download(client, f"{location.rstrip('/')}/{TFLITE_DIR}", tmp))
+        labels = json.loads((local / LABELS_FILE).read_text()) if (local / LABELS_FILE).exists() else []
+        metadata = {"model_name": name, "version": champion["version"], "model_uri": champion["model_uri"],
+                    "source": champion["source"], "run_id": champion["run_id"], "metrics": champion["metrics"],
+                    **(extra_metadata or {})}
+        return write_serving_bundle(deploy_dir, {TFLITE_FILE: (local / TFLITE_FILE).read_bytes()}, labels, metadata,
+                                    bundle_name=f"{name}-v{champion['version']}")
+
+
+def read_champion_tflite(client, name: str) -> tuple[bytes, dict] | None:
+    """``(tflite bytes, version info)`` of the current champion, or ``None`` when there is none."""
+    champion = get_champion(client, name)
+    if champion is None:
+        return None
+    location = client.get_model_version_download_uri(name, champion["version"])
+    return download_tflite(client, location, what=f"models:/{name}@{CHAMPION}"), champion

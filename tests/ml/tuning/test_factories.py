@@ -1,0 +1,73 @@
+"""Sampler, pruner and storage by name: bad names and numbers refused with the field."""
+
+from __future__ import annotations
+
+import pytest
+from dlagent.errors import ConfigError
+from dlagent.ml import tuning
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda: tuning.make_sampler("bayes", 0), "sampler"),
+        (lambda: tuning.make_sampler("cmaes", 0, space=tuning.default_search_space("mlp")), "sampler"),
+        (lambda: tuning.make_sampler("tpe", -1), "seed"),
+        (lambda: tuning.make_pruner("asha", 1, 10), "pruner"),
+        (lambda: tuning.make_pruner("hyperband", 5, 3), "min_resource"),
+        (lambda: tuning.make_pruner("median", 0, 3), "min_resource"),
+        (lambda: tuning.default_search_space("resnet"), "model"),
+        (lambda: tuning.make_storage("optuna.db"), "storage_url"),
+        (lambda: tuning.make_storage("sqlite://", heartbeat_interval=5, grace_period=5), "grace_period"),
+    ],
+)
+def test_bad_tuning_settings_are_refused(call, field):
+    with pytest.raises(ConfigError) as error:
+        call()
+    assert error.value.field == field
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torch") is not None, reason="PyTorch is installed")
+def test_gp_sampler_without_pytorch_says_how_to_fix_it():
+    with pytest.raises(ConfigError, match="needs PyTorch"):
+        tuning.make_sampler("gp", 0)
+
+
+def test_samplers_and_pruners_by_name():
+    import optuna
+
+    assert isinstance(tuning.make_sampler("tpe", 1), optuna.samplers.TPESampler)
+    assert isinstance(tuning.make_sampler("random", 1), optuna.samplers.RandomSampler)
+    assert isinstance(tuning.make_pruner("hyperband", 1, 9), optuna.pruners.HyperbandPruner)
+    assert isinstance(tuning.make_pruner("median", 1, 9), optuna.pruners.MedianPruner)
+    assert isinstance(tuning.make_pruner("none", 1, 9), optuna.pruners.NopPruner)
+
+
+def test_storage_retries_stale_trials():
+    import optuna
+
+    storage = tuning.make_storage("sqlite://", heartbeat_interval=1, grace_period=2, max_retry=2)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert (storage.heartbeat_interval, storage.grace_period) == (1, 2)
+    assert isinstance(storage.heartbeat_stale_trial_callback.retry, optuna.storages.RetryHeartbeatStaleTrialCallback)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_sampler_sequence_depends_only_on_the_seed(name):
+    import optuna
+
+    def sequence(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=tuning.make_sampler(name, seed, n_startup_trials=3))
+        study.optimize(lambda t: (t.suggest_float("x", -5, 5) - 1) ** 2, n_trials=8)
+        return [t.params["x"] for t in study.trials]
+
+    assert sequence(7) == sequence(7)
+    assert sequence(7) != sequence(8)
+
+
+def test_sqlite_path_is_one_function_for_locks_and_storage(tmp_path):
+    from dlagent.ml.locks import sqlite_path
+
+    assert sqlite_path(f"sqlite:///{tmp_path / 'a.db'}") == tmp_path / "a.db"
+    assert sqlite_path("sqlite://") is None and sqlite_path("sqlite:///:memory:") is None
+    assert sqlite_path("sqlite:///file:mem?mode=memory&uri=true") is None
