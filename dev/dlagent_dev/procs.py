@@ -11,17 +11,25 @@ process leaves them running, reparented. So everything here works on **process g
 * :func:`find_leftovers` lists live processes by group, by an environment mark inherited from a
   session (:func:`begin_session`) and by a path in their command line; :func:`end_session` is
   the check at the end of a test session or a benchmark;
-* a *tag* (``DLAGENT_PROC_TAG``, with the starting process in ``DLAGENT_PROC_OWNER``) lets a
-  later run find the services an earlier, killed one left behind (:func:`stop_orphans`).
+* a *tag* lets a later run find the services an earlier, killed one left behind
+  (:func:`stop_orphans`): the groups started under it are recorded in a small file (by pgid and
+  start time), and every process started under it carries it in its environment
+  (``DLAGENT_PROC_TAG``, the starting process in ``DLAGENT_PROC_OWNER``). Both are needed:
+  Airflow's processes rename themselves (``setproctitle``), which wipes what
+  ``/proc/<pid>/environ`` shows, and a process may leave its group.
 
 Linux only (it reads ``/proc``). Nothing here imports Airflow, MLflow or dlagent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -40,6 +48,7 @@ CHECKOUT_ENV = ("AIRFLOW__CORE__DAGS_FOLDER", "DLAGENT_PROJECT_DIR")
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _started_groups: set[int] = set()
+_record_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,8 @@ def start(command: list[str], *, tag: str | None = None, **popen_kwargs) -> subp
         popen_kwargs["env"] = env
     process = subprocess.Popen(command, start_new_session=True, **popen_kwargs)
     register_group(process.pid)
+    if tag is not None:
+        _record_group(tag, process.pid)
     return process
 
 
@@ -415,22 +426,88 @@ def end_session(session: Session, *, stop_them: bool = True) -> list[ProcInfo]:
 # --------------------------------------------------------------------------- tagged services
 
 
+def record_path(tag: str) -> Path:
+    """Where the groups started under ``tag`` are recorded (this user's temporary folder)."""
+    digest = hashlib.sha1(tag.encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / f"dlagent-procs-{os.getuid()}" / f"{digest}.json"
+
+
+def _read_record(tag: str) -> dict:
+    try:
+        data = json.loads(record_path(tag).read_text())
+    except (OSError, ValueError):
+        return {"tag": tag, "owner": "", "groups": {}}
+    return data if isinstance(data, dict) and data.get("tag") == tag else {"tag": tag, "owner": "", "groups": {}}
+
+
+def _write_record(data: dict) -> None:
+    path = record_path(data["tag"])
+    if not data["groups"]:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _live_recorded_groups(data: dict) -> list[int]:
+    """The recorded groups that still have a live process and are still ours: a recorded leader
+    that is alive must have its recorded start time (else its pid was reused); while any process
+    is in a group, Linux does not hand its number out as a new pid."""
+    live = []
+    for pgid, ticks in data.get("groups", {}).items():
+        pgid = int(pgid)
+        leader = read_process(pgid)
+        if leader is not None and leader.alive and leader.start_ticks != ticks:
+            continue
+        if group_members(pgid):
+            live.append(pgid)
+    return live
+
+
+def _record_group(tag: str, pgid: int) -> None:
+    info = read_process(pgid)
+    with _record_lock:
+        data = _read_record(tag)
+        kept = set(_live_recorded_groups(data))
+        groups = {str(g): t for g, t in data.get("groups", {}).items() if int(g) in kept}
+        groups[str(pgid)] = info.start_ticks if info else 0
+        if not owner_alive(data.get("owner", "")):
+            data["owner"] = owner_token()
+        _write_record({**data, "groups": groups})
+
+
 def tagged(tag: str) -> list[ProcInfo]:
-    """Live processes started by :func:`start` with ``tag`` (and everything they started)."""
+    """Live processes started by :func:`start` with ``tag`` whose environment still shows it."""
     return [p for p in processes() if environ(p.pid).get(TAG_ENV) == tag]
 
 
+def tagged_groups(tag: str) -> list[int]:
+    """Process groups that belong to ``tag``: recorded when started, or holding a tagged process."""
+    return sorted(set(_live_recorded_groups(_read_record(tag))) | {p.pgid for p in tagged(tag)})
+
+
 def stop_orphans(tag: str) -> tuple[list[ProcInfo], str | None]:
-    """Stop what an earlier run left under ``tag`` when that run is gone (killed).
+    """Stop what an earlier run left under ``tag`` when that run is gone (killed): every process
+    group recorded for the tag or holding a tagged process, each as a whole.
 
     Returns ``(stopped, None)``; or ``([], owner)`` without stopping anything when the run that
     started them (``owner``, ``pid:ticks``) is still alive: it owns them.
     """
-    found = [p for p in tagged(tag) if p.pid not in ancestors()]
-    owners = {environ(p.pid).get(OWNER_ENV, "") for p in found}
     me = owner_token()
-    for owner in owners:
-        if owner and owner != me and owner_alive(owner):
-            return [], owner
-    stop_processes(found)
-    return found, None
+    mine = ancestors()
+    with _record_lock:
+        data = _read_record(tag)
+        owners = {data.get("owner", "")} | {environ(p.pid).get(OWNER_ENV, "") for p in tagged(tag)}
+        for owner in owners:
+            if owner and owner != me and owner_alive(owner):
+                return [], owner
+        own_groups = {os.getpgrp(), 0, 1} | {info.pgid for pid in mine if (info := read_process(pid))}
+        groups = [g for g in tagged_groups(tag) if g not in own_groups]
+        stopped = [p for g in groups for p in group_members(g)]
+        for pgid in groups:
+            stop_group(pgid, grace=10.0)
+        left = set(_live_recorded_groups(data))
+        _write_record({**data, "groups": {g: t for g, t in data.get("groups", {}).items() if int(g) in left}})
+    return stopped, None

@@ -1,5 +1,6 @@
-"""A LocalStack whose services are small HTTP servers, each with a helper process of its own (as
-``mlflow server`` has uvicorn workers), driven by the real ``make ui`` code (``cli.run_ui``).
+"""A LocalStack whose services are small HTTP servers, driven by the real ``make ui`` code
+(``cli.run_ui``): the fake MLflow server has a helper process (as ``mlflow server`` has uvicorn
+workers); the fake api-server renames itself with setproctitle, as Airflow's does.
 
     python -m tests.dev.fake_stack HOME AIRFLOW_PORT MLFLOW_PORT
 
@@ -17,7 +18,11 @@ from dlagent_dev.env import stack_env
 
 SERVICE = """
 import http.server, subprocess, sys
-helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # fake-stack-helper"])
+if len(sys.argv) > 2:  # rename itself as Airflow's api-server does: /proc/<pid>/environ no longer shows the tag
+    import setproctitle
+    setproctitle.setproctitle(f"fake {sys.argv[2]} -- port:{sys.argv[1]}")
+else:
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # fake-stack-helper"])
 class Ok(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
@@ -33,7 +38,7 @@ IDLE = "import time; time.sleep(600)  # fake-stack-scheduler"
 class FakeStack(stack.LocalStack):
     def commands(self) -> dict[str, list[str]]:
         return {"mlflow": ["python", "-c", SERVICE, str(self.mlflow_port)],
-                "api-server": ["python", "-c", SERVICE, str(self.airflow_port)],
+                "api-server": ["python", "-c", SERVICE, str(self.airflow_port), "api_server"],
                 "scheduler": ["python", "-c", IDLE]}
 
 

@@ -2,7 +2,8 @@
 stop every service with its whole process group; a ``make ui`` killed with SIGKILL leaves its
 services, and the next one of the same home stops them first and reuses the ports.
 
-The services are small HTTP servers with a helper process each (``tests/dev/fake_stack.py``);
+The services are small HTTP servers (``tests/dev/fake_stack.py``: MLflow's has a helper process;
+the api-server renames itself with setproctitle, as Airflow's does, which hides its environment);
 the code that starts, watches and stops them is the real one. The real services are started in
 tests/e2e and tests/reliability (``live_stack``).
 """
@@ -46,6 +47,11 @@ class Ui:
         return "".join(self.lines) + rest
 
 
+def _stack_processes(tag: str) -> set[int]:
+    """Every live process of the stack's groups (found by the record and the tag)."""
+    return {p.pid for pgid in procs.tagged_groups(tag) for p in procs.group_members(pgid)}
+
+
 def _port_free(port: int) -> bool:
     """Whether a server could listen on ``port`` now (servers set SO_REUSEADDR: TIME_WAIT does not count)."""
     with socket.socket() as sock:
@@ -75,14 +81,14 @@ def test_make_ui_stops_every_service_and_its_helpers_on(ui_setup, sig):
     ui = Ui(home, *ports)
     started.append(ui)
     ui.wait_for("Airflow UI:")
-    services = procs.tagged(tag)
-    assert len(services) == 5  # 3 services, 2 of them with a helper process
+    assert len(procs.tagged_groups(tag)) == 3 and len(_stack_processes(tag)) == 4  # 3 services, mlflow with a helper
+    assert len(procs.tagged(tag)) == 3  # the renamed api-server no longer shows its environment
     assert not any(_port_free(port) for port in ports)
     ui.process.send_signal(sig)
     output = ui.finish()
     assert ui.process.returncode == 0, output
     assert "all services stopped" in output
-    assert procs.tagged(tag) == []  # run_ui returned only once every group was empty
+    assert _stack_processes(tag) == set()  # run_ui returned only once every group was empty
     assert all(_port_free(port) for port in ports)
 
 
@@ -91,19 +97,20 @@ def test_a_killed_make_ui_leaves_its_services_and_the_next_one_stops_them_and_re
     first = Ui(home, *ports)
     started.append(first)
     first.wait_for("Airflow UI:")
-    left = {p.pid for p in procs.tagged(tag)}
+    left = _stack_processes(tag)
+    assert len(left) == 4
     first.process.kill()  # SIGKILL: it cannot stop anything
     first.process.wait()
-    assert {p.pid for p in procs.tagged(tag)} == left and not any(_port_free(port) for port in ports)
+    assert _stack_processes(tag) == left and not any(_port_free(port) for port in ports)
 
     second = Ui(home, *ports)  # same home, same ports
     started.append(second)
     second.wait_for("Airflow UI:")
     assert any(f"stopped {len(left)} process(es) a killed earlier stack" in line for line in second.lines), second.lines
-    assert not left & {p.pid for p in procs.tagged(tag)}  # the old ones are gone, the new ones serve the ports
+    assert not left & _stack_processes(tag)  # the old ones are gone (the renamed one too), the new ones serve the ports
     second.process.send_signal(signal.SIGTERM)
     assert second.finish() and second.process.returncode == 0
-    assert procs.tagged(tag) == [] and all(_port_free(port) for port in ports)
+    assert _stack_processes(tag) == set() and all(_port_free(port) for port in ports)
 
 
 def test_a_second_make_ui_of_a_running_home_refuses_and_touches_nothing(ui_setup):
@@ -111,14 +118,14 @@ def test_a_second_make_ui_of_a_running_home_refuses_and_touches_nothing(ui_setup
     first = Ui(home, *ports)
     started.append(first)
     first.wait_for("Airflow UI:")
-    running = {p.pid for p in procs.tagged(tag)}
+    running = _stack_processes(tag)
     second = Ui(home, free_port(), free_port())
     started.append(second)
     output = second.finish()
     assert second.process.returncode != 0 and "are running, started by process" in output, output
-    assert {p.pid for p in procs.tagged(tag)} == running
+    assert _stack_processes(tag) == running
     first.process.send_signal(signal.SIGINT)
-    assert first.finish() and procs.tagged(tag) == []
+    assert first.finish() and _stack_processes(tag) == set()
 
 
 def test_stop_waits_until_each_services_group_is_empty_and_a_crashed_service_is_restarted_whole(tmp_path):
@@ -129,10 +136,11 @@ def test_stop_waits_until_each_services_group_is_empty_and_a_crashed_service_is_
         helper = next(p for p in procs.group_members(mlflow.pid) if p.pid != mlflow.pid)
         mlflow.kill()  # the service crashes; its helper lives on and would hold resources
         deadline = time.monotonic() + 30
-        while stack.restarts.get("mlflow") != 1:
+        while stack.processes["mlflow"] is mlflow:  # replaced once the old group is stopped and a new one started
             assert time.monotonic() < deadline, "the watchdog did not restart mlflow"
             time.sleep(0.2)
+        assert stack.restarts["mlflow"] == 1
         assert procs.read_process(helper.pid) is None or not procs.read_process(helper.pid).alive
         groups = [p.pid for p in stack.processes.values()]
     assert all(procs.group_members(pgid) == [] for pgid in groups)
-    assert procs.tagged(stack.tag) == []
+    assert _stack_processes(stack.tag) == set()
