@@ -188,7 +188,8 @@ def _number_trials_across_rounds(client, experiment_id: str, study: str) -> None
 
 def simulate_policies(repeats: int) -> dict:
     """Mean reward of the rules and learning policies over SIM_RUNS runs of a synthetic pipeline."""
-    from dlagent.agent.observe import Observation, analyze_curve
+    from dlagent.agent.curves import analyze_curve
+    from dlagent.agent.observe import Observation
     from dlagent.agent.plan import validate_plan
     from dlagent.agent.policies.learning import LearningPolicy, MemoryStateStore
     from dlagent.agent.policies.rules import RulesPolicy

@@ -46,6 +46,13 @@ def redact_url(url: str) -> str:
     return url
 
 
+def client_location(client) -> str:
+    """Where an ``MlflowClient`` points, for a message: its tracking URI without credentials."""
+    tracking = getattr(client, "_tracking_client", None)
+    uri = getattr(tracking, "tracking_uri", None) or getattr(client, "tracking_uri", None) or "<unknown>"
+    return redact_url(str(uri))
+
+
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@'\"<>]+@")
 
 

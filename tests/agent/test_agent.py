@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from dlagent.agent import run_agent
-from dlagent.agent.observe import Observation, ObservationError, analyze_curve, observe
+from dlagent.agent.curves import analyze_curve
+from dlagent.agent.observe import Observation, ObservationError, observe
 from dlagent.agent.plan import log_plan, plan_to_json, validate_plan
 from dlagent.agent.policies import Policy, load_policy
 from dlagent.agent.policies.rules import RulesPolicy

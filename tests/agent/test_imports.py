@@ -8,7 +8,8 @@ import sys
 
 from tests.conftest import PROJECT_DIR
 
-MODULES = ["dlagent.agent", "dlagent.agent.plan", "dlagent.agent.observe", "dlagent.agent.policies",
+MODULES = ["dlagent.agent", "dlagent.agent.plan", "dlagent.agent.observe", "dlagent.agent.curves", "dlagent.agent.resources",
+           "dlagent.agent.runs", "dlagent.agent.policies",
            "dlagent.agent.policies.rules", "dlagent.agent.policies.learning", "dlagent.agent.controller",
            "dlagent.ml.conditions"]
 

@@ -6,9 +6,11 @@ import random
 from collections import Counter
 
 import pytest
-from dlagent.agent.observe import Observation, analyze_curve
+from dlagent.agent.curves import analyze_curve
+from dlagent.agent.observe import Observation
 from dlagent.agent.plan import validate_plan
-from dlagent.agent.policies.learning import LearningPolicy, MemoryStateStore, MLflowStateStore, context_of
+from dlagent.agent.policies.learning import LearningPolicy, context_of
+from dlagent.agent.policies.state import MemoryStateStore, MLflowStateStore
 from dlagent.errors import ConfigError
 from mlflow import MlflowClient
 

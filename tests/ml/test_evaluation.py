@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
-from dlagent.ml.evaluation import (
-    TFLiteModel,
-    evaluate_keras,
-    evaluate_tflite,
-    integrated_gradients,
-    log_evaluation,
-    permutation_importance,
-)
+from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
+from dlagent.ml.explain import integrated_gradients, permutation_importance
+from dlagent.ml.tflite import TFLiteModel
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

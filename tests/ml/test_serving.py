@@ -66,7 +66,7 @@ def test_serving_bundle_input_is_validated(tmp_path, kwargs, field):
 
 
 def test_champion_bundle_runs_in_the_interpreter(logged, models, digits_small, mlflow_uri, tmp_path, client):
-    from dlagent.ml.evaluation import TFLiteModel
+    from dlagent.ml.tflite import TFLiteModel
 
     register_champion(client, logged[1], NAME, idempotency_key="run-1", metrics={"test_accuracy": 0.8})
     current = deploy_champion_bundle(client, NAME, tmp_path / "deploy")

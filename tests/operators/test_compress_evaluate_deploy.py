@@ -82,8 +82,8 @@ def pipeline_store(tmp_path_factory):
 def test_each_candidate_is_a_child_run_with_its_measurements(pipeline_store):
     from dlagent.ml.compression import measure_sparsity
     from dlagent.ml.data import load_dataset
-    from dlagent.ml.evaluation import TFLiteModel
     from dlagent.ml.model_store import load_keras_model, read_tflite
+    from dlagent.ml.tflite import TFLiteModel
 
     uri, candidates = pipeline_store["uri"], pipeline_store["candidates"]
     assert [c["candidate"] for c in candidates] == ["dynamic", "int8", "pruned80+int8"]
@@ -147,9 +147,9 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
     """Five worse models (real ones: the champion's weights with noise), one DAG run each: none ships."""
     from dlagent.ml.compression import quantize
     from dlagent.ml.data import load_dataset
-    from dlagent.ml.evaluation import TFLiteModel
     from dlagent.ml.model_store import load_keras_model, log_keras_model
     from dlagent.ml.registry import get_champion
+    from dlagent.ml.tflite import TFLiteModel
 
     uri = pipeline_store["uri"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -46,9 +46,10 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
     for it first (:func:`reward_run`, idempotent under ``reward_key``, e.g. ``dag_id/run_id``);
     the plan's reasons then say what was credited.
     """
-    from dlagent.agent.observe import observe, read_planned
+    from dlagent.agent.observe import observe
     from dlagent.agent.plan import Plan
     from dlagent.agent.policies.base import Policy, load_policy
+    from dlagent.agent.runs import read_planned
 
     if phase not in PHASES:
         from dlagent.errors import ConfigError
@@ -58,7 +59,7 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
         observation = observe(client, experiment_id, parent_run_id, champion_name, resources=resources)
     if not isinstance(policy, Policy):
         if store is None and _keeps_state(policy):
-            from dlagent.agent.policies.learning import MLflowStateStore
+            from dlagent.agent.policies.state import MLflowStateStore
 
             store = MLflowStateStore(client, observation.experiment_id, policy_key=_store_key(policy))
         policy = load_policy(policy, store=store, **policy_kwargs)

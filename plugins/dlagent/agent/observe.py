@@ -43,17 +43,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 
+from dlagent.agent.curves import analyze_curve, rounded
+from dlagent.agent.resources import measure_resources
 from dlagent.errors import ConfigError
 from dlagent.ml import mlflow_names as names
+from dlagent.settings import client_location
 from dlagent.validation import finite
 
 CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
 VALUE_METRICS = ("objective", "value", "best_val_accuracy", "val_accuracy")
 MAX_DEPTH = 3
-MAX_PARENT_HOPS = 3
 
 
 class ObservationError(RuntimeError):
@@ -132,7 +133,7 @@ def observe(client, experiment_id: str, parent_run_id: str, champion_name: str |
 
     if not isinstance(parent_run_id, str) or not parent_run_id:
         raise ConfigError("parent_run_id", f"must be an MLflow run id, got {parent_run_id!r}.", "pass the DAG run's parent run id.")
-    uri = _tracking_uri(client)
+    uri = client_location(client)
     try:
         try:
             parent = client.get_run(parent_run_id)
@@ -149,14 +150,6 @@ def observe(client, experiment_id: str, parent_run_id: str, champion_name: str |
         raise ObservationError(f"could not read the pipeline run {parent_run_id} from MLflow at {uri}: {type(exc).__name__}: {exc}") from exc
     observation.resources = dict(resources) if resources is not None else measure_resources()
     return observation
-
-
-def _tracking_uri(client) -> str:
-    """The client's tracking URI for a message: credentials never printed."""
-    from dlagent.settings import redact_url
-
-    tracking = getattr(client, "_tracking_client", None)
-    return redact_url(str(getattr(tracking, "tracking_uri", None) or getattr(client, "tracking_uri", "") or "<unknown>"))
 
 
 def _descendants(client, experiment_id: str, root: str) -> list:
@@ -230,7 +223,7 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     compute = {
         "runs": len(runs),
         "finished_runs": sum(1 for r in runs if r.info.status == "FINISHED"),
-        "run_seconds": _round(seconds),
+        "run_seconds": rounded(seconds),
         "epochs": epochs,
         "trials": len(trials),
     }
@@ -297,7 +290,7 @@ def _trial(run) -> dict:
     return {
         "number": number,
         "state": state,
-        "value": _round(value) if finite(value) else None,
+        "value": rounded(value) if finite(value) else None,
         "params": train_params(run.data.params),
         "run_id": run.info.run_id,
         "epochs_run": int(metrics["epochs_run"]) if finite(metrics.get("epochs_run")) else None,
@@ -345,162 +338,8 @@ def read_champion(client, name: str) -> dict | None:
     champion = names.read_champion(client, name, with_run_metrics=True)
     if champion is None:
         return None
-    metrics = {k: _round(v) for k, v in champion["metrics"].items() if finite(v)}
+    metrics = {k: rounded(v) for k, v in champion["metrics"].items() if finite(v)}
     return {"name": name, "version": champion["version"], "run_id": champion["run_id"], "metrics": dict(sorted(metrics.items()))}
-
-
-def pipeline_run_of(client, run_id: str, *, own_parent: str | None = None) -> tuple[str, str]:
-    """``(experiment_id, run_id)`` of the pipeline run ``run_id`` belongs to.
-
-    ``run_id`` itself when it is a pipeline's parent run (or ``own_parent``), else the first
-    ancestor that is (at most :data:`MAX_PARENT_HOPS` up): e.g. the run of a champion a sensor
-    watched. A run that does not exist is a :class:`ConfigError` (field ``observe_run_id``).
-    """
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(run_id, str) or not run_id:
-        raise ConfigError("observe_run_id", f"must be an MLflow run id, got {run_id!r}.", "pass a run id, or leave it empty.")
-    for _ in range(MAX_PARENT_HOPS + 1):
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as exc:
-            if names.is_missing(exc):
-                raise ConfigError("observe_run_id", f"no MLflow run {run_id!r} at {_tracking_uri(client)}.",
-                                  "pass the id of a pipeline run (or of a run under one), or leave it empty.") from exc
-            raise
-        parent = run.data.tags.get(names.PARENT_TAG)
-        if run_id == own_parent or run.data.tags.get(names.KIND_TAG) == names.KIND_PIPELINE or not parent:
-            return run.info.experiment_id, run.info.run_id
-        run_id = parent
-    return run.info.experiment_id, run.info.run_id
-
-
-def read_planned(client, experiment_id: str, pipeline_run_id: str):
-    """The plan the agent made in phase ``plan`` of a pipeline run (the latest finished one: a
-    failed decision has no ``decisions.json``), as a :class:`~dlagent.agent.plan.Plan`, or ``None``."""
-    import tempfile
-    from pathlib import Path
-
-    from dlagent.agent.plan import Plan
-
-    where = " and ".join((names.tag_equals(names.PARENT_TAG, pipeline_run_id), names.tag_equals(names.STEP_TAG, names.STEP_AGENT),
-                          names.tag_equals(names.PHASE_TAG, "plan"), "attributes.status = 'FINISHED'"))
-    runs = client.search_runs([experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        return None
-    with tempfile.TemporaryDirectory(prefix="dlagent-agent-") as folder:
-        path = Path(client.download_artifacts(runs[0].info.run_id, names.DECISIONS_FILE, folder))
-        try:
-            return Plan.from_dict(path.read_text())
-        except ConfigError as exc:
-            raise ConfigError(f"{names.DECISIONS_FILE} of run {runs[0].info.run_id}: {exc.field}", exc.problem, exc.fix) from exc
-
-
-# --------------------------------------------------------------------------- curves
-
-
-def analyze_curve(history: dict, *, plateau_window: int = 3, plateau_tolerance: float = 0.01,
-                  divergence_factor: float = 2.0, gap_threshold: float = 0.05) -> dict:
-    """Summarise Keras-style histories (``{"loss": [...], "val_loss": [...], ...}``).
-
-    Returns ``epochs``, ``best_epoch`` (0-based, lowest ``val_loss``, else ``loss``),
-    ``best_val_loss``, ``best_val_accuracy``, ``final_accuracy``, ``gap`` (training minus
-    validation accuracy at the best epoch; > 0 means over-fitting), ``loss_gap``,
-    ``epochs_since_best``, ``still_improving`` (best epoch is the last), ``plateau`` (the
-    monitored loss improved by less than ``plateau_tolerance`` relative over the last
-    ``plateau_window`` epochs), ``diverged`` (a non-finite loss, or the training loss above
-    ``divergence_factor`` x its best so far *and* having given back more than half of what it
-    had gained since the first epoch: near zero, 0.01 -> 0.025 is noise, not divergence),
-    ``overfitting``, ``underfitting``, and
-    ``learning_rates`` (first/last logged).
-    """
-    loss = [float(v) for v in history.get("loss", [])]
-    val_loss = [float(v) for v in history.get("val_loss", [])]
-    acc = [float(v) for v in history.get("accuracy", [])]
-    val_acc = [float(v) for v in history.get("val_accuracy", [])]
-    lrs = [float(v) for v in history.get("learning_rate", [])]
-    epochs = max((len(v) for v in history.values()), default=0)
-    monitored = val_loss or loss
-    diverged = any(not math.isfinite(v) for v in loss + val_loss)
-    divergence_epoch = None
-    best_so_far = math.inf
-    first = next((v for v in loss if math.isfinite(v)), math.inf)
-    for i, value in enumerate(loss):
-        if not math.isfinite(value) or (best_so_far < math.inf and best_so_far > 0 and value > divergence_factor * best_so_far
-                                        and value > best_so_far + 0.5 * (first - best_so_far)):
-            diverged = True
-            divergence_epoch = i if divergence_epoch is None else divergence_epoch
-        elif value < best_so_far:
-            best_so_far = value
-    finite = [(v, i) for i, v in enumerate(monitored) if math.isfinite(v)]
-    best_epoch = min(finite)[1] if finite else None
-
-    def at(values, i):
-        return values[i] if i is not None and i < len(values) and math.isfinite(values[i]) else None
-
-    gap = None
-    if best_epoch is not None and at(acc, best_epoch) is not None and at(val_acc, best_epoch) is not None:
-        gap = acc[best_epoch] - val_acc[best_epoch]
-    loss_gap = None
-    if best_epoch is not None and at(loss, best_epoch) is not None and at(val_loss, best_epoch) is not None:
-        loss_gap = val_loss[best_epoch] - loss[best_epoch]
-    plateau = False
-    if len(monitored) > plateau_window and all(math.isfinite(v) for v in monitored[-plateau_window - 1:]):
-        before = monitored[-plateau_window - 1]
-        gain = before - min(monitored[-plateau_window:])
-        plateau = gain <= plateau_tolerance * abs(before)
-    since_best = (len(monitored) - 1 - best_epoch) if best_epoch is not None else None
-    still_improving = best_epoch is not None and since_best == 0 and not plateau and not diverged
-    finite_val_acc = [v for v in val_acc if math.isfinite(v)]
-    final_accuracy = next((v for v in reversed(acc) if math.isfinite(v)), None)
-    overfitting = (gap is not None and gap > gap_threshold) or (
-        since_best is not None and since_best >= 2 and len(loss) == len(monitored) and best_epoch is not None
-        and math.isfinite(loss[-1]) and loss[-1] < loss[best_epoch])
-    underfitting = (not overfitting and not diverged and final_accuracy is not None and final_accuracy < 0.9)
-    return {
-        "epochs": epochs,
-        "best_epoch": best_epoch,
-        "best_val_loss": _round(at(monitored, best_epoch)),
-        "best_val_accuracy": _round(at(val_acc, best_epoch) if at(val_acc, best_epoch) is not None else (max(finite_val_acc) if finite_val_acc else None)),
-        "final_accuracy": _round(final_accuracy),
-        "gap": _round(gap),
-        "loss_gap": _round(loss_gap),
-        "epochs_since_best": since_best,
-        "still_improving": bool(still_improving),
-        "plateau": bool(plateau),
-        "diverged": bool(diverged),
-        "divergence_epoch": divergence_epoch,
-        "overfitting": bool(overfitting),
-        "underfitting": bool(underfitting),
-        "learning_rates": [_round(lrs[0]), _round(lrs[-1])] if lrs else None,
-    }
-
-
-# --------------------------------------------------------------------------- resources
-
-
-def measure_resources() -> dict:
-    """CPUs usable by this process, the 1-minute load, free CPUs and free memory (GiB)."""
-    try:
-        cpu_count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpu_count = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = None
-    memory_free_gb = None
-    try:
-        import psutil
-
-        memory_free_gb = round(psutil.virtual_memory().available / 2**30, 2)
-        if load is None:
-            load = psutil.getloadavg()[0]
-    except Exception:  # noqa: BLE001 - psutil is optional
-        pass
-    cpus_free = max(0, int(cpu_count - math.ceil(load))) if load is not None else cpu_count
-    return {"cpu_count": cpu_count, "load_1m": round(load, 2) if load is not None else None,
-            "cpus_free": cpus_free, "memory_free_gb": memory_free_gb}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -540,10 +379,4 @@ def _better(a: float, b: float, direction: str) -> bool:
 
 
 def _metrics(run) -> dict:
-    return {k: _round(v) for k, v in sorted(run.data.metrics.items()) if finite(v)}
-
-
-def _round(value, digits: int = 6):
-    if value is None or not finite(value):
-        return None
-    return float(f"{float(value):.{digits + 3}g}") if abs(value) < 1e-3 else round(float(value), digits)
+    return {k: rounded(v) for k, v in sorted(run.data.metrics.items()) if finite(v)}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
 from dlagent.ml.selection import EPS, limit_checks, points
-from dlagent.validation import bounded, check_fields, settings_from_dict
+from dlagent.validation import bounded, check_fields, field_bounds, settings_from_dict
 
 MAX_REGRESSION_POINTS = 0.5
 ACCURACY = "test_accuracy"
@@ -63,6 +63,10 @@ class GateThresholds:
 
     def __post_init__(self):
         check_fields(self, prefix="thresholds.")
+
+    @classmethod
+    def bounds(cls, name: str):
+        return field_bounds(cls, name)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> GateThresholds:

@@ -194,6 +194,6 @@ def download_tflite(client, location: str, *, what: str) -> bytes:
 
 
 def _redacted(client) -> str:
-    from dlagent.settings import redact_url
+    from dlagent.settings import client_location
 
-    return redact_url(tracking_uri_of(client))
+    return client_location(client)

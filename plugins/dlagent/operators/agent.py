@@ -130,8 +130,9 @@ class AgentOperator(DlagentOperator):
 
     def _decide(self, context, policy_kwargs, champion, resources) -> dict:
         from dlagent.agent import run_agent
-        from dlagent.agent.observe import measure_resources, pipeline_run_of
         from dlagent.agent.plan import log_plan, plan_params, summarize
+        from dlagent.agent.resources import measure_resources
+        from dlagent.agent.runs import pipeline_run_of
         from dlagent.ml import tracking
 
         ids = airflow_ids(context)
