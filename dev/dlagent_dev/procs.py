@@ -49,6 +49,7 @@ CHECKOUT_ENV = ("AIRFLOW__CORE__DAGS_FOLDER", "DLAGENT_PROJECT_DIR")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _started_groups: set[int] = set()
 _record_lock = threading.Lock()
+_group_tags: dict[int, str] = {}  # groups started here under a tag: stop_group forgets them in the record
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def start(command: list[str], *, tag: str | None = None, **popen_kwargs) -> subp
     register_group(process.pid)
     if tag is not None:
         _record_group(tag, process.pid)
+        _group_tags[process.pid] = tag
     return process
 
 
@@ -247,7 +249,10 @@ def stop_group(target: subprocess.Popen | int, *, grace: float = 10.0, sig: int 
             process.wait(timeout=kill_wait)
         except subprocess.TimeoutExpired:
             pass
-    return group_members(pgid)
+    left = group_members(pgid)
+    if not left and pgid in _group_tags:
+        _forget_stopped(_group_tags.pop(pgid))
+    return left
 
 
 def stop_tree(process: subprocess.Popen, *, grace: float = 10.0, kill_wait: float = 10.0) -> list[ProcInfo]:
@@ -476,6 +481,14 @@ def _record_group(tag: str, pgid: int) -> None:
         if not owner_alive(data.get("owner", "")):
             data["owner"] = owner_token()
         _write_record({**data, "groups": groups})
+
+
+def _forget_stopped(tag: str) -> None:
+    """Drop the record's groups that have no live process left (the file goes with the last)."""
+    with _record_lock:
+        data = _read_record(tag)
+        left = set(_live_recorded_groups(data))
+        _write_record({**data, "groups": {g: t for g, t in data.get("groups", {}).items() if int(g) in left}})
 
 
 def tagged(tag: str) -> list[ProcInfo]:

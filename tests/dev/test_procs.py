@@ -161,7 +161,7 @@ def test_an_orphan_is_found_by_path_but_not_a_process_whose_parent_is_someone_el
     spawner = f"""
 import os, subprocess, sys
 orphan = subprocess.Popen({sleeper!r}, shell=True, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-foreign = subprocess.Popen(["sh", "-c", "$SLEEPER; true"], env={{**os.environ, "SLEEPER": {sleeper!r}}},
+foreign = subprocess.Popen(["sh", "-c", 'eval "$SLEEPER"; true'], env={{**os.environ, "SLEEPER": {sleeper!r}}},
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(orphan.pid, foreign.pid, flush=True)
 """
