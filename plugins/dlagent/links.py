@@ -68,10 +68,10 @@ def _pull(ti_key, key: str):
 
     A task does not push every key (a task without a child run has no ``mlflow_run``), and
     asking Airflow for one XCom that does not exist makes its API client log an *error*
-    ("XCom not found") in the log of every task that ends well. So the key is first read for all
-    map indexes of the task at once (Airflow's sequence read: an empty answer, no error). A
-    mapped instance then takes the DAG run's parent run from any of them (it is the same run),
-    and asks for its own map index only when the key exists for some of them.
+    ("XCom not found") in the log of every task that ends well. So the key is read once, for all
+    map indexes of the task (Airflow's sequence read: an empty answer, no error). A mapped
+    instance then takes the DAG run's parent run from any of them (it is the same run), and its
+    own child run from the value pushed with its own ``map_index`` (none: no link).
     """
     pull = getattr(ti_key, "xcom_pull", None)
     if pull is None:
@@ -82,9 +82,10 @@ def _pull(ti_key, key: str):
     map_index = getattr(ti_key, "map_index", -1)
     if map_index is None or map_index < 0:
         return values  # not mapped: the one value
+    values = values if isinstance(values, list) else [values]
     if key == MLFLOW_PARENT_XCOM:
-        return values[0] if isinstance(values, list) else values
-    return pull(task_ids=ti_key.task_id, key=key, map_indexes=map_index)
+        return values[0]
+    return next((v for v in values if isinstance(v, dict) and v.get("map_index") == map_index), None)
 
 
 def _ref(value) -> dict | None:

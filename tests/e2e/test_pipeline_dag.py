@@ -110,7 +110,7 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     assert parent.data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
     from dlagent.ml.registry import get_champion
 
-    champion = get_champion(mlflow_uri, "dlagent-classifier")
+    champion = get_champion(MlflowClient(mlflow_uri, registry_uri=mlflow_uri), "dlagent-classifier")
     assert champion["version"] == "1" and champion["tflite_artifact"]
 
 

@@ -117,8 +117,8 @@ def test_agent_tasks_link_to_the_decisions_page_relative_to_the_airflow_ui(pipel
 def test_what_operators_record_for_links_is_small_json(pipeline_env):
     xcoms = pipeline_env.contexts["train"]["ti"].xcoms
     _, experiment_id, _, runs = mlflow_runs(pipeline_env)
-    assert xcoms["mlflow_run"] == {"experiment_id": experiment_id, "run_id": task_run(runs, "train").info.run_id}
-    assert set(xcoms["mlflow_parent_run"]) == {"experiment_id", "run_id"}
+    assert xcoms["mlflow_run"] == {"experiment_id": experiment_id, "run_id": task_run(runs, "train").info.run_id, "map_index": -1}
+    assert set(xcoms["mlflow_parent_run"]) == {"experiment_id", "run_id", "map_index"}
     assert pipeline_env.contexts["deploy"]["ti"].xcoms["registered_model"] == {
         "name": MODEL_NAME, "version": str(pipeline_env.results["deploy"]["version"])}
 
@@ -172,14 +172,25 @@ def test_a_task_without_a_child_run_links_its_parent_run_without_asking_for_the_
 
 def test_mapped_instances_link_their_own_child_run_and_the_shared_parent_run(monkeypatch):
     monkeypatch.setenv("DLAGENT_MLFLOW_UI_URL", UI)
-    parent = {"experiment_id": "1", "run_id": "parent"}
-    siblings = {0: {"mlflow_parent_run": parent, "mlflow_run": {"experiment_id": "1", "run_id": "child-0"}},
-                2: {"mlflow_parent_run": parent, "mlflow_run": {"experiment_id": "1", "run_id": "child-2"}}}
+    parent = {"experiment_id": "1", "run_id": "parent", "map_index": 0}
+
+    def child(index: int) -> dict:  # what DlagentOperator.step_run pushes: the run and whose it is
+        return {"experiment_id": "1", "run_id": f"child-{index}", "map_index": index}
+
+    siblings = {0: {"mlflow_parent_run": parent, "mlflow_run": child(0)}, 2: {"mlflow_parent_run": parent, "mlflow_run": child(2)}}
     operator = FailingStep(task_id="compress")
     context = make_context("compress", map_index=1)
     context["ti"].xcom_push(key="mlflow_parent_run", value=parent)
-    context["ti"].xcom_push(key="mlflow_run", value={"experiment_id": "1", "run_id": "child-1"})
-    assert MLflowRunLink().get_link(operator, ti_key=RuntimeTI(context, siblings)) == f"{UI}/#/experiments/1/runs/child-1"
+    context["ti"].xcom_push(key="mlflow_run", value=child(1))
+    own = RuntimeTI(context, siblings)
+    assert MLflowRunLink().get_link(operator, ti_key=own) == f"{UI}/#/experiments/1/runs/child-1"
+    assert own.missing == []
+    # an instance that failed before its child run opened, while its siblings opened theirs: the parent run, no lookup error
+    early = make_context("compress", map_index=1)
+    early["ti"].xcom_push(key="mlflow_parent_run", value=parent)
+    failed = RuntimeTI(early, siblings)
+    assert MLflowRunLink().get_link(operator, ti_key=failed) == f"{UI}/#/experiments/1/runs/parent"
+    assert failed.missing == []
     tune = RuntimeTI(make_context("tune", map_index=1), {0: {"mlflow_parent_run": parent}})  # tune workers: no child run
     assert MLflowRunLink().get_link(operator, ti_key=tune) == f"{UI}/#/experiments/1/runs/parent"
     assert TuningStudyLink().get_link(operator, ti_key=tune) == f"{UI}/#/experiments/1/runs/parent/artifacts"

@@ -152,4 +152,7 @@ def _push_run_ref(context, key: str, experiment_id: str, run_id: str) -> None:
     """Record an MLflow run as a small XCom (what the task's extra links are built from)."""
     ti = context.get("ti") if hasattr(context, "get") else None
     if ti is not None and hasattr(ti, "xcom_push"):
-        ti.xcom_push(key=key, value={"experiment_id": str(experiment_id), "run_id": str(run_id)})
+        # map_index: a link of a mapped instance finds its own among all its siblings' in one read
+        map_index = getattr(ti, "map_index", -1)
+        ti.xcom_push(key=key, value={"experiment_id": str(experiment_id), "run_id": str(run_id),
+                                     "map_index": -1 if map_index is None else int(map_index)})

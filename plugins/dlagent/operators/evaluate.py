@@ -80,7 +80,9 @@ class EvaluateOperator(DlagentOperator):
             raise ConfigError("model_uri", f"must be an MLflow model URI, got {self.model_uri!r}.", "pass the train task's model_uri.")
         if not isinstance(self.explain, bool):
             raise ConfigError("explain", f"must be true or false, got {self.explain!r}.", "give a boolean.")
-        candidates = list(self.candidates or [])
+        # One slice reads a mapped task's results at once; iterating would read them one by one until
+        # Airflow answers "not found" (an error-level log line in every successful run).
+        candidates = list(self.candidates[:]) if self.candidates else []
         for index, candidate in enumerate(candidates):
             if not isinstance(candidate, dict) or not {"model_uri", "metrics", "candidate"} <= set(candidate):
                 raise ConfigError(f"candidates[{index}]", f"is not a compress task result: {candidate!r}.",
