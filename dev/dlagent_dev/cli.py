@@ -149,13 +149,16 @@ def run_pipeline(env: dict, conf: dict) -> int:
 def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, *, log_path: Path | None = None) -> int:
     os.environ.update({k: v for k, v in env.items() if k.startswith(("DLAGENT_", "MLFLOW_", "AIRFLOW_CONN_"))})
     from dlagent.hooks.mlflow import MLflowHook
+    from dlagent.ml import mlflow_names as names
 
     hook = MLflowHook()
     client = hook.client
     experiment_obj = client.get_experiment_by_name(experiment)
+    where = (f"{names.tag_equals(names.AIRFLOW_DAG_ID_TAG, PIPELINE_DAG)} and {names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE)} "
+             f"and attributes.start_time >= {started_ms}")
     runs = [] if experiment_obj is None else client.search_runs(
         [experiment_obj.experiment_id],
-        filter_string=f"tags.`airflow.dag_id` = '{PIPELINE_DAG}' and tags.`dlagent.kind` = 'pipeline' and attributes.start_time >= {started_ms}",
+        filter_string=where,
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     print("\n" + "=" * 72)
@@ -165,29 +168,30 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
             print(f"full log: {log_path}")
         return returncode or 1
     run = runs[0]
-    metrics, tags = run.data.metrics, run.data.tags
-    status = run.info.status
-    print(f"dl_agent_pipeline: {status} (Airflow run {tags.get('airflow.run_id')})")
+    metrics, status = run.data.metrics, run.info.status
+    # the parent run's headline strings, written by the finish task as tags dlagent.<name>
+    tags = {key[len(names.SUMMARY_TAG_PREFIX):]: value for key, value in run.data.tags.items() if key.startswith(names.SUMMARY_TAG_PREFIX)}
+    print(f"dl_agent_pipeline: {status} (Airflow run {run.data.tags.get(names.AIRFLOW_RUN_ID_TAG)})")
     print(f"MLflow parent run:  {run.info.run_id} in experiment {experiment!r}")
     if "test_accuracy" in metrics:
         print(f"test accuracy:      {metrics['test_accuracy']:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
-    if tags.get("dlagent.study_name"):
-        print(f"tuning:             study {tags['dlagent.study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
-    if tags.get("dlagent.model_uri"):
-        print(f"model:              {tags['dlagent.model_uri']}  (training run {tags.get('dlagent.train_run_id')})")
-    if tags.get("dlagent.candidate"):
-        print(f"shipped candidate:  {tags['dlagent.candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
+    if tags.get("study_name"):
+        print(f"tuning:             study {tags['study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
+    if tags.get("model_uri"):
+        print(f"model:              {tags['model_uri']}  (training run {tags.get('train_run_id')})")
+    if tags.get("candidate"):
+        print(f"shipped candidate:  {tags['candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
               f"(uncompressed Keras model: accuracy {metrics.get('keras_test_accuracy', float('nan')):.4f})")
-    if tags.get("dlagent.agent_action"):
-        followed = tags.get("dlagent.followed")
-        taken = f", branch taken: {followed}" if followed and followed != tags["dlagent.agent_action"] else ""
-        print(f"agent decided:      {tags['dlagent.agent_action']}{taken}  (reasons: the agent_decide run's decisions.json)")
-    if tags.get("dlagent.deploy"):
-        print(f"deploy:             {tags['dlagent.deploy']}"[:400])
-    elif tags.get("dlagent.agent_action"):
+    if tags.get("agent_action"):
+        followed = tags.get("followed")
+        taken = f", branch taken: {followed}" if followed and followed != tags["agent_action"] else ""
+        print(f"agent decided:      {tags['agent_action']}{taken}  (reasons: the agent_decide run's decisions.json)")
+    if tags.get("deploy"):
+        print(f"deploy:             {tags['deploy']}"[:400])
+    elif tags.get("agent_action"):
         print("deploy:             not run: the deployed champion stays")
-    if tags.get("dlagent.champion_uri"):
-        print(f"serve the champion: make serve   (mlflow models serve -m {tags['dlagent.champion_uri']} --env-manager local)")
+    if tags.get("champion_uri"):
+        print(f"serve the champion: make serve   (mlflow models serve -m {tags['champion_uri']} --env-manager local)")
     print(f"tracking store:     {hook.tracking_uri}")
     if hook.tracking_uri.startswith("sqlite:"):
         print(f"artifacts:          {hook.artifact_location}")
