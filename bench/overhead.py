@@ -99,6 +99,8 @@ def _env(workdir: Path) -> dict:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'airflow-mlflow.db'}"
     env["DLAGENT_ARTIFACT_ROOT"] = str(workdir / "airflow-artifacts")
     env["DLAGENT_DEPLOY_DIR"] = str(workdir / "airflow-deploy")
+    if os.environ.get("DLAGENT_BENCH_DATA_ROOT"):  # tasks read data only inside the data roots: name the folder used
+        env["DLAGENT_DATA_ROOTS"] = os.environ["DLAGENT_BENCH_DATA_ROOT"]
     return env
 
 
@@ -134,6 +136,7 @@ def main() -> None:
         if not Path(args.data).is_dir():
             sys.exit(f"--data {args.data!r} is not a folder: give the MNIST IDX folder, e.g. ../shared/data/mnist-t10k")
         dataset = f"mnist-idx:{Path(args.data).resolve()}"
+        os.environ["DLAGENT_BENCH_DATA_ROOT"] = str(Path(args.data).resolve())
     # Tuning off (it has its own benchmark); one compression candidate, evaluated, gated, deployed.
     conf = {"dataset": dataset, "model": "cnn", "epochs": args.epochs, "seed": 42, "early_stopping_patience": 0,
             "n_trials": 0, "compression_candidates": [{"quantization": "dynamic"}]}

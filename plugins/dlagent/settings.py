@@ -28,14 +28,25 @@ def deploy_dir() -> Path:
     return Path(os.environ.get("DLAGENT_DEPLOY_DIR") or dlagent_home() / "deploy").resolve()
 
 
-def data_roots() -> list[str] | None:
-    """Folders data sets may be read from (``DLAGENT_DATA_ROOTS``, ``os.pathsep``-separated).
+def data_roots() -> list[str]:
+    """Folders that data sets and model files named in a trigger form may be read from.
 
-    Unset means no restriction, as for a person running on their own machine; a shared
-    deployment sets it so a Param cannot make a task read outside the data folders.
+    ``DLAGENT_DATA_ROOTS`` (``os.pathsep``-separated) when set. Unset, the project's own data
+    folders only (:func:`default_data_roots`): a person who may trigger a DAG must not be able to
+    make a worker open any file it can read (a credentials file, another team's data). Secure by
+    default, widened by configuration, as Airflow's secrets masking and MLflow's artifact-path
+    checks are.
     """
     value = os.environ.get("DLAGENT_DATA_ROOTS", "").strip()
-    return [p for p in value.split(os.pathsep) if p] or None
+    return [p for p in value.split(os.pathsep) if p] or default_data_roots()
+
+
+def default_data_roots() -> list[str]:
+    """``$DLAGENT_HOME/data`` and the project's ``include/`` folder (beside the DAGs folder, as on an
+    Astro-style image; Airflow's ``[core] dags_folder`` from its environment variable, else
+    ``$AIRFLOW_HOME/dags``)."""
+    dags = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or str(Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "dags")
+    return [str(dlagent_home() / "data"), str(Path(dags).expanduser().resolve().parent / "include")]
 
 
 def redact_url(url: str) -> str:

@@ -119,10 +119,16 @@ def test_pipeline_on_sqlite(tmp_path):
     env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri, optuna_url=optuna_url)
     _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_uri, optuna_url)
 
-    # bad input: refused by the first task, nothing trained, the parent run not left RUNNING
-    bad = _dags_test(env, {**TINY_CONF, "dataset": f"npz:{tmp_path}/missing.npz"})
+    # bad input: a file outside the data roots (the defaults: DLAGENT_DATA_ROOTS is unset) is refused by
+    # the first task before it is opened; its first line shows nowhere; nothing trained
+    (tmp_path / "elsewhere").mkdir()
+    token = "token-e2e-0f4c1b9d2a"
+    (tmp_path / "elsewhere" / "secret.csv").write_text(f"{token},label\n1,0\n")
+    assert "DLAGENT_DATA_ROOTS" not in env
+    bad = _dags_test(env, {**TINY_CONF, "dataset": f"csv:{tmp_path}/elsewhere/secret.csv"})
     assert bad.returncode != 0 or "failed" in bad.stdout.lower()
-    assert "does not exist" in bad.stdout + bad.stderr
+    assert "outside the allowed data roots" in bad.stdout + bad.stderr and "DLAGENT_DATA_ROOTS" in bad.stdout + bad.stderr
+    assert token not in bad.stdout + bad.stderr
     client = MlflowClient(mlflow_uri)
     trains = client.search_runs([client.get_experiment_by_name("e2e").experiment_id], "tags.`airflow.task_id` = 'train'")
     assert len(trains) == 1  # only the good run's

@@ -107,7 +107,7 @@ def test_bad_data_is_refused_with_the_field_named(tmp_path, make_uri, field, wor
 
 def test_csv_without_label_column_and_ragged_csv_are_refused(tmp_path):
     (tmp_path / "no_label.csv").write_text("a,b\n1,2\n3,4\n")
-    with pytest.raises(ConfigError, match="no column 'label'") as error:
+    with pytest.raises(ConfigError, match="no column named 'label' among its 2 header columns") as error:
         load_dataset(f"csv:{tmp_path / 'no_label.csv'}")
     assert error.value.field == "label_column"
     (tmp_path / "ragged.csv").write_text("a,label\n1,0\n2\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from dlagent.operators.evaluate import EvaluateOperator
@@ -72,9 +74,10 @@ def test_a_failing_step_ends_its_run_failed(mlflow_uri):
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"train_config": {**TRAIN, "epochs": 0}}, "epochs: must be in [1, 10000]"),
+        ({"train_config": {**TRAIN, "epochs": 0}}, "epochs: must be in [1, 1000]"),
         ({"train_config": {**TRAIN, "learning_rate": -1.0}}, "learning_rate"),
-        ({"train_config": TRAIN, "dataset": "npz:/missing.npz"}, "does not exist"),
+        ({"train_config": TRAIN, "dataset": f"npz:{os.environ['DLAGENT_HOME']}/data/missing.npz"}, "does not exist"),
+        ({"train_config": TRAIN, "dataset": "npz:/missing.npz"}, "outside the allowed data roots"),
         ({"train_config": TRAIN, "dataset": "cifar"}, "unknown data set"),
     ],
 )

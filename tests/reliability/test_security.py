@@ -394,3 +394,178 @@ def test_no_credentials_in_tracked_files(reliability_record):
         problems += [f"{name}:{line}: {kind}" for line, kind in scan_for_credentials(data.decode("utf-8", "replace"))]
     _verdict(reliability_record, "no_credentials_in_tracked_files", problems,
              f"{scanned} tracked text files scanned for private keys, cloud/API tokens, passwords in assignments and URLs")
+
+
+# ------------------------------------------------------------------- data roots by default (issue 20)
+
+_OPENED: list[str] = []
+_WATCHING: list[bool] = [False]
+
+
+def _watch_opens(event: str, args) -> None:
+    """An audit hook: every file Python opens while a check watches (``open`` audit events)."""
+    if _WATCHING[0] and event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_watch_opens)  # audit hooks cannot be removed: it records only while _WATCHING
+
+
+def _secret_file(folder: Path) -> tuple[Path, str]:
+    """A CSV whose first line holds a token, as a credentials file or another team's data might."""
+    token = f"token-{secrets.token_hex(12)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "credentials.csv"
+    path.write_text(f"{token},{token}-2\n1,2\n3,4\n")
+    return path, token
+
+
+def _mlflow_text(uri: str) -> str:
+    """Every param, tag and metric name of every run in the store, as one text to search."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(ids, run_view_type=ViewType.ALL, max_results=10_000) if ids else []
+    return json.dumps([[r.data.params, r.data.tags, list(r.data.metrics)] for r in runs])
+
+
+def test_with_the_roots_unset_a_conf_cannot_read_a_file_outside_the_data_folders(tmp_path, mlflow_uri, monkeypatch, caplog,
+                                                                                   reliability_record):
+    """Unset DLAGENT_DATA_ROOTS means the project's own data folders, not "anywhere": the file is refused
+    before it is opened, and its first line reaches no log, exception, XCom or MLflow run."""
+    from dlagent import settings
+    from dlagent.operators.pipeline import ValidateInputsOperator
+
+    from tests.operators.context import make_context
+
+    monkeypatch.delenv("DLAGENT_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("DLAGENT_HOME", str(tmp_path / "home"))
+    secret, token = _secret_file(tmp_path / "elsewhere")
+    roots = settings.data_roots()
+    problems = []
+    if str(Path(roots[0])) != str(tmp_path / "home" / "data") or not roots[1].endswith("include"):
+        problems.append(f"the default roots are {roots}, not $DLAGENT_HOME/data and include/")
+    relative = os.path.relpath(secret, Path.cwd())
+    for dataset in (f"csv:{secret}", f"csv:{relative}", f"csv:{secret.parent}/../elsewhere/credentials.csv", "csv:/etc/passwd"):
+        context = make_context("validate_inputs", dag_id="dl_agent_pipeline")
+        operator = ValidateInputsOperator(task_id="validate_inputs", dataset=dataset, train_config={"model": "mlp", "epochs": 1},
+                                          experiment_name="security")
+        _OPENED.clear()
+        _WATCHING[0] = True
+        try:
+            with pytest.raises(AirflowFailException) as error:
+                operator.execute(context)
+        finally:
+            _WATCHING[0] = False
+        message = str(error.value)
+        target = os.path.realpath(dataset.removeprefix("csv:"))
+        if any(os.path.realpath(path) == target for path in _OPENED):
+            problems.append(f"{dataset}: the file was opened before it was refused")
+        if "DLAGENT_DATA_ROOTS" not in message or "outside the allowed data roots" not in message:
+            problems.append(f"{dataset}: the refusal does not name the setting and the fix: {message}")
+        if context["ti"].xcoms:
+            problems.append(f"{dataset}: XCom pushed {sorted(context['ti'].xcoms)}")
+        if token in message:
+            problems.append(f"{dataset}: the token is in the error")
+    if token in caplog.text or token in _mlflow_text(mlflow_uri):
+        problems.append("the token reached the task log or MLflow")
+    _verdict(reliability_record, "data roots by default: a file outside them is refused before it is opened", problems,
+             f"with DLAGENT_DATA_ROOTS unset the roots are {roots}; 4 paths outside them (absolute, relative, '..', "
+             "/etc/passwd) refused before any open (audit hook), naming DLAGENT_DATA_ROOTS; the file's first line in no "
+             "error, log, XCom or MLflow run")
+
+
+def test_a_bad_file_inside_the_roots_is_described_never_quoted(tmp_path, mlflow_uri, monkeypatch, caplog, reliability_record):
+    """Every loader's error names the file, the line or entry and the kind of problem: no header values,
+    no row contents, no decoded bytes."""
+    import gzip
+
+    import numpy as np
+    from dlagent.operators.pipeline import ValidateInputsOperator
+
+    from tests.operators.context import make_context
+
+    monkeypatch.delenv("DLAGENT_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("DLAGENT_HOME", str(tmp_path / "home"))
+    data = tmp_path / "home" / "data"
+    token = f"token-{secrets.token_hex(12)}"
+    data.mkdir(parents=True)
+    (data / "header.csv").write_text(f"{token},{token}b\n1,2\n")
+    (data / "values.csv").write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(8)) + f"{token},1\n")
+    (data / "short.csv").write_text(f"a,label\n1,0\n{token}\n")
+    np.savez(data / "arrays.npz", **{token: np.zeros(3)})
+    idx = data / "idx"
+    idx.mkdir()
+    (idx / "train-images-idx3-ubyte.gz").write_bytes(token.encode())  # not gzip: gzip's own message quotes the bytes
+    (idx / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x00"))
+    images = data / "images"
+    for label in ("a", "b"):
+        (images / label).mkdir(parents=True)
+        (images / label / "x.png").write_bytes(token.encode())
+    cases = {"csv:header.csv": "among its 2 header columns",
+             "csv:values.csv": "line 10, column 1: a feature that is not a number",
+             "csv:short.csv": "line 3 has 1 fields, the header has 2", "npz:arrays.npz": "lacks arrays ['x', 'y']",
+             "mnist-idx:idx": "cannot read IDX file", "images:images": "cannot decode image"}
+    problems = []
+    for name, words in cases.items():
+        scheme, _, relative = name.partition(":")
+        dataset = f"{scheme}:{data / relative}"
+        context = make_context("validate_inputs", dag_id="dl_agent_pipeline")
+        with pytest.raises(AirflowFailException) as error:
+            ValidateInputsOperator(task_id="validate_inputs", dataset=dataset, train_config={"model": "mlp", "epochs": 1},
+                                   experiment_name="security").execute(context)
+        message = str(error.value)
+        if token in message:
+            problems.append(f"{name}: the file's content is in the error: {message}")
+        if words not in message or "Fix:" not in message or relative.split("/")[0] not in message:
+            problems.append(f"{name}: the error does not name the file, the problem ({words!r}) and the fix: {message}")
+    if token in caplog.text or token in _mlflow_text(mlflow_uri):
+        problems.append("the file's content reached the task log or MLflow")
+    _verdict(reliability_record, "bad data files are described, never quoted", problems,
+             f"{len(cases)} broken files inside the roots (a CSV header, a value, a ragged row, npz array names, "
+             "a non-gzip IDX, undecodable images): each error names the file, the place and the fix, none quotes the file")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_live_services_refuse_a_file_outside_the_roots_and_show_none_of_it(live_stack, tmp_path, reliability_record):
+    """The same through the whole DAG on the real services: a person with only the right to trigger a run
+    names a file outside the data folders; the run fails in validate_inputs and the file's first line is in no
+    task log, XCom or MLflow run the services keep."""
+    from tests.conftest import PIPELINE
+
+    api = live_stack.api
+    secret, token = _secret_file(tmp_path / "elsewhere")
+    problems = []
+    if live_stack.env.get("DLAGENT_DATA_ROOTS"):
+        problems.append(f"the live stack sets DLAGENT_DATA_ROOTS={live_stack.env['DLAGENT_DATA_ROOTS']}: not the default")
+    run_id = api.trigger(PIPELINE, {"dataset": f"csv:{secret}", "model": "mlp", "experiment_name": "security-live"},
+                         run_id="outside_the_roots")
+    state = api.wait_for_run(PIPELINE, run_id, timeout=600)
+    tasks = {t["task_id"]: t for t in api.task_instances(PIPELINE, run_id) if t["map_index"] in (-1, None)}
+    validate = tasks.get("validate_inputs", {})
+    if state != "failed" or validate.get("state") != "failed" or validate.get("try_number") != 1:
+        problems.append(f"run {state}, validate_inputs {validate.get('state')} (try {validate.get('try_number')}): not refused first")
+    ran = sorted(t for t, info in tasks.items() if info["state"] == "success" and t != "finish")
+    if ran:
+        problems.append(f"tasks ran after the refusal: {ran}")
+    shown = ""
+    for task_id, info in tasks.items():
+        if info.get("try_number"):
+            for try_number in range(1, info["try_number"] + 1):
+                shown += json.dumps(api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+                                            "?full_content=true"))
+    if "DLAGENT_DATA_ROOTS" not in shown or "outside the allowed data roots" not in shown:
+        problems.append("validate_inputs' log does not say why (the roots, and the fix)")
+    entries = api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/{run_id}/taskInstances/~/xcomEntries?limit=1000")["xcom_entries"]
+    for entry in entries:
+        shown += json.dumps(api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/{run_id}/taskInstances/{entry['task_id']}/xcomEntries/"
+                                    f"{entry['key']}?map_index={entry['map_index']}"))
+    shown += _mlflow_text(live_stack.mlflow_url)
+    if token in shown:
+        problems.append("the token is in a task log, an XCom or an MLflow run")
+    _verdict(reliability_record, "live services: a conf outside the data roots shows none of the file", problems,
+             f"run {run_id} {state}: validate_inputs failed on its first try naming DLAGENT_DATA_ROOTS, no task after it ran; "
+             f"{len(entries)} XComs, every task log and the MLflow server searched: the file's first line is nowhere")

@@ -8,6 +8,10 @@ Supported names:
 ``csv:<path>``        a CSV with a header and a label column (default ``label``); numeric features
 ``images:<dir>``      one sub-folder per class holding image files
 
+A message about a data file names the file, the line or entry and the kind of problem, never
+the file's content (no header values, no row contents, no decoded bytes): a person who can
+only trigger a DAG must not read a file through its error messages.
+
 Every loader returns raw arrays; :func:`validate_arrays` then checks them all the same way,
 and :func:`split_dataset` makes a stratified train/validation/test split from a seed, so the
 same name and seed always give the same split in every task that loads it.
@@ -109,8 +113,9 @@ def check_inside_roots(path: Path, allowed_roots: list[str] | None, *, argument=
         given = str(path) if argument is None else argument
         raise ConfigError(
             field_name,
-            f"path {given!r} resolves to {str(resolved)!r}, outside the allowed data roots {[str(r) for r in roots]}.",
-            "put the data under one of those roots or add a root to DLAGENT_DATA_ROOTS.",
+            f"path {given!r} resolves to {str(resolved)!r}, outside the allowed data roots {[str(r) for r in roots]}; "
+            "it was not opened.",
+            "put the data under one of those roots, or add the folder to DLAGENT_DATA_ROOTS (os.pathsep-separated).",
         )
     return resolved
 
@@ -139,8 +144,9 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as exc:
-        raise ConfigError("dataset", f"cannot read IDX file {str(path)!r}: {exc}.", "re-copy the file.") from exc
+    except (OSError, EOFError) as exc:  # e.g. BadGzipFile, whose message quotes the file's first bytes
+        raise ConfigError("dataset", f"cannot read IDX file {str(path)!r} ({type(exc).__name__}: unreadable or not gzip).",
+                          "re-copy the file.") from exc
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ConfigError("dataset", f"{str(path)!r} is not an unsigned-byte IDX file.", "give MNIST-format IDX files.")
     ndim = raw[3]
@@ -179,7 +185,7 @@ def _load_npz(path: Path):
                 raise ConfigError("dataset", f"{str(path)!r} holds a single array (.npy), not an .npz archive of x and y.", fix)
             missing = {"x", "y"} - set(archive.files)
             if missing:
-                raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} (has {archive.files}).", fix)
+                raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} ({len(archive.files)} other arrays in it).", fix)
             x, y = archive["x"], archive["y"]
     except ConfigError:
         raise
@@ -188,7 +194,8 @@ def _load_npz(path: Path):
         if "allow_pickle" in str(exc):
             raise ConfigError("dataset", f"{str(path)!r} holds object arrays, which only pickle can load; pickle is never loaded "
                               "(a pickle can run code).", "store x and y as numeric (or string label) arrays.") from exc
-        raise ConfigError("dataset", f"cannot read {str(path)!r} as .npz: {type(exc).__name__}: {exc or 'empty file'}.", fix) from exc
+        raise ConfigError("dataset", f"cannot read {str(path)!r} as .npz ({type(exc).__name__}: empty, truncated or not an npz archive).",
+                          fix) from exc
     except TypeError as exc:  # np.load of a plain .npy returns an array, which is not a context manager
         raise ConfigError("dataset", f"{str(path)!r} holds a single array (.npy), not an .npz archive of x and y.", fix) from exc
     if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
@@ -225,12 +232,13 @@ def _load_csv(path: Path, label_column: str):
         raise ConfigError("dataset", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
                           "save the CSV as UTF-8 text (a binary or other-encoding file cannot be read).") from exc
     except csv.Error as exc:
-        raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV: {exc}.", "save it as plain comma-separated text.") from exc
+        raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV ({type(exc).__name__}).", "save it as plain comma-separated text.") from exc
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
     header = [h.strip() for h in rows[0]]
     if label_column not in header:
-        raise ConfigError("label_column", f"{str(path)!r} has no column {label_column!r} (columns: {header}).", "name the label column in the label_column setting.")
+        raise ConfigError("label_column", f"{str(path)!r} has no column named {label_column!r} among its {len(header)} header columns.",
+                          "name the label column in the label_column setting (the header is the file's first line).")
     label_at = header.index(label_column)
     features, labels = [], []
     for line_number, row in enumerate(rows[1:], start=2):
@@ -242,7 +250,9 @@ def _load_csv(path: Path, label_column: str):
         try:
             features.append([float(v) for i, v in enumerate(row) if i != label_at])
         except ValueError as exc:
-            raise ConfigError("dataset", f"{str(path)!r} line {line_number}: non-numeric feature ({exc}).", "encode features as numbers.") from exc
+            column = next(i for i, v in enumerate(row) if i != label_at and not _is_float(v)) + 1
+            raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {column}: a feature that is not a number.",
+                              "encode features as numbers.") from exc
     if not labels:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
     try:
@@ -250,6 +260,14 @@ def _load_csv(path: Path, label_column: str):
     except ValueError:
         y, names = _labels_from_values(np.array(labels))
     return np.array(features, dtype=np.float32), y, names
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_image_folder(directory: Path, allowed_roots=None):
@@ -282,10 +300,11 @@ def _load_image_folder(directory: Path, allowed_roots=None):
                             img = img.resize(size)
                         images.append(np.asarray(img, dtype=np.float32) / 255.0)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ConfigError("dataset", f"image {str(file)!r} is too large to load safely: {exc}",
+                raise ConfigError("dataset", f"image {str(file)!r} is too large to load safely (more pixels than Pillow's limit).",
                                   f"resize it below {Image.MAX_IMAGE_PIXELS} pixels, or remove it.") from exc
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise ConfigError("dataset", f"cannot read image {str(file)!r}: {exc}.", "remove or replace the corrupt file.") from exc
+                raise ConfigError("dataset", f"cannot decode image {str(file)!r} ({type(exc).__name__}).",
+                                  "remove or replace the corrupt file.") from exc
             labels.append(label)
     if not images:
         raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
@@ -313,20 +332,21 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
         first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
         raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).", "clean or impute the data.")
     if y.min() < 0:
-        raise ConfigError("dataset", f"labels must be >= 0, found {int(y.min())}.", "give integer class labels 0..K-1.")
+        raise ConfigError("dataset", f"labels must be >= 0; {int((y < 0).sum())} are negative.", "give integer class labels 0..K-1.")
     num_classes = int(y.max()) + 1
     if class_names and len(class_names) < num_classes:
-        raise ConfigError("dataset", f"label {num_classes - 1} is out of range for {len(class_names)} classes.", "give integer class labels 0..K-1.")
+        raise ConfigError("dataset", f"the largest label is out of range for {len(class_names)} classes.", "give integer class labels 0..K-1.")
     counts = np.bincount(y, minlength=num_classes)
     present = int((counts > 0).sum())
     if present < 2:
         raise ConfigError("dataset", f"has a single class ({present} distinct label); a classifier needs at least 2.", "add samples of other classes.")
     if (counts == 0).any():
-        missing = [int(i) for i in np.flatnonzero(counts == 0)[:5]]
-        raise ConfigError("dataset", f"labels must be consecutive 0..{num_classes - 1}; classes {missing} have no samples.", "re-number the labels 0..K-1.")
+        raise ConfigError("dataset", f"labels must be consecutive from 0; {int((counts == 0).sum())} labels in that range have no samples.",
+                          "re-number the labels 0..K-1.")
     if counts.min() < MIN_SAMPLES_PER_CLASS:
-        small = int(np.argmin(counts))
-        raise ConfigError("dataset", f"class {small} has {int(counts.min())} samples; each class needs at least {MIN_SAMPLES_PER_CLASS} for a train/validation/test split.", "add samples or drop the class.")
+        raise ConfigError("dataset", f"{int((counts < MIN_SAMPLES_PER_CLASS).sum())} class(es) have fewer than {MIN_SAMPLES_PER_CLASS} samples "
+                          f"(the smallest has {int(counts.min())}); each class needs at least {MIN_SAMPLES_PER_CLASS} for a "
+                          "train/validation/test split.", "add samples or drop the class.")
     return num_classes
 
 

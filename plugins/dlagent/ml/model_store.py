@@ -150,8 +150,9 @@ def load_keras_model(client, model_uri: str):
         except ValueError as exc:
             if "safe_mode" not in str(exc):
                 raise
+            # Described, not quoted: the model file's own text never reaches a message.
             raise ConfigError("model_uri", f"{model_uri!r} carries Python code (e.g. a Lambda layer); Keras safe mode refuses to "
-                              f"load it: {str(exc).splitlines()[0]}",
+                              "load it.",
                               "rebuild the model from built-in Keras layers (or registered serializable custom layers) and log it again.") from exc
 
 
@@ -167,8 +168,9 @@ def load_checkpoint(client, checkpoint_uri: str):
     except ConfigError:
         raise
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ConfigError("warm_start", f"cannot load the checkpoint {checkpoint_uri!r}: {type(exc).__name__}: {first}",
+        # the kind of failure, never the file's text (a model file's config could be anything)
+        raise ConfigError("warm_start", f"cannot load the checkpoint {checkpoint_uri!r} ({type(exc).__name__}: missing, not a "
+                          ".keras file, or refused by Keras safe mode).",
                           "give the checkpoint URI of a trial run (runs:/<run id>/checkpoint/model.keras), or null to train from scratch.") from exc
 
 
