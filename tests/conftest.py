@@ -175,6 +175,18 @@ class Procs(list):
         return dev_procs.stop(proc, leads_group=self._leads_group.get(proc.pid, False), grace=grace)
 
 
+@pytest.fixture(scope="session")
+def live_pipeline_run(live_stack):
+    """One pipeline run through the REST API on the live services, triggered once per session and shared:
+    it rides out three faults (tests/reliability/fault_chain.py), the fault test records them, the
+    end-to-end test reads the finished run, the clear-and-re-run test replays it. Every task process
+    there imports TensorFlow, so a run costs a minute or two; one run serves them all."""
+    from tests.pipeline_confs import LIVE_CONF
+    from tests.reliability.fault_chain import run_with_faults
+
+    return run_with_faults(live_stack, "rest_e2e", LIVE_CONF)
+
+
 @pytest.fixture
 def procs():
     """Processes a test starts (append them, or ``procs.start(command)``); stopped afterwards with

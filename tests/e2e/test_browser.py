@@ -25,7 +25,8 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.conftest import PIPELINE
-from tests.e2e.test_live_stack import LIVE_CONF, mlflow_api
+from tests.e2e.test_live_stack import mlflow_api
+from tests.pipeline_confs import LIVE_CONF
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -17,10 +17,9 @@ import urllib.request
 import pytest
 
 from tests.conftest import PIPELINE, RETRAIN
-from tests.e2e.test_pipeline_dag import TINY_CONF
+from tests.pipeline_confs import LIVE_CONF
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-LIVE_CONF = {**TINY_CONF, "experiment_name": "live"}
 
 
 def mlflow_api(stack, path: str, body: dict | None = None, **query) -> dict:
@@ -34,10 +33,8 @@ def mlflow_api(stack, path: str, body: dict | None = None, **query) -> dict:
         return json.loads(response.read())
 
 
-def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_stack):
-    api = live_stack.api
-    run_id = api.trigger(PIPELINE, LIVE_CONF, run_id="rest_e2e")
-    state = api.wait_for_run(PIPELINE, run_id, timeout=900)
+def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_stack, live_pipeline_run):
+    api, run_id, state = live_stack.api, live_pipeline_run["run_id"], live_pipeline_run["state"]
     tasks = {(t["task_id"], t["map_index"]): t["state"] for t in api.task_instances(PIPELINE, run_id)}
     assert state == "success", f"{tasks}\n{live_stack.tail_logs(40)}"
     assert tasks[("deploy", -1)] == "success" and tasks[("tune", 0)] == tasks[("tune", 1)] == "success"
@@ -66,7 +63,8 @@ def test_new_training_data_event_starts_a_retrain_that_runs_the_pipeline(live_st
     """An asset event, as a data-ingestion job posts it, makes the scheduler start dl_agent_retrain."""
     api = live_stack.api
     (asset,) = api.get("/api/v2/assets?name_pattern=dlagent_training_data")["assets"]
-    update = {**LIVE_CONF, "experiment_name": "live_retrain"}
+    # no tuning and one candidate: this test is about the event starting the pipeline, not about tuning
+    update = {**LIVE_CONF, "experiment_name": "live_retrain", "n_trials": 0, "compression_candidates": LIVE_CONF["compression_candidates"][:1]}
     api.post("/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"conf": update}})
     deadline = time.monotonic() + 120
     while not (runs := api.get(f"/api/v2/dags/{RETRAIN}/dagRuns")["dag_runs"]):

@@ -15,13 +15,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import PROJECT_DIR
+from tests.pipeline_confs import TINY_CONF
 
 pytestmark = pytest.mark.slow
-TINY_SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.03, "log": True}, "units": {"type": "int", "low": 16, "high": 64}}
-# Two mapped tuning workers share one 3-trial study of 3-epoch trials, then train uses its best params.
-TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e",
-             "n_trials": 3, "tuning_workers": 2, "search_space": TINY_SPACE, "tune_trial_epochs": 3,
-             "tune_min_trial_epochs": 2}
 
 
 def _dags_test(env: dict, conf: dict) -> subprocess.CompletedProcess:
@@ -134,21 +130,28 @@ def test_pipeline_on_sqlite(tmp_path):
     assert len(trains) == 1  # only the good run's
 
 
-def test_pipeline_with_null_plan_sections(tmp_path):
-    """agent_policy off: the plan's warm_start and controller are null. The train task takes
-    them as None: a null section of the agent's plan must not fail its consumers (Airflow reads
-    a None XCom as a missing one unless the producer declares multiple_outputs)."""
-    mlflow_uri, optuna_url = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri, optuna_url=optuna_url)
-    result = _dags_test(env, {**TINY_CONF, "agent_policy": "off", "n_trials": 0})
-    assert result.returncode == 0 and "DagRun failed" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
-    runs = _pipeline_runs(mlflow_uri)
-    assert runs["parent"].info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
-    assert "dlagent.warm_start" not in runs["train"].data.tags  # trained from scratch, as the null plan says
-
-
 @pytest.mark.postgres
-def test_pipeline_on_postgresql(tmp_path, postgres_databases):
+def test_pipeline_on_postgresql_with_the_agent_off(tmp_path, postgres_databases):
+    """The Airflow metadata DB, the MLflow store and the study in PostgreSQL; and ``agent_policy: off``, so
+    the plan's warm_start and controller sections are null. The train task takes them as None: a null
+    section must not fail its consumers (Airflow reads a None XCom as a missing one unless the producer
+    declares multiple_outputs). One run for both: a whole-DAG run costs a minute or two."""
+    import optuna
+
     airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()
     env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db, optuna_url=optuna_db)
-    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_db, optuna_db)
+    result = _dags_test(env, {**TINY_CONF, "agent_policy": "off"})
+    assert result.returncode == 0 and "DagRun failed" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = _pipeline_runs(mlflow_db)
+    assert runs["parent"].info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
+    assert runs["parent"].data.metrics["test_accuracy"] > 0.5
+    assert "agent_plan" not in runs  # off: no agent run, the Params run as given
+    assert "dlagent.warm_start" not in runs["train"].data.tags  # trained from scratch, as the null plan says
+    assert runs["parent"].data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
+    (name,) = optuna.get_all_study_names(optuna_db)
+    finished = [t for t in optuna.load_study(study_name=name, storage=optuna_db).trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == TINY_CONF["n_trials"]  # both workers shared the PostgreSQL study, exactly n_trials
+    best = {k: v for k, v in optuna.load_study(study_name=name, storage=optuna_db).best_params.items()}
+    for key, value in best.items():  # the Params plus the best trial's, nothing from a plan
+        logged = runs["train"].data.params[key]
+        assert (float(logged) == pytest.approx(value)) if isinstance(value, float) else logged == str(value), key

@@ -62,7 +62,7 @@ def C(name, spec, field, *, params=False, words="", driver="conf"):  # noqa: N80
 CASES = [
     # ---- conf: wrong type, out of range, unknown keys --------------------------------------------
     C("epochs_wrong_type", {"epochs": "ten"}, "epochs", params=True, words="must be an integer"),
-    C("epochs_zero", {"epochs": 0}, "epochs", params=True, words="must be in [1, 10000]"),
+    C("epochs_zero", {"epochs": 0}, "epochs", params=True, words="must be in [1, 1000]"),
     C("learning_rate_negative", {"learning_rate": -0.01}, "learning_rate", params=True),
     C("dropout_one", {"dropout": 1.0}, "dropout", params=True, words="[0, 1)"),
     C("batch_size_boolean", {"batch_size": True}, "batch_size", params=True),

@@ -1,34 +1,34 @@
 """Faults injected into the real services while dl_agent_pipeline runs, and concurrent deploys.
 
-Each fault runs against the live stack (tests/conftest.py `live_stack`: api-server,
-scheduler with LocalExecutor, dag-processor, triggerer, `mlflow server`, all on PostgreSQL):
-a pipeline run is triggered through the REST API, the fault is injected while its tuning
-workers run, and the run must still succeed with nothing lost: every MLflow run of the DAG
-run ended (none left RUNNING), the study holds exactly `n_trials` finished trials and none
-RUNNING, and the champion alias points at a registered version.
+The live faults ride on the session's shared live run (tests/conftest.py ``live_pipeline_run``,
+injected by tests/reliability/fault_chain.py on the live stack: api-server, scheduler with
+LocalExecutor, dag-processor, triggerer, ``mlflow server``, all on PostgreSQL): the scheduler and
+its task processes killed while tuning runs, the MLflow server down for 30 s while training runs
+(the watch sensor waits through it, poke mode and deferred), PostgreSQL restarted while the
+candidates are compressed. The run must still succeed with nothing lost: every MLflow run of the
+DAG run ended (none left RUNNING), the study holds exactly ``n_trials`` finished trials and none
+RUNNING, and the champion alias points at a registered version. Each fault is its own item.
+Below them: a tuning worker killed inside a trial, two deploys at once, and clearing and
+re-running every task of the shared run.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from dlagent.ml import tuning
 
 from tests.conftest import PIPELINE, PROJECT_DIR
-from tests.e2e.test_pipeline_dag import TINY_CONF
 from tests.ml.tuning.workers import GRACE, HEARTBEAT, SPACE, by_state, finish, start_worker, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 RELIABILITY_KIND = "fault"
-FAULT_CONF = {**TINY_CONF, "experiment_name": "faults"}
 MODEL_NAME = "dlagent-classifier"
 
 
@@ -36,88 +36,25 @@ def _ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _trigger_and_wait_for(api, run_id: str, task_id: str, state: str = "running", timeout: float = 300) -> None:
-    """Trigger a pipeline run and return once `task_id` (any map index) is in `state`."""
-    api.trigger(PIPELINE, FAULT_CONF, run_id=run_id)
-    deadline = time.monotonic() + timeout
-    while True:
-        states = {(t["task_id"], t["state"]) for t in api.task_instances(PIPELINE, run_id)}
-        if (task_id, state) in states:
-            return
-        assert time.monotonic() < deadline, f"{task_id} never reached {state}: {sorted(states)}"
-        time.sleep(0.5)
-
-
-def _losses(stack, run_id: str) -> tuple[int, str]:
-    """Items lost or left dangling by a DAG run: RUNNING MLflow runs, missing or RUNNING trials, champion."""
-    import optuna
-    from mlflow import MlflowClient
-
-    client = MlflowClient(stack.mlflow_url)
-    experiment = client.get_experiment_by_name(FAULT_CONF["experiment_name"])
-    runs = client.search_runs([experiment.experiment_id], f"tags.`airflow.run_id` = '{run_id}'", max_results=500)
-    running = [r.data.tags.get("airflow.task_id", "parent") for r in runs if r.info.status == "RUNNING"]
-    storage = stack.env["AIRFLOW_CONN_OPTUNA_DEFAULT"].replace("postgresql://", "postgresql+psycopg2://")
-    trials = optuna.load_study(study_name=f"{PIPELINE}.{run_id}", storage=storage).get_trials(deepcopy=False)
-    finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    stuck = sum(t.state.name == "RUNNING" for t in trials)
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    lost = len(running) + abs(FAULT_CONF["n_trials"] - finished) + stuck + (0 if champion.status == "READY" else 1)
-    detail = (f"{len(runs)} MLflow runs, RUNNING: {running or 'none'}; trials finished {finished}/{FAULT_CONF['n_trials']}, "
-              f"RUNNING {stuck}; champion v{champion.version}")
-    return lost, detail
-
-
-def _check_run(stack, run_id: str, reliability_record, name: str, what: str) -> None:
-    state = stack.api.wait_for_run(PIPELINE, run_id, timeout=900)
-    tasks = sorted((t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in stack.api.task_instances(PIPELINE, run_id))
-    lost, detail = _losses(stack, run_id) if state == "success" else (0, "")
-    retried = [f"{t}[{m}]" if m >= 0 else t for t, m, _, tries in tasks if tries > 1]
-    reliability_record("fault", name, state == "success" and lost == 0, lost=lost,
-                       detail=f"{what}; run {state}; retried: {retried or 'none'}; {detail}")
-    assert state == "success", f"{tasks}\n{stack.tail_logs(30)}"
-    assert lost == 0, detail
-
-
-def test_scheduler_killed_and_restarted_mid_run(live_stack, reliability_record):
-    """SIGKILL to the scheduler's process group (its LocalExecutor task processes die too)."""
-    _trigger_and_wait_for(live_stack.api, "fault_scheduler", "tune")
-    live_stack.stop_service("scheduler", sig=signal.SIGKILL)
-    time.sleep(5)
-    live_stack.start_service("scheduler")
-    _check_run(live_stack, "fault_scheduler", reliability_record, "scheduler SIGKILL mid-run, restarted",
-               "scheduler and its task processes killed while tune ran")
-
-
-def test_mlflow_server_down_for_30_s_during_a_run(live_stack, reliability_record):
-    _trigger_and_wait_for(live_stack.api, "fault_mlflow", "tune")
-    live_stack.stop_service("mlflow")
-    time.sleep(30)
-    live_stack.start_service("mlflow")
-    _check_run(live_stack, "fault_mlflow", reliability_record, "MLflow server down 30 s mid-run",
-               "mlflow server stopped for 30 s while tune ran")
-
-
-def _pg_ctlcluster() -> list[str] | None:
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    if not shutil.which("pg_ctlcluster") or not versions:
-        return None
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"]
-
-
-def test_postgresql_restarted_mid_run(live_stack, reliability_record):
-    """The one PostgreSQL server holding the Airflow metadata DB, the MLflow store and the study."""
-    command = _pg_ctlcluster()
-    if command is None:
-        message = "pg_ctlcluster not found: cannot restart the local PostgreSQL server"
-        if _ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    _trigger_and_wait_for(live_stack.api, "fault_postgres", "tune")
-    restarted = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert restarted.returncode == 0, restarted.stderr
-    _check_run(live_stack, "fault_postgres", reliability_record, "PostgreSQL restarted mid-run",
-               f"`{' '.join(command)}` while tune ran; services restarted by the stack: {live_stack.restarts or 'none'}")
+def test_one_run_rides_out_a_killed_scheduler_mlflow_down_30_s_and_a_postgresql_restart(live_stack, live_pipeline_run,
+                                                                                    reliability_record):
+    """The three faults, one after the other, in the session's shared live run (tests/reliability/fault_chain.py);
+    each recorded as its own item, and the sensor that waited through the MLflow outage as one more."""
+    run = live_pipeline_run
+    if not run["postgres_restart"] and _ci():
+        pytest.fail("pg_ctlcluster not found: cannot restart the local PostgreSQL server")
+    retried = [f"{t}[{m}]" if m >= 0 else t for t, m, _, tries in run["tasks"] if tries > 1]
+    for name, what in run["faults"]:
+        reliability_record("fault", name, run["state"] == "success" and run["lost"] == 0, lost=run["lost"],
+                           detail=f"{what}; one run carried {len(run['faults'])} faults: run {run['state']}; retried: "
+                                  f"{retried or 'none'}; services restarted by the stack: {run['restarts'] or 'none'}; {run['detail']}")
+    reliability_record("fault", "MLflow server down 30 s under the sensor (poke and deferrable)", run["sensor"]["ok"],
+                       detail=run["sensor"]["detail"])
+    assert run["state"] == "success", f"{run['tasks']}\n{live_stack.tail_logs(30)}"
+    assert run["lost"] == 0, run["detail"]
+    assert run["sensor"]["ok"], run["sensor"]["detail"]
+    if not run["postgres_restart"]:
+        pytest.skip("pg_ctlcluster not found: the PostgreSQL restart was not tried (the other faults were)")
 
 
 def test_a_tuning_worker_killed_mid_trial_is_failed_retried_and_the_study_still_finishes(postgres_url, tmp_path, procs, reliability_record):
@@ -213,15 +150,15 @@ def test_two_deploys_at_once_give_one_champion_and_both_versions(live_stack, dig
     assert ok, (versions, aliases)
 
 
-def test_clearing_and_rerunning_every_task_duplicates_nothing(live_stack, reliability_record):
-    """Clear the whole finished run (as the UI's Clear button does) and let it run again."""
+def test_clearing_and_rerunning_every_task_duplicates_nothing(live_stack, live_pipeline_run, reliability_record):
+    """Clear the whole finished run (as the UI's Clear button does) and let it run again. The run is the
+    session's shared REST run (tests/conftest.py `live_pipeline_run`), already read by the e2e test."""
     from mlflow import MlflowClient
 
-    api, run_id = live_stack.api, "idempotent_rerun"
-    api.trigger(PIPELINE, FAULT_CONF, run_id=run_id)
-    assert api.wait_for_run(PIPELINE, run_id) == "success", live_stack.tail_logs(30)
+    api, run_id = live_stack.api, live_pipeline_run["run_id"]
+    assert live_pipeline_run["state"] == "success", live_stack.tail_logs(30)
     client = MlflowClient(live_stack.mlflow_url)
-    experiment = client.get_experiment_by_name(FAULT_CONF["experiment_name"]).experiment_id
+    experiment = client.get_experiment_by_name(live_pipeline_run["conf"]["experiment_name"]).experiment_id
 
     def snapshot():
         runs = client.search_runs([experiment], f"tags.`airflow.run_id` = '{run_id}'", max_results=500)
@@ -240,87 +177,3 @@ def test_clearing_and_rerunning_every_task_duplicates_nothing(live_stack, reliab
                        detail=f"{len(runs_after)} MLflow runs ({len(new_runs)} new), statuses {sorted(set(statuses))}; "
                               f"registry versions {versions_before} -> {versions_after}; try numbers {sorted(tries)}")
     assert ok
-
-
-# ------------------------------------------------------------------- the sensor and its trigger
-
-def _mlflow_server(procs, tmp_path, port: int) -> subprocess.Popen:
-    """``mlflow server`` in a process group of its own (it starts uvicorn workers, a job runner,
-    huey consumers): ``procs`` stops the whole group after the test."""
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    with open(tmp_path / "mlflow-server.log", "ab") as log:
-        return procs.start(command, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait_up(url: str, timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"MLflow at {url} did not come up"
-            time.sleep(0.5)
-
-
-def test_sensor_and_trigger_ride_out_the_mlflow_server_down_for_30_s(tmp_path, procs, monkeypatch, reliability_record):
-    """Poke mode and the deferrable trigger both wait through the outage and then see the metric."""
-    import asyncio
-    import threading
-
-    from dlagent.ml.conditions import build_condition
-    from dlagent.sensors.mlflow_metric import MLflowMetricSensor
-    from dlagent.triggers.mlflow_metric import MLflowMetricTrigger
-    from dlagent_dev.stack import free_port
-    from mlflow import MlflowClient
-
-    from tests.operators.context import make_context
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    _mlflow_server(procs, tmp_path, port)
-    _wait_up(url)
-    client = MlflowClient(url)
-    run_id = client.create_run(client.create_experiment("watched")).info.run_id
-    assert procs.stop(procs[0], grace=30) == []  # down: the server and every worker of it, so the port is free
-
-    results: dict = {}
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the sensor's hook: no Connection, so the env
-
-    def poke_mode():
-        sensor = MLflowMetricSensor(task_id="watch", run_id=run_id, metric="val_accuracy", op=">=", threshold=0.9,
-                                    poke_interval=1, timeout=240, mode="poke")
-        try:
-            results["sensor"] = sensor.execute(make_context("watch"))
-        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
-            results["sensor"] = exc
-
-    def deferred():
-        trigger = MLflowMetricTrigger(tracking_uri=url, poll_interval=1, timeout=240,
-                                      condition=build_condition(run_id=run_id, metric="val_accuracy", op=">=", threshold=0.9))
-
-        async def first_event():
-            async for event in trigger.run():
-                return event.payload
-
-        results["trigger"] = asyncio.run(first_event())
-
-    threads = [threading.Thread(target=poke_mode), threading.Thread(target=deferred)]
-    for thread in threads:
-        thread.start()
-    time.sleep(30)  # the server stays down while both wait
-    _mlflow_server(procs, tmp_path, port)
-    _wait_up(url)
-    client.log_metric(run_id, "val_accuracy", 0.95)
-    for thread in threads:
-        thread.join(timeout=300)
-    sensor, trigger = results.get("sensor"), results.get("trigger")
-    ok = isinstance(sensor, dict) and sensor.get("met") is True and (trigger or {}).get("status") == "success"
-    reliability_record("fault", "MLflow server down 30 s under the sensor (poke and deferrable)", ok,
-                       detail=f"poke mode returned {str(sensor)[:200]}; trigger event status {(trigger or {}).get('status')}: "
-                              f"{str((trigger or {}).get('message'))[:200]}")
-    assert ok, (sensor, trigger)

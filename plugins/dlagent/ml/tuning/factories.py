@@ -6,6 +6,7 @@ refused with the field and the fix, never deep inside Optuna.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any
@@ -138,6 +139,17 @@ def make_storage(
             )
         except ImportError as exc:
             raise ConfigError("storage_url", f"no database driver for {redact_url(url)}: {exc}.", "name the driver, e.g. 'postgresql+psycopg2://'.") from exc
+
+
+@functools.lru_cache(maxsize=32)
+def reading_storage(url: str):
+    """A storage without heartbeats or table creation, one per URL per process.
+
+    Reports and reads (a summary, a loaded study, a worker polling its study) reuse it instead
+    of opening an engine, and its pool of connections, per call: a loop that reads a study
+    every few seconds would otherwise use up PostgreSQL's connections.
+    """
+    return make_storage(url, heartbeat_interval=None, create_tables=False)
 
 
 class StaleTrialCallback:

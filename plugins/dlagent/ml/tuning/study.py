@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from dlagent.errors import ConfigError
-from dlagent.ml.tuning.factories import make_pruner, make_sampler, make_storage
+from dlagent.ml.tuning.factories import make_pruner, make_sampler, make_storage, reading_storage
 from dlagent.ml.tuning.settings import StudySettings
 from dlagent.ml.tuning.space import inside, suggest_params
 from dlagent.settings import redact_url
@@ -100,7 +100,7 @@ def seed_study(storage_url: str, study_name: str, from_studies) -> dict:
 
     if isinstance(from_studies, str) or not isinstance(from_studies, (list, tuple)) or not all(isinstance(n, str) and n for n in from_studies):
         raise ConfigError("seed_from", f"must be a list of study names, got {from_studies!r}.", 'give e.g. ["dl_agent_pipeline__run1__tune"].')
-    storage = make_storage(storage_url, heartbeat_interval=None, create_tables=False)
+    storage = reading_storage(storage_url)
     reader = load_study(storage_url, study_name, storage=storage)
     if reader.user_attrs.get(SEEDED_ATTR) is not None:
         return {"copied": 0, "skipped": 0, "from": list(reader.user_attrs[SEEDED_ATTR]), "already_seeded": True}
@@ -150,11 +150,11 @@ def load_study(storage_url: str, study_name: str, *, sampler=None, pruner=None, 
     """Load an existing study (for workers and reports); a missing one is refused.
 
     Pass a ``storage`` from :func:`~dlagent.ml.tuning.factories.make_storage` to get
-    heartbeats; otherwise a plain one is opened (no table creation).
+    heartbeats; otherwise the process's reading storage for the URL is used (no table creation).
     """
     import optuna
 
-    storage = storage or make_storage(storage_url, heartbeat_interval=None, create_tables=False)
+    storage = storage or reading_storage(storage_url)
     try:
         return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError as exc:

@@ -1,0 +1,16 @@
+"""The confs the whole-DAG tests run dl_agent_pipeline with: tiny, so a run takes a minute or two.
+
+Two mapped tuning workers share one 3-trial study of 3-epoch trials; training uses its best
+params. On the live services every task is its own process (it imports TensorFlow), so
+``LIVE_CONF`` also lists two compression candidates instead of the agent's four: two mapped
+``compress`` tasks still show the mapping, at half the processes.
+"""
+
+from __future__ import annotations
+
+TINY_SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.03, "log": True}, "units": {"type": "int", "low": 16, "high": 64}}
+TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e",
+             "n_trials": 3, "tuning_workers": 2, "search_space": TINY_SPACE, "tune_trial_epochs": 3,
+             "tune_min_trial_epochs": 2}
+LIVE_CANDIDATES = [{"quantization": "dynamic"}, {"quantization": "int8", "sparsity": 0.5}]
+LIVE_CONF = {**TINY_CONF, "experiment_name": "live", "compression_candidates": LIVE_CANDIDATES}
