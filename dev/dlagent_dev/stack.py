@@ -301,6 +301,30 @@ class LocalStack:
             parts.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(parts)
 
+    def failure_report(self, api: AirflowApi, dag_id: str, run_id: str, lines: int = 40) -> str:
+        """What a person opening a failed run would look at first: every task instance that did not
+        succeed, with the end of its latest task log, then the end of the service logs. A failed live
+        test prints this, so a CI log names the task and its error rather than only the API's chatter."""
+        parts = []
+        try:
+            instances = api.task_instances(dag_id, run_id)
+        except Exception as exc:  # noqa: BLE001 - the report must not hide the failure it reports
+            instances, parts = [], [f"task instances unavailable: {exc}"]
+        bad = [t for t in instances if t["state"] not in ("success", "skipped")]
+        parts.append("task instances not successful: " + (", ".join(
+            f"{t['task_id']}[{t['map_index']}] {t['state']} try {t['try_number']}" for t in bad) or "none"))
+        run_logs = Path(self.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        for t in bad:
+            folder = run_logs / f"task_id={t['task_id']}"
+            if t["map_index"] >= 0:
+                folder = folder / f"map_index={t['map_index']}"
+            attempts = sorted(folder.glob("attempt=*.log"), key=lambda p: p.stat().st_mtime)
+            if attempts:
+                text = attempts[-1].read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {attempts[-1].relative_to(run_logs)}\n" + "\n".join(text))
+        parts.append(self.tail_logs(lines // 4))
+        return "\n".join(parts)
+
     def __enter__(self) -> LocalStack:
         try:
             self.start()

@@ -36,7 +36,7 @@ def mlflow_api(stack, path: str, body: dict | None = None, **query) -> dict:
 def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_stack, live_pipeline_run):
     api, run_id, state = live_stack.api, live_pipeline_run["run_id"], live_pipeline_run["state"]
     tasks = {(t["task_id"], t["map_index"]): t["state"] for t in api.task_instances(PIPELINE, run_id)}
-    assert state == "success", f"{tasks}\n{live_stack.tail_logs(40)}"
+    assert state == "success", live_pipeline_run["detail"]
     assert tasks[("deploy", -1)] == "success" and tasks[("tune", 0)] == tasks[("tune", 1)] == "success"
 
     # Through the MLflow server's REST API: the runs, the registered version, the alias.
@@ -72,7 +72,8 @@ def test_new_training_data_event_starts_a_retrain_that_runs_the_pipeline(live_st
         time.sleep(2)
     (retrain,) = runs
     assert retrain["run_type"] == "asset_triggered"
-    assert api.wait_for_run(RETRAIN, retrain["dag_run_id"], timeout=900) == "success", live_stack.tail_logs(40)
+    assert api.wait_for_run(RETRAIN, retrain["dag_run_id"], timeout=900) == "success", \
+        live_stack.failure_report(api, RETRAIN, retrain["dag_run_id"])
     pipeline_run = api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/retrain__{retrain['dag_run_id']}")
     assert pipeline_run["state"] == "success" and pipeline_run["conf"]["experiment_name"] == "live_retrain"
     assert pipeline_run["conf"]["max_samples"] == LIVE_CONF["max_samples"]  # the event's conf reached the pipeline

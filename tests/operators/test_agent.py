@@ -178,7 +178,11 @@ def test_learning_policy_state_survives_two_dag_runs(store):
     reward = decided["reasons"][-1]
     assert reward["decision"].startswith("reward ") and reward["decision"].endswith(" recorded")
     assert "arm lr_x1-epochs_x1 in context 'overfit'" in reward["because"]
-    # A retried decide task does not reward the same run twice.
+    # A cleared decide task returns its recorded decision; one whose try died after rewarding (its run
+    # left unfinished) decides again, and the reward key keeps it from rewarding the same run twice.
+    assert decide.execute(make_context("agent_decide", dag_id=DAG_ID, run_id="manual__1")) == decided
+    decide_run = next(r for r in agent_runs(client, experiment_id) if r.data.tags["dlagent.phase"] == "decide")
+    client.set_terminated(decide_run.info.run_id, status="FAILED")
     retried = decide.execute(make_context("agent_decide", dag_id=DAG_ID, run_id="manual__1"))
     assert retried["reasons"][-1]["decision"].endswith("already recorded")
 

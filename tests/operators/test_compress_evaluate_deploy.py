@@ -138,9 +138,18 @@ def test_deploy_registers_the_champion_with_its_tflite_and_writes_the_bundle(pip
 
 
 def test_deploying_twice_for_one_dag_run_gives_one_version(pipeline_store):
-    again = _deploy(pipeline_store["evaluation"], "run_1", pipeline_store["folder"] / "deploy")
+    uri, deploy_dir = pipeline_store["uri"], pipeline_store["folder"] / "deploy"
+    cleared = _deploy(pipeline_store["evaluation"], "run_1", deploy_dir)
+    assert cleared == pipeline_store["deployed"]  # a cleared deploy returns its recorded result
+    # A try that died after registering leaves its run unfinished: the next try deploys again, and
+    # the registry's idempotency key (the DAG run) finds the version instead of making a second one.
+    client = _client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id],
+                                "tags.`airflow.task_id` = 'deploy' and tags.`airflow.run_id` = 'run_1'")
+    client.set_terminated(run.info.run_id, status="FAILED")
+    again = _deploy(pipeline_store["evaluation"], "run_1", deploy_dir)
     assert again["version"] == pipeline_store["deployed"]["version"] and again["created"] is False
-    assert len(_versions(pipeline_store["uri"])) == 1
+    assert len(_versions(uri)) == 1
 
 
 def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_store, monkeypatch):

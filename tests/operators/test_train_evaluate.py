@@ -43,11 +43,21 @@ def test_train_then_evaluate_as_child_runs_of_one_parent(mlflow_uri):
     assert runs["train"].info.status == runs["evaluate"].info.status == "FINISHED"
 
 
-def test_running_a_task_twice_reuses_its_mlflow_run(mlflow_uri):
-    train = TrainOperator(task_id="train", train_config=TRAIN, experiment_name="exp", **TINY)
-    first = train.execute(make_context("train"))
-    second = train.execute(make_context("train"))
-    assert first["run_id"] == second["run_id"]
+def test_a_cleared_task_returns_its_recorded_result_and_trains_again_only_on_new_inputs(mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    first = TrainOperator(task_id="train", train_config=TRAIN, experiment_name="exp", **TINY).execute(make_context("train"))
+    experiment = client.get_experiment_by_name("exp").experiment_id
+
+    cleared = make_context("train")
+    again = TrainOperator(task_id="train", train_config=TRAIN, experiment_name="exp", **TINY).execute(cleared)
+    assert again == first  # recorded, not trained again: a second training would give another model
+    assert cleared["ti"].xcoms["model_uri"] == first["model_uri"] and cleared["ti"].xcoms["mlflow_run"]["run_id"] == first["run_id"]
+    assert len(client.search_logged_models([experiment])) == 1
+
+    # Another input (a fixed Param, a changed upstream result): the same run, trained anew.
+    changed = TrainOperator(task_id="train", train_config={**TRAIN, "epochs": 2}, experiment_name="exp", **TINY).execute(make_context("train"))
+    assert changed["run_id"] == first["run_id"] and changed["model_uri"] != first["model_uri"]
+    assert changed["config"]["epochs"] == 2 and len(client.search_logged_models([experiment])) == 2
     assert len(_runs(mlflow_uri)) == 2  # the parent and one train run
 
 
@@ -110,3 +120,29 @@ def test_finish_marks_the_parent_failed_when_a_task_failed(mlflow_uri):
         finish.execute(context)
     (parent,) = _runs(mlflow_uri)
     assert parent.info.status == "FAILED"
+
+
+def test_the_inputs_digest_reads_a_lazy_sequence_by_its_items():
+    """Mapped upstream results arrive as a lazy sequence whose repr names no values (Airflow's
+    LazyXComSequence): the digest must see the same inputs as with the plain list, and other ones
+    when an item differs."""
+    from collections.abc import Sequence
+
+    class Lazy(Sequence):
+        def __init__(self, items):
+            self.items = items
+
+        def __getitem__(self, index):
+            return self.items[index]
+
+        def __len__(self):
+            return len(self.items)
+
+    candidates = [{"candidate": "int8", "model_uri": "models:/m-1", "metrics": {"test_accuracy": 0.9}}]
+
+    def digest(value):
+        evaluate = EvaluateOperator(task_id="evaluate", model_uri="models:/m-0", candidates=value, experiment_name="exp", **TINY)
+        return evaluate._inputs_digest(make_context("evaluate"))
+
+    assert digest(Lazy(candidates)) == digest(Lazy(list(candidates))) == digest(candidates)
+    assert digest(Lazy([{**candidates[0], "model_uri": "models:/m-2"}])) != digest(candidates)

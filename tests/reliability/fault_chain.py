@@ -160,6 +160,6 @@ def run_with_faults(stack, run_id: str, conf: dict) -> dict:
 
     state = api.wait_for_run(PIPELINE, run_id, timeout=900)
     tasks = sorted((t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in api.task_instances(PIPELINE, run_id))
-    lost, detail = losses(stack, run_id, conf) if state == "success" else (0, "")
+    lost, detail = losses(stack, run_id, conf) if state == "success" else (0, stack.failure_report(api, PIPELINE, run_id))
     return {"run_id": run_id, "state": state, "conf": conf, "faults": faults, "tasks": tasks, "lost": lost, "detail": detail,
             "sensor": sensed, "postgres_restart": command is not None, "restarts": dict(stack.restarts)}

@@ -51,6 +51,10 @@ GATE_DECISION_ARTIFACT = "gate"  # folder of decision.json on the evaluate run
 GATE_DECISION_FILE = "decision.json"
 REGISTERED_VERSION_TAG = "dlagent.registered_version"  # "<name>/<version>" on the deploy run
 CONTROLLER_CHANGES_FILE = "controller_changes.json"  # what the in-training controller changed
+#: A finished step's XCom result, with a digest of the task's rendered inputs: a cleared task
+#: whose inputs are unchanged returns it instead of training, compressing or deciding again.
+RESULT_FILE = "dlagent/result.json"
+RESULT_INPUTS_TAG = "dlagent.result_inputs"  # the digest; set last, once RESULT_FILE is uploaded
 
 #: The pipeline's parent run keeps its headline figures as metrics and these string tags
 #: ``dlagent.<name>`` (written by the finish task, read by the CLI summary and the web pages).

@@ -60,6 +60,7 @@ class AgentOperator(DlagentOperator):
                                       "observe_run_id", "fixed_resources")
     template_fields_renderers = {"policy_kwargs": "json", "fixed_resources": "json"}
     ui_color = "#fff4d6"
+    step = names.STEP_AGENT
     operator_extra_links = (MLflowRunLink(), AgentDecisionsLink())
 
     def __init__(self, *, phase: str = "plan", policy: str = "rules", policy_kwargs: dict | None = None,
@@ -78,6 +79,9 @@ class AgentOperator(DlagentOperator):
         self.fixed_resources = fixed_resources
 
     # ------------------------------------------------------------------ run
+    def uses_step_run(self) -> bool:
+        return self.policy != "off"  # off: the Params run as given, no agent run, no MLflow read
+
     def run(self, context):
         if self.policy == "off":
             from dlagent.agent.plan import Plan
@@ -137,12 +141,12 @@ class AgentOperator(DlagentOperator):
 
         ids = airflow_ids(context)
         client = self.hook.client
-        with self.step_run(context, names.STEP_AGENT) as agent_run_id:
+        with self.step_run(context) as agent_run_id:
             own_parent = self.parent_run_id(context)
             experiment_id, observed = pipeline_run_of(client, self.observe_run_id or own_parent, own_parent=own_parent)
             client.set_tag(agent_run_id, names.PHASE_TAG, self.phase)
             client.set_tag(agent_run_id, names.OBSERVED_TAG, observed)
-            context["ti"].xcom_push(key="observed_run_id", value=observed)  # for PlanConfOperator
+            self.push_xcom(context, "observed_run_id", observed)  # for PlanConfOperator
             if resources is None:
                 resources = {**measure_resources(), "pool": self.pool, "pool_slots": self.pool_slots}
                 self.log.info("%s", POOL_NOTE)

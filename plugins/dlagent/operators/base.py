@@ -3,20 +3,31 @@
 One DAG run is one MLflow parent run; each task (and each mapped task instance) is a child
 run. Both are found again by tags derived from the DAG run, so a retried or cleared task
 continues its own run rather than starting a second one.
+
+A step whose child run FINISHED records its result there (``dlagent/result.json``, with a
+digest of the task's rendered inputs). Clearing the task, or the whole DAG run, then returns
+that result instead of computing it again: training and compression are not deterministic, so
+a second training would hand the deploy task another model under the same DAG run, which the
+registry's idempotency key refuses (one DAG run deploys one model). Changed inputs (a fixed
+Param, a changed upstream result), a failed or deleted child run compute anew.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 
 from airflow.sdk import BaseOperator
 
 from dlagent.hooks.mlflow import MLflowHook
 from dlagent.links import MLFLOW_PARENT_XCOM, MLFLOW_RUN_XCOM, MLflowRunLink
 from dlagent.ml import mlflow_names as names
-from dlagent.settings import redact_url
+from dlagent.settings import redact_text, redact_url
 
 DEFAULT_EXPERIMENT = "dlagent"
 
@@ -75,6 +86,9 @@ class DlagentOperator(BaseOperator):
     ui_color = "#e8f4fd"
     # "MLflow run" in the Airflow UI: evaluated when the task ends, from the XComs below (dlagent.links).
     operator_extra_links = (MLflowRunLink(),)
+    #: The MLflow step (``mlflow_names.STEP_*``) this operator runs in its own child run, or
+    #: ``None``. A step's finished result is recorded and returned again to a cleared task.
+    step: str | None = None
 
     def __init__(self, *, experiment_name: str = DEFAULT_EXPERIMENT, mlflow_conn_id: str = MLflowHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
@@ -87,8 +101,11 @@ class DlagentOperator(BaseOperator):
 
         from dlagent.errors import ConfigError
 
+        self._pushed: dict = {}
+        self._finished_step_run: str | None = None
         try:
-            result = self.run(context)
+            recorded = self._recorded_result(context)
+            result = self.run(context) if recorded is None else recorded
         except ConfigError as exc:
             raise AirflowFailException(f"invalid input, nothing was run: {exc}") from exc
         if self.do_xcom_push:
@@ -98,7 +115,73 @@ class DlagentOperator(BaseOperator):
             # (XComArg's [] selects an XCom key), like @task(multiple_outputs=True).
             for key, value in result.items():
                 context["ti"].xcom_push(key=str(key), value=value)
+        if recorded is None:
+            self._record_result(context, result)
         return result
+
+    def push_xcom(self, context, key: str, value) -> None:
+        """Push an XCom besides the result; it is recorded with the result and pushed again when reused."""
+        self._pushed[key] = value
+        context["ti"].xcom_push(key=key, value=value)
+
+    def _inputs_digest(self, context) -> str:
+        """What the step was computed from: the task's identity and its rendered templated fields
+        (the Params and upstream results it reads)."""
+        fields = {name: _plain(getattr(self, name, None)) for name in self.template_fields}
+        text = json.dumps({"operator": type(self).__qualname__, "task": airflow_ids(context), "inputs": fields},
+                          sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def uses_step_run(self) -> bool:
+        """Whether this task runs its step in a child run (an operator may say no for some settings)."""
+        return self.step is not None
+
+    def _recorded_result(self, context) -> dict | None:
+        """The result this step recorded when it last finished with the same inputs, else ``None``.
+
+        A look-up that fails (MLflow unreachable) computes the step: its own error handling then
+        says what is wrong, as it would without a recorded result."""
+        if not self.uses_step_run():
+            return None
+        try:
+            return self._read_recorded_result(context)
+        except Exception as exc:  # noqa: BLE001 - the step itself reports the failure, with its context
+            self.log.warning("could not read whether MLflow %s run of this task already finished (%s: %s): computing it",
+                             self.step, type(exc).__name__, redact_text(str(exc).splitlines()[0] if str(exc) else ""))
+            return None
+
+    def _read_recorded_result(self, context) -> dict | None:
+        from dlagent.ml.tracking import run_key
+
+        client = self.hook.client
+        experiment = client.get_experiment_by_name(self.experiment_name)  # never created by a look-up
+        if experiment is None:
+            return None
+        ids = airflow_ids(context)
+        run = names.find_run(client, experiment.experiment_id, run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]))
+        if run is None or run.info.status != "FINISHED" or names.RESULT_INPUTS_TAG not in run.data.tags:
+            return None
+        run_id = run.info.run_id
+        if run.data.tags[names.RESULT_INPUTS_TAG] != self._inputs_digest(context):
+            self.log.info("MLflow %s run %s finished before with other inputs: computing the step again", self.step, run_id)
+            return None
+        with tempfile.TemporaryDirectory(prefix="dlagent-result-") as tmp:
+            record = json.loads(Path(client.download_artifacts(run_id, names.RESULT_FILE, tmp)).read_text())
+        self.parent_run_id(context)
+        _push_run_ref(context, MLFLOW_RUN_XCOM, experiment.experiment_id, run_id)
+        for key, value in record.get("xcoms", {}).items():
+            self.push_xcom(context, key, value)
+        self.log.info("MLflow %s run %s already finished with these same inputs (this task was cleared or re-run): "
+                      "returning its recorded result, nothing is computed again; trigger a new DAG run to compute anew",
+                      self.step, run_id)
+        return record["result"]
+
+    def _record_result(self, context, result) -> None:
+        run_id = self._finished_step_run
+        if not self.uses_step_run() or run_id is None or not isinstance(result, dict):
+            return
+        self.hook.client.log_dict(run_id, {"result": result, "xcoms": self._pushed}, names.RESULT_FILE)
+        self.hook.client.set_tag(run_id, names.RESULT_INPUTS_TAG, self._inputs_digest(context))
 
     def run(self, context):
         raise NotImplementedError
@@ -122,8 +205,8 @@ class DlagentOperator(BaseOperator):
         return run_id
 
     @contextmanager
-    def step_run(self, context, step: str):
-        """Yield this task's child run id; end it FINISHED, or FAILED when the step raises."""
+    def step_run(self, context):
+        """Yield this task's child run id (step :attr:`step`); end it FINISHED, or FAILED when the step raises."""
         from dlagent.ml.tracking import find_or_create_run, run_key
 
         ids = airflow_ids(context)
@@ -134,11 +217,11 @@ class DlagentOperator(BaseOperator):
             self.hook.client, experiment_id,
             run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]),
             run_name=f"{ids['task_id']}{suffix}",
-            tags={**airflow_tags(ids), names.STEP_TAG: step},
+            tags={**airflow_tags(ids), names.STEP_TAG: self.step},
             parent_run_id=parent,
         )
         _push_run_ref(context, MLFLOW_RUN_XCOM, experiment_id, run_id)  # before the work: a failed task links too
-        self.log.info("MLflow %s run %s (%s) under parent %s at %s", step, run_id, "new" if created else "continued", parent,
+        self.log.info("MLflow %s run %s (%s) under parent %s at %s", self.step, run_id, "new" if created else "continued", parent,
                       redact_url(self.hook.tracking_uri))
         try:
             yield run_id
@@ -146,6 +229,17 @@ class DlagentOperator(BaseOperator):
             self.hook.client.set_terminated(run_id, status="FAILED")
             raise
         self.hook.client.set_terminated(run_id, status="FINISHED")
+        self._finished_step_run = run_id
+
+
+def _plain(value):
+    """``value`` as plain JSON data: mapped upstream results arrive as a lazy XCom sequence, whose
+    ``repr`` names no values, so sequences become lists of their items and mappings dicts."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _push_run_ref(context, key: str, experiment_id: str, run_id: str) -> None:

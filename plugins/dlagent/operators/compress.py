@@ -65,6 +65,7 @@ class CompressOperator(DlagentOperator):
 
     template_fields: Sequence[str] = ("experiment_name", "model_uri", "dataset", "data_options", "seed", "compression")
     ui_color = "#fff4d6"
+    step = names.STEP_COMPRESS
 
     def __init__(self, *, model_uri: str, compression: dict, dataset: str = "digits", data_options: dict | None = None,
                  seed: int = 42, latency_runs: int = 100, **kwargs):
@@ -87,7 +88,7 @@ class CompressOperator(DlagentOperator):
         client = self.hook.client
         resolve_logged_model(client, self.model_uri)  # a missing model is refused before any compute
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
-        with self.step_run(context, names.STEP_COMPRESS) as run_id:
+        with self.step_run(context) as run_id:
             model = load_keras_model(client, self.model_uri)
             self.log.info("compressing %s as %s: %s", self.model_uri, config.label, config.to_dict())
             candidate = compress(model, splits, config, latency_runs=int(self.latency_runs))

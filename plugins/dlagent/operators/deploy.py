@@ -44,6 +44,7 @@ class DeployOperator(DlagentOperator):
 
     template_fields: Sequence[str] = ("experiment_name", "evaluation", "model_name", "thresholds", "deploy_dir")
     ui_color = "#d6f5ff"
+    step = names.STEP_DEPLOY
     operator_extra_links = (MLflowRunLink(), RegisteredModelLink())
 
     def __init__(self, *, evaluation, model_name: str = DEFAULT_MODEL_NAME, thresholds: dict | None = None,
@@ -78,7 +79,7 @@ class DeployOperator(DlagentOperator):
 
         candidate = evaluation["candidate"]
         champion = evaluation.get("champion")
-        with self.step_run(context, names.STEP_DEPLOY) as run_id:
+        with self.step_run(context) as run_id:
             outcome = registry.deploy_if_blessed(
                 self.hook.client, name, candidate["model_uri"],
                 candidate_metrics=candidate["metrics"], reference_metrics=evaluation["reference"]["metrics"],
@@ -96,7 +97,7 @@ class DeployOperator(DlagentOperator):
             bundle = serving.deploy_champion_bundle(self.hook.client, name, _deploy_dir(self.deploy_dir),
                                                      extra_metadata={"airflow": ids, "candidate": candidate.get("candidate")})
             self.hook.client.set_tag(run_id, names.REGISTERED_VERSION_TAG, f"{name}/{version['version']}")
-            context["ti"].xcom_push(key=REGISTERED_MODEL_XCOM, value={"name": name, "version": str(version["version"])})
+            self.push_xcom(context, REGISTERED_MODEL_XCOM, {"name": name, "version": str(version["version"])})
         self.hook.client.set_tag(parent, names.DEPLOY_TAG, f"deployed {name} version {version['version']}")
         self.log.info("%s %s version %s as %r (previous: %s); serving bundle %s -> %s",
                       "registered" if version.get("created") else "already registered", name, version["version"],
@@ -120,7 +121,7 @@ class RollbackOperator(DlagentOperator):
 
     def run(self, context):
         result = rollback_champion(self.hook.client, self.model_name, self.deploy_dir, log=self.log)
-        context["ti"].xcom_push(key=REGISTERED_MODEL_XCOM, value={"name": str(self.model_name), "version": str(result["champion"])})
+        self.push_xcom(context, REGISTERED_MODEL_XCOM, {"name": str(self.model_name), "version": str(result["champion"])})
         return result
 
 

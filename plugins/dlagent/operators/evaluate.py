@@ -55,6 +55,7 @@ class EvaluateOperator(DlagentOperator):
     template_fields: Sequence[str] = ("experiment_name", "model_uri", "candidates", "dataset", "data_options", "seed",
                                       "model_name", "thresholds", "explain")
     ui_color = "#e3f6e3"
+    step = names.STEP_EVALUATE
 
     def __init__(self, *, model_uri: str, candidates: list | None = None, dataset: str = "digits", data_options: dict | None = None,
                  seed: int = 42, model_name: str = DEFAULT_MODEL_NAME, thresholds: dict | None = None, explain: bool = True,
@@ -105,7 +106,7 @@ class EvaluateOperator(DlagentOperator):
         thresholds, candidates, model_name = self._check_inputs()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
         runs = int(self.latency_runs)
-        with self.step_run(context, names.STEP_EVALUATE) as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
+        with self.step_run(context) as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
             client = self.hook.client
             tracking.log_params_safely(client, run_id, {"model_uri": self.model_uri, "dataset": self.dataset, "seed": self.seed,
                                                        "model_name": model_name, "candidates": len(candidates),

@@ -27,6 +27,7 @@ class TrainOperator(DlagentOperator):
 
     template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "overrides", "data_options", "controller", "warm_start")
     ui_color = "#fde8d8"
+    step = names.STEP_TRAIN
 
     def __init__(self, *, dataset: str = "digits", train_config: dict | None = None, overrides: dict | None = None,
                  data_options: dict | None = None, controller: dict | None = None, warm_start: str | None = None, **kwargs):
@@ -65,7 +66,7 @@ class TrainOperator(DlagentOperator):
         if warm_start:
             initial_model = load_checkpoint(self.hook.client, warm_start)
             self.log.info("warm start: continuing from %s for %d more epochs", warm_start, config.epochs)
-        with self.step_run(context, names.STEP_TRAIN) as run_id:
+        with self.step_run(context) as run_id:
             if warm_start:
                 self.hook.client.set_tag(run_id, names.WARM_START_TAG, warm_start)
             result, model_uri = train(splits, config, client=self.hook.client, run_id=run_id, callbacks=callbacks,
