@@ -205,8 +205,12 @@ class DlagentOperator(BaseOperator):
         return run_id
 
     @contextmanager
-    def step_run(self, context):
-        """Yield this task's child run id (step :attr:`step`); end it FINISHED, or FAILED when the step raises."""
+    def step_run(self, context, step: str | None = None):
+        """Yield this task's child run id; end it FINISHED, or FAILED when the step raises.
+
+        ``step`` names what the run does (tag ``dlagent.step``), by default :attr:`step`; only an
+        operator that declares :attr:`step` has its finished results recorded and reused."""
+        step = step or self.step
         from dlagent.ml.tracking import find_or_create_run, run_key
 
         ids = airflow_ids(context)
@@ -217,11 +221,11 @@ class DlagentOperator(BaseOperator):
             self.hook.client, experiment_id,
             run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]),
             run_name=f"{ids['task_id']}{suffix}",
-            tags={**airflow_tags(ids), names.STEP_TAG: self.step},
+            tags={**airflow_tags(ids), names.STEP_TAG: step},
             parent_run_id=parent,
         )
         _push_run_ref(context, MLFLOW_RUN_XCOM, experiment_id, run_id)  # before the work: a failed task links too
-        self.log.info("MLflow %s run %s (%s) under parent %s at %s", self.step, run_id, "new" if created else "continued", parent,
+        self.log.info("MLflow %s run %s (%s) under parent %s at %s", step, run_id, "new" if created else "continued", parent,
                       redact_url(self.hook.tracking_uri))
         try:
             yield run_id
