@@ -151,14 +151,11 @@ class DlagentOperator(BaseOperator):
             return None
 
     def _read_recorded_result(self, context) -> dict | None:
-        from dlagent.ml.tracking import run_key
-
         client = self.hook.client
         experiment = client.get_experiment_by_name(self.experiment_name)  # never created by a look-up
         if experiment is None:
             return None
-        ids = airflow_ids(context)
-        run = names.find_run(client, experiment.experiment_id, run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]))
+        run = names.find_run(client, experiment.experiment_id, _step_key(context))
         if run is None or run.info.status != "FINISHED" or names.RESULT_INPUTS_TAG not in run.data.tags:
             return None
         run_id = run.info.run_id
@@ -210,16 +207,15 @@ class DlagentOperator(BaseOperator):
 
         ``step`` names what the run does (tag ``dlagent.step``), by default :attr:`step`; only an
         operator that declares :attr:`step` has its finished results recorded and reused."""
-        step = step or self.step
-        from dlagent.ml.tracking import find_or_create_run, run_key
+        from dlagent.ml.tracking import find_or_create_run
 
+        step = step or self.step
         ids = airflow_ids(context)
         parent = self.parent_run_id(context)
         experiment_id = self.hook.get_experiment_id(self.experiment_name)
         suffix = f"[{ids['map_index']}]" if ids["map_index"] >= 0 else ""
         run_id, created = find_or_create_run(
-            self.hook.client, experiment_id,
-            run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"]),
+            self.hook.client, experiment_id, _step_key(context),
             run_name=f"{ids['task_id']}{suffix}",
             tags={**airflow_tags(ids), names.STEP_TAG: step},
             parent_run_id=parent,
@@ -234,6 +230,14 @@ class DlagentOperator(BaseOperator):
             raise
         self.hook.client.set_terminated(run_id, status="FINISHED")
         self._finished_step_run = run_id
+
+
+def _step_key(context) -> str:
+    """The idempotency key of this task instance's child run (what ``step_run`` finds it by)."""
+    from dlagent.ml.tracking import run_key
+
+    ids = airflow_ids(context)
+    return run_key(ids["dag_id"], ids["run_id"], ids["task_id"], ids["map_index"])
 
 
 def _plain(value):
