@@ -43,10 +43,32 @@ def data_roots() -> list[str]:
 
 def default_data_roots() -> list[str]:
     """``$DLAGENT_HOME/data`` and the project's ``include/`` folder (beside the DAGs folder, as on an
-    Astro-style image; Airflow's ``[core] dags_folder`` from its environment variable, else
-    ``$AIRFLOW_HOME/dags``)."""
+    Astro-style image)."""
+    return [str(dlagent_home() / "data"), str(project_root() / "include")]
+
+
+def project_root() -> Path:
+    """The folder holding ``dags/`` and ``include/``: the parent of Airflow's ``[core] dags_folder``
+    (from its environment variable, else ``$AIRFLOW_HOME/dags``). ``include.<module>`` model
+    builders are imported from here."""
     dags = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or str(Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "dags")
-    return [str(dlagent_home() / "data"), str(Path(dags).expanduser().resolve().parent / "include")]
+    return Path(dags).expanduser().resolve().parent
+
+
+DEFAULT_MODEL_MODULES = ("include.",)
+
+
+def model_modules() -> list[str]:
+    """Module prefixes a ``model`` setting of the form ``module:function`` may import a builder from.
+
+    ``DLAGENT_MODEL_MODULES`` (comma-separated; ``pkg.`` allows every module under ``pkg``,
+    ``pkg.mod`` that module and its sub-modules). Unset: ``include.`` only, the project's own
+    folder. The built-in models (``mlp``, ``cnn``, ``resnet``) are always allowed. A trigger form is
+    not a code-upload form: naming a module runs its top-level code in the worker, so only modules
+    the deployment chose may be named.
+    """
+    value = os.environ.get("DLAGENT_MODEL_MODULES", "").strip()
+    return [p.strip() for p in value.split(",") if p.strip()] or list(DEFAULT_MODEL_MODULES)
 
 
 def redact_url(url: str) -> str:

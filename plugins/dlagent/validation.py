@@ -80,16 +80,19 @@ def settings_from_dict(cls, values, *, section: str, prefix: str = "", what: str
 # same numbers (:func:`field_bounds`), so no two places can disagree on a limit.
 
 BOUNDS_KEY = "dlagent.bounds"
-KINDS = ("int", "number", "choice", "bool", "str")
+KINDS = ("int", "number", "choice", "bool", "str", "object")
+MAX_OBJECT_KEYS = 64  # an ``object`` setting (e.g. ``model_args``): a handful of named values, not a data file
 
 
 class Bounds:
     """The limits of one setting: its kind, range or choices, and the words of the trigger form."""
 
-    __slots__ = ("kind", "low", "high", "low_open", "high_open", "choices", "optional", "title", "description", "fix")
+    __slots__ = ("kind", "low", "high", "low_open", "high_open", "choices", "optional", "title", "description", "fix", "pattern",
+                 "examples")
 
     def __init__(self, kind: str, *, low=None, high=None, low_open: bool = False, high_open: bool = False, choices=None,
-                 optional: bool = False, title: str | None = None, description: str | None = None, fix: str | None = None):
+                 optional: bool = False, title: str | None = None, description: str | None = None, fix: str | None = None,
+                 pattern: str | None = None, examples=None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if kind == "number" and (low is None or high is None):
@@ -101,6 +104,8 @@ class Bounds:
         self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
         self.choices = tuple(choices) if choices is not None else None
         self.optional, self.title, self.description, self.fix = optional, title, description, fix
+        self.pattern = pattern  # a ``str``: the regular expression the whole value must match
+        self.examples = tuple(examples) if examples is not None else None  # a ``str``: the form's suggestions
 
     def check(self, field: str, value):
         """Return ``value`` when it is within bounds, else raise :class:`ConfigError` naming ``field``."""
@@ -117,13 +122,20 @@ class Bounds:
             if not isinstance(value, bool):
                 raise ConfigError(field, f"must be true or false, got {value!r}.", self.fix or "give true or false.")
             return value
+        if self.kind == "object":
+            return check_json_object(field, value, fix=self.fix)
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(field, f"must be a non-empty string, got {value!r}.", self.fix or "give a name.")
+        if self.pattern is not None:
+            import re
+
+            if not re.fullmatch(self.pattern, value):
+                raise ConfigError(field, f"{value!r} is not of the expected form.", self.fix or f"match {self.pattern}.")
         return value
 
     def json_schema(self) -> dict:
         """The JSON-schema keywords of this setting (what an Airflow ``Param`` validates)."""
-        base = {"int": "integer", "number": "number", "choice": None, "bool": "boolean", "str": "string"}[self.kind]
+        base = {"int": "integer", "number": "number", "choice": None, "bool": "boolean", "str": "string", "object": "object"}[self.kind]
         schema: dict = {}
         if self.kind == "choice":
             kinds = sorted({_json_type(c) for c in self.choices})
@@ -136,6 +148,10 @@ class Bounds:
                 schema["exclusiveMaximum" if self.high_open else "maximum"] = self.high
         if self.kind == "str":
             schema["minLength"] = 1
+            if self.pattern is not None:
+                schema["pattern"] = self.pattern
+            if self.examples:
+                schema["examples"] = list(self.examples)
         types = base if isinstance(base, list) else [base]
         schema["type"] = (["null", *types] if self.optional else (types[0] if len(types) == 1 else types))
         return schema
@@ -151,11 +167,36 @@ def _json_type(value) -> str:
     return "string"
 
 
+def check_json_object(field: str, value, *, fix: str | None = None) -> dict:
+    """A JSON object of named plain values: string keys (identifiers), values that are numbers,
+    strings, booleans, null or lists of those (what a trigger form, an MLflow param and an Optuna
+    trial can all carry)."""
+    fix = fix or 'give e.g. {"width": 64, "activation": "relu"}.'
+    if not isinstance(value, dict):
+        raise ConfigError(field, f"must be a JSON object, got {type(value).__name__}.", fix)
+    if len(value) > MAX_OBJECT_KEYS:
+        raise ConfigError(field, f"has {len(value)} keys; at most {MAX_OBJECT_KEYS}.", fix)
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(field, f"key {key!r} is not a name (letters, digits and _, not starting with a digit).", fix)
+        items = item if isinstance(item, list) else [item]
+        for one in items:
+            if one is not None and not isinstance(one, (bool, int, float, str)) or (isinstance(one, float) and not math.isfinite(one)):
+                raise ConfigError(f"{field}.{key}", f"must be a number, string, boolean, null or a list of those, got {type(one).__name__}.", fix)
+    return value
+
+
 def bounded(default, kind: str, **bounds):
-    """A dataclass field whose limits are declared once (see :class:`Bounds`)."""
+    """A dataclass field whose limits are declared once (see :class:`Bounds`).
+
+    A mutable default (a dict or a list) becomes a factory of copies, as dataclasses require."""
+    import copy
     import dataclasses
 
-    return dataclasses.field(default=default, metadata={BOUNDS_KEY: Bounds(kind, **bounds)})
+    metadata = {BOUNDS_KEY: Bounds(kind, **bounds)}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def field_bounds(cls, name: str) -> Bounds:
@@ -175,7 +216,7 @@ def field_default(cls, name: str):
 
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return f.default
+            return f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING else f.default
     raise KeyError(f"{cls.__name__} has no field {name!r}")
 
 

@@ -63,7 +63,10 @@ def test_dag_file_parses_without_heavy_imports(dag_file):
     [
         ({"epochs": 0}, "epochs"),
         ({"learning_rate": -0.1}, "learning_rate"),
-        ({"model": "resnet"}, "model"),
+        ({"model": "vgg"}, "model"),
+        ({"model": "include/models/example.py"}, "model"),
+        ({"model_args": [64]}, "model_args"),
+        ({"augment": "yes"}, "augment"),
         ({"batch_size": "big"}, "batch_size"),
         ({"dropout": 1.5}, "dropout"),
         ({"max_samples": 5}, "max_samples"),

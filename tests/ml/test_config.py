@@ -15,7 +15,14 @@ from dlagent.ml.config import TrainConfig
         ({"learning_rate": 0}, "learning_rate"),
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"batch_size": True}, "batch_size"),
-        ({"model": "resnet"}, "model"),
+        ({"model": "vgg"}, "model"),
+        ({"model": "include.models.example"}, "model"),
+        ({"model": "include/models/example.py:build"}, "model"),
+        ({"model": "os:system; rm"}, "model"),
+        ({"model_args": {"width": {"nested": 1}}}, "model_args.width"),
+        ({"model_args": {"not a name": 1}}, "model_args"),
+        ({"model_args": [1, 2]}, "model_args"),
+        ({"augment": "yes"}, "augment"),
         ({"optimizer": "adamw"}, "optimizer"),
         ({"dropout": 1.0}, "dropout"),
         ({"lr": 0.1}, "lr"),
@@ -33,3 +40,15 @@ def test_replace_validates_and_round_trips():
     assert TrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError):
         config.replace(units=0)
+
+
+def test_model_args_fold_dotted_keys_and_round_trip_through_mlflow_params():
+    from dlagent.agent.observe import train_params
+
+    config = TrainConfig.from_dict({"model": "include.models.example:build", "model_args": {"width": 32, "act": "relu"},
+                                    "model_args.width": 64, "model_args.gated": True})
+    assert config.model_args == {"width": 64, "act": "relu", "gated": True}
+    params = config.to_params()
+    assert params["model_args.width"] == "64" and params["model_args.act"] == "relu" and params["model_args.gated"] == "true"
+    assert "model_args" not in params
+    assert TrainConfig.from_dict(train_params({k: str(v) for k, v in params.items()})) == config

@@ -99,6 +99,25 @@ def test_bad_input_fails_without_retry_and_before_any_run(mlflow_uri, kwargs, wo
     assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None  # nothing was started
 
 
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        ("this:build", "is not on the model allow-list"),
+        ("include.models.missing:build", "cannot be found"),
+        ("include.models.example:DEFAULTS", "not a function"),
+        ("tests.ml.builders_for_tests:returns_dict", "not a keras.Model"),
+        ("tests.ml.builders_for_tests:three_outputs", "the data needs (None, 10)"),
+    ],
+)
+def test_a_broken_model_builder_is_refused_by_the_first_task_before_any_run(mlflow_uri, monkeypatch, model, words):
+    monkeypatch.setenv("DLAGENT_MODEL_MODULES", "include.,tests.ml.builders_for_tests")
+    validate = ValidateInputsOperator(task_id="validate_inputs", train_config={**TRAIN, "model": model}, experiment_name="exp", **TINY)
+    with pytest.raises(AirflowFailException, match="invalid input") as error:
+        validate.execute(make_context("validate_inputs"))
+    assert "invalid input: model: " in str(error.value) and words in str(error.value)
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None  # no parent run, no study, no registry call
+
+
 def test_validate_then_finish_closes_the_parent_run(mlflow_uri):
     validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp", **TINY)
     out = validate.execute(make_context("validate_inputs"))

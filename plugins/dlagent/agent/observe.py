@@ -349,13 +349,19 @@ def train_params(params: dict) -> dict:
     """The MLflow params of a run that are training settings, typed as the settings (str -> int/float)."""
     from dlagent.ml.config import TrainConfig
 
+    from dlagent.ml.config import MODEL_ARGS_PREFIX, model_arg_from_param
+
     declared = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-    out = {}
+    out, model_args = {}, {}
     for key in sorted(params):
-        if key in declared:
+        if key in declared and key != "model_args":
             value = _typed(params[key], declared[key])
             if value is not None:
                 out[key] = value
+        elif key.startswith(MODEL_ARGS_PREFIX):
+            model_args[key[len(MODEL_ARGS_PREFIX):]] = model_arg_from_param(params[key])
+    if model_args:
+        out["model_args"] = model_args
     return out
 
 

@@ -161,7 +161,7 @@ class Candidate:
 
 
 def prunable_kernels(model) -> list:
-    """``(layer, kernel_variable)`` for every Dense/Conv layer of ``model`` (nested models too)."""
+    """``(layer, kernel_variable)`` for every Dense/Conv layer of ``model`` (nested models and custom layers too)."""
     found = []
     for layer in _walk_layers(model):
         if type(layer).__name__ in PRUNABLE_LAYERS and getattr(layer, "kernel", None) is not None:
@@ -170,6 +170,12 @@ def prunable_kernels(model) -> list:
 
 
 def _walk_layers(model):
+    """Every layer inside ``model``, depth first: nested models, and the sub-layers of a custom
+    layer (a user's builder may keep Dense layers inside its own layer class)."""
+    flatten = getattr(model, "_flatten_layers", None)  # Keras 3's own walk of the layer tree
+    if flatten is not None:
+        yield from flatten(include_self=False, recursive=True)
+        return
     for layer in getattr(model, "layers", []):
         if hasattr(layer, "layers") and layer is not model:
             yield from _walk_layers(layer)

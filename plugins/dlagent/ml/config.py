@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from dlagent.validation import bounded, check_fields, field_bounds, settings_from_dict
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "resnet")  # the built-in architectures (dlagent.ml.models)
+#: A built-in name, or ``package.module:function``: a user's builder (dlagent.ml.builders).
+MODEL_PATTERN = r"^(mlp|cnn|resnet|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
+MODEL_ARGS_PREFIX = "model_args."  # search spaces and MLflow params name a model argument ``model_args.<key>``
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
 MAX_SEED = 2**31 - 1
@@ -21,8 +24,14 @@ MAX_SEED = 2**31 - 1
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = bounded("cnn", "choice", choices=MODELS, title="Model",
-                         description="'cnn' for images, 'mlp' for images or tabular data.")
+    model: str = bounded("cnn", "str", pattern=MODEL_PATTERN, examples=MODELS, title="Model",
+                         description="'cnn' for small images, 'resnet' for larger colour images, 'mlp' for any data, or your "
+                                     "own builder 'package.module:function' (e.g. 'include.models.example:build'; see "
+                                     "DLAGENT_MODEL_MODULES).",
+                         fix="give 'mlp', 'cnn', 'resnet' or a builder 'package.module:function'.")
+    model_args: dict = bounded({}, "object", title="Model arguments (JSON)",
+                               description="Arguments of your own model builder (its hp dict), e.g. {\"width\": 64}; a search "
+                                           "space tunes one as 'model_args.<key>'. The built-in models ignore it.")
     epochs: int = bounded(20, "int", low=1, high=MAX_EPOCHS, title="Epochs",
                           description="Maximum training epochs; early stopping may end sooner.")
     batch_size: int = bounded(32, "int", low=1, high=65_536, title="Batch size", description="Samples per gradient step.")
@@ -36,6 +45,9 @@ class TrainConfig:
                            description="Filters of the first convolution of 'cnn' (the second has twice as many).")
     dropout: float = bounded(0.2, "number", low=0.0, high=1.0, high_open=True, title="Dropout",
                              description="Dropout rate before the dense layer, in [0, 1).")
+    augment: bool = bounded(False, "bool", title="Augment images",
+                            description="Random flips, shifted crops, small rotations and contrast changes of training images "
+                                        "('cnn' and 'resnet'; Keras preprocessing layers, active only while training).")
     early_stopping_patience: int = bounded(5, "int", low=0, high=10_000, title="Early-stopping patience",
                                            description="Epochs without validation-loss improvement before stopping; 0 turns it off.")
     seed: int = bounded(42, "int", low=0, high=MAX_SEED, title="Seed",
@@ -46,7 +58,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """Build from a dict (Params, a plan, best trial params); unknown keys are refused."""
+        """Build from a dict (Params, a plan, best trial params); unknown keys are refused.
+
+        Keys ``model_args.<key>`` (a tuned model argument, an MLflow param) are folded into
+        ``model_args``, later ones winning over the ``model_args`` object itself.
+        """
+        if isinstance(values, dict) and any(isinstance(k, str) and k.startswith(MODEL_ARGS_PREFIX) for k in values):
+            values = dict(values)
+            base = values.get("model_args")
+            folded = {k[len(MODEL_ARGS_PREFIX):]: values.pop(k) for k in list(values) if isinstance(k, str) and k.startswith(MODEL_ARGS_PREFIX)}
+            values["model_args"] = {**(base if isinstance(base, dict) else {}), **folded}
         return settings_from_dict(cls, values, section="train", prefix="", what="training setting")
 
     @classmethod
@@ -59,3 +80,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_params(self) -> dict:
+        """Flat MLflow params: every setting, each model argument as ``model_args.<key>``."""
+        flat = {k: v for k, v in self.to_dict().items() if k != "model_args"}
+        return {**flat, **{f"{MODEL_ARGS_PREFIX}{k}": model_arg_to_param(v) for k, v in sorted(self.model_args.items())}}
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.model in MODELS
+
+
+def model_arg_to_param(value) -> str:
+    """A model argument as an MLflow param: a string as it is, anything else as JSON."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def model_arg_from_param(text: str):
+    """The inverse of :func:`model_arg_to_param` (a string that reads as JSON comes back as its value)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -7,7 +7,9 @@ file and class labels inside the same logged model (``tflite/model.tflite``,
 client: nothing sets MLflow's process-wide tracking URI, so two tasks (or two threads) talking
 to two servers never cross.
 
-Loading is always in Keras safe mode: a model file that carries Python code is refused.
+Loading is always in Keras safe mode: a model file that carries Python code is refused. The
+modules of registered custom layers (a user's builder, :mod:`dlagent.ml.builders`) are imported
+first, when the model allow-list permits them.
 
 MLflow 3.17 caveats worked around here: ``mlflow.keras.log_model`` logs through the process-wide
 tracking URI and its ``input_example`` fails (the example is written before the model folder
@@ -142,9 +144,12 @@ def load_keras_model(client, model_uri: str):
     """
     import mlflow
 
+    from dlagent.ml.builders import import_custom_modules
+
     logged = resolve_logged_model(client, model_uri)
     with tempfile.TemporaryDirectory(prefix="dlagent-load-") as tmp:
         local = download(client, logged.artifact_location, tmp)
+        import_custom_modules(local)  # registered custom layers of a user's builder
         try:
             return mlflow.keras.load_model(local, load_model_kwargs={"safe_mode": True})
         except ValueError as exc:
@@ -161,9 +166,12 @@ def load_checkpoint(client, checkpoint_uri: str):
     artifact) in Keras safe mode; a missing or unreadable one raises :class:`ConfigError`."""
     import keras
 
+    from dlagent.ml.builders import import_custom_modules
+
     try:
         with tempfile.TemporaryDirectory(prefix="dlagent-checkpoint-") as tmp:
             path = download(client, checkpoint_uri, tmp)
+            import_custom_modules(path, field="warm_start")
             return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ConfigError:
         raise

@@ -11,41 +11,106 @@ from dlagent.ml.tflite import padded_batches
 
 
 def check_model_input(model: str, input_shape: tuple[int, ...]) -> None:
-    """Refuse a model that cannot take samples of ``input_shape`` (no Keras needed: checked at the edge).
+    """Refuse a built-in model that cannot take samples of ``input_shape`` (no Keras needed: checked at the edge).
 
-    ``cnn`` needs images, ``(height, width[, channels])`` with height and width >= 2 (it pools
-    by 2); ``mlp`` flattens any shape.
+    ``cnn`` and ``resnet`` need images, ``(height, width[, channels])`` with height and width
+    >= 2 (they pool by 2); ``mlp`` flattens any shape. A user's builder is checked by building
+    it (:func:`dlagent.ml.builders.check_model_on_data`).
     """
     shape = tuple(int(d) for d in input_shape)
-    if model == "cnn" and (len(shape) not in (2, 3) or min(shape[:2]) < 2):
+    if model in IMAGE_MODELS and (len(shape) not in (2, 3) or min(shape[:2]) < 2):
         raise ConfigError(
             "model",
-            f"'cnn' needs image data of shape (height, width[, channels]) with height and width >= 2, got samples of shape {shape}.",
+            f"{model!r} needs image data of shape (height, width[, channels]) with height and width >= 2, got samples of shape {shape}.",
             "use model 'mlp' for tabular data (csv:, or npz: with one feature row per sample).",
         )
 
 
-def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int):
-    """Return an uncompiled Keras model for ``config.model`` (``mlp`` or ``cnn``)."""
+IMAGE_MODELS = ("cnn", "resnet")
+
+
+def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None):
+    """Return an uncompiled Keras model for ``config.model``: a built-in (``mlp``, ``cnn``,
+    ``resnet``) or the user's builder ``package.module:function`` called with ``config.model_args``."""
     import keras
     from keras import layers
 
+    if not config.is_builtin:
+        from dlagent.ml.builders import build_user_model
+
+        return build_user_model(config.model, config.model_args, input_shape, num_classes, "classification",
+                                allowed_modules=allowed_modules)
     check_model_input(config.model, input_shape)
     inputs = keras.Input(shape=input_shape, name="features")
-    if config.model == "cnn":
+    if config.model in IMAGE_MODELS:
         x = layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 2 else inputs
-        small = min(input_shape[:2]) < 16  # 8x8 digits: one pooling step less
-        x = layers.Conv2D(config.filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
-        x = layers.Conv2D(config.filters * 2, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x) if not small else x
-        x = layers.Flatten()(x)
+        if config.augment:
+            x = augmentation(x, input_shape)
+        x = _cnn_features(x, config, input_shape) if config.model == "cnn" else _resnet_features(x, config)
     else:
         x = layers.Flatten()(inputs)
     x = layers.Dropout(config.dropout)(x)
     x = layers.Dense(config.units, activation="relu")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"dlagent_{config.model}")
+
+
+def augmentation(x, input_shape: tuple[int, ...]):
+    """Random horizontal flips, shifted crops (pad by 1/8, crop back), small rotations and contrast
+    changes: Keras preprocessing layers, which act only in training (at inference they pass the
+    image through, so evaluation, TFLite and serving see the images as given)."""
+    from keras import layers
+
+    pad = max(1, int(input_shape[0]) // 8)
+    x = layers.RandomFlip("horizontal", name="augment_flip")(x)
+    x = layers.RandomTranslation(pad / int(input_shape[0]), pad / int(input_shape[1]), fill_mode="constant", name="augment_crop")(x)
+    x = layers.RandomRotation(0.05, fill_mode="constant", name="augment_rotation")(x)
+    return layers.RandomContrast(0.2, name="augment_contrast")(x)
+
+
+def _cnn_features(x, config: TrainConfig, input_shape):
+    from keras import layers
+
+    small = min(input_shape[:2]) < 16  # 8x8 digits: one pooling step less
+    x = layers.Conv2D(config.filters, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(config.filters * 2, 3, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x) if not small else x
+    return layers.Flatten()(x)
+
+
+RESNET_STAGES = 3  # filters, 2x filters, 4x filters; each stage after the first halves the image
+
+
+def _resnet_features(x, config: TrainConfig):
+    """A small residual network (He et al. 2016, the CIFAR variant): a 3x3 stem, then
+    :data:`RESNET_STAGES` stages of one residual block each (two 3x3 convolutions with batch
+    normalisation; a 1x1 projection where the shape changes), global average pooling."""
+    from keras import layers
+
+    x = layers.Conv2D(config.filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    for stage in range(RESNET_STAGES):
+        filters = config.filters * 2**stage
+        downsample = stage > 0 and min(x.shape[1], x.shape[2]) >= 4
+        x = _residual_block(x, filters, stride=2 if downsample else 1)
+    return layers.GlobalAveragePooling2D()(x)
+
+
+def _residual_block(x, filters: int, *, stride: int):
+    from keras import layers
+
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    y = layers.BatchNormalization()(y)
+    y = layers.Activation("relu")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization()(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization()(shortcut)
+    return layers.Activation("relu")(layers.Add()([shortcut, y]))
 
 
 def build_optimizer(config: TrainConfig):

@@ -131,7 +131,7 @@ def train(
     from dlagent.ml.callbacks import MLflowEpochLogger
     from dlagent.ml.model_store import log_keras_model
 
-    tracking.log_params_safely(client, run_id, {**config.to_dict(), **_data_params(splits)})
+    tracking.log_params_safely(client, run_id, {**config.to_params(), **_data_params(splits)})
     result = fit(splits, config, callbacks=[*callbacks, MLflowEpochLogger(client, run_id)], initial_model=initial_model)
     tracking.log_metrics(client, run_id, result.metrics())
     log.info(

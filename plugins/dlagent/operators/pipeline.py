@@ -16,7 +16,8 @@ class ValidateInputsOperator(DlagentOperator):
     would otherwise be ignored silently), the training settings, the search space (when
     given), the compression candidates, the gate thresholds and the registered-model name,
     then loads the data set once (shapes, dtypes, NaN/inf, labels, class counts) and checks
-    that the model can take its samples, so a bad Param fails here with a message naming the
+    that the model can take its samples (a user's builder is imported, allow-list first, and
+    built once on the data's shapes), so a bad Param fails here with a message naming the
     field, not minutes later after tuning and training.
 
     :param allow_unknown_conf: accept conf keys that are not Params of the DAG (default: refused).
@@ -44,7 +45,7 @@ class ValidateInputsOperator(DlagentOperator):
         from dlagent.ml import tracking
         from dlagent.ml.config import TrainConfig
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.models import check_model_input
+        from dlagent.ml.builders import check_model_on_data
 
         self._check_conf_keys(context)
         if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
@@ -53,11 +54,11 @@ class ValidateInputsOperator(DlagentOperator):
         config = TrainConfig.from_dict(self.train_config or {})
         self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
-        check_model_input(config.model, splits.input_shape)
+        model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules())
         parent = self.parent_run_id(context)
-        tracking.log_params_safely(self.hook.client, parent, {**config.to_dict(), "dataset": self.dataset})
+        tracking.log_params_safely(self.hook.client, parent, {**config.to_params(), "dataset": self.dataset})
         summary = splits.summary()
-        self.log.info("inputs valid: %s; MLflow parent run %s", summary, parent)
+        self.log.info("inputs valid: %s; model %s; MLflow parent run %s", summary, model, parent)
         return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
 
     def _check_conf_keys(self, context) -> None:

@@ -16,7 +16,7 @@ from dlagent.ml import tuning
         (lambda: tuning.make_pruner("asha", 1, 10), "pruner"),
         (lambda: tuning.make_pruner("hyperband", 5, 3), "min_resource"),
         (lambda: tuning.make_pruner("median", 0, 3), "min_resource"),
-        (lambda: tuning.default_search_space("resnet"), "model"),
+        (lambda: tuning.default_search_space("vgg"), "model"),
         (lambda: tuning.make_storage("optuna.db"), "storage_url"),
         (lambda: tuning.make_storage("sqlite://", heartbeat_interval=5, grace_period=5), "grace_period"),
     ],

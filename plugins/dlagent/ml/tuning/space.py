@@ -7,7 +7,8 @@ One format everywhere (Params, agent plans, the tuner)::
      "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]}}
 
 Names are :class:`~dlagent.ml.config.TrainConfig` fields; every bound and choice must itself
-be a valid value of that field. :func:`narrow_search_space` builds the space of an agent's next
+be a valid value of that field. ``model_args.<key>`` tunes an argument of the user's own model
+builder (:mod:`dlagent.ml.builders`): any JSON value the builder accepts. :func:`narrow_search_space` builds the space of an agent's next
 tuning round around the best trial, within the same fields' declared limits.
 """
 
@@ -18,7 +19,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import TrainConfig
+from dlagent.ml.config import MODEL_ARGS_PREFIX, TrainConfig
 
 if TYPE_CHECKING:
     import optuna
@@ -55,14 +56,19 @@ def validate_search_space(space) -> dict:
         raise ConfigError("search_space", f"must be a JSON object of parameter specs, got {type(space).__name__}.", _EXAMPLE)
     if not space:
         raise ConfigError("search_space", "is empty: every trial would train the same model.", "add at least one parameter to tune.")
-    fields = list(TrainConfig.__dataclass_fields__)
+    fields = [f for f in TrainConfig.__dataclass_fields__ if f != "model_args"]
     normalised = {}
     for name, spec in space.items():
         field = f"search_space.{name}"
-        if name not in fields:
-            raise ConfigError(field, f"{name!r} is not a training setting (known: {fields}).", "use one of the known names, spelled as in the training Params.")
+        if name not in fields and not _is_model_arg(name):
+            raise ConfigError(field, f"{name!r} is not a training setting (known: {fields}, or {MODEL_ARGS_PREFIX}<key> for an "
+                              "argument of your own model builder).", "use one of the known names, spelled as in the training Params.")
         normalised[name] = _validate_spec(field, name, spec)
     return normalised
+
+
+def _is_model_arg(name) -> bool:
+    return isinstance(name, str) and name.startswith(MODEL_ARGS_PREFIX) and name[len(MODEL_ARGS_PREFIX):].isidentifier()
 
 
 def _validate_spec(field: str, name: str, spec) -> dict:
@@ -133,7 +139,10 @@ def _step(field: str, kind: str, step, low, high, log_scale: bool):
 
 
 def _check_value_for_field(field: str, name: str, value, what: str) -> None:
-    """A bound or choice must be a valid value of the training setting it tunes."""
+    """A bound or choice must be a valid value of the training setting it tunes (a model argument
+    is the builder's to check: the first trial's build reports it)."""
+    if _is_model_arg(name):
+        return
     try:
         TrainConfig().replace(**{name: value})
     except ConfigError as exc:
@@ -141,7 +150,9 @@ def _check_value_for_field(field: str, name: str, value, what: str) -> None:
 
 
 def default_search_space(model: str) -> dict:
-    """A sensible starting space for ``"mlp"`` or ``"cnn"`` (already valid)."""
+    """A sensible starting space for a built-in model (already valid); for a user's builder the
+    settings every model has (learning rate, batch size): its own arguments are the user's to
+    put in a search space as ``model_args.<key>``."""
     common = {
         "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
@@ -153,7 +164,11 @@ def default_search_space(model: str) -> dict:
     if model == "cnn":
         return {**common, "filters": {"type": "categorical", "choices": [16, 32, 64]},
                 "units": {"type": "int", "low": 64, "high": 256, "step": 64}}
-    raise ConfigError("model", f"no default search space for {model!r}.", "use 'mlp' or 'cnn', or give a search_space.")
+    if model == "resnet":
+        return {**common, "filters": {"type": "categorical", "choices": [8, 16, 32]},
+                "units": {"type": "int", "low": 64, "high": 256, "step": 64}}
+    TrainConfig(model=model)  # a malformed name is refused here, naming the field
+    return {name: common[name] for name in ("learning_rate", "batch_size")}
 
 
 def suggest_params(trial: optuna.trial.Trial, space: dict) -> dict:
@@ -198,7 +213,8 @@ def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list
 
     ``learning_rate`` in [best / ``width``, best x ``width``] on a log scale; ``dropout`` and
     ``momentum`` +-0.1; ``units``, ``filters`` and ``batch_size`` in [best / 2, best x 2] on a
-    log scale; ``model`` and ``optimizer`` fixed to the best choice. Every range stays inside
+    log scale; ``model``, ``optimizer`` and every ``model_args.<key>`` (whose limits only the
+    user's builder knows) fixed to the best choice. Every range stays inside
     the field's declared limits (:meth:`TrainConfig.bounds`), so the space is always valid.
     """
     space, notes = {}, []
@@ -221,6 +237,9 @@ def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list
             if low < high:
                 space[name] = {"type": "int", "low": low, "high": high, "log": True}
                 notes.append(f"{name} in [{low}, {high}] (log, best {value} /2 x2)")
+        elif _is_model_arg(name) and (value is None or isinstance(value, (bool, int, float, str))):
+            space[name] = {"type": "categorical", "choices": [value]}
+            notes.append(f"{name} fixed to {value!r}")
         elif name in CATEGORICALS:
             try:
                 TrainConfig.from_dict({name: value})

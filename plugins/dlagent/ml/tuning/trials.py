@@ -42,7 +42,7 @@ class TrialTracker:
                 self.client, self.experiment_id, self.key(trial.number), run_name=f"trial-{trial.number}",
                 tags=tags, parent_run_id=self.parent_run_id,
             )
-            tracking.log_params_safely(self.client, run_id, config.to_dict())
+            tracking.log_params_safely(self.client, run_id, config.to_params())
             trial.set_user_attr("mlflow_run_id", run_id)
             return run_id
         except Exception as exc:  # noqa: BLE001 - logging never kills training

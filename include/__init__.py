@@ -1,0 +1,1 @@
+"""The project's own code and files beside dags/ and plugins/ (model builders: include.models)."""

@@ -1,0 +1,1 @@
+"""Model builders of this project: name one in the ``model`` setting as ``include.models.<module>:<function>``."""
