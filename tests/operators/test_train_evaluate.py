@@ -114,7 +114,7 @@ def test_a_broken_model_builder_is_refused_by_the_first_task_before_any_run(mlfl
     validate = ValidateInputsOperator(task_id="validate_inputs", train_config={**TRAIN, "model": model}, experiment_name="exp", **TINY)
     with pytest.raises(AirflowFailException, match="invalid input") as error:
         validate.execute(make_context("validate_inputs"))
-    assert "invalid input: model: " in str(error.value) and words in str(error.value)
+    assert "nothing was run: model: " in str(error.value) and words in str(error.value)
     assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None  # no parent run, no study, no registry call
 
 
