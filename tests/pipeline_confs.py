@@ -12,5 +12,9 @@ TINY_SPACE = {"learning_rate": {"type": "float", "low": 0.001, "high": 0.03, "lo
 TINY_CONF = {"max_samples": 300, "epochs": 4, "model": "mlp", "experiment_name": "e2e",
              "n_trials": 3, "tuning_workers": 2, "search_space": TINY_SPACE, "tune_trial_epochs": 3,
              "tune_min_trial_epochs": 2}
+#: The same tiny run with the user's example builder (include/models/example.py), one of its model
+#: arguments tuned next to the learning rate.
+BUILDER_SPACE = {"learning_rate": TINY_SPACE["learning_rate"], "model_args.width": {"type": "int", "low": 16, "high": 64}}
+BUILDER_CONF = {**TINY_CONF, "model": "include.models.example:build", "model_args": {"depth": 1}, "search_space": BUILDER_SPACE}
 LIVE_CANDIDATES = [{"quantization": "dynamic"}, {"quantization": "int8", "sparsity": 0.5}]
 LIVE_CONF = {**TINY_CONF, "experiment_name": "live", "compression_candidates": LIVE_CANDIDATES}

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import PROJECT_DIR
-from tests.pipeline_confs import TINY_CONF
+from tests.pipeline_confs import BUILDER_CONF, TINY_CONF
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def _pipeline_runs(mlflow_uri: str) -> dict:
     return {r.data.tags.get("airflow.task_id", "parent"): r for r in runs}
 
 
-def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
+def _assert_finished_pipeline(result, mlflow_uri, optuna_url, conf=TINY_CONF):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = _pipeline_runs(mlflow_uri)
     assert {"parent", "train", "evaluate"} <= set(runs)
@@ -62,7 +62,7 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     for step in ("train", "evaluate"):
         assert runs[step].data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert runs[step].info.status == "FINISHED"
-    assert runs["train"].data.params["model"] == "mlp"  # the conf reached the training task
+    assert runs["train"].data.params["model"] == conf["model"]  # the conf reached the training task
 
     # tune: one study named from the DAG run, exactly n_trials finished trials from both workers
     import optuna
@@ -71,19 +71,22 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     assert name.startswith("dl_agent_pipeline.")
     study = optuna.load_study(study_name=name, storage=optuna_url)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == TINY_CONF["n_trials"]
+    assert len(finished) == conf["n_trials"]
     client = MlflowClient(mlflow_uri)
     trial_runs = client.search_runs([parent.info.experiment_id], f"tags.`optuna.study` = '{name}' and tags.`optuna.trial_number` != ''")
     assert {r.data.tags["airflow.map_index"] for r in trial_runs} <= {"0", "1"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trial_runs)
-    assert {r.data.params["epochs"] for r in trial_runs} == {str(TINY_CONF["tune_trial_epochs"])}  # the Param capped every trial
-    assert study.user_attrs["dlagent.settings"]["min_resource"] == TINY_CONF["tune_min_trial_epochs"]  # the pruner's first rung
+    assert {r.data.params["epochs"] for r in trial_runs} == {str(conf["tune_trial_epochs"])}  # the Param capped every trial
+    assert study.user_attrs["dlagent.settings"]["min_resource"] == conf["tune_min_trial_epochs"]  # the pruner's first rung
+    for name, spec in conf["search_space"].items():  # every trial trained with its sampled values, model arguments too
+        assert all(spec.get("low", 0) <= float(r.data.params[name]) <= spec.get("high", 1) for r in trial_runs), name
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     # the agent's plan (decisions.json of the agent_plan run) re-parameterized training: the
     # final training run's MLflow params are the conf, then the best trial's, then the plan's
     plan = json.loads(Path(client.download_artifacts(runs["agent_plan"].info.run_id, "decisions.json")).read_text())
     assert plan["reasons"] and runs["agent_plan"].data.params.get("policy") == "rules"
-    expected = {"epochs": TINY_CONF["epochs"], "model": "mlp", **study.best_params, **plan["train"]}
+    expected = {"epochs": conf["epochs"], "model": conf["model"], **study.best_params, **plan["train"]}
+    expected.update({f"model_args.{k}": v for k, v in expected.pop("model_args", {}).items()})  # MLflow params are flat
     for name, value in expected.items():
         logged = runs["train"].data.params[name]
         assert (float(logged) == pytest.approx(value)) if isinstance(value, float) else logged == str(value), name
@@ -110,10 +113,14 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url):
     assert champion["version"] == "1" and champion["tflite_artifact"]
 
 
-def test_pipeline_on_sqlite(tmp_path):
+def test_pipeline_on_sqlite_with_a_user_model_builder(tmp_path):
+    """The user's builder from include/ (with a registered custom layer) through every step: one of
+    its model arguments tuned, the best trial's checkpoint warm-started, compressed, gated, deployed."""
     mlflow_uri, optuna_url = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     env = _stack(tmp_path, airflow_db=f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}", mlflow_uri=mlflow_uri, optuna_url=optuna_url)
-    _assert_finished_pipeline(_dags_test(env, TINY_CONF), mlflow_uri, optuna_url)
+    _assert_finished_pipeline(_dags_test(env, BUILDER_CONF), mlflow_uri, optuna_url, BUILDER_CONF)
+    train = _pipeline_runs(mlflow_uri)["train"]
+    assert train.data.params["model_args.depth"] == "1" and 16 <= int(train.data.params["model_args.width"]) <= 64
 
     # bad input: a file outside the data roots (the defaults: DLAGENT_DATA_ROOTS is unset) is refused by
     # the first task before it is opened; its first line shows nowhere; nothing trained
@@ -150,7 +157,7 @@ def test_pipeline_on_postgresql_with_the_agent_off(tmp_path, postgres_databases)
     assert runs["parent"].data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
     (name,) = optuna.get_all_study_names(optuna_db)
     finished = [t for t in optuna.load_study(study_name=name, storage=optuna_db).trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == TINY_CONF["n_trials"]  # both workers shared the PostgreSQL study, exactly n_trials
+    assert len(finished) == conf["n_trials"]  # both workers shared the PostgreSQL study, exactly n_trials
     best = {k: v for k, v in optuna.load_study(study_name=name, storage=optuna_db).best_params.items()}
     for key, value in best.items():  # the Params plus the best trial's, nothing from a plan
         logged = runs["train"].data.params[key]
