@@ -18,6 +18,7 @@ MODELS = ("mlp", "cnn", "resnet")  # the built-in architectures (dlagent.ml.mode
 MODEL_PATTERN = r"^(mlp|cnn|resnet|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
 MODEL_ARGS_PREFIX = "model_args."  # search spaces and MLflow params name a model argument ``model_args.<key>``
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+CLASS_WEIGHTS = ("none", "balanced")
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
 MAX_SEED = 2**31 - 1
 
@@ -48,6 +49,9 @@ class TrainConfig:
     augment: bool = bounded(False, "bool", title="Augment images",
                             description="Random flips, shifted crops, small rotations and contrast changes of training images "
                                         "('cnn' and 'resnet'; Keras preprocessing layers, active only while training).")
+    class_weight: str = bounded("none", "choice", choices=CLASS_WEIGHTS, title="Class weights",
+                                description="'balanced' weighs each class's loss by n_samples / (n_classes x its count), so "
+                                            "rare classes count as much as common ones; 'none' weighs every sample alike.")
     early_stopping_patience: int = bounded(5, "int", low=0, high=10_000, title="Early-stopping patience",
                                            description="Epochs without validation-loss improvement before stopping; 0 turns it off.")
     seed: int = bounded(42, "int", low=0, high=MAX_SEED, title="Seed",

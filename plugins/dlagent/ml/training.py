@@ -80,6 +80,7 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         epochs=config.epochs,
         batch_size=config.batch_size,
         callbacks=all_callbacks,
+        class_weight=class_weights(splits.y_train, splits.num_classes, config.class_weight),
         verbose=verbose,
     )
     seconds = time.perf_counter() - started
@@ -93,6 +94,15 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         log.info("no epoch beat the starting validation loss %.4f: the starting weights are kept", start_val_loss)
     return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
                        start_val_loss=start_val_loss, kept_start=kept_start)
+
+
+def class_weights(y: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """Keras ``class_weight`` for ``mode``: ``None`` for ``"none"``; for ``"balanced"`` (scikit-learn's
+    rule) ``n_samples / (n_classes x count)`` per class, so every class adds the same total weight."""
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)
+    return {c: float(len(y) / (num_classes * counts[c])) if counts[c] else 0.0 for c in range(num_classes)}
 
 
 def _check_shapes(model, splits: DatasetSplits) -> None:
