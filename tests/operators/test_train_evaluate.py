@@ -118,6 +118,21 @@ def test_a_broken_model_builder_is_refused_by_the_first_task_before_any_run(mlfl
     assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None  # no parent run, no study, no registry call
 
 
+@pytest.mark.parametrize(
+    ("init_from", "words"),
+    [
+        ("models:/dlagent-classifier@champion", "does not exist in the model registry"),
+        ("/etc/model.keras", "outside the allowed data roots"),
+    ],
+)
+def test_a_transfer_source_that_cannot_be_used_is_refused_before_any_run(mlflow_uri, init_from, words):
+    validate = ValidateInputsOperator(task_id="validate_inputs", train_config={**TRAIN, "init_from": init_from}, experiment_name="exp", **TINY)
+    with pytest.raises(AirflowFailException, match="nothing was run: init_from: ") as error:
+        validate.execute(make_context("validate_inputs"))
+    assert words in str(error.value)
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None
+
+
 def test_validate_then_finish_closes_the_parent_run(mlflow_uri):
     validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp", **TINY)
     out = validate.execute(make_context("validate_inputs"))

@@ -366,6 +366,8 @@ def train_params(params: dict) -> dict:
 
 
 def _typed(text, declared: str):
+    if "None" in declared and text in ("None", ""):
+        return None
     try:
         if declared == "int":
             return int(float(text))

@@ -16,6 +16,7 @@ from dlagent.validation import bounded, check_fields, field_bounds, settings_fro
 MODELS = ("mlp", "cnn", "resnet")  # the built-in architectures (dlagent.ml.models)
 #: A built-in name, or ``package.module:function``: a user's builder (dlagent.ml.builders).
 MODEL_PATTERN = r"^(mlp|cnn|resnet|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
+INIT_FROM_PATTERN = r"^(models:/.+|runs:/.+|.+\.keras)$"
 MODEL_ARGS_PREFIX = "model_args."  # search spaces and MLflow params name a model argument ``model_args.<key>``
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -49,6 +50,18 @@ class TrainConfig:
     augment: bool = bounded(False, "bool", title="Augment images",
                             description="Random flips, shifted crops, small rotations and contrast changes of training images "
                                         "('cnn' and 'resnet'; Keras preprocessing layers, active only while training).")
+    init_from: str | None = bounded(None, "str", optional=True, pattern=INIT_FROM_PATTERN, title="Start from (transfer learning)",
+                                    description="Fine-tune another model instead of training from scratch: models:/<name>@<alias> "
+                                                "(e.g. models:/dlagent-classifier@champion), models:/<name>/<version>, runs:/<run>/<model>,"
+                                                " or a .keras file in the data roots. Empty: from scratch.",
+                                    fix="give models:/<name>@<alias>, models:/<name>/<version>, models:/m-<id>, runs:/<run id>/<name> "
+                                        "or a path ending in .keras.")
+    freeze: float = bounded(0.5, "number", low=0.0, high=1.0, title="Frozen part of the base",
+                            description="Transfer learning: the share of the source's layers (from the bottom) that stay frozen "
+                                        "while fine-tuning; 1 trains the new head only.")
+    fine_tune_learning_rate: float = bounded(1e-4, "number", low=0.0, high=10.0, low_open=True, title="Fine-tuning learning rate",
+                                             description="Transfer learning: the learning rate of the second phase, once the top "
+                                                         "of the base is unfrozen (lower than learning_rate).")
     class_weight: str = bounded("none", "choice", choices=CLASS_WEIGHTS, title="Class weights",
                                 description="'balanced' weighs each class's loss by n_samples / (n_classes x its count), so "
                                             "rare classes count as much as common ones; 'none' weighs every sample alike.")

@@ -28,6 +28,7 @@ class TrainResult:
     seconds: float = 0.0
     start_val_loss: float | None = None  # warm start: the starting model's validation loss
     kept_start: bool = False  # warm start: no epoch beat it, the starting weights were kept
+    transfer: dict | None = None  # init_from: what each fine-tuning phase did (dlagent.ml.transfer)
 
     @property
     def best_val_accuracy(self) -> float:
@@ -41,33 +42,43 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.seconds, 3),
             **({"start_val_loss": self.start_val_loss, "kept_start_weights": int(self.kept_start)} if self.start_val_loss is not None else {}),
+            **({f"transfer_{k}": v for k, v in self.transfer.items() if isinstance(v, int) and not isinstance(v, bool)}
+               if self.transfer else {}),
         }
 
 
-def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: int = 0, initial_model=None) -> TrainResult:
+def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: int = 0, initial_model=None,
+        source_model=None) -> TrainResult:
     """Build, compile and fit a model; early stopping restores the best validation weights.
 
     With ``initial_model`` (a Keras model, e.g. :func:`dlagent.ml.model_store.load_checkpoint` of the best tuning
     trial) training continues from its weights for ``config.epochs`` more epochs, with a fresh
     optimizer at ``config.learning_rate``; when no epoch beats its starting validation loss the
     starting weights are kept (Keras' early stopping alone would keep the best *new* epoch).
+
+    With ``config.init_from`` (and no ``initial_model``) a copy of ``source_model``, the model it
+    names (:func:`dlagent.ml.transfer.load_source_model`), is fine-tuned in two phases
+    (:func:`dlagent.ml.transfer.fit_transfer`).
     """
     import keras
 
-    from dlagent.ml.models import build_model, build_optimizer
+    from dlagent.ml.models import build_model
 
     keras.utils.set_random_seed(config.seed)
+    if initial_model is None and config.init_from:
+        from dlagent.ml.transfer import fit_transfer
+
+        if source_model is None:
+            raise ConfigError("init_from", f"{config.init_from!r} was not loaded.", "pass source_model=load_source_model(client, "
+                              "config.init_from), or call train(..., client=...), which loads it.")
+        return fit_transfer(splits, config, source_model, callbacks=callbacks, verbose=verbose)
     if initial_model is None:
         model = build_model(config, splits.input_shape, splits.num_classes)
     else:
         _check_shapes(initial_model, splits)
         model = initial_model
-    model.compile(optimizer=build_optimizer(config), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    all_callbacks = list(callbacks)
-    if config.early_stopping_patience > 0:
-        all_callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)
-        )
+    compile_for_training(model, config, config.learning_rate)
+    all_callbacks = [*callbacks, *early_stopping(config)]
     start_val_loss, start_weights = None, None
     if initial_model is not None:
         start_val_loss = float(model.evaluate(splits.x_val, splits.y_val, verbose=0, batch_size=256)[0])
@@ -94,6 +105,23 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         log.info("no epoch beat the starting validation loss %.4f: the starting weights are kept", start_val_loss)
     return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
                        start_val_loss=start_val_loss, kept_start=kept_start)
+
+
+def compile_for_training(model, config: TrainConfig, learning_rate: float) -> None:
+    """Compile with ``config``'s optimizer at ``learning_rate`` (a fine-tuning phase passes its own)."""
+    from dlagent.ml.models import build_optimizer
+
+    model.compile(optimizer=build_optimizer(config.replace(learning_rate=learning_rate)), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def early_stopping(config: TrainConfig) -> list:
+    """``[EarlyStopping]`` on the validation loss, restoring the best weights; ``[]`` with patience 0."""
+    import keras
+
+    if config.early_stopping_patience <= 0:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)]
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
@@ -128,13 +156,21 @@ def train(
     callbacks=(),
     log_model: bool = True,
     initial_model=None,
+    source_model=None,
+    allowed_roots=None,
 ) -> tuple[TrainResult, str | None]:
     """Fit a model and, with an MLflow ``client`` and ``run_id``, log params, per-epoch metrics and the model.
 
-    Returns the result and the logged model's URI (``None`` without a run).
+    With ``config.init_from`` and no ``source_model``, the source is loaded through ``client``
+    (a ``.keras`` file only from inside ``allowed_roots``). Returns the result and the logged
+    model's URI (``None`` without a run).
     """
+    if config.init_from and source_model is None and initial_model is None and client is not None:
+        from dlagent.ml.transfer import load_source_model
+
+        source_model = load_source_model(client, config.init_from, allowed_roots=allowed_roots)
     if run_id is None:
-        return fit(splits, config, callbacks=callbacks, initial_model=initial_model), None
+        return fit(splits, config, callbacks=callbacks, initial_model=initial_model, source_model=source_model), None
     if client is None:
         raise ConfigError("client", "a run_id was given but no MLflow client.", "pass the hook's client (hook.client).")
     from dlagent.ml import tracking
@@ -142,8 +178,14 @@ def train(
     from dlagent.ml.model_store import log_keras_model
 
     tracking.log_params_safely(client, run_id, {**config.to_params(), **_data_params(splits)})
-    result = fit(splits, config, callbacks=[*callbacks, MLflowEpochLogger(client, run_id)], initial_model=initial_model)
+    result = fit(splits, config, callbacks=[*callbacks, MLflowEpochLogger(client, run_id)], initial_model=initial_model,
+                 source_model=source_model)
     tracking.log_metrics(client, run_id, result.metrics())
+    if result.transfer:
+        tracking.log_params_safely(client, run_id, {k: v for k, v in result.transfer.items() if isinstance(v, (bool, str))})
+        head = result.transfer["head_epochs"]
+        for epoch in range(result.epochs_run):  # which phase each epoch's metrics belong to (1 head, 2 fine-tune)
+            tracking.log_metrics(client, run_id, {"transfer_phase": 1 if epoch < head else 2}, step=epoch)
     log.info(
         "trained %s: %d epochs in %.1fs, best epoch %d, best val_accuracy %.4f",
         config.model, result.epochs_run, result.seconds, result.best_epoch + 1, result.best_val_accuracy,

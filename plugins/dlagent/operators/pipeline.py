@@ -54,7 +54,13 @@ class ValidateInputsOperator(DlagentOperator):
         config = TrainConfig.from_dict(self.train_config or {})
         self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
-        model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules())
+        if config.init_from:  # transfer learning: the source must load and fit the data (the model setting is not used)
+            from dlagent.ml.transfer import adapt_source, load_source_model
+
+            source = load_source_model(self.hook.client, config.init_from, allowed_roots=settings.data_roots())
+            model = {"init_from": config.init_from, **adapt_source(source, splits.input_shape, splits.num_classes).params()}
+        else:
+            model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules())
         parent = self.parent_run_id(context)
         tracking.log_params_safely(self.hook.client, parent, {**config.to_params(), "dataset": self.dataset})
         summary = splits.summary()

@@ -70,7 +70,7 @@ class TrainOperator(DlagentOperator):
             if warm_start:
                 self.hook.client.set_tag(run_id, names.WARM_START_TAG, warm_start)
             result, model_uri = train(splits, config, client=self.hook.client, run_id=run_id, callbacks=callbacks,
-                                      initial_model=initial_model)
+                                      initial_model=initial_model, allowed_roots=settings.data_roots())
             for callback in callbacks:  # what the in-training controller changed, epoch by epoch, and why
                 changes = list(getattr(callback, "changes", []))
                 self.hook.client.log_dict(run_id, {"settings": self.controller, "changes": changes}, names.CONTROLLER_CHANGES_FILE)

@@ -82,7 +82,7 @@ class _TuneBase(DlagentOperator):
                                  sampler=self.sampler, pruner=self.pruner, metric=self.metric)
         metric, direction = tuning.resolve_direction(tune.metric, _optional(self.direction))
         trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
-        space = tuning.validate_search_space(self.search_space or tuning.default_search_space(trial_config.model))
+        space = tuning.validate_search_space(self.search_space or tuning.default_search_space(trial_config.model, transfer=bool(trial_config.init_from)))
         study = tuning.StudySettings(metric=metric, direction=direction, space=space, sampler=tune.sampler, pruner=tune.pruner,
                                      seed=trial_config.seed, min_resource=tune.first_rung(trial_config),
                                      max_resource=trial_config.epochs)
@@ -159,7 +159,7 @@ class TuneOperator(_TuneBase):
             storage_url=self.optuna_hook.storage_url, study_name=self._study_name(context), base_config=trial_config,
             n_trials=tune.n_trials, study=study, timeout_s=tune.timeout_s, worker_index=int(self.worker_index),
             experiment_id=self.hook.get_experiment_id(self.experiment_name), parent_run_id=parent,
-            worker_tags={names.airflow_tag(key): str(value) for key, value in ids.items()},
+            worker_tags={names.airflow_tag(key): str(value) for key, value in ids.items()}, allowed_roots=settings.data_roots(),
         )
         result = tuning.run_worker(worker, splits, client=self.hook.client)
         self.log.info("worker %s done: %s", self.worker_index, result)

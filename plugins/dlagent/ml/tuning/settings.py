@@ -184,6 +184,8 @@ class WorkerSettings:
     experiment_id: str | None = None
     parent_run_id: str | None = None
     worker_tags: dict = field(default_factory=dict)
+    # transfer learning: the folders a base_config.init_from .keras file may be read from
+    allowed_roots: list | None = None
 
     def __post_init__(self):
         check_int("n_trials", self.n_trials, low=1)

@@ -33,12 +33,12 @@ _SPEC_KEYS = {
 _EXAMPLE = 'give e.g. {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": true}}.'
 
 # How a best value is widened into the next round's range (see narrow_search_space).
-LOG_FLOATS = ("learning_rate",)  # [best / width, best x width], log scale
-LINEAR_FLOATS = ("dropout", "momentum")  # best +- 0.1
+LOG_FLOATS = ("learning_rate", "fine_tune_learning_rate")  # [best / width, best x width], log scale
+LINEAR_FLOATS = ("dropout", "momentum", "freeze")  # best +- 0.1
 LOG_INTS = ("units", "filters", "batch_size")  # [best / 2, best x 2], log scale
 CATEGORICALS = ("model", "optimizer")  # fixed to the best choice
 LINEAR_STEP = 0.1
-LINEAR_CEILING = {"dropout": 0.9, "momentum": 0.99}  # below the open upper bound 1.0
+LINEAR_CEILING = {"dropout": 0.9, "momentum": 0.99, "freeze": 1.0}  # below an open upper bound 1.0
 
 
 def validate_search_space(space) -> dict:
@@ -149,10 +149,16 @@ def _check_value_for_field(field: str, name: str, value, what: str) -> None:
         raise ConfigError(field, f"{what} {value!r} is not a valid {name}: {exc.problem}", exc.fix) from exc
 
 
-def default_search_space(model: str) -> dict:
+def default_search_space(model: str, *, transfer: bool = False) -> dict:
     """A sensible starting space for a built-in model (already valid); for a user's builder the
     settings every model has (learning rate, batch size): its own arguments are the user's to
-    put in a search space as ``model_args.<key>``."""
+    put in a search space as ``model_args.<key>``. With ``transfer`` (``init_from`` set: the
+    architecture is the source's) the two learning rates, the frozen share and the batch size."""
+    if transfer:
+        return {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "fine_tune_learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+                "freeze": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.25},
+                "batch_size": {"type": "categorical", "choices": [16, 32, 64]}}
     common = {
         "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
         "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
@@ -211,8 +217,8 @@ def max_trial_epochs(space: dict, base_config: TrainConfig) -> int:
 def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list[str]]:
     """A search space around ``params`` (the best trial's), with one note per parameter.
 
-    ``learning_rate`` in [best / ``width``, best x ``width``] on a log scale; ``dropout`` and
-    ``momentum`` +-0.1; ``units``, ``filters`` and ``batch_size`` in [best / 2, best x 2] on a
+    ``learning_rate`` and ``fine_tune_learning_rate`` in [best / ``width``, best x ``width``] on a
+    log scale; ``dropout``, ``momentum`` and ``freeze`` +-0.1; ``units``, ``filters`` and ``batch_size`` in [best / 2, best x 2] on a
     log scale; ``model``, ``optimizer`` and every ``model_args.<key>`` (whose limits only the
     user's builder knows) fixed to the best choice. Every range stays inside
     the field's declared limits (:meth:`TrainConfig.bounds`), so the space is always valid.

@@ -52,7 +52,7 @@ from dlagent.ml.tuning.study import (
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: WorkerSettings, splits, *, client=None, callbacks=()) -> dict:
+def run_worker(settings: WorkerSettings, splits, *, client=None, callbacks=(), source_model=None) -> dict:
     """Run trials of an existing study until it holds ``settings.n_trials`` finished trials.
 
     Finished means COMPLETE or PRUNED, counted across every worker of the study. The worker
@@ -69,6 +69,9 @@ def run_worker(settings: WorkerSettings, splits, *, client=None, callbacks=()) -
     With ``settings.experiment_id`` each trial is an MLflow run (child of ``parent_run_id``)
     logged through ``client`` and tagged ``optuna.study``, ``optuna.trial_number`` and its final
     ``optuna.state``.
+
+    With ``base_config.init_from`` every trial fine-tunes a fresh copy of ``source_model`` (loaded
+    once per worker through ``client`` when not given).
 
     A trial that raises is told FAIL and the error is raised (the task fails; a retry
     continues the study). A worker stopped by a signal (SIGKILL, or SIGTERM/KeyboardInterrupt,
@@ -87,7 +90,12 @@ def run_worker(settings: WorkerSettings, splits, *, client=None, callbacks=()) -
         from dlagent.ml.tuning.trials import TrialTracker
 
         tracker = TrialTracker(client, settings.experiment_id, settings.parent_run_id, settings.study_name, settings.worker_tags)
+    if settings.base_config.init_from and source_model is None and client is not None:
+        from dlagent.ml.transfer import load_source_model
+
+        source_model = load_source_model(client, settings.base_config.init_from, allowed_roots=settings.allowed_roots)
     loop = _WorkerLoop(settings, splits, tracker, callbacks)
+    loop.source_model = source_model
     return loop.run()
 
 
@@ -105,6 +113,7 @@ class _WorkerLoop:
 
     def __init__(self, settings: WorkerSettings, splits, tracker, callbacks):
         self.settings, self.splits, self.tracker, self.callbacks = settings, splits, tracker, tuple(callbacks)
+        self.source_model = None  # init_from: the model every trial fine-tunes a copy of
         self.storage = make_storage(
             settings.storage_url, heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
             max_retry=settings.max_retry, create_tables=False, on_stale_trial=tracker.close_stale if tracker else None,
@@ -214,7 +223,7 @@ class _WorkerLoop:
                     run_id = tracker.start(trial, config, retry_of)
                 extra = [tracker.epoch_logger(run_id)] if run_id else []
                 # The MLflow logger runs before the pruner, so a pruned trial's last epoch is logged.
-                result = fit(self.splits, config, callbacks=[*self.callbacks, *extra, pruning])
+                result = fit(self.splits, config, callbacks=[*self.callbacks, *extra, pruning], source_model=self.source_model)
                 epochs_run = result.epochs_run
                 kept = result.best_epoch if config.early_stopping_patience > 0 else result.epochs_run - 1
                 value = float(result.history[objective.metric][kept])
