@@ -11,8 +11,9 @@ Fine-tuning follows the two phases of Keras' transfer-learning guide
 
 1. **head**: the base frozen, the head trained at ``learning_rate`` for the first half of
    ``epochs`` (all of them with ``freeze`` 1.0);
-2. **fine-tune**: the top ``1 - freeze`` of the base's weighted layers unfrozen and the whole
-   model trained at the lower ``fine_tune_learning_rate`` for the rest. Batch normalisation
+2. **fine-tune**: the top ``1 - freeze`` of the base's weighted layers unfrozen (by default all
+   of them, as in the guide) and the whole model trained at ``fine_tune_learning_rate`` for the
+   rest (1e-3 by default, for small models; the guide's large model uses 1e-5). Batch normalisation
    stays in inference mode throughout (the base is called with ``training=False`` and its
    batch-normalisation layers are never unfrozen), so a small target set cannot wreck the
    source's statistics.
