@@ -143,3 +143,23 @@ def test_unknown_data_option_is_refused():
 def test_parse_dataset_uri():
     assert parse_dataset_uri(" digits ") == ("digits", "")
     assert parse_dataset_uri("npz:/a/b.npz") == ("npz", "/a/b.npz")
+
+
+def test_a_regression_target_is_refused_with_the_real_reason(tmp_path):
+    """A CSV whose label is a measured quantity (house prices, a count) used to fail with 'class(es)
+    have fewer than 3 samples'; now the message says what it is, and never quotes a value."""
+    rng = np.random.default_rng(0)
+    rows = ["a,b,label"] + [f"{rng.random():.3f},{rng.random():.3f},{100 + 50 * rng.random():.2f}" for _ in range(200)]
+    (tmp_path / "prices.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError) as error:
+        load_dataset(f"csv:{tmp_path / 'prices.csv'}", allowed_roots=[str(tmp_path)])
+    assert "looks like a regression target" in error.value.problem and "fractions" in error.value.problem
+    assert rows[1].split(",")[2] not in str(error.value)
+    counts = ["a,label"] + [f"{i},{int(v)}" for i, v in enumerate(rng.poisson(40, 200))]  # whole numbers, many rare values
+    (tmp_path / "counts.csv").write_text("\n".join(counts) + "\n")
+    with pytest.raises(ConfigError, match="distinct values .* looks like a regression target"):
+        load_dataset(f"csv:{tmp_path / 'counts.csv'}", allowed_roots=[str(tmp_path)])
+    few = ["a,label"] + [f"{i},{i % 4}" for i in range(20)] + ["99,4"]  # 5 classes, one with a single sample: a class problem
+    (tmp_path / "few.csv").write_text("\n".join(few) + "\n")
+    with pytest.raises(ConfigError, match="1 class\\(es\\) have fewer than 3 samples"):
+        load_dataset(f"csv:{tmp_path / 'few.csv'}", allowed_roots=[str(tmp_path)])

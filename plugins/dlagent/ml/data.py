@@ -32,6 +32,9 @@ from dlagent.errors import ConfigError
 SCHEMES = ("digits", "mnist-idx", "npz", "csv", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MIN_SAMPLES_PER_CLASS = 3  # one each for train, validation and test
+REGRESSION_LIKE_CLASSES = 20  # more distinct labels than this, most of them rare: a regression target, not classes
+REGRESSION_FIX = ("dlagent trains classifiers (regression targets are not supported yet): give integer class labels 0..K-1, "
+                  "or bin the target into classes, e.g. low/medium/high.")
 
 
 @dataclass(frozen=True)
@@ -214,8 +217,12 @@ def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     if np.issubdtype(values.dtype, np.integer):
         return values.astype(np.int64), [str(i) for i in range(int(values.max()) + 1 if values.size else 0)]
     if np.issubdtype(values.dtype, np.floating):
-        if not np.isfinite(values).all() or not np.all(values == np.round(values)):
-            raise ConfigError("dataset", "labels must be whole numbers; found fractions, NaN or inf.", "give integer class labels 0..K-1.")
+        if not np.isfinite(values).all():
+            raise ConfigError("dataset", "labels must be whole numbers; found NaN or inf.", "give integer class labels 0..K-1.")
+        if not np.all(values == np.round(values)):
+            raise ConfigError("dataset", f"labels must be whole numbers, but {int((values != np.round(values)).sum())} of them have "
+                              "fractions: this looks like a regression target (a measured quantity), not class labels.",
+                              REGRESSION_FIX)
         return values.astype(np.int64), [str(i) for i in range(int(values.max()) + 1 if values.size else 0)]
     names = sorted({str(v) for v in values})
     index = {name: i for i, name in enumerate(names)}
@@ -255,10 +262,13 @@ def _load_csv(path: Path, label_column: str):
                               "encode features as numbers.") from exc
     if not labels:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
-    try:
-        y, names = _labels_from_values(np.array([int(v) for v in labels]))
-    except ValueError:
-        y, names = _labels_from_values(np.array(labels))
+    for parse in (int, float, str):  # whole numbers, then numbers with fractions (refused, with the reason), then names
+        try:
+            parsed = np.array([parse(v) for v in labels])
+        except ValueError:
+            continue
+        y, names = _labels_from_values(parsed)
+        break
     return np.array(features, dtype=np.float32), y, names
 
 
@@ -340,11 +350,17 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
     present = int((counts > 0).sum())
     if present < 2:
         raise ConfigError("dataset", f"has a single class ({present} distinct label); a classifier needs at least 2.", "add samples of other classes.")
+    observed = counts[counts > 0]
+    rare = int((observed < MIN_SAMPLES_PER_CLASS).sum())
+    if len(observed) > REGRESSION_LIKE_CLASSES and (rare > len(observed) / 2 or (counts == 0).any()):
+        raise ConfigError("dataset", f"the labels take {len(observed)} distinct values and {rare} of them occur fewer than "
+                          f"{MIN_SAMPLES_PER_CLASS} times{' or leave gaps in 0..' + str(num_classes - 1) if (counts == 0).any() else ''}: "
+                          "this looks like a regression target (a count or a measured quantity), not class labels.", REGRESSION_FIX)
     if (counts == 0).any():
         raise ConfigError("dataset", f"labels must be consecutive from 0; {int((counts == 0).sum())} labels in that range have no samples.",
                           "re-number the labels 0..K-1.")
     if counts.min() < MIN_SAMPLES_PER_CLASS:
-        raise ConfigError("dataset", f"{int((counts < MIN_SAMPLES_PER_CLASS).sum())} class(es) have fewer than {MIN_SAMPLES_PER_CLASS} samples "
+        raise ConfigError("dataset", f"{rare} class(es) have fewer than {MIN_SAMPLES_PER_CLASS} samples "
                           f"(the smallest has {int(counts.min())}); each class needs at least {MIN_SAMPLES_PER_CLASS} for a "
                           "train/validation/test split.", "add samples or drop the class.")
     return num_classes
