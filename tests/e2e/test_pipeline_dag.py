@@ -157,7 +157,7 @@ def test_pipeline_on_postgresql_with_the_agent_off(tmp_path, postgres_databases)
     assert runs["parent"].data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
     (name,) = optuna.get_all_study_names(optuna_db)
     finished = [t for t in optuna.load_study(study_name=name, storage=optuna_db).trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == conf["n_trials"]  # both workers shared the PostgreSQL study, exactly n_trials
+    assert len(finished) == TINY_CONF["n_trials"]  # both workers shared the PostgreSQL study, exactly n_trials
     best = {k: v for k, v in optuna.load_study(study_name=name, storage=optuna_db).best_params.items()}
     for key, value in best.items():  # the Params plus the best trial's, nothing from a plan
         logged = runs["train"].data.params[key]

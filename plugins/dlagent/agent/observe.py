@@ -347,9 +347,7 @@ def read_champion(client, name: str) -> dict | None:
 
 def train_params(params: dict) -> dict:
     """The MLflow params of a run that are training settings, typed as the settings (str -> int/float)."""
-    from dlagent.ml.config import TrainConfig
-
-    from dlagent.ml.config import MODEL_ARGS_PREFIX, model_arg_from_param
+    from dlagent.ml.config import MODEL_ARGS_PREFIX, TrainConfig, model_arg_from_param
 
     declared = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
     out, model_args = {}, {}

@@ -51,6 +51,7 @@ GATE_DECISION_ARTIFACT = "gate"  # folder of decision.json on the evaluate run
 GATE_DECISION_FILE = "decision.json"
 REGISTERED_VERSION_TAG = "dlagent.registered_version"  # "<name>/<version>" on the deploy run
 CONTROLLER_CHANGES_FILE = "controller_changes.json"  # what the in-training controller changed
+SCALING_FILE = "preprocessing/feature_scaling.json"  # a table's per-column mean and std (training split), applied inside the model
 #: A finished step's XCom result, with a digest of the task's rendered inputs: a cleared task
 #: whose inputs are unchanged returns it instead of training, compressing or deciding again.
 RESULT_FILE = "dlagent/result.json"

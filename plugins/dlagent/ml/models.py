@@ -29,9 +29,13 @@ def check_model_input(model: str, input_shape: tuple[int, ...]) -> None:
 IMAGE_MODELS = ("cnn", "resnet")
 
 
-def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None):
+def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None, adapt_data=None):
     """Return an uncompiled Keras model for ``config.model``: a built-in (``mlp``, ``cnn``,
-    ``resnet``) or the user's builder ``package.module:function`` called with ``config.model_args``."""
+    ``resnet``) or the user's builder ``package.module:function`` called with ``config.model_args``.
+
+    ``adapt_data`` (the training split's features): an ``mlp`` on a table standardises its
+    inputs with statistics of these rows (:func:`standardize_layer`), inside the model.
+    """
     import keras
     from keras import layers
 
@@ -48,11 +52,40 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
             x = augmentation(x, input_shape)
         x = _cnn_features(x, config, input_shape) if config.model == "cnn" else _resnet_features(x, config)
     else:
-        x = layers.Flatten()(inputs)
+        x = inputs
+        if len(input_shape) == 1 and adapt_data is not None:
+            x = standardize_layer(adapt_data)(x)
+        x = layers.Flatten()(x)
     x = layers.Dropout(config.dropout)(x)
     x = layers.Dense(config.units, activation="relu")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"dlagent_{config.model}")
+
+
+STANDARDIZE_LAYER = "standardize"
+
+
+def standardize_layer(features: np.ndarray):
+    """A Keras ``Normalization`` layer holding the per-column mean and variance of ``features``
+    (the training split only), so the model, its TFLite file and the served model all take raw
+    values: no training/serving skew. A constant column keeps variance 1 (scikit-learn's
+    ``StandardScaler`` rule), where Keras' own floor of 1e-7 would blow up any other value."""
+    from keras import layers
+
+    values = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    mean, variance = values.mean(axis=0), values.var(axis=0)
+    variance[variance < 1e-12] = 1.0
+    return layers.Normalization(mean=mean.astype(np.float32), variance=variance.astype(np.float32), name=STANDARDIZE_LAYER)
+
+
+def scaling_statistics(model) -> dict | None:
+    """``{"mean": [...], "std": [...]}`` of a model's input standardisation, or ``None`` without one."""
+    try:
+        layer = model.get_layer(STANDARDIZE_LAYER)
+    except ValueError:
+        return None
+    mean, variance = (np.asarray(layer.mean).ravel(), np.asarray(layer.variance).ravel())
+    return {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(variance)]}
 
 
 def augmentation(x, input_shape: tuple[int, ...]):

@@ -73,7 +73,7 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
                               "config.init_from), or call train(..., client=...), which loads it.")
         return fit_transfer(splits, config, source_model, callbacks=callbacks, verbose=verbose)
     if initial_model is None:
-        model = build_model(config, splits.input_shape, splits.num_classes)
+        model = build_model(config, splits.input_shape, splits.num_classes, adapt_data=splits.x_train)
     else:
         _check_shapes(initial_model, splits)
         model = initial_model
@@ -173,6 +173,7 @@ def train(
         return fit(splits, config, callbacks=callbacks, initial_model=initial_model, source_model=source_model), None
     if client is None:
         raise ConfigError("client", "a run_id was given but no MLflow client.", "pass the hook's client (hook.client).")
+    from dlagent.ml import mlflow_names as names
     from dlagent.ml import tracking
     from dlagent.ml.callbacks import MLflowEpochLogger
     from dlagent.ml.model_store import log_keras_model
@@ -190,6 +191,11 @@ def train(
         "trained %s: %d epochs in %.1fs, best epoch %d, best val_accuracy %.4f",
         config.model, result.epochs_run, result.seconds, result.best_epoch + 1, result.best_val_accuracy,
     )
+    from dlagent.ml.models import scaling_statistics
+
+    statistics = scaling_statistics(result.model)
+    if statistics is not None:  # the standardisation the model applies, from the training split
+        client.log_dict(run_id, {**statistics, "rows": int(len(splits.y_train))}, names.SCALING_FILE)
     model_uri = log_keras_model(client, run_id, result.model, splits.x_test[:2]) if log_model else None
     return result, model_uri
 

@@ -43,9 +43,9 @@ class ValidateInputsOperator(DlagentOperator):
     def run(self, context):
         from dlagent import settings
         from dlagent.ml import tracking
+        from dlagent.ml.builders import check_model_on_data
         from dlagent.ml.config import TrainConfig
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.builders import check_model_on_data
 
         self._check_conf_keys(context)
         if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
