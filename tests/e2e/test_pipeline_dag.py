@@ -81,6 +81,11 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url, conf=TINY_CONF):
     for name, spec in conf["search_space"].items():  # every trial trained with its sampled values, model arguments too
         assert all(spec.get("low", 0) <= float(r.data.params[name]) <= spec.get("high", 1) for r in trial_runs), name
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # lineage: the trials, the training and the evaluation each recorded the one data set they read
+    recorded = [run.inputs.dataset_inputs for run in [*trial_runs, runs["train"], runs["evaluate"]]]
+    assert all(len(inputs) == 1 for inputs in recorded)
+    assert len({(i[0].dataset.name, i[0].dataset.digest) for i in recorded}) == 1 and recorded[0][0].dataset.name == "digits"
+    assert {t.value for i in recorded for t in i[0].tags} == {"tuning", "training", "evaluation"}
     # the agent's plan (decisions.json of the agent_plan run) re-parameterized training: the
     # final training run's MLflow params are the conf, then the best trial's, then the plan's
     plan = json.loads(Path(client.download_artifacts(runs["agent_plan"].info.run_id, "decisions.json")).read_text())

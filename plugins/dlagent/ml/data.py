@@ -50,6 +50,7 @@ class DatasetSplits:
     y_test: np.ndarray
     num_classes: int
     class_names: list[str] = field(default_factory=list)
+    digest: str = ""  # of the loaded samples before splitting (dlagent.ml.lineage.content_digest)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -414,8 +415,11 @@ def load_dataset(
 
     ``max_samples`` keeps a stratified subset first (for quick runs and tests).
     """
+    from dlagent.ml.lineage import content_digest
+
     x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots)
     num_classes = validate_arrays(x, y, class_names)
+    digest = content_digest(x, y)
     if max_samples is not None:
         if not isinstance(max_samples, int) or max_samples < num_classes * MIN_SAMPLES_PER_CLASS:
             raise ConfigError("max_samples", f"must be an integer >= {num_classes * MIN_SAMPLES_PER_CLASS} for {num_classes} classes, got {max_samples!r}.", "raise it or leave it empty for all samples.")
@@ -425,4 +429,4 @@ def load_dataset(
             x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=y, random_state=seed)
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
-    return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names)
+    return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest)

@@ -176,9 +176,11 @@ def train(
     from dlagent.ml import mlflow_names as names
     from dlagent.ml import tracking
     from dlagent.ml.callbacks import MLflowEpochLogger
+    from dlagent.ml.lineage import TRAINING, log_dataset_input
     from dlagent.ml.model_store import log_keras_model
 
     tracking.log_params_safely(client, run_id, {**config.to_params(), **_data_params(splits)})
+    log_dataset_input(client, run_id, splits, TRAINING)
     result = fit(splits, config, callbacks=[*callbacks, MLflowEpochLogger(client, run_id)], initial_model=initial_model,
                  source_model=source_model)
     tracking.log_metrics(client, run_id, result.metrics())

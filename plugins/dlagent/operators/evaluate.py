@@ -101,6 +101,7 @@ class EvaluateOperator(DlagentOperator):
         from dlagent.ml.data import load_dataset_with_options
         from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
         from dlagent.ml.gate import decide
+        from dlagent.ml.lineage import EVALUATION, log_dataset_input
         from dlagent.ml.model_store import load_keras_model, read_tflite
 
         thresholds, candidates, model_name = self._check_inputs()
@@ -108,6 +109,7 @@ class EvaluateOperator(DlagentOperator):
         runs = int(self.latency_runs)
         with self.step_run(context) as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
             client = self.hook.client
+            log_dataset_input(client, run_id, splits, EVALUATION)
             tracking.log_params_safely(client, run_id, {"model_uri": self.model_uri, "dataset": self.dataset, "seed": self.seed,
                                                        "model_name": model_name, "candidates": len(candidates),
                                                        **{f"gate.{k}": v for k, v in thresholds.to_dict().items()}})

@@ -32,7 +32,7 @@ class TrialTracker:
     def key(self, number: int) -> str:
         return tracking.run_key("optuna", self.study_name, "trial", number)
 
-    def start(self, trial, config: TrainConfig, retry_of) -> str | None:
+    def start(self, trial, config: TrainConfig, retry_of, *, splits=None) -> str | None:
         tags = {**self.worker_tags, names.STUDY_TAG: self.study_name, names.TRIAL_NUMBER_TAG: str(trial.number),
                 names.TRIAL_STATE_TAG: "RUNNING"}
         if retry_of is not None:
@@ -43,6 +43,10 @@ class TrialTracker:
                 tags=tags, parent_run_id=self.parent_run_id,
             )
             tracking.log_params_safely(self.client, run_id, config.to_params())
+            if splits is not None:
+                from dlagent.ml.lineage import TUNING, log_dataset_input
+
+                log_dataset_input(self.client, run_id, splits, TUNING)
             trial.set_user_attr("mlflow_run_id", run_id)
             return run_id
         except Exception as exc:  # noqa: BLE001 - logging never kills training

@@ -220,7 +220,7 @@ class _WorkerLoop:
             try:
                 config = settings.base_config.replace(**params)
                 if tracker is not None:
-                    run_id = tracker.start(trial, config, retry_of)
+                    run_id = tracker.start(trial, config, retry_of, splits=self.splits)
                 extra = [tracker.epoch_logger(run_id)] if run_id else []
                 # The MLflow logger runs before the pruner, so a pruned trial's last epoch is logged.
                 result = fit(self.splits, config, callbacks=[*self.callbacks, *extra, pruning], source_model=self.source_model)
