@@ -49,6 +49,12 @@ def test_model_args_fold_dotted_keys_and_round_trip_through_mlflow_params():
                                     "model_args.width": 64, "model_args.gated": True})
     assert config.model_args == {"width": 64, "act": "relu", "gated": True}
     params = config.to_params()
-    assert params["model_args.width"] == "64" and params["model_args.act"] == "relu" and params["model_args.gated"] == "true"
+    assert params["model_args.width"] == "64" and params["model_args.act"] == '"relu"' and params["model_args.gated"] == "true"
     assert "model_args" not in params
     assert TrainConfig.from_dict(train_params({k: str(v) for k, v in params.items()})) == config
+    as_text = config.replace(model_args={"width": "64", "flag": "true"})  # strings that read as JSON stay strings
+    assert TrainConfig.from_dict(train_params({k: str(v) for k, v in as_text.to_params().items()})).model_args == {"width": "64", "flag": "true"}
+    given = {"width": 8}
+    frozen = TrainConfig(model_args=given)
+    given["width"] = 9  # the caller's dict changes; the config does not
+    assert frozen.model_args == {"width": 8} and hash(frozen) == hash(TrainConfig(model_args={"width": 8}))

@@ -163,3 +163,14 @@ def test_a_regression_target_is_refused_with_the_real_reason(tmp_path):
     (tmp_path / "few.csv").write_text("\n".join(few) + "\n")
     with pytest.raises(ConfigError, match="1 class\\(es\\) have fewer than 3 samples"):
         load_dataset(f"csv:{tmp_path / 'few.csv'}", allowed_roots=[str(tmp_path)])
+
+
+def test_many_named_classes_are_never_taken_for_a_regression_target():
+    from dlagent.ml.data import validate_arrays
+
+    y = np.concatenate([np.arange(30), np.arange(30), np.arange(5)])  # 30 named classes, 25 with 2 samples
+    names = [f"species-{i:02d}" for i in range(30)]
+    with pytest.raises(ConfigError, match="25 class\\(es\\) have fewer than 3 samples"):
+        validate_arrays(np.zeros((len(y), 2), np.float32), y, names)
+    with pytest.raises(ConfigError, match="looks like a regression target"):
+        validate_arrays(np.zeros((len(y), 2), np.float32), y, [str(i) for i in range(30)])

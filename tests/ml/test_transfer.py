@@ -126,3 +126,78 @@ def test_transfer_tunes_its_own_settings():
     narrowed, _ = tuning.narrow_search_space({"freeze": 0.95, "fine_tune_learning_rate": 1e-4})
     assert narrowed["freeze"] == {"type": "float", "low": 0.85, "high": 1.0, "log": False}
     assert narrowed["fine_tune_learning_rate"]["low"] < 1e-4 < narrowed["fine_tune_learning_rate"]["high"]
+
+
+def test_a_fine_tuned_champion_fine_tunes_again_with_its_nested_batch_normalisation_frozen(digits_small):
+    """The source is itself a transfer model (its base a nested model holding batch normalisation):
+    the leaves are unfrozen, never a nested model whole, and batch normalisation keeps its statistics."""
+    from dlagent.ml.models import build_model
+    from dlagent.ml.training import fit
+
+    resnet = build_model(TrainConfig(model="resnet", filters=4, units=8), digits_small.input_shape, 10)
+    once = fit(digits_small, TrainConfig(init_from="x.keras", epochs=2, early_stopping_patience=0), source_model=resnet).model
+    norms = [layer for layer in once._flatten_layers(include_self=False) if type(layer).__name__ == "BatchNormalization"]
+    before = [w.copy() for layer in norms for w in layer.get_weights()]
+    twice = fit(digits_small, TrainConfig(init_from="x.keras", epochs=2, freeze=0.5, early_stopping_patience=0), source_model=once)
+    after = [w for layer in twice.model._flatten_layers(include_self=False) if type(layer).__name__ == "BatchNormalization"
+             for w in layer.get_weights()]
+    assert len(after) == len(before) > 0
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
+    weighted = 1 + 2 + 3 + 3 + 1  # the stem, 2 + 3 + 3 convolutions in the blocks (two with a projection), the units dense
+    assert twice.transfer["unfrozen_layers"] == int(np.ceil(0.5 * weighted))
+
+
+def test_a_diverging_phase_never_wins_and_nothing_crashes():
+    from dlagent.ml.transfer import kept_epoch
+
+    assert kept_epoch([0.9, float("nan"), 0.5, 0.7], patience=3) == (0.5, 2)
+    assert kept_epoch([0.9, 0.5, float("nan")], patience=0) == (float("inf"), 2)
+    assert kept_epoch([float("nan")] * 3, patience=3) == (float("inf"), 2)
+    assert kept_epoch([], patience=0) == (float("inf"), -1)
+
+
+def test_a_source_ending_in_logits_gets_a_new_softmax_head():
+    import keras
+    from dlagent.ml.transfer import adapt_source
+
+    inputs = keras.Input((6,))
+    logits = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(4)(inputs)))
+    adapted = adapt_source(logits, (6,), 3)
+    assert adapted.new_head and "not probabilities" in adapted.notes[0]
+    assert np.allclose(np.asarray(adapted.model(np.ones((2, 6), np.float32))).sum(axis=1), 1.0)
+
+
+def test_tuning_a_transfer_run_fine_tunes_a_fresh_copy_of_the_source_in_every_trial(tmp_path, client, digits_small):
+    """Every trial fine-tunes its own copy of the one loaded source (which stays untouched) and its run
+    records the sampled transfer settings; a worker loads a .keras source only inside its allowed roots."""
+    from dlagent.ml import tuning
+    from dlagent.ml.models import build_model
+    from dlagent.ml.tracking import ensure_experiment
+    from dlagent.ml.tuning import StudySettings, WorkerSettings
+
+    from tests.ml.tuning.workers import GRACE, HEARTBEAT
+
+    source = build_model(TrainConfig(model="mlp", units=8), digits_small.input_shape, 10)
+    weights = [w.copy() for w in source.get_weights()]
+    source.save(tmp_path / "source.keras")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tuning.create_study(url, "transfer", StudySettings(space=tuning.default_search_space("mlp", transfer=True), sampler="random", seed=0))
+    base = TrainConfig(init_from=str(tmp_path / "source.keras"), epochs=2, early_stopping_patience=0)
+    experiment = ensure_experiment(client, "tune-transfer")
+
+    def settings(n_trials, roots):
+        return WorkerSettings(storage_url=url, study_name="transfer", base_config=base, n_trials=n_trials, experiment_id=experiment,
+                              allowed_roots=roots, heartbeat_interval=HEARTBEAT, grace_period=GRACE)
+
+    result = tuning.run_worker(settings(2, [str(tmp_path)]), digits_small, client=client, source_model=source)
+    assert result["states"] == {"COMPLETE": 2}
+    for before, after in zip(weights, source.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)  # the trials trained copies
+    trials = client.search_runs([experiment], "tags.`optuna.trial_number` != ''")
+    assert len(trials) == 2 and {r.data.params["init_from"] for r in trials} == {str(tmp_path / "source.keras")}
+    assert len({r.data.params["freeze"] for r in trials}) == 2 and len({r.data.params["learning_rate"] for r in trials}) == 2
+    loaded = tuning.run_worker(settings(3, [str(tmp_path)]), digits_small, client=client)  # no source given: loaded from the file
+    assert sum(loaded["states"].values()) == 1  # one more trial ran (complete or pruned)
+    with pytest.raises(ConfigError, match="outside the allowed data roots"):
+        tuning.run_worker(settings(4, [str(tmp_path / "elsewhere")]), digits_small, client=client)

@@ -72,9 +72,9 @@ def _allowed_modules(allowed_modules) -> list[str]:
 def import_builder_module(spec: str, *, allowed_modules=None):
     """Import the module of a builder spec (after the allow-list check); return the module.
 
-    The project root (the folder holding ``dags/`` and ``include/``; else the working directory,
-    for a script or notebook run from the project) is put on ``sys.path`` when the module's
-    top-level package is not found without it: Airflow puts the DAGs folder there, not its parent.
+    The project root (the folder holding ``dags/`` and ``include/``) is put on ``sys.path`` when
+    the module's top-level package is not found without it: Airflow puts the DAGs folder there,
+    not its parent. (A notebook or script run from the project root finds ``include`` by itself.)
     """
     module_name, _ = split_builder_spec(spec)
     allowed = _allowed_modules(allowed_modules)
@@ -102,18 +102,12 @@ def _import(module_name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        from pathlib import Path
-
         from dlagent.settings import project_root
 
-        top = module_name.split(".")[0]
-        if exc.name != top:
+        top, root = module_name.split(".")[0], project_root()
+        if exc.name != top or str(root) in sys.path or not (root / top).exists():
             raise
-        roots = [str(root) for root in (project_root(), Path.cwd().resolve()) if (root / top).exists()]
-        roots = [root for root in roots if root not in sys.path]
-        if not roots:
-            raise
-        sys.path.append(roots[0])
+        sys.path.append(str(root))
         importlib.invalidate_caches()
         return importlib.import_module(module_name)
 
@@ -224,7 +218,8 @@ def custom_modules_of(keras_file) -> list[str]:
 
 
 def _is_keras_module(module: str) -> bool:
-    return module.split(".")[0] in ("keras", "tensorflow", "tf_keras", "builtins", "numpy")
+    # Keras' own packages (safe mode resolves them itself) are not user code.
+    return module.split(".")[0] in ("keras", "keras_hub", "keras_cv", "keras_nlp", "tensorflow", "tf_keras", "builtins", "numpy")
 
 
 def import_custom_modules(folder_or_file, *, field: str = "model_uri", allowed_modules=None) -> list[str]:

@@ -161,10 +161,11 @@ class Candidate:
 
 
 def prunable_kernels(model) -> list:
-    """``(layer, kernel_variable)`` for every Dense/Conv layer of ``model`` (nested models and custom layers too)."""
+    """``(layer, kernel_variable)`` for every Dense/Conv layer of ``model`` (nested models and custom layers too),
+    except a transfer adapter's fixed colour conversion (``transfer_channels``)."""
     found = []
     for layer in _walk_layers(model):
-        if type(layer).__name__ in PRUNABLE_LAYERS and getattr(layer, "kernel", None) is not None:
+        if type(layer).__name__ in PRUNABLE_LAYERS and getattr(layer, "kernel", None) is not None and not layer.name.startswith("transfer_"):
             found.append((layer, layer.kernel))
     return found
 

@@ -8,6 +8,7 @@ Params are generated from them, and the agent's plan and policies read the same 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -74,6 +75,13 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        # a private copy: a frozen config must not change when the caller's dict does
+        object.__setattr__(self, "model_args", copy.deepcopy(dict(self.model_args)))
+
+    def __hash__(self):  # model_args is a dict: hash its JSON form with the other fields
+        import json
+
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -111,14 +119,14 @@ class TrainConfig:
 
 
 def model_arg_to_param(value) -> str:
-    """A model argument as an MLflow param: a string as it is, anything else as JSON."""
+    """A model argument as an MLflow param: JSON, so its type survives (``64``, ``"64"``, ``true``)."""
     import json
 
-    return value if isinstance(value, str) else json.dumps(value)
+    return json.dumps(value)
 
 
 def model_arg_from_param(text: str):
-    """The inverse of :func:`model_arg_to_param` (a string that reads as JSON comes back as its value)."""
+    """The inverse of :func:`model_arg_to_param` (text that is not JSON, e.g. written by hand, stays a string)."""
     import json
 
     try:

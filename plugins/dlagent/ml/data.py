@@ -353,7 +353,8 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
         raise ConfigError("dataset", f"has a single class ({present} distinct label); a classifier needs at least 2.", "add samples of other classes.")
     observed = counts[counts > 0]
     rare = int((observed < MIN_SAMPLES_PER_CLASS).sum())
-    if len(observed) > REGRESSION_LIKE_CLASSES and (rare > len(observed) / 2 or (counts == 0).any()):
+    named = bool(class_names) and list(class_names) != [str(i) for i in range(len(class_names))]  # folders, words: never a quantity
+    if not named and len(observed) > REGRESSION_LIKE_CLASSES and (rare > len(observed) / 2 or (counts == 0).any()):
         raise ConfigError("dataset", f"the labels take {len(observed)} distinct values and {rare} of them occur fewer than "
                           f"{MIN_SAMPLES_PER_CLASS} times{' or leave gaps in 0..' + str(num_classes - 1) if (counts == 0).any() else ''}: "
                           "this looks like a regression target (a count or a measured quantity), not class labels.", REGRESSION_FIX)

@@ -29,6 +29,7 @@ class TrainResult:
     start_val_loss: float | None = None  # warm start: the starting model's validation loss
     kept_start: bool = False  # warm start: no epoch beat it, the starting weights were kept
     transfer: dict | None = None  # init_from: what each fine-tuning phase did (dlagent.ml.transfer)
+    kept_epoch: int | None = None  # the epoch whose weights the model holds (the best with early stopping, else the last)
 
     @property
     def best_val_accuracy(self) -> float:
@@ -104,7 +105,8 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         kept_start = True
         log.info("no epoch beat the starting validation loss %.4f: the starting weights are kept", start_val_loss)
     return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
-                       start_val_loss=start_val_loss, kept_start=kept_start)
+                       start_val_loss=start_val_loss, kept_start=kept_start,
+                       kept_epoch=best_epoch if config.early_stopping_patience > 0 else len(val_loss) - 1)
 
 
 def compile_for_training(model, config: TrainConfig, learning_rate: float) -> None:

@@ -134,10 +134,12 @@ def adapt_source(source, input_shape: tuple, n_outputs: int) -> AdaptedModel:
     inputs = keras.Input(shape=tuple(input_shape), name="features")
     x, notes = _adapt_input(inputs, tuple(int(d) for d in input_shape), tuple(int(d) for d in source.input_shape[1:]))
     features = base(x, training=False)  # batch normalisation in inference mode, also once unfrozen
-    new_head = int(last.units) != int(n_outputs)
+    softmax = last.get_config().get("activation") == "softmax"
+    new_head = int(last.units) != int(n_outputs) or not softmax
     outputs = layers.Dense(n_outputs, activation="softmax", name="probabilities")(features) if new_head else last(features)
     if new_head:
-        notes.append(f"new head: {last.units} -> {n_outputs} outputs")
+        notes.append(f"new head: {last.units} -> {n_outputs} outputs" if softmax else
+                     f"new head: the source's last layer outputs {last.get_config().get('activation')!r}, not probabilities")
     return AdaptedModel(keras.Model(inputs, outputs, name="dlagent_transfer"), base, new_head, notes)
 
 
@@ -172,19 +174,40 @@ def _adapt_input(inputs, target: tuple, source: tuple):
 
 
 def unfreeze_top(base, fraction: float) -> int:
-    """Make the top ``fraction`` of ``base``'s weighted layers trainable, batch normalisation
-    excepted (it stays frozen, in inference mode); return how many were unfrozen."""
-    weighted = [layer for layer in base.layers if layer.weights]
-    count = int(round(fraction * len(weighted)))
+    """Make the top ``fraction`` of ``base``'s weighted layers trainable; return how many were unfrozen.
+
+    Layers are counted at the leaves of the layer tree (inside nested models and custom layers,
+    e.g. a champion that was itself fine-tuned). Batch normalisation is never unfrozen: in Keras 3
+    a frozen ``BatchNormalization`` runs in inference mode, which calling the base with
+    ``training=False`` alone does not ensure for nested layers. Adapter layers of an earlier
+    transfer (``transfer_*``) stay fixed too.
+    """
+    from keras import layers
+
+    everything = list(base._flatten_layers(include_self=False, recursive=True))
+    leaves = [layer for layer in everything if not list(layer._flatten_layers(include_self=False, recursive=False))]
+    weighted = [layer for layer in leaves if layer.weights and not isinstance(layer, layers.BatchNormalization)
+                and not layer.name.startswith("transfer_")]
+    count = math.ceil(fraction * len(weighted) - 1e-9) if fraction > 0 else 0
     base.trainable = True
-    for layer in base.layers:
+    for layer in everything:
         layer.trainable = False
-    unfrozen = 0
     for layer in weighted[len(weighted) - count:]:
-        if type(layer).__name__ != "BatchNormalization":
-            layer.trainable = True
-            unfrozen += 1
-    return unfrozen
+        layer.trainable = True
+    return count
+
+
+def kept_epoch(losses: list[float], patience: int) -> tuple[float, int]:
+    """``(validation loss, epoch index)`` of the weights a phase ends with: with early stopping the
+    best finite loss (Keras restores that epoch), without it the last epoch; a non-finite loss
+    counts as infinitely bad (a diverged phase never wins)."""
+    if not losses:
+        return math.inf, -1
+    if patience > 0:
+        finite = [(value, index) for index, value in enumerate(losses) if math.isfinite(value)]
+        return min(finite) if finite else (math.inf, len(losses) - 1)
+    last = losses[-1]
+    return (last if math.isfinite(last) else math.inf), len(losses) - 1
 
 
 def phase_epochs(epochs: int, freeze: float) -> tuple[int, int]:
@@ -221,10 +244,10 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
              head_epochs, config.learning_rate, trainable_head, "; ".join(adapted.notes) or "input as the source's")
     history = _history(model.fit(epochs=head_epochs, callbacks=[*callbacks, *early_stopping(config)], **data))
     head_run = len(history.get("val_loss", []))
-    head_best = float(np.nanmin(history["val_loss"])) if history.get("val_loss") else math.inf
+    head_loss, head_index = kept_epoch(history.get("val_loss", []), config.early_stopping_patience)
     head_weights = model.get_weights()
 
-    unfrozen, tune_run, kept_head = 0, 0, False
+    unfrozen, tune_run, kept_head, best_epoch = 0, 0, False, max(head_index, 0)
     if tune_epochs > 0:
         unfrozen = unfreeze_top(base, 1.0 - config.freeze)
         compile_for_training(model, config, config.fine_tune_learning_rate)  # recompile: the trainable set changed
@@ -236,21 +259,19 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
         tune_run = len(tuned.get("val_loss", []))
         for key in set(history) | set(tuned):
             history[key] = history.get(key, [math.nan] * head_run) + tuned.get(key, [math.nan] * tune_run)
-        tune_best = float(np.nanmin(tuned["val_loss"])) if tuned.get("val_loss") else math.inf
-        if not tune_best < head_best:
+        tune_loss, tune_index = kept_epoch(tuned.get("val_loss", []), config.early_stopping_patience)
+        if tune_loss < head_loss:
+            best_epoch = head_run + tune_index
+        else:
             model.set_weights(head_weights)
             kept_head = True
-            log.info("fine-tuning never beat the head phase's best validation loss %.4f: the head phase's weights are kept", head_best)
+            log.info("fine-tuning never beat the head phase's validation loss %.4f: the head phase's weights are kept", head_loss)
     seconds = time.perf_counter() - started
     val_loss = history.get("val_loss", [])
-    if kept_head or not val_loss:
-        best_epoch = int(np.nanargmin(val_loss[:head_run])) if head_run else 0
-    else:
-        best_epoch = head_run + int(np.nanargmin(val_loss[head_run:])) if tune_run else int(np.nanargmin(val_loss))
     transfer = {"head_epochs": head_run, "fine_tune_epochs": tune_run, "unfrozen_layers": unfrozen, "kept_head_weights": int(kept_head),
                 "head_trainable_weights": trainable_head, **adapted.params()}
     return TrainResult(model=model, history=history, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
-                       transfer=transfer)
+                       transfer=transfer, kept_epoch=best_epoch)
 
 
 def _history(history) -> dict:

@@ -219,8 +219,9 @@ def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list
 
     ``learning_rate`` and ``fine_tune_learning_rate`` in [best / ``width``, best x ``width``] on a
     log scale; ``dropout``, ``momentum`` and ``freeze`` +-0.1; ``units``, ``filters`` and ``batch_size`` in [best / 2, best x 2] on a
-    log scale; ``model``, ``optimizer`` and every ``model_args.<key>`` (whose limits only the
-    user's builder knows) fixed to the best choice. Every range stays inside
+    log scale; ``model`` and ``optimizer`` fixed to the best choice. Model arguments are not
+    re-searched (their limits are the builder's): the plan's training settings carry the best
+    trial's ``model_args``. Every range stays inside
     the field's declared limits (:meth:`TrainConfig.bounds`), so the space is always valid.
     """
     space, notes = {}, []
@@ -243,9 +244,6 @@ def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list
             if low < high:
                 space[name] = {"type": "int", "low": low, "high": high, "log": True}
                 notes.append(f"{name} in [{low}, {high}] (log, best {value} /2 x2)")
-        elif _is_model_arg(name) and (value is None or isinstance(value, (bool, int, float, str))):
-            space[name] = {"type": "categorical", "choices": [value]}
-            notes.append(f"{name} fixed to {value!r}")
         elif name in CATEGORICALS:
             try:
                 TrainConfig.from_dict({name: value})

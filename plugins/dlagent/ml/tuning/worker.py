@@ -225,7 +225,7 @@ class _WorkerLoop:
                 # The MLflow logger runs before the pruner, so a pruned trial's last epoch is logged.
                 result = fit(self.splits, config, callbacks=[*self.callbacks, *extra, pruning], source_model=self.source_model)
                 epochs_run = result.epochs_run
-                kept = result.best_epoch if config.early_stopping_patience > 0 else result.epochs_run - 1
+                kept = result.kept_epoch  # the epoch whose weights the trial ends with
                 value = float(result.history[objective.metric][kept])
                 if math.isfinite(value):
                     state = TrialState.COMPLETE
