@@ -16,7 +16,7 @@ import json
 
 from airflow.sdk import Param
 
-from dlagent.ml.config import TrainConfig
+from dlagent.ml.config import MISSING_POLICIES, TrainConfig
 from dlagent.ml.gate import GateThresholds
 from dlagent.ml.selection import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from dlagent.ml.tuning.settings import TuneConfig
@@ -24,7 +24,7 @@ from dlagent.validation import field_bounds, field_default
 
 TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
                      "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
-DATA_PARAM_NAMES = ("max_samples", "label_column")
+DATA_PARAM_NAMES = ("max_samples", "label_column", "missing")
 GATE_PARAM_NAMES = ("min_accuracy", "max_accuracy_drop_points", "max_size_bytes", "max_latency_ms_p95")
 #: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
 TUNE_PARAM_FIELDS = {"n_trials": "n_trials", "tuning_workers": "n_workers", "tune_timeout_s": "timeout_s",
@@ -52,6 +52,10 @@ def pipeline_params() -> dict[str, Param]:
                              description="Keep a stratified subset of this many samples (quick runs); empty for all."),
         "label_column": Param("label", type="string", minLength=1, title="CSV label column",
                               description="Name of the label column for 'csv:' data sets."),
+        "missing": Param("refuse", type="string", enum=list(MISSING_POLICIES), title="Missing values",
+                         description="'refuse': an empty CSV cell or a NaN feature is refused, naming where. 'impute' (tables, "
+                                     "model 'mlp'): filled inside the model with the training split's median, plus a was-missing "
+                                     "indicator column."),
         **{name: declared_param(TuneConfig, field) for name, field in TUNE_PARAM_FIELDS.items()},
         "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
                                    description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "

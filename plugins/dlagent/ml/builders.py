@@ -231,6 +231,9 @@ def import_custom_modules(folder_or_file, *, field: str = "model_uri", allowed_m
     files = [path] if path.is_file() else sorted(path.rglob("*.keras"))
     modules = sorted({m for f in files for m in custom_modules_of(f)})
     for module in modules:
+        if module == "dlagent" or module.startswith("dlagent."):  # dlagent's own layers (dlagent.ml.layers)
+            importlib.import_module(module)
+            continue
         try:
             import_builder_module(f"{module}:_", allowed_modules=allowed_modules)
         except ConfigError as exc:

@@ -21,6 +21,7 @@ INIT_FROM_PATTERN = r"^(models:/.+|runs:/.+|.+\.keras)$"
 MODEL_ARGS_PREFIX = "model_args."  # search spaces and MLflow params name a model argument ``model_args.<key>``
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
+MISSING_POLICIES = ("refuse", "impute")  # the data option "missing" (dlagent.ml.data)
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
 MAX_SEED = 2**31 - 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.errors import ConfigError
+from dlagent.ml.config import MISSING_POLICIES
 
 SCHEMES = ("digits", "mnist-idx", "npz", "csv", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -51,6 +53,7 @@ class DatasetSplits:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
     digest: str = ""  # of the loaded samples before splitting (dlagent.ml.lineage.content_digest)
+    impute: bool = False  # missing "impute": the model fills NaN features itself (dlagent.ml.layers.ImputeMissing)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -124,8 +127,9 @@ def check_inside_roots(path: Path, allowed_roots: list[str] | None, *, argument=
     return resolved
 
 
-def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[str] | None = None):
-    """Load ``(x, y, class_names)`` for a data set name, without splitting or scaling."""
+def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[str] | None = None, missing: str = "refuse"):
+    """Load ``(x, y, class_names)`` for a data set name, without splitting or scaling (with
+    ``missing="impute"`` an empty CSV cell is read as NaN)."""
     scheme, argument = parse_dataset_uri(uri)
     if scheme == "digits":
         from sklearn.datasets import load_digits
@@ -135,7 +139,7 @@ def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[st
         return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
     path = resolve_data_path(argument, allowed_roots=allowed_roots)
     if scheme == "csv":
-        return _load_csv(path, label_column)
+        return _load_csv(path, label_column, missing)
     if scheme == "npz":
         return _load_npz(path)
     if scheme == "mnist-idx":
@@ -230,7 +234,7 @@ def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     return np.array([index[str(v)] for v in values], dtype=np.int64), names
 
 
-def _load_csv(path: Path, label_column: str):
+def _load_csv(path: Path, label_column: str, missing: str = "refuse"):
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
     try:
@@ -255,12 +259,22 @@ def _load_csv(path: Path, label_column: str):
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line_number} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
         labels.append(row[label_at].strip())
-        try:
-            features.append([float(v) for i, v in enumerate(row) if i != label_at])
-        except ValueError as exc:
-            column = next(i for i, v in enumerate(row) if i != label_at and not _is_float(v)) + 1
-            raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {column}: a feature that is not a number.",
-                              "encode features as numbers.") from exc
+        values = []
+        for column, text in enumerate(row, start=1):
+            if column - 1 == label_at:
+                continue
+            if not text.strip():
+                if missing != "impute":
+                    raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {column}: an empty cell.",
+                                      "fill it, or set the data option missing to 'impute' (the training split's median "
+                                      "and a was-missing indicator column, inside the model).")
+                values.append(math.nan)
+            elif _is_float(text):
+                values.append(float(text))
+            else:
+                raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {column}: a feature that is not a number.",
+                                  "encode features as numbers.")
+        features.append(values)
     if not labels:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
     for parse in (int, float, str):  # whole numbers, then numbers with fractions (refused, with the reason), then names
@@ -322,7 +336,7 @@ def _load_image_folder(directory: Path, allowed_roots=None):
     return np.stack(images), np.array(labels, dtype=np.int64), [d.name for d in class_dirs]
 
 
-def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None) -> int:
+def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None, *, missing: str = "refuse") -> int:
     """Check features and labels; return the number of classes.
 
     Raises :class:`ConfigError` for an empty set, mismatched lengths, non-numeric or
@@ -338,10 +352,14 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
         raise ConfigError("dataset", f"{len(x)} feature rows but {len(y)} labels.", "give one label per sample.")
     if not np.issubdtype(x.dtype, np.floating):
         raise ConfigError("dataset", f"features have dtype {x.dtype}, not floating point.", "convert features to numbers.")
-    bad = ~np.isfinite(x)
+    if missing == "impute" and np.isnan(x).any() and x.ndim != 2:
+        raise ConfigError("data_options.missing", f"'impute' fills missing values of tables; these samples have shape {x.shape[1:]}.",
+                          "clean the images, or use missing 'refuse'.")
+    bad = np.isinf(x) if missing == "impute" else ~np.isfinite(x)
     if bad.any():
         first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
-        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).", "clean or impute the data.")
+        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).",
+                          "clean the data, or set the data option missing to 'impute' (NaN only; inf is never imputed).")
     if y.min() < 0:
         raise ConfigError("dataset", f"labels must be >= 0; {int((y < 0).sum())} are negative.", "give integer class labels 0..K-1.")
     num_classes = int(y.max()) + 1
@@ -389,7 +407,7 @@ def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float)
     return x_train, y_train, x_val, y_val, x_test, y_test
 
 
-DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction")
+DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing")
 
 
 def load_dataset_with_options(uri: str, options: dict | None, *, seed: int, allowed_roots=None) -> DatasetSplits:
@@ -411,6 +429,7 @@ def load_dataset(
     label_column: str = "label",
     max_samples: int | None = None,
     allowed_roots: list[str] | None = None,
+    missing: str = "refuse",
 ) -> DatasetSplits:
     """Load, validate and split a data set by name.
 
@@ -418,8 +437,10 @@ def load_dataset(
     """
     from dlagent.ml.lineage import content_digest
 
-    x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots)
-    num_classes = validate_arrays(x, y, class_names)
+    if missing not in MISSING_POLICIES:
+        raise ConfigError("data_options.missing", f"must be one of {list(MISSING_POLICIES)}, got {missing!r}.", "use 'refuse' or 'impute'.")
+    x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing)
+    num_classes = validate_arrays(x, y, class_names, missing=missing)
     digest = content_digest(x, y)
     if max_samples is not None:
         if not isinstance(max_samples, int) or max_samples < num_classes * MIN_SAMPLES_PER_CLASS:
@@ -430,4 +451,5 @@ def load_dataset(
             x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=y, random_state=seed)
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
-    return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest)
+    return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest,
+                         impute=missing == "impute" and x.ndim == 2)

@@ -17,7 +17,7 @@ STUDENT_MODELS = ("mlp", "cnn")
 
 
 def build_student(kind: str, input_shape: tuple, num_classes: int, *, units: int = 32, filters: int = 8, seed: int = 42,
-                  adapt_data=None):
+                  adapt_data=None, impute: bool = False):
     """``(logits_model, model)``: a small ``mlp``/``cnn`` built like the project's models, whose
     ``logits_model`` ends in a linear layer (for the temperature) and ``model`` adds the softmax
     (the model that is kept)."""
@@ -28,7 +28,7 @@ def build_student(kind: str, input_shape: tuple, num_classes: int, *, units: int
 
     check_choice("student_model", kind, STUDENT_MODELS)
     base = build_model(TrainConfig(model=kind, units=units, filters=filters, dropout=0.1, seed=seed), input_shape, num_classes,
-                       adapt_data=adapt_data)
+                       adapt_data=adapt_data, impute=impute)
     penultimate = base.get_layer("probabilities").input
     logits = layers.Dense(num_classes, name="logits")(penultimate)
     logits_model = keras.Model(base.input, logits, name=f"dlagent_student_{kind}_logits")
@@ -86,7 +86,8 @@ def distill(
         return ops.cast(ops.equal(ops.argmax(y_true[:, :num_classes], axis=-1), ops.argmax(logits, axis=-1)), "float32")
 
     logits_model, student = build_student(student_model, splits.input_shape, num_classes, units=student_units,
-                                          filters=student_filters, seed=seed, adapt_data=splits.x_train)
+                                          filters=student_filters, seed=seed, adapt_data=splits.x_train,
+                                          impute=splits.impute)
     logits_model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=[accuracy])
     started = time.perf_counter()
     logits_model.fit(

@@ -29,12 +29,15 @@ def check_model_input(model: str, input_shape: tuple[int, ...]) -> None:
 IMAGE_MODELS = ("cnn", "resnet")
 
 
-def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None, adapt_data=None):
+def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None, adapt_data=None,
+                impute: bool = False):
     """Return an uncompiled Keras model for ``config.model``: a built-in (``mlp``, ``cnn``,
     ``resnet``) or the user's builder ``package.module:function`` called with ``config.model_args``.
 
     ``adapt_data`` (the training split's features): an ``mlp`` on a table standardises its
-    inputs with statistics of these rows (:func:`standardize_layer`), inside the model.
+    inputs with statistics of these rows (:func:`standardize_layer`), inside the model; with
+    ``impute`` it first fills missing values with these rows' medians and adds was-missing
+    indicators (:class:`dlagent.ml.layers.ImputeMissing`).
     """
     import keras
     from keras import layers
@@ -54,7 +57,13 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
     else:
         x = inputs
         if len(input_shape) == 1 and adapt_data is not None:
-            x = standardize_layer(adapt_data)(x)
+            rows = np.asarray(adapt_data, np.float32)
+            if impute:
+                from dlagent.ml.layers import impute_layer
+
+                imputer = impute_layer(rows)
+                x, rows = imputer(x), imputer.transform(rows)
+            x = standardize_layer(rows)(x)
         x = layers.Flatten()(x)
     x = layers.Dropout(config.dropout)(x)
     x = layers.Dense(config.units, activation="relu")(x)
@@ -79,13 +88,19 @@ def standardize_layer(features: np.ndarray):
 
 
 def scaling_statistics(model) -> dict | None:
-    """``{"mean": [...], "std": [...]}`` of a model's input standardisation, or ``None`` without one."""
+    """``{"mean": [...], "std": [...]}`` of a model's input standardisation (with ``"impute"``:
+    ``fill_values`` and ``indicator_columns`` when it fills missing values), or ``None`` without one."""
     try:
         layer = model.get_layer(STANDARDIZE_LAYER)
     except ValueError:
         return None
     mean, variance = (np.asarray(layer.mean).ravel(), np.asarray(layer.variance).ravel())
-    return {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(variance)]}
+    statistics = {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(variance)]}
+    try:
+        imputer = model.get_layer("impute_missing")
+    except ValueError:
+        return statistics
+    return {**statistics, "impute": {"fill_values": imputer.fill_values, "indicator_columns": imputer.indicator_columns}}
 
 
 def augmentation(x, input_shape: tuple[int, ...]):

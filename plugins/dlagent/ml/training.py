@@ -74,7 +74,7 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
                               "config.init_from), or call train(..., client=...), which loads it.")
         return fit_transfer(splits, config, source_model, callbacks=callbacks, verbose=verbose)
     if initial_model is None:
-        model = build_model(config, splits.input_shape, splits.num_classes, adapt_data=splits.x_train)
+        model = build_model(config, splits.input_shape, splits.num_classes, adapt_data=splits.x_train, impute=splits.impute)
     else:
         _check_shapes(initial_model, splits)
         model = initial_model

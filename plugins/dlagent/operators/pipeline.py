@@ -54,6 +54,10 @@ class ValidateInputsOperator(DlagentOperator):
         config = TrainConfig.from_dict(self.train_config or {})
         self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+        if splits.impute and (config.model != "mlp" or config.init_from):
+            raise ConfigError("data_options.missing", "'impute' is built into the 'mlp' model (it fills missing values inside the "
+                              f"model); model {config.model!r}{' with init_from' if config.init_from else ''} cannot take them.",
+                              "use model 'mlp' without init_from, or clean the data and use missing 'refuse'.")
         if config.init_from:  # transfer learning: the source must load and fit the data (the model setting is not used)
             from dlagent.ml.transfer import adapt_source, load_source_model
 

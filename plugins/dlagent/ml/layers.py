@@ -1,0 +1,55 @@
+"""dlagent's own Keras layers, registered serializable so logged models load in safe mode.
+
+Imported only where a model is built or loaded (it imports Keras); loading a model that uses
+one imports this module first (:func:`dlagent.ml.builders.import_custom_modules`).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="dlagent")
+class ImputeMissing(layers.Layer):
+    """Fill missing (NaN) features and flag them: each column's NaN becomes its fill value (the
+    training split's median), and a 0/1 column is appended for each of ``indicator_columns``
+    (the columns that had missing values in training), so the model can learn from the fact that
+    a value was missing. Part of the model, so Keras, TFLite and serving fill raw rows the same
+    way; NaN is found as ``x != x``, which TFLite's built-in ops carry."""
+
+    def __init__(self, fill_values, indicator_columns=(), **kwargs):
+        super().__init__(**kwargs)
+        self.fill_values = [float(v) for v in fill_values]
+        self.indicator_columns = [int(c) for c in indicator_columns]
+
+    def call(self, inputs):
+        missing = ops.not_equal(inputs, inputs)
+        filled = ops.where(missing, ops.convert_to_tensor(np.asarray(self.fill_values, np.float32)), inputs)
+        if not self.indicator_columns:
+            return filled
+        flags = ops.cast(ops.take(missing, np.asarray(self.indicator_columns, np.int32), axis=1), filled.dtype)
+        return ops.concatenate([filled, flags], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] + len(self.indicator_columns))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """The same filling in NumPy (for statistics computed on the filled training rows)."""
+        x = np.asarray(x, np.float32)
+        missing = np.isnan(x)
+        filled = np.where(missing, np.asarray(self.fill_values, np.float32), x)
+        return np.concatenate([filled, missing[:, self.indicator_columns].astype(np.float32)], axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "fill_values": self.fill_values, "indicator_columns": self.indicator_columns}
+
+
+def impute_layer(features: np.ndarray) -> ImputeMissing:
+    """An :class:`ImputeMissing` from the training split's features: per-column medians of the
+    values present (0 for a column with none), indicators for the columns with any NaN."""
+    x = np.asarray(features, np.float64)
+    present = ~np.isnan(x)
+    fill = [float(np.median(x[present[:, j], j])) if present[:, j].any() else 0.0 for j in range(x.shape[1])]
+    return ImputeMissing(fill, [int(j) for j in np.flatnonzero((~present).any(axis=0))], name="impute_missing")
