@@ -38,6 +38,7 @@ def test_a_registered_champion_is_fine_tuned_in_two_phases_with_a_new_head(clien
     run = client.get_run(target_run)
     assert run.data.params["init_from"] == "models:/digits-source@champion" and run.data.params["freeze"] == "0.5"
     assert run.data.params["transfer.new_head"] == "True" and run.data.params["transfer.input_adapter"].startswith("new head: 10 -> 3")
+    assert run.data.params["transfer.source_model_uri"].startswith("models:/m-")  # what the alias pointed at: it can move
     assert run.data.metrics["transfer_head_epochs"] == 3 and run.data.metrics["transfer_fine_tune_epochs"] == 3
     phases = [m.value for m in sorted(client.get_metric_history(target_run, "transfer_phase"), key=lambda m: m.step)]
     rates = [m.value for m in sorted(client.get_metric_history(target_run, "learning_rate"), key=lambda m: m.step)]

@@ -167,10 +167,11 @@ def train(
     (a ``.keras`` file only from inside ``allowed_roots``). Returns the result and the logged
     model's URI (``None`` without a run).
     """
+    source_uri = None
     if config.init_from and source_model is None and initial_model is None and client is not None:
-        from dlagent.ml.transfer import load_source_model
+        from dlagent.ml.transfer import load_source
 
-        source_model = load_source_model(client, config.init_from, allowed_roots=allowed_roots)
+        source_model, source_uri = load_source(client, config.init_from, allowed_roots=allowed_roots)
     if run_id is None:
         return fit(splits, config, callbacks=callbacks, initial_model=initial_model, source_model=source_model), None
     if client is None:
@@ -187,7 +188,8 @@ def train(
                  source_model=source_model)
     tracking.log_metrics(client, run_id, result.metrics())
     if result.transfer:
-        tracking.log_params_safely(client, run_id, {k: v for k, v in result.transfer.items() if isinstance(v, (bool, str))})
+        resolved = {"transfer.source_model_uri": source_uri} if source_uri else {}
+        tracking.log_params_safely(client, run_id, {**resolved, **{k: v for k, v in result.transfer.items() if isinstance(v, (bool, str))}})
         head = result.transfer["head_epochs"]
         for epoch in range(result.epochs_run):  # which phase each epoch's metrics belong to (1 head, 2 fine-tune)
             tracking.log_metrics(client, run_id, {"transfer_phase": 1 if epoch < head else 2}, step=epoch)

@@ -57,6 +57,13 @@ class AdaptedModel:
 
 def load_source_model(client, init_from: str, *, allowed_roots=None):
     """The source model named by ``init_from``, loaded in Keras safe mode; refusals name ``init_from``."""
+    return load_source(client, init_from, allowed_roots=allowed_roots)[0]
+
+
+def load_source(client, init_from: str, *, allowed_roots=None):
+    """``(model, resolved)``: the source model and what ``init_from`` resolved to (an alias or a
+    version becomes the ``models:/m-...`` it pointed at when loaded; the training run records it,
+    since an alias can move)."""
     from dlagent.ml.model_store import load_keras_model
 
     uri = str(init_from or "").strip()
@@ -66,10 +73,10 @@ def load_source_model(client, init_from: str, *, allowed_roots=None):
         uri = _registered_model_uri(client, uri)
     if uri.startswith(("models:/", "runs:/")):
         try:
-            return load_keras_model(client, uri)
+            return load_keras_model(client, uri), uri
         except ConfigError as exc:
             raise ConfigError("init_from", f"cannot load {init_from!r}: {exc.problem}", exc.fix or INIT_FROM_FIX) from exc
-    return _load_keras_file(uri, allowed_roots)
+    return _load_keras_file(uri, allowed_roots), uri
 
 
 def _registered_model_uri(client, uri: str) -> str:
