@@ -30,6 +30,9 @@ everything in MLflow (one parent run per DAG run, a child run per task).
   in-training controller) and the compression candidates; every decision with its reason is in
   its log and in its MLflow run (`decisions.json`). `agent_policy: off` runs the Params as given.
 * **train** trains with the best parameters and the agent's settings, logging per-epoch metrics and the model.
+  `model` is a built-in (`cnn`, `resnet`, `mlp`) or your own builder `include.<module>:<function>`
+  (its `model_args` tunable as `model_args.<key>`); `init_from` fine-tunes an existing model
+  (e.g. `models:/dlagent-classifier@champion`) in two phases instead of training from scratch.
 * **compression_candidates** lists the candidates; **compress** (one mapped task each) prunes,
   distils and/or quantizes (TFLite) and measures size, accuracy and latency.
 * **evaluate** measures the trained model, the most compressed candidate within the accuracy
