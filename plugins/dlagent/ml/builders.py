@@ -18,15 +18,15 @@ the model once on the data's shapes (:func:`check_model_on_data`), so a broken b
 there, before any tuning or training.
 
 Custom layers are allowed when they are registered serializable
-(``@keras.saving.register_keras_serializable``): a logged model records its ``model`` param,
-and :func:`import_builder_module` imports the builder's module (the registration) before the
-model is loaded back in Keras safe mode.
+(``@keras.saving.register_keras_serializable``): before a model is loaded back in Keras safe
+mode, :func:`import_custom_modules` reads which modules its custom classes come from (the
+``.keras`` archive's config) and imports them through the same allow-list, so the registration
+is in place in any task (a logged model, a trial checkpoint, the champion, an ``init_from`` file).
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import numpy as np
@@ -34,9 +34,6 @@ import numpy as np
 from dlagent.errors import ConfigError
 from dlagent.ml.config import MODELS
 
-log = logging.getLogger(__name__)
-
-TASKS = ("classification",)
 BUILDER_SIGNATURE = "build(hp: dict, input_shape: tuple, n_outputs: int, task: str) -> keras.Model"
 
 

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+IMPUTE_LAYER = "impute_missing"  # the name of a model's ImputeMissing layer
+
 
 @keras.saving.register_keras_serializable(package="dlagent")
 class ImputeMissing(layers.Layer):
@@ -52,4 +54,4 @@ def impute_layer(features: np.ndarray) -> ImputeMissing:
     x = np.asarray(features, np.float64)
     present = ~np.isnan(x)
     fill = [float(np.median(x[present[:, j], j])) if present[:, j].any() else 0.0 for j in range(x.shape[1])]
-    return ImputeMissing(fill, [int(j) for j in np.flatnonzero((~present).any(axis=0))], name="impute_missing")
+    return ImputeMissing(fill, [int(j) for j in np.flatnonzero((~present).any(axis=0))], name=IMPUTE_LAYER)

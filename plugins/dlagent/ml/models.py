@@ -96,8 +96,10 @@ def scaling_statistics(model) -> dict | None:
         return None
     mean, variance = (np.asarray(layer.mean).ravel(), np.asarray(layer.variance).ravel())
     statistics = {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(variance)]}
+    from dlagent.ml.layers import IMPUTE_LAYER
+
     try:
-        imputer = model.get_layer("impute_missing")
+        imputer = model.get_layer(IMPUTE_LAYER)
     except ValueError:
         return statistics
     return {**statistics, "impute": {"fill_values": imputer.fill_values, "indicator_columns": imputer.indicator_columns}}
