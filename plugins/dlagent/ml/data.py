@@ -30,6 +30,7 @@ import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import MISSING_POLICIES
+from dlagent.validation import check_choice
 
 SCHEMES = ("digits", "mnist-idx", "npz", "csv", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -371,12 +372,13 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
         raise ConfigError("dataset", f"has a single class ({present} distinct label); a classifier needs at least 2.", "add samples of other classes.")
     observed = counts[counts > 0]
     rare = int((observed < MIN_SAMPLES_PER_CLASS).sum())
+    gaps = bool((counts == 0).any())
     named = bool(class_names) and list(class_names) != [str(i) for i in range(len(class_names))]  # folders, words: never a quantity
-    if not named and len(observed) > REGRESSION_LIKE_CLASSES and (rare > len(observed) / 2 or (counts == 0).any()):
-        raise ConfigError("dataset", f"the labels take {len(observed)} distinct values and {rare} of them occur fewer than "
-                          f"{MIN_SAMPLES_PER_CLASS} times{' or leave gaps in 0..' + str(num_classes - 1) if (counts == 0).any() else ''}: "
-                          "this looks like a regression target (a count or a measured quantity), not class labels.", REGRESSION_FIX)
-    if (counts == 0).any():
+    if not named and len(observed) > REGRESSION_LIKE_CLASSES and (rare > len(observed) / 2 or gaps):
+        how = f"{rare} of them occur fewer than {MIN_SAMPLES_PER_CLASS} times" + (f" or leave gaps in 0..{num_classes - 1}" if gaps else "")
+        raise ConfigError("dataset", f"the labels take {len(observed)} distinct values and {how}: this looks like a regression "
+                          "target (a count or a measured quantity), not class labels.", REGRESSION_FIX)
+    if gaps:
         raise ConfigError("dataset", f"labels must be consecutive from 0; {int((counts == 0).sum())} labels in that range have no samples.",
                           "re-number the labels 0..K-1.")
     if counts.min() < MIN_SAMPLES_PER_CLASS:
@@ -437,8 +439,7 @@ def load_dataset(
     """
     from dlagent.ml.lineage import content_digest
 
-    if missing not in MISSING_POLICIES:
-        raise ConfigError("data_options.missing", f"must be one of {list(MISSING_POLICIES)}, got {missing!r}.", "use 'refuse' or 'impute'.")
+    check_choice("data_options.missing", missing, MISSING_POLICIES)
     x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing)
     num_classes = validate_arrays(x, y, class_names, missing=missing)
     digest = content_digest(x, y)
