@@ -34,9 +34,9 @@ everything in MLflow (one parent run per DAG run, a child run per task).
   (its `model_args` tunable as `model_args.<key>`); `init_from` fine-tunes an existing model
   (e.g. `models:/dlagent-classifier@champion`) in two phases instead of training from scratch.
 * **compression_candidates** lists the candidates; **compress** (one mapped task each) prunes,
-  distils and/or quantizes (TFLite) and measures size, accuracy and latency.
-* **evaluate** measures the trained model, the most compressed candidate within the accuracy
-  budget and the deployed champion on the same test split (per-class metrics, confusion
+  distils and/or quantizes (TFLite) and measures size, the test metrics and latency.
+* **evaluate** measures the trained model, the most compressed candidate within the budget of
+  the primary metric (`metric`: accuracy, auc, f1_macro; rmse, mae, r2 for `task: regression`) and the deployed champion on the same test split (per-class metrics, confusion
   matrix, explanation plots) and gates the candidate: `blessed` with its reasons.
 * **deploy** registers a blessed candidate in the MLflow Model Registry (alias `champion`,
   former one `previous`) and writes the serving bundle; otherwise it is *skipped* and its
@@ -104,7 +104,7 @@ with DAG(
         task_id="retune_conf", plan=agent_decide.output, observed_run_id=agent_decide.output["observed_run_id"],
         base_conf={"experiment_name": "{{ params.experiment_name }}", "dataset": "{{ params.dataset }}",
                    "model_name": "{{ params.model_name }}", "agent_policy": "{{ params.agent_policy }}",
-                   "retune_budget": "{{ params.retune_budget - 1 }}"},
+                   "retune_budget": "{{ params.retune_budget - 1 }}", **data_options},  # the follow-up reads the same data, task and metric
         **common,
     )
     retune = TriggerDagRunOperator(task_id="retune", trigger_dag_id="dl_agent_pipeline", trigger_run_id="retune__{{ run_id }}",
@@ -112,11 +112,13 @@ with DAG(
     stop = EmptyOperator(task_id="stop")
     finish = FinishPipelineOperator(
         task_id="finish",
-        collect={"test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
+        collect={"metric": "evaluate.metric", "test_metric": "evaluate.test_metric",
+                 "test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
                  "model_uri": "train.model_uri", "train_run_id": "train.run_id", "best_val_accuracy": "train.metrics.best_val_accuracy",
+                 "best_val_rmse": "train.metrics.best_val_rmse",
                  "tune_best_value": "tune_summary.best_value", "study_name": "tune_summary.study_name",
                  "candidate": "evaluate.candidate.candidate", "candidate_size_bytes": "evaluate.candidate.metrics.size_bytes",
-                 "keras_test_accuracy": "evaluate.reference.metrics.test_accuracy",
+                 "keras_test_accuracy": "evaluate.reference.metrics.test_accuracy", "keras_test_rmse": "evaluate.reference.metrics.test_rmse",
                  "deployed_version": "deploy.version", "champion_uri": "deploy.champion_uri", "agent_action": "agent_decide.action",
                  "followed": "follow_plan"},
         **common,

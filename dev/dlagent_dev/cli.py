@@ -173,15 +173,16 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
     tags = {key[len(names.SUMMARY_TAG_PREFIX):]: value for key, value in run.data.tags.items() if key.startswith(names.SUMMARY_TAG_PREFIX)}
     print(f"dl_agent_pipeline: {status} (Airflow run {run.data.tags.get(names.AIRFLOW_RUN_ID_TAG)})")
     print(f"MLflow parent run:  {run.info.run_id} in experiment {experiment!r}")
-    if "test_accuracy" in metrics:
-        print(f"test accuracy:      {metrics['test_accuracy']:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
+    metric = tags.get("metric") or "accuracy"
+    if f"test_{metric}" in metrics:
+        print(f"test {metric + ':':<14}{metrics[f'test_{metric}']:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
     if tags.get("study_name"):
         print(f"tuning:             study {tags['study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
     if tags.get("model_uri"):
         print(f"model:              {tags['model_uri']}  (training run {tags.get('train_run_id')})")
     if tags.get("candidate"):
         print(f"shipped candidate:  {tags['candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
-              f"(uncompressed Keras model: accuracy {metrics.get('keras_test_accuracy', float('nan')):.4f})")
+              f"(uncompressed Keras model: {metric} {metrics.get(f'keras_test_{metric}', float('nan')):.4f})")
     if tags.get("agent_action"):
         followed = tags.get("followed")
         taken = f", branch taken: {followed}" if followed and followed != tags["agent_action"] else ""

@@ -150,9 +150,25 @@ def _agent_decide(v: dict) -> str:
     return f"decided: {v['action']}"
 
 
+FRACTION_METRICS = ("accuracy", "auc", "f1_macro")
+
+
+def _value(name: str, value) -> str:
+    """A metric as a person reads it: fractions as percentages, errors and r2 as numbers."""
+    return _pct(value) if name in FRACTION_METRICS else f"{value:.4g}"
+
+
+def _primary(metrics: dict, prefix: str) -> str:
+    """``"<metric> <value>"`` of the first ``<prefix><metric>`` in ``metrics`` (accuracy first)."""
+    for name in (*FRACTION_METRICS, "rmse", "mae", "r2"):
+        if metrics.get(prefix + name) is not None:
+            return f"{name} {_value(name, metrics[prefix + name])}"
+    return "no metric"
+
+
 def _train(v: dict) -> str:
     metrics = v["metrics"]
-    return f"val. accuracy {_pct(metrics['best_val_accuracy'])}, {metrics.get('epochs_run', '?')} epochs"
+    return f"val. {_primary(metrics, 'best_val_')}, {metrics.get('epochs_run', '?')} epochs"
 
 
 def _candidates(v: list) -> str:
@@ -162,13 +178,15 @@ def _candidates(v: list) -> str:
 def _compress(v: dict) -> str:
     metrics = v["metrics"]
     return (f"{v['candidate']}: {metrics['size_bytes']:,} bytes (gzip {metrics.get('gzip_size_bytes', 0):,}), "
-            f"accuracy {_pct(metrics['test_accuracy'])}")
+            f"{_primary(metrics, 'test_')}")
 
 
 def _evaluate(v: dict) -> str:
     gate = "blessed" if v.get("blessed") else "not blessed"
     candidate = (v.get("candidate") or {}).get("candidate")
-    accuracy = f", test accuracy {_pct(v['test_accuracy'])}" if v.get("test_accuracy") is not None else ""
+    metric = v.get("metric") or "accuracy"
+    value = v.get("test_metric", v.get(f"test_{metric}"))
+    accuracy = f", test {metric} {_value(metric, value)}" if value is not None else ""
     return f"gate: {gate}" + (f" ({candidate}{accuracy})" if candidate else accuracy)
 
 
@@ -181,7 +199,9 @@ def _deploy(v: dict) -> str:
 
 
 def _finish(v: dict) -> str:
-    accuracy = f", test accuracy {_pct(v['test_accuracy'])}" if v.get("test_accuracy") is not None else ""
+    metric = v.get("metric") or "accuracy"
+    value = v.get("test_metric", v.get("test_accuracy"))
+    accuracy = f", test {metric} {_value(metric, value)}" if value is not None else ""
     return f"parent run {v.get('status', '?')}{accuracy}"
 
 

@@ -18,14 +18,15 @@ from airflow.sdk import Param
 
 from dlagent.ml.config import MISSING_POLICIES, TrainConfig
 from dlagent.ml.gate import GateThresholds
+from dlagent.ml.metrics import METRICS, TASKS
 from dlagent.ml.selection import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from dlagent.ml.tuning.settings import TuneConfig
 from dlagent.validation import field_bounds, field_default
 
 TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
                      "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
-DATA_PARAM_NAMES = ("max_samples", "label_column", "missing")
-GATE_PARAM_NAMES = ("min_accuracy", "max_accuracy_drop_points", "max_size_bytes", "max_latency_ms_p95")
+DATA_PARAM_NAMES = ("max_samples", "label_column", "missing", "task", "metric")
+GATE_PARAM_NAMES = ("metric_threshold", "max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95")
 #: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
 TUNE_PARAM_FIELDS = {"n_trials": "n_trials", "tuning_workers": "n_workers", "tune_timeout_s": "timeout_s",
                      "tune_trial_epochs": "trial_epochs", "tune_min_trial_epochs": "min_trial_epochs",
@@ -48,10 +49,17 @@ def pipeline_params() -> dict[str, Param]:
                         "'csv:<file>' (with a label column) or 'images:<dir>' (one sub-folder per class).",
         ),
         **{name: declared_param(TrainConfig, name) for name in TRAIN_PARAM_NAMES},
+        "task": Param("classification", type="string", enum=list(TASKS), title="Task",
+                      description="'classification': the labels are classes (numbers or names). 'regression': the labels "
+                                  "are numeric targets (several: name the columns 'a,b' in CSV label column)."),
+        "metric": Param(None, type=["null", "string"], enum=[None, *METRICS], title="Primary metric",
+                        description="How models are compared everywhere (tuning, early stopping, compression budget, gate, "
+                                    "agent): 'accuracy', 'auc' (binary), 'f1_macro'; 'rmse', 'mae', 'r2'. Empty: accuracy "
+                                    "for classification, rmse for regression."),
         "max_samples": Param(None, type=["null", "integer"], minimum=30, title="Max samples",
-                             description="Keep a stratified subset of this many samples (quick runs); empty for all."),
+                             description="Keep a random (for classes: stratified) subset of this many samples (quick runs); empty for all."),
         "label_column": Param("label", type="string", minLength=1, title="CSV label column",
-                              description="Name of the label column for 'csv:' data sets."),
+                              description="Name of the label column for 'csv:' data sets (regression: several, as 'a,b')."),
         "missing": Param("refuse", type="string", enum=list(MISSING_POLICIES), title="Missing values",
                          description="'refuse': an empty CSV cell or a NaN feature is refused, naming where. 'impute' (tables, "
                                      "model 'mlp'): filled inside the model with the training split's median, plus a was-missing "

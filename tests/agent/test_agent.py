@@ -44,7 +44,7 @@ def test_observe_reads_the_history(history):
     assert trial_curve["best_epoch"] == 4 and trial_curve["overfitting"] and trial_curve["gap"] == pytest.approx(0.08)
     train_curve = obs.curve_of(ids["train_run_id"])
     assert train_curve["still_improving"] and not train_curve["diverged"]
-    assert obs.reference_accuracy == 0.95 and obs.gate["blessed"] is True
+    assert obs.reference_score == 0.95 and obs.gate["blessed"] is True
     assert sorted(c["name"] for c in obs.candidates) == ["float32", "int8", "pruned80+int8"]
     assert obs.champion == {"name": CHAMPION, "version": "1", "run_id": obs.champion["run_id"], "metrics": {"test_accuracy": 0.92}}
     assert obs.compute == {"runs": 11, "finished_runs": 10, "run_seconds": 107.0, "epochs": 53, "trials": 6}

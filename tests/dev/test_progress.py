@@ -94,6 +94,13 @@ def test_each_task_has_a_headline_figure():
     }
 
 
+def test_a_regression_run_shows_its_primary_metric():
+    assert headline("train", {"metrics": {"best_val_rmse": 52.31, "epochs_run": 9}}) == "val. rmse 52.31, 9 epochs"
+    assert headline("evaluate", {"blessed": False, "candidate": {"candidate": "int8"}, "metric": "rmse", "test_metric": 55.5}) == \
+        "gate: not blessed (int8, test rmse 55.5)"
+    assert headline("finish", {"status": "FINISHED", "metric": "r2", "test_metric": 0.4567}) == "parent run FINISHED, test r2 0.4567"
+
+
 @pytest.mark.parametrize("value", [None, {}, [], "x", {"metrics": None}, {"data": {"dataset": "d"}}, 3])
 def test_a_missing_or_odd_figure_is_empty_never_an_error(value):
     for task in RECORDED_XCOMS:

@@ -33,9 +33,9 @@ def teacher(digits_small):
 
 @pytest.fixture(scope="module")
 def teacher_accuracy(teacher, digits_small):
-    from dlagent.ml.evaluation import keras_accuracy
+    from dlagent.ml.evaluation import keras_score
 
-    return keras_accuracy(teacher, digits_small)
+    return keras_score(teacher, digits_small)
 
 
 def _interpreter_accuracy(content: bytes, x: np.ndarray, y: np.ndarray) -> tuple[float, dict, dict]:
@@ -206,7 +206,7 @@ def test_pruning_reaches_the_requested_sparsity_on_the_weights(teacher, digits_s
 
 
 def test_fine_tune_keeps_masks_and_recovers_accuracy(teacher, teacher_accuracy, digits_small):
-    from dlagent.ml.evaluation import keras_accuracy
+    from dlagent.ml.evaluation import keras_score
 
     oneshot = prune(teacher, None, 0.8, fine_tune_epochs=0)
     tuned = prune(teacher, digits_small, 0.8, fine_tune_epochs=2)
@@ -214,7 +214,7 @@ def test_fine_tune_keeps_masks_and_recovers_accuracy(teacher, teacher_accuracy, 
     tuned_kernels = [k.numpy() for _, k in prunable_kernels(tuned)]
     assert all(np.array_equal(z, t == 0) for z, t in zip(oneshot_zero, tuned_kernels, strict=True)), "the masks moved"
     assert any(not np.allclose(a, b) for a, b in zip(oneshot.get_weights(), tuned.get_weights(), strict=True)), "no fine-tune happened"
-    assert keras_accuracy(tuned, digits_small) >= teacher_accuracy - 0.035
+    assert keras_score(tuned, digits_small) >= teacher_accuracy - 0.035
 
 
 def test_pruned_int8_candidate_is_sparse_and_smaller_after_gzip(teacher, teacher_accuracy, digits_small):

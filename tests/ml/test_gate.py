@@ -13,7 +13,7 @@ from dlagent.ml.gate import MAX_REGRESSION_POINTS, GateThresholds, decide
 
 CHAMPION = {"test_accuracy": 0.950, "size_bytes": 100_000, "latency_ms_p95": 1.0}
 REFERENCE = {"test_accuracy": 0.955}
-OPEN = GateThresholds(max_accuracy_drop_points=None)
+OPEN = GateThresholds(max_metric_drop_points=None)
 
 
 def _candidate(accuracy, size=100_000, latency=1.0):
@@ -24,7 +24,7 @@ def _candidate(accuracy, size=100_000, latency=1.0):
 
 
 def test_first_model_ships_when_it_meets_the_limits():
-    decision = decide(_candidate(0.9), REFERENCE, None, GateThresholds(min_accuracy=0.85, max_accuracy_drop_points=6))
+    decision = decide(_candidate(0.9), REFERENCE, None, GateThresholds(metric_threshold=0.85, max_metric_drop_points=6))
     assert decision["blessed"] is True
     assert any("no champion" in reason for reason in decision["reasons"])
 
@@ -36,7 +36,7 @@ def test_better_than_champion_ships():
 
 
 def test_min_improvement_is_required_unless_smaller_or_faster():
-    thresholds = GateThresholds(max_accuracy_drop_points=None, min_improvement_points=1.0)
+    thresholds = GateThresholds(max_metric_drop_points=None, min_improvement_points=1.0)
     assert not decide(_candidate(0.955), REFERENCE, CHAMPION, thresholds)["blessed"]
     assert decide(_candidate(0.961), REFERENCE, CHAMPION, thresholds)["blessed"]
     assert decide(_candidate(0.955, size=50_000), REFERENCE, CHAMPION, thresholds)["blessed"]
@@ -54,13 +54,13 @@ def test_equal_accuracy_ships_only_when_smaller_or_faster():
 
 def test_slightly_worse_but_much_smaller_ships_within_the_tie_tolerance():
     assert decide(_candidate(0.946, size=20_000), REFERENCE, CHAMPION, OPEN)["blessed"]  # -0.4 points
-    strict = GateThresholds(max_accuracy_drop_points=None, tie_tolerance_points=0.0)
+    strict = GateThresholds(max_metric_drop_points=None, tie_tolerance_points=0.0)
     assert not decide(_candidate(0.946, size=20_000), REFERENCE, CHAMPION, strict)["blessed"]
 
 
 @pytest.mark.parametrize("accuracy", [0.9449, 0.94, 0.90, 0.5, 0.0])
 def test_worse_than_champion_by_more_than_half_a_point_is_never_blessed(accuracy):
-    generous = GateThresholds(min_accuracy=0.0, max_accuracy_drop_points=100.0, min_improvement_points=0.0,
+    generous = GateThresholds(metric_threshold=0.0, max_metric_drop_points=100.0, min_improvement_points=0.0,
                               tie_tolerance_points=MAX_REGRESSION_POINTS, min_efficiency_gain=0.0)
     decision = decide(_candidate(accuracy, size=1, latency=0.001), REFERENCE, CHAMPION, generous)
     assert decision["blessed"] is False
@@ -68,24 +68,24 @@ def test_worse_than_champion_by_more_than_half_a_point_is_never_blessed(accuracy
 
 
 def test_limits_on_accuracy_drop_size_and_latency():
-    thresholds = GateThresholds(min_accuracy=0.9, max_accuracy_drop_points=0.5, max_size_bytes=50_000, max_latency_ms_p95=0.5)
+    thresholds = GateThresholds(metric_threshold=0.9, max_metric_drop_points=0.5, max_size_bytes=50_000, max_latency_ms_p95=0.5)
     decision = decide(_candidate(0.96, size=60_000, latency=0.7), {"test_accuracy": 0.97}, None, thresholds)
     assert decision["blessed"] is False
     failed = {c["check"] for c in decision["checks"] if not c["passed"]}
-    assert failed == {"max_accuracy_drop_points", "max_size_bytes", "max_latency_ms_p95"}
-    assert decision["accuracy_drop_points"] == pytest.approx(1.0)
+    assert failed == {"max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95"}
+    assert decision["metric_drop_points"] == pytest.approx(1.0)
     assert len(decision["reasons"]) == 3
-    unmeasured = decide({"test_accuracy": 0.96}, None, None, GateThresholds(max_accuracy_drop_points=None, max_size_bytes=10))
+    unmeasured = decide({"test_accuracy": 0.96}, None, None, GateThresholds(max_metric_drop_points=None, max_size_bytes=10))
     assert not unmeasured["blessed"] and "not measured" in unmeasured["reasons"][0]
-    no_reference = decide(_candidate(0.96), None, None, GateThresholds(max_accuracy_drop_points=1.0))
+    no_reference = decide(_candidate(0.96), None, None, GateThresholds(max_metric_drop_points=1.0))
     assert not no_reference["blessed"] and "no reference" in no_reference["reasons"][0]
-    assert not decide(_candidate(0.89), None, None, GateThresholds(min_accuracy=0.9, max_accuracy_drop_points=None))["blessed"]
+    assert not decide(_candidate(0.89), None, None, GateThresholds(metric_threshold=0.9, max_metric_drop_points=None))["blessed"]
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("min_accuracy", "0.9"), ("min_accuracy", 90), ("min_accuracy", True), ("max_accuracy_drop_points", [1]),
-     ("max_accuracy_drop_points", -1), ("max_size_bytes", 1.5e6), ("max_size_bytes", "1MB"), ("max_size_bytes", 0),
+    [("metric_threshold", "0.9"), ("metric_threshold", 1e13), ("metric_threshold", True), ("max_metric_drop_points", [1]),
+     ("max_metric_drop_points", -1), ("max_size_bytes", 1.5e6), ("max_size_bytes", "1MB"), ("max_size_bytes", 0),
      ("max_latency_ms_p95", "fast"), ("max_latency_ms_p95", 0), ("min_improvement_points", None),
      ("min_improvement_points", float("nan")), ("tie_tolerance_points", 1.0), ("min_efficiency_gain", 1.0)],
 )
@@ -103,7 +103,7 @@ def test_threshold_dicts_refuse_unknown_keys_and_non_mappings():
         GateThresholds.from_dict({"min_acc": 0.9})
     assert err.value.field == "thresholds.min_acc"
     with pytest.raises(ConfigError) as err:
-        decide(_candidate(0.9), REFERENCE, None, [("min_accuracy", 0.9)])
+        decide(_candidate(0.9), REFERENCE, None, [("metric_threshold", 0.9)])
     assert err.value.field == "thresholds"
     assert GateThresholds.from_dict(None) == GateThresholds()
 
@@ -174,7 +174,7 @@ def test_every_injected_regression_is_rejected_and_nothing_is_deployed(trained, 
     good = compress(trained, digits_small, CompressionConfig(quantization="dynamic"), latency_runs=100)
     assert abs(good.metrics["test_accuracy"] - champion_accuracy) * 100 <= 0.5
     assert good.metrics["size_bytes"] < 0.5 * champion.metrics["size_bytes"]
-    limits = GateThresholds(max_accuracy_drop_points=2.0)
+    limits = GateThresholds(max_metric_drop_points=2.0)
 
     shuffled = digits_small.__class__(**{**digits_small.__dict__, "y_train": np.random.default_rng(1).permutation(digits_small.y_train)})
     int8 = CompressionConfig(quantization="int8")
@@ -188,11 +188,11 @@ def test_every_injected_regression_is_rejected_and_nothing_is_deployed(trained, 
         "tiny student": compress(trained, digits_small, CompressionConfig(distill=True, student_model="mlp", student_units=2,
                                                                           distill_epochs=2), latency_runs=50),
     }
-    cases = [(label, candidate, GateThresholds(max_accuracy_drop_points=100.0), "champion") for label, candidate in regressions.items()]
+    cases = [(label, candidate, GateThresholds(max_metric_drop_points=100.0), "champion") for label, candidate in regressions.items()]
     cases += [
-        ("over the size limit", good, GateThresholds(max_accuracy_drop_points=2.0, max_size_bytes=good.metrics["size_bytes"] - 1),
+        ("over the size limit", good, GateThresholds(max_metric_drop_points=2.0, max_size_bytes=good.metrics["size_bytes"] - 1),
          "max_size_bytes"),
-        ("over the latency limit", good, GateThresholds(max_accuracy_drop_points=2.0, max_latency_ms_p95=1e-4), "max_latency_ms_p95"),
+        ("over the latency limit", good, GateThresholds(max_metric_drop_points=2.0, max_latency_ms_p95=1e-4), "max_latency_ms_p95"),
     ]
     for label, candidate, thresholds, failing_check in cases:
         if failing_check == "champion":  # the injected fault really costs more than half a point

@@ -37,7 +37,7 @@ def _observation() -> Observation:
 
 @pytest.mark.parametrize(("budget", "expected"), [(1.0, "int8"), (3.0, "pruned80+int8"), (0.0, "dynamic")])
 def test_the_evaluate_step_and_the_rules_policy_pick_the_same_candidate(budget, expected):
-    limits = GateThresholds(max_accuracy_drop_points=budget)
+    limits = GateThresholds(max_metric_drop_points=budget)
     assert pick_candidate(_evaluate_results(), REFERENCE, limits)["candidate"] == expected
     plan = RulesPolicy(accuracy_budget_points=budget).decide(_observation())
     assert any(r["decision"] == f"compress: {expected}" for r in plan["reasons"]), plan["reasons"]
@@ -49,7 +49,7 @@ def test_the_evaluate_step_and_the_rules_policy_pick_the_same_candidate(budget, 
 
 
 def test_when_none_is_within_the_limits_the_step_judges_the_most_accurate_and_the_policy_plans_none():
-    limits = GateThresholds(max_accuracy_drop_points=0.1, max_size_bytes=10)  # nothing is that small
+    limits = GateThresholds(max_metric_drop_points=0.1, max_size_bytes=10)  # nothing is that small
     assert selection.select_candidate(_evaluate_results(), REFERENCE, limits) == (None, [])
     assert pick_candidate(_evaluate_results(), REFERENCE, limits)["candidate"] == "dynamic"  # the gate then says why not
     plan = RulesPolicy(accuracy_budget_points=0.0).decide({**_observation().to_dict(), "candidates": [

@@ -198,7 +198,7 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
         ([{"sparsity": -0.1}], None, None, "compression_candidates[0].sparsity"),
         ([{"quantization": "int4"}], None, None, "compression_candidates[0].quantization"),
         ([{"quantization": "int8", "representative_samples": 0}], None, None, "compression_candidates[0].representative_samples"),
-        (None, {"min_accuracy": "high"}, None, "min_accuracy"),
+        (None, {"metric_threshold": "high"}, None, "metric_threshold"),
         (None, {"max_size_bytes": 1.5}, None, "max_size_bytes"),
         (None, None, "models:/m-00000000000000000000000000000000", "model_uri"),
     ],

@@ -20,7 +20,7 @@ RESOURCES = {"cpu_count": 2, "cpus_free": 1, "load_1m": 1.0, "memory_free_gb": 4
 DATA = {"dataset": "digits", "data_options": {"max_samples": 400}}
 TRAIN = {"model": "mlp", "epochs": 3, "units": 32, "seed": 0}
 SPACE = {"learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}}
-NO_DROP_LIMIT = {"max_accuracy_drop_points": None}
+NO_DROP_LIMIT = {"max_metric_drop_points": None}
 
 
 @dataclass

@@ -86,7 +86,7 @@ CASES = [
     C("max_samples_too_small", {"max_samples": 10}, "max_samples", params=True),
     C("experiment_name_empty", {"experiment_name": ""}, "experiment_name", params=True),
     C("model_name_with_slash", {"model_name": "team/model"}, "model_name", params=True),
-    C("gate_min_accuracy_as_percent", {"min_accuracy": 95}, "thresholds.min_accuracy", params=True, words="fraction"),
+    C("gate_accuracy_threshold_as_percent", {"metric_threshold": 95}, "thresholds.metric_threshold", words="fraction"),
     C("gate_max_size_bytes_fraction", {"max_size_bytes": 1.5}, "thresholds.max_size_bytes", params=True),
     C("compression_candidates_not_a_list", {"compression_candidates": {"sparsity": 0.5}}, "compression_candidates", params=True),
     C("compression_sparsity_one", {"compression_candidates": [{"sparsity": 1.0}]}, "compression_candidates[0].sparsity",
@@ -98,6 +98,26 @@ CASES = [
     C("dataset_unknown_scheme", {"dataset": "cifar10"}, "dataset", words="unknown data set"),
     C("label_column_missing", {"dataset": "csv:{data}/table.csv", "label_column": "target", "model": "mlp"}, "label_column"),
     C("cnn_on_tabular_data", {"dataset": "csv:{data}/table.csv"}, "model", words="use model 'mlp'"),
+    # ---- task and metric ---------------------------------------------------------------------------
+    C("regression_metric_for_classification", {"metric": "rmse"}, "metric", words="is a regression metric"),
+    C("classification_metric_for_regression", {"dataset": "csv:{data}/regression.csv", "model": "mlp", "task": "regression",
+                                               "metric": "accuracy"}, "metric", words="is a classification metric"),
+    C("auc_with_ten_classes", {"metric": "auc"}, "metric", words="needs a binary task"),
+    C("regression_on_class_labels", {"task": "regression"}, "dataset", words="looks like class labels"),
+    C("regression_on_word_labels", {"dataset": "csv:{data}/words.csv", "model": "mlp", "task": "regression"}, "dataset",
+      words="class labels"),
+    C("regression_on_image_folders", {"dataset": "images:{data}/images_with_link", "task": "regression"}, "task",
+      words="one folder per class"),
+    C("regression_with_transfer", {"dataset": "csv:{data}/regression.csv", "model": "mlp", "task": "regression",
+                                   "init_from": "models:/dlagent-classifier@champion"}, "init_from", words="fine-tunes classifiers"),
+    C("regression_with_class_weights", {"dataset": "csv:{data}/regression.csv", "model": "mlp", "task": "regression",
+                                        "class_weight": "balanced"}, "class_weight", words="weights classes"),
+    C("regression_with_distillation", {"dataset": "csv:{data}/regression.csv", "model": "mlp", "task": "regression",
+                                       "compression_candidates": [{"distill": True}]}, "compression_candidates[0].distill",
+      words="distillation"),
+    C("regression_target_missing", {"dataset": "csv:{data}/regression_gap.csv", "model": "mlp", "task": "regression"}, "dataset",
+      words="is empty"),
+    C("task_unknown", {"task": "ranking"}, "task", params=True),
     # ---- data sets: missing, empty, wrong shape, NaN/inf, classes and labels -------------------------
     C("dataset_missing_file", {"dataset": "npz:{data}/missing.npz"}, "dataset", words="does not exist"),
     C("npz_empty_file", {"dataset": "npz:{data}/empty.npz"}, "dataset", words="cannot read"),
@@ -227,6 +247,10 @@ def _write_data(data: Path, outside: Path) -> None:
     (data / "truncated_image" / "a" / "truncated.png").write_bytes((data / "truncated_image" / "a" / "0.png").read_bytes()[:60])
     images(data / "bomb_image")
     (data / "bomb_image" / "a" / "bomb.png").write_bytes(_png(30_000, 30_000))
+    regression = "f1,f2,label\n" + "".join(f"{a:.3f},{b:.3f},{3 * a - b + 0.1 * c:.4f}\n" for a, b, c in rng.random((60, 3)))
+    (data / "regression.csv").write_text(regression)
+    (data / "regression_gap.csv").write_text(regression.replace("\n", "\n0.5,0.5,\n", 1))
+    (data / "words.csv").write_text("f1,f2,label\n" + "".join(f"{rng.random():.3f},{rng.random():.3f},{w}\n" for w in ["low", "high"] * 30))
     (data / "ragged.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,0.4,1\n0.5,1\n")
     (data / "non_numeric.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,high,1\n")
     (data / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x89PNG\x00\x00label\n\x80\x81\x82")

@@ -101,20 +101,23 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
     """Credit the reward of a finished pipeline run to the plan that steered it.
 
     For policies that learn (those with ``reward_from_observation``, e.g. ``learning``):
-    ``R = a * (accuracy - baseline) - b * seconds - c * compute`` with ``accuracy`` the run's
-    best evaluated ``test_accuracy`` (:attr:`Observation.reference_accuracy`), ``baseline``
-    the champion's ``test_accuracy`` before the run (no champion: no gain), ``seconds`` and
+    ``R = a * gain - b * seconds - c * compute`` with ``gain`` the run's best evaluated primary
+    metric (:attr:`Observation.reference_score`, ``test_<metric>``) over ``baseline``, the
+    champion's before the run (no champion: no gain), in the metric's points over 100 (a
+    fraction of accuracy; for rmse a fraction of the champion's), ``seconds`` and
     ``compute`` the run's ``compute.run_seconds`` and ``compute.epochs``. ``planned`` is the
     plan made for this run (its ``policy.arm`` and ``policy.context`` say what to credit);
     ``key`` (``dag_id/run_id``) makes it idempotent.
 
-    Returns ``{"recorded": bool, "reward": float | None, "accuracy", "baseline", "because"}``;
+    Returns ``{"recorded": bool, "reward": float | None, "value", "baseline", "because"}``;
     when nothing can be credited, ``because`` says why (never a made-up reward).
     """
     from dlagent.agent.observe import Observation
+    from dlagent.ml.selection import metric_of
 
     obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
-    out = {"recorded": False, "reward": None, "accuracy": obs.reference_accuracy, "baseline": None, "because": ""}
+    metric = obs.primary
+    out = {"recorded": False, "reward": None, "value": obs.reference_score, "baseline": None, "because": ""}
     if not callable(getattr(policy, "reward_from_observation", None)):
         out["because"] = f"policy {getattr(policy, 'name', policy)!r} does not learn from rewards"
         return out
@@ -126,17 +129,16 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
         out["because"] = (f"the plan of this run was made by policy {section.get('name')!r} without an arm of policy "
                           f"{policy.name!r}: nothing to credit")
         return out
-    if out["accuracy"] is None:
-        out["because"] = "no evaluated test_accuracy in this run: nothing to reward"
+    if out["value"] is None:
+        out["because"] = f"no evaluated {metric.test_key} in this run: nothing to reward"
         return out
-    champion = (obs.champion or {}).get("metrics") or {}
-    baseline = champion.get("test_accuracy", champion.get("accuracy"))
+    baseline = metric_of((obs.champion or {}).get("metrics") or {}, metric)
     out["baseline"] = baseline
-    reward = policy.reward_from_observation(obs, out["accuracy"], baseline)
+    reward = policy.reward_from_observation(obs, out["value"], baseline)
     out["reward"] = reward
     out["recorded"] = bool(policy.update(reward, plan=planned, key=key))
-    gain = f"test_accuracy {out['accuracy']:.4f} vs champion {baseline:.4f}" if baseline is not None else \
-        f"test_accuracy {out['accuracy']:.4f}, no champion (no gain counted)"
+    gain = f"{metric.test_key} {out['value']:.4f} vs champion {baseline:.4f}" if baseline is not None else \
+        f"{metric.test_key} {out['value']:.4f}, no champion (no gain counted)"
     cost = f"{obs.compute.get('run_seconds') or 0:g} s, {obs.compute.get('epochs') or 0:g} epochs"
     out["because"] = (f"{gain}; {cost}; arm {section['arm']} in context {section.get('context')!r}"
                       + ("" if out["recorded"] else f"; already rewarded under key {key!r}, not counted twice"))

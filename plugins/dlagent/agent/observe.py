@@ -22,7 +22,8 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
 * **training curves** (``dlagent.step = train``, and the best trial): the metric histories
   ``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``learning_rate``, summarised by
   :func:`analyze_curve` (best epoch, train/validation gap, plateau, divergence...).
-* **evaluations** (``dlagent.step = evaluate``): their metrics (``test_accuracy``...).
+* **evaluations** (``dlagent.step = evaluate``): their metrics (``test_<metric>``...); the
+  primary metric is the ``metric`` param the runs logged (accuracy when none did).
 * **compression candidates** (``dlagent.step = compress``): metrics ``accuracy`` (or
   ``test_accuracy``), ``size_bytes``, ``latency_ms_p95``; config from the params that are
   compression settings (``sparsity``, ``quantization``, ...).
@@ -80,6 +81,7 @@ class Observation:
     champion: dict | None = None
     compute: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    metric: str = "accuracy"  # the run's primary metric (dlagent.ml.metrics): what every comparison uses
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,10 +119,17 @@ class Observation:
         return trains[-1] if trains else None
 
     @property
-    def reference_accuracy(self) -> float | None:
-        """Best held-out accuracy of an uncompressed model (evaluation runs)."""
-        values = [e["metrics"]["test_accuracy"] for e in self.evaluations if finite(e["metrics"].get("test_accuracy"))]
-        return max(values) if values else None
+    def primary(self):
+        """The primary metric (:class:`dlagent.ml.metrics.Metric`)."""
+        from dlagent.ml.metrics import get_metric
+
+        return get_metric(self.metric)
+
+    @property
+    def reference_score(self) -> float | None:
+        """Best held-out primary metric (``test_<metric>``) of an uncompressed model (evaluation runs)."""
+        key = self.primary.test_key
+        return self.primary.best(e["metrics"].get(key) for e in self.evaluations)
 
 
 # --------------------------------------------------------------------------- observe
@@ -246,6 +255,7 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
         gate=gate,
         champion=read_champion(client, champion_name) if champion_name else None,
         compute=compute,
+        metric=next((r.data.params["metric"] for r in runs if r.data.params.get("metric")), "accuracy"),
     )
 
 

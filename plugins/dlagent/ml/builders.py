@@ -7,7 +7,9 @@ A builder is a plain function the project ships (in ``include/``, importable as
 
 ``hp`` is the ``model_args`` setting with the tuned values merged in (a search space tunes a
 model argument as ``model_args.<key>``); ``task`` is ``"classification"``, for which the model
-ends in ``n_outputs`` class probabilities (a softmax). ``include/models/example.py`` is a
+ends in ``n_outputs`` class probabilities (a softmax), or ``"regression"``, for which it ends in
+``n_outputs`` predicted values (a linear layer, in the targets' units: scale them in the model
+if they are large). ``include/models/example.py`` is a
 documented example.
 
 Naming a module runs its top-level code in the worker, so only modules under the allow-list
@@ -141,27 +143,32 @@ def build_user_model(spec: str, hp: dict, input_shape: tuple, n_outputs: int, ta
     if not isinstance(model, keras.Model):
         raise ConfigError("model", f"the builder {spec!r} returned a {type(model).__name__}, not a keras.Model.",
                           "return the model, e.g. keras.Model(inputs, outputs) or keras.Sequential([...]).")
-    check_output_shape(model, spec, n_outputs)
+    check_output_shape(model, spec, n_outputs, task)
     return model
 
 
-def check_output_shape(model, spec: str, n_outputs: int) -> None:
+def check_output_shape(model, spec: str, n_outputs: int, task: str = "classification") -> None:
     try:
         shape = tuple(model.output_shape)
     except (AttributeError, ValueError) as exc:  # a subclassed model not yet called
         raise ConfigError("model", f"the model of {spec!r} has no defined output shape ({exc}).",
                           "build it with keras.Input(shape=input_shape) so its shapes are known.") from exc
     if isinstance(shape[0], tuple) or len(shape) != 2 or shape[-1] != n_outputs:
+        if task == "regression":
+            raise ConfigError("model", f"the model of {spec!r} outputs shape {shape}; the data needs (None, {n_outputs}): one "
+                              f"predicted value per target for {n_outputs} target(s).",
+                              f"end the model with keras.layers.Dense(n_outputs) (linear; n_outputs={n_outputs}).")
         raise ConfigError("model", f"the model of {spec!r} outputs shape {shape}; the data needs (None, {n_outputs}): one "
                           f"probability per class for {n_outputs} classes.",
                           f"end the model with keras.layers.Dense(n_outputs, activation='softmax') (n_outputs={n_outputs}).")
 
 
-def check_model_on_data(config, x_sample: np.ndarray, n_outputs: int, *, allowed_modules=None) -> dict:
+def check_model_on_data(config, x_sample: np.ndarray, n_outputs: int, *, allowed_modules=None, task: str = "classification") -> dict:
     """Build ``config``'s model once on real samples and check it, before any compute is spent.
 
     For a user builder: it imports, is allowed, returns a Keras model of the right input and
-    output shapes, and its outputs are class probabilities on ``x_sample``. Returns a small
+    output shapes, and its outputs are class probabilities on ``x_sample`` (for regression:
+    finite numbers). Returns a small
     summary for the log (``model``, ``parameters``).
     """
     from dlagent.ml.models import build_model, check_model_input
@@ -170,12 +177,17 @@ def check_model_on_data(config, x_sample: np.ndarray, n_outputs: int, *, allowed
     if config.is_builtin:
         check_model_input(config.model, input_shape)
         return {"model": config.model}
-    model = build_model(config, input_shape, n_outputs, allowed_modules=allowed_modules)
+    model = build_model(config, input_shape, n_outputs, allowed_modules=allowed_modules, task=task)
     try:
         outputs = np.asarray(model(np.asarray(x_sample[:4], np.float32), training=False))
     except Exception as exc:  # noqa: BLE001 - the user's layers failed on real data
         raise ConfigError("model", f"the model of {config.model!r} fails on samples of shape {input_shape} "
                           f"({type(exc).__name__}: {exc}).", "make its input keras.Input(shape=input_shape).") from exc
+    if task == "regression":
+        if not np.isfinite(outputs).all():
+            raise ConfigError("model", f"the model of {config.model!r} outputs NaN or inf on real samples.",
+                              "check its layers (a regression model ends in a linear Dense(n_outputs)).")
+        return {"model": config.model, "parameters": int(model.count_params())}
     sums = outputs.sum(axis=-1)
     if not (np.isfinite(outputs).all() and (outputs >= -1e-6).all() and np.allclose(sums, 1.0, atol=1e-3)):
         raise ConfigError("model", f"the model of {config.model!r} does not output class probabilities (rows sum to "

@@ -4,6 +4,8 @@ instance, reset in ``on_train_begin``, decisions in ``on_epoch_end``).
 This module imports Keras at its top, so it is itself imported lazily, inside the functions that
 train (a DAG file or the plugin never pays Keras' import):
 
+* :class:`ValidationScore`: adds the primary metric on the validation split (``val_<metric>``)
+  to every epoch's logs, so early stopping, pruning and MLflow all read it;
 * :class:`EpochPruningCallback`: reports a tuning trial's per-epoch metric to Optuna and prunes it;
 * :class:`MLflowEpochLogger`: logs every epoch's metrics (and the learning rate) to an MLflow run;
   a failure to log is reported, never raised (logging never kills training);
@@ -22,6 +24,22 @@ import numpy as np
 from dlagent.agent.controller import ControllerSettings
 
 log = logging.getLogger(__name__)
+
+
+class ValidationScore(keras.callbacks.Callback):
+    """Put ``val_<metric>`` (:meth:`dlagent.ml.metrics.Metric.score` of the validation split's
+    predictions, the function evaluation uses) into each epoch's logs. Keras hands every
+    callback the same logs dict in list order, so this one goes first."""
+
+    def __init__(self, metric, x_val: np.ndarray, y_val: np.ndarray):
+        super().__init__()
+        self.metric, self.x_val, self.y_val = metric, x_val, y_val
+
+    def on_epoch_end(self, epoch, logs=None):
+        from dlagent.ml.models import keras_predict
+
+        if logs is not None:
+            logs[self.metric.val_key] = self.metric.score(self.y_val, keras_predict(self.model, self.x_val))
 
 
 class EpochPruningCallback(keras.callbacks.Callback):

@@ -22,7 +22,7 @@ Keras 3 models), and nothing imports Airflow. The steps, in the order :func:`com
    dequantizes the output with the tensors' own scale and zero point.
 
 :func:`compress` returns a :class:`Candidate`: the TFLite bytes, the (pruned or distilled)
-Keras model and the measurements (size, gzip size, test accuracy through the TFLite
+Keras model and the measurements (size, gzip size, the test metrics through the TFLite
 interpreter, single-sample latency p50/p95, batch throughput, measured sparsity).
 """
 
@@ -288,7 +288,10 @@ def prune(
         kernels, masks if schedule == "oneshot" else [np.ones_like(m) for m in masks],
         target=sparsity, scope=scope, schedule=schedule, end_step=end_step, frequency=max(1, end_step // 10),
     )
-    pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if splits.is_regression:
+        pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    else:
+        pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     started = time.perf_counter()
     pruned.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val), epochs=fine_tune_epochs,
                batch_size=batch_size, callbacks=[callback], verbose=0)
@@ -354,13 +357,16 @@ def compress(model, splits: DatasetSplits, config: CompressionConfig, *, measure
     """Distil (optional), prune (optional) and quantize ``model``; measure the result.
 
     The input model is never modified. Measurements (``measure=True``) are taken on the test
-    split through the TFLite interpreter: ``test_accuracy``, ``size_bytes``,
-    ``gzip_size_bytes``, ``latency_ms_p50``/``latency_ms_p95`` (one sample per call),
-    ``throughput_samples_per_s`` (batches), plus ``sparsity`` measured on the Keras weights,
-    ``num_params`` and ``keras_test_accuracy`` (before quantization).
+    split through the TFLite interpreter: the task's ``test_<metric>`` (:mod:`dlagent.ml.metrics`),
+    ``size_bytes``, ``gzip_size_bytes``, ``latency_ms_p50``/``latency_ms_p95`` (one sample per
+    call), ``throughput_samples_per_s`` (batches), plus ``sparsity`` measured on the Keras
+    weights, ``num_params`` and ``keras_test_<metric>`` (the primary metric before quantization).
     """
     if not isinstance(config, CompressionConfig):
         raise ConfigError("compression", f"must be a CompressionConfig, got {type(config).__name__}.", "use CompressionConfig.from_dict(...).")
+    if config.distill and splits.is_regression:
+        raise ConfigError("compression.distill", "distillation learns a classifier's soft class probabilities; this task is regression.",
+                          "use pruning and quantization for a regression model (distill: false).")
     started = time.perf_counter()
     work = model
     if config.distill:
@@ -381,15 +387,16 @@ def compress(model, splits: DatasetSplits, config: CompressionConfig, *, measure
 
 
 def measure_candidate(candidate: Candidate, splits: DatasetSplits, *, latency_runs: int = 200, num_threads: int | None = 1) -> dict:
-    from dlagent.ml.evaluation import keras_accuracy
+    from dlagent.ml.evaluation import keras_score
+    from dlagent.ml.metrics import report_scores
     from dlagent.ml.tflite import TFLiteModel
 
     runner = TFLiteModel(candidate.tflite_bytes, num_threads=num_threads)
     metrics = {
         "size_bytes": len(candidate.tflite_bytes),
         "gzip_size_bytes": gzip_size(candidate.tflite_bytes),
-        "test_accuracy": runner.accuracy(splits.x_test, splits.y_test),
-        "keras_test_accuracy": keras_accuracy(candidate.keras_model, splits),
+        **report_scores(splits.task, splits.y_test, runner.predict(splits.x_test), splits.primary),
+        f"keras_{splits.primary.test_key}": keras_score(candidate.keras_model, splits),
         "sparsity": measure_sparsity(candidate.keras_model),
         "num_params": int(candidate.keras_model.count_params()),
     }

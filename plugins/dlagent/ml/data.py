@@ -8,6 +8,11 @@ Supported names:
 ``csv:<path>``        a CSV with a header and a label column (default ``label``); numeric features
 ``images:<dir>``      one sub-folder per class holding image files
 
+The data options ``task`` and ``metric`` say what the labels are and how models are judged
+(:mod:`dlagent.ml.metrics`): ``classification`` labels are classes (integers, or names sorted
+into indices), ``regression`` labels are numbers, one target or several (``label_column``
+names several CSV columns separated by commas; ``y`` of an ``.npz`` may be ``(n, k)``).
+
 A message about a data file names the file, the line or entry and the kind of problem, never
 the file's content (no header values, no row contents, no decoded bytes): a person who can
 only trigger a DAG must not read a file through its error messages.
@@ -30,19 +35,25 @@ import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import MISSING_POLICIES
+from dlagent.ml.metrics import CLASSIFICATION, REGRESSION, TASKS, Metric, get_metric, resolve_metric
 from dlagent.validation import check_choice
 
 SCHEMES = ("digits", "mnist-idx", "npz", "csv", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MIN_SAMPLES_PER_CLASS = 3  # one each for train, validation and test
 REGRESSION_LIKE_CLASSES = 20  # more distinct labels than this, most of them rare: a regression target, not classes
-REGRESSION_FIX = ("dlagent trains classifiers (regression targets are not supported yet): give integer class labels 0..K-1, "
-                  "or bin the target into classes, e.g. low/medium/high.")
+REGRESSION_FIX = "set the data option task to 'regression' (and metric to 'rmse', 'mae' or 'r2'), or give integer class labels 0..K-1."
+CLASSIFICATION_FIX = "set the data option task to 'classification' (the default), or give a numeric target that varies."
+MAX_CLASS_LIKE_VALUES = 10  # a regression target with at most this many distinct whole values looks like class labels
+MIN_REGRESSION_SAMPLES = 10
 
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A data set split into train/validation/test arrays, features scaled to [0, 1]."""
+    """A data set split into train/validation/test arrays, and the problem it poses: its ``task``
+    and primary ``metric`` (:mod:`dlagent.ml.metrics`). For regression ``y`` is float ``(n, k)``
+    and ``num_classes`` is the number of targets ``k`` (the model's outputs, :attr:`n_outputs`),
+    ``class_names`` their names."""
 
     name: str
     x_train: np.ndarray
@@ -55,6 +66,20 @@ class DatasetSplits:
     class_names: list[str] = field(default_factory=list)
     digest: str = ""  # of the loaded samples before splitting (dlagent.ml.lineage.content_digest)
     impute: bool = False  # missing "impute": the model fills NaN features itself (dlagent.ml.layers.ImputeMissing)
+    task: str = CLASSIFICATION
+    metric: str = "accuracy"  # the primary metric's name
+
+    @property
+    def n_outputs(self) -> int:
+        return self.num_classes
+
+    @property
+    def primary(self) -> Metric:
+        return get_metric(self.metric)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == REGRESSION
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,6 +92,8 @@ class DatasetSplits:
     def summary(self) -> dict:
         return {
             "dataset": self.name,
+            "task": self.task,
+            "metric": self.metric,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "n_train": int(len(self.y_train)),
@@ -128,24 +155,32 @@ def check_inside_roots(path: Path, allowed_roots: list[str] | None, *, argument=
     return resolved
 
 
-def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[str] | None = None, missing: str = "refuse"):
-    """Load ``(x, y, class_names)`` for a data set name, without splitting or scaling (with
-    ``missing="impute"`` an empty CSV cell is read as NaN)."""
+def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[str] | None = None, missing: str = "refuse",
+                task: str = CLASSIFICATION):
+    """Load ``(x, y, names)`` for a data set name, without splitting or scaling (with
+    ``missing="impute"`` an empty CSV cell is read as NaN). ``names`` are the class names, or
+    for ``task="regression"`` the target names, and ``y`` is then float ``(n, k)``."""
     scheme, argument = parse_dataset_uri(uri)
+    if scheme == "images" and task == REGRESSION:
+        raise ConfigError("task", "'images:' data holds one folder per class: class labels, not numeric targets.",
+                          "use task 'classification', or give the targets in a csv: or npz: file.")
     if scheme == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
         x = bunch.images.astype(np.float32) / 16.0
-        return x, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
-    path = resolve_data_path(argument, allowed_roots=allowed_roots)
-    if scheme == "csv":
-        return _load_csv(path, label_column, missing)
-    if scheme == "npz":
-        return _load_npz(path)
-    if scheme == "mnist-idx":
-        return _load_mnist_idx(path, allowed_roots)
-    return _load_image_folder(path, allowed_roots)
+        y, names = bunch.target.astype(np.int64), [str(c) for c in bunch.target_names]
+    else:
+        path = resolve_data_path(argument, allowed_roots=allowed_roots)
+        if scheme == "csv":
+            return _load_csv(path, label_column, missing, task)
+        if scheme == "npz":
+            return _load_npz(path, task)
+        if scheme == "mnist-idx":
+            x, y, names = _load_mnist_idx(path, allowed_roots)
+        else:
+            return _load_image_folder(path, allowed_roots)
+    return (x, *_targets_from_values(y, ["target"])) if task == REGRESSION else (x, y, names)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -182,7 +217,7 @@ def _load_mnist_idx(directory: Path, allowed_roots=None):
     return images.astype(np.float32) / 255.0, labels.astype(np.int64), [str(i) for i in range(int(labels.max()) + 1)]
 
 
-def _load_npz(path: Path):
+def _load_npz(path: Path, task: str = CLASSIFICATION):
     import zipfile
 
     fix = "save it with np.savez(path, x=..., y=...)."
@@ -211,8 +246,25 @@ def _load_npz(path: Path):
         raise ConfigError("dataset", f"x in {str(path)!r} has dtype {x.dtype}, not numeric.", "store features as numbers.")
     # 8-bit images are scaled like the other image loaders; other numbers are kept as given.
     x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if task == REGRESSION:
+        return (x, *_targets_from_values(y, None))
     y, names = _labels_from_values(y)
     return x, y, names
+
+
+def _targets_from_values(values, names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Regression targets as float32 ``(n, k)`` and their names (``target``, ``target_1``... when unnamed)."""
+    values = np.asarray(values)
+    if values.ndim not in (1, 2):
+        raise ConfigError("dataset", f"regression targets must be (samples,) or (samples, targets), got shape {values.shape}.",
+                          "give one row of target values per sample.")
+    if not (np.issubdtype(values.dtype, np.number) and values.dtype != np.bool_):
+        raise ConfigError("dataset", f"regression targets must be numbers, got {values.dtype} values: these look like class labels.",
+                          CLASSIFICATION_FIX)
+    y = values.astype(np.float32).reshape(len(values), -1)
+    if names is None or len(names) != y.shape[1]:
+        names = ["target"] if y.shape[1] == 1 else [f"target_{i}" for i in range(y.shape[1])]
+    return y, list(names)
 
 
 def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
@@ -235,7 +287,7 @@ def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     return np.array([index[str(v)] for v in values], dtype=np.int64), names
 
 
-def _load_csv(path: Path, label_column: str, missing: str = "refuse"):
+def _load_csv(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
     try:
@@ -249,20 +301,23 @@ def _load_csv(path: Path, label_column: str, missing: str = "refuse"):
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
     header = [h.strip() for h in rows[0]]
-    if label_column not in header:
-        raise ConfigError("label_column", f"{str(path)!r} has no column named {label_column!r} among its {len(header)} header columns.",
-                          "name the label column in the label_column setting (the header is the file's first line).")
-    label_at = header.index(label_column)
+    label_columns = [c.strip() for c in label_column.split(",")] if task == REGRESSION else [label_column]
+    for name in label_columns:
+        if name not in header:
+            raise ConfigError("label_column", f"{str(path)!r} has no column named {name!r} among its {len(header)} header columns.",
+                              "name the label column in the label_column setting (the header is the file's first line; "
+                              "several regression targets: 'a,b').")
+    label_at = [header.index(name) for name in label_columns]
     features, labels = [], []
     for line_number, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line_number} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
-        labels.append(row[label_at].strip())
+        labels.append([row[i].strip() for i in label_at])
         values = []
         for column, text in enumerate(row, start=1):
-            if column - 1 == label_at:
+            if column - 1 in label_at:
                 continue
             if not text.strip():
                 if missing != "impute":
@@ -278,6 +333,9 @@ def _load_csv(path: Path, label_column: str, missing: str = "refuse"):
         features.append(values)
     if not labels:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
+    if task == REGRESSION:
+        return np.array(features, dtype=np.float32), *_csv_targets(path, labels, label_columns)
+    labels = [row[0] for row in labels]
     for parse in (int, float, str):  # whole numbers, then numbers with fractions (refused, with the reason), then names
         try:
             parsed = np.array([parse(v) for v in labels])
@@ -286,6 +344,16 @@ def _load_csv(path: Path, label_column: str, missing: str = "refuse"):
         y, names = _labels_from_values(parsed)
         break
     return np.array(features, dtype=np.float32), y, names
+
+
+def _csv_targets(path: Path, labels: list[list[str]], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    for line_number, row in enumerate(labels, start=2):
+        for name, text in zip(names, row, strict=True):
+            if not _is_float(text):
+                what = "is empty" if not text else "is not a number: the column holds class labels"
+                raise ConfigError("dataset", f"{str(path)!r} line {line_number}, target column {name!r} {what}.",
+                                  "fill the target (rows without one cannot be used)" if not text else CLASSIFICATION_FIX)
+    return _targets_from_values(np.array([[float(t) for t in row] for row in labels]), names)
 
 
 def _is_float(text: str) -> bool:
@@ -337,13 +405,41 @@ def _load_image_folder(directory: Path, allowed_roots=None):
     return np.stack(images), np.array(labels, dtype=np.int64), [d.name for d in class_dirs]
 
 
-def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None, *, missing: str = "refuse") -> int:
-    """Check features and labels; return the number of classes.
+def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None, *, missing: str = "refuse",
+                    task: str = CLASSIFICATION) -> int:
+    """Check features and labels; return the number of classes (for regression: of targets).
 
     Raises :class:`ConfigError` for an empty set, mismatched lengths, non-numeric or
     non-finite features, labels outside ``0..K-1``, a single class, or a class too small
-    to appear in each of train, validation and test.
+    to appear in each of train, validation and test; for regression, for non-finite or
+    constant targets, too few samples, or targets that look like class labels.
     """
+    _validate_features(x, y, missing)
+    if task == REGRESSION:
+        return _validate_targets(y)
+    return _validate_labels(y, class_names)
+
+
+def _validate_targets(y: np.ndarray) -> int:
+    if len(y) < MIN_REGRESSION_SAMPLES:
+        raise ConfigError("dataset", f"has {len(y)} samples; regression needs at least {MIN_REGRESSION_SAMPLES} for a "
+                          "train/validation/test split.", "add samples.")
+    bad = ~np.isfinite(y)
+    if bad.any():
+        first = int(np.argwhere(bad.any(axis=1))[0][0])
+        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf target values (first in sample {first}).",
+                          "drop the samples without a target, or fill them.")
+    for column in range(y.shape[1]):
+        distinct = np.unique(y[:, column])
+        if len(distinct) < 2:
+            raise ConfigError("dataset", f"target {column} is constant: there is nothing to learn.", CLASSIFICATION_FIX)
+        if len(distinct) <= MAX_CLASS_LIKE_VALUES and np.all(distinct == np.round(distinct)):
+            raise ConfigError("dataset", f"target {column} takes only {len(distinct)} distinct whole values: this looks like "
+                              "class labels, not a regression target.", CLASSIFICATION_FIX)
+    return int(y.shape[1])
+
+
+def _validate_features(x: np.ndarray, y: np.ndarray, missing: str) -> None:
     if x.ndim < 2:
         raise ConfigError("dataset", f"features must be (samples, features...) with at least 2 dimensions, got shape {x.shape}.",
                           "store one row of features per sample, e.g. shape (n, d) for tables or (n, height, width) for images.")
@@ -361,6 +457,9 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
         first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
         raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).",
                           "clean the data, or set the data option missing to 'impute' (NaN only; inf is never imputed).")
+
+
+def _validate_labels(y: np.ndarray, class_names: list[str] | None) -> int:
     if y.min() < 0:
         raise ConfigError("dataset", f"labels must be >= 0; {int((y < 0).sum())} are negative.", "give integer class labels 0..K-1.")
     num_classes = int(y.max()) + 1
@@ -388,13 +487,20 @@ def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None 
     return num_classes
 
 
-def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float):
-    """Stratified, seeded split into train/validation/test (the same seed gives the same split)."""
+def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float, task: str = CLASSIFICATION):
+    """Seeded split into train/validation/test (the same seed gives the same split), stratified
+    by class for classification."""
     from sklearn.model_selection import train_test_split
 
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 0.5:
             raise ConfigError(name, f"must be in (0, 0.5), got {value!r}.", "use e.g. 0.15.")
+    if task == REGRESSION:
+        count = max(2, int(round(test_fraction * len(y))))
+        x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=count, random_state=seed)
+        count = max(2, int(round(val_fraction * len(y))))
+        x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=count, random_state=seed)
+        return x_train, y_train, x_val, y_val, x_test, y_test
     classes = int(y.max()) + 1
 
     def _fraction(fraction: float, n: int) -> int:
@@ -409,7 +515,7 @@ def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float)
     return x_train, y_train, x_val, y_val, x_test, y_test
 
 
-DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing")
+DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric")
 
 
 def load_dataset_with_options(uri: str, options: dict | None, *, seed: int, allowed_roots=None) -> DatasetSplits:
@@ -432,25 +538,33 @@ def load_dataset(
     max_samples: int | None = None,
     allowed_roots: list[str] | None = None,
     missing: str = "refuse",
+    task: str = CLASSIFICATION,
+    metric: str | None = None,
 ) -> DatasetSplits:
     """Load, validate and split a data set by name.
 
-    ``max_samples`` keeps a stratified subset first (for quick runs and tests).
+    ``max_samples`` keeps a (stratified, for classes) subset first (for quick runs and tests).
+    ``task`` and ``metric`` (empty: the task's default) are checked before the data is read.
     """
     from dlagent.ml.lineage import content_digest
 
     check_choice("data_options.missing", missing, MISSING_POLICIES)
-    x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing)
-    num_classes = validate_arrays(x, y, class_names, missing=missing)
+    check_choice("data_options.task", task, TASKS)
+    resolve_metric(task, metric)
+    x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
+    num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)
+    primary = resolve_metric(task, metric, num_classes if task == CLASSIFICATION else None)
     digest = content_digest(x, y)
     if max_samples is not None:
-        if not isinstance(max_samples, int) or max_samples < num_classes * MIN_SAMPLES_PER_CLASS:
-            raise ConfigError("max_samples", f"must be an integer >= {num_classes * MIN_SAMPLES_PER_CLASS} for {num_classes} classes, got {max_samples!r}.", "raise it or leave it empty for all samples.")
+        least = MIN_REGRESSION_SAMPLES if task == REGRESSION else num_classes * MIN_SAMPLES_PER_CLASS
+        if not isinstance(max_samples, int) or max_samples < least:
+            raise ConfigError("max_samples", f"must be an integer >= {least}" + ("" if task == REGRESSION else f" for {num_classes} classes")
+                              + f", got {max_samples!r}.", "raise it or leave it empty for all samples.")
         if max_samples < len(y):
             from sklearn.model_selection import train_test_split
 
-            x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=y, random_state=seed)
-    parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+            x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=None if task == REGRESSION else y, random_state=seed)
+    parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
     return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest,
-                         impute=missing == "impute" and x.ndim == 2)
+                         impute=missing == "impute" and x.ndim == 2, task=task, metric=primary.name)

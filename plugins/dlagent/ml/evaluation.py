@@ -2,13 +2,16 @@
 
 :func:`evaluate_keras` and :func:`evaluate_tflite` return an :class:`EvaluationReport`:
 
-* metrics: ``test_accuracy``, ``test_loss``, ``macro_precision``/``macro_recall``/``macro_f1``,
-  per class ``class_<name>_precision``/``_recall``/``_f1``/``_support``, ``size_bytes``,
+* metrics: the task's ``test_<metric>`` (:mod:`dlagent.ml.metrics`; the primary one among them)
+  and ``test_loss``; for classification ``macro_precision``/``macro_recall``/``macro_f1``, per
+  class ``class_<name>_precision``/``_recall``/``_f1``/``_support``; for regression with several
+  targets each target's ``target_<name>_rmse``/``_mae``/``_r2``; ``size_bytes``,
   ``gzip_size_bytes``, ``latency_ms_p50``/``latency_ms_p95`` (one sample per call: the
   Keras model call ``model(x)``, or one interpreter ``invoke``), for Keras also
   ``predict_latency_ms_p50``/``_p95`` (``model.predict`` on one sample), and
   ``throughput_samples_per_s`` (the whole test split in batches);
-* artifacts written to ``out_dir``: ``confusion_matrix.png``, ``classification_report.json``,
+* artifacts written to ``out_dir``: ``confusion_matrix.png`` and ``classification_report.json``
+  (regression: ``residuals.png`` and ``regression_report.json``),
   ``metrics.json`` and an explanation: ``integrated_gradients.png`` (a few test images per
   class with their attribution maps) for image data, ``permutation_importance.png`` (+ JSON)
   for tabular data.
@@ -43,8 +46,9 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- running models
 
 
-def keras_accuracy(model, splits: DatasetSplits) -> float:
-    return float(np.mean(np.argmax(keras_predict(model, splits.x_test), axis=1) == splits.y_test))
+def keras_score(model, splits: DatasetSplits) -> float:
+    """The primary metric of a Keras model on the test split."""
+    return splits.primary.score(splits.y_test, keras_predict(model, splits.x_test))
 
 
 def keras_call_latency(model, x: np.ndarray, *, runs: int = 100, warmup: int = 10) -> dict:
@@ -104,6 +108,7 @@ class EvaluationReport:
     confusion: list = field(default_factory=list)
     artifacts: list = field(default_factory=list)  # Paths
     out_dir: Path | None = None
+    outputs: np.ndarray | None = field(default=None, repr=False)  # the test split's predictions (plots; never logged)
 
     def summary(self) -> dict:
         return {"kind": self.kind, "metrics": dict(self.metrics), "artifacts": [p.name for p in self.artifacts]}
@@ -136,6 +141,35 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     return metrics, per_class, confusion
 
 
+def task_metrics(splits: DatasetSplits, outputs: np.ndarray) -> tuple[dict, list, list]:
+    """The task's metrics of ``outputs`` on the test split, the primary one ``test_<metric>``
+    included: for classification :func:`classification_metrics`; for regression
+    :func:`regression_metrics`. Returns ``(metrics, per_class_or_target, confusion)``."""
+    from dlagent.ml.metrics import report_scores
+
+    if splits.is_regression:
+        metrics, per_target = regression_metrics(splits.y_test, outputs, splits.class_names)
+        return {**metrics, **report_scores(splits.task, splits.y_test, outputs, splits.primary)}, per_target, []
+    metrics, per_class, confusion = classification_metrics(splits.y_test, outputs, splits.class_names)
+    return {**metrics, **report_scores(splits.task, splits.y_test, outputs, splits.primary)}, per_class, confusion
+
+
+def regression_metrics(y_true: np.ndarray, predictions: np.ndarray, target_names: list[str]) -> tuple[dict, list]:
+    """RMSE, MAE, R² and the loss (mean squared error) over all targets, and each target's own."""
+    from dlagent.ml.metrics import METRICS
+
+    predictions = np.asarray(predictions, np.float64)
+    y = np.asarray(y_true, np.float64).reshape(predictions.shape)
+    metrics = {"test_loss": float(np.mean((y - predictions) ** 2))}
+    per_target = []
+    for i, name in enumerate(target_names):
+        row = {"target": name, **{m: METRICS[m].score(y[:, i], predictions[:, i:i + 1]) for m in ("rmse", "mae", "r2")}}
+        per_target.append(row)
+        if len(target_names) > 1:
+            metrics.update({f"target_{_metric_safe(name)}_{m}": row[m] for m in ("rmse", "mae", "r2")})
+    return metrics, per_target
+
+
 def _metric_safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(name)).strip("_") or "class"
 
@@ -151,8 +185,8 @@ def evaluate_keras(
     samples_per_class: int = 2,
 ) -> EvaluationReport:
     """Evaluate a Keras model on the test split; write plots and JSON to ``out_dir``."""
-    probs = keras_predict(model, splits.x_test)
-    metrics, per_class, confusion = classification_metrics(splits.y_test, probs, splits.class_names)
+    outputs = keras_predict(model, splits.x_test)
+    metrics, per_class, confusion = task_metrics(splits, outputs)
     content = keras_model_bytes(model)
     metrics.update({
         "size_bytes": len(content),
@@ -162,7 +196,7 @@ def evaluate_keras(
         **keras_predict_latency(model, splits.x_test, runs=predict_runs),
         "throughput_samples_per_s": keras_throughput(model, splits.x_test),
     })
-    report = EvaluationReport("keras", metrics, per_class, confusion)
+    report = EvaluationReport("keras", metrics, per_class, confusion, outputs=outputs)
     _write_artifacts(report, splits, out_dir, explain=explain, keras_model=model,
                      predict_fn=lambda x: keras_predict(model, x), samples_per_class=samples_per_class)
     return report
@@ -186,15 +220,15 @@ def evaluate_tflite(
     data runs on the TFLite model itself.
     """
     runner = TFLiteModel(model_content, num_threads=num_threads)
-    probs = runner.predict(splits.x_test)
-    metrics, per_class, confusion = classification_metrics(splits.y_test, probs, splits.class_names)
+    outputs = runner.predict(splits.x_test)
+    metrics, per_class, confusion = task_metrics(splits, outputs)
     metrics.update({
         "size_bytes": len(model_content),
         "gzip_size_bytes": gzip_size(model_content),
         **runner.latency(splits.x_test, runs=latency_runs),
         "throughput_samples_per_s": runner.throughput(splits.x_test),
     })
-    report = EvaluationReport("tflite", metrics, per_class, confusion)
+    report = EvaluationReport("tflite", metrics, per_class, confusion, outputs=outputs)
     _write_artifacts(report, splits, out_dir, explain=explain, keras_model=keras_model,
                      predict_fn=runner.predict, samples_per_class=samples_per_class)
     return report
@@ -207,10 +241,16 @@ def _write_artifacts(report: EvaluationReport, splits: DatasetSplits, out_dir, *
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report.out_dir = out
-    report.artifacts.append(plot_confusion_matrix(report.confusion, splits.class_names, out / "confusion_matrix.png",
-                                                  title=f"{report.kind}: test accuracy {report.metrics['test_accuracy']:.4f}"))
-    report_path = out / "classification_report.json"
-    report_path.write_text(json.dumps({"kind": report.kind, "per_class": report.per_class, "confusion_matrix": report.confusion}, indent=2))
+    primary = splits.primary
+    title = f"{report.kind}: test {primary.name} {report.metrics[primary.test_key]:.4f}"
+    if splits.is_regression:
+        report.artifacts.append(plot_residuals(splits.y_test, report.outputs, splits.class_names, out / "residuals.png", title=title))
+        report_path = out / "regression_report.json"
+        report_path.write_text(json.dumps({"kind": report.kind, "per_target": report.per_class}, indent=2))
+    else:
+        report.artifacts.append(plot_confusion_matrix(report.confusion, splits.class_names, out / "confusion_matrix.png", title=title))
+        report_path = out / "classification_report.json"
+        report_path.write_text(json.dumps({"kind": report.kind, "per_class": report.per_class, "confusion_matrix": report.confusion}, indent=2))
     report.artifacts.append(report_path)
     if explain:
         if splits.is_image:
@@ -221,7 +261,7 @@ def _write_artifacts(report: EvaluationReport, splits: DatasetSplits, out_dir, *
             else:
                 log.info("no Keras model given: image explanation skipped for the TFLite model")
         else:
-            importance = permutation_importance(predict_fn, splits.x_test, splits.y_test)
+            importance = permutation_importance(predict_fn, splits.x_test, splits.y_test, metric=primary)
             json_path = out / "permutation_importance.json"
             json_path.write_text(json.dumps(importance, indent=2))
             report.artifacts.extend([plot_permutation_importance(importance, out / "permutation_importance.png"), json_path])
@@ -252,6 +292,33 @@ def plot_confusion_matrix(confusion, class_names: list[str], path, *, title: str
             for j in range(n):
                 axes.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                           color="white" if matrix[i, j] > threshold else "black")
+    figure.tight_layout()
+    figure.savefig(path)
+    return Path(path)
+
+
+def plot_residuals(y_true, predictions, target_names: list[str], path, *, title: str = "") -> Path:
+    """Per target: predicted against true values (with the identity line) and residuals against
+    predictions, where a trend or a funnel shows what the model misses."""
+    predictions = np.asarray(predictions, np.float64)
+    y = np.asarray(y_true, np.float64).reshape(predictions.shape)
+    shown = min(len(target_names), 4)
+    figure = new_figure(9.0, 3.6 * shown)
+    for i in range(shown):
+        left, right = figure.add_subplot(shown, 2, 2 * i + 1), figure.add_subplot(shown, 2, 2 * i + 2)
+        low, high = float(min(y[:, i].min(), predictions[:, i].min())), float(max(y[:, i].max(), predictions[:, i].max()))
+        left.scatter(y[:, i], predictions[:, i], s=8, alpha=0.6)
+        left.plot([low, high], [low, high], color="tab:red", linewidth=1)
+        left.set_xlabel(f"true {target_names[i]}")
+        left.set_ylabel("predicted")
+        residuals = y[:, i] - predictions[:, i]
+        right.scatter(predictions[:, i], residuals, s=8, alpha=0.6)
+        right.axhline(0.0, color="tab:red", linewidth=1)
+        right.set_xlabel("predicted")
+        right.set_ylabel("residual (true - predicted)")
+        if i == 0:
+            left.set_title(title or "predicted vs true")
+            right.set_title("residuals")
     figure.tight_layout()
     figure.savefig(path)
     return Path(path)

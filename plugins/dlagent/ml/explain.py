@@ -78,15 +78,19 @@ def plot_integrated_gradients(model, splits: DatasetSplits, path, *, samples_per
 
 
 def permutation_importance(predict_fn, x: np.ndarray, y: np.ndarray, *, repeats: int = 5, seed: int = 0,
-                           max_rows: int = 20_000) -> list[dict]:
-    """Drop in accuracy when one feature column is shuffled (mean and std over ``repeats``).
+                           max_rows: int = 20_000, metric=None) -> list[dict]:
+    """How much worse the primary ``metric`` gets (:meth:`~dlagent.ml.metrics.Metric.gain_points`
+    lost, mean and std over ``repeats``) when one feature column is shuffled; accuracy by default.
 
     Every shuffled copy is predicted in one batched call per feature, so this costs
     ``n_features`` prediction passes whatever ``repeats`` is.
     """
+    from dlagent.ml.metrics import get_metric
+
+    metric = metric or get_metric("accuracy")
     rng = np.random.default_rng(seed)
     flat = x.reshape(len(x), -1)
-    base = float(np.mean(np.argmax(predict_fn(x), axis=1) == y))
+    base = metric.score(y, predict_fn(x))
     rows = []
     per_pass = max(1, min(repeats, max_rows // max(len(x), 1)))
     for j in range(flat.shape[1]):
@@ -97,10 +101,12 @@ def permutation_importance(predict_fn, x: np.ndarray, y: np.ndarray, *, repeats:
             stacked = np.repeat(flat[None], k, axis=0)
             for r in range(k):
                 stacked[r, :, j] = flat[rng.permutation(len(x)), j]
-            predictions = np.argmax(predict_fn(stacked.reshape(k * len(x), *x.shape[1:])), axis=1).reshape(k, len(x))
-            drops.extend((base - np.mean(predictions == y[None], axis=1)).tolist())
+            outputs = predict_fn(stacked.reshape(k * len(x), *x.shape[1:]))
+            outputs = outputs.reshape(k, len(x), *outputs.shape[1:])
+            drops.extend(-metric.gain_points(metric.score(y, outputs[r]), base) for r in range(k))
             remaining -= k
-        rows.append({"feature": j, "importance_mean": float(np.mean(drops)), "importance_std": float(np.std(drops))})
+        rows.append({"feature": j, "importance_mean": float(np.mean(drops)), "importance_std": float(np.std(drops)),
+                     "unit": f"{metric.name} points"})
     return sorted(rows, key=lambda r: -r["importance_mean"])
 
 
@@ -110,7 +116,8 @@ def plot_permutation_importance(importance: list[dict], path, *, top: int = 20, 
     figure = new_figure(6.0, max(2.5, 0.3 * len(shown) + 1))
     axes = figure.add_subplot(1, 1, 1)
     axes.barh(names, [r["importance_mean"] for r in shown], xerr=[r["importance_std"] for r in shown], color="tab:blue")
-    axes.set_xlabel("accuracy drop when shuffled")
+    unit = shown[-1].get("unit", "accuracy points") if shown else "accuracy points"
+    axes.set_xlabel(f"{unit} lost when shuffled")
     axes.set_title(f"permutation importance (top {len(shown)})")
     figure.tight_layout()
     figure.savefig(path)

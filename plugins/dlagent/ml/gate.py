@@ -6,18 +6,21 @@
 * ``reference_metrics``: the uncompressed model it came from (to bound what compression lost);
 * ``champion_metrics``: the model deployed now (``None`` when nothing is deployed).
 
+All of them are judged on the run's primary metric (:mod:`dlagent.ml.metrics`: ``test_<metric>``,
+accuracy by default, rmse for regression), in its direction, and differences are in its
+points: 0.01 for accuracy, auc, f1_macro and r2; 1 % of the reference value for rmse and mae.
+
 A candidate is blessed when every check passes:
 
-1. ``test_accuracy >= min_accuracy`` (when set);
-2. accuracy drop versus the reference ``<= max_accuracy_drop_points`` (when set);
+1. the metric reaches ``metric_threshold`` (when set; at least for accuracy, at most for rmse);
+2. the metric lost versus the reference ``<= max_metric_drop_points`` (when set);
 3. ``size_bytes <= max_size_bytes`` and ``latency_ms_p95 <= max_latency_ms_p95`` (when set);
 4. versus the champion: **better** by more than 0 and at least ``min_improvement_points``, or
    **as good** (within ``tie_tolerance_points``) **and** smaller or faster by at least
    ``min_efficiency_gain`` (a fraction of the champion's size or p95 latency).
 
-A candidate worse than the champion by more than :data:`MAX_REGRESSION_POINTS` (0.5
-accuracy points) is never blessed, whatever the thresholds say. Accuracies are fractions in
-[0, 1]; differences are reported in points (1 point = 0.01).
+A candidate worse than the champion by more than :data:`MAX_REGRESSION_POINTS` (0.5 points)
+is never blessed, whatever the thresholds say.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
-from dlagent.ml.selection import EPS, limit_checks, points
+from dlagent.ml.metrics import Metric, get_metric
+from dlagent.ml.selection import EPS, limit_checks
 from dlagent.validation import bounded, check_fields, field_bounds, settings_from_dict
 
 MAX_REGRESSION_POINTS = 0.5
-ACCURACY = "test_accuracy"
 SIZE = "size_bytes"
 LATENCY = "latency_ms_p95"
 
@@ -41,13 +44,16 @@ class GateThresholds:
     """Limits a candidate must meet; ``None`` switches a limit off. Validated on creation; each
     limit is declared once (the trigger form's Params are generated from these fields)."""
 
-    min_accuracy: float | None = bounded(None, "number", low=0.0, high=1.0, optional=True, title="Gate: minimum accuracy",
-                                         description="Test accuracy (fraction) the shipped model must reach; empty for none.",
-                                         fix="give a fraction in [0, 1], e.g. 0.9 for 90%, or null for no minimum.")
-    max_accuracy_drop_points: float | None = bounded(1.0, "number", low=0.0, high=100.0, optional=True,
-                                                     title="Gate: maximum compression loss",
-                                                     description="Accuracy points the compressed model may lose against the uncompressed one.",
-                                                     fix="give accuracy points in [0, 100], e.g. 1.0, or null for no limit.")
+    metric_threshold: float | None = bounded(None, "number", low=-1e12, high=1e12, optional=True, title="Gate: required test metric",
+                                             description="The primary metric the shipped model must reach on the test split: at "
+                                                         "least this for accuracy, auc, f1_macro, r2 (fractions, e.g. 0.9), at "
+                                                         "most this for rmse, mae (the target's units); empty for none.",
+                                             fix="give e.g. 0.9 for 90% accuracy (or an RMSE in the target's units), or null.")
+    max_metric_drop_points: float | None = bounded(1.0, "number", low=0.0, high=100.0, optional=True,
+                                                   title="Gate: maximum compression loss (points)",
+                                                   description="Points of the primary metric the compressed model may lose against "
+                                                               "the uncompressed one: 0.01 of accuracy, or 1% of an RMSE or MAE.",
+                                                   fix="give points in [0, 100], e.g. 1.0, or null for no limit.")
     max_size_bytes: int | None = bounded(None, "int", low=1, optional=True, title="Gate: maximum size (bytes)",
                                          description="Largest model file that may ship; empty for no limit.",
                                          fix="give a whole number of bytes, e.g. 500000, or null for no limit.")
@@ -55,9 +61,9 @@ class GateThresholds:
                                                title="Gate: maximum p95 latency (ms)",
                                                description="Slowest single-sample p95 latency that may ship; empty for no limit.",
                                                fix="give milliseconds > 0, e.g. 5.0, or null for no limit.")
-    min_improvement_points: float = bounded(0.0, "number", low=0.0, high=100.0, fix="give accuracy points in [0, 100], e.g. 0.")
+    min_improvement_points: float = bounded(0.0, "number", low=0.0, high=100.0, fix="give points in [0, 100], e.g. 0.")
     tie_tolerance_points: float = bounded(MAX_REGRESSION_POINTS, "number", low=0.0, high=MAX_REGRESSION_POINTS,
-                                          fix=f"give accuracy points in [0, {MAX_REGRESSION_POINTS}]: a model worse by more is never blessed.")
+                                          fix=f"give points in [0, {MAX_REGRESSION_POINTS}]: a model worse by more is never blessed.")
     min_efficiency_gain: float = bounded(0.05, "number", low=0.0, high=1.0, high_open=True,
                                          fix="give a fraction in [0, 1), e.g. 0.05 for 5% smaller or faster.")
 
@@ -79,7 +85,7 @@ class GateThresholds:
         return dataclasses.asdict(self)
 
 
-def _metric(metrics: dict | None, key: str, where: str, *, required: bool = False) -> float | None:
+def _metric(metrics: dict | None, key: str, where: str, *, required: bool = False, fraction: bool = False) -> float | None:
     if metrics is None:
         return None
     if not isinstance(metrics, dict):
@@ -91,49 +97,64 @@ def _metric(metrics: dict | None, key: str, where: str, *, required: bool = Fals
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{where}.{key}", f"must be a finite number, got {value!r}.", "pass measured values.")
-    if key == ACCURACY and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{where}.{key}", f"must be a fraction in [0, 1], got {value}.", "pass accuracy as a fraction, not a percentage.")
+    if fraction and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}.{key}", f"must be a fraction in [0, 1], got {value}.", "pass the metric as a fraction, not a percentage.")
     return float(value)
 
 
+FRACTIONS = ("accuracy", "auc", "f1_macro")  # metrics that live in [0, 1] (r2 can be negative)
+
+
 def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_metrics: dict | None,
-           thresholds: GateThresholds | dict | None = None) -> dict:
+           thresholds: GateThresholds | dict | None = None, metric: Metric | str | None = None) -> dict:
     """Decide whether the candidate ships.
 
-    Returns ``{"blessed": bool, "reasons": [str], "checks": [{"check", "passed", "detail"}],
-    "accuracy_drop_points": float|None, "delta_vs_champion_points": float|None}``: ``reasons``
-    holds the failed checks when rejected and what earned the blessing otherwise; ``checks``
-    holds every check. Bad input (thresholds of the wrong type, a metric that is not a number,
-    a candidate without ``test_accuracy``) raises :class:`ConfigError`.
+    ``metric``: the primary metric (a :class:`~dlagent.ml.metrics.Metric` or its name; accuracy
+    when empty). Returns ``{"blessed": bool, "reasons": [str], "checks": [{"check", "passed",
+    "detail"}], "metric": str, "metric_drop_points": float|None, "delta_vs_champion_points":
+    float|None}``: ``reasons`` holds the failed checks when rejected and what earned the blessing
+    otherwise; ``checks`` holds every check. Bad input (thresholds of the wrong type, a metric that
+    is not a number, a candidate without ``test_<metric>``, a champion measured on another
+    metric) raises :class:`ConfigError`.
     """
     if not isinstance(thresholds, GateThresholds):
         thresholds = GateThresholds.from_dict(thresholds)
-    accuracy = _metric(candidate_metrics, ACCURACY, "candidate_metrics", required=True)
+    metric = metric if isinstance(metric, Metric) else get_metric(metric)
+    key, fraction = metric.test_key, metric.name in FRACTIONS
+    value = _metric(candidate_metrics, key, "candidate_metrics", required=True, fraction=fraction)
     size = _metric(candidate_metrics, SIZE, "candidate_metrics")
     latency = _metric(candidate_metrics, LATENCY, "candidate_metrics")
-    reference_accuracy = _metric(reference_metrics, ACCURACY, "reference_metrics", required=reference_metrics is not None)
+    reference = _metric(reference_metrics, key, "reference_metrics", required=reference_metrics is not None, fraction=fraction)
     # The limits: the same rule the evaluate step and the rules policy pick candidates with.
-    checks = limit_checks(accuracy, size, latency, reference_accuracy, thresholds)
-    drop = points(reference_accuracy, accuracy) if reference_accuracy is not None else None
+    checks = limit_checks(value, size, latency, reference, thresholds, metric)
+    drop = -metric.gain_points(value, reference) if reference is not None else None
 
     def check(name: str, passed: bool, detail: str):
         checks.append({"check": name, "passed": bool(passed), "detail": detail})
 
     delta = None
-    champion_accuracy = _metric(champion_metrics, ACCURACY, "champion_metrics", required=champion_metrics is not None)
-    if champion_accuracy is None:
+    if champion_metrics is not None and champion_metrics.get(key) is None:
+        measured = sorted(k for k in champion_metrics if k.startswith("test_") and k != "test_loss")
+        raise ConfigError("model_name", f"the deployed champion has no {key} (it was measured on {measured}): it was trained for "
+                          "another task or metric, so the two cannot be compared.",
+                          "register this model under a model_name of its own, or use the champion's metric.")
+    champion_value = _metric(champion_metrics, key, "champion_metrics", required=champion_metrics is not None, fraction=fraction)
+    if champion_value is None:
         check("champion", True, "no champion deployed: the first model that meets the limits ships")
     else:
-        delta = points(accuracy, champion_accuracy)
+        delta = metric.gain_points(value, champion_value)
         champion_size = _metric(champion_metrics, SIZE, "champion_metrics")
         champion_latency = _metric(champion_metrics, LATENCY, "champion_metrics")
         gain = thresholds.min_efficiency_gain
         smaller = size is not None and champion_size is not None and size <= champion_size * (1 - gain) + EPS
         faster = latency is not None and champion_latency is not None and latency <= champion_latency * (1 - gain) + EPS
+        versus = f"{key} {value:.4f} vs the champion's {champion_value:.4f}"
         if delta < -MAX_REGRESSION_POINTS - EPS:
-            check("champion", False, f"worse than the champion by {-delta:.2f} points (more than {MAX_REGRESSION_POINTS}): never blessed")
+            check("champion", False, f"worse than the champion by {-delta:.2f} points ({versus}; more than {MAX_REGRESSION_POINTS}): "
+                  "never blessed")
         elif delta > EPS and delta >= thresholds.min_improvement_points - EPS:
-            check("champion", True, f"better than the champion by {delta:+.2f} points (min_improvement_points {thresholds.min_improvement_points})")
+            check("champion", True, f"better than the champion by {delta:+.2f} points ({versus}; min_improvement_points "
+                  f"{thresholds.min_improvement_points})")
         elif delta >= -thresholds.tie_tolerance_points - EPS and (smaller or faster):
             what = " and ".join(
                 part for part, flag in (
@@ -157,7 +178,8 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         "blessed": blessed,
         "reasons": reasons,
         "checks": checks,
-        "accuracy_drop_points": drop,
+        "metric": metric.name,
+        "metric_drop_points": drop,
         "delta_vs_champion_points": delta,
         "thresholds": thresholds.to_dict(),
     }

@@ -55,3 +55,36 @@ def impute_layer(features: np.ndarray) -> ImputeMissing:
     present = ~np.isnan(x)
     fill = [float(np.median(x[present[:, j], j])) if present[:, j].any() else 0.0 for j in range(x.shape[1])]
     return ImputeMissing(fill, [int(j) for j in np.flatnonzero((~present).any(axis=0))], name=IMPUTE_LAYER)
+
+
+TARGET_SCALE_LAYER = "target_scale"  # the name of a regression model's TargetScale layer
+
+
+@keras.saving.register_keras_serializable(package="dlagent")
+class TargetScale(layers.Layer):
+    """``outputs * std + mean``: a regression model's last layer, with each target's mean and
+    standard deviation on the training split. The layers before it learn standardised targets
+    (unit scale, whatever the target's units, so one learning rate suits every data set) while
+    the model, its TFLite file and the served model all predict in the target's own units."""
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+
+    def call(self, inputs):
+        return inputs * ops.convert_to_tensor(np.asarray(self.std, np.float32)) + ops.convert_to_tensor(np.asarray(self.mean, np.float32))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def target_scale_layer(targets: np.ndarray) -> TargetScale:
+    """A :class:`TargetScale` from the training split's targets (a constant target keeps std 1)."""
+    y = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    std = y.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return TargetScale(y.mean(axis=0), std, name=TARGET_SCALE_LAYER)

@@ -7,6 +7,7 @@ import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
+from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 from dlagent.ml.tflite import padded_batches
 
 
@@ -30,7 +31,7 @@ IMAGE_MODELS = ("cnn", "resnet")
 
 
 def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None, adapt_data=None,
-                impute: bool = False):
+                impute: bool = False, task: str = CLASSIFICATION, targets=None):
     """Return an uncompiled Keras model for ``config.model``: a built-in (``mlp``, ``cnn``,
     ``resnet``) or the user's builder ``package.module:function`` called with ``config.model_args``.
 
@@ -38,6 +39,10 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
     inputs with statistics of these rows (:func:`standardize_layer`), inside the model; with
     ``impute`` it first fills missing values with these rows' medians and adds was-missing
     indicators (:class:`dlagent.ml.layers.ImputeMissing`).
+
+    ``task``: a classifier ends in ``num_classes`` probabilities (softmax); a regressor in
+    ``num_classes`` predicted targets (linear), re-scaled by the training split's ``targets``
+    statistics when given (:class:`dlagent.ml.layers.TargetScale`).
     """
     import keras
     from keras import layers
@@ -45,8 +50,7 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
     if not config.is_builtin:
         from dlagent.ml.builders import build_user_model
 
-        return build_user_model(config.model, config.model_args, input_shape, num_classes, "classification",
-                                allowed_modules=allowed_modules)
+        return build_user_model(config.model, config.model_args, input_shape, num_classes, task, allowed_modules=allowed_modules)
     check_model_input(config.model, input_shape)
     inputs = keras.Input(shape=input_shape, name="features")
     if config.model in IMAGE_MODELS:
@@ -67,7 +71,14 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
         x = layers.Flatten()(x)
     x = layers.Dropout(config.dropout)(x)
     x = layers.Dense(config.units, activation="relu")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    if task == REGRESSION:
+        outputs = layers.Dense(num_classes, name="predictions")(x)
+        if targets is not None:
+            from dlagent.ml.layers import target_scale_layer
+
+            outputs = target_scale_layer(targets)(outputs)
+    else:
+        outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"dlagent_{config.model}")
 
 

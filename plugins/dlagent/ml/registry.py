@@ -292,8 +292,8 @@ _UNSET = object()
 
 def deploy_if_blessed(client, name: str, model_uri: str, *, candidate_metrics: dict, reference_metrics: dict | None,
                       idempotency_key: str, thresholds=None, champion_metrics: dict | None = None, run_id: str | None = None,
-                      tags: dict | None = None, lock=None, evaluated_champion=_UNSET) -> dict:
-    """Gate the candidate and register it only when blessed.
+                      tags: dict | None = None, lock=None, evaluated_champion=_UNSET, metric: str | None = None) -> dict:
+    """Gate the candidate on the primary ``metric`` (accuracy when empty) and register it only when blessed.
 
     ``lock`` (see :func:`register_champion`) is held over the gate and the promotion, so a
     deployment racing another is gated against the champion the other one just made.
@@ -323,7 +323,7 @@ def deploy_if_blessed(client, name: str, model_uri: str, *, candidate_metrics: d
         if champion_metrics is None:
             champion = get_champion(client, name)
             champion_metrics = champion["metrics"] if champion and champion["metrics"] else None
-        decision = decide(candidate_metrics, reference_metrics, champion_metrics, thresholds)
+        decision = decide(candidate_metrics, reference_metrics, champion_metrics, thresholds, metric)
         if not decision["blessed"]:
             log.info("candidate %s not blessed: %s", model_uri, "; ".join(decision["reasons"]))
             return {"decision": decision, "version": None}

@@ -2,11 +2,12 @@
 
 "Within the limits" is one predicate (:func:`limit_checks`), shared by the gate (which reports
 each check), the evaluate step (which picks the candidate to ship) and the rules policy (which
-plans the next run's candidate): the accuracy drop against the uncompressed model is at most
-``max_accuracy_drop_points``, and, when set, ``min_accuracy``, ``max_size_bytes`` and
-``max_latency_ms_p95`` hold. Among the candidates within the limits the smallest (gzip size
-when measured: pruning shrinks only a compressed file) wins, then the more accurate, then the
-name. :data:`DEFAULT_CANDIDATES` and :func:`validate_candidates` are the one candidate list and
+plans the next run's candidate): the primary metric (:mod:`dlagent.ml.metrics`; accuracy by
+default) lost against the uncompressed model is at most ``max_metric_drop_points``, and, when
+set, ``metric_threshold``, ``max_size_bytes`` and ``max_latency_ms_p95`` hold. Points are the
+metric's own (:meth:`~dlagent.ml.metrics.Metric.gain_points`: 0.01 of accuracy, 1 % of an
+RMSE). Among the candidates within the limits the smallest (gzip size when measured: pruning
+shrinks only a compressed file) wins, then the better scoring, then the name. :data:`DEFAULT_CANDIDATES` and :func:`validate_candidates` are the one candidate list and
 the one candidate-list check.
 
 ``limits`` is anything with the four attributes above, e.g. a
@@ -18,7 +19,10 @@ from __future__ import annotations
 import math
 
 from dlagent.errors import ConfigError
+from dlagent.ml.metrics import Metric, get_metric
 from dlagent.validation import finite
+
+ACCURACY = get_metric("accuracy")
 
 #: The compression candidates tried when neither a person nor the agent lists any.
 DEFAULT_CANDIDATES = (
@@ -62,8 +66,9 @@ def validate_candidates(candidates, field: str = "compression_candidates", *, al
     return out
 
 
-def accuracy_of(metrics: dict) -> float | None:
-    value = metrics.get("test_accuracy", metrics.get("accuracy"))
+def metric_of(metrics: dict, metric: Metric = ACCURACY) -> float | None:
+    """The primary metric's measured value in ``metrics`` (``test_<metric>``, or plain ``<metric>``)."""
+    value = metrics.get(metric.test_key, metrics.get(metric.name))
     return float(value) if finite(value) else None
 
 
@@ -75,67 +80,70 @@ def size_of(metrics: dict) -> float:
     return math.inf
 
 
-def points(a: float, b: float) -> float:
-    """``a - b`` in accuracy points (1 point = 0.01), rounded to 6 decimals."""
-    return round((a - b) * 100.0, 6)
-
-
-def limit_checks(accuracy: float, size: float | None, latency: float | None, reference_accuracy: float | None, limits) -> list[dict]:
-    """Every limit check of one candidate: ``[{"check", "passed", "detail"}]`` (see the module docstring)."""
+def limit_checks(value: float, size: float | None, latency: float | None, reference: float | None, limits,
+                 metric: Metric = ACCURACY) -> list[dict]:
+    """Every limit check of one candidate whose primary ``metric`` is ``value``: ``[{"check",
+    "passed", "detail"}]`` (see the module docstring); ``reference`` is the uncompressed model's."""
     checks: list[dict] = []
 
     def check(name: str, passed: bool, detail: str):
         checks.append({"check": name, "passed": bool(passed), "detail": detail})
 
-    if limits.min_accuracy is not None:
-        ok = accuracy >= limits.min_accuracy - EPS
-        check("min_accuracy", ok, f"test_accuracy {accuracy:.4f} {'>=' if ok else '<'} min_accuracy {limits.min_accuracy:.4f}")
-    if reference_accuracy is not None:
-        drop = points(reference_accuracy, accuracy)
-        if limits.max_accuracy_drop_points is not None:
-            ok = drop <= limits.max_accuracy_drop_points + EPS
-            check("max_accuracy_drop_points", ok,
-                  f"accuracy drop versus the uncompressed model {drop:+.2f} points {'<=' if ok else '>'} {limits.max_accuracy_drop_points} allowed")
-    elif limits.max_accuracy_drop_points is not None:
-        check("max_accuracy_drop_points", False, "no reference (uncompressed) metrics to measure the accuracy drop against")
-    for name, metric, value, limit, unit in (("max_size_bytes", "size_bytes", size, limits.max_size_bytes, "bytes"),
+    if limits.metric_threshold is not None:
+        ok = metric.gain_points(value, limits.metric_threshold) >= -EPS
+        relation = (">=" if ok else "<") if metric.higher_is_better else ("<=" if ok else ">")
+        check("metric_threshold", ok, f"{metric.test_key} {value:.4f} {relation} metric_threshold {limits.metric_threshold:.4f}")
+    if reference is not None:
+        drop = -metric.gain_points(value, reference)
+        if limits.max_metric_drop_points is not None:
+            ok = drop <= limits.max_metric_drop_points + EPS
+            check("max_metric_drop_points", ok,
+                  f"{metric.name} lost versus the uncompressed model {drop:+.2f} points {'<=' if ok else '>'} "
+                  f"{limits.max_metric_drop_points} allowed (1 point = {metric.point_unit()})")
+    elif limits.max_metric_drop_points is not None:
+        check("max_metric_drop_points", False, f"no reference (uncompressed) metrics to measure the {metric.name} lost against")
+    for name, key, measured, limit, unit in (("max_size_bytes", "size_bytes", size, limits.max_size_bytes, "bytes"),
                                               ("max_latency_ms_p95", "latency_ms_p95", latency, limits.max_latency_ms_p95, "ms")):
         if limit is None:
             continue
-        if value is None:
-            check(name, False, f"{metric} was not measured, so the limit {limit} {unit} cannot be verified")
+        if measured is None:
+            check(name, False, f"{key} was not measured, so the limit {limit} {unit} cannot be verified")
         else:
-            ok = value <= limit + EPS
-            check(name, ok, f"{metric} {value:g} {unit} {'<=' if ok else '>'} limit {limit:g} {unit}")
+            ok = measured <= limit + EPS
+            check(name, ok, f"{key} {measured:g} {unit} {'<=' if ok else '>'} limit {limit:g} {unit}")
     return checks
 
 
-def within_limits(metrics: dict, reference_accuracy: float | None, limits) -> bool:
+def within_limits(metrics: dict, reference: float | None, limits, metric: Metric = ACCURACY) -> bool:
     """Whether a candidate's measured ``metrics`` meet every limit."""
-    accuracy = accuracy_of(metrics)
-    if accuracy is None:
+    value = metric_of(metrics, metric)
+    if value is None:
         return False
     size = metrics.get("size_bytes") if finite(metrics.get("size_bytes")) else None
     latency = metrics.get("latency_ms_p95") if finite(metrics.get("latency_ms_p95")) else None
-    return all(c["passed"] for c in limit_checks(accuracy, size, latency, reference_accuracy, limits))
+    return all(c["passed"] for c in limit_checks(value, size, latency, reference, limits, metric))
 
 
 def name_of(candidate: dict) -> str:
     return str(candidate.get("name") or candidate.get("candidate") or "")
 
 
-def select_candidate(candidates: list[dict], reference_accuracy: float | None, limits) -> tuple[dict | None, list[dict]]:
+def select_candidate(candidates: list[dict], reference: float | None, limits, metric: Metric = ACCURACY) -> tuple[dict | None, list[dict]]:
     """``(chosen, qualified)``: the smallest candidate within the limits (``None`` when none is),
     and every candidate that is. Each candidate is a dict with ``metrics`` and a ``name`` (or
     ``candidate``)."""
-    measured = [c for c in candidates if accuracy_of(c["metrics"]) is not None]
-    qualified = [c for c in measured if within_limits(c["metrics"], reference_accuracy, limits)]
+    measured = [c for c in candidates if metric_of(c["metrics"], metric) is not None]
+    qualified = [c for c in measured if within_limits(c["metrics"], reference, limits, metric)]
     if not qualified:
         return None, []
-    chosen = min(qualified, key=lambda c: (size_of(c["metrics"]), -accuracy_of(c["metrics"]), name_of(c)))
+    chosen = min(qualified, key=lambda c: (size_of(c["metrics"]), -metric.sort_key(metric_of(c["metrics"], metric)), name_of(c)))
     return chosen, qualified
 
 
-def most_accurate(candidates: list[dict]) -> dict:
-    """The most accurate candidate (then the smallest): what is judged when none is within the limits."""
-    return max(candidates, key=lambda c: (accuracy_of(c["metrics"]) or -math.inf, -size_of(c["metrics"])))
+def best_scoring(candidates: list[dict], metric: Metric = ACCURACY) -> dict:
+    """The candidate with the best primary metric (then the smallest): what is judged when none is within the limits."""
+    def key(c):
+        value = metric_of(c["metrics"], metric)
+        return (-math.inf if value is None else metric.sort_key(value), -size_of(c["metrics"]))
+
+    return max(candidates, key=key)

@@ -1,4 +1,4 @@
-"""Running a TFLite file: float in, probabilities out, one sample or whole batches, whatever the
+"""Running a TFLite file: float in, probabilities (or predicted values) out, one sample or whole batches, whatever the
 model's input and output types (float32, or int8 with its quantization parameters)."""
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class TFLiteModel:
         return np.concatenate(outputs)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Classification accuracy of ``x`` against labels ``y``."""
         return float(np.mean(np.argmax(self.predict(x), axis=1) == y))
 
     def latency(self, x: np.ndarray, *, runs: int = 200, warmup: int = 10) -> dict:

@@ -30,15 +30,26 @@ class TrainResult:
     kept_start: bool = False  # warm start: no epoch beat it, the starting weights were kept
     transfer: dict | None = None  # init_from: what each fine-tuning phase did (dlagent.ml.transfer)
     kept_epoch: int | None = None  # the epoch whose weights the model holds (the best with early stopping, else the last)
+    metric: str = "accuracy"  # the primary metric (dlagent.ml.metrics)
+
+    @property
+    def best_val_metric(self) -> float:
+        """The primary metric on the validation split at the best epoch (logged as ``best_val_<metric>``)."""
+        from dlagent.ml.metrics import get_metric
+
+        values = self.history.get(f"val_{self.metric}") or [float("nan")]
+        if self.best_epoch < len(values):
+            return float(values[self.best_epoch])
+        best = get_metric(self.metric).best(values)
+        return float("nan") if best is None else best
 
     @property
     def best_val_accuracy(self) -> float:
-        values = self.history.get("val_accuracy") or [float("nan")]
-        return float(values[self.best_epoch] if self.best_epoch < len(values) else max(values))
+        return self.best_val_metric if self.metric == "accuracy" else float("nan")
 
     def metrics(self) -> dict:
         return {
-            "best_val_accuracy": self.best_val_accuracy,
+            f"best_val_{self.metric}": self.best_val_metric,
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.seconds, 3),
@@ -74,12 +85,13 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
                               "config.init_from), or call train(..., client=...), which loads it.")
         return fit_transfer(splits, config, source_model, callbacks=callbacks, verbose=verbose)
     if initial_model is None:
-        model = build_model(config, splits.input_shape, splits.num_classes, adapt_data=splits.x_train, impute=splits.impute)
+        model = build_model(config, splits.input_shape, splits.num_classes, adapt_data=splits.x_train, impute=splits.impute,
+                            task=splits.task, targets=splits.y_train if splits.is_regression else None)
     else:
         _check_shapes(initial_model, splits)
         model = initial_model
-    compile_for_training(model, config, config.learning_rate)
-    all_callbacks = [*callbacks, *early_stopping(config)]
+    compile_for_training(model, config, config.learning_rate, splits.task)
+    all_callbacks = [*validation_score(splits), *callbacks, *early_stopping(config, splits.metric)]
     start_val_loss, start_weights = None, None
     if initial_model is not None:
         start_val_loss = float(model.evaluate(splits.x_val, splits.y_val, verbose=0, batch_size=256)[0])
@@ -92,13 +104,13 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         epochs=config.epochs,
         batch_size=config.batch_size,
         callbacks=all_callbacks,
-        class_weight=class_weights(splits.y_train, splits.num_classes, config.class_weight),
+        class_weight=class_weights(splits.y_train, splits.num_classes, config.class_weight) if not splits.is_regression else None,
         verbose=verbose,
     )
     seconds = time.perf_counter() - started
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
     val_loss = hist.get("val_loss", [])
-    best_epoch = int(np.nanargmin(val_loss)) if val_loss and np.isfinite(val_loss).any() else max(len(val_loss) - 1, 0)
+    best_epoch = best_epoch_of(hist, splits.metric)
     kept_start = False
     if start_weights is not None and not (val_loss and np.isfinite(val_loss[best_epoch]) and val_loss[best_epoch] < start_val_loss):
         model.set_weights(start_weights)
@@ -106,24 +118,57 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         log.info("no epoch beat the starting validation loss %.4f: the starting weights are kept", start_val_loss)
     return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
                        start_val_loss=start_val_loss, kept_start=kept_start,
-                       kept_epoch=best_epoch if config.early_stopping_patience > 0 else len(val_loss) - 1)
+                       kept_epoch=best_epoch if config.early_stopping_patience > 0 else len(val_loss) - 1, metric=splits.metric)
 
 
-def compile_for_training(model, config: TrainConfig, learning_rate: float) -> None:
-    """Compile with ``config``'s optimizer at ``learning_rate`` (a fine-tuning phase passes its own)."""
+def compile_for_training(model, config: TrainConfig, learning_rate: float, task: str = "classification") -> None:
+    """Compile with ``config``'s optimizer at ``learning_rate`` (a fine-tuning phase passes its own)
+    and the task's loss: cross-entropy for classes, mean squared error for regression."""
     from dlagent.ml.models import build_optimizer
 
-    model.compile(optimizer=build_optimizer(config.replace(learning_rate=learning_rate)), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    optimizer = build_optimizer(config.replace(learning_rate=learning_rate))
+    if task == "regression":
+        model.compile(optimizer=optimizer, loss="mse")
+    else:
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def early_stopping(config: TrainConfig) -> list:
-    """``[EarlyStopping]`` on the validation loss, restoring the best weights; ``[]`` with patience 0."""
+def monitored(metric: str = "accuracy") -> tuple[str, str]:
+    """``(key, mode)`` that early stopping and the best epoch follow: the primary metric on the
+    validation split, except for accuracy, which keeps ``val_loss`` (accuracy on a validation
+    split moves in steps and ties; the loss is its smooth surrogate)."""
+    from dlagent.ml.metrics import get_metric
+
+    primary = get_metric(metric)
+    return ("val_loss", "min") if primary.name == "accuracy" else (primary.val_key, primary.mode)
+
+
+def best_epoch_of(history: dict, metric: str = "accuracy") -> int:
+    """The epoch early stopping keeps: the best :func:`monitored` value (the last when none is finite)."""
+    key, mode = monitored(metric)
+    values = history.get(key, [])
+    if not values or not np.isfinite(values).any():
+        return max(len(values) - 1, 0)
+    return int(np.nanargmin(values) if mode == "min" else np.nanargmax(values))
+
+
+def validation_score(splits: DatasetSplits) -> list:
+    """``[ValidationScore]`` when the primary metric is not one Keras logs itself (all but accuracy)."""
+    if splits.metric == "accuracy":
+        return []
+    from dlagent.ml.callbacks import ValidationScore
+
+    return [ValidationScore(splits.primary, splits.x_val, splits.y_val)]
+
+
+def early_stopping(config: TrainConfig, metric: str = "accuracy") -> list:
+    """``[EarlyStopping]`` on the :func:`monitored` value, restoring the best weights; ``[]`` with patience 0."""
     import keras
 
     if config.early_stopping_patience <= 0:
         return []
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)]
+    key, mode = monitored(metric)
+    return [keras.callbacks.EarlyStopping(monitor=key, mode=mode, patience=config.early_stopping_patience, restore_best_weights=True)]
 
 
 def class_weights(y: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
@@ -139,14 +184,20 @@ def _check_shapes(model, splits: DatasetSplits) -> None:
     expected_in, expected_out = tuple(splits.input_shape), splits.num_classes
     got_in, got_out = tuple(model.input_shape[1:]), model.output_shape[-1]
     if got_in != expected_in or got_out != expected_out:
-        raise ConfigError("warm_start", f"the starting model takes {got_in} and predicts {got_out} classes; the data has "
-                          f"{expected_in} and {expected_out} classes.", "start from a checkpoint trained on this dataset, or train from scratch.")
+        what = "targets" if splits.is_regression else "classes"
+        raise ConfigError("warm_start", f"the starting model takes {got_in} and predicts {got_out} {what}; the data has "
+                          f"{expected_in} and {expected_out} {what}.", "start from a checkpoint trained on this dataset, or train from scratch.")
 
 
 def evaluate(model, splits: DatasetSplits) -> dict:
-    """Test-split accuracy and loss (the held-out part no training step has seen)."""
-    loss, accuracy = model.evaluate(splits.x_test, splits.y_test, verbose=0, batch_size=256)
-    return {"test_accuracy": float(accuracy), "test_loss": float(loss)}
+    """Test-split loss and the task's metrics, ``test_<metric>`` (the held-out part no training step has seen)."""
+    from dlagent.ml.metrics import report_scores
+    from dlagent.ml.models import keras_predict
+
+    loss = model.evaluate(splits.x_test, splits.y_test, verbose=0, batch_size=256)
+    loss = loss[0] if isinstance(loss, (list, tuple)) else loss
+    scores = report_scores(splits.task, splits.y_test, keras_predict(model, splits.x_test), splits.primary)
+    return {**scores, "test_loss": float(loss)}
 
 
 def train(
@@ -194,8 +245,8 @@ def train(
         for epoch in range(result.epochs_run):  # which phase each epoch's metrics belong to (1 head, 2 fine-tune)
             tracking.log_metrics(client, run_id, {"transfer_phase": 1 if epoch < head else 2}, step=epoch)
     log.info(
-        "trained %s: %d epochs in %.1fs, best epoch %d, best val_accuracy %.4f",
-        config.model, result.epochs_run, result.seconds, result.best_epoch + 1, result.best_val_accuracy,
+        "trained %s: %d epochs in %.1fs, best epoch %d, best val_%s %.4f",
+        config.model, result.epochs_run, result.seconds, result.best_epoch + 1, result.metric, result.best_val_metric,
     )
     from dlagent.ml.models import scaling_statistics
 
@@ -208,4 +259,4 @@ def train(
 
 def _data_params(splits: DatasetSplits) -> dict:
     summary = splits.summary()
-    return {"dataset": summary["dataset"], "num_classes": summary["num_classes"], "n_train": summary["n_train"]}
+    return {key: summary[key] for key in ("dataset", "task", "metric", "num_classes", "n_train")}

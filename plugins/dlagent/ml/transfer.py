@@ -234,8 +234,12 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
     best validation loss, the head phase's weights are kept.
     """
     from dlagent.ml.models import copy_model
-    from dlagent.ml.training import TrainResult, class_weights, compile_for_training, early_stopping
+    from dlagent.ml.training import TrainResult, class_weights, compile_for_training, early_stopping, validation_score
 
+    if splits.is_regression:
+        raise ConfigError("init_from", "transfer learning fine-tunes classifiers; this task is regression.",
+                          "leave init_from empty (train from scratch), or use task 'classification'.")
+    stopping = [*validation_score(splits), *callbacks, *early_stopping(config, splits.metric)]
     adapted = adapt_source(copy_model(source_model), splits.input_shape, splits.num_classes)
     model, base = adapted.model, adapted.base
     head_epochs, tune_epochs = phase_epochs(config.epochs, config.freeze)
@@ -249,7 +253,7 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
     trainable_head = int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
     log.info("transfer, phase 1 (head): %d epochs at learning rate %g, base frozen, %d trainable weights; %s",
              head_epochs, config.learning_rate, trainable_head, "; ".join(adapted.notes) or "input as the source's")
-    history = _history(model.fit(epochs=head_epochs, callbacks=[*callbacks, *early_stopping(config)], **data))
+    history = _history(model.fit(epochs=head_epochs, callbacks=stopping, **data))
     head_run = len(history.get("val_loss", []))
     head_loss, head_index = kept_epoch(history.get("val_loss", []), config.early_stopping_patience)
     head_weights = model.get_weights()
@@ -262,7 +266,7 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
                  "(freeze %g; batch normalisation stays in inference mode)", tune_epochs, config.fine_tune_learning_rate,
                  unfrozen, config.freeze)
         tuned = _history(model.fit(initial_epoch=head_run, epochs=head_run + tune_epochs,
-                                   callbacks=[*callbacks, *early_stopping(config)], **data))
+                                   callbacks=stopping, **data))
         tune_run = len(tuned.get("val_loss", []))
         for key in set(history) | set(tuned):
             history[key] = history.get(key, [math.nan] * head_run) + tuned.get(key, [math.nan] * tune_run)
@@ -278,7 +282,7 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
     transfer = {"head_epochs": head_run, "fine_tune_epochs": tune_run, "unfrozen_layers": unfrozen, "kept_head_weights": int(kept_head),
                 "head_trainable_weights": trainable_head, **adapted.params()}
     return TrainResult(model=model, history=history, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
-                       transfer=transfer, kept_epoch=best_epoch)
+                       transfer=transfer, kept_epoch=best_epoch, metric=splits.metric)
 
 
 def _history(history) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dlagent.errors import ConfigError
 from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
 
@@ -56,7 +57,7 @@ class CompressOperator(DlagentOperator):
     """Build one compressed candidate from a logged model and measure it on the test split.
 
     Loads the Keras model behind ``model_uri`` (never through XCom), distils / prunes /
-    quantizes it as ``compression`` says, measures size, gzip size, test accuracy (through the
+    quantizes it as ``compression`` says, measures size, gzip size, the test metrics (through the
     TFLite interpreter), single-sample latency p50/p95, throughput and the sparsity of the
     weights, and logs all of it as this task's MLflow child run together with a logged model
     (the compressed Keras model with signature and input example, the ``.tflite`` file and the
@@ -85,6 +86,9 @@ class CompressOperator(DlagentOperator):
         from dlagent.ml.model_store import load_keras_model, log_keras_model, resolve_logged_model
 
         config = CompressionConfig.from_dict(self.compression)
+        if config.distill and (self.data_options or {}).get("task") == "regression":
+            raise ConfigError("compression.distill", "distillation learns a classifier's soft class probabilities; this task is regression.",
+                              "use pruning and quantization for a regression model (distill: false).")
         client = self.hook.client
         resolve_logged_model(client, self.model_uri)  # a missing model is refused before any compute
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
@@ -99,8 +103,8 @@ class CompressOperator(DlagentOperator):
                                         tflite_bytes=candidate.tflite_bytes)
             client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
         m = candidate.metrics
-        self.log.info("%s: %d bytes (gzip %d), test accuracy %.4f, latency p50 %.3f ms, sparsity %.2f; logged as %s",
-                      candidate.name, m["size_bytes"], m["gzip_size_bytes"], m["test_accuracy"], m["latency_ms_p50"],
-                      m["sparsity"], model_uri)
+        self.log.info("%s: %d bytes (gzip %d), test %s %.4f, latency p50 %.3f ms, sparsity %.2f; logged as %s",
+                      candidate.name, m["size_bytes"], m["gzip_size_bytes"], splits.metric, m[splits.primary.test_key],
+                      m["latency_ms_p50"], m["sparsity"], model_uri)
         return {"run_id": run_id, "candidate": candidate.name, "model_uri": model_uri, "config": config.to_dict(),
                 "metrics": {k: v for k, v in m.items() if isinstance(v, (int, float))}}

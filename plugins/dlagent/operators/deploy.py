@@ -86,7 +86,7 @@ class DeployOperator(DlagentOperator):
                 champion_metrics=champion["metrics"] if champion else None, thresholds=thresholds,
                 idempotency_key=f"{ids['dag_id']}/{ids['run_id']}", run_id=candidate.get("run_id"),
                 tags={**airflow_tags(ids), names.CANDIDATE_TAG: str(candidate.get("candidate"))},
-                evaluated_champion=champion["version"] if champion else None,
+                evaluated_champion=champion["version"] if champion else None, metric=evaluation.get("metric"),
                 lock=named_lock(OptunaHook(optuna_conn_id=self.optuna_conn_id).storage_url, f"dlagent.deploy/{name}"),
             )
             version = outcome["version"]

@@ -18,24 +18,26 @@ from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
 
 DEFAULT_MODEL_NAME = "dlagent-classifier"
-SUMMARY_METRICS = (
-    "test_accuracy", "test_loss", "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
+SUMMARY_METRICS = (  # besides every test_<metric> (dlagent.ml.metrics)
+    "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
     "predict_latency_ms_p50", "throughput_samples_per_s", "sparsity", "num_params",
 )
 
 
-def pick_candidate(candidates: list[dict], reference_accuracy: float, thresholds) -> dict:
+def pick_candidate(candidates: list[dict], reference: float, thresholds, metric=None) -> dict:
     """The most compressed candidate within the gate's limits (:func:`dlagent.ml.selection.select_candidate`,
-    the rule the gate and the agent use too); when none qualifies, the most accurate one, and the
-    gate says why it fails."""
-    from dlagent.ml.selection import most_accurate, select_candidate
+    the rule the gate and the agent use too); when none qualifies, the best scoring one on the
+    primary ``metric``, and the gate says why it fails."""
+    from dlagent.ml.selection import ACCURACY, best_scoring, select_candidate
 
-    chosen, _ = select_candidate(candidates, reference_accuracy, thresholds)
-    return chosen if chosen is not None else most_accurate(candidates)
+    metric = metric or ACCURACY
+    chosen, _ = select_candidate(candidates, reference, thresholds, metric)
+    return chosen if chosen is not None else best_scoring(candidates, metric)
 
 
 def _summary(metrics: dict) -> dict:
-    return {k: metrics[k] for k in SUMMARY_METRICS if k in metrics and isinstance(metrics[k], (int, float)) and math.isfinite(metrics[k])}
+    return {k: v for k, v in metrics.items() if (k in SUMMARY_METRICS or k.startswith("test_"))
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 class EvaluateOperator(DlagentOperator):
@@ -49,7 +51,8 @@ class EvaluateOperator(DlagentOperator):
     :param explain: write an integrated-gradients (images) or permutation-importance (tables) plot.
 
     Returns small JSON: ``blessed``, ``reasons``, ``candidate`` (name, model URI, metrics),
-    ``reference`` and ``champion`` metrics, ``test_accuracy``/``test_loss`` of what would ship.
+    ``reference`` and ``champion`` metrics, ``metric`` (the primary metric's name), ``test_metric``
+    (its value), ``test_<metric>`` and ``test_loss`` of what would ship.
     """
 
     template_fields: Sequence[str] = ("experiment_name", "model_uri", "candidates", "dataset", "data_options", "seed",
@@ -106,23 +109,25 @@ class EvaluateOperator(DlagentOperator):
 
         thresholds, candidates, model_name = self._check_inputs()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
+        primary = splits.primary
         runs = int(self.latency_runs)
         with self.step_run(context) as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
             client = self.hook.client
             log_dataset_input(client, run_id, splits, EVALUATION)
             tracking.log_params_safely(client, run_id, {"model_uri": self.model_uri, "dataset": self.dataset, "seed": self.seed,
+                                                       "task": splits.task, "metric": primary.name,
                                                        "model_name": model_name, "candidates": len(candidates),
                                                        **{f"gate.{k}": v for k, v in thresholds.to_dict().items()}})
             model = load_keras_model(client, self.model_uri)
             reference = evaluate_keras(model, splits, out_dir=Path(tmp) / "keras", explain=self.explain, latency_runs=runs)
             log_evaluation(client, run_id, reference, prefix="keras_")
-            tracking.log_metrics(client, run_id, {"test_accuracy": reference.metrics["test_accuracy"], "test_loss": reference.metrics["test_loss"]})
-            self.log.info("reference Keras model: %s", _describe(reference.metrics))
+            tracking.log_metrics(client, run_id, {k: v for k, v in reference.metrics.items() if k.startswith("test_")})
+            self.log.info("reference Keras model: %s", _describe(reference.metrics, primary))
 
             if candidates:
-                chosen = pick_candidate(candidates, reference.metrics["test_accuracy"], thresholds)
+                chosen = pick_candidate(candidates, reference.metrics[primary.test_key], thresholds, primary)
                 for c in candidates:
-                    self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"]), "  <- chosen" if c is chosen else "")
+                    self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"], primary), "  <- chosen" if c is chosen else "")
                 tflite = read_tflite(client, chosen["model_uri"])
                 report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
                 log_evaluation(client, run_id, report, prefix="tflite_")
@@ -133,12 +138,12 @@ class EvaluateOperator(DlagentOperator):
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
             client.set_tag(run_id, names.CANDIDATE_TAG, candidate["candidate"])
             # what the gate judges, for readers of this run (the agent among them)
-            tracking.log_metrics(client, run_id, {"shipped_test_accuracy": shipped["test_accuracy"]})
+            tracking.log_metrics(client, run_id, {f"shipped_{primary.test_key}": shipped[primary.test_key]})
 
             champion = self._measure_champion(client, model_name, splits, runs, Path(tmp))
             if champion is not None:
                 tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
-            decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds)
+            decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary)
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
             client.set_tag(run_id, names.GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])
             decision_path = Path(tmp) / names.GATE_DECISION_FILE
@@ -155,9 +160,11 @@ class EvaluateOperator(DlagentOperator):
             "candidate": {**candidate, "metrics": _summary(shipped)},
             "reference": {"model_uri": self.model_uri, "metrics": _summary(reference.metrics)},
             "champion": champion,
-            "accuracy_drop_points": decision["accuracy_drop_points"],
+            "metric": primary.name,
+            "metric_drop_points": decision["metric_drop_points"],
             "delta_vs_champion_points": decision["delta_vs_champion_points"],
-            "test_accuracy": shipped["test_accuracy"],
+            "test_metric": shipped[primary.test_key],
+            primary.test_key: shipped[primary.test_key],
             "test_loss": shipped["test_loss"],
         }
 
@@ -182,12 +189,13 @@ class EvaluateOperator(DlagentOperator):
                                   f"data set ({exc}) and has no stored metrics.", "use another model_name for this data set.") from exc
             self.log.warning("champion version %s cannot run on this split (%s): comparing with its stored metrics", info["version"], exc)
             source, metrics = "stored at registration", _summary(info["metrics"])
-        self.log.info("champion %s version %s (%s): %s", model_name, info["version"], source, _describe(metrics))
+        self.log.info("champion %s version %s (%s): %s", model_name, info["version"], source, _describe(metrics, splits.primary))
         return {"version": info["version"], "source": source, "metrics": metrics}
 
 
-def _describe(m: dict) -> str:
-    parts = [f"accuracy {m['test_accuracy']:.4f}"]
+def _describe(m: dict, metric) -> str:
+    value = m.get(metric.test_key)
+    parts = [f"{metric.name} {value:.4f}" if isinstance(value, (int, float)) else f"{metric.name} not measured"]
     if "size_bytes" in m:
         parts.append(f"{m['size_bytes']:,} bytes")
     if "gzip_size_bytes" in m:

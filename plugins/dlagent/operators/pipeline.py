@@ -58,18 +58,51 @@ class ValidateInputsOperator(DlagentOperator):
             raise ConfigError("data_options.missing", "'impute' is built into the 'mlp' model (it fills missing values inside the "
                               f"model); model {config.model!r}{' with init_from' if config.init_from else ''} cannot take them.",
                               "use model 'mlp' without init_from, or clean the data and use missing 'refuse'.")
+        self._check_task(config, splits)
         if config.init_from:  # transfer learning: the source must load and fit the data (the model setting is not used)
             from dlagent.ml.transfer import adapt_source, load_source_model
 
             source = load_source_model(self.hook.client, config.init_from, allowed_roots=settings.data_roots())
             model = {"init_from": config.init_from, **adapt_source(source, splits.input_shape, splits.num_classes).params()}
         else:
-            model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules())
+            model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules(),
+                                        task=splits.task)
         parent = self.parent_run_id(context)
         tracking.log_params_safely(self.hook.client, parent, {**config.to_params(), "dataset": self.dataset})
         summary = splits.summary()
         self.log.info("inputs valid: %s; model %s; MLflow parent run %s", summary, model, parent)
         return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
+
+    def _check_task(self, config, splits) -> None:
+        """What the task and primary metric rule out, before any compute: transfer, class weights
+        and distillation are for classifiers; a fraction metric's threshold is a fraction; the
+        champion must have been measured on the same metric."""
+        from dlagent.ml.gate import FRACTIONS, GateThresholds
+        from dlagent.ml.registry import get_champion
+
+        primary = splits.primary
+        if splits.is_regression:
+            if config.init_from:
+                raise ConfigError("init_from", "transfer learning fine-tunes classifiers; this task is regression.",
+                                  "leave init_from empty (train from scratch), or use task 'classification'.")
+            if config.class_weight != "none":
+                raise ConfigError("class_weight", f"{config.class_weight!r} weights classes; this task is regression.", "use 'none'.")
+            for index, candidate in enumerate(self.compression_candidates or []):
+                if isinstance(candidate, dict) and candidate.get("distill"):
+                    raise ConfigError(f"compression_candidates[{index}].distill", "distillation learns a classifier's soft class "
+                                      "probabilities; this task is regression.", "use pruning and quantization (distill: false).")
+        thresholds = GateThresholds.from_dict(self.gate_thresholds) if self.gate_thresholds is not None else GateThresholds()
+        if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
+            raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
+                              "give e.g. 0.9 for 90%, not a percentage.")
+        if self.model_name:
+            champion = get_champion(self.hook.client, self.model_name)
+            stored = (champion or {}).get("metrics") or {}
+            if stored and primary.test_key not in stored:
+                measured = sorted(k for k in stored if k.startswith("test_") and k != "test_loss")
+                raise ConfigError("model_name", f"the champion of {self.model_name!r} (version {champion['version']}) was measured on "
+                                  f"{measured}, not {primary.test_key}: it was trained for another task or metric.",
+                                  "use a model_name of its own for this task, or the champion's metric.")
 
     def _check_conf_keys(self, context) -> None:
         """Refuse conf keys the DAG has no Param for: Airflow accepts them and nothing reads them."""

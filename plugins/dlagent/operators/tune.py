@@ -33,7 +33,8 @@ class _TuneBase(DlagentOperator):
     ``trial_epochs`` caps each trial's epochs (the study's Hyperband ``max_resource`` follows)
     and ``min_trial_epochs`` is the pruner's first rung (``min_resource``): the agent sets both
     when the final training continues the best trial, so trials only have to rank settings.
-    ``direction`` defaults to the metric's own (:func:`dlagent.ml.tuning.direction_for`).
+    ``metric`` left empty is the primary metric's ``val_<metric>`` (the data options' ``task`` and
+    ``metric``); ``direction`` defaults to the metric's own (:func:`dlagent.ml.tuning.direction_for`).
     """
 
     template_fields: Sequence[str] = (
@@ -44,7 +45,7 @@ class _TuneBase(DlagentOperator):
 
     def __init__(self, *, dataset: str = "digits", data_options: dict | None = None, train_config: dict | None = None,
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
-                 sampler: str = "tpe", pruner: str = "hyperband", metric: str = "val_accuracy", direction: str | None = None,
+                 sampler: str = "tpe", pruner: str = "hyperband", metric: str | None = None, direction: str | None = None,
                  study_name: str | None = None, trial_epochs: int | None = None, min_trial_epochs: int | None = None,
                  optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
@@ -75,12 +76,15 @@ class _TuneBase(DlagentOperator):
         """
         from dlagent.ml import tuning
         from dlagent.ml.config import TrainConfig
+        from dlagent.ml.metrics import resolve_metric
 
         timeout = _optional(self.timeout_s)
         tune = tuning.TuneConfig(n_trials=self.n_trials, n_workers=n_workers, timeout_s=None if timeout == 0 else timeout,
                                  trial_epochs=_optional(self.trial_epochs), min_trial_epochs=_optional(self.min_trial_epochs),
-                                 sampler=self.sampler, pruner=self.pruner, metric=self.metric)
-        metric, direction = tuning.resolve_direction(tune.metric, _optional(self.direction))
+                                 sampler=self.sampler, pruner=self.pruner, metric=_optional(self.metric))
+        options = self.data_options or {}
+        primary = resolve_metric(options.get("task") or "classification", _optional(options.get("metric")))
+        metric, direction = tuning.resolve_direction(tune.objective(primary.name), _optional(self.direction))
         trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
         space = tuning.validate_search_space(self.search_space or tuning.default_search_space(trial_config.model, transfer=bool(trial_config.init_from)))
         study = tuning.StudySettings(metric=metric, direction=direction, space=space, sampler=tune.sampler, pruner=tune.pruner,
@@ -179,11 +183,11 @@ class TuneSummaryOperator(_TuneBase):
     def run(self, context):
         from dlagent.ml import tuning
 
-        tune, _, _ = self._settings()
+        tune, _, study_settings = self._settings()
         name = self._study_name(context)
         if tune.n_trials == 0:
             return {"study_name": name, "best_params": {}, "best_value": None, "skipped": True}
         study = tuning.load_study(self.optuna_hook.storage_url, name)
         summary = tuning.log_study_to_mlflow(study, self.hook.client, self.parent_run_id(context))
-        self.log.info("study %s: best %s = %s with %s", name, self.metric, summary.get("best_value"), summary.get("best_params"))
+        self.log.info("study %s: best %s = %s with %s", name, study_settings.metric, summary.get("best_value"), summary.get("best_params"))
         return {"study_name": name, **summary}

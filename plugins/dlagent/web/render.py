@@ -64,14 +64,14 @@ def index(rows: list[dict], root: str, *, dag_id: str | None, ui_url: str) -> st
                  f'(or none of a DAG you may read). MLflow UI: {_ext(ui_url, ui_url)}</p>')
     else:
         lines = ["<table><tr><th>DAG</th><th>DAG run</th><th>started</th><th>MLflow status</th><th>agent decisions</th>"
-                 "<th>deploy</th><th>test accuracy</th><th>MLflow</th></tr>"]
+                 "<th>deploy</th><th>test metric</th><th>MLflow</th></tr>"]
         for row in rows:
             decisions = "<br>".join(_decision_line(d) for d in row["decisions"]) or '<span class="muted">none</span>'
             link = run_path(root, row["dag_id"] or "", row["run_id"] or "")
             lines.append(
                 f'<tr><td>{_e(row["dag_id"])}</td><td><a href="{_e(link)}">{_e(row["run_id"])}</a></td><td>{_e(row["start_time"])}</td>'
                 f'<td>{_e(row["status"])}</td><td>{decisions}</td><td>{_e(row["deploy"] or "")}</td>'
-                f'<td>{_num(row["test_accuracy"]) if row["test_accuracy"] is not None else ""}</td>'
+                f'<td>{_e(row["metric"]) + " " + _num(row["test_metric"]) if row["test_metric"] is not None else ""}</td>'
                 f'<td>{_ext(row["mlflow_url"], "parent run")}</td></tr>')
         lines.append("</table>")
         table = "".join(lines)

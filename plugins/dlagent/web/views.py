@@ -88,7 +88,8 @@ def pipeline_runs(client, ui_url: str, *, dag_id: str | None = None, max_results
             "run_id": tags.get(names.AIRFLOW_RUN_ID_TAG),
             "page": decisions_path(tags.get(names.AIRFLOW_DAG_ID_TAG) or "", tags.get(names.AIRFLOW_RUN_ID_TAG) or ""),
             "deploy": tags.get(names.DEPLOY_TAG),
-            "test_accuracy": parent.data.metrics.get("test_accuracy"),
+            "metric": tags.get(names.SUMMARY_TAG_PREFIX + "metric") or "accuracy",
+            "test_metric": parent.data.metrics.get("test_metric", parent.data.metrics.get("test_accuracy")),
             "study": tags.get(names.STUDY_TAG),
             "decisions": agents_by_parent.get(parent.info.run_id, []),
         })

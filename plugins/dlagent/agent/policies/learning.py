@@ -151,11 +151,12 @@ class LearningPolicy(Policy):
         w = self.weights
         return w["a"] * accuracy_gain - w["b"] * seconds - w["c"] * compute
 
-    def reward_from_observation(self, observation, accuracy: float | None, baseline_accuracy: float | None) -> float:
-        """Reward of a finished run: accuracy gain over ``baseline_accuracy`` (the champion's
-        before the run; 0 gain without one), its ``run_seconds`` and ``epochs`` as compute."""
+    def reward_from_observation(self, observation, value: float | None, baseline: float | None) -> float:
+        """Reward of a finished run: the primary metric's gain over ``baseline`` (the champion's
+        before the run; 0 gain without one) as a fraction (points / 100: an accuracy difference,
+        or an RMSE's relative improvement), its ``run_seconds`` and ``epochs`` as compute."""
         obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
-        gain = (accuracy - baseline_accuracy) if finite(accuracy) and finite(baseline_accuracy) else 0.0
+        gain = obs.primary.gain_points(value, baseline) / 100.0 if finite(value) and finite(baseline) else 0.0
         return self.reward(gain, float(obs.compute.get("run_seconds") or 0.0), float(obs.compute.get("epochs") or 0.0))
 
     def update(self, reward: float, *, plan: dict | None = None, arm: str | None = None, context: str | None = None,

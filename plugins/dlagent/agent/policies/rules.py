@@ -329,52 +329,54 @@ class RulesPolicy(Policy):
 
     def _compress(self, obs: Observation, because) -> tuple[list, dict | None]:
         from dlagent.ml.gate import GateThresholds
-        from dlagent.ml.selection import accuracy_of, select_candidate, size_of
+        from dlagent.ml.selection import metric_of, select_candidate, size_of
 
-        measured = [c for c in obs.candidates if accuracy_of(c["metrics"]) is not None]
+        metric = obs.primary
+        measured = [c for c in obs.candidates if metric_of(c["metrics"], metric) is not None]
         if not measured:
             because(f"compress: {len(self.compress_candidates)} candidates",
                     "no compression measured yet: try each candidate (one mapped task each)")
             return [dict(c) for c in self.compress_candidates], None
-        reference = obs.reference_accuracy
-        source = "the uncompressed model's test_accuracy"
+        reference = obs.reference_score
+        source = f"the uncompressed model's {metric.test_key}"
         if reference is None:
-            reference = max(accuracy_of(c["metrics"]) for c in measured)
-            source = "the best candidate's accuracy (no evaluation run observed)"
-        # The evaluate step's and the gate's rule, with this policy's accuracy budget as the only limit.
-        chosen, within = select_candidate(measured, reference, GateThresholds(max_accuracy_drop_points=self.accuracy_budget_points))
+            reference = metric.best(metric_of(c["metrics"], metric) for c in measured)
+            source = f"the best candidate's {metric.name} (no evaluation run observed)"
+        # The evaluate step's and the gate's rule, with this policy's budget (in the metric's points) as the only limit.
+        chosen, within = select_candidate(measured, reference, GateThresholds(max_metric_drop_points=self.accuracy_budget_points), metric)
+        budget = f"{self.accuracy_budget_points:g} {metric.name} points"
         if chosen is None:
-            because("compress: none", f"no candidate within {self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}; "
-                    f"best candidate {max(accuracy_of(c['metrics']) for c in measured):.4f}")
+            best = metric.best(metric_of(c["metrics"], metric) for c in measured)
+            because("compress: none", f"no candidate within {budget} of {source} {reference:.4f}; best candidate {best:.4f}")
             return [], None
         size = size_of(chosen["metrics"])
         because(f"compress: {chosen['name']}",
                 f"the most compressed candidate ({f'{size:.0f} bytes' if finite(size) else 'size unknown'}, gzip when measured) within "
-                f"{self.accuracy_budget_points:g} accuracy points of {source} {reference:.4f}: accuracy {accuracy_of(chosen['metrics']):.4f}; "
+                f"{budget} of {source} {reference:.4f}: {metric.name} {metric_of(chosen['metrics'], metric):.4f}; "
                 f"{len(within)} of {len(measured)} candidates within budget")
         return [dict(chosen["config"])], chosen
 
     def _action(self, obs: Observation, tune: dict | None, chosen: dict | None, because) -> str:
-        shipped = (obs.gate or {}).get("metrics", {}).get("shipped_test_accuracy")
+        from dlagent.ml.selection import metric_of
+
+        metric = obs.primary
+        shipped = (obs.gate or {}).get("metrics", {}).get(f"shipped_{metric.test_key}")
         if finite(shipped):  # the candidate the evaluate task picked and the gate judged
-            accuracy, what = shipped, "the gated candidate"
+            value, what = shipped, "the gated candidate"
         elif chosen is not None:
-            accuracy, what = chosen["metrics"].get("accuracy", chosen["metrics"].get("test_accuracy")), f"compressed candidate {chosen['name']}"
+            value, what = metric_of(chosen["metrics"], metric), f"compressed candidate {chosen['name']}"
         else:
-            accuracy, what = obs.reference_accuracy, "evaluated model"
-        champion = None
-        if obs.champion:
-            metrics = obs.champion.get("metrics") or {}
-            champion = metrics.get("test_accuracy", metrics.get("accuracy"))
+            value, what = obs.reference_score, "evaluated model"
+        champion = metric_of(obs.champion.get("metrics") or {}, metric) if obs.champion else None
         blessed = obs.gate["blessed"] if obs.gate else None
-        if accuracy is None:
-            better, versus = False, "no evaluated accuracy observed"
+        if value is None:
+            better, versus = False, f"no evaluated {metric.name} observed"
         elif champion is None:
-            better, versus = True, f"{what} accuracy {accuracy:.4f}, no champion deployed"
+            better, versus = True, f"{what} {metric.name} {value:.4f}, no champion deployed"
         else:
-            gain = (accuracy - champion) * 100.0
+            gain = metric.gain_points(value, champion)
             better = gain > self.min_champion_gain_points + 1e-9
-            versus = (f"{what} accuracy {accuracy:.4f} vs champion v{obs.champion['version']} {champion:.4f} "
+            versus = (f"{what} {metric.name} {value:.4f} vs champion v{obs.champion['version']} {champion:.4f} "
                       f"({gain:+.2f} points, min gain {self.min_champion_gain_points:g})")
         gate = "not evaluated by the gate" if blessed is None else ("blessed by the gate" if blessed else "rejected by the gate")
         if blessed and better:

@@ -7,8 +7,9 @@
   means "the default" when a study is created and "as recorded" when a worker joins it.
 * :class:`WorkerSettings`: everything one worker needs besides the data and an MLflow client.
 
-:data:`METRICS` maps each tuning metric to its direction: the one place that knows that
-``val_accuracy`` is maximised and ``val_loss`` minimised.
+:data:`METRICS` maps each tuning metric to its direction, from the primary metrics'
+(:mod:`dlagent.ml.metrics`): ``val_accuracy`` is maximised, ``val_rmse`` and ``val_loss`` minimised.
+The objective left empty is the run's primary metric on the validation split, ``val_<metric>``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from dataclasses import dataclass, field
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import MAX_EPOCHS, TrainConfig
+from dlagent.ml.metrics import METRICS as PRIMARY_METRICS
 from dlagent.validation import bounded, check_fields, check_int, field_bounds
 
-METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "accuracy": "maximize", "loss": "minimize"}
-TUNE_METRICS = ("val_accuracy", "val_loss")  # what a person picks in the trigger form: validation metrics only
+METRICS = {"val_loss": "minimize", "loss": "minimize",
+           **{key: m.direction for m in PRIMARY_METRICS.values() for key in (m.val_key, m.name)}}
+TUNE_METRICS = ("val_loss", *(m.val_key for m in PRIMARY_METRICS.values()))  # the trigger form: validation metrics only
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("hyperband", "median", "none")
@@ -76,8 +79,9 @@ class TuneConfig:
                            description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only).")
     pruner: str = bounded("hyperband", "choice", choices=PRUNERS, title="Pruner",
                           description="Stops unpromising trials early from their per-epoch validation metric.")
-    metric: str = bounded("val_accuracy", "choice", choices=TUNE_METRICS, title="Tuning objective",
-                          description="Per-epoch validation metric the search optimises (accuracy up, loss down).")
+    metric: str | None = bounded(None, "choice", choices=TUNE_METRICS, optional=True, title="Tuning objective",
+                                 description="Per-epoch validation metric the search optimises (accuracy up, rmse and loss "
+                                             "down); empty for the primary metric's, val_<metric>.")
 
     def __post_init__(self):
         check_fields(self)
@@ -85,9 +89,9 @@ class TuneConfig:
             check_int("min_trial_epochs", self.min_trial_epochs, low=1, high=self.trial_epochs,
                       fix=f"give at most trial_epochs ({self.trial_epochs}), or leave it empty.")
 
-    @property
-    def direction(self) -> str:
-        return direction_for(self.metric)
+    def objective(self, primary_metric: str | None = None) -> str:
+        """The metric the search optimises: ``metric``, else ``val_<primary_metric>`` (accuracy by default)."""
+        return self.metric or f"val_{primary_metric or 'accuracy'}"
 
     @classmethod
     def bounds(cls, name: str):

@@ -230,7 +230,7 @@ class _WorkerLoop:
                 if math.isfinite(value):
                     state = TrialState.COMPLETE
                     if settings.record_test_accuracy:
-                        test_accuracy = evaluate(result.model, self.splits)["test_accuracy"]
+                        test_accuracy = evaluate(result.model, self.splits).get("test_accuracy")
                     if tracker is not None and run_id and beats_best(study, value, objective.direction):
                         tracker.save_checkpoint(run_id, result.model)
                 else:
