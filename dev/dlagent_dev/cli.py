@@ -174,8 +174,9 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
     print(f"dl_agent_pipeline: {status} (Airflow run {run.data.tags.get(names.AIRFLOW_RUN_ID_TAG)})")
     print(f"MLflow parent run:  {run.info.run_id} in experiment {experiment!r}")
     metric = tags.get("metric") or "accuracy"
-    if f"test_{metric}" in metrics:
-        print(f"test {metric + ':':<14}{metrics[f'test_{metric}']:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
+    value = metrics.get("test_metric", metrics.get(f"test_{metric}"))
+    if value is not None:
+        print(f"test {metric + ':':<14}{value:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
     if tags.get("study_name"):
         print(f"tuning:             study {tags['study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
     if tags.get("model_uri"):

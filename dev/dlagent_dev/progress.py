@@ -119,7 +119,8 @@ def _pct(value) -> str:
 def _validate(v: dict) -> str:
     data = v["data"]
     return (f"{data['dataset']}: {data['n_train']} train / {data['n_val']} val / {data['n_test']} test samples, "
-            f"{data['num_classes']} classes")
+            + (f"{data['num_classes']} target(s), metric {data.get('metric', 'rmse')}" if data.get("task") == "regression"
+               else f"{data['num_classes']} classes"))
 
 
 def _create_study(v: list) -> str:

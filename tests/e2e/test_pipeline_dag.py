@@ -44,9 +44,9 @@ def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str, optuna_url: str) -> di
     return env
 
 
-def _pipeline_runs(mlflow_uri: str) -> dict:
+def _pipeline_runs(mlflow_uri: str, experiment: str = "e2e") -> dict:
     client = MlflowClient(mlflow_uri)
-    experiment = client.get_experiment_by_name("e2e")
+    experiment = client.get_experiment_by_name(experiment)
     runs = client.search_runs([experiment.experiment_id])
     return {r.data.tags.get("airflow.task_id", "parent"): r for r in runs}
 
@@ -142,28 +142,66 @@ def test_pipeline_on_sqlite_with_a_user_model_builder(tmp_path):
     assert len(trains) == 1  # only the good run's
 
 
+def _regression_csv(folder: Path) -> str:
+    """make_friedman1 (300 rows, 10 features, 5 of them informative) as a CSV in the data root."""
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_samples=300, noise=0.5, random_state=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [",".join([*(f"x{i}" for i in range(10)), "y"])] + [",".join(f"{v:.5f}" for v in (*row, t)) for row, t in zip(x, y, strict=True)]
+    (folder / "friedman.csv").write_text("\n".join(lines) + "\n")
+    return f"csv:{folder / 'friedman.csv'}"
+
+
 @pytest.mark.postgres
-def test_pipeline_on_postgresql_with_the_agent_off(tmp_path, postgres_databases):
-    """The Airflow metadata DB, the MLflow store and the study in PostgreSQL; and ``agent_policy: off``, so
-    the plan's warm_start and controller sections are null. The train task takes them as None: a null
-    section must not fail its consumers (Airflow reads a None XCom as a missing one unless the producer
-    declares multiple_outputs). One run for both: a whole-DAG run costs a minute or two."""
+def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tmp_path, postgres_databases):
+    """The Airflow metadata DB, the MLflow store and the study in PostgreSQL, a regression task judged
+    by rmse, and ``agent_policy: off`` (the plan's warm_start and controller sections are null: a null
+    section must not fail its consumers). Three runs share one registered model: an untrained
+    model ships first (no champion), the tuned one is better on rmse and ships, an untrained one
+    again is worse on rmse and is refused; the champion stays."""
     import optuna
 
     airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()
     env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db, optuna_url=optuna_db)
-    result = _dags_test(env, {**TINY_CONF, "agent_policy": "off"})
+    regression = {"dataset": _regression_csv(tmp_path / "home" / "data"), "task": "regression", "label_column": "y",
+                  "model_name": "e2e-regressor", "agent_policy": "off", "compression_candidates": [{"quantization": "dynamic"}]}
+    untrained = {**TINY_CONF, **regression, "n_trials": 0, "epochs": 1, "learning_rate": 1e-5, "max_metric_drop_points": None,
+                 "tune_trial_epochs": None, "tune_min_trial_epochs": None}
+    tuned = {**TINY_CONF, **regression, "epochs": 30, "max_metric_drop_points": 5.0}
+    registry = MlflowClient(mlflow_db, registry_uri=mlflow_db)
+    from dlagent.ml.registry import get_champion
+
+    first = _dags_test(env, {**untrained, "experiment_name": "e2e-first"})
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert get_champion(registry, "e2e-regressor")["version"] == "1"
+
+    result = _dags_test(env, tuned)
     assert result.returncode == 0 and "DagRun failed" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
     runs = _pipeline_runs(mlflow_db)
-    assert runs["parent"].info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
-    assert runs["parent"].data.metrics["test_accuracy"] > 0.5
+    parent = runs["parent"]
+    assert parent.info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
+    assert parent.data.tags["dlagent.metric"] == "rmse"
+    assert parent.data.metrics["test_metric"] == pytest.approx(runs["evaluate"].data.metrics["shipped_test_rmse"])
+    assert runs["train"].data.params["task"] == "regression" and "best_val_rmse" in runs["train"].data.metrics
+    assert runs["evaluate"].data.metrics["keras_test_r2"] > 0.3  # a 10-feature nonlinear target: the mean gives 0
     assert "agent_plan" not in runs  # off: no agent run, the Params run as given
     assert "dlagent.warm_start" not in runs["train"].data.tags  # trained from scratch, as the null plan says
-    assert runs["parent"].data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
+    assert "better than the champion" in runs["evaluate"].data.tags["dlagent.gate.reasons"]
+    assert parent.data.tags["dlagent.deploy"] == "deployed e2e-regressor version 2"
     (name,) = optuna.get_all_study_names(optuna_db)
-    finished = [t for t in optuna.load_study(study_name=name, storage=optuna_db).trials if t.state.name in ("COMPLETE", "PRUNED")]
+    study = optuna.load_study(study_name=name, storage=optuna_db)
+    assert study.direction.name == "MINIMIZE" and study.user_attrs["dlagent.settings"]["metric"] == "val_rmse"
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == TINY_CONF["n_trials"]  # both workers shared the PostgreSQL study, exactly n_trials
-    best = {k: v for k, v in optuna.load_study(study_name=name, storage=optuna_db).best_params.items()}
-    for key, value in best.items():  # the Params plus the best trial's, nothing from a plan
+    for key, value in study.best_params.items():  # the Params plus the best trial's, nothing from a plan
         logged = runs["train"].data.params[key]
         assert (float(logged) == pytest.approx(value)) if isinstance(value, float) else logged == str(value), key
+
+    worse = _dags_test(env, {**untrained, "experiment_name": "e2e-worse"})
+    assert worse.returncode == 0, worse.stdout[-3000:] + worse.stderr[-3000:]
+    refused = _pipeline_runs(mlflow_db, "e2e-worse")
+    assert refused["evaluate"].data.tags["dlagent.gate.blessed"] == "false"
+    assert "worse than the champion" in refused["evaluate"].data.tags["dlagent.gate.reasons"]
+    assert refused["parent"].data.tags["dlagent.deploy"].startswith("skipped")
+    assert get_champion(registry, "e2e-regressor")["version"] == "2"

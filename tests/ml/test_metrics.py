@@ -129,6 +129,19 @@ def test_a_regressor_learns_in_the_targets_units_and_stops_on_val_rmse(regressio
     assert result.model.get_layer("target_scale").mean[0] == pytest.approx(float(splits.y_train.mean()), rel=1e-4)
 
 
+def test_a_regressor_warm_starts_from_a_checkpoint(regression):
+    """The final training continues the best trial's weights (the agent's warm start)."""
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.models import copy_model
+    from dlagent.ml.training import fit
+
+    splits, result = regression
+    start = copy_model(result.model)
+    warm = fit(splits, TrainConfig(model="mlp", epochs=3, units=64, learning_rate=1e-4), initial_model=start)
+    assert warm.start_val_loss == pytest.approx(float(np.mean((splits.y_val - result.model.predict(splits.x_val, verbose=0)) ** 2)), rel=1e-3)
+    assert warm.epochs_run >= 1 and "val_rmse" in warm.history
+
+
 def test_a_regressor_is_pruned_quantized_and_evaluated_with_a_residual_plot(regression, tmp_path):
     from dlagent.ml.compression import CompressionConfig, compress
     from dlagent.ml.evaluation import evaluate_tflite

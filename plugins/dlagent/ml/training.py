@@ -94,7 +94,7 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
     all_callbacks = [*validation_score(splits), *callbacks, *early_stopping(config, splits.metric)]
     start_val_loss, start_weights = None, None
     if initial_model is not None:
-        start_val_loss = float(model.evaluate(splits.x_val, splits.y_val, verbose=0, batch_size=256)[0])
+        start_val_loss = _loss(model, splits.x_val, splits.y_val)
         start_weights = model.get_weights()
     started = time.perf_counter()
     history = model.fit(
@@ -189,13 +189,18 @@ def _check_shapes(model, splits: DatasetSplits) -> None:
                           f"{expected_in} and {expected_out} {what}.", "start from a checkpoint trained on this dataset, or train from scratch.")
 
 
+def _loss(model, x, y) -> float:
+    """The compiled loss on ``(x, y)`` (Keras returns a list with metrics, a float without)."""
+    values = model.evaluate(x, y, verbose=0, batch_size=256)
+    return float(values[0] if isinstance(values, (list, tuple)) else values)
+
+
 def evaluate(model, splits: DatasetSplits) -> dict:
     """Test-split loss and the task's metrics, ``test_<metric>`` (the held-out part no training step has seen)."""
     from dlagent.ml.metrics import report_scores
     from dlagent.ml.models import keras_predict
 
-    loss = model.evaluate(splits.x_test, splits.y_test, verbose=0, batch_size=256)
-    loss = loss[0] if isinstance(loss, (list, tuple)) else loss
+    loss = _loss(model, splits.x_test, splits.y_test)
     scores = report_scores(splits.task, splits.y_test, keras_predict(model, splits.x_test), splits.primary)
     return {**scores, "test_loss": float(loss)}
 
