@@ -445,7 +445,8 @@ def drive_conf(world: World, case: Case) -> list[str]:
         from dlagent.ml.data import load_dataset
 
         with pytest.raises(ConfigError) as error:
-            load_dataset(conf["dataset"], seed=42, allowed_roots=[str(world.data)], label_column=conf.get("label_column", "label"))
+            load_dataset(conf["dataset"], seed=42, allowed_roots=[str(world.data)], label_column=conf.get("label_column", "label"),
+                         task=conf.get("task", "classification"), metric=conf.get("metric"))
         assert error.value.field == case.field and error.value.fix, str(error.value)
         notes.append("load_dataset: refused")
     return notes

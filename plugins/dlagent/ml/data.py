@@ -549,7 +549,7 @@ def load_dataset(
     from dlagent.ml.lineage import content_digest
 
     check_choice("data_options.missing", missing, MISSING_POLICIES)
-    check_choice("data_options.task", task, TASKS)
+    check_choice("task", task, TASKS)
     resolve_metric(task, metric)
     x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
     num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)

@@ -16,15 +16,14 @@ re-scale per data set.
 
 Scores are computed with NumPy from the model's outputs (class probabilities or predicted
 values), the same function on the validation split every epoch and on the test split for
-Keras and TFLite models alike. Nothing here imports TensorFlow or Airflow.
+Keras and TFLite models alike. Nothing here imports TensorFlow or Airflow, and NumPy only when
+a score is computed (the trigger form's Params read the names at DAG parse time).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
 
 from dlagent.errors import ConfigError
 
@@ -33,10 +32,13 @@ TASKS = (CLASSIFICATION, REGRESSION)
 
 
 def _accuracy(y_true, outputs) -> float:
+    import numpy as np
+
     return float(np.mean(np.argmax(outputs, axis=1) == np.asarray(y_true)))
 
 
 def _auc(y_true, outputs) -> float:
+    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     y_true = np.asarray(y_true)
@@ -46,6 +48,7 @@ def _auc(y_true, outputs) -> float:
 
 
 def _f1_macro(y_true, outputs) -> float:
+    import numpy as np
     from sklearn.metrics import f1_score
 
     outputs = np.asarray(outputs)
@@ -53,21 +56,29 @@ def _f1_macro(y_true, outputs) -> float:
                           zero_division=0))
 
 
-def _errors(y_true, outputs) -> np.ndarray:
+def _errors(y_true, outputs):
+    import numpy as np
+
     outputs = np.asarray(outputs, dtype=np.float64)
     return np.asarray(y_true, dtype=np.float64).reshape(outputs.shape) - outputs
 
 
 def _rmse(y_true, outputs) -> float:
+    import numpy as np
+
     return float(np.sqrt(np.mean(_errors(y_true, outputs) ** 2)))
 
 
 def _mae(y_true, outputs) -> float:
+    import numpy as np
+
     return float(np.mean(np.abs(_errors(y_true, outputs))))
 
 
 def _r2(y_true, outputs) -> float:
     """Coefficient of determination, averaged over targets (scikit-learn's ``uniform_average``)."""
+    import numpy as np
+
     outputs = np.asarray(outputs, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.float64).reshape(outputs.shape)
     residual = np.sum((y - outputs) ** 2, axis=0)

@@ -95,7 +95,8 @@ class DeployOperator(DlagentOperator):
                 self.hook.client.set_tag(parent, names.DEPLOY_TAG, f"refused: {reasons}"[:5000])
                 raise AirflowSkipException(f"not deployed, the gate re-check refused the candidate: {reasons}")
             bundle = serving.deploy_champion_bundle(self.hook.client, name, _deploy_dir(self.deploy_dir),
-                                                     extra_metadata={"airflow": ids, "candidate": candidate.get("candidate")})
+                                                     extra_metadata={"airflow": ids, "candidate": candidate.get("candidate"),
+                                                                     "metric": evaluation.get("metric") or "accuracy"})
             self.hook.client.set_tag(run_id, names.REGISTERED_VERSION_TAG, f"{name}/{version['version']}")
             self.push_xcom(context, REGISTERED_MODEL_XCOM, {"name": name, "version": str(version["version"])})
         self.hook.client.set_tag(parent, names.DEPLOY_TAG, f"deployed {name} version {version['version']}")

@@ -1,0 +1,179 @@
+"""Benchmark: the default pipeline on regression tables against scikit-learn baselines.
+
+    .venv/bin/python bench/regression.py
+
+**Pipeline**: ``dl_agent_pipeline`` through ``airflow dags test``, as a user runs it, with only
+what a regression table needs set: ``dataset`` (a CSV), ``task: regression``, ``model: mlp``
+(the built-in for tables), ``seed``. Everything else is the default: the primary metric rmse,
+6 tuning trials over the default space, the rules agent's plan (warm start from the best
+trial), the four default compression candidates and the gate. The figure is the RMSE of what
+the run **ships** (the gated candidate, a TFLite file) on its held-out test split.
+
+**Baselines**, fitted in the same run on the same train/validation/test split (the pipeline's
+``load_dataset`` with the same seed), each with the settings a person would try, chosen on the
+validation split:
+
+- ``ridge``: standardised features, ridge regression, alpha in 10^-3 .. 10^3;
+- ``mlp``: standardised features and targets (``TransformedTargetRegressor``), scikit-learn's
+  ``MLPRegressor`` with one or two hidden layers of 64 or 128 units, L2 alpha 1e-4 or 1e-2,
+  early stopping.
+
+**Data** (offline, none used to choose the pipeline's defaults): scikit-learn's bundled
+diabetes table (442 rows, 10 features) and Friedman #1 (``make_friedman1``: 1,000 rows, 10
+features of which 5 matter, noise 1.0), saved as CSV files in a temporary data root.
+
+Per data set: the mean RMSE over the seeds and a 95 % t-interval; ``rmse_ratio`` is the
+pipeline's RMSE over the best baseline's, per seed. The last line is ``RESULT {json}`` with
+``worst_rmse_ratio``, the largest mean ratio over the data sets. Goal: at most 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+GOAL = 1.05
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[21, 22, 23], help="split and weight seeds (at least 3)")
+    parser.add_argument("--datasets", nargs="+", default=["diabetes", "friedman1"], choices=["diabetes", "friedman1"])
+    return parser.parse_args(argv)
+
+
+def write_csv(name: str, folder: Path) -> Path:
+    import numpy as np
+    from sklearn.datasets import load_diabetes, make_friedman1
+
+    if name == "diabetes":
+        bunch = load_diabetes()
+        x, y = bunch.data, bunch.target
+    else:
+        x, y = make_friedman1(n_samples=1000, noise=1.0, random_state=7)
+    path = folder / f"{name}.csv"
+    header = ",".join([*(f"x{i}" for i in range(x.shape[1])), "label"])
+    np.savetxt(path, np.column_stack([x, y]), delimiter=",", header=header, comments="", fmt="%.6g")
+    return path
+
+
+def baselines(path: Path, seed: int, root: Path) -> dict:
+    """Test RMSE of the ridge and MLP baselines on the pipeline's split, settings chosen on validation."""
+    import numpy as np
+    from dlagent.ml.data import load_dataset
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    splits = load_dataset(f"csv:{path}", task="regression", seed=seed, allowed_roots=[str(root)])
+    y_train, y_val, y_test = (s.ravel() for s in (splits.y_train, splits.y_val, splits.y_test))
+
+    def rmse(model, x, y):
+        return float(np.sqrt(np.mean((model.predict(x) - y) ** 2)))
+
+    def best(candidates):
+        fitted = [c.fit(splits.x_train, y_train) for c in candidates]
+        chosen = min(fitted, key=lambda m: rmse(m, splits.x_val, y_val))
+        return rmse(chosen, splits.x_test, y_test)
+
+    ridge = [make_pipeline(StandardScaler(), Ridge(alpha=a)) for a in 10.0 ** np.arange(-3, 4)]
+    mlp = [TransformedTargetRegressor(make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=h, alpha=a, early_stopping=True,
+                                                                                   max_iter=2000, random_state=seed)),
+                                      transformer=StandardScaler())
+           for h in ((64,), (128,), (64, 64)) for a in (1e-4, 1e-2)]
+    return {"ridge": best(ridge), "mlp": best(mlp)}
+
+
+def run_pipeline(path: Path, seed: int, workdir: Path, root: Path) -> dict:
+    """The default pipeline through ``airflow dags test``; the shipped model's test RMSE from MLflow."""
+    from dlagent_dev.env import setup, stack_env
+    from mlflow import MlflowClient
+
+    env = stack_env({**os.environ, "DLAGENT_HOME": str(workdir / "home")})
+    env.update({"AIRFLOW_HOME": str(workdir / "airflow"), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{workdir / 'airflow.db'}",
+                "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "DLAGENT_ARTIFACT_ROOT": str(workdir / "artifacts"),
+                "DLAGENT_OPTUNA_STORAGE": f"sqlite:///{workdir / 'optuna.db'}", "DLAGENT_DEPLOY_DIR": str(workdir / "deploy"),
+                "DLAGENT_DATA_ROOTS": str(root)})
+    setup(env)
+    conf = {"dataset": f"csv:{path}", "task": "regression", "model": "mlp", "seed": seed, "experiment_name": "bench-regression",
+            "model_name": f"bench-{path.stem}-{seed}"}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    started = time.perf_counter()
+    out = subprocess.run([airflow, "dags", "test", "dl_agent_pipeline", "-c", json.dumps(conf)], capture_output=True, text=True,
+                         cwd=PROJECT_DIR, env=env)
+    seconds = time.perf_counter() - started
+    if out.returncode != 0:
+        sys.exit(f"airflow dags test failed:\n{out.stdout[-4000:]}\n{out.stderr[-2000:]}")
+    from dlagent.ml import mlflow_names as names
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("bench-regression")
+    (parent,) = client.search_runs([experiment.experiment_id], names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE))
+    metrics, tags = parent.data.metrics, parent.data.tags
+    return {"rmse": metrics["test_metric"], "keras_rmse": metrics.get("keras_test_rmse"), "candidate": tags.get("dlagent.candidate"),
+            "deploy": tags.get("dlagent.deploy"), "seconds": round(seconds, 1)}
+
+
+def interval(values) -> dict:
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    half = float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return {"mean": round(mean, 4), "std": round(std, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if len(args.seeds) < 3:
+        print("[bench] give at least 3 seeds", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    per_dataset, rows = {}, []
+    with tempfile.TemporaryDirectory(prefix="dlagent-bench-regression-") as tmp:
+        root = Path(tmp) / "data"
+        root.mkdir()
+        for name in args.datasets:
+            path = write_csv(name, root)
+            ratios = []
+            for seed in args.seeds:
+                base = baselines(path, seed, root)
+                pipeline = run_pipeline(path, seed, Path(tmp) / f"{name}-{seed}", root)
+                best_name = min(base, key=base.get)
+                ratio = pipeline["rmse"] / base[best_name]
+                ratios.append(ratio)
+                row = {"dataset": name, "seed": seed, "pipeline_rmse": pipeline["rmse"], **{f"{k}_rmse": v for k, v in base.items()},
+                       "best_baseline": best_name, "rmse_ratio": ratio, **{k: v for k, v in pipeline.items() if k != "rmse"}}
+                rows.append(row)
+                print(f"[bench] {name} seed {seed}: pipeline {pipeline['rmse']:.4g} (shipped {pipeline['candidate']}, Keras "
+                      f"{pipeline['keras_rmse']:.4g}), ridge {base['ridge']:.4g}, mlp {base['mlp']:.4g}: ratio {ratio:.3f} "
+                      f"({pipeline['seconds']:.0f} s)", flush=True)
+            mine = [r["pipeline_rmse"] for r in rows if r["dataset"] == name]
+            per_dataset[name] = {"pipeline_rmse": interval(mine),
+                                 "ridge_rmse": interval([r["ridge_rmse"] for r in rows if r["dataset"] == name]),
+                                 "mlp_rmse": interval([r["mlp_rmse"] for r in rows if r["dataset"] == name]),
+                                 "rmse_ratio": interval(ratios)}
+    worst = max(d["rmse_ratio"]["mean"] for d in per_dataset.values())
+    for name, figures in per_dataset.items():
+        print(f"[bench] {name}: pipeline {figures['pipeline_rmse']['mean']:.4g} ± {figures['pipeline_rmse']['std']:.3g}, ridge "
+              f"{figures['ridge_rmse']['mean']:.4g}, mlp {figures['mlp_rmse']['mean']:.4g}; ratio {figures['rmse_ratio']['mean']:.3f} "
+              f"(95% CI {figures['rmse_ratio']['ci95']})")
+    result = {"worst_rmse_ratio": round(worst, 4), "goal": GOAL, "goal_met": bool(worst <= GOAL), "per_dataset": per_dataset,
+              "seeds": args.seeds, "seconds": round(time.perf_counter() - started, 1), "rows": rows}
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
