@@ -22,8 +22,9 @@ degrades, lets the **agent** plan a new `dl_agent_pipeline` run and triggers it.
 
 * **watch_champion** (`MLflowMetricSensor`) waits until the metric `metric` (default
   `test_accuracy`) of the model version under alias `champion` of `model_name` is below
-  `threshold` (`condition` = `below`), or has drifted more than `max_drift` from `reference`
-  (`condition` = `drift`). It waits in the triggerer (`deferrable`, the default) or frees its
+  `threshold` (`condition` = `below`), above it (`condition` = `above`, for an error metric
+  such as `test_rmse` of a regression champion), or has drifted more than `max_drift` from
+  `reference` (`condition` = `drift`). It waits in the triggerer (`deferrable`, the default) or frees its
   worker slot between checks (reschedule mode), every 10 minutes; after 23 hours it gives up
   and the rest of the run is skipped (nothing to do that day).
 * **agent** (`AgentOperator`, phase `plan`, policy `policy`) observes in MLflow the pipeline
@@ -47,11 +48,13 @@ def watch_params() -> dict[str, Param]:
                             description="The registered MLflow model whose 'champion' alias is watched."),
         "metric": Param("test_accuracy", type="string", minLength=1, title="Metric",
                         description="The champion's metric to watch (its dlagent.metric.<name> tag, else its run's metric)."),
-        "condition": Param("below", type="string", enum=["below", "drift"], title="Condition",
-                           description="'below': fire when the metric is under 'threshold'; 'drift': fire when it moved "
-                                       "more than 'max_drift' away from 'reference'."),
+        "condition": Param("below", type="string", enum=["below", "above", "drift"], title="Condition",
+                           description="'below': fire when the metric is under 'threshold' (accuracy, auc, f1_macro, r2: "
+                                       "higher is better); 'above': fire when it is over 'threshold' (an error metric such "
+                                       "as test_rmse or test_mae); 'drift': fire when it moved more than 'max_drift' away "
+                                       "from 'reference'."),
         "threshold": Param(0.9, type="number", title="Threshold",
-                           description="With condition 'below': the value under which a new pipeline run is planned."),
+                           description="With condition 'below' or 'above': the value past which a new pipeline run is planned."),
         "reference": Param(None, type=["null", "number"], title="Reference value",
                            description="With condition 'drift': the metric's expected value (e.g. the champion's test "
                                        "accuracy when it was deployed). Required for 'drift'."),
@@ -90,8 +93,8 @@ with DAG(
         model_name="{{ params.model_name }}",
         alias="champion",
         metric="{{ params.metric }}",
-        op="<",
-        threshold="{{ params.threshold if params.condition == 'below' else None }}",
+        op="{{ '>' if params.condition == 'above' else '<' }}",
+        threshold="{{ params.threshold if params.condition in ('below', 'above') else None }}",
         reference="{{ params.reference if params.condition == 'drift' else None }}",
         max_drift="{{ params.max_drift if params.condition == 'drift' else None }}",
         deferrable=True,

@@ -77,6 +77,8 @@ def test_params_give_the_sensor_a_valid_condition(dag):
     below = _rendered(dag, "watch_champion").condition()
     assert below == {"kind": "threshold", "target": {"model_name": "dlagent-classifier", "alias": "champion"},
                      "metric": "test_accuracy", "op": "<", "threshold": 0.9}
+    above = _rendered(dag, "watch_champion", metric="test_rmse", condition="above", threshold=55.0).condition()
+    assert above == {**below, "metric": "test_rmse", "op": ">", "threshold": 55.0}  # a regression champion's error metric
     drift = _rendered(dag, "watch_champion", condition="drift", reference=0.95, max_drift=0.01).condition()
     assert drift["kind"] == "drift" and drift["reference"] == 0.95 and drift["max_drift"] == 0.01
     from airflow.sdk.exceptions import AirflowFailException
