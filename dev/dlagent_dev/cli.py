@@ -183,7 +183,7 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
         print(f"model:              {tags['model_uri']}  (training run {tags.get('train_run_id')})")
     if tags.get("candidate"):
         print(f"shipped candidate:  {tags['candidate']}, {metrics.get('candidate_size_bytes', 0):,.0f} bytes "
-              f"(uncompressed Keras model: {metric} {metrics.get(f'keras_test_{metric}', float('nan')):.4f})")
+              f"(uncompressed Keras model: {metric} {metrics.get('keras_test_metric', metrics.get(f'keras_test_{metric}', float('nan'))):.4f})")
     if tags.get("agent_action"):
         followed = tags.get("followed")
         taken = f", branch taken: {followed}" if followed and followed != tags["agent_action"] else ""

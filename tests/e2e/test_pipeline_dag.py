@@ -183,6 +183,8 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     assert parent.info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
     assert parent.data.tags["dlagent.metric"] == "rmse"
     assert parent.data.metrics["test_metric"] == pytest.approx(runs["evaluate"].data.metrics["shipped_test_rmse"])
+    assert parent.data.metrics["keras_test_metric"] == pytest.approx(runs["evaluate"].data.metrics["keras_test_rmse"])
+    assert parent.data.params["data.task"] == "regression" and parent.data.params["data.label_column"] == "y"  # a follow-up reads them
     assert runs["train"].data.params["task"] == "regression" and "best_val_rmse" in runs["train"].data.metrics
     assert runs["evaluate"].data.metrics["keras_test_r2"] > 0.3  # a 10-feature nonlinear target: the mean gives 0
     assert "agent_plan" not in runs  # off: no agent run, the Params run as given

@@ -32,6 +32,7 @@ def test_direction_and_points_follow_the_metric():
     assert accuracy.gain_points(0.95, 0.94) == pytest.approx(1.0)  # one accuracy point
     assert rmse.gain_points(9.0, 10.0) == pytest.approx(10.0)  # 10 % smaller error: 10 points better
     assert rmse.gain_points(11.0, 10.0) == pytest.approx(-10.0)
+    assert rmse.gain_points(0.5, 0.0) == -100.0 and rmse.gain_points(0.0, 0.0) == 0.0  # a perfect reference
     assert rmse.best([3.0, 1.0, float("nan"), 2.0]) == 1.0 and accuracy.best([0.3, 0.9, 0.5]) == 0.9
     assert rmse.best_index([3.0, 1.0, 2.0]) == 1 and (rmse.direction, rmse.mode) == ("minimize", "min")
 
@@ -114,7 +115,7 @@ def regression(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("regression")
     splits = load_dataset(f"csv:{_friedman_csv(folder)}", task="regression", label_column="y", seed=1, allowed_roots=[str(folder)])
-    result = fit(splits, TrainConfig(model="mlp", epochs=40, early_stopping_patience=8, units=64, seed=1))
+    result = fit(splits, TrainConfig(model="mlp", epochs=100, early_stopping_patience=10, units=64, learning_rate=3e-3, seed=1))
     return splits, result
 
 

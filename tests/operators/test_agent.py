@@ -340,6 +340,8 @@ def test_plan_becomes_a_pipeline_conf_with_only_accepted_params(mlflow_uri):
 
 def test_plan_conf_starts_from_the_observed_run_settings(store):
     client, experiment_id, parent = store
+    for name, value in (("data.label_column", "y"), ("data.max_samples", "300")):  # what validate_inputs logs of the data options
+        client.log_param(parent, name, value)
     context = make_context("agent", dag_id="dl_agent_watch", run_id="w1")
     plan = agent("agent", observe_run_id=parent).execute(context)
     assert context["ti"].xcoms["observed_run_id"] == parent
@@ -349,6 +351,7 @@ def test_plan_conf_starts_from_the_observed_run_settings(store):
     assert conf["model"] == "mlp" and conf["early_stopping_patience"] == 3 and conf["dataset"] == "digits"
     assert conf["epochs"] == 8 and conf["dropout"] == 0.3 and conf["learning_rate"] == 0.002  # what the plan changed
     assert conf["experiment_name"] == "exp" and conf["n_trials"] == plan["tune"]["n_trials"]
+    assert conf["label_column"] == "y" and conf["max_samples"] == 300  # the follow-up reads the data as the observed run did
 
 
 def test_plan_conf_refuses_what_the_pipeline_params_refuse(mlflow_uri):

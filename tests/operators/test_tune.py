@@ -89,6 +89,9 @@ def test_zero_trials_skips_tuning(mlflow_uri, study_storage):
         ({"n_trials": -1}, "n_trials"),
         ({"trial_epochs": 0}, "trial_epochs"),
         ({"trial_epochs": 2, "min_trial_epochs": 3}, "min_trial_epochs"),
+        ({"metric": "val_rmse"}, "tune_metric: 'val_rmse' is not measured in a classification run"),
+        ({"metric": "val_f1_macro"}, "tune_metric"),  # logged only when f1_macro is the primary metric
+        ({"metric": "val_accuracy", "data_options": {"task": "regression"}}, "tune_metric"),
     ],
 )
 def test_bad_tuning_input_is_refused_before_any_trial(mlflow_uri, study_storage, changes, words):

@@ -24,8 +24,8 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
   :func:`analyze_curve` (best epoch, train/validation gap, plateau, divergence...).
 * **evaluations** (``dlagent.step = evaluate``): their metrics (``test_<metric>``...); the
   primary metric is the ``metric`` param the runs logged (accuracy when none did).
-* **compression candidates** (``dlagent.step = compress``): metrics ``accuracy`` (or
-  ``test_accuracy``), ``size_bytes``, ``latency_ms_p95``; config from the params that are
+* **compression candidates** (``dlagent.step = compress``): metrics ``test_<metric>`` (the
+  primary one is read), ``size_bytes``, ``latency_ms_p95``; config from the params that are
   compression settings (``sparsity``, ``quantization``, ...).
 * **gate**: the most recent run with a ``dlagent.gate.blessed`` tag (``true``/``false``).
 * **champion**: the version under alias ``champion`` of ``champion_name`` (absent model or
@@ -201,6 +201,7 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
 
     trials = sorted((_trial(run) for run in trials_runs), key=lambda t: (t["number"] if t["number"] is not None else 10**9, t["run_id"]))
     completed = [t for t in trials if t["state"] == "COMPLETE" and finite(t["value"])]
+    metric = next((r.data.params["metric"] for r in runs if r.data.params.get("metric")), "accuracy")
     direction = _direction(parent, trials_runs, completed)
     best_trial = None
     history = []
@@ -255,7 +256,7 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
         gate=gate,
         champion=read_champion(client, champion_name) if champion_name else None,
         compute=compute,
-        metric=next((r.data.params["metric"] for r in runs if r.data.params.get("metric")), "accuracy"),
+        metric=metric,
     )
 
 

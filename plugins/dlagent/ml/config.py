@@ -48,7 +48,8 @@ class TrainConfig:
     filters: int = bounded(32, "int", low=1, high=4_096, title="Convolution filters",
                            description="Filters of the first convolution of 'cnn' (the second has twice as many).")
     dropout: float = bounded(0.2, "number", low=0.0, high=1.0, high_open=True, title="Dropout",
-                             description="Dropout rate before the dense layer, in [0, 1).")
+                             description="Dropout rate, in [0, 1): on the convolution features before the dense layer "
+                                         "('cnn', 'resnet'), on the hidden layer ('mlp'; never on the input columns).")
     augment: bool = bounded(False, "bool", title="Augment images",
                             description="Random flips, shifted crops, small rotations and contrast changes of training images "
                                         "('cnn' and 'resnet'; Keras preprocessing layers, active only while training).")

@@ -36,7 +36,7 @@ def dataset_entity(splits):
     from mlflow.types.schema import Schema, TensorSpec
 
     features = Schema([TensorSpec(np.dtype(splits.x_train.dtype), (-1, *splits.input_shape), "features")]).to_json()
-    targets = Schema([TensorSpec(np.dtype(splits.y_train.dtype), (-1,), "targets")]).to_json()
+    targets = Schema([TensorSpec(np.dtype(splits.y_train.dtype), (-1, *splits.y_train.shape[1:]), "targets")]).to_json()
     profile = {**splits.summary(), "class_names": list(splits.class_names)[:100]}
     return Dataset(name=splits.name, digest=splits.digest or "unknown", source_type="dlagent",
                    source=json.dumps({"uri": splits.name}), schema=json.dumps({"mlflow_tensorspec": {"features": features, "targets": targets}}),

@@ -123,7 +123,9 @@ class Metric:
     def gain_points(self, value: float, reference: float) -> float:
         """How much better ``value`` is than ``reference``, in points (negative: worse), rounded to 6 decimals."""
         if self.relative_points:
-            return round((reference - value) / max(abs(reference), 1e-12) * 100.0, 6)
+            if abs(reference) <= 1e-12:  # a perfect reference (no error): any error counts as 100 points worse
+                return 0.0 if abs(value) <= 1e-12 else -100.0
+            return round((reference - value) / abs(reference) * 100.0, 6)
         difference = value - reference if self.higher_is_better else reference - value
         return round(difference * 100.0, 6)
 

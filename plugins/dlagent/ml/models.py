@@ -69,8 +69,11 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
                 x, rows = imputer(x), imputer.transform(rows)
             x = standardize_layer(rows)(x)
         x = layers.Flatten()(x)
-    x = layers.Dropout(config.dropout)(x)
+    if config.model in IMAGE_MODELS:  # convolution features: dropout before the dense layer
+        x = layers.Dropout(config.dropout)(x)
     x = layers.Dense(config.units, activation="relu")(x)
+    if config.model not in IMAGE_MODELS:  # mlp: dropout on the hidden layer, never on the input columns
+        x = layers.Dropout(config.dropout)(x)
     if task == REGRESSION:
         outputs = layers.Dense(num_classes, name="predictions")(x)
         if targets is not None:

@@ -231,15 +231,21 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
 
     ``epochs`` counts both phases; early stopping (``early_stopping_patience``) acts within each
     phase and keeps its best weights; when the fine-tuning phase never beats the head phase's
-    best validation loss, the head phase's weights are kept.
+    best monitored value (:func:`dlagent.ml.training.monitored`: the validation loss for
+    accuracy, else ``val_<metric>``), the head phase's weights are kept.
     """
     from dlagent.ml.models import copy_model
-    from dlagent.ml.training import TrainResult, class_weights, compile_for_training, early_stopping, validation_score
+    from dlagent.ml.training import TrainResult, class_weights, compile_for_training, early_stopping, monitored, validation_score
 
     if splits.is_regression:
         raise ConfigError("init_from", "transfer learning fine-tunes classifiers; this task is regression.",
                           "leave init_from empty (train from scratch), or use task 'classification'.")
     stopping = [*validation_score(splits), *callbacks, *early_stopping(config, splits.metric)]
+    key, mode = monitored(splits.metric)  # what early stopping follows; lower is better after the sign below
+
+    def watched(history: dict) -> list:
+        return [-v if mode == "max" else v for v in history.get(key, [])]
+
     adapted = adapt_source(copy_model(source_model), splits.input_shape, splits.num_classes)
     model, base = adapted.model, adapted.base
     head_epochs, tune_epochs = phase_epochs(config.epochs, config.freeze)
@@ -255,7 +261,7 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
              head_epochs, config.learning_rate, trainable_head, "; ".join(adapted.notes) or "input as the source's")
     history = _history(model.fit(epochs=head_epochs, callbacks=stopping, **data))
     head_run = len(history.get("val_loss", []))
-    head_loss, head_index = kept_epoch(history.get("val_loss", []), config.early_stopping_patience)
+    head_loss, head_index = kept_epoch(watched(history), config.early_stopping_patience)
     head_weights = model.get_weights()
 
     unfrozen, tune_run, kept_head, best_epoch = 0, 0, False, max(head_index, 0)
@@ -270,13 +276,13 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
         tune_run = len(tuned.get("val_loss", []))
         for key in set(history) | set(tuned):
             history[key] = history.get(key, [math.nan] * head_run) + tuned.get(key, [math.nan] * tune_run)
-        tune_loss, tune_index = kept_epoch(tuned.get("val_loss", []), config.early_stopping_patience)
+        tune_loss, tune_index = kept_epoch(watched(tuned), config.early_stopping_patience)
         if tune_loss < head_loss:
             best_epoch = head_run + tune_index
         else:
             model.set_weights(head_weights)
             kept_head = True
-            log.info("fine-tuning never beat the head phase's validation loss %.4f: the head phase's weights are kept", head_loss)
+            log.info("fine-tuning never beat the head phase's best %s %.4f: the head phase's weights are kept", key, abs(head_loss))
     seconds = time.perf_counter() - started
     val_loss = history.get("val_loss", [])
     transfer = {"head_epochs": head_run, "fine_tune_epochs": tune_run, "unfrozen_layers": unfrozen, "kept_head_weights": int(kept_head),

@@ -273,9 +273,16 @@ class PlanConfOperator(DlagentOperator):
                 raise ConfigError("observed_run_id", f"no MLflow run {self.observed_run_id!r} at {redact_url(self.hook.tracking_uri)}.",
                                   "pass agent.output['observed_run_id'], or leave it empty.") from exc
             raise
+        from dlagent.operators.pipeline import DATA_PARAM_PREFIX
+        from dlagent.params import DATA_PARAM_NAMES
+
         settings = train_params(params)
         if params.get("dataset"):
             settings["dataset"] = params["dataset"]
+        for name in DATA_PARAM_NAMES:  # the data options (task, metric, label column...) as the observed run had them
+            text = params.get(f"{DATA_PARAM_PREFIX}{name}")
+            if text is not None:
+                settings[name] = int(text) if name == "max_samples" and text.isdigit() else text
         return settings
 
 

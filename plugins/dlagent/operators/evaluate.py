@@ -164,6 +164,7 @@ class EvaluateOperator(DlagentOperator):
             "metric_drop_points": decision["metric_drop_points"],
             "delta_vs_champion_points": decision["delta_vs_champion_points"],
             "test_metric": shipped[primary.test_key],
+            "reference_test_metric": reference.metrics[primary.test_key],
             primary.test_key: shipped[primary.test_key],
             "test_loss": shipped["test_loss"],
         }

@@ -68,7 +68,10 @@ class ValidateInputsOperator(DlagentOperator):
             model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules(),
                                         task=splits.task)
         parent = self.parent_run_id(context)
-        tracking.log_params_safely(self.hook.client, parent, {**config.to_params(), "dataset": self.dataset})
+        data_options = {k: v for k, v in (self.data_options or {}).items() if v not in (None, "")}
+        tracking.log_params_safely(self.hook.client, parent, {**config.to_params(), "dataset": self.dataset,
+                                                              **{f"{DATA_PARAM_PREFIX}{k}": v for k, v in data_options.items()},
+                                                              "task": splits.task, "metric": splits.metric})
         summary = splits.summary()
         self.log.info("inputs valid: %s; model %s; MLflow parent run %s", summary, model, parent)
         return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
@@ -76,7 +79,7 @@ class ValidateInputsOperator(DlagentOperator):
     def _check_task(self, config, splits) -> None:
         """What the task and primary metric rule out, before any compute: transfer, class weights
         and distillation are for classifiers; a fraction metric's threshold is a fraction; the
-        champion must have been measured on the same metric."""
+        champion must be a model of the same task."""
         from dlagent.ml.gate import FRACTIONS, GateThresholds
         from dlagent.ml.registry import get_champion
 
@@ -95,14 +98,16 @@ class ValidateInputsOperator(DlagentOperator):
         if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
             raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
                               "give e.g. 0.9 for 90%, not a percentage.")
-        if self.model_name:
+        if self.model_name:  # a champion of the other task cannot be compared (evaluate re-measures one of this task)
+            from dlagent.ml.metrics import METRICS
+
             champion = get_champion(self.hook.client, self.model_name)
             stored = (champion or {}).get("metrics") or {}
-            if stored and primary.test_key not in stored:
-                measured = sorted(k for k in stored if k.startswith("test_") and k != "test_loss")
-                raise ConfigError("model_name", f"the champion of {self.model_name!r} (version {champion['version']}) was measured on "
-                                  f"{measured}, not {primary.test_key}: it was trained for another task or metric.",
-                                  "use a model_name of its own for this task, or the champion's metric.")
+            tasks = {METRICS[k[5:]].task for k in stored if k.startswith("test_") and k[5:] in METRICS}
+            if tasks and splits.task not in tasks:
+                raise ConfigError("model_name", f"the champion of {self.model_name!r} (version {champion['version']}) is a "
+                                  f"{tasks.pop()} model; this run is {splits.task}, so the two cannot be compared.",
+                                  "use a model_name of its own for this task.")
 
     def _check_conf_keys(self, context) -> None:
         """Refuse conf keys the DAG has no Param for: Airflow accepts them and nothing reads them."""
@@ -135,6 +140,9 @@ class ValidateInputsOperator(DlagentOperator):
             GateThresholds.from_dict(self.gate_thresholds)
         if self.model_name is not None:
             check_model_name(self.model_name)
+
+
+DATA_PARAM_PREFIX = "data."  # the parent run's params of the data options (a follow-up run reads the same data)
 
 
 class FinishPipelineOperator(DlagentOperator):

@@ -79,4 +79,5 @@ class TrainOperator(DlagentOperator):
                                   change.get("old"), change.get("new"), change.get("because"))
             self.hook.client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
         self.log.info("model logged at %s", model_uri)
-        return {"run_id": run_id, "model_uri": model_uri, "metrics": result.metrics(), "config": config.to_dict()}
+        return {"run_id": run_id, "model_uri": model_uri, "metrics": result.metrics(), "config": config.to_dict(),
+                "metric": result.metric, "best_val_metric": result.best_val_metric}

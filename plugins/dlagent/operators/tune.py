@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
+from dlagent.errors import ConfigError
 from dlagent.hooks.optuna import OptunaHook
 from dlagent.links import MLflowRunLink, TuningStudyLink
 from dlagent.ml import mlflow_names as names
@@ -85,6 +86,11 @@ class _TuneBase(DlagentOperator):
         options = self.data_options or {}
         primary = resolve_metric(options.get("task") or "classification", _optional(options.get("metric")))
         metric, direction = tuning.resolve_direction(tune.objective(primary.name), _optional(self.direction))
+        logged = ("val_loss", primary.val_key, *(("val_accuracy",) if primary.task == "classification" else ()))
+        if metric not in logged:
+            raise ConfigError("tune_metric", f"{metric!r} is not measured in a {primary.task} run whose primary metric is "
+                              f"{primary.name!r} (each epoch logs {list(logged)}).",
+                              f"use one of {list(logged)}, or leave it empty for {primary.val_key}.")
         trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
         space = tuning.validate_search_space(self.search_space or tuning.default_search_space(trial_config.model, transfer=bool(trial_config.init_from)))
         study = tuning.StudySettings(metric=metric, direction=direction, space=space, sampler=tune.sampler, pruner=tune.pruner,

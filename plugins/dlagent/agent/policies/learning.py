@@ -157,6 +157,7 @@ class LearningPolicy(Policy):
         or an RMSE's relative improvement), its ``run_seconds`` and ``epochs`` as compute."""
         obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
         gain = obs.primary.gain_points(value, baseline) / 100.0 if finite(value) and finite(baseline) else 0.0
+        gain = min(1.0, max(-1.0, gain))  # an error 3x the champion's is -2 before the clip: one bad run must not swamp the rest
         return self.reward(gain, float(obs.compute.get("run_seconds") or 0.0), float(obs.compute.get("epochs") or 0.0))
 
     def update(self, reward: float, *, plan: dict | None = None, arm: str | None = None, context: str | None = None,

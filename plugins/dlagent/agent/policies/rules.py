@@ -33,8 +33,10 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    compares new trials with them and its sampler starts from what they learnt.
 3. **controller**: the in-training controller with a plateau patience of half the
    early-stopping patience (the learning rate drops before training stops).
-4. **compress**: with measured candidates, the smallest one whose accuracy is within
-   ``accuracy_budget_points`` of the uncompressed model; without, ``compress_candidates``.
+4. **compress**: with measured candidates, the smallest one whose primary metric is within
+   ``accuracy_budget_points`` (points of that metric: 0.01 of accuracy, 1 % of an rmse; the
+   name is kept from when accuracy was the only metric) of the uncompressed model; without,
+   ``compress_candidates``.
 5. **action**: ``deploy`` only when the gate blessed the run and the candidate beats the
    champion by more than ``min_champion_gain_points``; else ``retune`` when more trials are
    planned; else ``stop``.

@@ -34,7 +34,7 @@ class TrialTracker:
 
     def start(self, trial, config: TrainConfig, retry_of, *, splits=None) -> str | None:
         tags = {**self.worker_tags, names.STUDY_TAG: self.study_name, names.TRIAL_NUMBER_TAG: str(trial.number),
-                names.TRIAL_STATE_TAG: "RUNNING"}
+                names.TRIAL_STATE_TAG: "RUNNING", names.DIRECTION_TAG: trial.study.direction.name.lower()}
         if retry_of is not None:
             tags[names.TRIAL_RETRY_OF_TAG] = str(retry_of)
         try:
@@ -42,7 +42,8 @@ class TrialTracker:
                 self.client, self.experiment_id, self.key(trial.number), run_name=f"trial-{trial.number}",
                 tags=tags, parent_run_id=self.parent_run_id,
             )
-            tracking.log_params_safely(self.client, run_id, config.to_params())
+            problem = {"task": splits.task, "metric": splits.metric} if splits is not None else {}
+            tracking.log_params_safely(self.client, run_id, {**config.to_params(), **problem})
             if splits is not None:
                 from dlagent.ml.lineage import TUNING, log_dataset_input
 
