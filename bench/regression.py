@@ -134,17 +134,9 @@ def run_pipeline(path: Path, seed: int, workdir: Path, root: Path) -> dict:
             "deploy": tags.get("dlagent.deploy"), "seconds": round(seconds, 1)}
 
 
-def interval(values) -> dict:
-    import numpy as np
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    half = float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return {"mean": round(mean, 4), "std": round(std, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
-
-
 def main(argv=None) -> int:
+    from dlagent_dev.stats import interval
+
     args = parse_args(argv)
     if len(args.seeds) < 3:
         print("[bench] give at least 3 seeds", file=sys.stderr)

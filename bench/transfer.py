@@ -104,17 +104,9 @@ def epochs_to_reach(curve: list[float], target: float) -> int | None:
     return next((epoch + 1 for epoch, value in enumerate(curve) if value >= target - 1e-9), None)
 
 
-def interval(values) -> dict:
-    import numpy as np
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    half = float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return {"mean": round(mean, 4), "std": round(std, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
-
-
 def main(argv=None) -> int:
+    from dlagent_dev.stats import interval
+
     args = parse_args(argv)
     data = Path(args.data)
     if not data.is_dir() or not list(data.glob("*images-idx3-ubyte*")):
