@@ -176,7 +176,7 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
     metric = tags.get("metric") or "accuracy"
     value = metrics.get("test_metric", metrics.get(f"test_{metric}"))
     if value is not None:
-        print(f"test {metric + ':':<14}{value:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
+        print(f"test {metric + ':':<15}{value:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
     if tags.get("study_name"):
         print(f"tuning:             study {tags['study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
     if tags.get("model_uri"):
