@@ -288,10 +288,9 @@ def prune(
         kernels, masks if schedule == "oneshot" else [np.ones_like(m) for m in masks],
         target=sparsity, scope=scope, schedule=schedule, end_step=end_step, frequency=max(1, end_step // 10),
     )
-    if splits.is_regression:
-        pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
-    else:
-        pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    from dlagent.ml.training import task_loss
+
+    pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), **task_loss(splits.task))
     started = time.perf_counter()
     pruned.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val), epochs=fine_tune_epochs,
                batch_size=batch_size, callbacks=[callback], verbose=0)

@@ -52,7 +52,7 @@ MIN_REGRESSION_SAMPLES = 10
 class DatasetSplits:
     """A data set split into train/validation/test arrays, and the problem it poses: its ``task``
     and primary ``metric`` (:mod:`dlagent.ml.metrics`). For regression ``y`` is float ``(n, k)``
-    and ``num_classes`` is the number of targets ``k`` (the model's outputs, :attr:`n_outputs`),
+    and ``num_classes`` is the number of targets ``k`` (the model's outputs),
     ``class_names`` their names."""
 
     name: str
@@ -68,10 +68,6 @@ class DatasetSplits:
     impute: bool = False  # missing "impute": the model fills NaN features itself (dlagent.ml.layers.ImputeMissing)
     task: str = CLASSIFICATION
     metric: str = "accuracy"  # the primary metric's name
-
-    @property
-    def n_outputs(self) -> int:
-        return self.num_classes
 
     @property
     def primary(self) -> Metric:

@@ -126,11 +126,15 @@ def compile_for_training(model, config: TrainConfig, learning_rate: float, task:
     and the task's loss: cross-entropy for classes, mean squared error for regression."""
     from dlagent.ml.models import build_optimizer
 
-    optimizer = build_optimizer(config.replace(learning_rate=learning_rate))
+    model.compile(optimizer=build_optimizer(config.replace(learning_rate=learning_rate)), **task_loss(task))
+
+
+def task_loss(task: str = "classification") -> dict:
+    """``compile`` keywords of a task: mean squared error for regression; cross-entropy, with
+    Keras' own accuracy for the epoch logs, for classes."""
     if task == "regression":
-        model.compile(optimizer=optimizer, loss="mse")
-    else:
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return {"loss": "mse"}
+    return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 
 
 def monitored(metric: str = "accuracy") -> tuple[str, str]:
