@@ -37,14 +37,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 GOAL = 1.05
 
 
@@ -106,32 +104,13 @@ def baselines(path: Path, seed: int, root: Path) -> dict:
 
 def run_pipeline(path: Path, seed: int, workdir: Path, root: Path) -> dict:
     """The default pipeline through ``airflow dags test``; the shipped model's test RMSE from MLflow."""
-    from dlagent_dev.env import setup, stack_env
-    from mlflow import MlflowClient
+    from dlagent_dev.benchrun import run_default_pipeline
 
-    env = stack_env({**os.environ, "DLAGENT_HOME": str(workdir / "home")})
-    env.update({"AIRFLOW_HOME": str(workdir / "airflow"), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{workdir / 'airflow.db'}",
-                "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "DLAGENT_ARTIFACT_ROOT": str(workdir / "artifacts"),
-                "DLAGENT_OPTUNA_STORAGE": f"sqlite:///{workdir / 'optuna.db'}", "DLAGENT_DEPLOY_DIR": str(workdir / "deploy"),
-                "DLAGENT_DATA_ROOTS": str(root)})
-    setup(env)
     conf = {"dataset": f"csv:{path}", "task": "regression", "model": "mlp", "seed": seed, "experiment_name": "bench-regression",
             "model_name": f"bench-{path.stem}-{seed}"}
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    started = time.perf_counter()
-    out = subprocess.run([airflow, "dags", "test", "dl_agent_pipeline", "-c", json.dumps(conf)], capture_output=True, text=True,
-                         cwd=PROJECT_DIR, env=env)
-    seconds = time.perf_counter() - started
-    if out.returncode != 0:
-        sys.exit(f"airflow dags test failed:\n{out.stdout[-4000:]}\n{out.stderr[-2000:]}")
-    from dlagent.ml import mlflow_names as names
-
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("bench-regression")
-    (parent,) = client.search_runs([experiment.experiment_id], names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE))
-    metrics, tags = parent.data.metrics, parent.data.tags
-    return {"rmse": metrics["test_metric"], "keras_rmse": metrics.get("keras_test_metric"), "candidate": tags.get("dlagent.candidate"),
-            "deploy": tags.get("dlagent.deploy"), "seconds": round(seconds, 1)}
+    run = run_default_pipeline(conf, workdir, root)
+    return {"rmse": run["test_metric"], "keras_rmse": run["keras_test_metric"], "candidate": run["candidate"],
+            "deploy": run["deploy"], "seconds": run["seconds"]}
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,8 @@ def pipeline_params() -> dict[str, Param]:
         "dataset": Param(
             "digits", type="string", minLength=1, title="Data set",
             description="Which data: 'digits' (bundled), 'mnist-idx:<dir>', 'npz:<file>' (arrays x, y), "
-                        "'csv:<file>' (with a label column) or 'images:<dir>' (one sub-folder per class).",
+                        "'csv:<file>' (with a label column; numeric columns are standardised inside the model, non-numeric ones "
+                        "one-hot encoded with the training split's vocabulary) or 'images:<dir>' (one sub-folder per class).",
         ),
         **{name: declared_param(TrainConfig, name) for name in TRAIN_PARAM_NAMES},
         "task": Param("classification", type="string", enum=list(TASKS), title="Task",
@@ -62,8 +63,8 @@ def pipeline_params() -> dict[str, Param]:
                               description="Name of the label column for 'csv:' data sets (regression: several, as 'a,b')."),
         "missing": Param("refuse", type="string", enum=list(MISSING_POLICIES), title="Missing values",
                          description="'refuse': an empty CSV cell or a NaN feature is refused, naming where. 'impute' (tables, "
-                                     "model 'mlp'): filled inside the model with the training split's median, plus a was-missing "
-                                     "indicator column."),
+                                     "model 'mlp'): a number is filled inside the model with the training split's median, a category "
+                                     "with its most frequent value, each plus a was-missing indicator column."),
         **{name: declared_param(TuneConfig, field) for name, field in TUNE_PARAM_FIELDS.items()},
         "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
                                    description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "

@@ -44,6 +44,14 @@ def _stack(tmp_path, *, airflow_db: str, mlflow_uri: str, optuna_url: str) -> di
     return env
 
 
+def client_artifact(mlflow_uri: str, run_id: str, path: str) -> str:
+    import tempfile
+
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tempfile.mkdtemp(), tracking_uri=mlflow_uri)
+
+
 def _pipeline_runs(mlflow_uri: str, experiment: str = "e2e") -> dict:
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name(experiment)
@@ -143,14 +151,45 @@ def test_pipeline_on_sqlite_with_a_user_model_builder(tmp_path):
 
 
 def _regression_csv(folder: Path) -> str:
-    """make_friedman1 (300 rows, 10 features, 5 of them informative) as a CSV in the data root."""
+    """make_friedman1 (300 rows, 10 features, 5 of them informative) plus a categorical column
+    ``band`` that shifts the target, as a CSV in the data root, with gaps: every 23rd ``x3`` and
+    every 29th ``band`` empty (the runs impute them)."""
+    import numpy as np
     from sklearn.datasets import make_friedman1
 
     x, y = make_friedman1(n_samples=300, noise=0.5, random_state=0)
+    bands = np.random.default_rng(0).choice(["low", "mid", "high"], len(y))
+    y = y + np.select([bands == "low", bands == "high"], [-3.0, 3.0], 0.0)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [",".join([*(f"x{i}" for i in range(10)), "y"])] + [",".join(f"{v:.5f}" for v in (*row, t)) for row, t in zip(x, y, strict=True)]
+    lines = [",".join([*(f"x{i}" for i in range(10)), "band", "y"])]
+    for i, (row, band, target) in enumerate(zip(x, bands, y, strict=True)):
+        cells = [f"{v:.5f}" for v in row] + [band, f"{target:.5f}"]
+        cells[3] = "" if i % 23 == 5 else cells[3]
+        cells[10] = "" if i % 29 == 7 else cells[10]
+        lines.append(",".join(cells))
     (folder / "friedman.csv").write_text("\n".join(lines) + "\n")
     return f"csv:{folder / 'friedman.csv'}"
+
+
+def _assert_bundle_scores_raw_rows_like_the_keras_model(env: dict, registry, conf: dict) -> None:
+    """The deployed bundle carries the encoding: raw test rows (words, gaps) scored through it
+    give the Keras champion's predictions on the rows the data loader encoded."""
+    import numpy as np
+    from dlagent.ml.data import load_dataset_with_options
+    from dlagent.ml.model_store import load_keras_model
+    from dlagent.ml.registry import get_champion
+    from dlagent.ml.serving import load_bundle
+
+    options = {k: conf[k] for k in ("task", "label_column", "missing", "max_samples")}
+    splits = load_dataset_with_options(conf["dataset"], options, seed=conf["seed"], allowed_roots=[env["DLAGENT_HOME"]])
+    assert splits.encoding.vocabularies == {"band": ["high", "low", "mid"]} and splits.encoding.indicators == ["band"]
+    assert any(row[10] is None for row in splits.raw_x_test) and any(row[3] is None for row in splits.raw_x_test)
+    bundle = load_bundle(Path(env["DLAGENT_HOME"]) / "deploy")
+    assert bundle.encoding == splits.encoding
+    keras_model = load_keras_model(registry, "models:/" + get_champion(registry, "e2e-regressor")["model_id"])
+    served, keras = bundle.predict(splits.raw_x_test), keras_model.predict(splits.x_test, verbose=0)
+    assert np.isfinite(served).all()
+    assert np.abs(served - keras).max() <= 0.05 * np.abs(keras).max()  # dynamic-range int8 weights, float activations
 
 
 @pytest.mark.postgres
@@ -159,13 +198,14 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     by rmse, and ``agent_policy: off`` (the plan's warm_start and controller sections are null: a null
     section must not fail its consumers). Three runs share one registered model: an untrained
     model ships first (no champion), the tuned one is better on rmse and ships, an untrained one
-    again is worse on rmse and is refused; the champion stays."""
+    again is worse on rmse and is refused; the champion stays. The table has a categorical column
+    and empty cells (``missing: impute``): the deployed bundle scores raw rows like the Keras model."""
     import optuna
 
     airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()
     env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db, optuna_url=optuna_db)
     regression = {"dataset": _regression_csv(tmp_path / "home" / "data"), "task": "regression", "label_column": "y",
-                  "model_name": "e2e-regressor", "agent_policy": "off", "compression_candidates": [{"quantization": "dynamic"}]}
+                  "missing": "impute", "seed": 3, "model_name": "e2e-regressor", "agent_policy": "off", "compression_candidates": [{"quantization": "dynamic"}]}
     untrained = {**TINY_CONF, **regression, "n_trials": 0, "epochs": 1, "learning_rate": 1e-5, "max_metric_drop_points": None,
                  "tune_trial_epochs": None, "tune_min_trial_epochs": None}
     tuned = {**TINY_CONF, **regression, "epochs": 30, "max_metric_drop_points": 5.0}
@@ -191,6 +231,9 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     assert "dlagent.warm_start" not in runs["train"].data.tags  # trained from scratch, as the null plan says
     assert "better than the champion" in runs["evaluate"].data.tags["dlagent.gate.reasons"]
     assert parent.data.tags["dlagent.deploy"] == "deployed e2e-regressor version 2"
+    encoding = json.loads(Path(client_artifact(mlflow_db, runs["train"].info.run_id, "encoding.json")).read_text())
+    assert encoding["vocabularies"] == {"band": ["high", "low", "mid"]}  # logged with the training run
+    _assert_bundle_scores_raw_rows_like_the_keras_model(env, registry, tuned)
     (name,) = optuna.get_all_study_names(optuna_db)
     study = optuna.load_study(study_name=name, storage=optuna_db)
     assert study.direction.name == "MINIMIZE" and study.user_attrs["dlagent.settings"]["metric"] == "val_rmse"

@@ -252,7 +252,7 @@ def _write_data(data: Path, outside: Path) -> None:
     (data / "regression_gap.csv").write_text(regression.replace("\n", "\n0.5,0.5,\n", 1))
     (data / "words.csv").write_text("f1,f2,label\n" + "".join(f"{rng.random():.3f},{rng.random():.3f},{w}\n" for w in ["low", "high"] * 30))
     (data / "ragged.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,0.4,1\n0.5,1\n")
-    (data / "non_numeric.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,high,1\n")
+    (data / "non_numeric.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,high,1\n0.5,0.7,1\n")
     (data / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x89PNG\x00\x00label\n\x80\x81\x82")
     valid = data / "valid_tmp.npz"
     np.savez(valid, x=rng.random((60, 4)), y=y3)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -68,6 +69,22 @@ class DatasetSplits:
     impute: bool = False  # missing "impute": the model fills NaN features itself (dlagent.ml.layers.ImputeMissing)
     task: str = CLASSIFICATION
     metric: str = "accuracy"  # the primary metric's name
+    encoding: object = None  # a table's categorical columns (dlagent.ml.tabular.TableEncoding); x_* are encoded
+    raw_x_test: list | None = None  # the test split's raw rows when there is an encoding (for a model of another encoding)
+
+    def test_inputs_for(self, encoding_doc: dict | None) -> np.ndarray:
+        """The test split encoded for a model whose encoding is ``encoding_doc`` (its ``encoding.json``;
+        ``None``: a model without one). A model of another vocabulary gets the raw test rows
+        encoded its own way; raises :class:`ConfigError` when the columns do not fit."""
+        from dlagent.ml.tabular import TableEncoding
+
+        mine = self.encoding.to_json() if self.encoding is not None else None
+        if encoding_doc == mine:
+            return self.x_test
+        if encoding_doc is None or self.raw_x_test is None:
+            raise ConfigError("encoding", "the model's categorical encoding does not match this data set's columns.",
+                              "compare models trained on the same columns.")
+        return TableEncoding.from_json(encoding_doc).encode(self.raw_x_test)
 
     @property
     def primary(self) -> Metric:
@@ -155,7 +172,13 @@ def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[st
                 task: str = CLASSIFICATION):
     """Load ``(x, y, names)`` for a data set name, without splitting or scaling (with
     ``missing="impute"`` an empty CSV cell is read as NaN). ``names`` are the class names, or
-    for ``task="regression"`` the target names, and ``y`` is then float ``(n, k)``."""
+    for ``task="regression"`` the target names, and ``y`` is then float ``(n, k)``. A CSV's
+    categorical column holds codes into its sorted values (:class:`CsvColumns`)."""
+    return _load_with_columns(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)[:3]
+
+
+def _load_with_columns(uri: str, *, label_column: str, allowed_roots, missing: str, task: str):
+    """:func:`load_arrays` plus the CSV's :class:`CsvColumns` (``None`` for other data)."""
     scheme, argument = parse_dataset_uri(uri)
     if scheme == "images" and task == REGRESSION:
         raise ConfigError("task", "'images:' data holds one folder per class: class labels, not numeric targets.",
@@ -169,14 +192,14 @@ def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[st
     else:
         path = resolve_data_path(argument, allowed_roots=allowed_roots)
         if scheme == "csv":
-            return _load_csv(path, label_column, missing, task)
+            return _load_csv_table(path, label_column, missing, task)
         if scheme == "npz":
-            return _load_npz(path, task)
+            return (*_load_npz(path, task), None)
         if scheme == "mnist-idx":
             x, y, names = _load_mnist_idx(path, allowed_roots)
         else:
-            return _load_image_folder(path, allowed_roots)
-    return (x, *_targets_from_values(y, ["target"])) if task == REGRESSION else (x, y, names)
+            return (*_load_image_folder(path, allowed_roots), None)
+    return ((x, *_targets_from_values(y, ["target"])) if task == REGRESSION else (x, y, names)) + (None,)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -283,7 +306,31 @@ def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     return np.array([index[str(v)] for v in values], dtype=np.int64), names
 
 
-def _load_csv(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
+@dataclass(frozen=True)
+class CsvColumns:
+    """A CSV's feature columns as loaded: their names in file order, and for each categorical
+    (non-numeric) column the sorted distinct values its codes in ``x`` index."""
+
+    names: list[str]
+    categories: dict[int, list[str]]
+
+    def raw_rows(self, x: np.ndarray) -> list[list]:
+        """Rows of raw values back from loaded features (codes to strings, NaN to ``None``)."""
+        rows = []
+        for row in x:
+            rows.append([None if math.isnan(v) else (self.categories[j][int(v)] if j in self.categories else float(v))
+                         for j, v in enumerate(row.tolist())])
+        return rows
+
+    def categorical_values(self, x: np.ndarray) -> dict[str, list]:
+        return {self.names[j]: [None if math.isnan(v) else values[int(v)] for v in x[:, j].tolist()]
+                for j, values in self.categories.items()}
+
+
+def _load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
+    """``(x, y, names, columns)``: numeric cells as numbers, a categorical column's cells as codes
+    into ``columns.categories`` (a column is categorical when any of its cells is not a number),
+    an empty cell as NaN under ``missing: impute``."""
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
     try:
@@ -304,33 +351,28 @@ def _load_csv(path: Path, label_column: str, missing: str = "refuse", task: str 
                               "name the label column in the label_column setting (the header is the file's first line; "
                               "several regression targets: 'a,b').")
     label_at = [header.index(name) for name in label_columns]
-    features, labels = [], []
+    feature_at = [i for i in range(len(header)) if i not in label_at]
+    cells, labels, lines = [], [], []
     for line_number, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line_number} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
         labels.append([row[i].strip() for i in label_at])
-        values = []
-        for column, text in enumerate(row, start=1):
-            if column - 1 in label_at:
-                continue
-            if not text.strip():
-                if missing != "impute":
-                    raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {column}: an empty cell.",
-                                      "fill it, or set the data option missing to 'impute' (the training split's median "
-                                      "and a was-missing indicator column, inside the model).")
-                values.append(math.nan)
-            elif _is_float(text):
-                values.append(float(text))
-            else:
-                raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {column}: a feature that is not a number.",
-                                  "encode features as numbers.")
-        features.append(values)
+        texts = [row[i].strip() for i in feature_at]
+        if missing != "impute":
+            for j, text in enumerate(texts):
+                if not text:
+                    raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {feature_at[j] + 1}: an empty cell.",
+                                      "fill it, or set the data option missing to 'impute' (the training split's median or most "
+                                      "frequent value, and a was-missing indicator column).")
+        cells.append(texts)
+        lines.append(line_number)
     if not labels:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
+    x, columns = _encode_cells(path, cells, lines, [header[i] for i in feature_at], [i + 1 for i in feature_at])
     if task == REGRESSION:
-        return np.array(features, dtype=np.float32), *_csv_targets(path, labels, label_columns)
+        return x, *_csv_targets(path, labels, label_columns), columns
     labels = [row[0] for row in labels]
     for parse in (int, float, str):  # whole numbers, then numbers with fractions (refused, with the reason), then names
         try:
@@ -339,7 +381,32 @@ def _load_csv(path: Path, label_column: str, missing: str = "refuse", task: str 
             continue
         y, names = _labels_from_values(parsed)
         break
-    return np.array(features, dtype=np.float32), y, names
+    return x, y, names, columns
+
+
+def _encode_cells(path: Path, cells: list[list[str]], lines: list[int], names: list[str], positions: list[int]):
+    """Feature cells as float32: numbers as numbers, a categorical column (most of its cells not
+    numbers) as codes into its sorted values. A column of mostly numbers with a few words is
+    refused at its first word: a typo, not a category."""
+    x = np.full((len(cells), len(names)), np.nan, np.float32)
+    categories = {}
+    for j in range(len(names)):
+        texts = [row[j] for row in cells]
+        numeric = [bool(t) and _is_float(t) for t in texts]
+        present = [t for t in texts if t]
+        if sum(numeric) == len(present):
+            x[:, j] = [float(t) if t else math.nan for t in texts]
+        elif sum(numeric) * 2 > len(present):
+            first = next(i for i, t in enumerate(texts) if t and not numeric[i])
+            raise ConfigError("dataset", f"{str(path)!r} line {lines[first]}, column {positions[j]}: a feature that is not a number, "
+                              "in a column of numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical "
+                              "column holds mostly non-numeric values).")
+        else:
+            values = sorted(set(present))
+            code = {value: i for i, value in enumerate(values)}
+            x[:, j] = [code[t] if t else math.nan for t in texts]
+            categories[j] = values
+    return x, CsvColumns(names, categories)
 
 
 def _csv_targets(path: Path, labels: list[list[str]], names: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -547,10 +614,10 @@ def load_dataset(
     check_choice("data_options.missing", missing, MISSING_POLICIES)
     check_choice("task", task, TASKS)
     resolve_metric(task, metric)
-    x, y, class_names = load_arrays(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
+    x, y, class_names, columns = _load_with_columns(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
     num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)
     primary = resolve_metric(task, metric, num_classes if task == CLASSIFICATION else None)
-    digest = content_digest(x, y)
+    digest = content_digest(x, y, extra=json.dumps(columns.categories, sort_keys=True) if columns and columns.categories else "")
     if max_samples is not None:
         least = MIN_REGRESSION_SAMPLES if task == REGRESSION else num_classes * MIN_SAMPLES_PER_CLASS
         if not isinstance(max_samples, int) or max_samples < least:
@@ -562,5 +629,22 @@ def load_dataset(
             x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=None if task == REGRESSION else y, random_state=seed)
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
+    encoding, raw_test = None, None
+    if columns is not None and columns.categories:
+        parts, encoding, raw_test = _encode_categorical(parts, columns, impute=missing == "impute")
     return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest,
-                         impute=missing == "impute" and x.ndim == 2, task=task, metric=primary.name)
+                         impute=missing == "impute" and x.ndim == 2, task=task, metric=primary.name,
+                         encoding=encoding, raw_x_test=raw_test)
+
+
+def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):
+    """One-hot the categorical columns with a vocabulary learned from the training split only
+    (:mod:`dlagent.ml.tabular`); every split goes through the same :meth:`TableEncoding.encode`
+    a server uses on raw rows. Returns the encoded parts, the encoding and the test split's raw rows."""
+    from dlagent.ml.tabular import fit_encoding
+
+    x_train, y_train, x_val, y_val, x_test, y_test = parts
+    encoding = fit_encoding(columns.names, columns.categorical_values(x_train), impute)
+    raw_test = columns.raw_rows(x_test)
+    encoded = [encoding.encode(columns.raw_rows(x_train)), encoding.encode(columns.raw_rows(x_val)), encoding.encode(raw_test)]
+    return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, raw_test

@@ -21,9 +21,10 @@ CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: how the run used 
 TRAINING, TUNING, EVALUATION = "training", "tuning", "evaluation"
 
 
-def content_digest(x: np.ndarray, y: np.ndarray) -> str:
-    """A short sha256 of the samples, in file order: shapes, dtypes and values of features and labels."""
-    digest = hashlib.sha256()
+def content_digest(x: np.ndarray, y: np.ndarray, *, extra: str = "") -> str:
+    """A short sha256 of the samples, in file order: shapes, dtypes and values of features and
+    labels, and ``extra`` (a table's category values, which its codes in ``x`` index)."""
+    digest = hashlib.sha256(extra.encode())
     for array in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())

@@ -111,6 +111,7 @@ TFLITE_DIR = "tflite"  # inside a logged model: tflite/model.tflite, tflite/labe
 TFLITE_FILE = "model.tflite"
 LABELS_FILE = "labels.json"
 METADATA_FILE = "metadata.json"  # in a serving bundle
+ENCODING_FILE = "encoding.json"  # a table's categorical encoding (dlagent.ml.tabular): run artifact, logged model, serving bundle
 
 #: MLflow error codes that mean "not there" (a missing model, alias or run).
 MISSING_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")

@@ -38,11 +38,13 @@ def tracking_uri_of(client) -> str:
 
 
 def log_keras_model(client, run_id: str, model, example, *, labels: list | None = None, tflite_bytes: bytes | None = None,
-                    name: str = "model") -> str:
+                    encoding=None, name: str = "model") -> str:
     """Log ``model`` as an output of run ``run_id``; return its model URI (``models:/m-...``).
 
     ``example`` (a few input rows) gives the signature and the input example; ``labels`` and
-    ``tflite_bytes`` go under ``tflite/``. A failure here is raised: a step whose model is not
+    ``tflite_bytes`` go under ``tflite/``; ``encoding`` (a table's
+    :class:`~dlagent.ml.tabular.TableEncoding`: the model takes encoded rows) is written as
+    ``encoding.json`` beside ``MLmodel``. A failure here is raised: a step whose model is not
     stored has not succeeded.
     """
     import mlflow
@@ -67,6 +69,8 @@ def log_keras_model(client, run_id: str, model, example, *, labels: list | None 
             saved.save(str(local))
             mlflow_model.saved_input_example_info = saved.info
             mlflow_model.save(str(local / "MLmodel"))
+            if encoding is not None:
+                (local / names.ENCODING_FILE).write_text(encoding.dumps())
             if tflite_bytes is not None or labels is not None:
                 folder = local / names.TFLITE_DIR
                 folder.mkdir()
@@ -201,6 +205,19 @@ def download_tflite(client, location: str, *, what: str) -> bytes:
             raise ConfigError("model_uri", f"{what} has no {names.TFLITE_DIR}/{names.TFLITE_FILE}: {exc}",
                               "pass a model logged by the compress step (it stores the TFLite file with the Keras model).") from exc
         return Path(local).read_bytes()
+
+
+def download_encoding(client, location: str) -> dict | None:
+    """The ``encoding.json`` of the logged model at ``location``, or ``None`` when it has none
+    (a model of numeric features)."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = download(client, f"{location.rstrip('/')}/{names.ENCODING_FILE}", tmp)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(local).read_text())
 
 
 def _redacted(client) -> str:

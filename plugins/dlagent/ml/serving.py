@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 
 from dlagent.errors import ConfigError
-from dlagent.ml.mlflow_names import CHAMPION, LABELS_FILE, METADATA_FILE, TFLITE_DIR, TFLITE_FILE
-from dlagent.ml.model_store import download, download_tflite
+from dlagent.ml.mlflow_names import CHAMPION, ENCODING_FILE, LABELS_FILE, METADATA_FILE, TFLITE_DIR, TFLITE_FILE
+from dlagent.ml.model_store import download, download_encoding, download_tflite
 from dlagent.ml.registry import RegistryError, get_champion, now
 
 CURRENT_LINK = "current"
@@ -110,7 +110,7 @@ def _prune_bundles(deploy: Path, *, keep: int, current: str) -> None:
 
 
 def deploy_champion_bundle(client, name: str, deploy_dir, *, extra_metadata: dict | None = None) -> Path:
-    """Download the champion's TFLite file and labels and write them as the current bundle."""
+    """Download the champion's TFLite file, labels and (a table's) encoding and write them as the current bundle."""
     champion = get_champion(client, name)
     if champion is None:
         raise RegistryError(f"{name!r} has no {CHAMPION!r}: nothing to deploy.")
@@ -123,8 +123,11 @@ def deploy_champion_bundle(client, name: str, deploy_dir, *, extra_metadata: dic
         metadata = {"model_name": name, "version": champion["version"], "model_uri": champion["model_uri"],
                     "source": champion["source"], "run_id": champion["run_id"], "metrics": champion["metrics"],
                     **(extra_metadata or {})}
-        return write_serving_bundle(deploy_dir, {TFLITE_FILE: (local / TFLITE_FILE).read_bytes()}, labels, metadata,
-                                    bundle_name=f"{name}-v{champion['version']}")
+        files = {TFLITE_FILE: (local / TFLITE_FILE).read_bytes()}
+        encoding = download_encoding(client, location)
+        if encoding is not None:  # the model takes encoded rows: the bundle carries the vocabularies
+            files[ENCODING_FILE] = json.dumps(encoding, indent=2).encode()
+        return write_serving_bundle(deploy_dir, files, labels, metadata, bundle_name=f"{name}-v{champion['version']}")
 
 
 def read_champion_tflite(client, name: str) -> tuple[bytes, dict] | None:
@@ -133,4 +136,38 @@ def read_champion_tflite(client, name: str) -> tuple[bytes, dict] | None:
     if champion is None:
         return None
     location = client.get_model_version_download_uri(name, champion["version"])
-    return download_tflite(client, location, what=f"models:/{name}@{CHAMPION}"), champion
+    content = download_tflite(client, location, what=f"models:/{name}@{CHAMPION}")
+    return content, {**champion, "encoding": download_encoding(client, location)}
+
+
+class BundlePredictor:
+    """Scores raw rows with a serving bundle: its TFLite model, labels and, for a table with
+    categorical columns, its ``encoding.json`` applied by the same
+    :meth:`~dlagent.ml.tabular.TableEncoding.encode` that encoded the training data."""
+
+    def __init__(self, bundle_dir):
+        from dlagent.ml.tabular import TableEncoding
+        from dlagent.ml.tflite import TFLiteModel
+
+        folder = Path(bundle_dir)
+        self.runner = TFLiteModel((folder / TFLITE_FILE).read_bytes())
+        self.labels = json.loads((folder / LABELS_FILE).read_text()) if (folder / LABELS_FILE).exists() else []
+        self.metadata = json.loads((folder / METADATA_FILE).read_text()) if (folder / METADATA_FILE).exists() else {}
+        path = folder / ENCODING_FILE
+        self.encoding = TableEncoding.from_json(json.loads(path.read_text())) if path.exists() else None
+
+    def inputs(self, rows):
+        """Model inputs from raw rows (lists in column order, or dicts by column name)."""
+        import numpy as np
+
+        return self.encoding.encode(rows) if self.encoding is not None else np.asarray(rows, np.float32)
+
+    def predict(self, rows):
+        """The model's outputs (class probabilities, or regression targets) for raw rows."""
+        return self.runner.predict(self.inputs(rows))
+
+
+def load_bundle(deploy_dir) -> BundlePredictor:
+    """A :class:`BundlePredictor` of the current bundle in ``deploy_dir`` (or of a bundle folder)."""
+    folder = Path(deploy_dir)
+    return BundlePredictor(folder / CURRENT_LINK if (folder / CURRENT_LINK).exists() else folder)

@@ -262,7 +262,9 @@ def train(
     statistics = scaling_statistics(result.model)
     if statistics is not None:  # the standardisation the model applies, from the training split
         client.log_dict(run_id, {**statistics, "rows": int(len(splits.y_train))}, names.SCALING_FILE)
-    model_uri = log_keras_model(client, run_id, result.model, splits.x_test[:2]) if log_model else None
+    if splits.encoding is not None:  # the vocabularies of the categorical columns, from the training split
+        client.log_text(run_id, splits.encoding.dumps(), names.ENCODING_FILE)
+    model_uri = log_keras_model(client, run_id, result.model, splits.x_test[:2], encoding=splits.encoding) if log_model else None
     return result, model_uri
 
 

@@ -100,7 +100,7 @@ class CompressOperator(DlagentOperator):
             tracking.log_metrics(client, run_id, candidate.metrics)
             client.set_tag(run_id, names.CANDIDATE_TAG, candidate.name)
             model_uri = log_keras_model(client, run_id, candidate.keras_model, splits.x_test[:2], labels=splits.class_names,
-                                        tflite_bytes=candidate.tflite_bytes)
+                                        tflite_bytes=candidate.tflite_bytes, encoding=splits.encoding)
             client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
         m = candidate.metrics
         self.log.info("%s: %d bytes (gzip %d), test %s %.4f, latency p50 %.3f ms, sparsity %.2f; logged as %s",

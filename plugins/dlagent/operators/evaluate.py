@@ -10,6 +10,7 @@ to MLflow (tags, ``gate/decision.json``) and to the task log.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -181,7 +182,9 @@ class EvaluateOperator(DlagentOperator):
             return None
         content, info = found
         try:
-            report = evaluate_tflite(content, splits, out_dir=tmp / "champion", explain=False, latency_runs=runs)
+            # a table's champion may have learned another vocabulary: its own encoding of the raw test rows
+            champion_splits = dataclasses.replace(splits, x_test=splits.test_inputs_for(info.get("encoding")))
+            report = evaluate_tflite(content, champion_splits, out_dir=tmp / "champion", explain=False, latency_runs=runs)
             source = "measured on this split"
             metrics = _summary(report.metrics)
         except Exception as exc:  # noqa: BLE001 - e.g. the champion was trained on other input shapes

@@ -1,0 +1,165 @@
+"""Non-numeric table columns: a vocabulary learned from the training split, one shared encoder.
+
+A CSV column whose cells are not all numbers is *categorical*. Its vocabulary is the set of
+values seen in the **training split only**; each value becomes a one-hot column, and slot 0 of
+every categorical column is the out-of-vocabulary slot (a value never seen in training, at
+validation, test or serving time). With ``missing: impute`` an empty categorical cell takes
+the training split's most frequent value and sets a was-missing indicator column (numeric
+gaps stay NaN and are filled inside the model, :class:`dlagent.ml.layers.ImputeMissing`).
+
+Why outside the model: TFLite's built-in operators carry no string lookup, so the model (Keras
+and TFLite alike) takes the encoded numeric row, and the :class:`TableEncoding` travels with
+it: logged with the training run, inside the logged model (``tflite/encoding.json``) and in the
+serving bundle. :meth:`TableEncoding.encode` is the one function that turns raw rows into model
+inputs, used by the data loader for every split and by every place a raw row is scored
+(:func:`dlagent.ml.serving.load_bundle`), so training and serving cannot drift apart.
+
+Pure Python and NumPy: no Keras, no Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlagent.errors import ConfigError
+
+ENCODING_FILE = "encoding.json"  # in a training run's artifacts, a logged model's tflite/ folder and a serving bundle
+OOV = "<other>"  # the name of a categorical column's out-of-vocabulary slot
+MAX_VOCABULARY = 1000  # values per categorical column; rarer ones share the out-of-vocabulary slot
+
+
+def is_missing(value) -> bool:
+    """An empty cell: ``None``, NaN, or text that is blank."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+@dataclass(frozen=True)
+class TableEncoding:
+    """How raw table rows become model inputs.
+
+    ``columns`` are the feature columns in file order; ``vocabularies`` maps each categorical
+    column to its training values (one-hot slots 1..V, slot 0 out of vocabulary); ``fill`` its
+    most frequent training value (for ``missing: impute``), ``indicators`` the categorical
+    columns that get a was-missing column. Numeric columns pass through (an empty one as NaN).
+    """
+
+    columns: list[str]
+    vocabularies: dict[str, list[str]]
+    fill: dict[str, str] = field(default_factory=dict)
+    indicators: list[str] = field(default_factory=list)
+    impute: bool = False
+
+    @property
+    def categorical(self) -> list[str]:
+        return [c for c in self.columns if c in self.vocabularies]
+
+    def feature_names(self) -> list[str]:
+        """The encoded columns' names: ``age``, ``colour=<other>``, ``colour=red``, ``colour=<missing>``."""
+        names = []
+        for column in self.columns:
+            if column in self.vocabularies:
+                names += [f"{column}={OOV}"] + [f"{column}={value}" for value in self.vocabularies[column]]
+            else:
+                names.append(column)
+        return names + [f"{column}=<missing>" for column in self.indicators]
+
+    @property
+    def width(self) -> int:
+        return len(self.feature_names())
+
+    def encode(self, rows) -> np.ndarray:
+        """Encode raw rows (sequences in ``columns`` order, or dicts by column name) as float32
+        ``(n, width)``. A numeric cell that is not a number, a row of the wrong length, and an
+        empty cell under ``missing: refuse`` raise :class:`ConfigError` naming the row and column."""
+        index = {column: i for i, column in enumerate(self.columns)}
+        slots = {c: {value: i + 1 for i, value in enumerate(vocabulary)} for c, vocabulary in self.vocabularies.items()}
+        out = np.zeros((len(rows), self.width), np.float32)
+        for r, row in enumerate(rows):
+            cells = self._cells(row, r)
+            position, flags = 0, []
+            for column in self.columns:
+                value = cells[index[column]]
+                empty = is_missing(value)
+                if column in self.vocabularies:
+                    if empty:
+                        self._refuse_empty(r, column)
+                        value = self.fill.get(column, "")
+                    out[r, position + slots[column].get(str(value).strip(), 0)] = 1.0
+                    position += len(self.vocabularies[column]) + 1
+                else:
+                    if empty:
+                        self._refuse_empty(r, column)
+                        out[r, position] = np.nan
+                    else:
+                        out[r, position] = _number(value, r, column)
+                    position += 1
+                if column in self.indicators:
+                    flags.append(1.0 if empty else 0.0)
+            out[r, position:] = flags
+        return out
+
+    def _cells(self, row, r: int) -> list:
+        if isinstance(row, dict):
+            unknown = sorted(set(row) - set(self.columns))
+            if unknown:
+                raise ConfigError("instances", f"row {r} has unknown column {unknown[0]!r}.", f"use the columns {self.columns}.")
+            return [row.get(column) for column in self.columns]
+        cells = list(row)
+        if len(cells) != len(self.columns):
+            raise ConfigError("instances", f"row {r} has {len(cells)} values; the model takes {len(self.columns)} columns.",
+                              f"give the values of {self.columns} in that order (or a dict by column name).")
+        return cells
+
+    def _refuse_empty(self, r: int, column: str) -> None:
+        if not self.impute:
+            raise ConfigError("instances", f"row {r}, column {column!r}: an empty value, and the model was trained with missing 'refuse'.",
+                              "fill the value (or retrain with the data option missing 'impute').")
+
+    def to_json(self) -> dict:
+        return {"columns": list(self.columns), "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
+                "fill": dict(self.fill), "indicators": list(self.indicators), "impute": self.impute,
+                "feature_names": self.feature_names()}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+    @classmethod
+    def from_json(cls, doc: dict) -> TableEncoding:
+        return cls(columns=list(doc["columns"]), vocabularies={k: list(v) for k, v in doc["vocabularies"].items()},
+                   fill=dict(doc.get("fill", {})), indicators=list(doc.get("indicators", [])), impute=bool(doc.get("impute")))
+
+
+def _number(value, r: int, column: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("instances", f"row {r}, column {column!r}: not a number (a numeric column in training).",
+                          "give a number.") from None
+
+
+def fit_encoding(columns: list[str], categorical: dict[str, list], impute: bool) -> TableEncoding:
+    """Learn the vocabularies from the **training split's** raw values of each categorical column
+    (``categorical`` maps the column to those values, empty cells included): values sorted by
+    frequency, then by name, at most :data:`MAX_VOCABULARY` of them."""
+    vocabularies, fill, indicators = {}, {}, []
+    for column in columns:
+        if column not in categorical:
+            continue
+        present = [str(v).strip() for v in categorical[column] if not is_missing(v)]
+        counts = Counter(present)
+        ranked = sorted(counts, key=lambda value: (-counts[value], value))
+        vocabularies[column] = sorted(ranked[:MAX_VOCABULARY])
+        if ranked:
+            fill[column] = ranked[0]
+        if impute and len(present) < len(categorical[column]):
+            indicators.append(column)
+    return TableEncoding(list(columns), vocabularies, fill, indicators, impute)
