@@ -292,8 +292,11 @@ def prune(
 
     pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), **task_loss(splits.task))
     started = time.perf_counter()
-    pruned.fit(splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val), epochs=fine_tune_epochs,
-               batch_size=batch_size, callbacks=[callback], verbose=0)
+    from dlagent.ml.streaming import eval_data, fit_data, naming_bad_files
+
+    with naming_bad_files(splits.x_train, splits.x_val):
+        pruned.fit(**fit_data(splits.x_train, splits.y_train, batch_size=batch_size, seed=0),
+                   validation_data=eval_data(splits.x_val, splits.y_val), epochs=fine_tune_epochs, callbacks=[callback], verbose=0)
     log.info("pruned to %.1f%% (%s, %s) and fine-tuned %d epochs in %.1fs; measured sparsity %.4f",
              sparsity * 100, scope, schedule, fine_tune_epochs, time.perf_counter() - started, measure_sparsity(pruned))
     return pruned

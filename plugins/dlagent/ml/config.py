@@ -22,6 +22,7 @@ MODEL_ARGS_PREFIX = "model_args."  # search spaces and MLflow params name a mode
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
 MISSING_POLICIES = ("refuse", "impute")  # the data option "missing" (dlagent.ml.data)
+CACHE_MODES = ("auto", "memory", "stream")  # the data option "cache" (dlagent.ml.streaming)
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
 MAX_SEED = 2**31 - 1
 

@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import MISSING_POLICIES
+from dlagent.ml.config import CACHE_MODES, MISSING_POLICIES
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION, TASKS, Metric, get_metric, resolve_metric
 from dlagent.validation import check_choice
 
 SCHEMES = ("digits", "mnist-idx", "npz", "csv", "images")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MIN_SAMPLES_PER_CLASS = 3  # one each for train, validation and test
 REGRESSION_LIKE_CLASSES = 20  # more distinct labels than this, most of them rare: a regression target, not classes
 REGRESSION_FIX = "set the data option task to 'regression' (and metric to 'rmse', 'mae' or 'r2'), or give integer class labels 0..K-1."
@@ -428,44 +427,30 @@ def _is_float(text: str) -> bool:
 
 
 def _load_image_folder(directory: Path, allowed_roots=None):
+    from dlagent.ml.streaming import scan_image_folder
+
+    return _decode_images(scan_image_folder(directory, allowed_roots))
+
+
+def _decode_images(scanned):
+    """The scanned files' pixels in memory, float32 in [0, 1], every image in the first one's
+    size and mode (grayscale or RGB)."""
     import warnings
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    if not directory.is_dir():
-        raise ConfigError("dataset", f"images: needs a folder with one sub-folder per class, got {str(directory)!r}.", "point it at the parent folder.")
-    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
-    images, labels, size, mode = [], [], None, None
-    for label, class_dir in enumerate(class_dirs):
-        check_inside_roots(class_dir, allowed_roots)
-        for file in sorted(class_dir.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            check_inside_roots(file, allowed_roots)
-            try:
-                with warnings.catch_warnings():
-                    # an image past Pillow's pixel limit (a decompression bomb) is refused, not just warned about
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(file) as img:
-                        img.load()
-                        mode = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
-                        img = img.convert(mode)
-                        size = size or img.size
-                        if img.size != size:
-                            img = img.resize(size)
-                        images.append(np.asarray(img, dtype=np.float32) / 255.0)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ConfigError("dataset", f"image {str(file)!r} is too large to load safely (more pixels than Pillow's limit).",
-                                  f"resize it below {Image.MAX_IMAGE_PIXELS} pixels, or remove it.") from exc
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise ConfigError("dataset", f"cannot decode image {str(file)!r} ({type(exc).__name__}).",
-                                  "remove or replace the corrupt file.") from exc
-            labels.append(label)
-    if not images:
-        raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
-    return np.stack(images), np.array(labels, dtype=np.int64), [d.name for d in class_dirs]
+    from dlagent.ml.streaming import _image_errors
+
+    mode, size = ("L" if scanned.channels == 1 else "RGB"), (scanned.size[1], scanned.size[0])
+    images = np.empty((len(scanned.paths), scanned.size[0], scanned.size[1], *(() if mode == "L" else (3,))), np.float32)
+    for i, file in enumerate(scanned.paths):
+        with _image_errors(file), warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as img:
+                img.load()
+                img = img.convert(mode)
+                images[i] = np.asarray(img if img.size == size else img.resize(size), dtype=np.float32) / 255.0
+    return images, scanned.labels, scanned.class_names
 
 
 def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None, *, missing: str = "refuse",
@@ -578,7 +563,7 @@ def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float,
     return x_train, y_train, x_val, y_val, x_test, y_test
 
 
-DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric")
+DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric", "cache")
 
 
 def load_dataset_with_options(uri: str, options: dict | None, *, seed: int, allowed_roots=None) -> DatasetSplits:
@@ -603,21 +588,31 @@ def load_dataset(
     missing: str = "refuse",
     task: str = CLASSIFICATION,
     metric: str | None = None,
+    cache: str = "auto",
 ) -> DatasetSplits:
     """Load, validate and split a data set by name.
 
     ``max_samples`` keeps a (stratified, for classes) subset first (for quick runs and tests).
     ``task`` and ``metric`` (empty: the task's default) are checked before the data is read.
+    ``cache`` (image folders): ``auto`` holds a folder whose pixels fit the cache budget in
+    memory and streams a larger one (:mod:`dlagent.ml.streaming`); ``memory`` or ``stream``.
     """
     from dlagent.ml.lineage import content_digest
 
     check_choice("data_options.missing", missing, MISSING_POLICIES)
     check_choice("task", task, TASKS)
+    check_choice("data_options.cache", cache, CACHE_MODES)
     resolve_metric(task, metric)
-    x, y, class_names, columns = _load_with_columns(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
-    num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)
+    streamed = None
+    if parse_dataset_uri(uri)[0] == "images" and task != REGRESSION:
+        x, y, class_names, digest, streamed = _load_images(uri, allowed_roots, cache)
+        columns = None
+        num_classes = _validate_labels(y, class_names) if streamed else validate_arrays(x, y, class_names, missing=missing, task=task)
+    else:
+        x, y, class_names, columns = _load_with_columns(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
+        num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)
+        digest = content_digest(x, y, extra=json.dumps(columns.categories, sort_keys=True) if columns and columns.categories else "")
     primary = resolve_metric(task, metric, num_classes if task == CLASSIFICATION else None)
-    digest = content_digest(x, y, extra=json.dumps(columns.categories, sort_keys=True) if columns and columns.categories else "")
     if max_samples is not None:
         least = MIN_REGRESSION_SAMPLES if task == REGRESSION else num_classes * MIN_SAMPLES_PER_CLASS
         if not isinstance(max_samples, int) or max_samples < least:
@@ -630,11 +625,27 @@ def load_dataset(
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
     encoding, raw_test = None, None
+    if streamed is not None:  # the split was made on file indices: each part becomes its files
+        parts = tuple(streamed.subset(part[:, 0]) if i % 2 == 0 else part for i, part in enumerate(parts))
     if columns is not None and columns.categories:
         parts, encoding, raw_test = _encode_categorical(parts, columns, impute=missing == "impute")
     return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest,
-                         impute=missing == "impute" and x.ndim == 2, task=task, metric=primary.name,
+                         impute=missing == "impute" and x.ndim == 2 and streamed is None, task=task, metric=primary.name,
                          encoding=encoding, raw_x_test=raw_test)
+
+
+def _load_images(uri: str, allowed_roots, cache: str):
+    """``(x, y, class_names, digest, streamed)`` of an image folder, scanned once
+    (:func:`dlagent.ml.streaming.scan_image_folder`): decoded pixels in ``x`` when they are held
+    in memory (``streamed`` ``None``), else file indices in ``x`` and ``streamed`` the files."""
+    from dlagent.ml.streaming import ImageFiles, scan_image_folder, use_memory
+
+    scanned = scan_image_folder(resolve_data_path(parse_dataset_uri(uri)[1], allowed_roots=allowed_roots), allowed_roots)
+    if use_memory(scanned, cache):
+        x, y, names = _decode_images(scanned)
+        return x, y, names, scanned.digest, None
+    files = ImageFiles(scanned.paths, scanned.size, scanned.channels)
+    return np.arange(len(scanned.paths))[:, None], scanned.labels, scanned.class_names, scanned.digest, files
 
 
 def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
 from dlagent.validation import check_choice, check_number
@@ -85,6 +86,12 @@ def distill(
     def accuracy(y_true, logits):
         return ops.cast(ops.equal(ops.argmax(y_true[:, :num_classes], axis=-1), ops.argmax(logits, axis=-1)), "float32")
 
+    from dlagent.ml.streaming import is_streamed
+
+    if is_streamed(splits.x_train):
+        raise ConfigError("compression.distill", "distillation packs the teacher's outputs beside every training sample, which "
+                          "needs the images in memory; this folder is streamed.",
+                          "set the data option cache to 'memory' (if the pixels fit), or use pruning and quantization (distill: false).")
     logits_model, student = build_student(student_model, splits.input_shape, num_classes, units=student_units,
                                           filters=student_filters, seed=seed, adapt_data=splits.x_train,
                                           impute=splits.impute)

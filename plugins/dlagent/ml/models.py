@@ -210,7 +210,9 @@ def keras_predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     explanations that predict many small arrays; the last batch is padded so the model is
     traced for one batch shape only.
     """
-    x = np.asarray(x, dtype=np.float32)
+    from dlagent.ml.streaming import is_streamed
+
+    x = x if is_streamed(x) else np.asarray(x, dtype=np.float32)  # streamed images are decoded a batch at a time
     if len(x) == 0:
         return np.zeros((0, *model.output_shape[1:]), np.float32)
     size = min(batch_size, len(x))

@@ -71,7 +71,9 @@ class TFLiteModel:
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probabilities for every sample in ``x`` (batched; the last batch is padded)."""
-        x = np.asarray(x, dtype=np.float32)
+        from dlagent.ml.streaming import is_streamed
+
+        x = x if is_streamed(x) else np.asarray(x, dtype=np.float32)  # streamed images are decoded a batch at a time
         if len(x) == 0:
             return np.zeros((0, *self.output_detail["shape"][1:]), np.float32)
         batch_size = max(1, min(batch_size, len(x)))

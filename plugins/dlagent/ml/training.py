@@ -15,6 +15,7 @@ import numpy as np
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
+from dlagent.ml.streaming import eval_data, fit_data, is_streamed, naming_bad_files
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +98,15 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         start_val_loss = _loss(model, splits.x_val, splits.y_val)
         start_weights = model.get_weights()
     started = time.perf_counter()
-    history = model.fit(
-        splits.x_train,
-        splits.y_train,
-        validation_data=(splits.x_val, splits.y_val),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        callbacks=all_callbacks,
-        class_weight=class_weights(splits.y_train, splits.num_classes, config.class_weight) if not splits.is_regression else None,
-        verbose=verbose,
-    )
+    with naming_bad_files(splits.x_train, splits.x_val):
+        history = model.fit(
+            **fit_data(splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed),
+            validation_data=eval_data(splits.x_val, splits.y_val),
+            epochs=config.epochs,
+            callbacks=all_callbacks,
+            class_weight=class_weights(splits.y_train, splits.num_classes, config.class_weight) if not splits.is_regression else None,
+            verbose=verbose,
+        )
     seconds = time.perf_counter() - started
     hist = {k: [float(v) for v in values] for k, values in history.history.items()}
     val_loss = hist.get("val_loss", [])
@@ -195,7 +195,8 @@ def _check_shapes(model, splits: DatasetSplits) -> None:
 
 def _loss(model, x, y) -> float:
     """The compiled loss on ``(x, y)`` (Keras returns a list with metrics, a float without)."""
-    values = model.evaluate(x, y, verbose=0, batch_size=256)
+    with naming_bad_files(x):
+        values = model.evaluate(x.dataset(y, batch_size=256), verbose=0) if is_streamed(x) else model.evaluate(x, y, verbose=0, batch_size=256)
     return float(values[0] if isinstance(values, (list, tuple)) else values)
 
 

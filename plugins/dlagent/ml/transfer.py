@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlagent.errors import ConfigError
+from dlagent.ml.streaming import eval_data, fit_data
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,8 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
     model, base = adapted.model, adapted.base
     head_epochs, tune_epochs = phase_epochs(config.epochs, config.freeze)
     weights = class_weights(splits.y_train, splits.num_classes, config.class_weight)
-    data = {"x": splits.x_train, "y": splits.y_train, "validation_data": (splits.x_val, splits.y_val),
-            "batch_size": config.batch_size, "class_weight": weights, "verbose": verbose}
+    data = {**fit_data(splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed),
+            "validation_data": eval_data(splits.x_val, splits.y_val), "class_weight": weights, "verbose": verbose}
     started = time.perf_counter()
 
     base.trainable = False

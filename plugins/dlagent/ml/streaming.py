@@ -1,0 +1,239 @@
+"""Image folders larger than memory: files listed once, read on demand through ``tf.data``.
+
+An ``images:<dir>`` data set is *scanned* once when it is loaded (:func:`scan_image_folder`):
+every file is listed in a fixed order, read, checked (inside the data roots, a real image, not
+a decompression bomb, a format the streaming decoder reads) and hashed into the data set's
+digest, before any training. Whether its pixels are then held in memory or streamed is the data
+option ``cache`` (:func:`use_memory`): ``auto`` keeps a data set whose decoded pixels fit
+:data:`CACHE_BUDGET_BYTES` in memory (the arrays every step used before) and streams a larger
+one; ``memory`` and ``stream`` force either.
+
+Streamed splits are :class:`ImageFiles`: an array-like of the split's file paths with the shape
+and dtype of the decoded pixels. Training, pruning's fine-tuning and transfer learning read them
+as a ``tf.data`` pipeline (:meth:`ImageFiles.dataset`: shuffled file names, decoded and resized
+in parallel, batched, prefetched), so memory is bounded by a few batches; evaluation,
+calibration and explanations index a few files or a batch at a time (``x[i:j]``, ``x[[...]]``).
+The split itself is made on file indices by the same seeded function as for arrays, so every
+task that loads the folder gets the same split. A file that turns bad after the scan fails its
+task with the file named (:func:`naming_bad_files`), never a silent skip.
+
+Nothing here imports TensorFlow at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlagent.errors import ConfigError
+
+CACHE_BUDGET_BYTES = 256 * 2**20  # decoded float32 pixels an ``auto`` data set may hold in memory
+STREAM_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # what tf.io.decode_image reads
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+PARALLEL_READS = 16  # files decoded at once when a few are indexed (x[i:j])
+
+
+@dataclass(frozen=True)
+class ScannedFolder:
+    """What one pass over an image folder found: the files in a fixed order, their labels, the
+    class names, the first image's size ``(height, width)`` and channels (1 or 3), the formats
+    seen, and a digest of every file's relative path and bytes."""
+
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    size: tuple[int, int]
+    channels: int
+    formats: frozenset
+    digest: str
+
+    def decoded_bytes(self) -> int:
+        return len(self.paths) * self.size[0] * self.size[1] * self.channels * 4
+
+
+def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
+    """List, check and hash every image under ``directory`` (one sub-folder per class), in one
+    pass, reading each file once. Raises :class:`ConfigError` naming the first bad file."""
+    from PIL import Image
+
+    from dlagent.ml.data import check_inside_roots
+
+    if not directory.is_dir():
+        raise ConfigError("dataset", f"images: needs a folder with one sub-folder per class, got {str(directory)!r}.", "point it at the parent folder.")
+    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
+    digest = hashlib.sha256()
+    paths, labels, size, channels, formats = [], [], None, None, set()
+    for label, class_dir in enumerate(class_dirs):
+        check_inside_roots(class_dir, allowed_roots)
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            check_inside_roots(file, allowed_roots)
+            raw = _read(file)
+            with _image_errors(file), warnings.catch_warnings():
+                # an image past Pillow's pixel limit (a decompression bomb) is refused, not just warned about
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(raw)) as img:
+                    formats.add(img.format)
+                    if size is None:
+                        size = (img.size[1], img.size[0])
+                        channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16") else 3
+                    img.verify()
+            digest.update(f"{class_dir.name}/{file.name}:{len(raw)}:".encode())
+            digest.update(raw)
+            paths.append(str(file))
+            labels.append(label)
+    if not paths:
+        raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
+    return ScannedFolder(paths, np.array(labels, np.int64), [d.name for d in class_dirs], size, channels, frozenset(formats),
+                         digest.hexdigest()[:20])
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise ConfigError("dataset", f"cannot read image {str(file)!r} ({type(exc).__name__}).", "check the file's permissions.") from exc
+
+
+@contextlib.contextmanager
+def _image_errors(file):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ConfigError("dataset", f"image {str(file)!r} is too large to load safely (more pixels than Pillow's limit).",
+                          f"resize it below {Image.MAX_IMAGE_PIXELS} pixels, or remove it.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ConfigError("dataset", f"cannot decode image {str(file)!r} ({type(exc).__name__}).",
+                          "remove or replace the corrupt file.") from exc
+
+
+def use_memory(scanned: ScannedFolder, cache: str) -> bool:
+    """Hold the decoded pixels in memory (``True``) or stream them; a streamed folder must hold
+    only formats the streaming decoder reads."""
+    memory = cache == "memory" or (cache == "auto" and scanned.decoded_bytes() <= CACHE_BUDGET_BYTES)
+    unreadable = sorted(scanned.formats - set(STREAM_FORMATS))
+    if not memory and unreadable:
+        raise ConfigError("data_options.cache", f"streaming reads {', '.join(STREAM_FORMATS)} images; this folder also holds "
+                          f"{', '.join(unreadable)}.", "convert those images to PNG, or set cache to 'memory' (if they fit).")
+    return memory
+
+
+class ImageFiles:
+    """A split's images on disk, as an array-like of float32 pixels in [0, 1]: shape
+    ``(n, height, width)`` for grayscale, ``(n, height, width, 3)`` for colour. Indexing decodes
+    only the files asked for; :meth:`dataset` streams them all."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, paths, size: tuple[int, int], channels: int):
+        self.paths = [str(p) for p in paths]
+        self.size, self.channels = (int(size[0]), int(size[1])), int(channels)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.paths), *self.size) + ((3,) if self.channels == 3 else ())
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices) -> ImageFiles:
+        """The files at ``indices`` (a split of this folder)."""
+        return ImageFiles([self.paths[int(i)] for i in np.asarray(indices).ravel()], self.size, self.channels)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self[[int(index)]][0]
+        picked = ImageFiles(self.paths[index], self.size, self.channels) if isinstance(index, slice) else self.subset(index)
+        if not len(picked):
+            return np.zeros((0, *self.shape[1:]), np.float32)
+        with naming_bad_files(picked):
+            return next(iter(picked._pipeline(picked.paths, None).batch(len(picked)))).numpy()
+
+    def dataset(self, labels=None, *, batch_size: int = 32, shuffle_seed: int | None = None):
+        """A ``tf.data`` pipeline of ``(pixels, label)`` batches (pixels alone without labels):
+        file names shuffled each epoch when ``shuffle_seed`` is given, decoded in parallel, prefetched."""
+        import tensorflow as tf
+
+        return self._pipeline(self.paths, labels, shuffle_seed=shuffle_seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _pipeline(self, paths, labels, *, shuffle_seed=None):
+        import tensorflow as tf
+
+        height, width = self.size
+        channels = self.channels
+
+        def decode(path):
+            image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+            image = tf.image.resize(tf.cast(image, tf.float32), (height, width)) / 255.0
+            image.set_shape((height, width, channels))
+            return image[..., 0] if channels == 1 else image
+
+        items = tf.constant(paths) if labels is None else (tf.constant(paths), np.asarray(labels))
+        data = tf.data.Dataset.from_tensor_slices(items)
+        if shuffle_seed is not None:
+            data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if labels is None:
+            return data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return data.map(lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def first_unreadable(self) -> str | None:
+        """The first file that no longer decodes (changed or removed after the scan), or ``None``."""
+        import tensorflow as tf
+
+        for path in self.paths:
+            try:
+                tf.io.decode_image(tf.io.read_file(path), channels=self.channels, expand_animations=False)
+            except (tf.errors.OpError, ValueError):
+                return path
+        return None
+
+
+def is_streamed(x) -> bool:
+    return isinstance(x, ImageFiles)
+
+
+def fit_data(x, y, *, batch_size: int, seed: int) -> dict:
+    """``model.fit`` keywords for the training inputs: arrays as they are (Keras shuffles them),
+    streamed images as a shuffled ``tf.data`` pipeline."""
+    if is_streamed(x):
+        return {"x": x.dataset(y, batch_size=batch_size, shuffle_seed=seed), "shuffle": False}  # the pipeline shuffles
+    return {"x": x, "y": y, "batch_size": batch_size}
+
+
+def eval_data(x, y, *, batch_size: int = 256):
+    """Validation or evaluation inputs: ``(x, y)`` for arrays, a batched pipeline for streamed images."""
+    return x.dataset(y, batch_size=batch_size) if is_streamed(x) else (x, y)
+
+
+@contextlib.contextmanager
+def naming_bad_files(*parts):
+    """Around a step that reads streamed images: a read or decode failure becomes a
+    :class:`ConfigError` naming the file that went bad after the scan."""
+    try:
+        yield
+    except Exception as exc:
+        import tensorflow as tf
+
+        if not isinstance(exc, (tf.errors.OpError, ValueError)):
+            raise
+        for part in parts:
+            bad = part.first_unreadable() if is_streamed(part) else None
+            if bad:
+                raise ConfigError("dataset", f"image {bad!r} can no longer be read or decoded (it changed after the data set "
+                                  "was checked).", "restore or remove the file, and run again.") from exc
+        raise

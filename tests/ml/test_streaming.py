@@ -1,0 +1,113 @@
+"""Image folders read from disk through tf.data: the same split and pixels as in memory, the same
+split in every process, checks before training, and a file that goes bad mid-run named."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from dlagent.errors import ConfigError
+from dlagent.ml import streaming
+from dlagent.ml.data import load_dataset
+from dlagent.ml.streaming import ImageFiles
+
+from tests.conftest import PROJECT_DIR
+
+
+def _folder(root, *, per_class=40, size=(12, 10), classes=3, suffix=".png"):
+    """Colour PNGs whose dominant channel is the class (``size`` is width, height)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 80, (size[1], size[0], 3)).astype(np.uint8)
+            pixels[:, :, c] += 150
+            Image.fromarray(pixels).save(folder / f"{i:03d}{suffix}")
+    return f"images:{root}"
+
+
+def test_a_streamed_folder_has_the_split_and_pixels_of_the_same_folder_in_memory(tmp_path):
+    uri = _folder(tmp_path / "set")
+    memory, streamed = load_dataset(uri, seed=5, cache="memory"), load_dataset(uri, seed=5, cache="stream")
+    assert isinstance(streamed.x_train, ImageFiles) and isinstance(memory.x_train, np.ndarray)
+    assert streamed.input_shape == memory.input_shape == (10, 12, 3) and streamed.digest == memory.digest
+    for part in ("y_train", "y_val", "y_test"):
+        np.testing.assert_array_equal(getattr(streamed, part), getattr(memory, part))
+    np.testing.assert_allclose(streamed.x_test[:], memory.x_test, atol=1e-6)  # one decoder's pixels are the other's
+    np.testing.assert_allclose(streamed.x_train[[4, 0, 9]], memory.x_train[[4, 0, 9]], atol=1e-6)
+    assert streamed.x_val[2].shape == (10, 12, 3)
+    batches = list(streamed.x_train.dataset(streamed.y_train, batch_size=32, shuffle_seed=1))
+    assert sum(len(labels) for _, labels in batches) == len(streamed.y_train) and batches[0][0].shape[1:] == (10, 12, 3)
+
+
+def test_every_process_gets_the_same_streamed_split(tmp_path):
+    """Each task loads the folder in its own process: the file lists of the parts are equal."""
+    uri = _folder(tmp_path / "set")
+    code = ("import json, sys; from dlagent.ml.data import load_dataset; s = load_dataset(sys.argv[1], seed=2, cache='stream'); "
+            "print(json.dumps([s.x_train.paths, s.x_val.paths, s.x_test.paths]))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, check=True, cwd=PROJECT_DIR,
+                                      env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout) for seed in ("1", "2")]
+    here = load_dataset(uri, seed=2, cache="stream")
+    assert runs[0] == runs[1] == [here.x_train.paths, here.x_val.paths, here.x_test.paths]
+    assert not set(here.x_train.paths) & set(here.x_test.paths)
+
+
+def test_auto_holds_a_small_folder_in_memory_and_streams_one_past_the_budget(tmp_path, monkeypatch):
+    uri = _folder(tmp_path / "set", per_class=10)
+    assert isinstance(load_dataset(uri, seed=0).x_train, np.ndarray)
+    monkeypatch.setattr(streaming, "CACHE_BUDGET_BYTES", 1000)
+    assert isinstance(load_dataset(uri, seed=0).x_train, ImageFiles)
+
+
+def test_train_compress_and_evaluate_read_a_streamed_folder(tmp_path):
+    from dlagent.ml.compression import CompressionConfig, compress
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.evaluation import evaluate_tflite
+    from dlagent.ml.training import evaluate, fit
+
+    splits = load_dataset(_folder(tmp_path / "set"), seed=0, cache="stream")
+    result = fit(splits, TrainConfig(model="cnn", epochs=4, seed=0))
+    assert evaluate(result.model, splits)["test_accuracy"] >= 0.9  # the dominant colour is the class
+    candidate = compress(result.model, splits, CompressionConfig(sparsity=0.5, quantization="int8"), latency_runs=5)
+    report = evaluate_tflite(candidate.tflite_bytes, splits, out_dir=tmp_path / "eval", latency_runs=5)
+    assert report.metrics["test_accuracy"] >= 0.9 and (tmp_path / "eval" / "confusion_matrix.png").exists()
+    with pytest.raises(ConfigError, match="compression.distill.*streamed"):
+        compress(result.model, splits, CompressionConfig(distill=True, quantization="none"))
+
+
+def test_a_file_that_goes_bad_after_the_checks_fails_training_naming_it(tmp_path):
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.training import fit
+
+    splits = load_dataset(_folder(tmp_path / "set"), seed=0, cache="stream")
+    victim = splits.x_train.paths[7]
+    with open(victim, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ConfigError, match=f"image '{victim}' can no longer be read or decoded"):
+        fit(splits, TrainConfig(model="cnn", epochs=1, seed=0))
+
+
+def test_bad_files_are_refused_in_the_one_pass_before_training(tmp_path):
+    uri = _folder(tmp_path / "set", per_class=5)
+    (tmp_path / "set" / "class1" / "zz.png").write_bytes(b"not an image at all")
+    with pytest.raises(ConfigError, match=r"cannot decode image .*zz\.png"):
+        load_dataset(uri, seed=0, cache="stream")
+
+
+def test_a_changed_file_changes_the_digest_and_tiff_is_not_streamed(tmp_path):
+    uri = _folder(tmp_path / "set", per_class=5)
+    before = load_dataset(uri, seed=0, cache="stream").digest
+    from PIL import Image
+
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(tmp_path / "set" / "class0" / "000.png")
+    assert load_dataset(uri, seed=0, cache="stream").digest != before
+    tiff = _folder(tmp_path / "tiff", per_class=5, suffix=".tiff")
+    assert isinstance(load_dataset(tiff, seed=0).x_train, np.ndarray)  # small: held in memory, Pillow reads TIFF
+    with pytest.raises(ConfigError, match="data_options.cache.*TIFF"):
+        load_dataset(tiff, seed=0, cache="stream")
