@@ -81,6 +81,10 @@ CASES = [
     C("missing_policy_unknown", {"missing": "drop"}, "data_options.missing", params=True),
     C("missing_impute_for_a_user_builder", {"dataset": "csv:{data}/table.csv", "missing": "impute", "model": "include.models.example:build"},
       "data_options.missing", words="built into the 'mlp' model"),
+    C("cache_unknown", {"cache": "disk"}, "data_options.cache", params=True),
+    C("streaming_a_tiff_folder", {"dataset": "images:{data}/tiff_images", "cache": "stream"}, "data_options.cache", words="TIFF"),
+    C("image_corrupt_when_streamed", {"dataset": "images:{data}/corrupt_image", "cache": "stream"}, "dataset", words="broken.png"),
+    C("csv_categorical_gap", {"dataset": "csv:{data}/categorical_gap.csv", "model": "mlp"}, "dataset", words="column 1: an empty cell"),
     C("unknown_conf_key_misspelt", {"epoch": 5}, "epoch", words="Did you mean 'epochs'"),
     C("unknown_conf_key_alias", {"lr": 0.01}, "lr", words="is not a Param"),
     C("max_samples_too_small", {"max_samples": 10}, "max_samples", params=True),
@@ -252,6 +256,13 @@ def _write_data(data: Path, outside: Path) -> None:
     (data / "regression_gap.csv").write_text(regression.replace("\n", "\n0.5,0.5,\n", 1))
     (data / "words.csv").write_text("f1,f2,label\n" + "".join(f"{rng.random():.3f},{rng.random():.3f},{w}\n" for w in ["low", "high"] * 30))
     (data / "ragged.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,0.4,1\n0.5,1\n")
+    (data / "categorical_gap.csv").write_text("colour,f1,label\n" + "".join(f"{c},{rng.random():.3f},{i % 2}\n" for i, c in
+                                                                         enumerate(["red", "blue", "", "teal"] * 10)))
+    (data / "tiff_images").mkdir()
+    for label in ("a", "b"):
+        (data / "tiff_images" / label).mkdir()
+        for i in range(4):
+            Image.fromarray((rng.random((8, 8)) * 255).astype("uint8")).save(data / "tiff_images" / label / f"{i}.tiff")
     (data / "non_numeric.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,high,1\n0.5,0.7,1\n")
     (data / "binary.csv").write_bytes(b"\xff\xfe\x00\x01\x89PNG\x00\x00label\n\x80\x81\x82")
     valid = data / "valid_tmp.npz"
