@@ -166,7 +166,7 @@ def main(argv=None) -> int:
                 rows.append({"dataset": name, "seed": seed, "metric": run["metric"], "pipeline": mine, **base,
                              "best_baseline": best_name, "gap_points": gap, **{k: v for k, v in run.items() if k != "test_metric"}})
                 print(f"[bench] {name} seed {seed}: pipeline {run['metric']} {mine:.4f} (shipped {run['candidate']}, Keras "
-                      f"{run['keras_test_metric']:.4f}), " + ", ".join(f"{k} {v:.4f}" for k, v in base.items())
+                      f"{run['keras_test_metric'] if run['keras_test_metric'] is not None else float('nan'):.4f}), " + ", ".join(f"{k} {v:.4f}" for k, v in base.items())
                       + f": gap {gap:+.2f} {'% rmse' if regression else 'points'} ({run['seconds']:.0f} s)", flush=True)
             mine = [r for r in rows if r["dataset"] == name]
             per_dataset[name] = {"metric": mine[0]["metric"], "pipeline": interval([r["pipeline"] for r in mine]),

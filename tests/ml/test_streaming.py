@@ -111,3 +111,31 @@ def test_a_changed_file_changes_the_digest_and_tiff_is_not_streamed(tmp_path):
     assert isinstance(load_dataset(tiff, seed=0).x_train, np.ndarray)  # small: held in memory, Pillow reads TIFF
     with pytest.raises(ConfigError, match="data_options.cache.*TIFF"):
         load_dataset(tiff, seed=0, cache="stream")
+
+
+def test_mixed_sizes_get_the_same_pixels_in_memory_and_streamed_and_masks_index_files(tmp_path, monkeypatch):
+    from PIL import Image
+
+    uri = _folder(tmp_path / "set", per_class=8)
+    Image.new("RGB", (20, 16), (200, 10, 10)).save(tmp_path / "set" / "class0" / "big.png")  # resized to the first image's size
+    memory, streamed = load_dataset(uri, seed=1, cache="memory"), load_dataset(uri, seed=1, cache="stream")
+    monkeypatch.setattr(streaming, "DECODE_CHUNK", 4)  # several chunks per request
+    np.testing.assert_allclose(streamed.x_train[:], memory.x_train, atol=1e-6)
+    mask = streamed.y_train == 1
+    np.testing.assert_allclose(streamed.x_train[mask], memory.x_train[mask], atol=1e-6)
+    with pytest.raises(TypeError, match="integers or a boolean mask"):
+        streamed.x_train[[0.5]]
+
+
+def test_distillation_on_a_streamed_folder_is_refused_by_validate_inputs(tmp_path, mlflow_uri, monkeypatch):
+    from dlagent.operators.pipeline import ValidateInputsOperator
+
+    from tests.operators.context import make_context
+
+    monkeypatch.setenv("DLAGENT_DATA_ROOTS", str(tmp_path))
+    uri = _folder(tmp_path / "set", per_class=5)
+    task = ValidateInputsOperator(task_id="validate_inputs", dataset=uri, train_config={"model": "cnn", "epochs": 1},
+                                  data_options={"cache": "stream"}, compression_candidates=[{"distill": True}],
+                                  experiment_name="streamed")
+    with pytest.raises(Exception, match=r"compression_candidates\[0\].distill.*streamed"):
+        task.execute(make_context("validate_inputs", dag_id="dl_agent_pipeline"))

@@ -137,3 +137,44 @@ def test_a_served_raw_row_gives_the_keras_models_prediction(tmp_path):
     np.testing.assert_allclose(bundle.predict(splits.raw_x_test), keras_outputs, atol=1e-4)
     as_dicts = [dict(zip(bundle.encoding.columns, row, strict=True)) for row in splits.raw_x_test]
     np.testing.assert_allclose(bundle.predict(as_dicts), keras_outputs, atol=1e-4)
+
+
+def test_a_table_of_numbers_gets_an_encoding_that_names_its_columns(tmp_path):
+    path = tmp_path / "numbers.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{i * 0.5},{i % 2}\n" for i in range(30)))
+    splits = load_dataset(f"csv:{path}", seed=0)
+    assert splits.encoding.columns == ["a", "b"] and splits.encoding.vocabularies == {}
+    np.testing.assert_array_equal(splits.encoding.encode([{"b": 1.5, "a": 3}]), [[3.0, 1.5]])
+    assert splits.test_inputs_for(None) is splits.x_test  # a model logged before encodings: the same columns
+
+
+def test_repeated_column_names_are_refused_without_quoting_the_header(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("secretname,secretname,label\n" + "".join(f"red,{i},{i % 2}\n" for i in range(12)))
+    with pytest.raises(ConfigError, match="columns 1 and 2 of the header have the same name") as error:
+        load_dataset(f"csv:{path}", seed=0)
+    assert "secretname" not in str(error.value)
+
+
+def test_numbers_sent_for_categories_and_nan_or_inf_for_numbers():
+    encoding = fit_encoding(["grade", "size"], {"grade": ["1", "2", "2"]}, impute=False)
+    np.testing.assert_array_equal(encoding.encode([[1.0, 2.0], [2, 3.0]]), [[0, 1, 0, 2.0], [0, 0, 1, 3.0]])
+    with pytest.raises(ConfigError, match="row 0, column 'size': an empty value"):
+        encoding.encode([["1", "nan"]])
+    with pytest.raises(ConfigError, match="row 0, column 'size': an infinite value"):
+        encoding.encode([["1", float("inf")]])
+
+
+def test_permutation_importance_shuffles_a_categorical_column_as_one_feature(tmp_path):
+    from dlagent.ml.explain import permutation_importance
+
+    splits = load_dataset(_write_table(tmp_path / "t.csv", gaps=True), seed=0, missing="impute")
+    groups = splits.encoding.column_groups()
+    assert groups == [("colour", [0, 1, 2, 3, 4, 7]), ("area", [5]), ("ratio", [6])]
+
+    def predict(x):  # a model that reads only the colour: red or green is class 1
+        return np.stack([1 - (x[:, 2] + x[:, 3]), x[:, 2] + x[:, 3]], axis=1)
+
+    rows = permutation_importance(predict, splits.x_test, splits.y_test, groups=groups, repeats=3)
+    by_name = {r["feature"]: r["importance_mean"] for r in rows}
+    assert set(by_name) == {"colour", "area", "ratio"} and by_name["colour"] > 20 and by_name["area"] == by_name["ratio"] == 0

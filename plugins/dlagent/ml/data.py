@@ -78,12 +78,14 @@ class DatasetSplits:
         from dlagent.ml.tabular import TableEncoding
 
         mine = self.encoding.to_json() if self.encoding is not None else None
-        if encoding_doc == mine:
+        numbers_only = self.encoding is None or not self.encoding.vocabularies
+        if encoding_doc == mine or (encoding_doc is None and numbers_only):  # (a model logged before encodings were)
             return self.x_test
-        if encoding_doc is None or self.raw_x_test is None:
+        raw = self.raw_x_test if self.raw_x_test is not None else (self.x_test.tolist() if numbers_only and self.encoding else None)
+        if encoding_doc is None or raw is None:
             raise ConfigError("encoding", "the model's categorical encoding does not match this data set's columns.",
                               "compare models trained on the same columns.")
-        return TableEncoding.from_json(encoding_doc).encode(self.raw_x_test)
+        return TableEncoding.from_json(encoding_doc).encode(raw)
 
     @property
     def primary(self) -> Metric:
@@ -328,8 +330,8 @@ class CsvColumns:
 
 def _load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
     """``(x, y, names, columns)``: numeric cells as numbers, a categorical column's cells as codes
-    into ``columns.categories`` (a column is categorical when any of its cells is not a number),
-    an empty cell as NaN under ``missing: impute``."""
+    into ``columns.categories`` (a column is categorical when at least half of its non-empty
+    cells are not numbers), an empty cell as NaN under ``missing: impute``."""
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
     try:
@@ -351,6 +353,12 @@ def _load_csv_table(path: Path, label_column: str, missing: str = "refuse", task
                               "several regression targets: 'a,b').")
     label_at = [header.index(name) for name in label_columns]
     feature_at = [i for i in range(len(header)) if i not in label_at]
+    seen = {}
+    for i in feature_at:  # columns are found by name when a raw row is scored (never quoted: the header is content)
+        if header[i] in seen:
+            raise ConfigError("dataset", f"{str(path)!r}: columns {seen[header[i]] + 1} and {i + 1} of the header have the same name.",
+                              "give every column its own name.")
+        seen[header[i]] = i
     cells, labels, lines = [], [], []
     for line_number, row in enumerate(rows[1:], start=2):
         if not row:
@@ -434,8 +442,15 @@ def _load_image_folder(directory: Path, allowed_roots=None):
 
 def _decode_images(scanned):
     """The scanned files' pixels in memory, float32 in [0, 1], every image in the first one's
-    size and mode (grayscale or RGB)."""
+    size and mode (grayscale or RGB). 8-bit PNG and JPEG go through the streaming decoder
+    (:class:`dlagent.ml.streaming.ImageFiles`), so a folder has the same pixels whether it is
+    held in memory or streamed; other formats (TIFF, WebP, BMP, GIF, 16-bit) through Pillow."""
     import warnings
+
+    from dlagent.ml.streaming import ImageFiles
+
+    if scanned.streamable():
+        return ImageFiles(scanned.paths, scanned.size, scanned.channels)[:], scanned.labels, scanned.class_names
 
     from PIL import Image
 
@@ -625,6 +640,10 @@ def load_dataset(
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
     encoding, raw_test = None, None
+    if columns is not None and not columns.categories:  # numbers only: the encoding names the columns for serving
+        from dlagent.ml.tabular import fit_encoding
+
+        encoding = fit_encoding(columns.names, {}, missing == "impute")
     if streamed is not None:  # the split was made on file indices: each part becomes its files
         parts = tuple(streamed.subset(part[:, 0]) if i % 2 == 0 else part for i, part in enumerate(parts))
     if columns is not None and columns.categories:

@@ -261,7 +261,8 @@ def _write_artifacts(report: EvaluationReport, splits: DatasetSplits, out_dir, *
             else:
                 log.info("no Keras model given: image explanation skipped for the TFLite model")
         else:
-            importance = permutation_importance(predict_fn, splits.x_test, splits.y_test, metric=primary)
+            groups = splits.encoding.column_groups() if splits.encoding is not None else None  # a raw column at a time
+            importance = permutation_importance(predict_fn, splits.x_test, splits.y_test, metric=primary, groups=groups)
             json_path = out / "permutation_importance.json"
             json_path.write_text(json.dumps(importance, indent=2))
             report.artifacts.extend([plot_permutation_importance(importance, out / "permutation_importance.png"), json_path])

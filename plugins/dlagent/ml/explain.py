@@ -78,9 +78,14 @@ def plot_integrated_gradients(model, splits: DatasetSplits, path, *, samples_per
 
 
 def permutation_importance(predict_fn, x: np.ndarray, y: np.ndarray, *, repeats: int = 5, seed: int = 0,
-                           max_rows: int = 20_000, metric=None) -> list[dict]:
+                           max_rows: int = 20_000, metric=None, groups=None) -> list[dict]:
     """How much worse the primary ``metric`` gets (:meth:`~dlagent.ml.metrics.Metric.gain_points`
     lost, mean and std over ``repeats``) when one feature column is shuffled; accuracy by default.
+
+    ``groups`` (``[(name, [column, ...]), ...]``, e.g. a table's
+    :meth:`~dlagent.ml.tabular.TableEncoding.column_groups`) shuffles the columns of one raw
+    feature together (a categorical value's whole one-hot block), so no impossible row is made;
+    by default every column is its own feature, named by its index.
 
     Every shuffled copy is predicted in one batched call per feature, so this costs
     ``n_features`` prediction passes whatever ``repeats`` is.
@@ -93,14 +98,14 @@ def permutation_importance(predict_fn, x: np.ndarray, y: np.ndarray, *, repeats:
     base = metric.score(y, predict_fn(x))
     rows = []
     per_pass = max(1, min(repeats, max_rows // max(len(x), 1)))
-    for j in range(flat.shape[1]):
+    for j, columns in groups or [(j, [j]) for j in range(flat.shape[1])]:
         drops = []
         remaining = repeats
         while remaining > 0:
             k = min(per_pass, remaining)
             stacked = np.repeat(flat[None], k, axis=0)
             for r in range(k):
-                stacked[r, :, j] = flat[rng.permutation(len(x)), j]
+                stacked[r][:, columns] = flat[rng.permutation(len(x))][:, columns]
             outputs = predict_fn(stacked.reshape(k * len(x), *x.shape[1:]))
             outputs = outputs.reshape(k, len(x), *outputs.shape[1:])
             drops.extend(-metric.gain_points(metric.score(y, outputs[r]), base) for r in range(k))
@@ -112,7 +117,8 @@ def permutation_importance(predict_fn, x: np.ndarray, y: np.ndarray, *, repeats:
 
 def plot_permutation_importance(importance: list[dict], path, *, top: int = 20, feature_names=None) -> Path:
     shown = importance[:top][::-1]
-    names = [str(feature_names[r["feature"]]) if feature_names else f"feature {r['feature']}" for r in shown]
+    names = [r["feature"] if isinstance(r["feature"], str) else str(feature_names[r["feature"]]) if feature_names
+             else f"feature {r['feature']}" for r in shown]
     figure = new_figure(6.0, max(2.5, 0.3 * len(shown) + 1))
     axes = figure.add_subplot(1, 1, 1)
     axes.barh(names, [r["importance_mean"] for r in shown], xerr=[r["importance_std"] for r in shown], color="tab:blue")

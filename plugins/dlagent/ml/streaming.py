@@ -34,7 +34,9 @@ import numpy as np
 from dlagent.errors import ConfigError
 
 CACHE_BUDGET_BYTES = 256 * 2**20  # decoded float32 pixels an ``auto`` data set may hold in memory
-STREAM_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # what tf.io.decode_image reads
+STREAM_FORMATS = ("PNG", "JPEG")  # what tf.io.decode_image reads in every mode (its BMP and GIF decoders refuse grayscale)
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16- and 32-bit pixels: read by Pillow only
+DECODE_CHUNK = 256  # files decoded at once when many are indexed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PARALLEL_READS = 16  # files decoded at once when a few are indexed (x[i:j])
 
@@ -52,6 +54,11 @@ class ScannedFolder:
     channels: int
     formats: frozenset
     digest: str
+    modes: frozenset = frozenset()
+
+    def streamable(self) -> bool:
+        """Every file is one the ``tf.data`` decoder reads the way Pillow would."""
+        return self.formats <= set(STREAM_FORMATS) and not self.modes & set(WIDE_MODES)
 
     def decoded_bytes(self) -> int:
         return len(self.paths) * self.size[0] * self.size[1] * self.channels * 4
@@ -70,7 +77,7 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     if not class_dirs:
         raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
     digest = hashlib.sha256()
-    paths, labels, size, channels, formats = [], [], None, None, set()
+    paths, labels, size, channels, formats, modes = [], [], None, None, set(), set()
     for label, class_dir in enumerate(class_dirs):
         check_inside_roots(class_dir, allowed_roots)
         for file in sorted(class_dir.iterdir()):
@@ -83,6 +90,7 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(io.BytesIO(raw)) as img:
                     formats.add(img.format)
+                    modes.add(img.mode)
                     if size is None:
                         size = (img.size[1], img.size[0])
                         channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16") else 3
@@ -94,7 +102,7 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     if not paths:
         raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
     return ScannedFolder(paths, np.array(labels, np.int64), [d.name for d in class_dirs], size, channels, frozenset(formats),
-                         digest.hexdigest()[:20])
+                         digest.hexdigest()[:20], frozenset(modes))
 
 
 def _read(file: Path) -> bytes:
@@ -122,10 +130,11 @@ def use_memory(scanned: ScannedFolder, cache: str) -> bool:
     """Hold the decoded pixels in memory (``True``) or stream them; a streamed folder must hold
     only formats the streaming decoder reads."""
     memory = cache == "memory" or (cache == "auto" and scanned.decoded_bytes() <= CACHE_BUDGET_BYTES)
-    unreadable = sorted(scanned.formats - set(STREAM_FORMATS))
-    if not memory and unreadable:
-        raise ConfigError("data_options.cache", f"streaming reads {', '.join(STREAM_FORMATS)} images; this folder also holds "
-                          f"{', '.join(unreadable)}.", "convert those images to PNG, or set cache to 'memory' (if they fit).")
+    if not memory and not scanned.streamable():
+        other = sorted(scanned.formats - set(STREAM_FORMATS)) + (["16- or 32-bit pixels"] if scanned.modes & set(WIDE_MODES) else [])
+        raise ConfigError("data_options.cache", f"streaming reads 8-bit {' and '.join(STREAM_FORMATS)} images; this folder "
+                          f"({scanned.decoded_bytes() / 2**20:.0f} MiB of pixels) also holds {', '.join(other)}.",
+                          "convert those images to 8-bit PNG, or set cache to 'memory' (if they fit).")
     return memory
 
 
@@ -152,17 +161,23 @@ class ImageFiles:
         return len(self.paths)
 
     def subset(self, indices) -> ImageFiles:
-        """The files at ``indices`` (a split of this folder)."""
-        return ImageFiles([self.paths[int(i)] for i in np.asarray(indices).ravel()], self.size, self.channels)
+        """The files at ``indices`` (integer positions, or a boolean mask)."""
+        indices = np.asarray(indices)
+        if indices.dtype == np.bool_:
+            indices = np.flatnonzero(indices)
+        elif indices.size and not np.issubdtype(indices.dtype, np.integer):
+            raise TypeError(f"index image files with integers or a boolean mask, not {indices.dtype}")
+        return ImageFiles([self.paths[int(i)] for i in indices.ravel()], self.size, self.channels)
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             return self[[int(index)]][0]
         picked = ImageFiles(self.paths[index], self.size, self.channels) if isinstance(index, slice) else self.subset(index)
-        if not len(picked):
-            return np.zeros((0, *self.shape[1:]), np.float32)
+        out = np.empty(picked.shape, np.float32)
         with naming_bad_files(picked):
-            return next(iter(picked._pipeline(picked.paths, None).batch(len(picked)))).numpy()
+            for start, batch in zip(range(0, len(picked), DECODE_CHUNK), picked._pipeline(picked.paths, None).batch(DECODE_CHUNK), strict=False):
+                out[start:start + len(batch)] = batch.numpy()
+        return out
 
     def dataset(self, labels=None, *, batch_size: int = 32, shuffle_seed: int | None = None):
         """A ``tf.data`` pipeline of ``(pixels, label)`` batches (pixels alone without labels):
@@ -198,7 +213,7 @@ class ImageFiles:
         for path in self.paths:
             try:
                 tf.io.decode_image(tf.io.read_file(path), channels=self.channels, expand_animations=False)
-            except (tf.errors.OpError, ValueError):
+            except tf.errors.OpError:
                 return path
         return None
 
@@ -229,7 +244,7 @@ def naming_bad_files(*parts):
     except Exception as exc:
         import tensorflow as tf
 
-        if not isinstance(exc, (tf.errors.OpError, ValueError)):
+        if not isinstance(exc, tf.errors.OpError):  # a read or decode failure (not, e.g., a shape error)
             raise
         for part in parts:
             bad = part.first_unreadable() if is_streamed(part) else None

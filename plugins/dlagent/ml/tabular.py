@@ -9,8 +9,8 @@ gaps stay NaN and are filled inside the model, :class:`dlagent.ml.layers.ImputeM
 
 Why outside the model: TFLite's built-in operators carry no string lookup, so the model (Keras
 and TFLite alike) takes the encoded numeric row, and the :class:`TableEncoding` travels with
-it: logged with the training run, inside the logged model (``tflite/encoding.json``) and in the
-serving bundle. :meth:`TableEncoding.encode` is the one function that turns raw rows into model
+it: logged with the training run, beside the logged model's ``MLmodel`` and in the serving
+bundle. :meth:`TableEncoding.encode` is the one function that turns raw rows into model
 inputs, used by the data loader for every split and by every place a raw row is scored
 (:func:`dlagent.ml.serving.load_bundle`), so training and serving cannot drift apart.
 
@@ -72,6 +72,20 @@ class TableEncoding:
                 names.append(column)
         return names + [f"{column}=<missing>" for column in self.indicators]
 
+    def column_groups(self) -> list[tuple[str, list[int]]]:
+        """Each raw column and the encoded columns it fills (a category's one-hot block and its
+        was-missing indicator): what permutation importance shuffles together."""
+        groups, position = [], 0
+        for column in self.columns:
+            size = len(self.vocabularies[column]) + 1 if column in self.vocabularies else 1
+            groups.append((column, list(range(position, position + size))))
+            position += size
+        blocks = dict(groups)  # the same lists: an indicator joins its column's block
+        for column in self.indicators:
+            blocks[column].append(position)
+            position += 1
+        return groups
+
     @property
     def width(self) -> int:
         return len(self.feature_names())
@@ -93,14 +107,14 @@ class TableEncoding:
                     if empty:
                         self._refuse_empty(r, column)
                         value = self.fill.get(column, "")
-                    out[r, position + slots[column].get(str(value).strip(), 0)] = 1.0
+                    out[r, position + slots[column].get(_category(value), 0)] = 1.0
                     position += len(self.vocabularies[column]) + 1
                 else:
-                    if empty:
+                    number = math.nan if empty else _number(value, r, column)
+                    if math.isnan(number):  # an empty cell, or a NaN given as a number: a gap
                         self._refuse_empty(r, column)
-                        out[r, position] = np.nan
-                    else:
-                        out[r, position] = _number(value, r, column)
+                        empty = True
+                    out[r, position] = number
                     position += 1
                 if column in self.indicators:
                     flags.append(1.0 if empty else 0.0)
@@ -140,10 +154,20 @@ class TableEncoding:
 
 def _number(value, r: int, column: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise ConfigError("instances", f"row {r}, column {column!r}: not a number (a numeric column in training).",
                           "give a number.") from None
+    if math.isinf(number):
+        raise ConfigError("instances", f"row {r}, column {column!r}: an infinite value.", "give a finite number.")
+    return number
+
+
+def _category(value) -> str:
+    """A categorical value as the text the CSV held: ``1.0`` sent as a number is ``"1"``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def fit_encoding(columns: list[str], categorical: dict[str, list], impute: bool) -> TableEncoding:
