@@ -158,8 +158,8 @@ def test_a_regressor_is_pruned_quantized_and_evaluated_with_a_residual_plot(regr
     assert {"residuals.png", "regression_report.json", "permutation_importance.json"} <= {p.name for p in report.artifacts}
     assert report.metrics["test_rmse"] == pytest.approx(candidate.metrics["test_rmse"])
     importance = __import__("json").loads((tmp_path / "permutation_importance.json").read_text())
-    # make_friedman1: features 0-4 carry the signal, 5-9 are noise
-    assert {row["feature"] for row in importance[:3]} <= {0, 1, 3} and importance[0]["unit"] == "rmse points"
+    # make_friedman1: features 0-4 carry the signal, 5-9 are noise; a table's features are named by its columns
+    assert {row["feature"] for row in importance[:3]} <= {"x0", "x1", "x3"} and importance[0]["unit"] == "rmse points"
 
 
 def test_the_gate_decides_on_rmse_lower_is_better():
