@@ -38,7 +38,6 @@ STREAM_FORMATS = ("PNG", "JPEG")  # what tf.io.decode_image reads in every mode 
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16- and 32-bit pixels: read by Pillow only
 DECODE_CHUNK = 256  # files decoded at once when many are indexed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-PARALLEL_READS = 16  # files decoded at once when a few are indexed (x[i:j])
 
 
 @dataclass(frozen=True)

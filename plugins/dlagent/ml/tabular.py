@@ -28,7 +28,6 @@ import numpy as np
 
 from dlagent.errors import ConfigError
 
-ENCODING_FILE = "encoding.json"  # in a training run's artifacts, a logged model's tflite/ folder and a serving bundle
 OOV = "<other>"  # the name of a categorical column's out-of-vocabulary slot
 MAX_VOCABULARY = 1000  # values per categorical column; rarer ones share the out-of-vocabulary slot
 
