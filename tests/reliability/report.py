@@ -28,6 +28,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SUITE = "tests/reliability"
 LOST_EXIT = 3
+NOTHING_TRIED_EXIT = 4
 # What "ok" means per kind, for the table's headings.
 OK_WORD = {"fault": "survived", "bad_input": "refused", "concurrency": "survived", "security": "passed"}
 
@@ -80,7 +81,17 @@ def summarize(records: list[dict]) -> dict:
         "concurrency_tried": len(by_kind["concurrency"]),
         "security_passed": ok["security"],
         "security_tried": len(by_kind["security"]),
+        "checks_failed": sum(1 for r in records if not r["ok"]),
     }
+
+
+def exit_code(result: dict, records: list[dict]) -> int:
+    """pytest's failure first; then nothing tried; then a lost item or a check that did not survive."""
+    if result["pytest_exit_code"] != 0:
+        return result["pytest_exit_code"]
+    if not records:
+        return NOTHING_TRIED_EXIT
+    return LOST_EXIT if result["items_lost"] or result["checks_failed"] else 0
 
 
 def format_table(records: list[dict]) -> str:
@@ -112,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         print("[reliability] " + " ".join(command), flush=True)
         completed = subprocess.run(command, cwd=PROJECT_DIR, env={**os.environ, RECORD_ENV: str(record_file)})
         records = latest(read_records(record_file))
-    print(format_table(records) if records else "\nreliability suite: no check recorded anything")
+    print(format_table(records) if records else
+          "\nreliability suite: NOTHING WAS TRIED: no check ran and recorded a result (all skipped or deselected?); "
+          "a run of zero checks is an error, not a pass")
     result = {**summarize(records), "pytest_exit_code": completed.returncode}
     print("RESULT " + json.dumps(result), flush=True)
-    if completed.returncode != 0:
-        return completed.returncode
-    return LOST_EXIT if result["items_lost"] else 0
+    return exit_code(result, records)
 
 
 if __name__ == "__main__":
