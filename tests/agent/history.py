@@ -89,18 +89,19 @@ def build_history(client, *, with_champion: bool = True, experiment_name: str = 
                                 metrics={"epochs_run": 5.0, "best_val_accuracy": 0.89}, seconds=30)
     log_curve(client, ids["train_run_id"], TRAIN_CURVE)
     ids["evaluate_run_id"] = child(client, experiment_id, parent, "evaluate", "evaluate", t0 + 60_000,
-                                   tags={"dlagent.gate.blessed": "true"}, metrics={"test_accuracy": 0.95, "test_loss": 0.2}, seconds=2)
+                                   tags={"dlagent.gate.blessed": "true"}, metrics={"val_accuracy": 0.95, "test_accuracy": 0.95, "test_loss": 0.2}, seconds=2)
     for j, (name, sparsity, quantization, accuracy, size, latency) in enumerate(CANDIDATES):
         child(client, experiment_id, parent, "compress", f"compress[{j}]", t0 + 70_000 + j,
               tags={"dlagent.candidate": name}, params={"sparsity": sparsity, "quantization": quantization},
-              metrics={"accuracy": accuracy, "size_bytes": float(size), "latency_ms_p95": latency}, seconds=5)
+              metrics={"val_accuracy": accuracy, "size_bytes": float(size), "latency_ms_p95": latency}, seconds=5)
     if with_champion:
         old = client.create_run(experiment_id, run_name="old champion", start_time=t0 - 10**7).info.run_id
         client.log_metric(old, "test_accuracy", 0.92)
+        client.log_metric(old, "val_accuracy", 0.92)
         client.set_terminated(old)
         client.create_registered_model(CHAMPION)
         version = client.create_model_version(CHAMPION, source="/nonexistent/model", run_id=old,
-                                              tags={"dlagent.metric.test_accuracy": "0.92"})
+                                              tags={"dlagent.metric.test_accuracy": "0.92", "dlagent.metric.val_accuracy": "0.92"})
         client.set_registered_model_alias(CHAMPION, "champion", version.version)
     time.sleep(0)  # nothing asynchronous: the store holds everything now
     return ids

@@ -46,7 +46,7 @@ def test_observe_reads_the_history(history):
     assert train_curve["still_improving"] and not train_curve["diverged"]
     assert obs.reference_score == 0.95 and obs.gate["blessed"] is True
     assert sorted(c["name"] for c in obs.candidates) == ["float32", "int8", "pruned80+int8"]
-    assert obs.champion == {"name": CHAMPION, "version": "1", "run_id": obs.champion["run_id"], "metrics": {"test_accuracy": 0.92}}
+    assert obs.champion == {"name": CHAMPION, "version": "1", "run_id": obs.champion["run_id"], "metrics": {"test_accuracy": 0.92, "val_accuracy": 0.92}}
     assert obs.compute == {"runs": 11, "finished_runs": 10, "run_seconds": 107.0, "epochs": 53, "trials": 6}
     assert Observation.from_dict(json.loads(obs.to_json())) == obs  # JSON round trip
 
@@ -158,10 +158,10 @@ def test_the_action_judges_the_candidate_the_gate_judged(history):
     even when another (unshipped) candidate would have beaten the champion."""
     client, ids = history
     obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
-    gate = {**obs.gate, "metrics": {**obs.gate["metrics"], "shipped_test_accuracy": 0.91}}  # champion: 0.92
+    gate = {**obs.gate, "metrics": {**obs.gate["metrics"], "shipped_val_accuracy": 0.91}}  # champion: 0.92
     plan = RulesPolicy().decide(dataclasses.replace(obs, gate=gate))
     assert plan["action"] != "deploy"
-    assert any("the gated candidate accuracy 0.9100" in r["because"] for r in plan["reasons"] if r["decision"].startswith("action="))
+    assert any("the gated candidate val_accuracy 0.9100" in r["because"] for r in plan["reasons"] if r["decision"].startswith("action="))
 
 
 def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_round(history):

@@ -12,7 +12,7 @@ from dlagent.ml.gate import GateThresholds, decide
 from dlagent.operators.evaluate import pick_candidate
 
 REFERENCE = 0.95
-CANDIDATES = {  # name: (test accuracy, gzip size)
+CANDIDATES = {  # name: (accuracy, on validation and test alike here; gzip size)
     "dynamic": (0.950, 1000),
     "int8": (0.946, 700),  # 0.4 points lost, smaller: within a 1-point budget
     "pruned80+int8": (0.930, 300),  # 2 points lost: the smallest, but outside the budget
@@ -21,7 +21,7 @@ CANDIDATES = {  # name: (test accuracy, gzip size)
 
 def _evaluate_results() -> list[dict]:
     """What the compress tasks return (and the evaluate step reads)."""
-    return [{"candidate": name, "model_uri": f"models:/m-{name}", "metrics": {"test_accuracy": acc, "gzip_size_bytes": size,
+    return [{"candidate": name, "model_uri": f"models:/m-{name}", "metrics": {"val_accuracy": acc, "test_accuracy": acc, "gzip_size_bytes": size,
                                                                           "size_bytes": size * 2, "latency_ms_p95": 0.1}}
             for name, (acc, size) in CANDIDATES.items()]
 
@@ -29,9 +29,9 @@ def _evaluate_results() -> list[dict]:
 def _observation() -> Observation:
     """What the agent reads back from MLflow after the same run."""
     return Observation(experiment_id="1", parent_run_id="p", resources={"cpus_free": 1, "cpu_count": 1},
-                       evaluations=[{"run_id": "e", "metrics": {"test_accuracy": REFERENCE}}],
+                       evaluations=[{"run_id": "e", "metrics": {"val_accuracy": REFERENCE, "test_accuracy": REFERENCE}}],
                        candidates=[{"run_id": name, "name": name, "config": {"quantization": "int8"},
-                                    "metrics": {"accuracy": acc, "test_accuracy": acc, "gzip_size_bytes": size}}
+                                    "metrics": {"val_accuracy": acc, "test_accuracy": acc, "gzip_size_bytes": size}}
                                    for name, (acc, size) in CANDIDATES.items()])
 
 
@@ -44,8 +44,19 @@ def test_the_evaluate_step_and_the_rules_policy_pick_the_same_candidate(budget, 
     # ... and the gate's limit check says the same of every candidate
     for result in _evaluate_results():
         gate = decide(result["metrics"], {"test_accuracy": REFERENCE}, None, limits)
-        within = selection.within_limits(result["metrics"], REFERENCE, limits)
+        within = selection.within_limits(result["metrics"], REFERENCE, limits, split="test")
         assert gate["blessed"] is within, (result["candidate"], gate["reasons"])
+
+
+def test_candidates_are_chosen_on_the_validation_split_never_on_the_test_split():
+    """Test scores that would pick another candidate change nothing: the choice reads val_<metric>."""
+    limits = GateThresholds(max_metric_drop_points=1.0)
+    flipped = [{**r, "metrics": {**r["metrics"], "test_accuracy": 1.0 - r["metrics"]["test_accuracy"]}} for r in _evaluate_results()]
+    assert pick_candidate(flipped, REFERENCE, limits)["candidate"] == pick_candidate(_evaluate_results(), REFERENCE, limits)["candidate"]
+    without_val = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if k != "val_accuracy"}} for r in _evaluate_results()]
+    assert selection.select_candidate(without_val, REFERENCE, limits) == (None, [])  # a test score alone qualifies nothing
+    with pytest.raises(ValueError):
+        selection.metric_of({}, split="train")
 
 
 def test_when_none_is_within_the_limits_the_step_judges_the_most_accurate_and_the_policy_plans_none():
@@ -53,7 +64,7 @@ def test_when_none_is_within_the_limits_the_step_judges_the_most_accurate_and_th
     assert selection.select_candidate(_evaluate_results(), REFERENCE, limits) == (None, [])
     assert pick_candidate(_evaluate_results(), REFERENCE, limits)["candidate"] == "dynamic"  # the gate then says why not
     plan = RulesPolicy(accuracy_budget_points=0.0).decide({**_observation().to_dict(), "candidates": [
-        {"run_id": "x", "name": "lossy", "config": {}, "metrics": {"accuracy": 0.5, "gzip_size_bytes": 1}}]})
+        {"run_id": "x", "name": "lossy", "config": {}, "metrics": {"val_accuracy": 0.5, "gzip_size_bytes": 1}}]})
     assert plan["compress"] == []
 
 

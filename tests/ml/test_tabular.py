@@ -108,12 +108,12 @@ def test_a_renamed_category_changes_the_digest(tmp_path):
 def test_a_model_of_another_vocabulary_gets_the_raw_test_rows_encoded_its_own_way(tmp_path):
     splits = load_dataset(_write_table(tmp_path / "t.csv"), seed=0)
     other = TableEncoding(["colour", "area", "ratio"], {"colour": ["red", "teal"]})
-    inputs = splits.test_inputs_for(other.to_json())
+    inputs = splits.inputs_for(other.to_json())
     assert inputs.shape == (len(splits.y_test), 5)
     np.testing.assert_array_equal(inputs, other.encode(splits.raw_x_test))
-    assert splits.test_inputs_for(splits.encoding.to_json()) is splits.x_test
+    assert splits.inputs_for(splits.encoding.to_json()) is splits.x_test
     with pytest.raises(ConfigError, match="encoding"):
-        splits.test_inputs_for(None)
+        splits.inputs_for(None)
 
 
 def test_a_served_raw_row_gives_the_keras_models_prediction(tmp_path):
@@ -145,7 +145,7 @@ def test_a_table_of_numbers_gets_an_encoding_that_names_its_columns(tmp_path):
     splits = load_dataset(f"csv:{path}", seed=0)
     assert splits.encoding.columns == ["a", "b"] and splits.encoding.vocabularies == {}
     np.testing.assert_array_equal(splits.encoding.encode([{"b": 1.5, "a": 3}]), [[3.0, 1.5]])
-    assert splits.test_inputs_for(None) is splits.x_test  # a model logged before encodings: the same columns
+    assert splits.inputs_for(None) is splits.x_test  # a model logged before encodings: the same columns
 
 
 def test_repeated_column_names_are_refused_without_quoting_the_header(tmp_path):

@@ -28,7 +28,7 @@ DAG_ID = "dl_agent_pipeline"
 T0 = 1_700_000_000_000
 
 
-def pipeline_history(client, experiment_id: str, run_id: str, *, dag_id: str = DAG_ID, test_accuracy: float = 0.95) -> str:
+def pipeline_history(client, experiment_id: str, run_id: str, *, dag_id: str = DAG_ID, val_accuracy: float = 0.95) -> str:
     """One finished pipeline run as the operators would leave it; returns its parent run id.
 
     The parent carries the key AgentOperator looks for (dag id + run id), six trials (the
@@ -54,21 +54,21 @@ def pipeline_history(client, experiment_id: str, run_id: str, *, dag_id: str = D
                   metrics={"epochs_run": 5.0, "best_val_accuracy": 0.89}, seconds=30)
     log_curve(client, train, TRAIN_CURVE)
     child(client, experiment_id, parent, "evaluate", "evaluate", T0 + 60_000, tags={"dlagent.gate.blessed": "true"},
-          metrics={"test_accuracy": test_accuracy, "test_loss": 0.2}, seconds=2)
+          metrics={"val_accuracy": val_accuracy, "test_accuracy": 0.5, "test_loss": 0.2}, seconds=2)  # test: never read
     for j, (name, sparsity, quantization, accuracy, size, latency) in enumerate(CANDIDATES):
         child(client, experiment_id, parent, "compress", f"compress[{j}]", T0 + 70_000 + j, tags={"dlagent.candidate": name},
               params={"sparsity": sparsity, "quantization": quantization},
-              metrics={"accuracy": accuracy, "size_bytes": float(size), "latency_ms_p95": latency}, seconds=5)
+              metrics={"val_accuracy": accuracy, "size_bytes": float(size), "latency_ms_p95": latency}, seconds=5)
     return parent
 
 
 def register_champion(client, experiment_id: str, accuracy: float = 0.92) -> None:
     old = client.create_run(experiment_id, run_name="old champion", start_time=T0 - 10**7).info.run_id
-    client.log_metric(old, "test_accuracy", accuracy)
+    client.log_metric(old, "val_accuracy", accuracy)
     client.set_terminated(old)
     client.create_registered_model(CHAMPION)
     version = client.create_model_version(CHAMPION, source="/nonexistent/model", run_id=old,
-                                          tags={"dlagent.metric.test_accuracy": str(accuracy)})
+                                          tags={"dlagent.metric.val_accuracy": str(accuracy)})
     client.set_registered_model_alias(CHAMPION, "champion", version.version)
 
 

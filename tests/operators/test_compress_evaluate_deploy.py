@@ -178,7 +178,8 @@ def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_st
         run_id = f"regression_{injected}"
         run = client.create_run(client.get_experiment_by_name("exp").experiment_id)
         model_uri = log_keras_model(_client(uri), run.info.run_id, model, splits.x_test[:2], labels=splits.class_names, tflite_bytes=content)
-        metrics = {"test_accuracy": accuracy, "size_bytes": len(content), "gzip_size_bytes": len(content), "latency_ms_p95": 0.01}
+        metrics = {"val_accuracy": TFLiteModel(content).accuracy(splits.x_val, splits.y_val), "test_accuracy": accuracy,
+                   "size_bytes": len(content), "gzip_size_bytes": len(content), "latency_ms_p95": 0.01}
         evaluation = _evaluate(model_uri, [{"candidate": "float32", "model_uri": model_uri, "run_id": run.info.run_id,
                                             "metrics": metrics}], run_id, explain=False)
         assert evaluation["blessed"] is False and "worse than the champion" in " ".join(evaluation["reasons"])
@@ -219,6 +220,18 @@ def test_bad_input_is_refused_and_the_registry_is_untouched(pipeline_store, monk
                              **DATA).execute(make_context("compress", run_id="bad_run"))
     assert field in str(error.value)
     assert sorted(v.version for v in _versions(uri)) == before and get_champion(_client(uri), NAME)["version"] == "1"
+
+
+def test_a_candidate_measured_only_on_the_test_split_is_refused(pipeline_store, monkeypatch):
+    """Candidates are chosen on validation scores: a result without val_accuracy cannot be judged."""
+    from dlagent.ml.registry import get_champion
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", pipeline_store["uri"])
+    test_only = [{**c, "metrics": {k: v for k, v in c["metrics"].items() if not k.startswith("val_")}}
+                 for c in pipeline_store["candidates"]]
+    with pytest.raises(AirflowFailException, match=r"candidates\[0\]\.metrics: has no val_accuracy"):
+        _evaluate(pipeline_store["trained"]["model_uri"], test_only, "test_only_run")
+    assert get_champion(_client(pipeline_store["uri"]), NAME)["version"] == "1"
 
 
 def test_rollback_by_cli_and_operator(pipeline_store, monkeypatch):

@@ -102,8 +102,9 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
 
     For policies that learn (those with ``reward_from_observation``, e.g. ``learning``):
     ``R = a * gain - b * seconds - c * compute`` with ``gain`` the run's best evaluated primary
-    metric (:attr:`Observation.reference_score`, ``test_<metric>``) over ``baseline``, the
-    champion's before the run (no champion: no gain), in the metric's points over 100 (a
+    metric on the validation split (:attr:`Observation.reference_score`, ``val_<metric>``) over
+    ``baseline``, the champion's on the same split (:attr:`Observation.champion_score`; no
+    champion: no gain), in the metric's points over 100 (a
     fraction of accuracy; for rmse a fraction of the champion's), ``seconds`` and
     ``compute`` the run's ``compute.run_seconds`` and ``compute.epochs``. ``planned`` is the
     plan made for this run (its ``policy.arm`` and ``policy.context`` say what to credit);
@@ -113,7 +114,6 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
     when nothing can be credited, ``because`` says why (never a made-up reward).
     """
     from dlagent.agent.observe import Observation
-    from dlagent.ml.selection import metric_of
 
     obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
     metric = obs.primary
@@ -130,15 +130,15 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
                           f"{policy.name!r}: nothing to credit")
         return out
     if out["value"] is None:
-        out["because"] = f"no evaluated {metric.test_key} in this run: nothing to reward"
+        out["because"] = f"no evaluated {metric.val_key} in this run: nothing to reward"
         return out
-    baseline = metric_of((obs.champion or {}).get("metrics") or {}, metric)
+    baseline = obs.champion_score
     out["baseline"] = baseline
     reward = policy.reward_from_observation(obs, out["value"], baseline)
     out["reward"] = reward
     out["recorded"] = bool(policy.update(reward, plan=planned, key=key))
-    gain = f"{metric.test_key} {out['value']:.4f} vs champion {baseline:.4f}" if baseline is not None else \
-        f"{metric.test_key} {out['value']:.4f}, no champion (no gain counted)"
+    gain = f"{metric.val_key} {out['value']:.4f} vs champion {baseline:.4f}" if baseline is not None else \
+        f"{metric.val_key} {out['value']:.4f}, no champion measured on validation (no gain counted)"
     cost = f"{obs.compute.get('run_seconds') or 0:g} s, {obs.compute.get('epochs') or 0:g} epochs"
     out["because"] = (f"{gain}; {cost}; arm {section['arm']} in context {section.get('context')!r}"
                       + ("" if out["recorded"] else f"; already rewarded under key {key!r}, not counted twice"))

@@ -22,11 +22,17 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
 * **training curves** (``dlagent.step = train``, and the best trial): the metric histories
   ``loss``, ``val_loss``, ``accuracy``, ``val_accuracy``, ``learning_rate``, summarised by
   :func:`analyze_curve` (best epoch, train/validation gap, plateau, divergence...).
-* **evaluations** (``dlagent.step = evaluate``): their metrics (``test_<metric>``...); the
-  primary metric is the ``metric`` param the runs logged (accuracy when none did).
-* **compression candidates** (``dlagent.step = compress``): metrics ``test_<metric>`` (the
-  primary one is read), ``size_bytes``, ``latency_ms_p95``; config from the params that are
-  compression settings (``sparsity``, ``quantization``, ...).
+* **evaluations** (``dlagent.step = evaluate``): their metrics (``val_<metric>``,
+  ``test_<metric>``...); the primary metric is the ``metric`` param the runs logged (accuracy
+  when none did).
+* **compression candidates** (``dlagent.step = compress``): metrics ``val_<metric>`` (the
+  primary one is read), ``test_<metric>``, ``size_bytes``, ``latency_ms_p95``; config from the
+  params that are compression settings (``sparsity``, ``quantization``, ...).
+
+Every score a policy decides or is rewarded on is a **validation** score (the views below:
+:attr:`Observation.reference_score`, :attr:`Observation.champion_score`, the candidates'
+``val_<metric>``); test scores are observed for the record only, so the test split a run
+reports on never steers it (``tests/agent/test_no_selection_on_test.py``).
 * **gate**: the most recent run with a ``dlagent.gate.blessed`` tag (``true``/``false``).
 * **champion**: the version under alias ``champion`` of ``champion_name`` (absent model or
   alias: ``None``); metrics from its ``dlagent.metric.*`` tags, then its run's metrics.
@@ -127,9 +133,24 @@ class Observation:
 
     @property
     def reference_score(self) -> float | None:
-        """Best held-out primary metric (``test_<metric>``) of an uncompressed model (evaluation runs)."""
-        key = self.primary.test_key
+        """Best validation primary metric (``val_<metric>``) of an uncompressed model (evaluation runs)."""
+        key = self.primary.val_key
         return self.primary.best(e["metrics"].get(key) for e in self.evaluations)
+
+    @property
+    def champion_score(self) -> float | None:
+        """The champion's validation primary metric: measured on this run's validation split by the
+        evaluate step (``champion_val_<metric>``), else the one stored with its version (its own
+        run's validation split), else ``None`` (no champion, or one registered before validation
+        scores were stored)."""
+        from dlagent.ml.selection import metric_of
+
+        if self.champion is None:
+            return None
+        measured = (self.gate or {}).get("metrics", {}).get(f"champion_{self.primary.val_key}")
+        if finite(measured):
+            return float(measured)
+        return metric_of(self.champion.get("metrics") or {}, self.primary)
 
 
 # --------------------------------------------------------------------------- observe
@@ -336,8 +357,6 @@ def _candidate(run) -> dict:
         if key in declared:
             config[key] = _typed(text, declared[key])
     metrics = _metrics(run)
-    if "accuracy" not in metrics and "test_accuracy" in metrics:
-        metrics["accuracy"] = metrics["test_accuracy"]
     return {"run_id": run.info.run_id, "name": run.data.tags.get(names.CANDIDATE_TAG) or run.info.run_name or run.info.run_id,
             "config": config, "metrics": metrics}
 

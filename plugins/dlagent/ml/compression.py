@@ -358,8 +358,10 @@ def compress(model, splits: DatasetSplits, config: CompressionConfig, *, measure
              num_threads: int | None = 1) -> Candidate:
     """Distil (optional), prune (optional) and quantize ``model``; measure the result.
 
-    The input model is never modified. Measurements (``measure=True``) are taken on the test
-    split through the TFLite interpreter: the task's ``test_<metric>`` (:mod:`dlagent.ml.metrics`),
+    The input model is never modified. Measurements (``measure=True``) are taken through the
+    TFLite interpreter: the primary ``val_<metric>`` on the validation split (what the evaluate
+    step and the agent choose among candidates with) and the task's ``test_<metric>`` on the test
+    split (what is reported) (:mod:`dlagent.ml.metrics`),
     ``size_bytes``, ``gzip_size_bytes``, ``latency_ms_p50``/``latency_ms_p95`` (one sample per
     call), ``throughput_samples_per_s`` (batches), plus ``sparsity`` measured on the Keras
     weights, ``num_params`` and ``keras_test_<metric>`` (the primary metric before quantization).
@@ -397,6 +399,7 @@ def measure_candidate(candidate: Candidate, splits: DatasetSplits, *, latency_ru
     metrics = {
         "size_bytes": len(candidate.tflite_bytes),
         "gzip_size_bytes": gzip_size(candidate.tflite_bytes),
+        splits.primary.val_key: splits.primary.score(splits.y_val, runner.predict(splits.x_val)),
         **report_scores(splits.task, splits.y_test, runner.predict(splits.x_test), splits.primary),
         f"keras_{splits.primary.test_key}": keras_score(candidate.keras_model, splits),
         "sparsity": measure_sparsity(candidate.keras_model),

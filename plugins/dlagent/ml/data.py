@@ -70,18 +70,22 @@ class DatasetSplits:
     metric: str = "accuracy"  # the primary metric's name
     encoding: object = None  # a table's categorical columns (dlagent.ml.tabular.TableEncoding); x_* are encoded
     raw_x_test: list | None = None  # the test split's raw rows when there is an encoding (for a model of another encoding)
+    raw_x_val: list | None = None  # the same for the validation split
 
-    def test_inputs_for(self, encoding_doc: dict | None) -> np.ndarray:
-        """The test split encoded for a model whose encoding is ``encoding_doc`` (its ``encoding.json``;
-        ``None``: a model without one). A model of another vocabulary gets the raw test rows
-        encoded its own way; raises :class:`ConfigError` when the columns do not fit."""
+    def inputs_for(self, encoding_doc: dict | None, split: str = "test") -> np.ndarray:
+        """The ``split`` (``"test"`` or ``"val"``) encoded for a model whose encoding is ``encoding_doc``
+        (its ``encoding.json``; ``None``: a model without one). A model of another vocabulary gets
+        the raw rows encoded its own way; raises :class:`ConfigError` when the columns do not fit."""
         from dlagent.ml.tabular import TableEncoding
 
+        if split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+        x, raw = (self.x_test, self.raw_x_test) if split == "test" else (self.x_val, self.raw_x_val)
         mine = self.encoding.to_json() if self.encoding is not None else None
         numbers_only = self.encoding is None or not self.encoding.vocabularies
         if encoding_doc == mine or (encoding_doc is None and numbers_only):  # (a model logged before encodings were)
-            return self.x_test
-        raw = self.raw_x_test if self.raw_x_test is not None else (self.x_test.tolist() if numbers_only and self.encoding else None)
+            return x
+        raw = raw if raw is not None else (x.tolist() if numbers_only and self.encoding else None)
         if encoding_doc is None or raw is None:
             raise ConfigError("encoding", "the model's categorical encoding does not match this data set's columns.",
                               "compare models trained on the same columns.")
@@ -639,7 +643,7 @@ def load_dataset(
             x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=None if task == REGRESSION else y, random_state=seed)
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
-    encoding, raw_test = None, None
+    encoding, raw = None, (None, None)
     if columns is not None and not columns.categories:  # numbers only: the encoding names the columns for serving
         from dlagent.ml.tabular import fit_encoding
 
@@ -647,10 +651,10 @@ def load_dataset(
     if streamed is not None:  # the split was made on file indices: each part becomes its files
         parts = tuple(streamed.subset(part[:, 0]) if i % 2 == 0 else part for i, part in enumerate(parts))
     if columns is not None and columns.categories:
-        parts, encoding, raw_test = _encode_categorical(parts, columns, impute=missing == "impute")
+        parts, encoding, raw = _encode_categorical(parts, columns, impute=missing == "impute")
     return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest,
                          impute=missing == "impute" and x.ndim == 2 and streamed is None, task=task, metric=primary.name,
-                         encoding=encoding, raw_x_test=raw_test)
+                         encoding=encoding, raw_x_val=raw[0], raw_x_test=raw[1])
 
 
 def _load_images(uri: str, allowed_roots, cache: str):
@@ -670,11 +674,12 @@ def _load_images(uri: str, allowed_roots, cache: str):
 def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):
     """One-hot the categorical columns with a vocabulary learned from the training split only
     (:mod:`dlagent.ml.tabular`); every split goes through the same :meth:`TableEncoding.encode`
-    a server uses on raw rows. Returns the encoded parts, the encoding and the test split's raw rows."""
+    a server uses on raw rows. Returns the encoded parts, the encoding and the validation and
+    test splits' raw rows."""
     from dlagent.ml.tabular import fit_encoding
 
     x_train, y_train, x_val, y_val, x_test, y_test = parts
     encoding = fit_encoding(columns.names, columns.categorical_values(x_train), impute)
-    raw_test = columns.raw_rows(x_test)
-    encoded = [encoding.encode(columns.raw_rows(x_train)), encoding.encode(columns.raw_rows(x_val)), encoding.encode(raw_test)]
-    return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, raw_test
+    raw_val, raw_test = columns.raw_rows(x_val), columns.raw_rows(x_test)
+    encoded = [encoding.encode(columns.raw_rows(x_train)), encoding.encode(raw_val), encoding.encode(raw_test)]
+    return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, (raw_val, raw_test)

@@ -7,7 +7,13 @@ default) lost against the uncompressed model is at most ``max_metric_drop_points
 set, ``metric_threshold``, ``max_size_bytes`` and ``max_latency_ms_p95`` hold. Points are the
 metric's own (:meth:`~dlagent.ml.metrics.Metric.gain_points`: 0.01 of accuracy, 1 % of an
 RMSE). Among the candidates within the limits the smallest (gzip size when measured: pruning
-shrinks only a compressed file) wins, then the better scoring, then the name. :data:`DEFAULT_CANDIDATES` and :func:`validate_candidates` are the one candidate list and
+shrinks only a compressed file) wins, then the better scoring, then the name.
+
+Choosing reads the **validation** split (``val_<metric>``: :data:`SELECT_ON`), never the test
+split: a choice made on the test split makes the shipped model's reported test score
+optimistic. The test split is read by the final report and by the gate (:mod:`dlagent.ml.gate`
+applies the same :func:`limit_checks` to the test scores), as TFX's Evaluator judges on its
+evaluation split. :data:`DEFAULT_CANDIDATES` and :func:`validate_candidates` are the one candidate list and
 the one candidate-list check.
 
 ``limits`` is anything with the four attributes above, e.g. a
@@ -33,6 +39,8 @@ DEFAULT_CANDIDATES = (
 )
 MAX_CANDIDATES = 32
 EPS = 1e-9
+SELECT_ON = "val"  # the split every choice reads (see the module docstring)
+SPLITS = ("val", "test")
 
 
 def default_candidates() -> list[dict]:
@@ -66,9 +74,11 @@ def validate_candidates(candidates, field: str = "compression_candidates", *, al
     return out
 
 
-def metric_of(metrics: dict, metric: Metric = ACCURACY) -> float | None:
-    """The primary metric's measured value in ``metrics`` (``test_<metric>``, or plain ``<metric>``)."""
-    value = metrics.get(metric.test_key, metrics.get(metric.name))
+def metric_of(metrics: dict, metric: Metric = ACCURACY, split: str = SELECT_ON) -> float | None:
+    """The primary metric's value on ``split`` in ``metrics`` (``val_<metric>`` or ``test_<metric>``), or ``None``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    value = metrics.get(metric.val_key if split == "val" else metric.test_key)
     return float(value) if finite(value) else None
 
 
@@ -114,9 +124,10 @@ def limit_checks(value: float, size: float | None, latency: float | None, refere
     return checks
 
 
-def within_limits(metrics: dict, reference: float | None, limits, metric: Metric = ACCURACY) -> bool:
-    """Whether a candidate's measured ``metrics`` meet every limit."""
-    value = metric_of(metrics, metric)
+def within_limits(metrics: dict, reference: float | None, limits, metric: Metric = ACCURACY, split: str = SELECT_ON) -> bool:
+    """Whether a candidate's measured ``metrics`` on ``split`` meet every limit (``reference``: the
+    uncompressed model's score on the same split)."""
+    value = metric_of(metrics, metric, split)
     if value is None:
         return False
     size = metrics.get("size_bytes") if finite(metrics.get("size_bytes")) else None
@@ -130,7 +141,8 @@ def name_of(candidate: dict) -> str:
 
 def select_candidate(candidates: list[dict], reference: float | None, limits, metric: Metric = ACCURACY) -> tuple[dict | None, list[dict]]:
     """``(chosen, qualified)``: the smallest candidate within the limits (``None`` when none is),
-    and every candidate that is. Each candidate is a dict with ``metrics`` and a ``name`` (or
+    and every candidate that is, judged on the validation split (``reference``: the uncompressed
+    model's ``val_<metric>``). Each candidate is a dict with ``metrics`` and a ``name`` (or
     ``candidate``)."""
     measured = [c for c in candidates if metric_of(c["metrics"], metric) is not None]
     qualified = [c for c in measured if within_limits(c["metrics"], reference, limits, metric)]
@@ -141,7 +153,7 @@ def select_candidate(candidates: list[dict], reference: float | None, limits, me
 
 
 def best_scoring(candidates: list[dict], metric: Metric = ACCURACY) -> dict:
-    """The candidate with the best primary metric (then the smallest): what is judged when none is within the limits."""
+    """The candidate with the best primary validation metric (then the smallest): what is judged when none is within the limits."""
     def key(c):
         value = metric_of(c["metrics"], metric)
         return (-math.inf if value is None else metric.sort_key(value), -size_of(c["metrics"]))

@@ -103,8 +103,9 @@ class CompressOperator(DlagentOperator):
                                         tflite_bytes=candidate.tflite_bytes, encoding=splits.encoding)
             client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
         m = candidate.metrics
-        self.log.info("%s: %d bytes (gzip %d), test %s %.4f, latency p50 %.3f ms, sparsity %.2f; logged as %s",
-                      candidate.name, m["size_bytes"], m["gzip_size_bytes"], splits.metric, m[splits.primary.test_key],
+        self.log.info("%s: %d bytes (gzip %d), validation %s %.4f (chosen on), test %.4f, latency p50 %.3f ms, sparsity %.2f; "
+                      "logged as %s", candidate.name, m["size_bytes"], m["gzip_size_bytes"], splits.metric,
+                      m[splits.primary.val_key], m[splits.primary.test_key],
                       m["latency_ms_p50"], m["sparsity"], model_uri)
         return {"run_id": run_id, "candidate": candidate.name, "model_uri": model_uri, "config": config.to_dict(),
                 "metrics": {k: v for k, v in m.items() if isinstance(v, (int, float))}}

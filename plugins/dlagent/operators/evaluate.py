@@ -1,9 +1,13 @@
-"""EvaluateOperator: measure the trained model, its compressed candidates and the champion on one
-held-out split, pick the candidate to ship, and gate it.
+"""EvaluateOperator: measure the trained model, its compressed candidates and the champion on the
+held-out splits, pick the candidate to ship, and gate it.
 
-Everything is measured in this task, on the same test split (same data set, options and
-seed as training): the uncompressed Keras model (the reference), the chosen TFLite candidate
-and the current champion (its TFLite file from the registry, alias ``champion``). The gate
+The candidate is picked on the **validation** split (each candidate's ``val_<metric>`` against
+the uncompressed model's, :mod:`dlagent.ml.selection`), never on the test split, so the test
+score reported for what ships is not optimistic. Then everything is measured in this task on
+the same test split (same data set, options and seed as training): the uncompressed Keras
+model (the reference), the chosen TFLite candidate and the current champion (its TFLite file
+from the registry, alias ``champion``). The champion is measured on the validation split too
+(``champion_val_<metric>``: what the agent compares with). The gate
 (:func:`dlagent.ml.gate.decide`) then says ``blessed: true/false`` with its reasons, which go
 to MLflow (tags, ``gate/decision.json``) and to the task log.
 """
@@ -26,9 +30,10 @@ SUMMARY_METRICS = (  # besides every test_<metric> (dlagent.ml.metrics)
 
 
 def pick_candidate(candidates: list[dict], reference: float, thresholds, metric=None) -> dict:
-    """The most compressed candidate within the gate's limits (:func:`dlagent.ml.selection.select_candidate`,
-    the rule the gate and the agent use too); when none qualifies, the best scoring one on the
-    primary ``metric``, and the gate says why it fails."""
+    """The most compressed candidate within the gate's limits on the validation split
+    (:func:`dlagent.ml.selection.select_candidate`, the rule the gate and the agent use too;
+    ``reference``: the uncompressed model's ``val_<metric>``); when none qualifies, the best
+    scoring one on the primary ``metric``, and the gate says why it fails."""
     from dlagent.ml.selection import ACCURACY, best_scoring, select_candidate
 
     metric = metric or ACCURACY
@@ -37,7 +42,7 @@ def pick_candidate(candidates: list[dict], reference: float, thresholds, metric=
 
 
 def _summary(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if (k in SUMMARY_METRICS or k.startswith("test_"))
+    return {k: v for k, v in metrics.items() if (k in SUMMARY_METRICS or k.startswith(("test_", "val_")))
             and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
@@ -103,14 +108,20 @@ class EvaluateOperator(DlagentOperator):
         from dlagent import settings
         from dlagent.ml import tracking
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluation
+        from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, keras_predict, log_evaluation
         from dlagent.ml.gate import decide
         from dlagent.ml.lineage import EVALUATION, log_dataset_input
         from dlagent.ml.model_store import load_keras_model, read_tflite
+        from dlagent.ml.tflite import TFLiteModel
 
         thresholds, candidates, model_name = self._check_inputs()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
         primary = splits.primary
+        for index, c in enumerate(candidates):  # the choice reads validation scores: a candidate without one cannot be judged
+            if not isinstance(c["metrics"].get(primary.val_key), (int, float)):
+                raise ConfigError(f"candidates[{index}].metrics", f"has no {primary.val_key} (candidate {c['candidate']!r}): "
+                                  "candidates are chosen on the validation split, never on the test split.",
+                                  "pass the compress task's output (compress.output) of this dlagent version.")
         runs = int(self.latency_runs)
         with self.step_run(context) as run_id, tempfile.TemporaryDirectory(prefix="dlagent-eval-") as tmp:
             client = self.hook.client
@@ -121,25 +132,28 @@ class EvaluateOperator(DlagentOperator):
                                                        **{f"gate.{k}": v for k, v in thresholds.to_dict().items()}})
             model = load_keras_model(client, self.model_uri)
             reference = evaluate_keras(model, splits, out_dir=Path(tmp) / "keras", explain=self.explain, latency_runs=runs)
+            reference.metrics[primary.val_key] = primary.score(splits.y_val, keras_predict(model, splits.x_val))
             log_evaluation(client, run_id, reference, prefix="keras_")
-            tracking.log_metrics(client, run_id, {k: v for k, v in reference.metrics.items() if k.startswith("test_")})
+            tracking.log_metrics(client, run_id, {k: v for k, v in reference.metrics.items() if k.startswith(("test_", "val_"))})
             self.log.info("reference Keras model: %s", _describe(reference.metrics, primary))
 
             if candidates:
-                chosen = pick_candidate(candidates, reference.metrics[primary.test_key], thresholds, primary)
+                chosen = pick_candidate(candidates, reference.metrics[primary.val_key], thresholds, primary)
                 for c in candidates:
                     self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"], primary), "  <- chosen" if c is chosen else "")
                 tflite = read_tflite(client, chosen["model_uri"])
                 report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
                 log_evaluation(client, run_id, report, prefix="tflite_")
                 shipped = {**chosen["metrics"], **report.metrics}  # sparsity etc. from compress, the rest measured here
+                shipped[primary.val_key] = primary.score(splits.y_val, TFLiteModel(tflite).predict(splits.x_val))
                 candidate = {"candidate": chosen["candidate"], "model_uri": chosen["model_uri"], "run_id": chosen.get("run_id")}
             else:
                 shipped = dict(reference.metrics)
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
             client.set_tag(run_id, names.CANDIDATE_TAG, candidate["candidate"])
             # what the gate judges, for readers of this run (the agent among them)
-            tracking.log_metrics(client, run_id, {f"shipped_{primary.test_key}": shipped[primary.test_key]})
+            tracking.log_metrics(client, run_id, {f"shipped_{primary.test_key}": shipped[primary.test_key],
+                                                  f"shipped_{primary.val_key}": shipped[primary.val_key]})
 
             champion = self._measure_champion(client, model_name, splits, runs, Path(tmp))
             if champion is not None:
@@ -175,6 +189,7 @@ class EvaluateOperator(DlagentOperator):
         its TFLite file cannot run on this data (another input shape): said in the log."""
         from dlagent.ml.evaluation import evaluate_tflite
         from dlagent.ml.serving import read_champion_tflite
+        from dlagent.ml.tflite import TFLiteModel
 
         found = read_champion_tflite(client, model_name)
         if found is None:
@@ -182,11 +197,14 @@ class EvaluateOperator(DlagentOperator):
             return None
         content, info = found
         try:
-            # a table's champion may have learned another vocabulary: its own encoding of the raw test rows
-            champion_splits = dataclasses.replace(splits, x_test=splits.test_inputs_for(info.get("encoding")))
+            # a table's champion may have learned another vocabulary: its own encoding of the raw rows
+            champion_splits = dataclasses.replace(splits, x_test=splits.inputs_for(info.get("encoding"), "test"),
+                                                  x_val=splits.inputs_for(info.get("encoding"), "val"))
             report = evaluate_tflite(content, champion_splits, out_dir=tmp / "champion", explain=False, latency_runs=runs)
             source = "measured on this split"
-            metrics = _summary(report.metrics)
+            primary = splits.primary
+            val_score = primary.score(splits.y_val, TFLiteModel(content).predict(champion_splits.x_val))
+            metrics = {**_summary(report.metrics), primary.val_key: val_score}
         except Exception as exc:  # noqa: BLE001 - e.g. the champion was trained on other input shapes
             if not info["metrics"]:
                 raise ConfigError("model_name", f"the champion of {model_name!r} (version {info['version']}) cannot run on this "
@@ -198,8 +216,10 @@ class EvaluateOperator(DlagentOperator):
 
 
 def _describe(m: dict, metric) -> str:
-    value = m.get(metric.test_key)
-    parts = [f"{metric.name} {value:.4f}" if isinstance(value, (int, float)) else f"{metric.name} not measured"]
+    value, val = m.get(metric.test_key), m.get(metric.val_key)
+    parts = [f"test {metric.name} {value:.4f}" if isinstance(value, (int, float)) else f"test {metric.name} not measured"]
+    if isinstance(val, (int, float)):
+        parts.append(f"validation {val:.4f}")
     if "size_bytes" in m:
         parts.append(f"{m['size_bytes']:,} bytes")
     if "gzip_size_bytes" in m:

@@ -29,7 +29,8 @@ Choosing (deterministic given ``seed`` and the recorded rewards):
 
 Rewarding: after the run the plan produced, call :meth:`LearningPolicy.update` with
 ``R = a * accuracy_gain - b * seconds - c * compute`` (:meth:`LearningPolicy.reward`;
-``accuracy_gain`` a fraction, e.g. new test accuracy minus the champion's, ``seconds`` the
+``accuracy_gain`` a fraction, e.g. new validation accuracy minus the champion's on the same
+split (never the test split: what a run reports on must not steer it), ``seconds`` the
 wall time, ``compute`` the epochs trained), and the plan (its ``policy.arm`` and
 ``policy.context`` say what to credit). A ``key`` (e.g. ``dag_id/run_id``) makes the update
 idempotent: a retried reward task does not count twice.
@@ -152,8 +153,8 @@ class LearningPolicy(Policy):
         return w["a"] * accuracy_gain - w["b"] * seconds - w["c"] * compute
 
     def reward_from_observation(self, observation, value: float | None, baseline: float | None) -> float:
-        """Reward of a finished run: the primary metric's gain over ``baseline`` (the champion's
-        before the run; 0 gain without one) as a fraction (points / 100: an accuracy difference,
+        """Reward of a finished run: the primary validation metric's gain over ``baseline`` (the
+        champion's on the same split; 0 gain without one) as a fraction (points / 100: an accuracy difference,
         or an RMSE's relative improvement), its ``run_seconds`` and ``epochs`` as compute."""
         obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
         gain = obs.primary.gain_points(value, baseline) / 100.0 if finite(value) and finite(baseline) else 0.0

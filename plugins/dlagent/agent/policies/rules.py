@@ -340,10 +340,10 @@ class RulesPolicy(Policy):
                     "no compression measured yet: try each candidate (one mapped task each)")
             return [dict(c) for c in self.compress_candidates], None
         reference = obs.reference_score
-        source = f"the uncompressed model's {metric.test_key}"
+        source = f"the uncompressed model's {metric.val_key}"
         if reference is None:
             reference = metric.best(metric_of(c["metrics"], metric) for c in measured)
-            source = f"the best candidate's {metric.name} (no evaluation run observed)"
+            source = f"the best candidate's {metric.val_key} (no evaluation run observed)"
         # The evaluate step's and the gate's rule, with this policy's budget (in the metric's points) as the only limit.
         chosen, within = select_candidate(measured, reference, GateThresholds(max_metric_drop_points=self.accuracy_budget_points), metric)
         budget = f"{self.accuracy_budget_points:g} {metric.name} points"
@@ -362,23 +362,27 @@ class RulesPolicy(Policy):
         from dlagent.ml.selection import metric_of
 
         metric = obs.primary
-        shipped = (obs.gate or {}).get("metrics", {}).get(f"shipped_{metric.test_key}")
+        # validation scores only: the gate read the test split, this decision does not
+        shipped = (obs.gate or {}).get("metrics", {}).get(f"shipped_{metric.val_key}")
         if finite(shipped):  # the candidate the evaluate task picked and the gate judged
             value, what = shipped, "the gated candidate"
         elif chosen is not None:
             value, what = metric_of(chosen["metrics"], metric), f"compressed candidate {chosen['name']}"
         else:
             value, what = obs.reference_score, "evaluated model"
-        champion = metric_of(obs.champion.get("metrics") or {}, metric) if obs.champion else None
+        champion = obs.champion_score
         blessed = obs.gate["blessed"] if obs.gate else None
         if value is None:
-            better, versus = False, f"no evaluated {metric.name} observed"
+            better, versus = False, f"no evaluated {metric.val_key} observed"
+        elif obs.champion is None:
+            better, versus = True, f"{what} {metric.val_key} {value:.4f}, no champion deployed"
         elif champion is None:
-            better, versus = True, f"{what} {metric.name} {value:.4f}, no champion deployed"
+            better, versus = False, (f"{what} {metric.val_key} {value:.4f}; champion v{obs.champion['version']} has no "
+                                     f"{metric.val_key} to compare with")
         else:
             gain = metric.gain_points(value, champion)
             better = gain > self.min_champion_gain_points + 1e-9
-            versus = (f"{what} {metric.name} {value:.4f} vs champion v{obs.champion['version']} {champion:.4f} "
+            versus = (f"{what} {metric.val_key} {value:.4f} vs champion v{obs.champion['version']} {champion:.4f} "
                       f"({gain:+.2f} points, min gain {self.min_champion_gain_points:g})")
         gate = "not evaluated by the gate" if blessed is None else ("blessed by the gate" if blessed else "rejected by the gate")
         if blessed and better:
