@@ -1,4 +1,4 @@
-"""dl_agent_pipeline: validate -> tune (N mapped workers) -> agent -> train -> compress (mapped) -> evaluate -> agent -> deploy / retune / stop."""
+"""dl_agent_pipeline: validate -> agent (budget) -> tune (N mapped workers) -> agent -> train -> compress (mapped) -> evaluate -> agent -> deploy / retune / stop."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ Trains a Keras model on the chosen data set, evaluates it on a held-out test spl
 everything in MLflow (one parent run per DAG run, a child run per task).
 
 * **validate_inputs** refuses bad settings or data before any compute.
+* **agent_budget** (the agent, before any trial) plans the first tuning round from the data
+  set's size and shape, the champion and the free CPUs and memory: how many trials (at most
+  the Params' `n_trials`), how many workers, and short trials with a later first pruning rung
+  (the final training continues the best trial); `agent_policy: off` runs the Params as given.
 * **create_study** creates the Optuna study (named from this DAG run) once; **tune** runs
   `tuning_workers` mapped workers sharing it until it holds `n_trials` trials (pruned ones
   count); **tune_summary** logs best params and plots on the parent run.
@@ -69,7 +73,16 @@ with DAG(
         gate_thresholds=gate_thresholds, model_name="{{ params.model_name }}",
         search_space="{{ params.search_space }}", **common,
     )
+    agent = {"policy": "{{ params.agent_policy }}", "champion_name": "{{ params.model_name }}", **common}
+    agent_budget = AgentOperator(
+        task_id="agent_budget", phase="budget", request={
+            "n_trials": "{{ params.n_trials }}", "n_workers": "{{ params.tuning_workers }}",
+            "trial_epochs": "{{ params.tune_trial_epochs }}", "min_trial_epochs": "{{ params.tune_min_trial_epochs }}",
+            "search_space": "{{ params.search_space }}", "seed_studies": "{{ params.tune_seed_studies }}", "data": validate.output["data"],
+        }, **agent,
+    )
     tuning = {
+        "budget": agent_budget.output["tune"],
         "dataset": "{{ params.dataset }}", "data_options": data_options, "train_config": templated(TRAIN_PARAM_NAMES),
         "search_space": "{{ params.search_space }}", "n_trials": "{{ params.n_trials }}", "timeout_s": "{{ params.tune_timeout_s }}",
         "trial_epochs": "{{ params.tune_trial_epochs }}", "min_trial_epochs": "{{ params.tune_min_trial_epochs }}",
@@ -79,7 +92,6 @@ with DAG(
                                        seed_studies="{{ params.tune_seed_studies }}", **tuning)
     tune = TuneOperator.partial(task_id="tune", **tuning).expand(worker_index=create_study.output)
     tune_summary = TuneSummaryOperator(task_id="tune_summary", **tuning)
-    agent = {"policy": "{{ params.agent_policy }}", "champion_name": "{{ params.model_name }}", **common}
     agent_plan = AgentOperator(task_id="agent_plan", phase="plan", **agent)
     train = TrainOperator(
         task_id="train", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
@@ -123,7 +135,7 @@ with DAG(
                  "followed": "follow_plan"},
         **common,
     )
-    validate >> create_study >> tune >> tune_summary >> agent_plan >> train >> candidates >> compress >> evaluate >> agent_decide
+    validate >> agent_budget >> create_study >> tune >> tune_summary >> agent_plan >> train >> candidates >> compress >> evaluate >> agent_decide
     agent_decide >> follow_plan >> [deploy, retune_conf, stop]
     retune_conf >> retune
     [deploy, retune, stop] >> finish

@@ -117,7 +117,7 @@ def _assert_finished_pipeline(result, mlflow_uri, optuna_url, conf=TINY_CONF):
     compress_runs = client.search_runs([parent.info.experiment_id], "tags.`airflow.task_id` = 'compress'")
     planned = sorted(CompressionConfig.from_dict(c).label for c in plan["compress"])
     assert len(planned) >= 2 and sorted(r.data.tags["dlagent.candidate"] for r in compress_runs) == planned
-    assert runs["evaluate"].data.tags["dlagent.gate.blessed"] == "true"
+    assert runs["evaluate"].data.tags["dlagent.gate.blessed"] == "true", runs["evaluate"].data.tags.get("dlagent.gate.reasons")
     assert runs["agent_decide"].data.tags["dlagent.action"] == "deploy"  # blessed, and no champion yet
     assert parent.data.tags["dlagent.deploy"] == "deployed dlagent-classifier version 1"
     from dlagent.ml.registry import get_champion

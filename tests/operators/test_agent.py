@@ -134,6 +134,22 @@ def test_plan_phase_is_deterministic_logged_and_pushed(store):
     assert plan_to_json(other) == plan_to_json(plan)
 
 
+def test_budget_phase_plans_the_first_round_and_off_leaves_the_params(store, mlflow_uri):
+    client, experiment_id, _ = store
+    request = {"n_trials": 6, "n_workers": 1, "trial_epochs": None, "min_trial_epochs": None, "search_space": None,
+               "seed_studies": [], "data": {"n_train": 1000, "n_val": 200, "n_test": 200, "input_shape": [8, 8, 1]}}
+    context = make_context("agent_budget", dag_id=DAG_ID, run_id="manual__2")
+    plan = agent("agent_budget", phase="budget", request=request).execute(context)
+    assert plan["tune"]["n_trials"] == 6 and plan["tune"]["n_workers"] == 2 and plan["tune"]["trial_epochs"] == 8
+    assert context["ti"].xcoms["tune"] == plan["tune"]  # what the tuning tasks take
+    (run,) = [r for r in agent_runs(client, experiment_id) if r.data.tags.get("dlagent.phase") == "budget"]
+    assert decisions(client, run.info.run_id) == plan
+    off = agent("agent_budget", phase="budget", policy="off", request=request).execute(make_context("agent_budget", run_id="manual__3"))
+    assert off["tune"] is None  # the tuning tasks then run the Params as given
+    with pytest.raises(AirflowFailException, match="request: phase 'budget' needs"):
+        agent("agent_budget", phase="budget").execute(make_context("agent_budget", run_id="manual__4"))
+
+
 def test_observe_run_id_may_name_any_run_under_the_pipeline_run(store):
     client, experiment_id, parent = store
     evaluate = next(r for r in client.search_runs([experiment_id], "tags.`dlagent.step` = 'evaluate'"))

@@ -48,6 +48,20 @@ def test_create_workers_summary_share_one_study(mlflow_uri, study_storage):
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
 
 
+def test_the_agents_budget_replaces_the_params_and_is_checked(mlflow_uri, study_storage):
+    budget = {"n_trials": 2, "n_workers": 3, "trial_epochs": 2, "min_trial_epochs": 1, "search_space": None, "seed_studies": []}
+    context = make_context("create_study")
+    assert CreateStudyOperator(task_id="create_study", n_workers=1, budget=budget, **SETTINGS).execute(context) == [0, 1, 2]
+    assert context["ti"].xcoms["n_trials"] == 2
+    result = TuneOperator(task_id="tune", worker_index=0, budget=budget, **SETTINGS).execute(make_context("tune", map_index=0))
+    study = optuna.load_study(study_name="test_dag.manual__1", storage=study_storage)
+    assert len(study.trials) == 2 and all(max(t.intermediate_values) <= 2 for t in study.trials)  # 2 of the 3 epochs
+    assert study.user_attrs["dlagent.settings"]["max_resource"] == 2 and study.user_attrs["dlagent.settings"]["min_resource"] == 1
+    assert result["study_n_trials"]["COMPLETE"] + result["study_n_trials"].get("PRUNED", 0) == 2
+    with pytest.raises(AirflowFailException, match=r"budget\.n_trials"):
+        CreateStudyOperator(task_id="create_study", budget={"n_workers": 1}, **SETTINGS).execute(make_context("create_study", run_id="b"))
+
+
 def test_rerunning_create_study_continues_the_same_study(mlflow_uri, study_storage):
     operator = CreateStudyOperator(task_id="create_study", n_workers=1, **SETTINGS)
     operator.execute(make_context("create_study"))

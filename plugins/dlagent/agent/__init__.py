@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PHASES = ("plan", "decide")
+PHASES = ("budget", "plan", "decide")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class AgentOutcome:
 
 def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules", phase: str = "plan",
               champion_name: str | None = None, store=None, resources: dict | None = None, observation=None,
-              reward_key: str | None = None, **policy_kwargs) -> AgentOutcome:
+              reward_key: str | None = None, request: dict | None = None, **policy_kwargs) -> AgentOutcome:
     """Observe -> (reward) -> decide -> validate once. Returns an :class:`AgentOutcome`.
 
     ``policy`` is a name (``rules``, ``learning``), a dotted class path, or a ``Policy``
@@ -44,7 +44,9 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
     policy name). ``observation``: one already read, used as is. In phase ``decide`` the plan
     made in phase ``plan`` of the same run is read back from MLflow and the policy is rewarded
     for it first (:func:`reward_run`, idempotent under ``reward_key``, e.g. ``dag_id/run_id``);
-    the plan's reasons then say what was credited.
+    the plan's reasons then say what was credited. In phase ``budget`` (before tuning) the
+    policy plans the first tuning round (:meth:`~dlagent.agent.policies.base.Policy.budget`)
+    from ``request``: the Params' tuning settings and the data set's summary.
     """
     from dlagent.agent.observe import observe
     from dlagent.agent.plan import Plan
@@ -54,7 +56,8 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
     if phase not in PHASES:
         from dlagent.errors import ConfigError
 
-        raise ConfigError("phase", f"must be one of {list(PHASES)}, got {phase!r}.", "use 'plan' after tuning and 'decide' after evaluation.")
+        raise ConfigError("phase", f"must be one of {list(PHASES)}, got {phase!r}.",
+                          "use 'budget' before tuning, 'plan' after tuning and 'decide' after evaluation.")
     if observation is None:
         observation = observe(client, experiment_id, parent_run_id, champion_name, resources=resources)
     if not isinstance(policy, Policy):
@@ -67,7 +70,8 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
     if phase == "decide":
         planned = read_planned(client, observation.experiment_id, observation.parent_run_id)
         reward = reward_run(policy, observation, planned, key=reward_key)
-    plan = Plan.from_dict(policy.decide(observation)).with_reasons(phase_reasons(phase, reward))
+    decided = policy.budget(observation, dict(request or {})) if phase == "budget" else policy.decide(observation)
+    plan = Plan.from_dict(decided).with_reasons(phase_reasons(phase, reward))
     return AgentOutcome(plan=plan, observation=observation, reward=reward)
 
 
@@ -85,6 +89,10 @@ def _store_key(policy: str) -> str:
 
 def phase_reasons(phase: str, reward: dict | None) -> list[dict]:
     """The reasons a phase adds to the policy's own: what phase ``plan`` means, what was rewarded."""
+    if phase == "budget":
+        return [{"decision": "phase=budget",
+                 "because": "made before tuning, from the data set's size, the champion and the free compute: the tuning tasks "
+                            "run this plan's tune section; agent_policy 'off' runs the Params as given"}]
     if phase == "plan":
         return [{"decision": "phase=plan",
                  "because": "made after tuning: downstream tasks take train, compress and controller from this plan; "

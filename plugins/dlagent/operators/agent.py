@@ -19,13 +19,13 @@ from collections.abc import Sequence
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 
+from dlagent.agent import PHASES
 from dlagent.errors import ConfigError
 from dlagent.links import AgentDecisionsLink, MLflowRunLink
 from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator, airflow_ids
 from dlagent.settings import redact_text, redact_url
 
-PHASES = ("plan", "decide")
 POOL_NOTE = ("free Airflow pool slots are not readable from an Airflow 3 task (the Task SDK has no pool API and "
              "tasks have no metadata-database access): resources are this worker's CPUs and memory")
 
@@ -33,7 +33,8 @@ POOL_NOTE = ("free Airflow pool slots are not readable from an Airflow 3 task (t
 class AgentOperator(DlagentOperator):
     """Observe a pipeline run in MLflow, decide the next plan with a policy, log it, return it.
 
-    :param phase: ``plan`` (after tuning: downstream tasks take ``train``, ``compress`` and
+    :param phase: ``budget`` (before tuning: the tuning tasks take ``tune``, the first round the
+        policy plans from ``request``), ``plan`` (after tuning: downstream tasks take ``train``, ``compress`` and
         ``controller`` from the plan; its ``action`` is provisional) or ``decide`` (after
         evaluation: the ``action`` deploy / retune / stop is final, and a learning policy is
         first rewarded for the plan it made in phase ``plan`` of the same pipeline run).
@@ -46,6 +47,9 @@ class AgentOperator(DlagentOperator):
     :param observe_run_id: the MLflow run to observe instead of this DAG run's parent run: a
         pipeline parent run, or any run under one (its pipeline parent is used), e.g. the run
         of a champion a sensor watched (templated).
+    :param request: phase ``budget``: the Params' tuning settings (``n_trials``, ``n_workers``,
+        ``trial_epochs``, ``min_trial_epochs``, ``search_space``, ``seed_studies``) and ``data``,
+        the validate task's data summary (templated).
     :param fixed_resources: the observation's ``resources`` as given, ``{"cpu_count",
         "cpus_free", ...}`` (replays, tests); empty: the worker's CPUs, load and memory are
         measured (free pool slots are not readable in Airflow 3; the task's pool is recorded).
@@ -57,7 +61,7 @@ class AgentOperator(DlagentOperator):
     """
 
     template_fields: Sequence[str] = ("experiment_name", "phase", "policy", "policy_kwargs", "champion_name",
-                                      "observe_run_id", "fixed_resources")
+                                      "observe_run_id", "fixed_resources", "request")
     template_fields_renderers = {"policy_kwargs": "json", "fixed_resources": "json"}
     ui_color = "#fff4d6"
     step = names.STEP_AGENT
@@ -65,7 +69,7 @@ class AgentOperator(DlagentOperator):
 
     def __init__(self, *, phase: str = "plan", policy: str = "rules", policy_kwargs: dict | None = None,
                  champion_name: str | None = None, observe_run_id: str | None = None, fixed_resources: dict | None = None,
-                 **kwargs):
+                 request: dict | None = None, **kwargs):
         # multiple_outputs: a null section (``warm_start``, ``tune``) reaches a downstream
         # XComArg (``agent.output["warm_start"]``) as None; without it Airflow cannot tell a
         # None XCom from a missing one and fails the consumer with XComNotFound.
@@ -77,6 +81,7 @@ class AgentOperator(DlagentOperator):
         self.champion_name = champion_name
         self.observe_run_id = observe_run_id
         self.fixed_resources = fixed_resources
+        self.request = request
 
     # ------------------------------------------------------------------ run
     def uses_step_run(self) -> bool:
@@ -86,7 +91,7 @@ class AgentOperator(DlagentOperator):
         if self.policy == "off":
             from dlagent.agent.plan import Plan
 
-            plan = Plan.from_dict({"action": "deploy", "reasons": [
+            plan = Plan.from_dict({"action": "deploy", "reasons": [  # tune: null, so the tuning tasks run the Params too
                 {"decision": "no changes", "because": "agent_policy is 'off': the Params' settings run as given"}]})
             self.log.info("agent off: the plan changes nothing (deploy stays up to the gate)")
             return plan.to_dict()
@@ -112,7 +117,10 @@ class AgentOperator(DlagentOperator):
 
         if self.phase not in PHASES:
             raise ConfigError("phase", f"must be one of {list(PHASES)}, got {self.phase!r}.",
-                              "use 'plan' after tuning and 'decide' after evaluation.")
+                              "use 'budget' before tuning, 'plan' after tuning and 'decide' after evaluation.")
+        if self.phase == "budget" and not isinstance(self.request, dict):
+            raise ConfigError("request", f"phase 'budget' needs the Params' tuning settings as a JSON object, got {self.request!r}.",
+                              'pass {"n_trials": ..., "n_workers": ..., "data": validate_inputs.output["data"], ...}.')
         kwargs = self.policy_kwargs
         if isinstance(kwargs, str):
             kwargs = _json_object("policy_kwargs", kwargs)
@@ -151,7 +159,8 @@ class AgentOperator(DlagentOperator):
                 resources = {**measure_resources(), "pool": self.pool, "pool_slots": self.pool_slots}
                 self.log.info("%s", POOL_NOTE)
             outcome = run_agent(client, experiment_id, observed, policy=self.policy, phase=self.phase, champion_name=champion,
-                                resources=resources, reward_key=f"{ids['dag_id']}/{ids['run_id']}", **policy_kwargs)
+                                resources=resources, reward_key=f"{ids['dag_id']}/{ids['run_id']}", request=self.request,
+                                **policy_kwargs)
             plan = outcome.plan
             tracking.log_params_safely(client, agent_run_id, plan_params(plan, phase=self.phase, policy=self.policy,
                                                                         champion=champion, observed=observed))

@@ -36,11 +36,16 @@ class _TuneBase(DlagentOperator):
     when the final training continues the best trial, so trials only have to rank settings.
     ``metric`` left empty is the primary metric's ``val_<metric>`` (the data options' ``task`` and
     ``metric``); ``direction`` defaults to the metric's own (:func:`dlagent.ml.tuning.direction_for`).
+
+    ``budget``: the agent's first-round plan (the ``tune`` section of an ``AgentOperator`` in
+    phase ``budget``; ``None`` when the agent is off): its ``n_trials``, ``n_workers``,
+    ``trial_epochs``, ``min_trial_epochs``, ``search_space`` and ``seed_studies`` replace the
+    arguments of the same names. It is validated where it enters (an XCom).
     """
 
     template_fields: Sequence[str] = (
         "experiment_name", "dataset", "data_options", "train_config", "search_space", "n_trials", "timeout_s",
-        "sampler", "pruner", "metric", "direction", "study_name", "trial_epochs", "min_trial_epochs",
+        "sampler", "pruner", "metric", "direction", "study_name", "trial_epochs", "min_trial_epochs", "budget",
     )
     operator_extra_links = (MLflowRunLink(), TuningStudyLink())
 
@@ -48,8 +53,9 @@ class _TuneBase(DlagentOperator):
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
                  sampler: str = "tpe", pruner: str = "hyperband", metric: str | None = None, direction: str | None = None,
                  study_name: str | None = None, trial_epochs: int | None = None, min_trial_epochs: int | None = None,
-                 optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
+                 budget: dict | None = None, optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)
+        self.budget = budget
         self.dataset = dataset
         self.data_options = data_options
         self.train_config = train_config
@@ -69,6 +75,17 @@ class _TuneBase(DlagentOperator):
     def optuna_hook(self) -> OptunaHook:
         return OptunaHook(optuna_conn_id=self.optuna_conn_id)
 
+    def _planned(self) -> dict | None:
+        """The agent's first-round plan, validated (``None``: run the arguments as given)."""
+        from dlagent.agent.plan import validate_tune
+
+        if self.budget in (None, ""):
+            return None
+        try:
+            return validate_tune(self.budget)
+        except ConfigError as exc:
+            raise ConfigError(f"budget.{exc.field.removeprefix('tune.')}", exc.problem, exc.fix) from exc
+
     def _settings(self, n_workers=1):
         """Validate everything a trial needs, before any trial (and before any compute).
 
@@ -79,10 +96,14 @@ class _TuneBase(DlagentOperator):
         from dlagent.ml.config import TrainConfig
         from dlagent.ml.metrics import resolve_metric
 
+        planned = self._planned()
+        n_trials, trial_epochs, min_trial_epochs = ((planned["n_trials"], planned["trial_epochs"], planned["min_trial_epochs"])
+                                                    if planned else (self.n_trials, self.trial_epochs, self.min_trial_epochs))
         timeout = _optional(self.timeout_s)
-        tune = tuning.TuneConfig(n_trials=self.n_trials, n_workers=n_workers, timeout_s=None if timeout == 0 else timeout,
-                                 trial_epochs=_optional(self.trial_epochs), min_trial_epochs=_optional(self.min_trial_epochs),
-                                 sampler=self.sampler, pruner=self.pruner, metric=_optional(self.metric))
+        tune = tuning.TuneConfig(n_trials=n_trials, n_workers=planned["n_workers"] if planned else n_workers,
+                                 timeout_s=None if timeout == 0 else timeout, trial_epochs=_optional(trial_epochs),
+                                 min_trial_epochs=_optional(min_trial_epochs), sampler=self.sampler, pruner=self.pruner,
+                                 metric=_optional(self.metric))
         options = self.data_options or {}
         primary = resolve_metric(options.get("task") or "classification", _optional(options.get("metric")))
         metric, direction = tuning.resolve_direction(tune.objective(primary.name), _optional(self.direction))
@@ -92,7 +113,8 @@ class _TuneBase(DlagentOperator):
                               f"{primary.name!r} (each epoch logs {list(logged)}).",
                               f"use one of {list(logged)}, or leave it empty for {primary.val_key}.")
         trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
-        space = tuning.validate_search_space(self.search_space or tuning.default_search_space(trial_config.model, transfer=bool(trial_config.init_from)))
+        space = (planned or {}).get("search_space") or self.search_space
+        space = tuning.validate_search_space(space or tuning.default_search_space(trial_config.model, transfer=bool(trial_config.init_from)))
         study = tuning.StudySettings(metric=metric, direction=direction, space=space, sampler=tune.sampler, pruner=tune.pruner,
                                      seed=trial_config.seed, min_resource=tune.first_rung(trial_config),
                                      max_resource=trial_config.epochs)
@@ -126,13 +148,15 @@ class CreateStudyOperator(_TuneBase):
         from dlagent.ml import tuning
 
         tune, _, study = self._settings(n_workers=self.n_workers)
+        planned = self._planned()
+        seed_studies = planned["seed_studies"] if planned else self.seed_studies
         name = self._study_name(context)
         self.parent_run_id(context)  # the DAG run's parent run, where the study is logged ("Tuning study" link)
         if tune.n_trials == 0:
             self.log.info("n_trials is 0: tuning is skipped, training uses the given settings")
             return {"study_name": name, "workers": [], "n_trials": 0, "search_space": study.space}
         created = tuning.create_study(self.optuna_hook.storage_url, name, study,
-                                      seed_from=list(self.seed_studies) if self.seed_studies else None)
+                                      seed_from=list(seed_studies) if seed_studies else None)
         if created.get("seeded"):
             seeded = created["seeded"]
             self.log.info("replayed %d trials of %s into study %s (%d outside its space skipped)", seeded["copied"], seeded["from"],

@@ -37,6 +37,19 @@ class Policy(ABC):
     def decide(self, observation) -> dict:
         """Return a plan (see :mod:`dlagent.agent.plan`) with a reason for every decision."""
 
+    def budget(self, observation, request: dict) -> dict:
+        """The first tuning round's plan, made before any trial (phase ``budget``).
+
+        ``request`` holds the Params' tuning settings (``n_trials``, ``n_workers``,
+        ``trial_epochs``, ``min_trial_epochs``, ``search_space``, ``seed_studies``) and ``data``
+        (the validate task's summary of the data set: sizes, input shape, classes). Returns a
+        plan whose ``tune`` section the tuning tasks run. This default keeps the Params as
+        given; :class:`~dlagent.agent.policies.rules.RulesPolicy` plans the round."""
+        tune = {key: request.get(key) for key in ("n_trials", "n_workers", "trial_epochs", "min_trial_epochs", "search_space",
+                                                  "seed_studies")}
+        return {"action": "deploy", "tune": tune, "policy": {"name": self.name, "arm": None, "context": None},
+                "reasons": [{"decision": "tune: as the Params say", "because": f"policy {self.name!r} plans no first round"}]}
+
     def update(self, reward: float, *, plan: dict | None = None, key: str | None = None) -> bool:
         """Learn from the reward of a finished run; stateless policies ignore it (False)."""
         return False

@@ -293,6 +293,11 @@ class LearningPolicy(Policy):
         arm = next(a for a in self.arms if scores[a] >= best - 1e-12)
         return arm, f"highest upper confidence bound {scores[arm]:.4g} (mean {values[arm]:.4g}) in context {context!r}"
 
+    def budget(self, observation, request: dict) -> dict:
+        """The first tuning round: the rules' (:meth:`RulesPolicy.budget`); the bandit acts on the plans after it."""
+        plan = self.rules.budget(observation, request)
+        return {**plan, "policy": {"name": self.name, "arm": None, "context": None}}
+
     def decide(self, observation) -> dict:
         from dlagent.ml.config import TrainConfig
 

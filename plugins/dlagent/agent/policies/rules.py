@@ -322,6 +322,60 @@ class RulesPolicy(Policy):
         return {"n_trials": n, "n_workers": workers, "search_space": space or None, "seed_studies": seeds,
                 **self._trial_epochs(configured_epochs, because)}
 
+    def budget(self, observation, request: dict) -> dict:
+        """The first tuning round, planned before any trial from what can be seen then (phase ``budget``).
+
+        * a follow-up round (``seed_studies`` set: its conf is this agent's plan of the earlier
+          round) or ``n_trials`` 0 keeps the Params;
+        * ``n_trials``: at most ``initial_trials``, and never more than the Params' ``n_trials``
+          (the person's budget cap);
+        * ``trial_epochs`` / ``min_trial_epochs``: short trials with a later first rung, as
+          after a round (:meth:`_trial_epochs`), unless the Params set them;
+        * ``n_workers``: trials, free CPUs and ``max_workers`` bound it (:meth:`_workers`), and
+          so does memory: each worker holds the data set (its float32 size from the validate
+          task's summary, :data:`WORKER_MEMORY_FACTOR` copies) within half the free memory.
+        """
+        from dlagent.ml.config import TrainConfig
+
+        obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
+        reasons: list[dict] = []
+
+        def because(decision: str, why: str):
+            reasons.append({"decision": decision, "because": why})
+
+        asked = {key: request.get(key) for key in ("n_trials", "n_workers", "trial_epochs", "min_trial_epochs", "search_space",
+                                                   "seed_studies")}
+        asked["seed_studies"] = list(asked["seed_studies"] or [])
+        plan = {"action": "deploy", "tune": asked, "policy": {"name": self.name, "arm": None, "context": None}, "reasons": reasons}
+        if asked["seed_studies"]:
+            because("tune: as the Params say", f"a follow-up round (seed studies {asked['seed_studies']}): its settings are the "
+                    "agent's plan of the earlier round")
+            return plan
+        if not asked["n_trials"]:
+            because("tune: none", "n_trials is 0 in the Params: no tuning")
+            return plan
+        data = request.get("data") or {}
+        n = min(int(asked["n_trials"]), self.initial_trials) if self.initial_trials else int(asked["n_trials"])
+        because(f"tune.n_trials={n}", f"a first round of at most initial_trials {self.initial_trials}, within the Params' "
+                f"n_trials {asked['n_trials']} (the budget cap)")
+        workers, why = self._workers(obs, n)
+        fit = _workers_in_memory(data, obs.resources.get("memory_free_gb"))
+        if fit is not None and fit < workers:
+            workers, why = fit, why + f"; memory: {fit} worker(s) hold the data set within half the free memory"
+        because(f"tune.n_workers={workers}", why + (f"; data: {data.get('n_train')} training samples of shape "
+                                                     f"{data.get('input_shape')}" if data else ""))
+        configured_epochs = int({**TrainConfig().to_dict(), **obs.config}["epochs"])
+        epochs = {"trial_epochs": asked["trial_epochs"], "min_trial_epochs": asked["min_trial_epochs"]}
+        if asked["trial_epochs"] is None:
+            epochs = self._trial_epochs(configured_epochs, because)
+            if epochs["trial_epochs"] is None:
+                because("tune.trial_epochs: the training's", f"warm_start is off or {configured_epochs} epochs are too few to shorten: "
+                        "each trial trains them all")
+        else:
+            because(f"tune.trial_epochs={asked['trial_epochs']}", "set in the Params")
+        plan["tune"] = {**asked, "n_trials": n, "n_workers": workers, **epochs}
+        return plan
+
     def narrow(self, params: dict) -> tuple[dict, list[str]]:
         """A search space around ``params`` (the best trial's), with one note per parameter
         (:func:`dlagent.ml.tuning.narrow_search_space` with ``search_width``)."""
@@ -393,6 +447,20 @@ class RulesPolicy(Policy):
             return "retune"
         because("action=stop", f"not deploying ({gate}; {versus}) and no more tuning is planned")
         return "stop"
+
+
+WORKER_MEMORY_FACTOR = 4  # float32 copies of the data set one tuning worker holds (arrays, tf.data, predictions)
+
+
+def _workers_in_memory(data: dict, memory_free_gb) -> int | None:
+    """How many tuning workers fit the data set within half the free memory (``None``: unknown)."""
+    if not data or not finite(memory_free_gb) or not data.get("input_shape"):
+        return None
+    samples = sum(int(data.get(k) or 0) for k in ("n_train", "n_val", "n_test"))
+    per_worker = samples * math.prod(int(d) for d in data["input_shape"]) * 4 * WORKER_MEMORY_FACTOR
+    if per_worker <= 0:
+        return None
+    return max(1, int(memory_free_gb * 2**30 * 0.5 // per_worker))
 
 
 def _int(name, value, low, high):

@@ -62,15 +62,17 @@ class TuneConfig:
     """A person's tuning settings (the trigger form, an agent's plan). Validated on creation."""
 
     n_trials: int = bounded(6, "int", low=0, high=MAX_TRIALS, title="Tuning trials",
-                            description="Optuna trials in the hyper-parameter search (pruned trials count); 0 skips tuning.")
+                            description="Optuna trials in the hyper-parameter search (pruned trials count); 0 skips tuning. "
+                                        "With the agent on, the most its first round may run.")
     n_workers: int = bounded(1, "int", low=1, high=MAX_WORKERS, title="Tuning workers",
-                             description="Parallel worker tasks sharing one study (mapped tasks; one Airflow slot each).")
+                             description="Parallel worker tasks sharing one study (mapped tasks; one Airflow slot each). With "
+                                         "the agent on, it chooses them from the free CPUs and memory.")
     timeout_s: int | None = bounded(None, "int", low=1, high=MAX_TIMEOUT_S, optional=True, title="Tuning time budget (s)",
                                     description="Each worker stops starting trials after this many seconds; empty for no limit.")
     trial_epochs: int | None = bounded(None, "int", low=1, high=MAX_EPOCHS, optional=True, title="Epochs per trial",
                                        description="Each tuning trial trains at most this many epochs (the search ranks settings on "
-                                                   "short runs); empty for the training's epochs. The agent sets it when the final "
-                                                   "training continues the best trial's weights.")
+                                                   "short runs); empty for the training's epochs, or, with the agent on, its choice "
+                                                   "(it shortens trials when the final training continues the best trial's weights).")
     min_trial_epochs: int | None = bounded(None, "int", low=1, high=MAX_EPOCHS, optional=True, title="Epochs before pruning",
                                            description="No tuning trial is pruned before this many epochs (the pruner's first "
                                                        "rung; at most the trial's epochs); empty for 1. The agent sets it with "

@@ -1,0 +1,84 @@
+"""Phase ``budget``: the agent plans the first tuning round before any trial; ``off`` runs the Params as given."""
+
+from __future__ import annotations
+
+from dlagent.agent.observe import Observation
+from dlagent.agent.plan import Plan
+from dlagent.agent.policies.base import Policy
+from dlagent.agent.policies.learning import LearningPolicy
+from dlagent.agent.policies.rules import RulesPolicy
+
+RESOURCES = {"cpu_count": 4, "cpus_free": 2, "load_1m": 1.5, "memory_free_gb": 8.0}
+DIGITS = {"n_train": 1257, "n_val": 270, "n_test": 270, "input_shape": [8, 8, 1], "num_classes": 10}
+PARAMS = {"n_trials": 6, "n_workers": 1, "trial_epochs": None, "min_trial_epochs": None, "search_space": None, "seed_studies": []}
+
+
+def _observation(epochs: int = 20, resources=None) -> Observation:
+    """What the agent sees before tuning: the parent run's settings, the free compute, no trial."""
+    return Observation(experiment_id="1", parent_run_id="p", config={"epochs": epochs}, resources=resources or RESOURCES)
+
+
+def _budget(policy=None, observation=None, **request) -> dict:
+    plan = (policy or RulesPolicy()).budget(observation or _observation(), {**PARAMS, "data": DIGITS, **request})
+    return Plan.from_dict(plan).to_dict()  # what the tuning tasks receive: a validated plan
+
+
+def test_the_first_round_has_short_trials_a_later_first_rung_and_workers_for_the_free_cpus():
+    plan = _budget()
+    assert plan["tune"] == {"n_trials": 6, "n_workers": 2, "trial_epochs": 8, "min_trial_epochs": 2, "search_space": None,
+                            "seed_studies": []}
+    decisions = {r["decision"] for r in plan["reasons"]}
+    assert {"tune.n_trials=6", "tune.n_workers=2", "tune.trial_epochs=8", "tune.min_trial_epochs=2"} <= decisions
+    assert all(r["because"] for r in plan["reasons"])
+
+
+def test_the_params_n_trials_is_a_cap_and_initial_trials_a_ceiling():
+    assert _budget(n_trials=3)["tune"]["n_trials"] == 3
+    assert _budget(n_trials=40)["tune"]["n_trials"] == 8  # initial_trials
+    assert _budget(RulesPolicy(max_workers=1))["tune"]["n_workers"] == 1
+
+
+def test_workers_are_bounded_by_the_memory_the_data_set_needs():
+    big = {"n_train": 200_000, "n_val": 20_000, "n_test": 20_000, "input_shape": [64, 64, 3], "num_classes": 10}
+    plan = _budget(data=big, observation=_observation(resources={**RESOURCES, "cpus_free": 8, "memory_free_gb": 40.0}))
+    # 240k x 12288 floats x 4 bytes x 4 copies = 47 GB per worker: one worker, even with 8 free CPUs
+    assert plan["tune"]["n_workers"] == 1
+    assert any("memory" in r["because"] for r in plan["reasons"] if r["decision"].startswith("tune.n_workers"))
+
+
+def test_what_the_params_set_is_kept():
+    plan = _budget(trial_epochs=5, min_trial_epochs=1)
+    assert (plan["tune"]["trial_epochs"], plan["tune"]["min_trial_epochs"]) == (5, 1)
+    follow_up = _budget(n_trials=4, n_workers=3, trial_epochs=6, seed_studies=["earlier"])  # a retune's conf: the agent's own plan
+    assert follow_up["tune"] == {"n_trials": 4, "n_workers": 3, "trial_epochs": 6, "min_trial_epochs": None, "search_space": None,
+                                 "seed_studies": ["earlier"]}
+    assert _budget(n_trials=0)["tune"]["n_trials"] == 0
+    short = _budget(observation=_observation(epochs=1))  # too few epochs to shorten
+    assert short["tune"]["trial_epochs"] is None
+    assert _budget(RulesPolicy(warm_start=False))["tune"]["trial_epochs"] is None  # no checkpoint to continue: full trials
+
+
+def test_the_learning_policy_plans_the_first_round_as_the_rules_do_and_a_custom_one_keeps_the_params():
+    rules, learning = _budget(), _budget(LearningPolicy(seed=0))
+    assert learning["tune"] == rules["tune"] and learning["policy"]["name"] == "learning"
+
+    class Mine(Policy):
+        name = "mine"
+
+        def decide(self, observation):
+            return {"action": "stop", "reasons": [{"decision": "stop", "because": "test"}]}
+
+    assert _budget(Mine())["tune"] == PARAMS
+
+
+def test_run_agent_in_phase_budget_needs_no_trial(tmp_path):
+    from dlagent.agent import run_agent
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("exp", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(experiment, tags={"dlagent.kind": "pipeline"}).info.run_id
+    client.log_param(parent, "epochs", 10)
+    outcome = run_agent(client, experiment, parent, phase="budget", resources=RESOURCES, request={**PARAMS, "data": DIGITS})
+    assert outcome.plan["tune"]["trial_epochs"] == 4 and outcome.plan["tune"]["min_trial_epochs"] == 1
+    assert outcome.plan["reasons"][-1]["decision"] == "phase=budget"
