@@ -23,8 +23,8 @@ everything in MLflow (one parent run per DAG run, a child run per task).
 
 * **validate_inputs** refuses bad settings or data before any compute.
 * **agent_budget** (the agent, before any trial) plans the first tuning round from the data
-  set's size and shape, the champion and the free CPUs and memory: how many trials (at most
-  the Params' `n_trials`), how many workers, and short trials with a later first pruning rung
+  set's size and shape and the free memory: how many trials (at most the Params' `n_trials`),
+  how many workers (at most `tuning_workers`), and short trials with a later first pruning rung
   (the final training continues the best trial); `agent_policy: off` runs the Params as given.
 * **create_study** creates the Optuna study (named from this DAG run) once; **tune** runs
   `tuning_workers` mapped workers sharing it until it holds `n_trials` trials (pruned ones

@@ -16,8 +16,11 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
     """Run the pipeline with ``conf`` (only what the data needs; everything else default) and
-    return ``{"test_metric", "keras_test_metric", "metric", "candidate", "deploy", "seconds"}``
-    of what it shipped. A failed run exits the benchmark with the log's tail."""
+    return ``{"test_metric", "keras_test_metric", "metric", "candidate", "deploy", "seconds",
+    "epochs", "trials", "parent_run_id", "tracking_uri"}`` of what it shipped: ``epochs`` are
+    every training epoch the run paid for (each tuning trial's and the final training's).
+    Runs in the same ``workdir`` share their stores (a learning policy's state among them); the
+    newest pipeline run is read. A failed run exits the benchmark with the log's tail."""
     from dlagent.ml import mlflow_names as names
     from mlflow import MlflowClient
 
@@ -38,9 +41,14 @@ def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
     if out.returncode != 0:
         sys.exit(f"airflow dags test failed:\n{out.stdout[-4000:]}\n{out.stderr[-2000:]}")
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    (parent,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                                   names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE))
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (parent,) = client.search_runs([experiment_id], names.tag_equals(names.KIND_TAG, names.KIND_PIPELINE),
+                                   order_by=["attributes.start_time DESC"], max_results=1)
     metrics, tags = parent.data.metrics, parent.data.tags
+    children = client.search_runs([experiment_id], names.tag_equals(names.PARENT_TAG, parent.info.run_id))
+    trained = [r for r in children if "optuna.trial_number" in r.data.tags or r.data.tags.get(names.STEP_TAG) == "train"]
     return {"test_metric": metrics["test_metric"], "keras_test_metric": metrics.get("keras_test_metric"),
             "metric": tags.get("dlagent.metric"), "candidate": tags.get("dlagent.candidate"), "deploy": tags.get("dlagent.deploy"),
-            "seconds": round(seconds, 1)}
+            "seconds": round(seconds, 1), "epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in trained)),
+            "trials": sum("optuna.trial_number" in r.data.tags for r in trained), "parent_run_id": parent.info.run_id,
+            "tracking_uri": env["MLFLOW_TRACKING_URI"]}

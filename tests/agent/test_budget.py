@@ -23,8 +23,8 @@ def _budget(policy=None, observation=None, **request) -> dict:
     return Plan.from_dict(plan).to_dict()  # what the tuning tasks receive: a validated plan
 
 
-def test_the_first_round_has_short_trials_a_later_first_rung_and_workers_for_the_free_cpus():
-    plan = _budget()
+def test_the_first_round_has_short_trials_a_later_first_rung_and_the_workers_given():
+    plan = _budget(n_workers=2)
     assert plan["tune"] == {"n_trials": 6, "n_workers": 2, "trial_epochs": 8, "min_trial_epochs": 2, "search_space": None,
                             "seed_studies": []}
     decisions = {r["decision"] for r in plan["reasons"]}
@@ -35,13 +35,14 @@ def test_the_first_round_has_short_trials_a_later_first_rung_and_workers_for_the
 def test_the_params_n_trials_is_a_cap_and_initial_trials_a_ceiling():
     assert _budget(n_trials=3)["tune"]["n_trials"] == 3
     assert _budget(n_trials=40)["tune"]["n_trials"] == 8  # initial_trials
-    assert _budget(RulesPolicy(max_workers=1))["tune"]["n_workers"] == 1
+    assert _budget(RulesPolicy(max_workers=1), n_workers=3)["tune"]["n_workers"] == 1
+    assert _budget(n_trials=2, n_workers=4)["tune"]["n_workers"] == 2  # never more workers than trials
 
 
 def test_workers_are_bounded_by_the_memory_the_data_set_needs():
     big = {"n_train": 200_000, "n_val": 20_000, "n_test": 20_000, "input_shape": [64, 64, 3], "num_classes": 10}
-    plan = _budget(data=big, observation=_observation(resources={**RESOURCES, "cpus_free": 8, "memory_free_gb": 40.0}))
-    # 240k x 12288 floats x 4 bytes x 4 copies = 47 GB per worker: one worker, even with 8 free CPUs
+    plan = _budget(data=big, n_workers=8, observation=_observation(resources={**RESOURCES, "cpus_free": 8, "memory_free_gb": 40.0}))
+    # 240k x 12288 floats x 4 bytes x 4 copies = 47 GB per worker: one worker, though 8 were given
     assert plan["tune"]["n_workers"] == 1
     assert any("memory" in r["because"] for r in plan["reasons"] if r["decision"].startswith("tune.n_workers"))
 

@@ -136,7 +136,7 @@ def test_plan_phase_is_deterministic_logged_and_pushed(store):
 
 def test_budget_phase_plans_the_first_round_and_off_leaves_the_params(store, mlflow_uri):
     client, experiment_id, _ = store
-    request = {"n_trials": 6, "n_workers": 1, "trial_epochs": None, "min_trial_epochs": None, "search_space": None,
+    request = {"n_trials": 6, "n_workers": 2, "trial_epochs": None, "min_trial_epochs": None, "search_space": None,
                "seed_studies": [], "data": {"n_train": 1000, "n_val": 200, "n_test": 200, "input_shape": [8, 8, 1]}}
     context = make_context("agent_budget", dag_id=DAG_ID, run_id="manual__2")
     plan = agent("agent_budget", phase="budget", request=request).execute(context)

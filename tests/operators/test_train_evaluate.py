@@ -71,7 +71,7 @@ def test_a_missing_model_is_refused_before_any_run(mlflow_uri):
 def test_a_failing_step_ends_its_run_failed(mlflow_uri):
     trained = TrainOperator(task_id="train", train_config=TRAIN, experiment_name="exp", **TINY).execute(make_context("train"))
     # the candidate's model only turns out to be missing inside the step, when its TFLite file is read
-    ghost = {"candidate": "int8", "model_uri": "models:/m-doesnotexist", "metrics": {"test_accuracy": 0.9, "gzip_size_bytes": 1,
+    ghost = {"candidate": "int8", "model_uri": "models:/m-doesnotexist", "metrics": {"val_accuracy": 0.9, "test_accuracy": 0.9, "gzip_size_bytes": 1,
                                                                                        "size_bytes": 1, "latency_ms_p95": 0.1}}
     evaluate = EvaluateOperator(task_id="evaluate", model_uri=trained["model_uri"], candidates=[ghost], seed=1, explain=False,
                                 latency_runs=5, experiment_name="exp", **TINY)

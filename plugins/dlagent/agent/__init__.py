@@ -91,7 +91,7 @@ def phase_reasons(phase: str, reward: dict | None) -> list[dict]:
     """The reasons a phase adds to the policy's own: what phase ``plan`` means, what was rewarded."""
     if phase == "budget":
         return [{"decision": "phase=budget",
-                 "because": "made before tuning, from the data set's size, the champion and the free compute: the tuning tasks "
+                 "because": "made before tuning, from the Params, the data set's size and the free memory: the tuning tasks "
                             "run this plan's tune section; agent_policy 'off' runs the Params as given"}]
     if phase == "plan":
         return [{"decision": "phase=plan",

@@ -331,9 +331,11 @@ class RulesPolicy(Policy):
           (the person's budget cap);
         * ``trial_epochs`` / ``min_trial_epochs``: short trials with a later first rung, as
           after a round (:meth:`_trial_epochs`), unless the Params set them;
-        * ``n_workers``: trials, free CPUs and ``max_workers`` bound it (:meth:`_workers`), and
-          so does memory: each worker holds the data set (its float32 size from the validate
-          task's summary, :data:`WORKER_MEMORY_FACTOR` copies) within half the free memory.
+        * ``n_workers``: at most the trials, the Params' ``tuning_workers`` (the slots a person
+          gave the search; this task's CPUs are not the cluster's) and ``max_workers``, and
+          fewer when memory says so: each worker holds the data set (its float32 size from the
+          validate task's summary, :data:`WORKER_MEMORY_FACTOR` copies) within half the free
+          memory of this machine.
         """
         from dlagent.ml.config import TrainConfig
 
@@ -358,7 +360,10 @@ class RulesPolicy(Policy):
         n = min(int(asked["n_trials"]), self.initial_trials) if self.initial_trials else int(asked["n_trials"])
         because(f"tune.n_trials={n}", f"a first round of at most initial_trials {self.initial_trials}, within the Params' "
                 f"n_trials {asked['n_trials']} (the budget cap)")
-        workers, why = self._workers(obs, n)
+        cap = int(asked["n_workers"] or 1)
+        workers = max(1, min(n, cap, self.max_workers or cap))
+        why = (f"{n} trials, the Params' tuning_workers {cap} (the slots a person gave the search: on Celery or Kubernetes "
+               "this task's own CPUs say nothing of the cluster's)" + (f", max_workers {self.max_workers}" if self.max_workers else ""))
         fit = _workers_in_memory(data, obs.resources.get("memory_free_gb"))
         if fit is not None and fit < workers:
             workers, why = fit, why + f"; memory: {fit} worker(s) hold the data set within half the free memory"

@@ -66,7 +66,7 @@ class TuneConfig:
                                         "With the agent on, the most its first round may run.")
     n_workers: int = bounded(1, "int", low=1, high=MAX_WORKERS, title="Tuning workers",
                              description="Parallel worker tasks sharing one study (mapped tasks; one Airflow slot each). With "
-                                         "the agent on, it chooses them from the free CPUs and memory.")
+                                         "the agent on, the most it may use (fewer with fewer trials or too little memory).")
     timeout_s: int | None = bounded(None, "int", low=1, high=MAX_TIMEOUT_S, optional=True, title="Tuning time budget (s)",
                                     description="Each worker stops starting trials after this many seconds; empty for no limit.")
     trial_epochs: int | None = bounded(None, "int", low=1, high=MAX_EPOCHS, optional=True, title="Epochs per trial",
