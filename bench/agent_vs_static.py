@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/agent_vs_static.py                  # 10 held-out seeds x 2 data sets, then the rest
     .venv/bin/python bench/agent_vs_static.py --quick          # 2 seeds, small data: a smoke run, not the figures
-    .venv/bin/python bench/agent_vs_static.py --only sim       # the simulated learning-vs-rules part alone (seconds)
+    .venv/bin/python bench/agent_vs_static.py --parts sim      # the simulated learning-vs-rules part alone (seconds)
 
 **The code a user runs.** Every real run is ``dl_agent_pipeline`` through ``airflow dags test``
 (``dlagent_dev.benchrun.run_default_pipeline``), with the product's defaults (model ``cnn``,
@@ -67,6 +67,7 @@ CHOSEN_ON = {"mnist": [0, 1, 2]}  # data set -> seeds the rules' first-round def
 HELDOUT_SEEDS = list(range(100, 110))
 GOALS = {"acc_diff_ci_low": -0.3, "epochs_ratio": 0.7, "epochs_ratio_stretch": 0.5}
 SIM_RUNS = 10
+PARTS = ("real", "sim", "learning")  # the three arms on held-out seeds; the simulation; 10+10 real learning-vs-rules runs
 FALLBACK_NOISE = 0.012  # per-seed std of test accuracy when no real run measured it (the old report's spread)
 FALLBACK_SECONDS_PER_EPOCH = 0.5  # a run's seconds per paid epoch when no real run measured it (digits, cnn, 2 cores)
 
@@ -76,7 +77,7 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=HELDOUT_SEEDS, help="held-out seeds (default 100-109)")
     parser.add_argument("--datasets", nargs="+", default=["mnist", "digits"], choices=["mnist", "digits"])
     parser.add_argument("--mnist-samples", type=int, default=3000, help="stratified MNIST subset per run (default 3000)")
-    parser.add_argument("--only", choices=["real", "sim", "learning"], default=None, help="run one part only")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run (default all)")
     parser.add_argument("--sim-envs", type=int, default=40, help="simulated environments (at least 30 for the figure)")
     parser.add_argument("--real-epochs", type=int, default=6, help="epochs of the 10+10 real learning-vs-rules runs")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 1,000 MNIST samples, 10 environments: a smoke run")
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
     noise, seconds_per_epoch = None, FALLBACK_SECONDS_PER_EPOCH
     with tempfile.TemporaryDirectory(prefix="dlagent-bench-agent-") as folder:
         tmp = Path(folder)
-        if args.only in (None, "real"):
+        if "real" in args.parts:
             rows, seconds_per_epoch = run_arms(args, tmp)
             agent, ablation = compare(rows, "agent"), compare(rows, "ablation")
             noise = measured_noise(rows)
@@ -260,14 +261,14 @@ def main(argv=None) -> int:
             print(f"[bench] agent - static: {agent['acc_diff_points']['mean']:+.2f} points (95% CI {agent['acc_diff_points']['ci95']}), "
                   f"epochs x{agent['epochs_ratio_of_totals']:.3f}; ablation - static: {ablation['acc_diff_points']['mean']:+.2f} points "
                   f"(95% CI {ablation['acc_diff_points']['ci95']}), epochs x{ablation['epochs_ratio_of_totals']:.3f}", flush=True)
-        if args.only in (None, "sim"):
+        if "sim" in args.parts:
             sim = simulate(args.sim_envs, noise if noise is not None else FALLBACK_NOISE, seconds_per_epoch)
             sim["noise_source"] = "measured on the static runs" if noise is not None else f"declared fallback {FALLBACK_NOISE}"
             result["learning_minus_rules_sim_ci_low"] = sim["learning_minus_rules"]["ci95"][0]
             result["sim"] = sim
             print(f"[bench] simulated learning - rules over {sim['envs']} environments: {sim['learning_minus_rules']['mean']:+.5f} "
                   f"(95% CI {sim['learning_minus_rules']['ci95']}; noise {sim['noise']}, {sim['noise_source']})", flush=True)
-        if args.only in (None, "learning"):
+        if "learning" in args.parts:
             real = real_learning_vs_rules(args, tmp)
             result["learning_minus_rules_real_mean"] = real["learning_minus_rules_mean"]
             result["real_learning_vs_rules"] = real
