@@ -38,10 +38,12 @@ everything in MLflow (one parent run per DAG run, a child run per task).
   (its `model_args` tunable as `model_args.<key>`); `init_from` fine-tunes an existing model
   (e.g. `models:/dlagent-classifier@champion`) in two phases instead of training from scratch.
 * **compression_candidates** lists the candidates; **compress** (one mapped task each) prunes,
-  distils and/or quantizes (TFLite) and measures size, the test metrics and latency.
-* **evaluate** measures the trained model, the most compressed candidate within the budget of
-  the primary metric (`metric`: accuracy, auc, f1_macro; rmse, mae, r2 for `task: regression`) and the deployed champion on the same test split (per-class metrics, confusion
-  matrix, explanation plots) and gates the candidate: `blessed` with its reasons.
+  distils and/or quantizes (TFLite) and measures size, the validation and test metrics and latency.
+* **evaluate** picks the most compressed candidate within the budget of the primary metric
+  (`metric`: accuracy, auc, f1_macro; rmse, mae, r2 for `task: regression`) on the validation
+  split, measures the trained model, that candidate and the deployed champion on the same test
+  split (per-class metrics, confusion matrix, explanation plots) and gates the candidate:
+  `blessed` with its reasons.
 * **deploy** registers a blessed candidate in the MLflow Model Registry (alias `champion`,
   former one `previous`) and writes the serving bundle; otherwise it is *skipped* and its
   log says why.

@@ -80,7 +80,7 @@ def test_rules_stop_tuning_when_the_best_value_stalls(history):
     assert stalled["tune"] is None
     improving = RulesPolicy(improvement_window=2).decide(obs)  # 0.93 -> 0.95 over the last two
     assert improving["tune"]["n_trials"] == 8
-    obs.gate = {"run_id": "x", "blessed": False, "metrics": {}}
+    obs.gate = {"run_id": "x", "blessed": False, "metrics": {"shipped_val_accuracy": 0.90}}  # worse than the champion (0.92)
     assert RulesPolicy(improvement_window=1).decide(obs)["action"] == "stop"
     assert RulesPolicy(improvement_window=2).decide(obs)["action"] == "retune"
     assert RulesPolicy(accuracy_budget_points=0.1).decide(obs)["compress"] == [{"quantization": "none", "sparsity": 0.0}]
@@ -162,6 +162,20 @@ def test_the_action_judges_the_candidate_the_gate_judged(history):
     plan = RulesPolicy().decide(dataclasses.replace(obs, gate=gate))
     assert plan["action"] != "deploy"
     assert any("the gated candidate val_accuracy 0.9100" in r["because"] for r in plan["reasons"] if r["decision"].startswith("action="))
+
+
+def test_the_gate_only_vetoes_a_deploy_and_the_champion_measured_must_be_the_champion(history):
+    """Better than the champion on validation but refused by the gate (the test split): stop, never retune;
+    a champion_val_<metric> measured on another version than the champion now is not compared with."""
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    refused = dataclasses.replace(obs, gate={**obs.gate, "blessed": False})
+    plan = RulesPolicy().decide(refused)
+    assert plan["tune"] is not None and plan["action"] == "stop", plan["reasons"]
+    assert any("vetoes the deploy" in r["because"] for r in plan["reasons"] if r["decision"] == "action=stop")
+    measured = {**obs.gate, "metrics": {**obs.gate["metrics"], "champion_val_accuracy": 0.99}}
+    assert dataclasses.replace(obs, gate={**measured, "champion_version": "1"}).champion_score == 0.99
+    assert dataclasses.replace(obs, gate={**measured, "champion_version": "7"}).champion_score == 0.92  # stored with version 1
 
 
 def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_round(history):

@@ -45,11 +45,21 @@ def test_workers_are_bounded_by_the_memory_the_data_set_needs():
     # 240k x 12288 floats x 4 bytes x 4 copies = 47 GB per worker: one worker, though 8 were given
     assert plan["tune"]["n_workers"] == 1
     assert any("memory" in r["because"] for r in plan["reasons"] if r["decision"].startswith("tune.n_workers"))
+    roomy = _observation(resources={**RESOURCES, "memory_free_gb": 40.0})
+    # on Celery each worker is another machine; a streamed folder is not held in memory
+    assert _budget(data=big, n_workers=8, observation=roomy, executor="CeleryExecutor")["tune"]["n_workers"] == 6
+    assert _budget(data={**big, "streamed": True}, n_workers=8, observation=roomy, executor="LocalExecutor")["tune"]["n_workers"] == 6
 
 
 def test_what_the_params_set_is_kept():
     plan = _budget(trial_epochs=5, min_trial_epochs=1)
     assert (plan["tune"]["trial_epochs"], plan["tune"]["min_trial_epochs"]) == (5, 1)
+    rung = _budget(min_trial_epochs=3)["tune"]  # the person's first rung; the agent's short trials stay
+    assert (rung["trial_epochs"], rung["min_trial_epochs"]) == (8, 3)
+    assert _budget(min_trial_epochs=10)["tune"]["trial_epochs"] == 10  # trials run at least to the first rung
+    assert _budget(RulesPolicy(warm_start=False), min_trial_epochs=3)["tune"]["trial_epochs"] is None
+    assert _budget(trial_epochs="", min_trial_epochs="")["tune"]["trial_epochs"] == 8  # a Param left empty renders as ""
+    assert _budget(RulesPolicy(initial_trials=0))["tune"]["n_trials"] == 0  # as after tuning: no first round
     follow_up = _budget(n_trials=4, n_workers=3, trial_epochs=6, seed_studies=["earlier"])  # a retune's conf: the agent's own plan
     assert follow_up["tune"] == {"n_trials": 4, "n_workers": 3, "trial_epochs": 6, "min_trial_epochs": None, "search_space": None,
                                  "seed_studies": ["earlier"]}

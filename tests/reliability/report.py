@@ -29,6 +29,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 SUITE = "tests/reliability"
 LOST_EXIT = 3
 NOTHING_TRIED_EXIT = 4
+PYTEST_NO_TESTS_COLLECTED = 5  # pytest's exit code when -k or -m deselected every test
 # What "ok" means per kind, for the table's headings.
 OK_WORD = {"fault": "survived", "bad_input": "refused", "concurrency": "survived", "security": "passed"}
 
@@ -87,10 +88,10 @@ def summarize(records: list[dict]) -> dict:
 
 def exit_code(result: dict, records: list[dict]) -> int:
     """pytest's failure first; then nothing tried; then a lost item or a check that did not survive."""
+    if result["pytest_exit_code"] == PYTEST_NO_TESTS_COLLECTED or (result["pytest_exit_code"] == 0 and not records):
+        return NOTHING_TRIED_EXIT
     if result["pytest_exit_code"] != 0:
         return result["pytest_exit_code"]
-    if not records:
-        return NOTHING_TRIED_EXIT
     return LOST_EXIT if result["items_lost"] or result["checks_failed"] else 0
 
 

@@ -44,6 +44,14 @@ def test_a_suite_whose_every_check_is_skipped_is_an_error(tmp_path):
     assert "NOTHING WAS TRIED" in out
 
 
+def test_a_run_that_deselects_every_check_is_an_error_too(tmp_path):
+    code, result, out = _report(tmp_path, """
+        def test_a_fault(reliability_record):
+            reliability_record("fault", "never tried", True)
+    """, "-k", "no_such_test")
+    assert code == NOTHING_TRIED_EXIT and result["pytest_exit_code"] == 5, out
+
+
 def test_failed_faults_are_not_survived_and_keep_their_losses(tmp_path):
     code, result, out = _report(tmp_path, """
         import pytest

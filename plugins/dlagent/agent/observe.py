@@ -28,11 +28,6 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
 * **compression candidates** (``dlagent.step = compress``): metrics ``val_<metric>`` (the
   primary one is read), ``test_<metric>``, ``size_bytes``, ``latency_ms_p95``; config from the
   params that are compression settings (``sparsity``, ``quantization``, ...).
-
-Every score a policy decides or is rewarded on is a **validation** score (the views below:
-:attr:`Observation.reference_score`, :attr:`Observation.champion_score`, the candidates'
-``val_<metric>``); test scores are observed for the record only, so the test split a run
-reports on never steers it (``tests/agent/test_no_selection_on_test.py``).
 * **gate**: the most recent run with a ``dlagent.gate.blessed`` tag (``true``/``false``).
 * **champion**: the version under alias ``champion`` of ``champion_name`` (absent model or
   alias: ``None``); metrics from its ``dlagent.metric.*`` tags, then its run's metrics.
@@ -40,6 +35,11 @@ reports on never steers it (``tests/agent/test_no_selection_on_test.py``).
 * **resources**: CPUs of this process (affinity), 1-minute load, free CPUs, free memory.
   Only this part changes between two observations of the same MLflow history; pass
   ``resources=`` to fix it (tests, replays).
+
+Every score a policy decides or is rewarded on is a **validation** score (the views below:
+:attr:`Observation.reference_score`, :attr:`Observation.champion_score`, the candidates'
+``val_<metric>``); test scores are observed for the record only, so the test split a run
+reports on never steers it (``tests/agent/test_no_selection_on_test.py``).
 
 An unreachable MLflow raises :class:`ObservationError` (never a silent empty observation);
 a parent run that does not exist raises :class:`~dlagent.errors.ConfigError`.
@@ -140,15 +140,17 @@ class Observation:
     @property
     def champion_score(self) -> float | None:
         """The champion's validation primary metric: measured on this run's validation split by the
-        evaluate step (``champion_val_<metric>``), else the one stored with its version (its own
-        run's validation split), else ``None`` (no champion, or one registered before validation
-        scores were stored)."""
+        evaluate step (``champion_val_<metric>``) when that step measured *this* champion version
+        (the alias may have moved since: another run deployed, or this run produced the champion),
+        else the one stored with its version (its own run's validation split), else ``None`` (no
+        champion, or one registered before validation scores were stored)."""
         from dlagent.ml.selection import metric_of
 
         if self.champion is None:
             return None
-        measured = (self.gate or {}).get("metrics", {}).get(f"champion_{self.primary.val_key}")
-        if finite(measured):
+        gate = self.gate or {}
+        measured = gate.get("metrics", {}).get(f"champion_{self.primary.val_key}")
+        if finite(measured) and str(gate.get("champion_version")) == str(self.champion.get("version")):
             return float(measured)
         return metric_of(self.champion.get("metrics") or {}, self.primary)
 
@@ -246,7 +248,8 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     for run in reversed(runs):
         value = run.data.tags.get(names.GATE_BLESSED_TAG)
         if value is not None:
-            gate = {"run_id": run.info.run_id, "blessed": value.strip().lower() in ("true", "1", "yes"), "metrics": _metrics(run)}
+            gate = {"run_id": run.info.run_id, "blessed": value.strip().lower() in ("true", "1", "yes"), "metrics": _metrics(run),
+                    "champion_version": run.data.tags.get(names.GATE_CHAMPION_VERSION_TAG)}
             break
 
     seconds = sum((r.info.end_time - r.info.start_time) / 1000.0 for r in runs if r.info.end_time and r.info.start_time)

@@ -108,6 +108,8 @@ class DatasetSplits:
         return self.x_train.ndim in (3, 4)
 
     def summary(self) -> dict:
+        from dlagent.ml.streaming import is_streamed
+
         return {
             "dataset": self.name,
             "task": self.task,
@@ -117,6 +119,7 @@ class DatasetSplits:
             "n_train": int(len(self.y_train)),
             "n_val": int(len(self.y_val)),
             "n_test": int(len(self.y_test)),
+            "streamed": is_streamed(self.x_train),  # read from disk a batch at a time, not held in memory
         }
 
 

@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- running models
 
 
-def keras_score(model, splits: DatasetSplits) -> float:
-    """The primary metric of a Keras model on the test split."""
-    return splits.primary.score(splits.y_test, keras_predict(model, splits.x_test))
+def keras_score(model, splits: DatasetSplits, split: str = "test") -> float:
+    """The primary metric of a Keras model on the ``"test"`` or ``"val"`` split."""
+    x, y = (splits.x_test, splits.y_test) if split == "test" else (splits.x_val, splits.y_val)
+    return splits.primary.score(y, keras_predict(model, x))
 
 
 def keras_call_latency(model, x: np.ndarray, *, runs: int = 100, warmup: int = 10) -> dict:

@@ -47,6 +47,7 @@ CANDIDATE_TAG = "dlagent.candidate"  # a compression candidate's name (compress,
 WARM_START_TAG = "dlagent.warm_start"  # the checkpoint a training continued from
 GATE_BLESSED_TAG = "dlagent.gate.blessed"  # "true" / "false" on the evaluate run
 GATE_REASONS_TAG = "dlagent.gate.reasons"
+GATE_CHAMPION_VERSION_TAG = "dlagent.gate.champion_version"  # the champion version the evaluate run measured (champion_* metrics)
 GATE_DECISION_ARTIFACT = "gate"  # folder of decision.json on the evaluate run
 GATE_DECISION_FILE = "decision.json"
 REGISTERED_VERSION_TAG = "dlagent.registered_version"  # "<name>/<version>" on the deploy run
@@ -69,7 +70,7 @@ def summary_tag(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- the agent
-PHASE_TAG = "dlagent.phase"  # plan | decide
+PHASE_TAG = "dlagent.phase"  # budget | plan | decide
 OBSERVED_TAG = "dlagent.observed_run_id"
 ACTION_TAG = "dlagent.action"
 POLICY_TAG = "dlagent.policy"

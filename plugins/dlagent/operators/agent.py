@@ -49,7 +49,8 @@ class AgentOperator(DlagentOperator):
         of a champion a sensor watched (templated).
     :param request: phase ``budget``: the Params' tuning settings (``n_trials``, ``n_workers``,
         ``trial_epochs``, ``min_trial_epochs``, ``search_space``, ``seed_studies``) and ``data``,
-        the validate task's data summary (templated).
+        the validate task's data summary (templated); the task adds ``executor`` (Airflow's
+        ``[core] executor``: workers are sized by this machine's memory only when they run on it).
     :param fixed_resources: the observation's ``resources`` as given, ``{"cpu_count",
         "cpus_free", ...}`` (replays, tests); empty: the worker's CPUs, load and memory are
         measured (free pool slots are not readable in Airflow 3; the task's pool is recorded).
@@ -158,8 +159,9 @@ class AgentOperator(DlagentOperator):
             if resources is None:
                 resources = {**measure_resources(), "pool": self.pool, "pool_slots": self.pool_slots}
                 self.log.info("%s", POOL_NOTE)
+            request = {**self.request, "executor": _executor()} if self.phase == "budget" else None
             outcome = run_agent(client, experiment_id, observed, policy=self.policy, phase=self.phase, champion_name=champion,
-                                resources=resources, reward_key=f"{ids['dag_id']}/{ids['run_id']}", request=self.request,
+                                resources=resources, reward_key=f"{ids['dag_id']}/{ids['run_id']}", request=request,
                                 **policy_kwargs)
             plan = outcome.plan
             tracking.log_params_safely(client, agent_run_id, plan_params(plan, phase=self.phase, policy=self.policy,
@@ -174,6 +176,17 @@ class AgentOperator(DlagentOperator):
         self.log.info("%s", summarize(plan, phase=self.phase, observed=observed, agent_run_id=agent_run_id,
                                       where=redact_url(self.hook.tracking_uri)))
         return plan.to_dict()
+
+
+def _executor() -> str | None:
+    """The configured executor (``[core] executor``): the budget phase sizes workers by this
+    machine's memory only when they run on it."""
+    try:
+        from airflow.configuration import conf
+
+        return conf.get("core", "executor", fallback=None)
+    except Exception:  # noqa: BLE001 - unknown: the policy assumes the workers run here
+        return None
 
 
 class PlanBranchOperator(BaseBranchOperator):

@@ -108,11 +108,10 @@ class EvaluateOperator(DlagentOperator):
         from dlagent import settings
         from dlagent.ml import tracking
         from dlagent.ml.data import load_dataset_with_options
-        from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, keras_predict, log_evaluation
+        from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, keras_score, log_evaluation
         from dlagent.ml.gate import decide
         from dlagent.ml.lineage import EVALUATION, log_dataset_input
         from dlagent.ml.model_store import load_keras_model, read_tflite
-        from dlagent.ml.tflite import TFLiteModel
 
         thresholds, candidates, model_name = self._check_inputs()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
@@ -132,7 +131,7 @@ class EvaluateOperator(DlagentOperator):
                                                        **{f"gate.{k}": v for k, v in thresholds.to_dict().items()}})
             model = load_keras_model(client, self.model_uri)
             reference = evaluate_keras(model, splits, out_dir=Path(tmp) / "keras", explain=self.explain, latency_runs=runs)
-            reference.metrics[primary.val_key] = primary.score(splits.y_val, keras_predict(model, splits.x_val))
+            reference.metrics[primary.val_key] = keras_score(model, splits, "val")
             log_evaluation(client, run_id, reference, prefix="keras_")
             tracking.log_metrics(client, run_id, {k: v for k, v in reference.metrics.items() if k.startswith(("test_", "val_"))})
             self.log.info("reference Keras model: %s", _describe(reference.metrics, primary))
@@ -144,8 +143,7 @@ class EvaluateOperator(DlagentOperator):
                 tflite = read_tflite(client, chosen["model_uri"])
                 report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
                 log_evaluation(client, run_id, report, prefix="tflite_")
-                shipped = {**chosen["metrics"], **report.metrics}  # sparsity etc. from compress, the rest measured here
-                shipped[primary.val_key] = primary.score(splits.y_val, TFLiteModel(tflite).predict(splits.x_val))
+                shipped = {**chosen["metrics"], **report.metrics}  # val_<metric>, sparsity... from compress, the rest measured here
                 candidate = {"candidate": chosen["candidate"], "model_uri": chosen["model_uri"], "run_id": chosen.get("run_id")}
             else:
                 shipped = dict(reference.metrics)
@@ -158,6 +156,7 @@ class EvaluateOperator(DlagentOperator):
             champion = self._measure_champion(client, model_name, splits, runs, Path(tmp))
             if champion is not None:
                 tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
+                client.set_tag(run_id, names.GATE_CHAMPION_VERSION_TAG, str(champion["version"]))
             decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary)
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
             client.set_tag(run_id, names.GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])

@@ -54,7 +54,7 @@ def _agent_summary(run, ui_url: str) -> dict:
     return {
         **_run_summary(run, ui_url),
         "phase": tags.get(names.PHASE_TAG),
-        "action": tags.get(names.ACTION_TAG),
+        "action": tags.get(names.ACTION_TAG) if tags.get(names.PHASE_TAG) != "budget" else None,  # budget: tuning only
         "policy": tags.get(names.POLICY_TAG),
         "arm": tags.get(names.ARM_TAG),
         "observed_run_id": tags.get(names.OBSERVED_TAG),
@@ -136,7 +136,7 @@ def _decision(client, run, ui_url: str) -> dict:
         decision["plan"], decision["error"] = None, f"no readable decisions.json ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})"
     else:
         decision["plan"], decision["error"] = plan if isinstance(plan, dict) else None, None
-        if isinstance(plan, dict) and plan.get("action"):
+        if isinstance(plan, dict) and plan.get("action") and decision["phase"] != "budget":
             decision["action"] = plan["action"]
     return decision
 

@@ -45,8 +45,9 @@ class Policy(ABC):
         (the validate task's summary of the data set: sizes, input shape, classes). Returns a
         plan whose ``tune`` section the tuning tasks run. This default keeps the Params as
         given; :class:`~dlagent.agent.policies.rules.RulesPolicy` plans the round."""
-        tune = {key: request.get(key) for key in ("n_trials", "n_workers", "trial_epochs", "min_trial_epochs", "search_space",
-                                                  "seed_studies")}
+        from dlagent.agent.plan import TUNE_KEYS
+
+        tune = {key: None if request.get(key) == "" else request.get(key) for key in TUNE_KEYS}
         return {"action": "deploy", "tune": tune, "policy": {"name": self.name, "arm": None, "context": None},
                 "reasons": [{"decision": "tune: as the Params say", "because": f"policy {self.name!r} plans no first round"}]}
 

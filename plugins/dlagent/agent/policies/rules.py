@@ -38,8 +38,9 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    name is kept from when accuracy was the only metric) of the uncompressed model; without,
    ``compress_candidates``.
 5. **action**: ``deploy`` only when the gate blessed the run and the candidate beats the
-   champion by more than ``min_champion_gain_points``; else ``retune`` when more trials are
-   planned; else ``stop``.
+   champion by more than ``min_champion_gain_points`` on the validation split; ``stop`` when it
+   beats it but the gate (which reads the test split) refused: the gate vetoes, it never asks
+   for more tuning; else ``retune`` when more trials are planned; else ``stop``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from __future__ import annotations
 import math
 
 from dlagent.agent.observe import Observation
+from dlagent.agent.plan import TUNE_KEYS
 from dlagent.agent.policies.base import Policy
 from dlagent.errors import ConfigError
 from dlagent.validation import check_int, check_number, finite, significant
@@ -335,7 +337,8 @@ class RulesPolicy(Policy):
           gave the search; this task's CPUs are not the cluster's) and ``max_workers``, and
           fewer when memory says so: each worker holds the data set (its float32 size from the
           validate task's summary, :data:`WORKER_MEMORY_FACTOR` copies) within half the free
-          memory of this machine.
+          memory of this machine, when the workers run on this machine (a local executor, or
+          one not named) and the data is held in memory (not a streamed image folder).
         """
         from dlagent.ml.config import TrainConfig
 
@@ -345,8 +348,7 @@ class RulesPolicy(Policy):
         def because(decision: str, why: str):
             reasons.append({"decision": decision, "because": why})
 
-        asked = {key: request.get(key) for key in ("n_trials", "n_workers", "trial_epochs", "min_trial_epochs", "search_space",
-                                                   "seed_studies")}
+        asked = {key: None if request.get(key) == "" else request.get(key) for key in TUNE_KEYS}  # "": a Param left empty
         asked["seed_studies"] = list(asked["seed_studies"] or [])
         plan = {"action": "deploy", "tune": asked, "policy": {"name": self.name, "arm": None, "context": None}, "reasons": reasons}
         if asked["seed_studies"]:
@@ -357,14 +359,19 @@ class RulesPolicy(Policy):
             because("tune: none", "n_trials is 0 in the Params: no tuning")
             return plan
         data = request.get("data") or {}
-        n = min(int(asked["n_trials"]), self.initial_trials) if self.initial_trials else int(asked["n_trials"])
+        if self.initial_trials == 0:
+            because("tune: none", "initial_trials is 0: no first round")
+            plan["tune"] = {**asked, "n_trials": 0}
+            return plan
+        n = min(int(asked["n_trials"]), self.initial_trials)
         because(f"tune.n_trials={n}", f"a first round of at most initial_trials {self.initial_trials}, within the Params' "
                 f"n_trials {asked['n_trials']} (the budget cap)")
         cap = int(asked["n_workers"] or 1)
         workers = max(1, min(n, cap, self.max_workers or cap))
         why = (f"{n} trials, the Params' tuning_workers {cap} (the slots a person gave the search: on Celery or Kubernetes "
                "this task's own CPUs say nothing of the cluster's)" + (f", max_workers {self.max_workers}" if self.max_workers else ""))
-        fit = _workers_in_memory(data, obs.resources.get("memory_free_gb"))
+        shares_machine = _workers_share_this_machine(request.get("executor"))
+        fit = _workers_in_memory(data, obs.resources.get("memory_free_gb")) if shares_machine and not data.get("streamed") else None
         if fit is not None and fit < workers:
             workers, why = fit, why + f"; memory: {fit} worker(s) hold the data set within half the free memory"
         because(f"tune.n_workers={workers}", why + (f"; data: {data.get('n_train')} training samples of shape "
@@ -378,6 +385,11 @@ class RulesPolicy(Policy):
                         "each trial trains them all")
         else:
             because(f"tune.trial_epochs={asked['trial_epochs']}", "set in the Params")
+        if asked["min_trial_epochs"] is not None:  # a person's first rung wins; trials then run at least that long
+            trial = epochs["trial_epochs"]  # None: the training's epochs
+            epochs = {"trial_epochs": None if trial is None else max(trial, asked["min_trial_epochs"]),
+                      "min_trial_epochs": asked["min_trial_epochs"]}
+            because(f"tune.min_trial_epochs={asked['min_trial_epochs']}", "set in the Params")
         plan["tune"] = {**asked, "n_trials": n, "n_workers": workers, **epochs}
         return plan
 
@@ -447,6 +459,11 @@ class RulesPolicy(Policy):
         if blessed and better:
             because("action=deploy", f"{gate} and better than the champion: {versus}")
             return "deploy"
+        if better and blessed is False:
+            because("action=stop", f"better than the champion on validation ({versus}) but {gate}: its verdict, on the test split, "
+                    "vetoes the deploy and is not used to ask for more tuning (retuning until the test split agrees would "
+                    "select on it)")
+            return "stop"
         if tune is not None and tune["n_trials"] > 0:
             because("action=retune", f"not deploying ({gate}; {versus}) and tuning continues: run {tune['n_trials']} trials")
             return "retune"
@@ -455,6 +472,11 @@ class RulesPolicy(Policy):
 
 
 WORKER_MEMORY_FACTOR = 4  # float32 copies of the data set one tuning worker holds (arrays, tf.data, predictions)
+
+
+def _workers_share_this_machine(executor) -> bool:
+    """Whether tuning workers run beside this task (Local/Sequential executor, or unknown: assume so)."""
+    return not executor or any(word in str(executor) for word in ("Local", "Sequential"))
 
 
 def _workers_in_memory(data: dict, memory_free_gb) -> int | None:
