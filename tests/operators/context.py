@@ -21,8 +21,8 @@ class TaskInstanceStub:
     def xcom_push(self, key, value):
         self.xcoms[key] = value
 
-    def xcom_pull(self, task_ids=None, key="return_value"):
-        return self.xcoms.get((task_ids, key))
+    def xcom_pull(self, task_ids=None, key="return_value", default=None, **_):
+        return self.xcoms.get((task_ids, key), default)
 
     def get_ti_count(self, dag_id, run_ids=None, states=None, **_):
         return self.failed_tasks

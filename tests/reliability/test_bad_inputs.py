@@ -317,7 +317,10 @@ class World:
         unvalidated: the task must refuse what the Params would have refused), and its context."""
         params = {name: self.dag.params[name] for name in self.dag.params}
         params.update(conf)
-        context = {"ti": TaskInstanceStub(dag_id=DAG_ID, task_id=task_id, run_id=run_id),
+        # upstream results the task's templates read: the agent's first-round plan is none (agent off),
+        # so the Params' settings (the bad search space among them) reach the task as given
+        ti = TaskInstanceStub(dag_id=DAG_ID, task_id=task_id, run_id=run_id, xcoms={("agent_budget", "tune"): None})
+        context = {"ti": ti,
                    "dag_run": DagRunStub(dag_id=DAG_ID, run_id=run_id, conf=dict(conf)), "params": params}
         operator = copy.copy(self.dag.get_task(task_id))
         operator.render_template_fields(context)
