@@ -31,9 +31,12 @@ run: install
 	$(PY) -m dlagent_dev.cli run --conf '$(CONF)'
 
 # The suite fails if it leaves a process running (tests/conftest.py: pytest_sessionfinish).
+# It runs on PYTEST_WORKERS pytest-xdist workers (2: the CI machine's cores); the tests that use
+# PostgreSQL or the live services stay together on one of them (tests/conftest.py).
+PYTEST_WORKERS ?= 2
 test: install
 	$(PY) -m dlagent_dev.cli setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The real services: Airflow api-server (UI), scheduler, dag-processor, triggerer and an
 # MLflow server; prints the URLs and the login. EXECUTOR=CeleryExecutor adds 2 Celery workers.

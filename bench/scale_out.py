@@ -3,16 +3,29 @@
 Each round starts the real services (`dlagent_dev.stack.LocalStack`: api-server, scheduler,
 dag-processor, triggerer, MLflow server) with CeleryExecutor, the Redis broker on this
 machine and 1 or 2 Celery workers (concurrency 1 each), on fresh PostgreSQL databases
-(Airflow metadata, MLflow store, Optuna study). It triggers dl_agent_pipeline through the
-REST API with 2 mapped tuning workers sharing one study, and measures the tune tasks' span:
-first start to last end, from Airflow's task instances. With one Celery worker the two
-mapped tune tasks run one after the other (the first one finishes the study); with two they
-run at once, on both workers. Prints which Celery worker ran which mapped task and trials.
+(Airflow metadata, MLflow store, Optuna study). Each Celery worker is pinned to its own CPU
+(its pool and task processes inherit the affinity), so one worker stands for one machine and
+the figure measures dlagent's coordination (shared study, locks, scheduling), not
+TensorFlow's threads of two workers competing for the same two cores. The other services
+are not pinned.
+
+Every repetition triggers dl_agent_pipeline through the REST API (`agent_policy: off`, so the
+Params run as given) with 2 mapped tuning workers sharing one study. Before the trigger the
+benchmark creates that study and enqueues the same fixed list of trial configurations
+(learning rate x batch size drawn once from seed 0; no pruning, no early stopping), so both
+rounds and every repetition train exactly the same trials. It measures the tune tasks' span,
+first start to last end, from Airflow's task instances: with one Celery worker the two mapped
+tune tasks run one after the other (the first one finishes the study); with two they run at
+once, on both workers. Prints which Celery worker ran which mapped task and trials.
 At the end it fails (exit 1) if any process it started is still running, and lists it
 (`dlagent_dev.procs`, the same check as the test suite's).
 
-    python bench/scale_out.py                       # 16 trials of the digits CNN
-    python bench/scale_out.py --trials 24 --epochs 10
+    python bench/scale_out.py                        # 16 trials of the digits CNN, 3 repetitions, pinned
+    python bench/scale_out.py --trials 24 --epochs 10 --reps 5
+    python bench/scale_out.py --no-pin               # both workers share every CPU (measured 1.47x-1.58x)
+
+Goal: two workers at least 1.8x the trials per minute of one (the limit is 2.0x), judged on the
+median of the repetitions' speed-ups. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -23,7 +36,6 @@ import os
 import re
 import sys
 import tempfile
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -31,31 +43,6 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
 sys.path.insert(0, str(PROJECT_DIR / "dev"))
 ADMIN_URL = os.environ.get("DLAGENT_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-def create_databases(count: int) -> list[str]:
-    import psycopg2
-
-    admin = psycopg2.connect(ADMIN_URL.replace("+psycopg2", ""))
-    admin.autocommit = True
-    names = [f"dlagent_bench_{uuid.uuid4().hex[:10]}" for _ in range(count)]
-    with admin.cursor() as cur:
-        for name in names:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    base = ADMIN_URL.rsplit("/", 1)[0]
-    return [f"{base}/{name}" for name in names]
-
-
-def drop_databases(urls: list[str]) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(ADMIN_URL.replace("+psycopg2", ""))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for url in urls:
-            cur.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    admin.close()
 
 
 def _time(value: str) -> datetime:
@@ -74,42 +61,81 @@ def worker_of_each_task(log_dir: Path, run_id: str) -> dict[int, str]:
     return ran
 
 
-def one_round(workers: int, conf: dict, broker_db: int) -> dict:
+SPACE = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+         "batch_size": {"type": "categorical", "choices": [32, 64, 128]}}
+
+
+def fixed_trials(count: int, seed: int = 0) -> list[dict]:
+    """The trial configurations every round and repetition runs, in this order."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    low, high = np.log(SPACE["learning_rate"]["low"]), np.log(SPACE["learning_rate"]["high"])
+    return [{"learning_rate": float(np.exp(rng.uniform(low, high))), "batch_size": int(rng.choice(SPACE["batch_size"]["choices"]))}
+            for _ in range(count)]
+
+
+def enqueue_study(storage: str, study_name: str, trials: list[dict]) -> None:
+    """Create the run's study before the DAG's create_study task (which continues it and records
+    its settings) with ``trials`` waiting: the tuning workers ask for these before sampling."""
+    import optuna
+
+    study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize")
+    for params in trials:
+        study.enqueue_trial(params)
+
+
+def one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus) -> list[dict]:
+    """One stack with ``workers`` Celery workers on fresh databases; ``reps`` pipeline runs, each its own study."""
+    from dlagent_dev.pgdb import throwaway_databases
+
+    with throwaway_databases(ADMIN_URL) as make_database:
+        return _one_round(workers, conf, trials, reps=reps, broker_db=broker_db, cpus=cpus,
+                          databases=(make_database(), make_database(), make_database()))
+
+
+def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus, databases) -> list[dict]:
     import optuna
     from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
 
-    airflow_db, mlflow_db, optuna_db = databases = create_databases(3)
+    airflow_db, mlflow_db, optuna_db = databases
     home = Path(tempfile.mkdtemp(prefix=f"dlagent-scale-{workers}-"))
     env = postgres_stack_env(home, airflow_db=airflow_db, mlflow_db=mlflow_db, optuna_db=optuna_db,
                              AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}")
-    stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers)
-    try:
-        with stack:
-            api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
-            api.wait_for_dag("dl_agent_pipeline")
-            api.unpause("dl_agent_pipeline")
-            run_id = api.trigger("dl_agent_pipeline", conf, run_id=f"scale_out_{workers}")
+    stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
+                       celery_cpus=cpus[:workers] if cpus else None)
+    results = []
+    with stack:
+        api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
+        api.wait_for_dag("dl_agent_pipeline")
+        api.unpause("dl_agent_pipeline")
+        for rep in range(1, reps + 1):
+            run_id = f"scale_out_{workers}_{rep}"
+            study_name = f"dl_agent_pipeline.{run_id}"
+            enqueue_study(optuna_db, study_name, trials)
+            api.trigger("dl_agent_pipeline", conf, run_id=run_id)
             state = api.wait_for_run("dl_agent_pipeline", run_id, timeout=3600, poll=5)
             tune = [t for t in api.task_instances("dl_agent_pipeline", run_id) if t["task_id"] == "tune"]
             if state != "success" or any(t["state"] != "success" for t in tune):
                 raise SystemExit(f"run {state}: {[(t['map_index'], t['state']) for t in tune]}\n{stack.tail_logs(30)}")
             start = min(_time(t["start_date"]) for t in tune)
             end = max(_time(t["end_date"]) for t in tune)
-            storage = optuna_db
-            study = optuna.load_study(study_name=f"dl_agent_pipeline.{run_id}", storage=storage)
-            trials = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+            study = optuna.load_study(study_name=study_name, storage=optuna_db)
+            done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+            ran = [t.params for t in sorted(done, key=lambda t: t.number)]
+            if ran != trials:
+                raise SystemExit(f"repetition {rep} with {workers} workers ran other trials than the fixed list:\n{ran}\n{trials}")
             by_process: dict[str, list[int]] = {}
-            for trial in trials:
+            for trial in done:
                 by_process.setdefault(trial.user_attrs.get("worker", "?"), []).append(trial.number)
-            celery = worker_of_each_task(stack.log_dir, run_id)
-    finally:
-        drop_databases(databases)
-    minutes = (end - start).total_seconds() / 60
-    result = {"workers": workers, "trials": len(trials), "tune_span_s": round(minutes * 60, 1),
-              "trials_per_min": round(len(trials) / minutes, 2), "celery_worker_of_tune_task": celery,
-              "trials_by_process": by_process}
-    print(json.dumps(result), flush=True)
-    return result
+            minutes = (end - start).total_seconds() / 60
+            result = {"workers": workers, "rep": rep, "trials": len(done), "tune_span_s": round(minutes * 60, 1),
+                      "trials_per_min": round(len(done) / minutes, 2),
+                      "celery_worker_of_tune_task": worker_of_each_task(stack.log_dir, run_id),
+                      "trials_by_process": by_process}
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    return results
 
 
 def main() -> int:
@@ -130,21 +156,44 @@ def _main() -> int:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--model", default="cnn")
+    parser.add_argument("--reps", type=int, default=3, help="pipeline runs per worker count (default 3)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin each Celery worker to its own CPU")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) < 2:
+        print(f"--pin needs 2 CPUs, this process may use {cpus}: run with --no-pin", file=sys.stderr)
+        return 2
+    pinned = ((cpus[0],), (cpus[1],)) if args.pin else None
+    from dlagent_dev.stats import interval
+
+    trials = fixed_trials(args.trials)
     conf = {"n_trials": args.trials, "tuning_workers": 2, "epochs": args.epochs, "model": args.model, "pruner": "none",
-            "sampler": "random", "experiment_name": "scale_out", "compression_candidates": [{"quantization": "dynamic"}]}
-    print(f"conf: {json.dumps(conf)}", flush=True)
-    one = one_round(1, conf, broker_db=11)
-    two = one_round(2, conf, broker_db=12)
-    print(f"\n{'Celery workers':>15} {'trials':>7} {'tune span s':>12} {'trials/min':>11}")
-    for r in (one, two):
-        print(f"{r['workers']:>15} {r['trials']:>7} {r['tune_span_s']:>12} {r['trials_per_min']:>11}")
-    print("two workers: tune task -> Celery worker", two["celery_worker_of_tune_task"])
-    both = len(set(two["celery_worker_of_tune_task"].values())) == 2 and len(two["trials_by_process"]) == 2
-    print(f"both Celery workers ran trials of the one study: {both}")
-    speedup = two["trials_per_min"] / one["trials_per_min"]
-    print("RESULT " + json.dumps({"trials_per_min_1": one["trials_per_min"], "trials_per_min_2": two["trials_per_min"],
-                                  "speedup": round(speedup, 3)}))
+            "search_space": SPACE, "early_stopping_patience": 0, "agent_policy": "off",
+            "experiment_name": "scale_out", "compression_candidates": [{"quantization": "dynamic"}]}
+    print(f"conf: {json.dumps(conf)}\ntrials: {json.dumps(trials)}\nCelery workers pinned to CPUs: {pinned}", flush=True)
+    one = one_round(1, conf, trials, reps=args.reps, broker_db=11, cpus=pinned)
+    two = one_round(2, conf, trials, reps=args.reps, broker_db=12, cpus=pinned)
+    print(f"\n{'Celery workers':>15} {'rep':>4} {'trials':>7} {'tune span s':>12} {'trials/min':>11}")
+    for r in (*one, *two):
+        print(f"{r['workers']:>15} {r['rep']:>4} {r['trials']:>7} {r['tune_span_s']:>12} {r['trials_per_min']:>11}")
+    for r in two:
+        print(f"two workers, repetition {r['rep']}: tune task -> Celery worker {r['celery_worker_of_tune_task']}")
+    both = all(len(set(r["celery_worker_of_tune_task"].values())) == 2 and len(r["trials_by_process"]) == 2 for r in two)
+    print(f"both Celery workers ran trials of the one study in every repetition: {both}")
+    rate_1 = sorted(r["trials_per_min"] for r in one)
+    rate_2 = sorted(r["trials_per_min"] for r in two)
+    median_1, median_2 = rate_1[len(rate_1) // 2], rate_2[len(rate_2) // 2]
+    speedups = [b["trials_per_min"] / a["trials_per_min"] for a, b in zip(one, two, strict=True)]  # repetition i of each round
+    spread = interval(speedups) if len(speedups) > 1 else None
+    median_speedup = median_2 / median_1
+    print(f"trials/min, median (min..max): 1 worker {median_1} ({rate_1[0]}..{rate_1[-1]}), 2 workers {median_2} ({rate_2[0]}..{rate_2[-1]})")
+    print(f"speed-up of the medians {median_speedup:.3f} (goal >= 1.8); per repetition {[round(x, 3) for x in speedups]}"
+          + (f", mean {spread['mean']} 95 % interval {spread['ci95']}" if spread else ""))
+    print("RESULT " + json.dumps({"trials_per_min_1": median_1, "trials_per_min_2": median_2, "speedup": round(median_speedup, 3),
+                                  "speedups": [round(x, 3) for x in speedups], "speedup_ci95": spread["ci95"] if spread else None,
+                                  "trials_per_min_1_range": [rate_1[0], rate_1[-1]], "trials_per_min_2_range": [rate_2[0], rate_2[-1]],
+                                  "reps": args.reps, "pinned": args.pin, "trials": args.trials, "epochs": args.epochs,
+                                  "goal_met": median_speedup >= 1.8}))
     return 0 if both else 1
 
 

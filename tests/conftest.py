@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,43 +50,52 @@ def required_on_ci(message: str) -> None:
     pytest.skip(message)
 
 
+#: Fixtures that use the PostgreSQL server or the live services. Under ``pytest -n 2`` (``make
+#: test``) every test that uses one runs on the same worker, one after another (one xdist group):
+#: the live pipeline run restarts PostgreSQL on purpose, which would break a PostgreSQL test
+#: running at that moment on the other worker; everything else spreads over both workers.
+SERVICE_FIXTURES = frozenset({"postgres_databases", "module_postgres_databases", "session_postgres_databases", "postgres_url",
+                              "live_stack", "live_pipeline_run"})
+SERVICES_GROUP = "services"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.xdist_group(SERVICES_GROUP))
+            if getattr(config.option, "loadgroup", False):
+                _name_group_in_node_id(item, SERVICES_GROUP)
+
+
+def _name_group_in_node_id(item, group: str) -> None:
+    """What pytest-xdist's ``--dist loadgroup`` does itself: its scheduler reads the group from
+    the node id's ``@<group>`` suffix. xdist 3.8 writes ``item._nodeid``, which pytest 9 no longer
+    reads (the id is ``item._id``), so without this every group would spread over the workers
+    (tests/dev/test_xdist_groups.py checks that they do not)."""
+    from _pytest.nodeid import NodeId
+
+    if hasattr(item, "_id") and not item.nodeid.endswith(f"@{group}"):
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
+
+
 def _postgres_admin():
     import psycopg2
+    from dlagent_dev.pgdb import connect_admin
 
     try:
-        conn = psycopg2.connect(POSTGRES_ADMIN_URL.replace("+psycopg2", ""), connect_timeout=5)
+        return connect_admin(POSTGRES_ADMIN_URL)
     except psycopg2.OperationalError as exc:
         message = (f"PostgreSQL is unreachable at {POSTGRES_ADMIN_URL}: {exc}. Start it "
                    "(pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) "
                    "or point DLAGENT_TEST_POSTGRES_URL at one.")
         required_on_ci(message)
-    conn.autocommit = True
-    return conn
 
 
-@contextmanager
 def _database_factory():
-    admin = _postgres_admin()
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    created = []
+    from dlagent_dev.pgdb import throwaway_databases
 
-    def make() -> str:
-        name = f"dlagent_test_{uuid.uuid4().hex[:10]}"
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        return f"{base}/{name}"
-
-    try:
-        yield make
-    finally:
-        if created:
-            admin.close()
-            admin = _postgres_admin()  # a fresh session: the fault tests restart the server
-            with admin.cursor() as cur:
-                for name in created:
-                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    return throwaway_databases(POSTGRES_ADMIN_URL, prefix="dlagent_test", connect=_postgres_admin)
 
 
 @pytest.fixture

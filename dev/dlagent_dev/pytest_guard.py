@@ -22,9 +22,14 @@ _state: dict = {}
 
 def pytest_configure(config):
     if "session" not in _state:
-        _state["session"] = procs.begin_session(PROJECT_DIR)
+        # Under pytest-xdist each worker checks what it started itself (its own mark); only the
+        # controller also looks for orphans by the checkout's path, once every worker is done,
+        # so a worker that finishes first never takes the other's running processes for leftovers.
+        worker = hasattr(config, "workerinput")
+        _state["session"] = procs.begin_session(None if worker else PROJECT_DIR)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has shut its workers down
 def pytest_sessionfinish(session, exitstatus):
     run = _state.get("session")
     if run is None:

@@ -118,11 +118,17 @@ class LocalStack:
     mlflow_port: int = MLFLOW_PORT
     executor: str = "LocalExecutor"
     celery_workers: int = 0
+    # CPU affinity of each Celery worker (worker i runs on celery_cpus[i]; its pool and task
+    # processes inherit it): one pinned worker stands for one machine. None: not pinned.
+    celery_cpus: tuple[tuple[int, ...], ...] | None = None
     restart_crashed: bool = True
     processes: dict = field(default_factory=dict)
     restarts: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.celery_cpus is not None and len(self.celery_cpus) < self.celery_workers:
+            raise ValueError(f"celery_cpus gives {len(self.celery_cpus)} CPU sets for {self.celery_workers} Celery workers: "
+                             "give one per worker")
         self._stopped: set[str] = set()
         self._log_ports: dict[str, int] = {}
         home = Path(self.env["DLAGENT_HOME"])
@@ -194,12 +200,20 @@ class LocalStack:
         command = self.commands()[name]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
+        cpus = self._cpus_of(name)
         process = procs.start([dev_env.executable(command[0]), *command[1:]], tag=self.tag, env=self._service_env(name),
-                              stdout=log, stderr=subprocess.STDOUT)
+                              stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         log.close()
         self._stopped.discard(name)
         self.processes[name] = process
         return process
+
+    def _cpus_of(self, name: str) -> tuple[int, ...] | None:
+        """The CPUs Celery worker ``celery-worker-<i>`` is pinned to, or None."""
+        if not self.celery_cpus or not name.startswith("celery-worker-"):
+            return None
+        return tuple(self.celery_cpus[int(name.rsplit("-", 1)[1]) - 1])
 
     def stop_leftovers(self) -> list[procs.ProcInfo]:
         """Stop the services an earlier stack of this home left running when it was killed

@@ -10,6 +10,7 @@ tests/e2e and tests/reliability (``live_stack``).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -144,3 +145,36 @@ def test_stop_waits_until_each_services_group_is_empty_and_a_crashed_service_is_
         groups = [p.pid for p in stack.processes.values()]
     assert all(procs.group_members(pgid) == [] for pgid in groups)
     assert _stack_processes(stack.tag) == set()
+
+
+FORKING_WORKER = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+
+
+class CeleryFakeStack(FakeStack):
+    """Two fake Celery workers, each starting a child as Celery's prefork pool does."""
+
+    def commands(self) -> dict[str, list[str]]:
+        return {**super().commands(), "celery-worker-1": ["python", "-c", FORKING_WORKER],
+                "celery-worker-2": ["python", "-c", FORKING_WORKER]}
+
+
+def test_each_celery_worker_and_the_processes_it_starts_run_on_its_own_cpus_and_nothing_else_is_pinned(tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    wanted = ((cpus[0],), (cpus[-1],))
+    stack = CeleryFakeStack(fake_env(str(tmp_path / "home")), airflow_port=free_port(), mlflow_port=free_port(),
+                            executor="CeleryExecutor", celery_workers=2, celery_cpus=wanted)
+    with stack:
+        for index, want in enumerate(wanted, start=1):
+            leader = stack.processes[f"celery-worker-{index}"].pid
+            deadline = time.monotonic() + 30
+            while len(procs.group_members(leader)) < 2:
+                assert time.monotonic() < deadline, f"celery-worker-{index} did not start its child"
+                time.sleep(0.1)
+            assert {p.pid: os.sched_getaffinity(p.pid) for p in procs.group_members(leader)} == {
+                p.pid: set(want) for p in procs.group_members(leader)}
+        assert os.sched_getaffinity(stack.processes["scheduler"].pid) == set(cpus)
+
+
+def test_fewer_cpu_sets_than_celery_workers_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="celery_cpus gives 1 CPU sets for 2 Celery workers"):
+        CeleryFakeStack(fake_env(str(tmp_path / "home")), executor="CeleryExecutor", celery_workers=2, celery_cpus=((0,),))

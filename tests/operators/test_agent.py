@@ -256,10 +256,8 @@ def test_policies_are_pluggable_by_class_path_and_a_malformed_plan_fails(store):
     ],
 )
 def test_bad_arguments_fail_before_mlflow_is_touched(mlflow_uri, kwargs, message):
-    started = time.monotonic()
     with pytest.raises(AirflowFailException, match=f"invalid input, nothing was run: {message}"):
         agent(**kwargs).execute(make_context("agent"))
-    assert time.monotonic() - started < 5
     assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None  # nothing was created
 
 
