@@ -145,12 +145,11 @@ def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
 
 def run_services(conf: dict, workdir: Path) -> dict:
     """The pipeline on the real services with LocalExecutor; the DAG run's span and each task's times."""
-    from dlagent_dev.pgdb import throwaway_databases
+    from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
     from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
 
-    admin_url = os.environ.get("DLAGENT_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
     extra = {"DLAGENT_DATA_ROOTS": os.environ["DLAGENT_BENCH_DATA_ROOT"]} if os.environ.get("DLAGENT_BENCH_DATA_ROOT") else {}
-    with throwaway_databases(admin_url) as make_database:
+    with throwaway_databases(bench_admin_url()) as make_database:
         env = postgres_stack_env(workdir / "services", airflow_db=make_database(), mlflow_db=make_database(),
                                  optuna_db=make_database(), **extra)
         with LocalStack(env, airflow_port=free_port(), mlflow_port=free_port()) as stack:

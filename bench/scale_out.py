@@ -42,7 +42,6 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
 sys.path.insert(0, str(PROJECT_DIR / "dev"))
-ADMIN_URL = os.environ.get("DLAGENT_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
 def _time(value: str) -> datetime:
@@ -87,9 +86,9 @@ def enqueue_study(storage: str, study_name: str, trials: list[dict]) -> None:
 
 def one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus) -> list[dict]:
     """One stack with ``workers`` Celery workers on fresh databases; ``reps`` pipeline runs, each its own study."""
-    from dlagent_dev.pgdb import throwaway_databases
+    from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
 
-    with throwaway_databases(ADMIN_URL) as make_database:
+    with throwaway_databases(bench_admin_url()) as make_database:
         return _one_round(workers, conf, trials, reps=reps, broker_db=broker_db, cpus=cpus,
                           databases=(make_database(), make_database(), make_database()))
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+
+def bench_admin_url() -> str:
+    """The PostgreSQL server the benchmarks create their databases on (``DLAGENT_BENCH_POSTGRES_URL``,
+    default this machine's, user ``postgres``)."""
+    return os.environ.get("DLAGENT_BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 
 def connect_admin(admin_url: str):
