@@ -396,7 +396,15 @@ class AirflowApi:
             time.sleep(2.0)
 
     def unpause(self, dag_id: str) -> None:
-        self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        self.set_paused(dag_id, False)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        """Pause or unpause ``dag_id``. A paused DAG's running runs finish the tasks they are running but
+        start no new one (the scheduler skips them), which is how the fault chain holds a run between tasks."""
+        self._send("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
 
     def trigger(self, dag_id: str, conf: dict, *, run_id: str | None = None) -> str:
         """Create a DAG run with ``conf`` (validated against the DAG's Params by Airflow)."""
@@ -409,7 +417,7 @@ class AirflowApi:
         """Poll until the run ends; return its state ("success" or "failed")."""
         deadline = time.monotonic() + timeout
         while True:
-            state = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            state = self.run_state(dag_id, run_id)
             if state in ("success", "failed"):
                 return state
             if time.monotonic() > deadline:

@@ -27,13 +27,15 @@ MODEL_NAME = "dlagent-classifier"
 
 
 def wait_for_task(api, run_id: str, task_ids: tuple[str, ...], state: str = "running", timeout: float = 600) -> str:
-    """Return the first of ``task_ids`` (any map index) seen in ``state``."""
+    """Return the first of ``task_ids`` (any map index) seen in ``state``; fail at once if the run ends first."""
     deadline = time.monotonic() + timeout
     while True:
         states = {(t["task_id"], t["state"]) for t in api.task_instances(PIPELINE, run_id)}
         for task_id in task_ids:
             if (task_id, state) in states:
                 return task_id
+        run_state = api.run_state(PIPELINE, run_id)
+        assert run_state not in ("success", "failed"), f"the run ended ({run_state}) before any of {task_ids} was {state}: {sorted(states)}"
         assert time.monotonic() < deadline, f"none of {task_ids} reached {state}: {sorted(states)}"
         time.sleep(0.5)
 
@@ -139,19 +141,26 @@ def run_with_faults(stack, run_id: str, conf: dict) -> dict:
     stack.start_service("scheduler")
     faults.append(("scheduler SIGKILL mid-run, restarted", "scheduler and its task processes killed while tune ran"))
 
-    # 2. the MLflow server stopped for 30 s while training runs; the sensor and its trigger wait through it
+    # 2. the MLflow server stopped for 30 s while training runs; the sensor and its trigger wait through it.
+    # The DAG is paused meanwhile: the running task finishes, no new one starts, so fault 3 below can be
+    # placed inside a compress or evaluate task instead of racing the run to it (on a loaded machine the
+    # sensor's retries outlasted the whole rest of the run, and fault 3 found nothing running).
     during = wait_for_task(api, run_id, ("train", "compression_candidates", "compress"))
-    sensor = SensorDuringOutage(stack.mlflow_url)
-    with pytest.MonkeyPatch.context() as patch:
-        sensor.start(patch)
-        stack.stop_service("mlflow")
-        time.sleep(30)
-        stack.start_service("mlflow")
-        stack.wait_healthy(timeout=180)
-        faults.append(("MLflow server down 30 s mid-run", f"mlflow server stopped for 30 s while {during} ran"))
-        sensed = sensor.finish()
+    api.set_paused(PIPELINE, True)
+    try:
+        sensor = SensorDuringOutage(stack.mlflow_url)
+        with pytest.MonkeyPatch.context() as patch:
+            sensor.start(patch)
+            stack.stop_service("mlflow")
+            time.sleep(30)
+            stack.start_service("mlflow")
+            stack.wait_healthy(timeout=180)
+            faults.append(("MLflow server down 30 s mid-run", f"mlflow server stopped for 30 s while {during} ran"))
+            sensed = sensor.finish()
+    finally:
+        api.set_paused(PIPELINE, False)
 
-    # 3. PostgreSQL restarted while the candidates are compressed
+    # 3. PostgreSQL restarted while the candidates are compressed (or the model evaluated)
     if command is not None:
         during = wait_for_task(api, run_id, ("compress", "evaluate", "agent_decide"))
         restarted = subprocess.run(command, capture_output=True, text=True, timeout=120)
