@@ -18,7 +18,8 @@ Tuning is off here (`n_trials` 0; bench/hpo_vs_grid.py covers it).
    (TensorFlow for a task that touches a model), and the scheduler starts the next task only
    after it sees the last one end. Printed per task: its duration on the services and inside
    `dags test` (the difference is what a process of its own costs) and the wait before it
-   started (the scheduler's latency).
+   started (the scheduler's latency). Then the floor of a task process: a fresh process importing
+   the task runner and the DAG file, then the MLflow client, then TensorFlow.
 
     python bench/overhead.py                                  # bundled digits
     python bench/overhead.py --data ../shared/data/mnist-t10k --services
@@ -172,6 +173,31 @@ def run_services(conf: dict, workdir: Path) -> dict:
     return {"run_s": _stamp(run["end_date"]) - _stamp(run["start_date"]), "tasks_s": last - first, "tasks": tasks}
 
 
+# What a task process pays before dlagent's code runs, cumulatively: Airflow's task runner and
+# the DAG file (every task), the MLflow client (every task that reads or logs a run) and
+# TensorFlow (every task that touches a model). None of these can be shared between tasks
+# when each task is its own process, so they are the floor of the per-task cost on the services.
+FLOOR_IMPORTS = {
+    "task runner + DAG file": "import airflow.sdk.execution_time.task_runner, dl_agent_pipeline",
+    "+ MLflow client": "import airflow.sdk.execution_time.task_runner, dl_agent_pipeline, mlflow",
+    "+ TensorFlow": "import airflow.sdk.execution_time.task_runner, dl_agent_pipeline, mlflow, tensorflow",
+}
+
+
+def process_floor(workdir: Path, repeats: int = 3) -> dict[str, float]:
+    """Median wall time of a fresh Python process doing each of ``FLOOR_IMPORTS``."""
+    env = {**_env(workdir), "PYTHONPATH": os.pathsep.join([str(PROJECT_DIR / "plugins"), str(PROJECT_DIR / "dags")])}
+    floor = {}
+    for name, statement in FLOOR_IMPORTS.items():
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", statement], check=True, cwd=PROJECT_DIR, env=env, capture_output=True)
+            times.append(time.perf_counter() - started)
+        floor[name] = sorted(times)[len(times) // 2]
+    return floor
+
+
 def _stamp(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
@@ -196,6 +222,7 @@ def main() -> None:
         direct_s, direct = run_direct(conf, workdir)
         airflow_s, tasks = run_airflow(conf, workdir)
         services = run_services(conf, workdir) if args.services else None
+        floor = process_floor(workdir) if args.services else None
     spans = {t: v["end"] - v["start"] for t, v in tasks.items() if {"start", "end"} <= set(v)}
     first_start = min(v["start"] for v in tasks.values())
     last_end = max(v["end"] for v in tasks.values())
@@ -229,11 +256,15 @@ def main() -> None:
             waited = times["start"] - previous_end if previous_end is not None else float("nan")
             print(f"    {task:<24}{times['end'] - times['start']:>11.2f}{inside if inside is not None else float('nan'):>12.2f}{waited:>10.2f}")
             previous_end = max(previous_end or 0.0, times["end"])
+        print("  a task process's floor (fresh process, median of 3), before any dlagent code runs:")
+        for name, seconds in floor.items():
+            print(f"    {name:<24}{seconds:>11.2f} s")
         durations = [v["end"] - v["start"] for v in services["tasks"].values()]
         gaps = services["run_s"] - services["tasks_s"]
         result.update({"services_run_s": round(services["run_s"], 2), "services_ratio": round(services["run_s"] / direct_s, 3),
                        "services_overhead_per_task_s": round(per_task, 3), "services_tasks": len(services["tasks"]),
-                       "services_task_seconds": round(sum(durations), 2), "services_outside_tasks_s": round(gaps, 2)})
+                       "services_task_seconds": round(sum(durations), 2), "services_outside_tasks_s": round(gaps, 2),
+                       "process_floor_s": {name: round(seconds, 2) for name, seconds in floor.items()}})
     print("RESULT " + json.dumps(result))
 
 
