@@ -127,3 +127,30 @@ def check_pipeline_conf(conf: dict, *, field: str = "conf",
         except ParamValidationError as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
             raise ConfigError(f"{field}.{name}", f"dl_agent_pipeline's Param refuses {value!r}: {first}", fix) from exc
+
+
+#: The federated settings a person sets (FederatedConfig's fields; its seed is the one ``seed`` Param).
+FEDERATED_PARAM_NAMES = ("n_shards", "partition", "skew_alpha", "rounds", "local_epochs", "strategy", "mu", "clients_per_round")
+#: The training settings a federated run uses (epochs are ``rounds`` x ``local_epochs``; it starts from scratch).
+FEDERATED_TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "batch_size", "learning_rate", "optimizer", "units", "dropout", "seed")
+
+
+def federated_params() -> dict[str, Param]:
+    """The trigger form of ``dl_agent_federated``: the pipeline's data, model, compression, gate and
+    registry Params plus the federated settings, generated from :class:`FederatedConfig`."""
+    from dlagent.agent.federated import POLICIES
+    from dlagent.ml.federated.settings import MAX_SHARDS, FederatedConfig
+
+    pipeline = pipeline_params()
+    keep = ("dataset", *FEDERATED_TRAIN_PARAM_NAMES, *DATA_PARAM_NAMES, "compression_candidates", "model_name", *GATE_PARAM_NAMES,
+            "experiment_name")
+    return {
+        **{name: pipeline[name] for name in keep},
+        "site_datasets": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=MAX_SHARDS, title="Site data sets",
+                               description="One data set URI per site (each site's worker reads only its own); n_shards is then their "
+                                           "number and 'dataset' is the coordinator's held-out data. Empty: split 'dataset' into n_shards."),
+        **{name: declared_param(FederatedConfig, name) for name in FEDERATED_PARAM_NAMES},
+        "agent_policy": Param("rules", type="string", enum=list(POLICIES), title="Agent policy",
+                              description="'rules': between rounds the agent may stop when the global score has converged, halve "
+                                          "the learning rate when it got worse, halve local epochs on client drift; 'off': the Params as given."),
+    }

@@ -218,3 +218,13 @@ def model_id_of(version) -> str | None:
         if isinstance(uri, str) and uri.startswith("models:/m-"):
             return uri[len("models:/"):].strip("/")
     return None
+
+# --------------------------------------------------------------------------- federated training
+STEP_FEDERATED_SETUP = "federated-setup"  # builds the round-0 global model
+STEP_FEDERATED_LOCAL = "federated-local"  # one site's update in one round
+STEP_FEDERATED_AGGREGATE = "federated-aggregate"  # one round's average
+FEDERATED_ROUND_TAG = "dlagent.federated.round"
+FEDERATED_SITE_TAG = "dlagent.federated.site"
+FEDERATED_WEIGHTS_FILE = "federated/weights.npz"  # a model's weights (arr_0..), on a setup, local or aggregate run
+FEDERATED_HISTORY_FILE = "federated/history.json"  # every round so far, on each aggregate run
+FEDERATED_PLAN_FILE = "federated/round_plan.json"  # the agent's round plan and reasons

@@ -12,7 +12,7 @@ from dlagent.validation import bounded, check_fields, field_bounds, settings_fro
 PARTITIONS = ("iid", "label_skew")  # how one data set is split into shards for an experiment
 STRATEGIES = ("fedavg", "fedprox")
 MAX_SHARDS = 64
-MAX_ROUNDS = 200
+MAX_ROUNDS = 20  # dl_agent_federated has one task group per round, built up to this many
 
 
 @dataclass(frozen=True)

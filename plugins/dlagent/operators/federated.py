@@ -1,0 +1,325 @@
+"""Federated training as Airflow tasks: set up, then per round plan, train each site, average; finalize.
+
+Each round is a task group of ``dl_agent_federated``: the agent's round plan, one mapped
+local-training task per site and the aggregation. Only weights (as MLflow artifact URIs),
+sample counts and metrics travel between them; a site's rows, and the path it read them from,
+stay inside its own task. The finalized global model is logged like a trained one, so the
+pipeline's compress, evaluate and deploy tasks take it unchanged.
+
+The ML work is :mod:`dlagent.ml.federated`; the round plan is :mod:`dlagent.agent.federated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dlagent.errors import ConfigError
+from dlagent.ml import mlflow_names as names
+from dlagent.operators.base import DlagentOperator
+
+
+def _settings(train_config: dict | None, federated: dict | None, site_datasets):
+    """The validated training and federated settings (``n_shards`` is the sites' count when they are named)."""
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.federated.settings import FederatedConfig
+
+    config = TrainConfig.from_dict(dict(train_config or {}))
+    values = dict(federated or {})
+    sites = list(site_datasets or [])
+    if sites:
+        for index, uri in enumerate(sites):
+            if not isinstance(uri, str) or not uri.strip():
+                raise ConfigError(f"site_datasets[{index}]", f"must be a data set URI, got {uri!r}.", "give e.g. 'npz:/site-a/data.npz'.")
+        values["n_shards"] = len(sites)
+    return config, FederatedConfig.from_dict(values), sites
+
+
+def _site_rows(dataset: str, site_datasets: list, data_options: dict | None, config, federated, site: int, allowed_roots):
+    """The training rows of ``site``: its own data set's training split, or its shard of ``dataset``'s."""
+    from dlagent.ml.data import load_dataset_with_options
+    from dlagent.ml.federated.shards import partition
+
+    if site_datasets:
+        splits = load_dataset_with_options(site_datasets[site], data_options, seed=config.seed, allowed_roots=allowed_roots)
+        return splits.x_train, splits.y_train, splits
+    splits = load_dataset_with_options(dataset, data_options, seed=config.seed, allowed_roots=allowed_roots)
+    rows = partition(splits.y_train, federated.n_shards, federated.partition, seed=federated.seed, alpha=federated.skew_alpha,
+                     regression=splits.is_regression)[site]
+    return splits.x_train[rows], splits.y_train[rows], splits
+
+
+class _FederatedOperator(DlagentOperator):
+    template_fields: Sequence[str] = ("experiment_name", "dataset", "site_datasets", "data_options", "train_config", "federated")
+    ui_color = "#e3f1e8"
+
+    def __init__(self, *, dataset: str = "digits", site_datasets: list | None = None, data_options: dict | None = None,
+                 train_config: dict | None = None, federated: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.dataset = dataset
+        self.site_datasets = site_datasets
+        self.data_options = data_options
+        self.train_config = train_config
+        self.federated = federated
+
+    def settings(self):
+        return _settings(self.train_config, self.federated, self.site_datasets)
+
+    def evaluation_splits(self, config):
+        """The coordinator's held-out data: ``dataset``'s validation and test splits."""
+        from dlagent import settings
+        from dlagent.ml.data import load_dataset_with_options
+
+        return load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+
+
+class FederatedSetupOperator(_FederatedOperator):
+    """Validate every setting before any compute, build the round-0 global model and log it.
+
+    Returns ``{"parent_run_id", "model_uri", "global_uri", "round": 0, "history": [], "sites",
+    "federated", "metric", "bytes_per_site"}``. With ``site_datasets`` no site's data is read
+    here: the shapes come from ``dataset``, the coordinator's held-out data.
+    """
+
+    step = names.STEP_FEDERATED_SETUP
+
+    def run(self, context):
+        from dlagent import settings
+        from dlagent.ml.federated.aggregate import update_bytes
+        from dlagent.ml.federated.shards import partition
+        from dlagent.ml.federated.store import log_weights
+        from dlagent.ml.model_store import log_keras_model
+        from dlagent.ml.models import build_model
+        from dlagent.ml.streaming import is_streamed
+
+        config, federated, sites = self.settings()
+        if config.init_from:
+            raise ConfigError("init_from", "federated training starts from a freshly built model.", "leave init_from empty.")
+        splits = self.evaluation_splits(config)
+        if is_streamed(splits.x_train):
+            raise ConfigError("dataset", "federated training holds each shard in memory; this folder is streamed.", "set cache 'memory'.")
+        if not sites:  # an experiment: the shards come from this data set, so check now that they can be made
+            partition(splits.y_train, federated.n_shards, federated.partition, seed=federated.seed, alpha=federated.skew_alpha,
+                      regression=splits.is_regression)
+        model = build_model(config, splits.input_shape, splits.num_classes, allowed_modules=settings.model_modules(),
+                            adapt_data=None if sites else splits.x_train, task=splits.task,
+                            targets=splits.y_train if splits.is_regression and not sites else None)
+        parent = self.parent_run_id(context)
+        with self.step_run(context) as run_id:
+            client = self.hook.client
+            client.log_dict(run_id, {"federated": federated.to_dict(), "train": config.to_dict(), "sites": federated.n_shards},
+                            "federated/settings.json")
+            model_uri = log_keras_model(client, run_id, model, splits.x_val[:2], encoding=splits.encoding)
+            weights = model.get_weights()
+            global_uri = log_weights(client, run_id, weights)
+        self.log.info("federated training: %d sites (%s), %d rounds of %d local epochs, %s%s; round-0 model %s",
+                      federated.n_shards, "named data sets" if sites else f"{federated.partition} shards of the data set",
+                      federated.rounds, federated.local_epochs, federated.strategy,
+                      f" mu {federated.mu}" if federated.strategy == "fedprox" else "", model_uri)
+        return {"parent_run_id": parent, "model_uri": model_uri, "global_uri": global_uri, "round": 0, "history": [],
+                "sites": federated.n_shards, "federated": federated.to_dict(), "metric": splits.metric,
+                "bytes_per_site": update_bytes(weights)}
+
+
+class FederatedRoundPlanOperator(_FederatedOperator):
+    """The agent before round ``round_number``: which sites train, how many local epochs, at what
+    learning rate, or stop (the round's tasks and all later rounds are then skipped).
+
+    Returns one assignment per drawn site (the round plan plus ``site``): the local task expands over them.
+
+    :param previous: the previous round's aggregation result (the setup's for round 1).
+    :param policy: ``rules`` (:mod:`dlagent.agent.federated`) or ``off`` (the Params as given).
+    """
+
+    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "previous", "policy")
+
+    def __init__(self, *, round_number: int, previous=None, policy: str = "rules", **kwargs):
+        super().__init__(**kwargs)
+        self.round_number = round_number
+        self.previous = previous
+        self.policy = policy
+
+    def run(self, context):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from dlagent.agent.federated import plan_round
+        from dlagent.ml.federated.aggregate import select_sites
+        from dlagent.ml.metrics import get_metric
+
+        config, federated, _ = self.settings()
+        previous = self.previous if isinstance(self.previous, dict) else {}
+        if "global_uri" not in previous:
+            raise ConfigError("previous", "must be the previous round's (or the setup's) result with its global_uri.",
+                              "wire the round to the task before it.")
+        metric = get_metric(previous.get("metric") or "accuracy")
+        plan = plan_round(list(previous.get("history") or []), round_number=self.round_number, rounds=federated.rounds,
+                          local_epochs=federated.local_epochs, learning_rate=config.learning_rate,
+                          sites_per_round=federated.sites_per_round, metric=metric.name,
+                          higher_is_better=metric.higher_is_better, relative=metric.relative_points, policy=self.policy)
+        for reason in plan.reasons:
+            self.log.info("round %d, agent (%s): %s", self.round_number, self.policy, reason)
+        parent = self.parent_run_id(context)
+        self.hook.client.log_dict(parent, plan.to_dict(), f"federated/round-{self.round_number:03d}/round_plan.json")
+        if plan.action == "stop":
+            raise AirflowSkipException(f"round {self.round_number} not run: {'; '.join(plan.reasons)}")
+        sites = select_sites(federated.n_shards, plan.sites_per_round, self.round_number, federated.seed)
+        shared = {**plan.to_dict(), "sites": sites, "global_uri": previous["global_uri"], "metric": metric.name}
+        return [{**shared, "site": site} for site in sites]  # one assignment per drawn site: the local task expands over them
+
+
+class FederatedLocalOperator(_FederatedOperator):
+    """One site's update in one round (expand it over the round plan's assignments): train from
+    the round's global weights on the site's own rows; return ``{"round", "site", "weights_uri",
+    "samples", "metrics"}``.
+
+    Nothing of the data leaves the task: not the rows, not the path they were read from.
+    """
+
+    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "assignment", "model_uri")
+    step = names.STEP_FEDERATED_LOCAL
+
+    def __init__(self, *, assignment: dict | None = None, model_uri: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.assignment = assignment
+        self.model_uri = model_uri
+
+    def run(self, context):
+        from dlagent import settings
+        from dlagent.ml import tracking
+        from dlagent.ml.federated.local import local_update
+        from dlagent.ml.federated.store import log_weights, read_weights
+        from dlagent.ml.model_store import load_keras_model
+
+        config, federated, sites = self.settings()
+        plan = self.assignment if isinstance(self.assignment, dict) else {}
+        site = plan.get("site")
+        if not isinstance(site, int) or site not in plan.get("sites", []) or not 0 <= site < federated.n_shards:
+            raise ConfigError("assignment", f"site {site!r} is not drawn for round {plan.get('round')} (sites {plan.get('sites')}).",
+                              "expand this task over the round plan's assignments.")
+        client = self.hook.client
+        x, y, splits = _site_rows(self.dataset, sites, self.data_options, config, federated, site, settings.data_roots())
+        model = load_keras_model(client, self.model_uri)
+        global_weights = read_weights(client, plan["global_uri"])
+        round_number = int(plan["round"])
+        with self.step_run(context) as run_id:
+            client.set_tag(run_id, names.FEDERATED_ROUND_TAG, str(round_number))
+            client.set_tag(run_id, names.FEDERATED_SITE_TAG, str(site))
+            update = local_update(model, global_weights, x, y, config=config.replace(learning_rate=plan["learning_rate"]),
+                                  epochs=int(plan["local_epochs"]), mu=federated.mu, task=splits.task,
+                                  seed=federated.seed * 1000 + round_number * 64 + site)
+            tracking.log_metrics(client, run_id, {"samples": update.samples, **update.metrics})
+            weights_uri = log_weights(client, run_id, update.weights)
+        self.log.info("round %d, site %d: %d rows, %d local epochs, train loss %.4f -> %s", round_number, site, update.samples,
+                      update.metrics["local_epochs"], update.metrics["train_loss"], weights_uri)
+        return {"round": round_number, "site": site, "weights_uri": weights_uri, "samples": update.samples, "metrics": update.metrics}
+
+
+class FederatedAggregateOperator(_FederatedOperator):
+    """Average the round's updates by sample count into the next global model, score it on the
+    held-out validation split, log it with the round's metrics; return ``{"round", "global_uri",
+    "val", "history", "metric"}``.
+
+    Exactly the updates of this round's drawn sites are averaged, each once: an update of another
+    round, a repeated or missing site is refused rather than averaged.
+    """
+
+    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "updates", "round_plan", "previous", "model_uri")
+    step = names.STEP_FEDERATED_AGGREGATE
+
+    def __init__(self, *, updates=None, round_plan: list | None = None, previous: dict | None = None, model_uri: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.updates = updates
+        self.round_plan = round_plan
+        self.previous = previous
+        self.model_uri = model_uri
+
+    def run(self, context):
+        from dlagent.ml import tracking
+        from dlagent.ml.federated.aggregate import update_bytes, weighted_average
+        from dlagent.ml.federated.rounds import global_scores
+        from dlagent.ml.federated.store import log_weights, read_weights
+        from dlagent.ml.metrics import get_metric
+        from dlagent.ml.model_store import load_keras_model
+
+        config, _, _ = self.settings()
+        assignments = list(self.round_plan or [])
+        plan = assignments[0] if assignments and isinstance(assignments[0], dict) else {}
+        round_number = int(plan.get("round", 0))
+        updates = sorted((dict(u) for u in (self.updates or [])), key=lambda u: u.get("site", -1))
+        stale = [u.get("site") for u in updates if u.get("round") != round_number]
+        if stale:
+            raise ConfigError("updates", f"sites {stale} sent updates of another round than {round_number}.", "re-run this round's sites.")
+        got = [u.get("site") for u in updates]
+        if got != sorted(plan.get("sites", [])):
+            raise ConfigError("updates", f"round {round_number} drew sites {plan.get('sites')} but got updates from {got}.",
+                              "every drawn site must send exactly one update; re-run the round.")
+        client = self.hook.client
+        averaged = weighted_average([(read_weights(client, u["weights_uri"]), int(u["samples"])) for u in updates])
+        model = load_keras_model(client, self.model_uri)
+        model.set_weights(averaged)
+        splits = self.evaluation_splits(config)
+        scores = global_scores(model, splits.x_val, splits.y_val, splits.task, get_metric(splits.metric))
+        val = {key.replace("test_", "val_", 1): value for key, value in scores.items()}
+        record = {"round": round_number, "sites": got, "samples": [int(u["samples"]) for u in updates],
+                  "train_loss": [float(u["metrics"]["train_loss"]) for u in updates], "val": val,
+                  "local_epochs": int(plan["local_epochs"]), "learning_rate": float(plan["learning_rate"]),
+                  "bytes_per_site": update_bytes(averaged)}
+        history = [*list((self.previous or {}).get("history") or []), record]
+        parent = self.parent_run_id(context)
+        with self.step_run(context) as run_id:
+            client.set_tag(run_id, names.FEDERATED_ROUND_TAG, str(round_number))
+            global_uri = log_weights(client, run_id, averaged)
+            tracking.log_metrics(client, run_id, {**val, "sites": len(got), "samples": sum(record["samples"])})
+            client.log_dict(run_id, history, names.FEDERATED_HISTORY_FILE)
+        tracking.log_metrics(client, parent, {f"federated_{key}": value for key, value in val.items()}, step=round_number)
+        self.log.info("round %d: averaged %d sites (%d rows), global %s", round_number, len(got), sum(record["samples"]), val)
+        return {"round": round_number, "global_uri": global_uri, "val": val, "history": history, "metric": splits.metric}
+
+
+class FederatedFinalizeOperator(_FederatedOperator):
+    """Log the last round's global model as the run's trained model (a ``train`` step run), so
+    compress, evaluate and deploy take it as they take a centrally trained one.
+
+    :param round_task_ids: the aggregation task of every round, in order; the last one that ran wins.
+    """
+
+    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "model_uri")
+    step = names.STEP_TRAIN
+
+    def __init__(self, *, round_task_ids: Sequence[str], model_uri: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.round_task_ids = list(round_task_ids)
+        self.model_uri = model_uri
+
+    def run(self, context):
+        from dlagent.ml import tracking
+        from dlagent.ml.federated.store import read_weights
+        from dlagent.ml.model_store import load_keras_model, log_keras_model
+        from dlagent.ml.training import compile_for_training, evaluate
+
+        results = [r for r in (context["ti"].xcom_pull(task_ids=task_id) for task_id in self.round_task_ids) if isinstance(r, dict)]
+        if not results:
+            raise ConfigError("rounds", "no federated round finished.", "look at the first round's tasks for the error.")
+        last = max(results, key=lambda r: r["round"])
+        config, federated, _ = self.settings()
+        client = self.hook.client
+        model = load_keras_model(client, self.model_uri)
+        model.set_weights(read_weights(client, last["global_uri"]))
+        splits = self.evaluation_splits(config)
+        compile_for_training(model, config, config.learning_rate, splits.task)  # the loss for the test report, and a model as train logs it
+        metric = last["metric"]
+        history = last["history"]
+        best_val = float(last["val"][f"val_{metric}"])
+        with self.step_run(context) as run_id:
+            tracking.log_params_safely(client, run_id, {**config.to_params(), **{f"federated.{k}": v for k, v in federated.to_dict().items()}})
+            for record in history:
+                tracking.log_metrics(client, run_id, record["val"], step=record["round"] - 1)
+            test = evaluate(model, splits)
+            metrics = {f"best_val_{metric}": best_val, "rounds_run": len(history), "epochs_run": len(history),
+                       "best_epoch": len(history) - 1, **test}
+            tracking.log_metrics(client, run_id, metrics)
+            client.log_dict(run_id, history, names.FEDERATED_HISTORY_FILE)
+            model_uri = log_keras_model(client, run_id, model, splits.x_test[:2], encoding=splits.encoding)
+            client.set_tag(run_id, names.MODEL_URI_TAG, model_uri)
+        self.log.info("federated model after %d rounds: val_%s %.4f, %s; logged at %s", len(history), metric, best_val, test, model_uri)
+        return {"run_id": run_id, "model_uri": model_uri, "metrics": metrics, "config": config.to_dict(), "metric": metric,
+                "best_val_metric": best_val, "rounds_run": len(history)}
