@@ -15,6 +15,8 @@ from dlagent.operators.federated import (
     FederatedLocalOperator,
     FederatedRoundPlanOperator,
     FederatedSetupOperator,
+    FederatedSiteCheckOperator,
+    FederatedValidateOperator,
 )
 from dlagent.operators.pipeline import FinishPipelineOperator
 from dlagent.params import (
@@ -32,7 +34,9 @@ DOC = f"""
 Each site trains on its own data and sends only model weights; the coordinator averages them,
 weighted by each site's sample count (FedAvg), into the next global model.
 
-* **setup** validates every setting before any compute and logs the round-0 model.
+* **validate** checks every setting and the held-out `dataset` before any compute; **check_site**
+  (one per site) reads only that site's data and checks it fits (shape, task, classes), returning
+  counts; **setup** logs the round-0 model.
 * **round_NN** (up to {MAX_ROUNDS}; `rounds` of them run): **plan** (the agent: which sites,
   local epochs, learning rate, or stop early when the global score has converged; its reasons
   are in the log and the parent run's `federated/round-NNN/round_plan.json`), **local** (one
@@ -63,7 +67,11 @@ with DAG(
     federated = {"dataset": "{{ params.dataset }}", "site_datasets": "{{ params.site_datasets }}", "data_options": data_options,
                  "train_config": templated(FEDERATED_TRAIN_PARAM_NAMES),
                  "federated": {**templated(FEDERATED_PARAM_NAMES), "seed": "{{ params.seed }}"}, **common}
-    setup = FederatedSetupOperator(task_id="setup", **federated)
+    validate = FederatedValidateOperator(task_id="validate", **federated)
+    check_site = FederatedSiteCheckOperator.partial(task_id="check_site", data=validate.output["data"], **federated).expand(
+        site=validate.output)
+    setup = FederatedSetupOperator(task_id="setup", site_checks=check_site.output, **federated)
+    validate >> check_site >> setup
     previous, aggregates = setup, []
     for round_number in range(1, MAX_ROUNDS + 1):
         with TaskGroup(group_id=f"round_{round_number:02d}") as group:
