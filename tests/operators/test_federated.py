@@ -1,0 +1,51 @@
+"""The federated operators' refusals: bad settings, and updates a round must not average."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+from dlagent.operators.federated import FederatedAggregateOperator, FederatedLocalOperator, FederatedValidateOperator
+
+from tests.operators.context import make_context
+
+ASSIGNMENTS = [{"round": 2, "sites": [0, 2], "site": site, "global_uri": "runs:/r/federated/weights.npz", "local_epochs": 1,
+                "learning_rate": 0.01} for site in (0, 2)]
+
+
+def _update(site: int, round_number: int = 2) -> dict:
+    return {"round": round_number, "site": site, "weights_uri": f"runs:/s{site}/federated/weights.npz", "samples": 10,
+            "metrics": {"train_loss": 1.0}}
+
+
+@pytest.mark.parametrize(("updates", "message"), [
+    ([_update(0), _update(2, round_number=1)], "sites [2] sent updates of another round than 2"),  # a stale update
+    ([_update(0), _update(0)], "drew sites [0, 2] but got updates from [0, 0]"),  # one site twice
+    ([_update(0)], "drew sites [0, 2] but got updates from [0]"),  # one missing
+    ([_update(0), _update(1)], "drew sites [0, 2] but got updates from [0, 1]"),  # a site not drawn
+])
+def test_aggregate_refuses_any_update_set_but_one_per_drawn_site_of_this_round(updates, message):
+    op = FederatedAggregateOperator(task_id="aggregate", updates=updates, round_plan=ASSIGNMENTS, federated={"n_shards": 3})
+    with pytest.raises(AirflowFailException, match="updates") as err:
+        op.execute(make_context("aggregate"))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"federated": {"n_shards": 1}}, "n_shards"),
+    ({"federated": {"strategy": "fedprox", "mu": -1}}, "mu"),
+    ({"federated": {"n_shards": 3, "clients_per_round": 5}}, "clients_per_round"),
+    ({"site_datasets": ["npz:/a.npz", ""]}, "site_datasets[1]"),
+    ({"site_datasets": ["npz:/a.npz", "ftp://elsewhere"]}, "site_datasets[1]"),
+    ({"train_config": {"init_from": "models:/m@champion"}}, "init_from"),
+])
+def test_bad_settings_fail_the_first_task_naming_the_field_before_any_data_is_read(kwargs, field):
+    op = FederatedValidateOperator(task_id="validate", dataset="npz:/does/not/exist.npz", **kwargs)
+    with pytest.raises(AirflowFailException, match="invalid input, nothing was run") as err:
+        op.execute(make_context("validate"))
+    assert f"{field}:" in str(err.value)
+
+
+def test_a_local_task_refuses_a_site_its_round_did_not_draw():
+    op = FederatedLocalOperator(task_id="local", assignment={**ASSIGNMENTS[0], "site": 1}, federated={"n_shards": 3})
+    with pytest.raises(AirflowFailException, match="assignment: site 1 is not drawn for round 2"):
+        op.execute(make_context("local", map_index=0))
