@@ -10,7 +10,7 @@ from tests.conftest import PROJECT_DIR
 
 MODULES = ["dlagent.agent", "dlagent.agent.plan", "dlagent.agent.observe", "dlagent.agent.curves", "dlagent.agent.resources",
            "dlagent.agent.runs", "dlagent.agent.policies",
-           "dlagent.agent.policies.rules", "dlagent.agent.policies.learning", "dlagent.agent.controller",
+           "dlagent.agent.policies.rules", "dlagent.agent.policies.learning", "dlagent.agent.controller", "dlagent.agent.federated",
            "dlagent.ml.conditions"]
 
 

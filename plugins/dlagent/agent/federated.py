@@ -79,13 +79,14 @@ def plan_round(history: list[dict], *, round_number: int, rounds: int, local_epo
     scores = [record["val"][key] for record in history]
     better = lambda a, b: points(a, b, higher_is_better=higher_is_better, relative=relative)  # noqa: E731
     best_index = max(range(len(scores)), key=lambda i: scores[i] if higher_is_better else -scores[i])
-    if len(scores) > PATIENCE and best_index < len(scores) - PATIENCE:
-        earlier_best = scores[best_index]
-        gained = max(better(s, earlier_best) for s in scores[best_index + 1:])
-        if gained < MIN_DELTA_POINTS:
-            return RoundPlan(action="stop", reasons=[
-                f"converged: {key} has not improved by {MIN_DELTA_POINTS} points in {len(scores) - 1 - best_index} rounds "
-                f"(best {earlier_best:.4g} at round {best_index + 1}); the {rounds - round_number + 1} rounds left are not run"], **plan)
+    improved_at, reference = 0, scores[0]  # the last round that beat the rounds before it by min_delta (Keras' EarlyStopping)
+    for index, score in enumerate(scores[1:], start=1):
+        if better(score, reference) >= MIN_DELTA_POINTS:
+            improved_at, reference = index, score
+    if len(scores) - 1 - improved_at >= PATIENCE:
+        return RoundPlan(action="stop", reasons=[
+            f"converged: {key} has not improved by {MIN_DELTA_POINTS} points in {len(scores) - 1 - improved_at} rounds "
+            f"(best {reference:.4g} at round {improved_at + 1}); the {rounds - round_number + 1} rounds left are not run"], **plan)
     reasons = []
     if len(scores) >= 2:
         fell = -better(scores[-1], scores[best_index])
