@@ -1,0 +1,130 @@
+"""Federated training against training on the pooled data: the same model, data, seeds and total epochs.
+
+The MNIST test set in ../shared/data is split by seed into train/validation/test as every
+dlagent run splits it; the training split is cut into 4 shards, IID (every shard the data set's
+class mix) or label-skewed (Dirichlet 0.5: each shard mostly a few classes). Each arm trains
+the product's default CNN:
+
+- **central**: the whole training split, ``rounds x local_epochs`` epochs (early stopping off);
+- **fedavg_iid**, **fedavg_skew**: FedAvg over the shards, ``rounds`` rounds of ``local_epochs``;
+- **fedprox_skew**: FedProx (``mu`` below) on the skewed shards.
+
+Every site trains every round, so each arm sees each training row ``rounds x local_epochs``
+times: the same total epochs as central. The federated arms run the functions the
+``dl_agent_federated`` tasks run (``local_update`` per site, ``weighted_average``, scored on the
+validation split each round), in one process: this measures what federation does to accuracy,
+not Airflow's overhead (bench/overhead.py does that). Test accuracy is the held-out split's.
+
+Defaults (rounds 10, local epochs 2, mu 0.01, alpha 0.5) were set before any run of this
+script; none was chosen on its seeds. Each seed gives one difference per arm (arm - central);
+the figures are the mean over seeds and its 95 % Student-t interval.
+
+    .venv/bin/python bench/federated.py                       # ../shared/data/mnist-t10k, seeds 0 1 2
+    .venv/bin/python bench/federated.py --seeds 0 1 2 3 4 --rounds 10 --local-epochs 2
+    .venv/bin/python bench/federated.py --quick               # bundled digits, 1 seed, minutes
+
+Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones. The
+last line is ``RESULT {json}`` (accuracies as fractions, gaps in points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(PROJECT_DIR / "plugins"), str(PROJECT_DIR / "dev")]
+
+SHARDS = 4
+ALPHA = 0.5
+MU = 0.01
+ARMS = ("central", "fedavg_iid", "fedavg_skew", "fedprox_skew")
+
+
+def run_arm(arm: str, splits, *, seed: int, rounds: int, local_epochs: int) -> dict:
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.federated.rounds import global_scores, run_federated
+    from dlagent.ml.federated.settings import FederatedConfig
+    from dlagent.ml.federated.shards import partition
+    from dlagent.ml.models import build_model
+    from dlagent.ml.training import fit
+
+    config = TrainConfig(model="cnn", epochs=rounds * local_epochs, early_stopping_patience=0, seed=seed)
+    started = time.perf_counter()
+    if arm == "central":
+        model = fit(splits, config).model
+        result = {"rounds": 0, "bytes_per_round": 0}
+    else:
+        mode = "iid" if arm.endswith("iid") else "label_skew"
+        strategy = "fedprox" if arm.startswith("fedprox") else "fedavg"
+        federated = FederatedConfig(n_shards=SHARDS, partition=mode, skew_alpha=ALPHA, rounds=rounds, local_epochs=local_epochs,
+                                    strategy=strategy, mu=MU if strategy == "fedprox" else 0.0, seed=seed)
+        shards = partition(splits.y_train, SHARDS, mode, seed=seed, alpha=ALPHA)
+        model = build_model(config, splits.input_shape, splits.num_classes)
+        outcome = run_federated(model, [(splits.x_train[rows], splits.y_train[rows]) for rows in shards], splits.x_val, splits.y_val,
+                                config=config, federated=federated)
+        # each round every site receives the global weights and sends its own back
+        result = {"rounds": outcome.rounds_run, "bytes_per_round": 2 * SHARDS * outcome.history[-1]["bytes_per_site"],
+                  "val_by_round": [round(r["val"]["val_accuracy"], 4) for r in outcome.history]}
+    test = global_scores(model, splits.x_test, splits.y_test, splits.task, splits.primary)
+    return {**result, "arm": arm, "seed": seed, "test_accuracy": test["test_accuracy"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(PROJECT_DIR.parent / "shared" / "data" / "mnist-t10k"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="bundled digits, seed 0, 3 rounds of 1 epoch")
+    args = parser.parse_args()
+    from dlagent.ml.data import load_dataset
+    from dlagent_dev.stats import interval
+
+    if args.quick:
+        dataset, seeds, rounds, local_epochs = "digits", [0], 3, 1
+    else:
+        if not Path(args.data).is_dir():
+            sys.exit(f"--data {args.data!r} is not a folder: give the MNIST IDX folder, e.g. ../shared/data/mnist-t10k")
+        dataset, seeds, rounds, local_epochs = f"mnist-idx:{Path(args.data).resolve()}", args.seeds, args.rounds, args.local_epochs
+    roots = [str(Path(args.data).resolve())]
+    rows = []
+    for seed in seeds:
+        splits = load_dataset(dataset, seed=seed, allowed_roots=roots)
+        for arm in ARMS:
+            row = run_arm(arm, splits, seed=seed, rounds=rounds, local_epochs=local_epochs)
+            rows.append(row)
+            print(f"seed {seed} {arm:<13} test accuracy {row['test_accuracy']:.4f}  {row['seconds']:6.1f} s"
+                  + (f"  val by round {row['val_by_round']}" if "val_by_round" in row else ""), flush=True)
+    by = {arm: {r["seed"]: r for r in rows if r["arm"] == arm} for arm in ARMS}
+    print(f"\n{dataset}, {SHARDS} shards, {rounds} rounds x {local_epochs} local epochs (central: {rounds * local_epochs} epochs), "
+          f"seeds {seeds}; mean and 95 % interval over seeds:")
+    summary = {}
+    for arm in ARMS:
+        accuracy = interval([by[arm][s]["test_accuracy"] for s in seeds])
+        summary[arm] = accuracy["mean"]
+        line = f"  {arm:<13} test accuracy {accuracy['mean']:.4f} {accuracy['ci95']}"
+        if arm != "central":
+            gap = interval([100 * (by[arm][s]["test_accuracy"] - by["central"][s]["test_accuracy"]) for s in seeds])
+            summary[f"{arm}_gap_points"] = gap["mean"]
+            summary[f"{arm}_gap_ci95"] = gap["ci95"]
+            line += f"   minus central {gap['mean']:+.2f} points {gap['ci95']}"
+        print(line)
+    bytes_per_round = by["fedavg_iid"][seeds[0]]["bytes_per_round"]
+    print(f"  bytes exchanged per round (all {SHARDS} sites, both directions): {bytes_per_round:,}")
+    goals = {"iid_within_1_point": summary["fedavg_iid_gap_points"] >= -1.0,
+             "skew_within_3_points": max(summary["fedavg_skew_gap_points"], summary["fedprox_skew_gap_points"]) >= -3.0}
+    print(f"  goals: {goals}")
+    print("RESULT " + json.dumps({"central_acc": summary["central"], "fedavg_iid_acc": summary["fedavg_iid"],
+                                  "fedavg_skew_acc": summary["fedavg_skew"], "fedprox_skew_acc": summary["fedprox_skew"],
+                                  "bytes_per_round": bytes_per_round, "seeds": seeds, "dataset": dataset, "rounds": rounds,
+                                  "local_epochs": local_epochs, **{k: v for k, v in summary.items() if "gap" in k}, "goals": goals}))
+
+
+if __name__ == "__main__":
+    main()
