@@ -37,6 +37,8 @@ weighted by each site's sample count (FedAvg), into the next global model.
 * **validate** checks every setting and the held-out `dataset` before any compute; **check_site**
   (one per site) reads only that site's data and checks it fits (shape, task, classes), returning
   counts; **setup** logs the round-0 model.
+* `site_queues` (one Celery queue per site): each site's `check_site` and `local` tasks run only
+  on the workers listening to its queue (`dlagent.policy`, a cluster policy).
 * **round_NN** (up to {MAX_ROUNDS}; `rounds` of them run): **plan** (the agent: which sites,
   local epochs, learning rate, or stop early when the global score has converged; its reasons
   are in the log and the parent run's `federated/round-NNN/round_plan.json`), **local** (one
@@ -67,7 +69,7 @@ with DAG(
     federated = {"dataset": "{{ params.dataset }}", "site_datasets": "{{ params.site_datasets }}", "data_options": data_options,
                  "train_config": templated(FEDERATED_TRAIN_PARAM_NAMES),
                  "federated": {**templated(FEDERATED_PARAM_NAMES), "seed": "{{ params.seed }}"}, **common}
-    validate = FederatedValidateOperator(task_id="validate", **federated)
+    validate = FederatedValidateOperator(task_id="validate", site_queues="{{ params.site_queues }}", **federated)
     check_site = FederatedSiteCheckOperator.partial(task_id="check_site", data=validate.output["data"], **federated).expand(
         site=validate.output)
     setup = FederatedSetupOperator(task_id="setup", site_checks=check_site.output, **federated)
@@ -80,7 +82,8 @@ with DAG(
             local = FederatedLocalOperator.partial(task_id="local", model_uri=setup.output["model_uri"], **federated).expand(
                 assignment=plan.output)
             aggregate = FederatedAggregateOperator(task_id="aggregate", updates=local.output, round_plan=plan.output,
-                                                   previous=previous.output, model_uri=setup.output["model_uri"], **federated)
+                                                   previous=previous.output, model_uri=setup.output["model_uri"],
+                                                   trigger_rule="none_failed_min_one_success", **federated)  # undrawn sites skip
             plan >> local >> aggregate
         previous >> group
         previous = aggregate

@@ -149,6 +149,9 @@ def federated_params() -> dict[str, Param]:
         "site_datasets": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=MAX_SHARDS, title="Site data sets",
                                description="One data set URI per site (each site's worker reads only its own); n_shards is then their "
                                            "number and 'dataset' is the coordinator's held-out data. Empty: split 'dataset' into n_shards."),
+        "site_queues": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=MAX_SHARDS, title="Site queues",
+                             description="One Celery queue per site, in the sites' order: site i's tasks run only on workers "
+                                         "started with --queues <its queue> (the data stays on that site's machine). Empty: any worker."),
         **{name: declared_param(FederatedConfig, name) for name in FEDERATED_PARAM_NAMES},
         "agent_policy": Param("rules", type="string", enum=list(POLICIES), title="Agent policy",
                               description="'rules': between rounds the agent may stop when the global score has converged, halve "

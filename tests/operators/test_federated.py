@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from dlagent.operators.federated import FederatedAggregateOperator, FederatedLocalOperator, FederatedValidateOperator
 
 from tests.operators.context import make_context
@@ -45,7 +45,16 @@ def test_bad_settings_fail_the_first_task_naming_the_field_before_any_data_is_re
     assert f"{field}:" in str(err.value)
 
 
-def test_a_local_task_refuses_a_site_its_round_did_not_draw():
-    op = FederatedLocalOperator(task_id="local", assignment={**ASSIGNMENTS[0], "site": 1}, federated={"n_shards": 3})
-    with pytest.raises(AirflowFailException, match="assignment: site 1 is not drawn for round 2"):
-        op.execute(make_context("local", map_index=0))
+def test_a_site_its_round_did_not_draw_skips_and_a_site_out_of_range_is_refused():
+    undrawn = FederatedLocalOperator(task_id="local", assignment={**ASSIGNMENTS[0], "site": 1}, federated={"n_shards": 3})
+    with pytest.raises(AirflowSkipException, match=r"site 1 is not drawn for round 2 \(drawn: \[0, 2\]\)"):
+        undrawn.execute(make_context("local", map_index=1))
+    outside = FederatedLocalOperator(task_id="local", assignment={**ASSIGNMENTS[0], "site": 3}, federated={"n_shards": 3})
+    with pytest.raises(AirflowFailException, match="assignment: site 3 is not one of the 3 sites"):
+        outside.execute(make_context("local", map_index=3))
+
+
+def test_site_queues_must_name_one_queue_per_site():
+    op = FederatedValidateOperator(task_id="validate", site_queues=["a", "b"], federated={"n_shards": 3})
+    with pytest.raises(AirflowFailException, match="site_queues: must name one Celery queue per site"):
+        op.execute(make_context("validate"))

@@ -80,6 +80,12 @@ class FederatedValidateOperator(_FederatedOperator):
     the URIs' form is checked here: each site's data is read by its own task alone.
     """
 
+    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "site_queues")
+
+    def __init__(self, *, site_queues: list | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.site_queues = site_queues
+
     def run(self, context):
         from dlagent.ml.data import parse_dataset_uri
         from dlagent.ml.federated.shards import partition
@@ -93,6 +99,11 @@ class FederatedValidateOperator(_FederatedOperator):
                 parse_dataset_uri(uri)
             except ConfigError as exc:
                 raise ConfigError(f"site_datasets[{index}]", exc.problem, exc.fix) from exc
+        queues = self.site_queues or []
+        if queues and (not isinstance(queues, list) or len(queues) != federated.n_shards
+                       or not all(isinstance(q, str) and q.strip() for q in queues)):
+            raise ConfigError("site_queues", f"must name one Celery queue per site ({federated.n_shards}), got {queues!r}.",
+                              "give one queue name per site, in the sites' order, or leave it empty.")
         splits = self.evaluation_splits(config)
         if is_streamed(splits.x_train):
             raise ConfigError("dataset", "federated training holds each shard in memory; this folder is streamed.", "set cache 'memory'.")
@@ -194,7 +205,8 @@ class FederatedRoundPlanOperator(_FederatedOperator):
     """The agent before round ``round_number``: which sites train, how many local epochs, at what
     learning rate, or stop (the round's tasks and all later rounds are then skipped).
 
-    Returns one assignment per drawn site (the round plan plus ``site``): the local task expands over them.
+    Returns one assignment per site (the round plan plus ``site``): the local task expands over
+    them, and a site not drawn this round skips its task.
 
     :param previous: the previous round's aggregation result (the setup's for round 1).
     :param policy: ``rules`` (:mod:`dlagent.agent.federated`) or ``off`` (the Params as given).
@@ -233,7 +245,8 @@ class FederatedRoundPlanOperator(_FederatedOperator):
             raise AirflowSkipException(f"round {self.round_number} not run: {'; '.join(plan.reasons)}")
         sites = select_sites(federated.n_shards, plan.sites_per_round, self.round_number, federated.seed)
         shared = {**plan.to_dict(), "sites": sites, "global_uri": previous["global_uri"], "metric": metric.name}
-        return [{**shared, "site": site} for site in sites]  # one assignment per drawn site: the local task expands over them
+        # one assignment per site, drawn or not: map index i is site i in every round (dlagent.policy routes it to its queue)
+        return [{**shared, "site": site} for site in range(federated.n_shards)]
 
 
 class FederatedLocalOperator(_FederatedOperator):
@@ -260,11 +273,15 @@ class FederatedLocalOperator(_FederatedOperator):
         from dlagent.ml.model_store import load_keras_model
 
         config, federated, sites = self.settings()
+        from airflow.sdk.exceptions import AirflowSkipException
+
         plan = self.assignment if isinstance(self.assignment, dict) else {}
         site = plan.get("site")
-        if not isinstance(site, int) or site not in plan.get("sites", []) or not 0 <= site < federated.n_shards:
-            raise ConfigError("assignment", f"site {site!r} is not drawn for round {plan.get('round')} (sites {plan.get('sites')}).",
+        if not isinstance(site, int) or isinstance(site, bool) or not 0 <= site < federated.n_shards or "global_uri" not in plan:
+            raise ConfigError("assignment", f"site {site!r} is not one of the {federated.n_shards} sites of a round plan.",
                               "expand this task over the round plan's assignments.")
+        if site not in plan.get("sites", []):
+            raise AirflowSkipException(f"site {site} is not drawn for round {plan.get('round')} (drawn: {plan.get('sites')})")
         client = self.hook.client
         x, y, splits = _site_rows(self.dataset, sites, self.data_options, config, federated, site, settings.data_roots())
         model = load_keras_model(client, self.model_uri)
@@ -311,10 +328,15 @@ class FederatedAggregateOperator(_FederatedOperator):
         from dlagent.ml.model_store import load_keras_model
 
         config, _, _ = self.settings()
+        from airflow.sdk.exceptions import AirflowSkipException
+
         assignments = list(self.round_plan or [])
-        plan = assignments[0] if assignments and isinstance(assignments[0], dict) else {}
+        if not assignments:  # the round's plan was skipped (the agent stopped): its trigger rule still ran this task
+            raise AirflowSkipException("this round was not planned: the agent stopped before it")
+        plan = assignments[0] if isinstance(assignments[0], dict) else {}
         round_number = int(plan.get("round", 0))
-        updates = sorted((dict(u) for u in (self.updates or [])), key=lambda u: u.get("site", -1))
+        # a site not drawn this round skipped its task and sent nothing
+        updates = sorted((dict(u) for u in (self.updates or []) if u is not None), key=lambda u: u.get("site", -1))
         stale = [u.get("site") for u in updates if u.get("round") != round_number]
         if stale:
             raise ConfigError("updates", f"sites {stale} sent updates of another round than {round_number}.", "re-run this round's sites.")
