@@ -179,12 +179,11 @@ class FederatedSetupOperator(_FederatedOperator):
         from dlagent.ml.model_store import log_keras_model
         from dlagent.ml.models import build_model
 
-        config, federated, sites = self.settings()
+        config, federated, _ = self.settings()
         splits = self.evaluation_splits(config)
-        # standardising a table's columns from the held-out data is the coordinator's own data; sites' rows never are
+        # a table's standardisation (and a regression target's scale) come from the coordinator's own data set, never a site's rows
         model = build_model(config, splits.input_shape, splits.num_classes, allowed_modules=settings.model_modules(),
-                            adapt_data=splits.x_train if not sites else None, task=splits.task,
-                            targets=splits.y_train if splits.is_regression and not sites else None)
+                            adapt_data=splits.x_train, task=splits.task, targets=splits.y_train if splits.is_regression else None)
         checks = sorted((dict(c) for c in (self.site_checks or [])), key=lambda c: c.get("site", -1))
         parent = self.parent_run_id(context)
         with self.step_run(context) as run_id:
