@@ -146,3 +146,4 @@ def test_label_skewed_shards_on_postgresql_average_exactly_the_drawn_sites_by_sa
         assert aggregate.data.metrics["samples"] == sum(counts)
     (final,) = _by_step(runs, "train")
     assert final.data.params["federated.strategy"] == "fedprox" and final.data.params["federated.partition"] == "label_skew"
+

@@ -58,3 +58,58 @@ def test_site_queues_must_name_one_queue_per_site():
     op = FederatedValidateOperator(task_id="validate", site_queues=["a", "b"], federated={"n_shards": 3})
     with pytest.raises(AirflowFailException, match="site_queues: must name one Celery queue per site"):
         op.execute(make_context("validate"))
+
+
+KW = {"dataset": "digits", "data_options": {"max_samples": 300}, "experiment_name": "fed",
+      "train_config": {"model": "mlp", "units": 16, "learning_rate": 0.01, "seed": 1},
+      "federated": {"n_shards": 3, "rounds": 2, "local_epochs": 1, "seed": 1}}
+DAG, RUN = "dl_agent_federated", "manual__1"
+
+
+def _context(task_id: str, map_index: int = -1) -> dict:
+    return make_context(task_id, dag_id=DAG, run_id=RUN, map_index=map_index)
+
+
+def _round(number: int, previous: dict, setup: dict) -> dict:
+    """One round as the DAG wires it: the plan, one local task per site, the aggregation."""
+    from dlagent.operators.federated import FederatedRoundPlanOperator
+
+    task = f"round_{number:02d}"
+    plan = FederatedRoundPlanOperator(task_id=f"{task}.plan", round_number=number, previous=previous, **KW).execute(_context(f"{task}.plan"))
+    updates = [FederatedLocalOperator(task_id=f"{task}.local", assignment=a, model_uri=setup["model_uri"], **KW).execute(
+        _context(f"{task}.local", map_index=a["site"])) for a in plan]
+    aggregate = FederatedAggregateOperator(task_id=f"{task}.aggregate", updates=updates, round_plan=plan, previous=previous,
+                                           model_uri=setup["model_uri"], **KW)
+    return {"plan": plan, "updates": updates, "aggregate": aggregate.execute(_context(f"{task}.aggregate"))}
+
+
+def test_a_run_restarted_after_a_crash_between_rounds_resumes_from_the_last_global_model(mlflow_uri):
+    """The same DAG run started again after its process died between rounds (every task cleared,
+    as Airflow re-runs them): setup and round 1 return their recorded results (nothing trained
+    or averaged again), and round 2 starts from round 1's global weights."""
+    from dlagent.operators.federated import FederatedSetupOperator
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+
+    def finished_at() -> dict:  # a step computed again would end its run again
+        runs = client.search_runs([client.get_experiment_by_name("fed").experiment_id], max_results=100)
+        return {r.info.run_id: r.info.end_time for r in runs if r.data.tags.get("dlagent.step", "").startswith("federated")}
+
+    setup = FederatedSetupOperator(task_id="setup", **KW).execute(_context("setup"))
+    before_crash = _round(1, setup, setup)
+    ended = finished_at()
+    assert len(ended) == 5  # setup, 3 sites, the aggregation
+    # -- the crash: the process is gone; a restarted run re-runs every task of the same DAG run
+    setup_again = FederatedSetupOperator(task_id="setup", **KW).execute(_context("setup"))
+    assert setup_again == setup
+    round_one = _round(1, setup_again, setup_again)
+    assert round_one["updates"] == before_crash["updates"] and round_one["aggregate"] == before_crash["aggregate"]
+    assert finished_at() == ended  # recorded results returned: nothing of round 1 trained or averaged again
+    round_two = _round(2, round_one["aggregate"], setup_again)
+    assert {a["global_uri"] for a in round_two["plan"]} == {before_crash["aggregate"]["global_uri"]}
+    assert [r["round"] for r in round_two["aggregate"]["history"]] == [1, 2]
+
+    runs = client.search_runs([client.get_experiment_by_name("fed").experiment_id], max_results=100)
+    steps = sorted(r.data.tags.get("dlagent.step", "") for r in runs)
+    assert steps.count("federated-local") == 6 and steps.count("federated-aggregate") == 2 and steps.count("federated-setup") == 1

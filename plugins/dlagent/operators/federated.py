@@ -294,8 +294,8 @@ class FederatedLocalOperator(_FederatedOperator):
                                   seed=federated.seed * 1000 + round_number * 64 + site)
             tracking.log_metrics(client, run_id, {"samples": update.samples, **update.metrics})
             weights_uri = log_weights(client, run_id, update.weights)
-        self.log.info("round %d, site %d: %d rows, %d local epochs, train loss %.4f -> %s", round_number, site, update.samples,
-                      update.metrics["local_epochs"], update.metrics["train_loss"], weights_uri)
+        self.log.info("round %d, site %d: %d rows, %d local epochs from %s, train loss %.4f -> %s", round_number, site, update.samples,
+                      update.metrics["local_epochs"], plan["global_uri"], update.metrics["train_loss"], weights_uri)
         return {"round": round_number, "site": site, "weights_uri": weights_uri, "samples": update.samples, "metrics": update.metrics}
 
 
