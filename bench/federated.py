@@ -22,9 +22,18 @@ the figures are the mean over seeds and its 95 % Student-t interval.
     .venv/bin/python bench/federated.py                       # ../shared/data/mnist-t10k, seeds 0 1 2
     .venv/bin/python bench/federated.py --seeds 0 1 2 3 4 --rounds 10 --local-epochs 2
     .venv/bin/python bench/federated.py --quick               # bundled digits, 1 seed, minutes
+    .venv/bin/python bench/federated.py --parts workers       # only the wall time with 1 and 2 Celery workers
 
-Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones. The
-last line is ``RESULT {json}`` (accuracies as fractions, gaps in points).
+``--parts workers`` runs ``dl_agent_federated`` itself on the real services (CeleryExecutor,
+the local Redis, PostgreSQL stores, each Celery worker pinned to its own CPU as in
+bench/scale_out.py: one worker stands for one machine), with 1 and then 2 Celery workers:
+the same conf (the digits, 4 IID shards, ``rounds`` rounds, the agent off), ``--reps`` runs
+each; the figure is the rounds' wall time (the first round's plan starting to the last
+aggregation ending) and the speed-up of the medians.
+
+Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones; with
+two Celery workers at least 1.6x the speed of one. The last line is ``RESULT {json}``
+(accuracies as fractions, gaps in points).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +85,66 @@ def run_arm(arm: str, splits, *, seed: int, rounds: int, local_epochs: int) -> d
     return {**result, "arm": arm, "seed": seed, "test_accuracy": test["test_accuracy"], "seconds": round(time.perf_counter() - started, 1)}
 
 
+def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus) -> list[float]:
+    """Seconds from round 1's plan starting to the last aggregation ending, per run, on a stack with ``workers`` Celery workers."""
+    from datetime import datetime
+
+    from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
+    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
+
+    def stamp(value: str) -> float:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+    spans = []
+    with throwaway_databases(bench_admin_url()) as make_database:
+        home = Path(tempfile.mkdtemp(prefix=f"dlagent-federated-{workers}-"))
+        env = postgres_stack_env(home, airflow_db=make_database(), mlflow_db=make_database(), optuna_db=make_database(),
+                                 AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}")
+        stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
+                           celery_cpus=cpus[:workers] if cpus else None)
+        with stack:
+            api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
+            api.wait_for_dag("dl_agent_federated")
+            api.unpause("dl_agent_federated")
+            for rep in range(1, reps + 1):
+                run_id = f"federated_{workers}_{rep}"
+                api.trigger("dl_agent_federated", conf, run_id=run_id)
+                state = api.wait_for_run("dl_agent_federated", run_id, timeout=3600, poll=5)
+                tasks = api.task_instances("dl_agent_federated", run_id)
+                if state != "success":
+                    raise SystemExit(f"run {state}: {sorted((t['task_id'], t['state']) for t in tasks)}\n{stack.tail_logs(30)}")
+                ran = [t for t in tasks if t["task_id"].startswith("round_") and t["state"] == "success"]
+                span = max(stamp(t["end_date"]) for t in ran) - min(stamp(t["start_date"]) for t in ran if t["task_id"] == "round_01.plan")
+                spans.append(span)
+                print(json.dumps({"workers": workers, "rep": rep, "rounds_span_s": round(span, 1),
+                                  "local_tasks": sum(t["task_id"].endswith(".local") for t in ran)}), flush=True)
+    return spans
+
+
+def measure_workers(rounds: int, local_epochs: int, reps: int) -> dict:
+    from dlagent_dev import procs
+
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = ((cpus[0],), (cpus[1],)) if len(cpus) >= 2 else None
+    conf = {"dataset": "digits", "model": "cnn", "n_shards": SHARDS, "rounds": rounds, "local_epochs": local_epochs,
+            "agent_policy": "off", "seed": 0, "experiment_name": "federated_workers", "compression_candidates": [{"quantization": "dynamic"}]}
+    print(f"conf: {json.dumps(conf)}; Celery workers pinned to CPUs {pinned}", flush=True)
+    session = procs.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
+    try:
+        one = rounds_span(1, conf, reps=reps, broker_db=13, cpus=pinned)
+        two = rounds_span(2, conf, reps=reps, broker_db=14, cpus=pinned)
+    finally:
+        left = procs.end_session(session)
+        if left:
+            print(procs.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
+    median_1, median_2 = sorted(one)[len(one) // 2], sorted(two)[len(two) // 2]
+    speedup = median_1 / median_2
+    print(f"rounds' wall time, median (all): 1 worker {median_1:.1f} s {[round(x, 1) for x in one]}, "
+          f"2 workers {median_2:.1f} s {[round(x, 1) for x in two]}: speed-up {speedup:.2f} (goal >= 1.6)")
+    return {"speedup_2_workers": round(speedup, 3), "rounds_s_1_worker": [round(x, 1) for x in one],
+            "rounds_s_2_workers": [round(x, 1) for x in two], "workers_conf": conf}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(PROJECT_DIR.parent / "shared" / "data" / "mnist-t10k"))
@@ -82,7 +152,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="bundled digits, seed 0, 3 rounds of 1 epoch")
+    parser.add_argument("--parts", nargs="+", choices=["accuracy", "workers"], default=["accuracy", "workers"])
+    parser.add_argument("--reps", type=int, default=2, help="DAG runs per worker count (workers part)")
     args = parser.parse_args()
+    if args.parts == ["workers"]:
+        print("RESULT " + json.dumps(measure_workers(3, 2, args.reps)))
+        return
     from dlagent.ml.data import load_dataset
     from dlagent_dev.stats import interval
 
@@ -119,11 +194,15 @@ def main() -> None:
     print(f"  bytes exchanged per round (all {SHARDS} sites, both directions): {bytes_per_round:,}")
     goals = {"iid_within_1_point": summary["fedavg_iid_gap_points"] >= -1.0,
              "skew_within_3_points": max(summary["fedavg_skew_gap_points"], summary["fedprox_skew_gap_points"]) >= -3.0}
+    workers = measure_workers(3, 2, args.reps) if "workers" in args.parts and not args.quick else {}
+    if workers:
+        goals["two_workers_1_6x"] = workers["speedup_2_workers"] >= 1.6
     print(f"  goals: {goals}")
     print("RESULT " + json.dumps({"central_acc": summary["central"], "fedavg_iid_acc": summary["fedavg_iid"],
                                   "fedavg_skew_acc": summary["fedavg_skew"], "fedprox_skew_acc": summary["fedprox_skew"],
                                   "bytes_per_round": bytes_per_round, "seeds": seeds, "dataset": dataset, "rounds": rounds,
-                                  "local_epochs": local_epochs, **{k: v for k, v in summary.items() if "gap" in k}, "goals": goals}))
+                                  "local_epochs": local_epochs, **{k: v for k, v in summary.items() if "gap" in k}, **workers,
+                                  "goals": goals}))
 
 
 if __name__ == "__main__":
