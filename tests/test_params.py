@@ -154,3 +154,30 @@ def test_a_plan_at_the_params_maximum_gives_a_retune_conf_the_dag_accepts():
     assert scaled["train"]["epochs"] == top and scaled["train"]["learning_rate"] == TrainConfig.bounds("learning_rate").high
     conf, _ = pipeline_conf(scaled, pipeline_params(), {"dataset": "digits"})
     check_pipeline_conf(conf)
+
+
+@pytest.mark.parametrize("name", ["n_shards", "partition", "skew_alpha", "rounds", "local_epochs", "strategy", "mu", "clients_per_round"])
+def test_a_federated_setting_has_one_limit_for_the_form_and_the_core(name):
+    """dl_agent_federated's form is generated from FederatedConfig: a value at a limit passes both,
+    one beyond it is refused by both."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+    from dlagent.ml.federated.settings import FederatedConfig
+    from dlagent.params import FEDERATED_PARAM_NAMES, federated_params
+
+    assert name in FEDERATED_PARAM_NAMES
+    params = federated_params()
+    bounds = FederatedConfig.bounds(name)
+    schema = {k: v for k, v in params[name].schema.items() if k not in ("title", "description")}
+    assert schema == bounds.json_schema()
+    valid = {"n_shards": 64, "strategy": "fedprox"}  # so that the other fields' cross-checks hold at every edge
+    accepted, refused = _edges(bounds)
+    for value in accepted:
+        ParamsDict(params)[name] = value
+        FederatedConfig.from_dict({**valid, name: value})
+    for value in refused:
+        with pytest.raises(ParamValidationError):
+            ParamsDict(params)[name] = value
+        with pytest.raises(ConfigError):
+            FederatedConfig.from_dict({**valid, name: value})
+

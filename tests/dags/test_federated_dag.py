@@ -1,0 +1,40 @@
+"""dl_agent_federated's shape: a group per round the form allows, each site's tasks mapped, the pipeline's tail."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import PROJECT_DIR
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(PROJECT_DIR / "dags" / "dl_agent_federated.py"))
+    assert bag.import_errors == {}
+    return bag.dags["dl_agent_federated"]
+
+
+def test_there_is_a_round_group_for_every_round_the_form_allows(dag):
+    from dlagent.ml.federated.settings import MAX_ROUNDS, FederatedConfig
+
+    assert FederatedConfig.bounds("rounds").high == MAX_ROUNDS == dag.params.get_param("rounds").schema["maximum"]
+    groups = sorted({t.task_id.split(".")[0] for t in dag.tasks if t.task_id.startswith("round_")})
+    assert groups == [f"round_{n:02d}" for n in range(1, MAX_ROUNDS + 1)]
+
+
+def test_rounds_chain_and_the_global_model_goes_through_the_pipeline_tail(dag):
+    task = dag.get_task
+    assert task("check_site").upstream_task_ids == {"validate"}
+    assert task("setup").upstream_task_ids == {"check_site"}
+    assert {"setup"} <= task("round_01.plan").upstream_task_ids
+    assert "round_01.aggregate" in task("round_02.plan").upstream_task_ids  # round 2 starts from round 1's global model
+    assert task("round_01.local").upstream_task_ids >= {"round_01.plan", "setup"}
+    assert task("round_01.aggregate").trigger_rule == "none_failed_min_one_success"  # a site not drawn skips its task
+    aggregates = {t.task_id for t in dag.tasks if t.task_id.endswith(".aggregate")}
+    assert aggregates <= task("finalize").upstream_task_ids and task("finalize").trigger_rule == "none_failed_min_one_success"
+    assert task("compress").upstream_task_ids >= {"finalize", "compression_candidates"}
+    assert task("deploy").upstream_task_ids == {"evaluate"}
+    for site_task in ("check_site", "round_01.local"):
+        assert type(task(site_task)).__name__ == "MappedOperator"  # one instance per site: dlagent.policy routes it by map index
