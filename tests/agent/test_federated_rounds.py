@@ -70,3 +70,16 @@ def test_off_runs_every_round_as_the_params_say():
     assert (plan.action, plan.local_epochs, plan.learning_rate) == ("train", 4, 0.01)
     with pytest.raises(ConfigError, match="agent_policy"):
         plan_round(history, round_number=5, policy="learning", **SETTINGS)
+
+
+def test_a_fall_in_a_round_of_only_some_sites_draws_one_site_more_from_then_on():
+    partial = {**SETTINGS, "sites_per_round": 2, "n_sites": 4}
+    history = _history([0.80, 0.79], sites=(0, 1))
+    for record in history:
+        record["sites_per_round"] = 2
+    plan = plan_round(history, round_number=3, **partial)
+    assert plan.sites_per_round == 3 and any(r.startswith("too few sites") for r in plan.reasons)
+    history.append({**history[-1], "round": 3, "sites": [0, 1, 3], "sites_per_round": 3, "val": {"val_accuracy": 0.85}})
+    assert plan_round(history, round_number=4, **partial).sites_per_round == 3  # kept from then on
+    everyone = _history([0.80, 0.79], sites=(0, 1, 2, 3))
+    assert plan_round(everyone, round_number=3, **partial).sites_per_round == 2  # all sites drew: nothing to widen

@@ -14,6 +14,8 @@ The rules, each stated in the reason it writes:
 - **client drift**: the global score fell while every site's own training loss fell: the
   sites fit their own data at the global model's expense (label skew), so local epochs are
   halved (at least 1).
+- **too few sites**: the global score fell in a round that drew only some of the sites: the
+  average followed the few drawn, so the next rounds draw one site more.
 
 ``policy="off"`` runs every round exactly as the Params say.
 """
@@ -57,24 +59,27 @@ def points(value: float, reference: float, *, higher_is_better: bool, relative: 
 
 def plan_round(history: list[dict], *, round_number: int, rounds: int, local_epochs: int, learning_rate: float,
                sites_per_round: int, metric: str, higher_is_better: bool = True, relative: bool = False,
-               policy: str = "rules") -> RoundPlan:
+               policy: str = "rules", n_sites: int | None = None) -> RoundPlan:
     """The plan of round ``round_number`` (from 1) after the rounds in ``history``.
 
     ``history``: one record per finished round, oldest first, each with ``val`` (``{"val_<metric>":
     score}``) and ``train_loss`` (the sites' losses), and the ``local_epochs`` / ``learning_rate``
-    it ran with. The other arguments are the Params' settings.
+    it ran with. The other arguments are the Params' settings (``n_sites``: all the sites there are).
     """
     if policy not in POLICIES:
         raise ConfigError("agent_policy", f"unknown policy {policy!r} for federated rounds.", f"use one of {list(POLICIES)}.")
     last = history[-1] if history else {}
     epochs = int(last.get("local_epochs", local_epochs))
     rate = float(last.get("learning_rate", learning_rate))
-    plan = {"round": round_number, "local_epochs": epochs, "learning_rate": rate, "sites_per_round": sites_per_round}
+    drawn = int(last.get("sites_per_round", sites_per_round))
+    n_sites = n_sites or sites_per_round
+    plan = {"round": round_number, "local_epochs": epochs, "learning_rate": rate, "sites_per_round": drawn}
     if round_number > rounds:
         return RoundPlan(action="stop", reasons=[f"all {rounds} rounds the Params ask for have run"], **plan)
     if policy == "off" or not history:
         why = "agent_policy is off: the Params' settings" if policy == "off" else "first round: the Params' settings"
-        return RoundPlan(action="train", reasons=[why], **{**plan, "local_epochs": local_epochs, "learning_rate": learning_rate})
+        return RoundPlan(action="train", reasons=[why], **{**plan, "local_epochs": local_epochs, "learning_rate": learning_rate,
+                                                           "sites_per_round": sites_per_round})
     key = f"val_{metric}"
     scores = [record["val"][key] for record in history]
     better = lambda a, b: points(a, b, higher_is_better=higher_is_better, relative=relative)  # noqa: E731
@@ -101,6 +106,10 @@ def plan_round(history: list[dict], *, round_number: int, rounds: int, local_epo
             epochs = max(1, epochs // 2)
             reasons.append(f"client drift: every site's training loss fell while {key} fell ({scores[-2]:.4g} -> {scores[-1]:.4g}): "
                            f"local epochs halved to {epochs}")
+        if better(scores[-1], scores[-2]) < 0 and len(last.get("sites") or []) < n_sites and drawn < n_sites:
+            drawn += 1
+            reasons.append(f"too few sites: {key} fell ({scores[-2]:.4g} -> {scores[-1]:.4g}) in a round of {drawn - 1} of {n_sites} "
+                           f"sites: {drawn} sites per round from now on")
     if not reasons:
         reasons.append(f"improving: {key} {scores[-1]:.4g} (best {scores[best_index]:.4g}): same settings")
-    return RoundPlan(action="train", reasons=reasons, **{**plan, "local_epochs": epochs, "learning_rate": rate})
+    return RoundPlan(action="train", reasons=reasons, **{**plan, "local_epochs": epochs, "learning_rate": rate, "sites_per_round": drawn})

@@ -234,7 +234,7 @@ class FederatedRoundPlanOperator(_FederatedOperator):
         metric = get_metric(previous.get("metric") or "accuracy")
         plan = plan_round(list(previous.get("history") or []), round_number=self.round_number, rounds=federated.rounds,
                           local_epochs=federated.local_epochs, learning_rate=config.learning_rate,
-                          sites_per_round=federated.sites_per_round, metric=metric.name,
+                          sites_per_round=federated.sites_per_round, n_sites=federated.n_shards, metric=metric.name,
                           higher_is_better=metric.higher_is_better, relative=metric.relative_points, policy=self.policy)
         for reason in plan.reasons:
             self.log.info("round %d, agent (%s): %s", self.round_number, self.policy, reason)
@@ -353,6 +353,7 @@ class FederatedAggregateOperator(_FederatedOperator):
         record = {"round": round_number, "sites": got, "samples": [int(u["samples"]) for u in updates],
                   "train_loss": [float(u["metrics"]["train_loss"]) for u in updates], "val": val,
                   "local_epochs": int(plan["local_epochs"]), "learning_rate": float(plan["learning_rate"]),
+                  "sites_per_round": int(plan["sites_per_round"]),
                   "bytes_per_site": update_bytes(averaged)}
         history = [*list((self.previous or {}).get("history") or []), record]
         parent = self.parent_run_id(context)
