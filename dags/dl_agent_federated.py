@@ -88,7 +88,7 @@ with DAG(
         previous >> group
         previous = aggregate
         aggregates.append(aggregate)
-    finalize = FederatedFinalizeOperator(task_id="finalize", round_task_ids=[a.task_id for a in aggregates],
+    finalize = FederatedFinalizeOperator(task_id="finalize", round_results=[a.output for a in aggregates],
                                          model_uri=setup.output["model_uri"], trigger_rule="none_failed_min_one_success", **federated)
     data = {"dataset": "{{ params.dataset }}", "data_options": data_options, "seed": "{{ params.seed }}"}
     gate_thresholds = templated(GATE_PARAM_NAMES)

@@ -371,15 +371,17 @@ class FederatedFinalizeOperator(_FederatedOperator):
     """Log the last round's global model as the run's trained model (a ``train`` step run), so
     compress, evaluate and deploy take it as they take a centrally trained one.
 
-    :param round_task_ids: the aggregation task of every round, in order; the last one that ran wins.
+    :param round_results: every round's aggregation result, in order (a round that did not run
+        gives nothing); the last round that ran wins. Templated, so a re-run after other rounds
+        ran computes anew instead of returning its recorded result.
     """
 
-    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "model_uri")
+    template_fields: Sequence[str] = (*_FederatedOperator.template_fields, "round_results", "model_uri")
     step = names.STEP_TRAIN
 
-    def __init__(self, *, round_task_ids: Sequence[str], model_uri: str = "", **kwargs):
+    def __init__(self, *, round_results=None, model_uri: str = "", **kwargs):
         super().__init__(**kwargs)
-        self.round_task_ids = list(round_task_ids)
+        self.round_results = round_results
         self.model_uri = model_uri
 
     def run(self, context):
@@ -388,7 +390,7 @@ class FederatedFinalizeOperator(_FederatedOperator):
         from dlagent.ml.model_store import load_keras_model, log_keras_model
         from dlagent.ml.training import compile_for_training, evaluate
 
-        results = [r for r in (context["ti"].xcom_pull(task_ids=task_id) for task_id in self.round_task_ids) if isinstance(r, dict)]
+        results = [r for r in (self.round_results or []) if isinstance(r, dict) and "global_uri" in r]
         if not results:
             raise ConfigError("rounds", "no federated round finished.", "look at the first round's tasks for the error.")
         last = max(results, key=lambda r: r["round"])
