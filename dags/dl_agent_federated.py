@@ -82,8 +82,7 @@ with DAG(
             local = FederatedLocalOperator.partial(task_id="local", model_uri=setup.output["model_uri"], **federated).expand(
                 assignment=plan.output)
             aggregate = FederatedAggregateOperator(task_id="aggregate", updates=local.output, round_plan=plan.output,
-                                                   previous=previous.output, model_uri=setup.output["model_uri"],
-                                                   trigger_rule="none_failed_min_one_success", **federated)  # undrawn sites skip
+                                                   previous=previous.output, model_uri=setup.output["model_uri"], **federated)
             plan >> local >> aggregate
         previous >> group
         previous = aggregate

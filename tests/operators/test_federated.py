@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 from dlagent.operators.federated import FederatedAggregateOperator, FederatedLocalOperator, FederatedValidateOperator
 
 from tests.operators.context import make_context
@@ -45,10 +45,9 @@ def test_bad_settings_fail_the_first_task_naming_the_field_before_any_data_is_re
     assert f"{field}:" in str(err.value)
 
 
-def test_a_site_its_round_did_not_draw_skips_and_a_site_out_of_range_is_refused():
+def test_a_site_its_round_did_not_draw_sends_nothing_and_a_site_out_of_range_is_refused():
     undrawn = FederatedLocalOperator(task_id="local", assignment={**ASSIGNMENTS[0], "site": 1}, federated={"n_shards": 3})
-    with pytest.raises(AirflowSkipException, match=r"site 1 is not drawn for round 2 \(drawn: \[0, 2\]\)"):
-        undrawn.execute(make_context("local", map_index=1))
+    assert undrawn.execute(make_context("local", map_index=1)) is None
     outside = FederatedLocalOperator(task_id="local", assignment={**ASSIGNMENTS[0], "site": 3}, federated={"n_shards": 3})
     with pytest.raises(AirflowFailException, match="assignment: site 3 is not one of the 3 sites"):
         outside.execute(make_context("local", map_index=3))

@@ -205,7 +205,7 @@ class FederatedRoundPlanOperator(_FederatedOperator):
     learning rate, or stop (the round's tasks and all later rounds are then skipped).
 
     Returns one assignment per site (the round plan plus ``site``): the local task expands over
-    them, and a site not drawn this round skips its task.
+    them, and a site not drawn this round returns nothing.
 
     :param previous: the previous round's aggregation result (the setup's for round 1).
     :param policy: ``rules`` (:mod:`dlagent.agent.federated`) or ``off`` (the Params as given).
@@ -272,15 +272,14 @@ class FederatedLocalOperator(_FederatedOperator):
         from dlagent.ml.model_store import load_keras_model
 
         config, federated, sites = self.settings()
-        from airflow.sdk.exceptions import AirflowSkipException
-
         plan = self.assignment if isinstance(self.assignment, dict) else {}
         site = plan.get("site")
         if not isinstance(site, int) or isinstance(site, bool) or not 0 <= site < federated.n_shards or "global_uri" not in plan:
             raise ConfigError("assignment", f"site {site!r} is not one of the {federated.n_shards} sites of a round plan.",
                               "expand this task over the round plan's assignments.")
-        if site not in plan.get("sites", []):
-            raise AirflowSkipException(f"site {site} is not drawn for round {plan.get('round')} (drawn: {plan.get('sites')})")
+        if site not in plan.get("sites", []):  # succeeds with nothing: a skipped instance would make the aggregation's trigger rule loose
+            self.log.info("site %d is not drawn for round %s (drawn: %s): nothing to train", site, plan.get("round"), plan.get("sites"))
+            return None
         client = self.hook.client
         x, y, splits = _site_rows(self.dataset, sites, self.data_options, config, federated, site, settings.data_roots())
         model = load_keras_model(client, self.model_uri)
@@ -334,7 +333,7 @@ class FederatedAggregateOperator(_FederatedOperator):
             raise AirflowSkipException("this round was not planned: the agent stopped before it")
         plan = assignments[0] if isinstance(assignments[0], dict) else {}
         round_number = int(plan.get("round", 0))
-        # a site not drawn this round skipped its task and sent nothing
+        # a site not drawn this round returned nothing
         updates = sorted((dict(u) for u in (self.updates or []) if u is not None), key=lambda u: u.get("site", -1))
         stale = [u.get("site") for u in updates if u.get("round") != round_number]
         if stale:
