@@ -101,6 +101,10 @@ def test_three_sites_with_their_own_files_train_and_deploy_and_no_row_or_path_le
     (final,) = _by_step(runs, "train")
     assert final.data.metrics["rounds_run"] == 2 and final.data.metrics["test_accuracy"] > 0.7  # 2 rounds x 2 epochs, 3 x ~310 rows
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "federated_val_accuracy")) == [1, 2]
+    plans = [json.loads(Path(client.download_artifacts(parent.info.run_id, f"federated/round-00{n}/round_plan.json",
+                                                       str(tmp_path / f"plan{n}"))).read_text()) for n in (1, 3)]
+    assert plans[0]["action"] == "train" and plans[0]["reasons"] == ["first round: the Params' settings"]
+    assert plans[1]["action"] == "stop" and plans[1]["reasons"] == ["all 2 rounds the Params ask for have run"]
     locals_ = _by_step(runs, "federated-local")
     assert sorted((r.data.tags["dlagent.federated.round"], r.data.tags["dlagent.federated.site"]) for r in locals_) == [
         (str(rnd), str(site)) for rnd in (1, 2) for site in range(3)]

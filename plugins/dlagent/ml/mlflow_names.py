@@ -227,4 +227,9 @@ FEDERATED_ROUND_TAG = "dlagent.federated.round"
 FEDERATED_SITE_TAG = "dlagent.federated.site"
 FEDERATED_WEIGHTS_FILE = "federated/weights.npz"  # a model's weights (arr_0..), on a setup, local or aggregate run
 FEDERATED_HISTORY_FILE = "federated/history.json"  # every round so far, on each aggregate run
-FEDERATED_PLAN_FILE = "federated/round_plan.json"  # the agent's round plan and reasons
+FEDERATED_SETTINGS_FILE = "federated/settings.json"  # the settings and the sites' row counts, on the setup run
+
+
+def federated_plan_file(round_number: int) -> str:
+    """The agent's plan of one round, with its reasons, on the parent run."""
+    return f"federated/round-{round_number:03d}/round_plan.json"

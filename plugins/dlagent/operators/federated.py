@@ -189,7 +189,7 @@ class FederatedSetupOperator(_FederatedOperator):
         with self.step_run(context) as run_id:
             client = self.hook.client
             client.log_dict(run_id, {"federated": federated.to_dict(), "train": config.to_dict(), "sites": checks},
-                            "federated/settings.json")
+                            names.FEDERATED_SETTINGS_FILE)
             model_uri = log_keras_model(client, run_id, model, splits.x_val[:2], encoding=splits.encoding)
             weights = model.get_weights()
             global_uri = log_weights(client, run_id, weights)
@@ -239,7 +239,7 @@ class FederatedRoundPlanOperator(_FederatedOperator):
         for reason in plan.reasons:
             self.log.info("round %d, agent (%s): %s", self.round_number, self.policy, reason)
         parent = self.parent_run_id(context)
-        self.hook.client.log_dict(parent, plan.to_dict(), f"federated/round-{self.round_number:03d}/round_plan.json")
+        self.hook.client.log_dict(parent, plan.to_dict(), names.federated_plan_file(self.round_number))
         if plan.action == "stop":
             raise AirflowSkipException(f"round {self.round_number} not run: {'; '.join(plan.reasons)}")
         sites = select_sites(federated.n_shards, plan.sites_per_round, self.round_number, federated.seed)
