@@ -86,7 +86,11 @@ def run_arm(arm: str, splits, *, seed: int, rounds: int, local_epochs: int) -> d
 
 
 def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus) -> list[float]:
-    """Seconds from round 1's plan starting to the last aggregation ending, per run, on a stack with ``workers`` Celery workers."""
+    """Seconds from round 1's plan starting to the last aggregation ending, per run, on a stack with ``workers`` Celery workers.
+
+    Every site has its queue (``conf["site_queues"]``); worker ``i`` consumes the default queue
+    and the queues of the sites ``i, i + workers, ...``, so each site's tasks must run on its
+    own worker: checked per run from the workers' logs, and the run refused if one did not."""
     from datetime import datetime
 
     from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
@@ -100,8 +104,10 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus) ->
         home = Path(tempfile.mkdtemp(prefix=f"dlagent-federated-{workers}-"))
         env = postgres_stack_env(home, airflow_db=make_database(), mlflow_db=make_database(), optuna_db=make_database(),
                                  AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}")
+        site_queues = conf["site_queues"]
+        worker_queues = tuple(",".join(["default", *sorted(set(site_queues[w::workers]))]) for w in range(workers))
         stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
-                           celery_cpus=cpus[:workers] if cpus else None)
+                           celery_cpus=cpus[:workers] if cpus else None, celery_queues=worker_queues)
         with stack:
             api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
             api.wait_for_dag("dl_agent_federated")
@@ -116,9 +122,30 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus) ->
                 ran = [t for t in tasks if t["task_id"].startswith("round_") and t["state"] == "success"]
                 span = max(stamp(t["end_date"]) for t in ran) - min(stamp(t["start_date"]) for t in ran if t["task_id"] == "round_01.plan")
                 spans.append(span)
+                routing = site_routing(stack, run_id, tasks, site_queues, worker_queues)
                 print(json.dumps({"workers": workers, "rep": rep, "rounds_span_s": round(span, 1),
-                                  "local_tasks": sum(t["task_id"].endswith(".local") for t in ran)}), flush=True)
+                                  "local_tasks": sum(t["task_id"].endswith(".local") for t in ran), **routing}), flush=True)
     return spans
+
+
+def site_routing(stack, run_id: str, tasks: list[dict], site_queues: list[str], worker_queues: tuple[str, ...]) -> dict:
+    """Which Celery worker ran each site task (its log) and on which queue (the task
+    instance), checked against ``site_queues``: a site task anywhere else stops the benchmark."""
+    site_tasks = sorted({t["task_id"] for t in tasks if t["task_id"] == "check_site" or t["task_id"].endswith(".local")})
+    wrong, workers_used = [], {}
+    for task_id in site_tasks:
+        ran_on = stack.celery_worker_of(run_id, task_id)
+        for t in (t for t in tasks if t["task_id"] == task_id and t["state"] == "success"):
+            site = t["map_index"]
+            worker = ran_on.get(site)
+            allowed = [f"celery-worker-{w + 1}" for w, queues in enumerate(worker_queues) if site_queues[site] in queues.split(",")]
+            workers_used.setdefault(site, set()).add(worker)
+            if t.get("queue") != site_queues[site] or worker not in allowed:
+                wrong.append(f"{task_id}[{site}] on queue {t.get('queue')!r}, worker {worker} (site queue {site_queues[site]!r}: {allowed})")
+    if wrong:
+        raise SystemExit("site tasks ran outside their site's queue or worker:\n  " + "\n  ".join(wrong))
+    return {"site_tasks_checked": sum(len(stack.celery_worker_of(run_id, t)) for t in site_tasks),
+            "worker_of_site": {site: sorted(w for w in used if w) for site, used in sorted(workers_used.items())}}
 
 
 def measure_workers(rounds: int, local_epochs: int, reps: int) -> dict:
@@ -127,7 +154,8 @@ def measure_workers(rounds: int, local_epochs: int, reps: int) -> dict:
     cpus = sorted(os.sched_getaffinity(0))
     pinned = ((cpus[0],), (cpus[1],)) if len(cpus) >= 2 else None
     conf = {"dataset": "digits", "model": "cnn", "n_shards": SHARDS, "rounds": rounds, "local_epochs": local_epochs,
-            "agent_policy": "off", "seed": 0, "experiment_name": "federated_workers", "compression_candidates": [{"quantization": "dynamic"}]}
+            "agent_policy": "off", "seed": 0, "experiment_name": "federated_workers", "compression_candidates": [{"quantization": "dynamic"}],
+            "site_queues": [f"site_{'ab'[i % 2]}" for i in range(SHARDS)]}
     print(f"conf: {json.dumps(conf)}; Celery workers pinned to CPUs {pinned}", flush=True)
     session = procs.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
     try:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from datetime import datetime
@@ -46,18 +45,6 @@ sys.path.insert(0, str(PROJECT_DIR / "dev"))
 
 def _time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def worker_of_each_task(log_dir: Path, run_id: str) -> dict[int, str]:
-    """map_index of each tune task instance -> the Celery worker whose log shows it running it."""
-    ran = {}
-    for log in sorted(log_dir.glob("celery-worker-*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if "task_id='tune'" in line and run_id in line:
-                found = re.search(r"map_index=(\d+)", line)
-                if found:
-                    ran[int(found.group(1))] = log.stem
-    return ran
 
 
 SPACE = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
@@ -130,7 +117,7 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
             minutes = (end - start).total_seconds() / 60
             result = {"workers": workers, "rep": rep, "trials": len(done), "tune_span_s": round(minutes * 60, 1),
                       "trials_per_min": round(len(done) / minutes, 2),
-                      "celery_worker_of_tune_task": worker_of_each_task(stack.log_dir, run_id),
+                      "celery_worker_of_tune_task": stack.celery_worker_of(run_id, "tune"),
                       "trials_by_process": by_process}
             print(json.dumps(result), flush=True)
             results.append(result)

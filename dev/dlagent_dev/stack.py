@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -121,6 +122,9 @@ class LocalStack:
     # CPU affinity of each Celery worker (worker i runs on celery_cpus[i]; its pool and task
     # processes inherit it): one pinned worker stands for one machine. None: not pinned.
     celery_cpus: tuple[tuple[int, ...], ...] | None = None
+    # The queues each Celery worker consumes (worker i: celery_queues[i], comma-separated, as
+    # `airflow celery worker --queues` takes them), e.g. one site's queue per worker. None: "default".
+    celery_queues: tuple[str, ...] | None = None
     restart_crashed: bool = True
     processes: dict = field(default_factory=dict)
     restarts: dict = field(default_factory=dict)
@@ -128,6 +132,9 @@ class LocalStack:
     def __post_init__(self):
         if self.celery_cpus is not None and len(self.celery_cpus) < self.celery_workers:
             raise ValueError(f"celery_cpus gives {len(self.celery_cpus)} CPU sets for {self.celery_workers} Celery workers: "
+                             "give one per worker")
+        if self.celery_queues is not None and len(self.celery_queues) < self.celery_workers:
+            raise ValueError(f"celery_queues gives {len(self.celery_queues)} queue lists for {self.celery_workers} Celery workers: "
                              "give one per worker")
         self._stopped: set[str] = set()
         self._log_ports: dict[str, int] = {}
@@ -177,7 +184,8 @@ class LocalStack:
         wanted = ["mlflow", *AIRFLOW_SERVICES]
         selected = {name: commands[name] for name in wanted}
         for index in range(self.celery_workers if "CeleryExecutor" in self.executor else 0):
-            selected[f"celery-worker-{index + 1}"] = [*commands["celery-worker"], "--celery-hostname", f"worker{index + 1}@%h"]
+            command = service_commands(celery_queues=self.celery_queues[index])["celery-worker"] if self.celery_queues else commands["celery-worker"]
+            selected[f"celery-worker-{index + 1}"] = [*command, "--celery-hostname", f"worker{index + 1}@%h"]
         return selected
 
     def _service_env(self, name: str) -> dict:
@@ -214,6 +222,17 @@ class LocalStack:
         if not self.celery_cpus or not name.startswith("celery-worker-"):
             return None
         return tuple(self.celery_cpus[int(name.rsplit("-", 1)[1]) - 1])
+
+    def celery_worker_of(self, run_id: str, task_id: str) -> dict[int, str]:
+        """map_index (-1: not mapped) of each instance of ``task_id`` in ``run_id`` -> the Celery
+        worker (``celery-worker-<i>``) whose log shows it receiving that instance."""
+        ran = {}
+        for log in sorted(self.log_dir.glob("celery-worker-*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if f"task_id='{task_id}'" in line and f"run_id='{run_id}'" in line:
+                    found = re.search(r"map_index=(-?\d+)", line)
+                    ran[int(found.group(1)) if found else -1] = log.stem
+        return ran
 
     def stop_leftovers(self) -> list[procs.ProcInfo]:
         """Stop the services an earlier stack of this home left running when it was killed

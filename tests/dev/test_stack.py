@@ -178,3 +178,25 @@ def test_each_celery_worker_and_the_processes_it_starts_run_on_its_own_cpus_and_
 def test_fewer_cpu_sets_than_celery_workers_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="celery_cpus gives 1 CPU sets for 2 Celery workers"):
         CeleryFakeStack(fake_env(str(tmp_path / "home")), executor="CeleryExecutor", celery_workers=2, celery_cpus=((0,),))
+
+
+def test_each_celery_worker_consumes_its_own_queues_and_its_log_tells_which_task_it_ran(tmp_path):
+    """Site queues (dl_agent_federated's `site_queues`): worker i gets `--queues celery_queues[i]`,
+    and `celery_worker_of` reads back from the workers' logs which worker received which instance."""
+    stack = LocalStack(fake_env(str(tmp_path / "home")), executor="CeleryExecutor", celery_workers=2,
+                       celery_queues=("default,site_a", "default,site_b"))
+    commands = stack.commands()
+    for index, queues in ((1, "default,site_a"), (2, "default,site_b")):
+        command = commands[f"celery-worker-{index}"]
+        assert command[command.index("--queues") + 1] == queues
+        assert command[command.index("--celery-hostname") + 1] == f"worker{index}@%h"
+    stack.log_dir.mkdir(parents=True)
+    line = "[celery] Executing workload: ti=TaskInstance(task_id='{task}', dag_id='d', run_id='{run}', try_number=1, map_index={index})"
+    (stack.log_dir / "celery-worker-1.log").write_text("\n".join([
+        line.format(task="round_01.local", run="r1", index=0), line.format(task="round_01.local", run="r1", index=2),
+        line.format(task="round_01.local", run="r2", index=1), line.format(task="setup", run="r1", index=-1)]))
+    (stack.log_dir / "celery-worker-2.log").write_text(line.format(task="round_01.local", run="r1", index=1))
+    assert stack.celery_worker_of("r1", "round_01.local") == {0: "celery-worker-1", 1: "celery-worker-2", 2: "celery-worker-1"}
+    assert stack.celery_worker_of("r1", "setup") == {-1: "celery-worker-1"}
+    with pytest.raises(ValueError, match="celery_queues gives 1 queue lists for 2 Celery workers"):
+        LocalStack(fake_env(str(tmp_path / "other")), executor="CeleryExecutor", celery_workers=2, celery_queues=("default",))

@@ -559,17 +559,17 @@ def _validate_labels(y: np.ndarray, class_names: list[str] | None) -> int:
 
 def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float, task: str = CLASSIFICATION):
     """Seeded split into train/validation/test (the same seed gives the same split), stratified
-    by class for classification."""
-    from sklearn.model_selection import train_test_split
+    by class for classification (:mod:`dlagent.ml.splits`: scikit-learn's indices, without its import)."""
+    from dlagent.ml.splits import train_test_split
 
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 0.5:
             raise ConfigError(name, f"must be in (0, 0.5), got {value!r}.", "use e.g. 0.15.")
     if task == REGRESSION:
         count = max(2, int(round(test_fraction * len(y))))
-        x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=count, random_state=seed)
+        x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=count, seed=seed)
         count = max(2, int(round(val_fraction * len(y))))
-        x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=count, random_state=seed)
+        x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=count, seed=seed)
         return x_train, y_train, x_val, y_val, x_test, y_test
     classes = int(y.max()) + 1
 
@@ -577,10 +577,10 @@ def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float,
         return max(classes, int(round(fraction * n)))
 
     x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=_fraction(test_fraction, len(y)), stratify=y, random_state=seed
+        x, y, test_size=_fraction(test_fraction, len(y)), stratify=y, seed=seed
     )
     x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=_fraction(val_fraction, len(y)), stratify=y_rest, random_state=seed
+        x_rest, y_rest, test_size=_fraction(val_fraction, len(y)), stratify=y_rest, seed=seed
     )
     return x_train, y_train, x_val, y_val, x_test, y_test
 
@@ -641,9 +641,9 @@ def load_dataset(
             raise ConfigError("max_samples", f"must be an integer >= {least}" + ("" if task == REGRESSION else f" for {num_classes} classes")
                               + f", got {max_samples!r}.", "raise it or leave it empty for all samples.")
         if max_samples < len(y):
-            from sklearn.model_selection import train_test_split
+            from dlagent.ml.splits import train_test_split
 
-            x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=None if task == REGRESSION else y, random_state=seed)
+            x, _, y, _ = train_test_split(x, y, train_size=max_samples, stratify=None if task == REGRESSION else y, seed=seed)
     parts = split_dataset(x, y, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, task=task)
     names = class_names[:num_classes] if class_names else [str(i) for i in range(num_classes)]
     encoding, raw = None, (None, None)
