@@ -6,6 +6,10 @@ starts, every process it starts from then on inherits a mark in its environment
 by it — a process group it created (the ``procs`` fixture, :class:`dlagent_dev.stack.LocalStack`),
 a process carrying its mark, or an orphan whose command line holds the checkout's path — is
 listed, stopped, and the session's exit status set to failure.
+
+It also fails a session that wrote MLflow runs into the checkout: MLflow puts the artifacts of
+an experiment created without an artifact location in ``./mlruns`` of the current directory,
+which is the checkout during a test session; a test's artifacts belong in its ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,18 @@ from dlagent_dev import procs
 from dlagent_dev.env import PROJECT_DIR
 
 _state: dict = {}
+# where MLflow writes by default, relative to the current directory (the checkout)
+CHECKOUT_ARTIFACT_DIRS = ("mlruns", "mlartifacts")
+
+
+def checkout_artifacts() -> set[str]:
+    """Experiment and run folders MLflow's defaults have left in the checkout."""
+    found = set()
+    for name in CHECKOUT_ARTIFACT_DIRS:
+        top = PROJECT_DIR / name
+        if top.is_dir():
+            found |= {str(path.relative_to(PROJECT_DIR)) for path in top.glob("*/*")}
+    return found
 
 
 def pytest_configure(config):
@@ -27,6 +43,8 @@ def pytest_configure(config):
         # so a worker that finishes first never takes the other's running processes for leftovers.
         worker = hasattr(config, "workerinput")
         _state["session"] = procs.begin_session(None if worker else PROJECT_DIR)
+        if not worker:
+            _state["artifacts"] = checkout_artifacts()
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist has shut its workers down
@@ -35,12 +53,19 @@ def pytest_sessionfinish(session, exitstatus):
     if run is None:
         return
     found = procs.end_session(run)
-    if not found:
-        return
-    message = procs.report(found, "process(es) this test session left running (now stopped)")
+    if found:
+        _fail(session, "processes left running", procs.report(found, "process(es) this test session left running (now stopped)"))
+    if "artifacts" in _state:
+        written = sorted(checkout_artifacts() - _state["artifacts"])
+        if written:
+            _fail(session, "MLflow runs written into the checkout", f"{len(written)} new folder(s), e.g. {written[:5]}: a test "
+                  "created an experiment without an artifact location (give it one under tmp_path)")
+
+
+def _fail(session, title: str, message: str) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_sep("=", "processes left running", red=True)
+        reporter.write_sep("=", title, red=True)
         reporter.write_line(message)
     else:
         print(message, file=sys.stderr)

@@ -45,12 +45,24 @@ def test_waits_for_its_child():
 '''
 
 
-def _inner_session(folder, test_code: str) -> subprocess.CompletedProcess:
+# MLflow's default artifact root for an experiment created without one is ./mlruns: the checkout.
+CHECKOUT_WRITING_TEST = '''
+from mlflow import MlflowClient
+
+
+def test_logs_into_the_default_artifact_root(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("no-location"))
+    client.log_text(run.info.run_id, "hello", "note.txt")
+'''
+
+
+def _inner_session(folder, test_code: str, checkout=PROJECT_DIR) -> subprocess.CompletedProcess:
     (folder / "test_inner.py").write_text(test_code)
     command = [sys.executable, "-m", "pytest", "-p", "dlagent_dev.pytest_guard", "-p", "no:cacheprovider",
                "--rootdir", str(folder), "-o", "addopts=", "test_inner.py"]
     return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DLAGENT_PROJECT_DIR": str(PROJECT_DIR)})
+                          env={**os.environ, "DLAGENT_PROJECT_DIR": str(checkout)})
 
 
 def _kill_probe(pid: int) -> None:
@@ -82,3 +94,14 @@ def test_a_session_that_leaves_nothing_passes(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "processes left running" not in output
+
+
+def test_a_session_that_writes_mlflow_runs_into_the_checkout_fails_and_names_them(tmp_path):
+    """The checkout here is the inner session's folder (its current directory, as the real
+    checkout is for the suite): a run logged under MLflow's default ./mlruns fails the session."""
+    result = _inner_session(tmp_path, CHECKOUT_WRITING_TEST, checkout=tmp_path)
+    output = result.stdout + result.stderr
+    assert "1 passed" in output, output[-3000:]
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert "MLflow runs written into the checkout" in output and "mlruns/" in output
+    assert (tmp_path / "mlruns").is_dir()

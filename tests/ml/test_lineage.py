@@ -22,7 +22,7 @@ def test_a_training_run_records_its_data_set_and_a_changed_file_gets_a_new_diges
     splits = load_dataset(uri, seed=0, allowed_roots=roots)
     assert load_dataset(uri, seed=5, allowed_roots=roots).digest == splits.digest  # the content, not the split
     client = MlflowClient(mlflow_uri)
-    run_id = client.create_run(tracking.ensure_experiment(client, "lineage")).info.run_id
+    run_id = client.create_run(tracking.ensure_experiment(client, "lineage", str(tmp_path / "artifacts"))).info.run_id
     train(splits, TrainConfig(model="mlp", epochs=1), client=client, run_id=run_id, log_model=False)
 
     (recorded,) = client.get_run(run_id).inputs.dataset_inputs

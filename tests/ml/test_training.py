@@ -101,7 +101,7 @@ def test_a_table_is_standardised_inside_the_model_from_the_training_split(tmp_pa
     splits = load_dataset(f"csv:{tmp_path / 'wine.csv'}", seed=0, allowed_roots=[str(tmp_path)])
     config = TrainConfig(model="mlp", epochs=40, units=32, seed=0, early_stopping_patience=0)
     client = MlflowClient(mlflow_uri)
-    run_id = client.create_run(tracking.ensure_experiment(client, "wine")).info.run_id
+    run_id = client.create_run(tracking.ensure_experiment(client, "wine", str(tmp_path / "artifacts"))).info.run_id
     result, model_uri = train(splits, config, client=client, run_id=run_id)
     assert scaling_statistics(load_keras_model(client, model_uri)) is not None  # the layer survives logging and safe-mode loading
 
@@ -154,7 +154,7 @@ def test_missing_values_are_refused_by_default_and_imputed_inside_the_model_on_r
     splits = load_dataset(uri, seed=0, allowed_roots=roots, missing="impute")
     assert splits.impute and np.isnan(splits.x_train).any() and np.isnan(splits.x_test).any()
     client = MlflowClient(mlflow_uri)
-    run_id = client.create_run(tracking.ensure_experiment(client, "wine-missing")).info.run_id
+    run_id = client.create_run(tracking.ensure_experiment(client, "wine-missing", str(tmp_path / "artifacts"))).info.run_id
     result, model_uri = train(splits, TrainConfig(model="mlp", epochs=40, units=32, seed=0, early_stopping_patience=0),
                               client=client, run_id=run_id)
     imputed = scaling_statistics(result.model)["impute"]

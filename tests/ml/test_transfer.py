@@ -185,7 +185,7 @@ def test_tuning_a_transfer_run_fine_tunes_a_fresh_copy_of_the_source_in_every_tr
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     tuning.create_study(url, "transfer", StudySettings(space=tuning.default_search_space("mlp", transfer=True), sampler="random", seed=0))
     base = TrainConfig(init_from=str(tmp_path / "source.keras"), epochs=2, early_stopping_patience=0)
-    experiment = ensure_experiment(client, "tune-transfer")
+    experiment = ensure_experiment(client, "tune-transfer", str(tmp_path / "artifacts"))
 
     def settings(n_trials, roots):
         return WorkerSettings(storage_url=url, study_name="transfer", base_config=base, n_trials=n_trials, experiment_id=experiment,

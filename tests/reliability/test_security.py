@@ -252,6 +252,7 @@ def test_a_model_carrying_code_is_refused_by_our_loading_path(mlflow_uri, tmp_pa
     import mlflow
     from dlagent.errors import ConfigError
     from dlagent.ml.model_store import MODEL_PIP_REQUIREMENTS, load_keras_model
+    from dlagent.ml.tracking import ensure_experiment
     from dlagent.operators.compress import CompressOperator
     from mlflow import MlflowClient
 
@@ -265,7 +266,8 @@ def test_a_model_carrying_code_is_refused_by_our_loading_path(mlflow_uri, tmp_pa
     outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(touched))
     model = keras.Model(inputs, outputs)
     marker.unlink()  # building the model ran the lambda once; from here on it must not run
-    with mlflow.start_run() as run:  # the fluent API, through MLFLOW_TRACKING_URI (the mlflow_uri fixture)
+    experiment = ensure_experiment(MlflowClient(mlflow_uri), "attack", str(tmp_path / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment) as run:  # the fluent API, through MLFLOW_TRACKING_URI (the mlflow_uri fixture)
         uri = mlflow.keras.log_model(model, name="model", pip_requirements=MODEL_PIP_REQUIREMENTS).model_uri
     problems = []
     with pytest.raises(ConfigError) as error:
