@@ -27,9 +27,13 @@ the figures are the mean over seeds and its 95 % Student-t interval.
 ``--parts workers`` runs ``dl_agent_federated`` itself on the real services (CeleryExecutor,
 the local Redis, PostgreSQL stores, each Celery worker pinned to its own CPU as in
 bench/scale_out.py: one worker stands for one machine), with 1 and then 2 Celery workers:
-the same conf (the digits, 4 IID shards, ``rounds`` rounds, the agent off), ``--reps`` runs
+the same conf (the MNIST set, or the digits with ``--quick``, 4 IID shards, 3 rounds of 2
+local epochs, the agent off), ``--reps`` runs
 each; the figure is the rounds' wall time (the first round's plan starting to the last
-aggregation ending) and the speed-up of the medians.
+aggregation ending), the speed-up of the medians and, per repetition, its 95 % interval. Every
+site has its own Celery queue (``site_queues``): worker ``i`` consumes the default queue and
+its sites' queues, and each run is checked, from the workers' logs and the task instances'
+queues, to have run every site task on its own site's worker (a real multi-queue deployment).
 
 Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones; with
 two Celery workers at least 1.6x the speed of one. The last line is ``RESULT {json}``
@@ -85,7 +89,7 @@ def run_arm(arm: str, splits, *, seed: int, rounds: int, local_epochs: int) -> d
     return {**result, "arm": arm, "seed": seed, "test_accuracy": test["test_accuracy"], "seconds": round(time.perf_counter() - started, 1)}
 
 
-def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus) -> list[float]:
+def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, data_roots: list[str]) -> list[float]:
     """Seconds from round 1's plan starting to the last aggregation ending, per run, on a stack with ``workers`` Celery workers.
 
     Every site has its queue (``conf["site_queues"]``); worker ``i`` consumes the default queue
@@ -103,7 +107,8 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus) ->
     with throwaway_databases(bench_admin_url()) as make_database:
         home = Path(tempfile.mkdtemp(prefix=f"dlagent-federated-{workers}-"))
         env = postgres_stack_env(home, airflow_db=make_database(), mlflow_db=make_database(), optuna_db=make_database(),
-                                 AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}")
+                                 AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}",
+                                 DLAGENT_DATA_ROOTS=os.pathsep.join(data_roots))
         site_queues = conf["site_queues"]
         worker_queues = tuple(",".join(["default", *sorted(set(site_queues[w::workers]))]) for w in range(workers))
         stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
@@ -148,28 +153,34 @@ def site_routing(stack, run_id: str, tasks: list[dict], site_queues: list[str], 
             "worker_of_site": {site: sorted(w for w in used if w) for site, used in sorted(workers_used.items())}}
 
 
-def measure_workers(rounds: int, local_epochs: int, reps: int) -> dict:
+def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epochs: int, reps: int) -> dict:
     from dlagent_dev import procs
 
     cpus = sorted(os.sched_getaffinity(0))
     pinned = ((cpus[0],), (cpus[1],)) if len(cpus) >= 2 else None
-    conf = {"dataset": "digits", "model": "cnn", "n_shards": SHARDS, "rounds": rounds, "local_epochs": local_epochs,
+    conf = {"dataset": dataset, "model": "cnn", "n_shards": SHARDS, "rounds": rounds, "local_epochs": local_epochs,
             "agent_policy": "off", "seed": 0, "experiment_name": "federated_workers", "compression_candidates": [{"quantization": "dynamic"}],
             "site_queues": [f"site_{'ab'[i % 2]}" for i in range(SHARDS)]}
     print(f"conf: {json.dumps(conf)}; Celery workers pinned to CPUs {pinned}", flush=True)
     session = procs.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
     try:
-        one = rounds_span(1, conf, reps=reps, broker_db=13, cpus=pinned)
-        two = rounds_span(2, conf, reps=reps, broker_db=14, cpus=pinned)
+        one = rounds_span(1, conf, reps=reps, broker_db=13, cpus=pinned, data_roots=data_roots)
+        two = rounds_span(2, conf, reps=reps, broker_db=14, cpus=pinned, data_roots=data_roots)
     finally:
         left = procs.end_session(session)
         if left:
             print(procs.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
+    from dlagent_dev.stats import interval
+
     median_1, median_2 = sorted(one)[len(one) // 2], sorted(two)[len(two) // 2]
     speedup = median_1 / median_2
+    speedups = [a / b for a, b in zip(one, two, strict=True)]  # repetition i of each worker count
+    spread = interval(speedups) if len(speedups) > 1 else None
     print(f"rounds' wall time, median (all): 1 worker {median_1:.1f} s {[round(x, 1) for x in one]}, "
-          f"2 workers {median_2:.1f} s {[round(x, 1) for x in two]}: speed-up {speedup:.2f} (goal >= 1.6)")
-    return {"speedup_2_workers": round(speedup, 3), "rounds_s_1_worker": [round(x, 1) for x in one],
+          f"2 workers {median_2:.1f} s {[round(x, 1) for x in two]}: speed-up {speedup:.2f} (goal >= 1.6); "
+          f"per repetition {[round(x, 3) for x in speedups]}" + (f", mean {spread['mean']} 95 % interval {spread['ci95']}" if spread else ""))
+    return {"speedup_2_workers": round(speedup, 3), "speedups_2_workers": [round(x, 3) for x in speedups],
+            "speedup_ci95": spread["ci95"] if spread else None, "rounds_s_1_worker": [round(x, 1) for x in one],
             "rounds_s_2_workers": [round(x, 1) for x in two], "workers_conf": conf}
 
 
@@ -181,14 +192,8 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="bundled digits, seed 0, 3 rounds of 1 epoch")
     parser.add_argument("--parts", nargs="+", choices=["accuracy", "workers"], default=["accuracy", "workers"])
-    parser.add_argument("--reps", type=int, default=2, help="DAG runs per worker count (workers part)")
+    parser.add_argument("--reps", type=int, default=3, help="DAG runs per worker count (workers part)")
     args = parser.parse_args()
-    if args.parts == ["workers"]:
-        print("RESULT " + json.dumps(measure_workers(3, 2, args.reps)))
-        return
-    from dlagent.ml.data import load_dataset
-    from dlagent_dev.stats import interval
-
     if args.quick:
         dataset, seeds, rounds, local_epochs = "digits", [0], 3, 1
     else:
@@ -196,6 +201,12 @@ def main() -> None:
             sys.exit(f"--data {args.data!r} is not a folder: give the MNIST IDX folder, e.g. ../shared/data/mnist-t10k")
         dataset, seeds, rounds, local_epochs = f"mnist-idx:{Path(args.data).resolve()}", args.seeds, args.rounds, args.local_epochs
     roots = [str(Path(args.data).resolve())]
+    if args.parts == ["workers"]:
+        print("RESULT " + json.dumps(measure_workers(dataset, roots, 3, 2, args.reps)))
+        return
+    from dlagent.ml.data import load_dataset
+    from dlagent_dev.stats import interval
+
     rows = []
     for seed in seeds:
         splits = load_dataset(dataset, seed=seed, allowed_roots=roots)
@@ -222,7 +233,7 @@ def main() -> None:
     print(f"  bytes exchanged per round (all {SHARDS} sites, both directions): {bytes_per_round:,}")
     goals = {"iid_within_1_point": summary["fedavg_iid_gap_points"] >= -1.0,
              "skew_within_3_points": max(summary["fedavg_skew_gap_points"], summary["fedprox_skew_gap_points"]) >= -3.0}
-    workers = measure_workers(3, 2, args.reps) if "workers" in args.parts and not args.quick else {}
+    workers = measure_workers(dataset, roots, 3, 2, args.reps) if "workers" in args.parts and not args.quick else {}
     if workers:
         goals["two_workers_1_6x"] = workers["speedup_2_workers"] >= 1.6
     print(f"  goals: {goals}")
