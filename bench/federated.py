@@ -97,8 +97,9 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, da
     own worker: checked per run from the workers' logs, and the run refused if one did not."""
     from datetime import datetime
 
+    from dlagent_dev.airflow_api import AirflowApi
     from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
-    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
+    from dlagent_dev.stack import ADMIN_USER, LocalStack, free_port, postgres_stack_env
 
     def stamp(value: str) -> float:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

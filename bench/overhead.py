@@ -146,8 +146,9 @@ def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
 
 def run_services(conf: dict, workdir: Path) -> dict:
     """The pipeline on the real services with LocalExecutor; the DAG run's span and each task's times."""
+    from dlagent_dev.airflow_api import AirflowApi
     from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
-    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
+    from dlagent_dev.stack import ADMIN_USER, LocalStack, free_port, postgres_stack_env
 
     extra = {"DLAGENT_DATA_ROOTS": os.environ["DLAGENT_BENCH_DATA_ROOT"]} if os.environ.get("DLAGENT_BENCH_DATA_ROOT") else {}
     with throwaway_databases(bench_admin_url()) as make_database:

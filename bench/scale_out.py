@@ -82,7 +82,8 @@ def one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker
 
 def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus, databases) -> list[dict]:
     import optuna
-    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port, postgres_stack_env
+    from dlagent_dev.airflow_api import AirflowApi
+    from dlagent_dev.stack import ADMIN_USER, LocalStack, free_port, postgres_stack_env
 
     airflow_db, mlflow_db, optuna_db = databases
     home = Path(tempfile.mkdtemp(prefix=f"dlagent-scale-{workers}-"))

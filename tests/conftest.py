@@ -142,7 +142,8 @@ def live_stack(tmp_path_factory, session_postgres_databases):
     Started on first use, stopped at the end of the session whatever happens; `stack.api` is a
     logged-in REST client, and both pipeline DAGs are unpaused.
     """
-    from dlagent_dev.stack import ADMIN_USER, AirflowApi, LocalStack, free_port
+    from dlagent_dev.airflow_api import AirflowApi
+    from dlagent_dev.stack import ADMIN_USER, LocalStack, free_port
 
     home = tmp_path_factory.mktemp("live")
     env = live_env(home, session_postgres_databases(), session_postgres_databases(), session_postgres_databases())
