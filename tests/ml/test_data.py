@@ -7,7 +7,8 @@ import gzip
 import numpy as np
 import pytest
 from dlagent.errors import ConfigError
-from dlagent.ml.data import load_dataset, load_dataset_with_options, parse_dataset_uri
+from dlagent.ml.data import load_dataset, load_dataset_with_options
+from dlagent.ml.data_paths import parse_dataset_uri
 
 from tests.conftest import SHARED_DATA, required_on_ci
 
@@ -52,7 +53,7 @@ def test_mnist_idx_loader_reads_gzip_idx(tmp_path):
 def test_real_mnist_test_set_loads_with_its_documented_class_counts():
     if not (SHARED_DATA / "mnist-t10k").is_dir():
         required_on_ci(f"{SHARED_DATA / 'mnist-t10k'} is not beside this checkout (../shared/data)")
-    from dlagent.ml.data import load_arrays
+    from dlagent.ml.data_readers import load_arrays
 
     x, y, _ = load_arrays(f"mnist-idx:{SHARED_DATA / 'mnist-t10k'}")
     assert x.shape == (10000, 28, 28)
@@ -166,7 +167,7 @@ def test_a_regression_target_is_refused_with_the_real_reason(tmp_path):
 
 
 def test_many_named_classes_are_never_taken_for_a_regression_target():
-    from dlagent.ml.data import validate_arrays
+    from dlagent.ml.data_checks import validate_arrays
 
     y = np.concatenate([np.arange(30), np.arange(30), np.arange(5)])  # 30 named classes, 25 with 2 samples
     names = [f"species-{i:02d}" for i in range(30)]

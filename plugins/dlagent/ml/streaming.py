@@ -68,7 +68,7 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     pass, reading each file once. Raises :class:`ConfigError` naming the first bad file."""
     from PIL import Image
 
-    from dlagent.ml.data import check_inside_roots
+    from dlagent.ml.data_paths import check_inside_roots
 
     if not directory.is_dir():
         raise ConfigError("dataset", f"images: needs a folder with one sub-folder per class, got {str(directory)!r}.", "point it at the parent folder.")

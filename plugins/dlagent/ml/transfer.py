@@ -111,7 +111,7 @@ def _load_keras_file(argument: str, allowed_roots):
     import keras
 
     from dlagent.ml.builders import import_custom_modules
-    from dlagent.ml.data import resolve_data_path
+    from dlagent.ml.data_paths import resolve_data_path
 
     path = resolve_data_path(argument, allowed_roots=allowed_roots, field_name="init_from")
     if path.suffix != ".keras" or not path.is_file():

@@ -24,7 +24,7 @@ class FederatedValidateOperator(FederatedOperator):
         self.site_queues = site_queues
 
     def run(self, context):
-        from dlagent.ml.data import parse_dataset_uri
+        from dlagent.ml.data_paths import parse_dataset_uri
         from dlagent.ml.federated.shards import partition
         from dlagent.ml.streaming import is_streamed
 

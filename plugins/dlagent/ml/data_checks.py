@@ -1,0 +1,103 @@
+"""The checks every loaded data set goes through, whatever its format: features numeric and
+finite (or NaN under ``missing: impute``), labels ``0..K-1`` with each class large enough for a
+three-way split, regression targets finite and varying.
+
+A target in the wrong task is refused with the real reason: class-like values under regression,
+a count or a measured quantity under classification, each naming the data option that fixes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dlagent.errors import ConfigError
+from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
+
+MIN_SAMPLES_PER_CLASS = 3  # one each for train, validation and test
+REGRESSION_LIKE_CLASSES = 20  # more distinct labels than this, most of them rare: a regression target, not classes
+REGRESSION_FIX = "set the data option task to 'regression' (and metric to 'rmse', 'mae' or 'r2'), or give integer class labels 0..K-1."
+CLASSIFICATION_FIX = "set the data option task to 'classification' (the default), or give a numeric target that varies."
+MAX_CLASS_LIKE_VALUES = 10  # a regression target with at most this many distinct whole values looks like class labels
+MIN_REGRESSION_SAMPLES = 10
+
+
+def validate_arrays(x: np.ndarray, y: np.ndarray, class_names: list[str] | None = None, *, missing: str = "refuse",
+                    task: str = CLASSIFICATION) -> int:
+    """Check features and labels; return the number of classes (for regression: of targets).
+
+    Raises :class:`ConfigError` for an empty set, mismatched lengths, non-numeric or
+    non-finite features, labels outside ``0..K-1``, a single class, or a class too small
+    to appear in each of train, validation and test; for regression, for non-finite or
+    constant targets, too few samples, or targets that look like class labels.
+    """
+    _validate_features(x, y, missing)
+    if task == REGRESSION:
+        return _validate_targets(y)
+    return validate_labels(y, class_names)
+
+
+def _validate_targets(y: np.ndarray) -> int:
+    if len(y) < MIN_REGRESSION_SAMPLES:
+        raise ConfigError("dataset", f"has {len(y)} samples; regression needs at least {MIN_REGRESSION_SAMPLES} for a "
+                          "train/validation/test split.", "add samples.")
+    bad = ~np.isfinite(y)
+    if bad.any():
+        first = int(np.argwhere(bad.any(axis=1))[0][0])
+        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf target values (first in sample {first}).",
+                          "drop the samples without a target, or fill them.")
+    for column in range(y.shape[1]):
+        distinct = np.unique(y[:, column])
+        if len(distinct) < 2:
+            raise ConfigError("dataset", f"target {column} is constant: there is nothing to learn.", CLASSIFICATION_FIX)
+        if len(distinct) <= MAX_CLASS_LIKE_VALUES and np.all(distinct == np.round(distinct)):
+            raise ConfigError("dataset", f"target {column} takes only {len(distinct)} distinct whole values: this looks like "
+                              "class labels, not a regression target.", CLASSIFICATION_FIX)
+    return int(y.shape[1])
+
+
+def _validate_features(x: np.ndarray, y: np.ndarray, missing: str) -> None:
+    if x.ndim < 2:
+        raise ConfigError("dataset", f"features must be (samples, features...) with at least 2 dimensions, got shape {x.shape}.",
+                          "store one row of features per sample, e.g. shape (n, d) for tables or (n, height, width) for images.")
+    if len(x) == 0 or x[0].size == 0:
+        raise ConfigError("dataset", f"is empty: features of shape {x.shape}.", "give at least one sample with at least one feature.")
+    if len(x) != len(y):
+        raise ConfigError("dataset", f"{len(x)} feature rows but {len(y)} labels.", "give one label per sample.")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError("dataset", f"features have dtype {x.dtype}, not floating point.", "convert features to numbers.")
+    if missing == "impute" and np.isnan(x).any() and x.ndim != 2:
+        raise ConfigError("data_options.missing", f"'impute' fills missing values of tables; these samples have shape {x.shape[1:]}.",
+                          "clean the images, or use missing 'refuse'.")
+    bad = np.isinf(x) if missing == "impute" else ~np.isfinite(x)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
+        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).",
+                          "clean the data, or set the data option missing to 'impute' (NaN only; inf is never imputed).")
+
+
+def validate_labels(y: np.ndarray, class_names: list[str] | None) -> int:
+    if y.min() < 0:
+        raise ConfigError("dataset", f"labels must be >= 0; {int((y < 0).sum())} are negative.", "give integer class labels 0..K-1.")
+    num_classes = int(y.max()) + 1
+    if class_names and len(class_names) < num_classes:
+        raise ConfigError("dataset", f"the largest label is out of range for {len(class_names)} classes.", "give integer class labels 0..K-1.")
+    counts = np.bincount(y, minlength=num_classes)
+    present = int((counts > 0).sum())
+    if present < 2:
+        raise ConfigError("dataset", f"has a single class ({present} distinct label); a classifier needs at least 2.", "add samples of other classes.")
+    observed = counts[counts > 0]
+    rare = int((observed < MIN_SAMPLES_PER_CLASS).sum())
+    gaps = bool((counts == 0).any())
+    named = bool(class_names) and list(class_names) != [str(i) for i in range(len(class_names))]  # folders, words: never a quantity
+    if not named and len(observed) > REGRESSION_LIKE_CLASSES and (rare > len(observed) / 2 or gaps):
+        how = f"{rare} of them occur fewer than {MIN_SAMPLES_PER_CLASS} times" + (f" or leave gaps in 0..{num_classes - 1}" if gaps else "")
+        raise ConfigError("dataset", f"the labels take {len(observed)} distinct values and {how}: this looks like a regression "
+                          "target (a count or a measured quantity), not class labels.", REGRESSION_FIX)
+    if gaps:
+        raise ConfigError("dataset", f"labels must be consecutive from 0; {int((counts == 0).sum())} labels in that range have no samples.",
+                          "re-number the labels 0..K-1.")
+    if counts.min() < MIN_SAMPLES_PER_CLASS:
+        raise ConfigError("dataset", f"{rare} class(es) have fewer than {MIN_SAMPLES_PER_CLASS} samples "
+                          f"(the smallest has {int(counts.min())}); each class needs at least {MIN_SAMPLES_PER_CLASS} for a "
+                          "train/validation/test split.", "add samples or drop the class.")
+    return num_classes
