@@ -48,15 +48,15 @@ from __future__ import annotations
 import math
 
 from dlagent.agent.observe import Observation
-from dlagent.agent.plan import TUNE_KEYS
 from dlagent.agent.policies.base import Policy
+from dlagent.agent.policies.rules_tuning import TuningRules
 from dlagent.errors import ConfigError
 from dlagent.validation import check_int, check_number, finite, significant
 
 ARCHITECTURE = ("model", "units", "filters")  # settings that change the weights' shapes
 
 
-class RulesPolicy(Policy):
+class RulesPolicy(TuningRules, Policy):
     """Transparent rules (see the module docstring). Every argument is validated eagerly."""
 
     name = "rules"
@@ -246,160 +246,6 @@ class RulesPolicy(Policy):
                 f"training keeps its architecture: continuing from them saves retraining its {trained} epochs")
         return best["checkpoint"]
 
-    def tuning_progress(self, obs: Observation) -> tuple[bool | None, float | None]:
-        """``(improving, gain)`` of the best value over the last ``improvement_window`` trials.
-
-        ``improving`` is ``None`` with no completed trial, ``True`` while fewer trials than the
-        window have completed (too early to tell).
-        """
-        history = obs.best_value_history
-        if not history:
-            return None, None
-        if len(history) <= self.improvement_window:
-            return True, None
-        gain = history[-1] - history[-1 - self.improvement_window]
-        if obs.direction == "minimize":
-            gain = -gain
-        return gain > self.min_improvement, gain
-
-    def _workers(self, obs: Observation, n_trials: int) -> tuple[int, str]:
-        free = obs.resources.get("cpus_free")
-        total = obs.resources.get("cpu_count")
-        limit = free if isinstance(free, int) and free > 0 else 1
-        workers = max(1, min(n_trials, limit, self.max_workers or limit))
-        return workers, f"{free if free is not None else 'unknown'} free CPUs of {total if total is not None else 'unknown'}, {n_trials} trials" + (
-            f", max_workers {self.max_workers}" if self.max_workers else "")
-
-    def _trial_epochs(self, configured_epochs: int, because) -> dict:
-        """``trial_epochs`` (most epochs per trial: a fraction of the training's when the winner is
-        continued) and ``min_trial_epochs`` (the pruner's first rung for such short trials)."""
-        epochs = max(1, math.ceil(configured_epochs * self.trial_epochs_fraction))
-        if not self.warm_start or epochs >= configured_epochs:
-            return {"trial_epochs": None, "min_trial_epochs": None}
-        because(f"tune.trial_epochs={epochs}", f"trials train at most trial_epochs_fraction {self.trial_epochs_fraction:g} x the "
-                f"{configured_epochs} training epochs: the search only has to rank settings, and the final training continues the "
-                "best trial from its checkpoint (warm start) instead of paying for every trial's full run")
-        first = max(1, min(epochs, round(epochs * self.min_trial_epochs_fraction)))
-        because(f"tune.min_trial_epochs={first}", f"no trial is pruned before min_trial_epochs_fraction {self.min_trial_epochs_fraction:g} x "
-                f"its {epochs} epochs: a first rung at epoch 1 ranks short trials on one noisy epoch, and a fast starter "
-                "pushes out a better setting")
-        return {"trial_epochs": epochs, "min_trial_epochs": first}
-
-    def _tune(self, obs: Observation, because, *, configured_epochs: int) -> dict | None:
-        done = len(obs.trials)
-        if not obs.completed_trials:
-            if self.initial_trials == 0:
-                because("tune=null", "no completed trial and initial_trials is 0")
-                return None
-            n = min(self.initial_trials, self.max_trials - done)
-            if n <= 0:
-                because("tune=null (no more trials)", f"max_trials {self.max_trials} reached ({done} trials, none completed)")
-                return None
-            workers, why = self._workers(obs, n)
-            because(f"tune.n_trials={n}", f"no completed trial yet ({done} trials seen): a first round on the default search space")
-            because(f"tune.n_workers={workers}", why)
-            return {"n_trials": n, "n_workers": workers, "search_space": None, "seed_studies": [],
-                    **self._trial_epochs(configured_epochs, because)}
-        improving, gain = self.tuning_progress(obs)
-        remaining = self.max_trials - done
-        if not improving or remaining <= 0:
-            why = (f"max_trials {self.max_trials} reached ({done} trials)" if remaining <= 0 else
-                   f"the best value improved by {gain:.6g} over the last {self.improvement_window} trials, "
-                   f"not more than min_improvement {self.min_improvement:g}")
-            because("tune=null (no more trials)", why)
-            return None
-        n = min(self.trials_per_round, remaining)
-        tuned = {k: v for k, v in obs.best_trial["params"].items() if k in obs.tuned_params} or obs.best_trial["params"]
-        space, notes = self.narrow(tuned)
-        workers, why = self._workers(obs, n)
-        because(f"tune.n_trials={n}", "the best value is still improving" + (
-            f" (+{gain:.6g} over the last {self.improvement_window} trials)" if gain is not None else
-            f" (only {len(obs.best_value_history)} completed trials, fewer than improvement_window {self.improvement_window})"))
-        because(f"tune.n_workers={workers}", why)
-        because("tune.search_space narrowed", "around the best trial: " + "; ".join(notes) if notes else "no numeric parameter to narrow")
-        seeds = sorted({t["study"] for t in obs.trials if t.get("study")})
-        if seeds:
-            because(f"tune.seed_studies={seeds}", "replay the trials seen so far into the new round's study: its pruner compares "
-                    "new trials with them (a fresh study lets its first trials run to the end) and its sampler starts from them")
-        return {"n_trials": n, "n_workers": workers, "search_space": space or None, "seed_studies": seeds,
-                **self._trial_epochs(configured_epochs, because)}
-
-    def budget(self, observation, request: dict) -> dict:
-        """The first tuning round, planned before any trial from what can be seen then (phase ``budget``).
-
-        * a follow-up round (``seed_studies`` set: its conf is this agent's plan of the earlier
-          round) or ``n_trials`` 0 keeps the Params;
-        * ``n_trials``: at most ``initial_trials``, and never more than the Params' ``n_trials``
-          (the person's budget cap);
-        * ``trial_epochs`` / ``min_trial_epochs``: short trials with a later first rung, as
-          after a round (:meth:`_trial_epochs`), unless the Params set them;
-        * ``n_workers``: at most the trials, the Params' ``tuning_workers`` (the slots a person
-          gave the search; this task's CPUs are not the cluster's) and ``max_workers``, and
-          fewer when memory says so: each worker holds the data set (its float32 size from the
-          validate task's summary, :data:`WORKER_MEMORY_FACTOR` copies) within half the free
-          memory of this machine, when the workers run on this machine (a local executor, or
-          one not named) and the data is held in memory (not a streamed image folder).
-        """
-        from dlagent.ml.config import TrainConfig
-
-        obs = observation if isinstance(observation, Observation) else Observation.from_dict(observation)
-        reasons: list[dict] = []
-
-        def because(decision: str, why: str):
-            reasons.append({"decision": decision, "because": why})
-
-        asked = {key: None if request.get(key) == "" else request.get(key) for key in TUNE_KEYS}  # "": a Param left empty
-        asked["seed_studies"] = list(asked["seed_studies"] or [])
-        plan = {"action": "deploy", "tune": asked, "policy": {"name": self.name, "arm": None, "context": None}, "reasons": reasons}
-        if asked["seed_studies"]:
-            because("tune: as the Params say", f"a follow-up round (seed studies {asked['seed_studies']}): its settings are the "
-                    "agent's plan of the earlier round")
-            return plan
-        if not asked["n_trials"]:
-            because("tune: none", "n_trials is 0 in the Params: no tuning")
-            return plan
-        data = request.get("data") or {}
-        if self.initial_trials == 0:
-            because("tune: none", "initial_trials is 0: no first round")
-            plan["tune"] = {**asked, "n_trials": 0}
-            return plan
-        n = min(int(asked["n_trials"]), self.initial_trials)
-        because(f"tune.n_trials={n}", f"a first round of at most initial_trials {self.initial_trials}, within the Params' "
-                f"n_trials {asked['n_trials']} (the budget cap)")
-        cap = int(asked["n_workers"] or 1)
-        workers = max(1, min(n, cap, self.max_workers or cap))
-        why = (f"{n} trials, the Params' tuning_workers {cap} (the slots a person gave the search: on Celery or Kubernetes "
-               "this task's own CPUs say nothing of the cluster's)" + (f", max_workers {self.max_workers}" if self.max_workers else ""))
-        shares_machine = _workers_share_this_machine(request.get("executor"))
-        fit = _workers_in_memory(data, obs.resources.get("memory_free_gb")) if shares_machine and not data.get("streamed") else None
-        if fit is not None and fit < workers:
-            workers, why = fit, why + f"; memory: {fit} worker(s) hold the data set within half the free memory"
-        because(f"tune.n_workers={workers}", why + (f"; data: {data.get('n_train')} training samples of shape "
-                                                     f"{data.get('input_shape')}" if data else ""))
-        configured_epochs = int({**TrainConfig().to_dict(), **obs.config}["epochs"])
-        epochs = {"trial_epochs": asked["trial_epochs"], "min_trial_epochs": asked["min_trial_epochs"]}
-        if asked["trial_epochs"] is None:
-            epochs = self._trial_epochs(configured_epochs, because)
-            if epochs["trial_epochs"] is None:
-                because("tune.trial_epochs: the training's", f"warm_start is off or {configured_epochs} epochs are too few to shorten: "
-                        "each trial trains them all")
-        else:
-            because(f"tune.trial_epochs={asked['trial_epochs']}", "set in the Params")
-        if asked["min_trial_epochs"] is not None:  # a person's first rung wins; trials then run at least that long
-            trial = epochs["trial_epochs"]  # None: the training's epochs
-            epochs = {"trial_epochs": None if trial is None else max(trial, asked["min_trial_epochs"]),
-                      "min_trial_epochs": asked["min_trial_epochs"]}
-            because(f"tune.min_trial_epochs={asked['min_trial_epochs']}", "set in the Params")
-        plan["tune"] = {**asked, "n_trials": n, "n_workers": workers, **epochs}
-        return plan
-
-    def narrow(self, params: dict) -> tuple[dict, list[str]]:
-        """A search space around ``params`` (the best trial's), with one note per parameter
-        (:func:`dlagent.ml.tuning.narrow_search_space` with ``search_width``)."""
-        from dlagent.ml.tuning.space import narrow_search_space
-
-        return narrow_search_space(params, width=self.search_width)
-
     def _compress(self, obs: Observation, because) -> tuple[list, dict | None]:
         from dlagent.ml.gate import GateThresholds
         from dlagent.ml.selection import metric_of, select_candidate, size_of
@@ -471,23 +317,6 @@ class RulesPolicy(Policy):
         return "stop"
 
 
-WORKER_MEMORY_FACTOR = 4  # float32 copies of the data set one tuning worker holds (arrays, tf.data, predictions)
-
-
-def _workers_share_this_machine(executor) -> bool:
-    """Whether tuning workers run beside this task (Local/Sequential executor, or unknown: assume so)."""
-    return not executor or any(word in str(executor) for word in ("Local", "Sequential"))
-
-
-def _workers_in_memory(data: dict, memory_free_gb) -> int | None:
-    """How many tuning workers fit the data set within half the free memory (``None``: unknown)."""
-    if not data or not finite(memory_free_gb) or not data.get("input_shape"):
-        return None
-    samples = sum(int(data.get(k) or 0) for k in ("n_train", "n_val", "n_test"))
-    per_worker = samples * math.prod(int(d) for d in data["input_shape"]) * 4 * WORKER_MEMORY_FACTOR
-    if per_worker <= 0:
-        return None
-    return max(1, int(memory_free_gb * 2**30 * 0.5 // per_worker))
 
 
 def _int(name, value, low, high):
