@@ -43,7 +43,7 @@ def test_replace_validates_and_round_trips():
 
 
 def test_model_args_fold_dotted_keys_and_round_trip_through_mlflow_params():
-    from dlagent.agent.observe import train_params
+    from dlagent.agent.run_views import train_params
 
     config = TrainConfig.from_dict({"model": "include.models.example:build", "model_args": {"width": 32, "act": "relu"},
                                     "model_args.width": 64, "model_args.gated": True})

@@ -49,18 +49,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 
-from dlagent.agent.curves import analyze_curve, rounded
+from dlagent.agent.curves import rounded
 from dlagent.agent.resources import measure_resources
+from dlagent.agent.run_views import (
+    better,
+    candidate_view,
+    curve_view,
+    finite_metrics,
+    is_trial,
+    read_champion,
+    train_params,
+    trial_direction,
+    trial_view,
+)
 from dlagent.errors import ConfigError
 from dlagent.ml import mlflow_names as names
 from dlagent.settings import client_location
 from dlagent.validation import finite
 
-CURVE_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
-VALUE_METRICS = ("objective", "value", "best_val_accuracy", "val_accuracy")
 MAX_DEPTH = 3
 
 
@@ -196,7 +204,7 @@ def _descendants(client, experiment_id: str, root: str) -> list:
         found.extend(children)
         # Trials and single-step runs have no children: only container runs (a tune run that
         # holds its trials, say) are searched one level deeper, to keep the queries few.
-        frontier = [r.info.run_id for r in children if not _is_trial(r) and r.data.tags.get(names.STEP_TAG) not in names.LEAF_STEPS]
+        frontier = [r.info.run_id for r in children if not is_trial(r) and r.data.tags.get(names.STEP_TAG) not in names.LEAF_STEPS]
     found.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
     return found
 
@@ -217,38 +225,38 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     for run in runs:
         tags = run.data.tags
         step = tags.get(names.STEP_TAG, "")
-        if _is_trial(run):
+        if is_trial(run):
             trials_runs.append(run)
         else:
             by_step.setdefault(step, []).append(run)
 
-    trials = sorted((_trial(run) for run in trials_runs), key=lambda t: (t["number"] if t["number"] is not None else 10**9, t["run_id"]))
+    trials = sorted((trial_view(run) for run in trials_runs), key=lambda t: (t["number"] if t["number"] is not None else 10**9, t["run_id"]))
     completed = [t for t in trials if t["state"] == "COMPLETE" and finite(t["value"])]
     metric = next((r.data.params["metric"] for r in runs if r.data.params.get("metric")), "accuracy")
-    direction = _direction(parent, trials_runs, completed)
+    direction = trial_direction(parent, trials_runs, completed)
     best_trial = None
     history = []
     for trial in completed:  # in trial-number order; a tie keeps the earlier trial
-        if best_trial is None or _better(trial["value"], best_trial["value"], direction):
+        if best_trial is None or better(trial["value"], best_trial["value"], direction):
             best_trial = trial
         history.append(best_trial["value"])
 
     curves = []
     for run in by_step.get("train", []):
-        curves.append(_curve(client, run, "train"))
+        curves.append(curve_view(client, run, "train"))
     if best_trial is not None:
         best_run = next(r for r in trials_runs if r.info.run_id == best_trial["run_id"])
-        curve = _curve(client, best_run, "trial")
+        curve = curve_view(client, best_run, "trial")
         if curve["epochs"]:
             curves.append(curve)
 
-    evaluations = [{"run_id": r.info.run_id, "metrics": _metrics(r)} for r in by_step.get("evaluate", [])]
-    candidates = [_candidate(r) for r in by_step.get("compress", [])]
+    evaluations = [{"run_id": r.info.run_id, "metrics": finite_metrics(r)} for r in by_step.get("evaluate", [])]
+    candidates = [candidate_view(r) for r in by_step.get("compress", [])]
     gate = None
     for run in reversed(runs):
         value = run.data.tags.get(names.GATE_BLESSED_TAG)
         if value is not None:
-            gate = {"run_id": run.info.run_id, "blessed": value.strip().lower() in ("true", "1", "yes"), "metrics": _metrics(run),
+            gate = {"run_id": run.info.run_id, "blessed": value.strip().lower() in ("true", "1", "yes"), "metrics": finite_metrics(run),
                     "champion_version": run.data.tags.get(names.GATE_CHAMPION_VERSION_TAG)}
             break
 
@@ -282,140 +290,3 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
         compute=compute,
         metric=metric,
     )
-
-
-def _is_trial(run) -> bool:
-    tags = run.data.tags
-    return tags.get(names.STEP_TAG) in names.TRIAL_STEPS or names.TRIAL_STATE_TAG in tags or any(tag in tags for tag in names.TRIAL_NUMBER_TAGS[:2])
-
-
-def _direction(parent, trial_runs, completed) -> str:
-    for run in [*trial_runs, parent]:
-        value = (run.data.tags.get(names.DIRECTION_TAG) or run.data.tags.get("direction") or "").lower()
-        if value in ("maximize", "minimize"):
-            return value
-    best = parent.data.metrics.get("best_value")
-    values = [t["value"] for t in completed]
-    if finite(best) and values and min(values) != max(values):
-        if math.isclose(best, min(values), rel_tol=1e-6, abs_tol=1e-9):
-            return "minimize"
-    return "maximize"
-
-
-def _trial(run) -> dict:
-    tags, metrics = run.data.tags, run.data.metrics
-    number = next((tags[tag] for tag in names.TRIAL_NUMBER_TAGS if tags.get(tag) is not None), None)
-    try:
-        number = int(number) if number is not None else None
-    except ValueError:
-        number = None
-    value = None
-    for key in VALUE_METRICS:
-        if key in metrics:
-            value = metrics[key]
-            break
-    if value is None and tags.get(names.OPTUNA_VALUE_TAG) is not None:
-        try:
-            value = float(tags[names.OPTUNA_VALUE_TAG])
-        except ValueError:
-            value = None
-    state = (tags.get(names.TRIAL_STATE_TAG) or tags.get("state") or "").upper()
-    if not state:
-        state = {"FINISHED": "COMPLETE" if value is not None else "FAIL", "RUNNING": "RUNNING", "SCHEDULED": "RUNNING"}.get(run.info.status, "FAIL")
-    return {
-        "number": number,
-        "state": state,
-        "value": rounded(value) if finite(value) else None,
-        "params": train_params(run.data.params),
-        "run_id": run.info.run_id,
-        "epochs_run": int(metrics["epochs_run"]) if finite(metrics.get("epochs_run")) else None,
-        "study": tags.get(names.STUDY_TAG),
-        # a new best trial's saved weights (dlagent.ml.tuning), a warm start for the final training
-        "checkpoint": f"runs:/{run.info.run_id}/{tags[names.CHECKPOINT_TAG]}" if tags.get(names.CHECKPOINT_TAG) else None,
-    }
-
-
-def _curve(client, run, step: str) -> dict:
-    history = {}
-    for key in CURVE_METRICS:
-        if key not in run.data.metrics:
-            continue
-        points = client.get_metric_history(run.info.run_id, key)
-        points = sorted(points, key=lambda m: (m.step, m.timestamp))
-        # One value per step (a retried epoch logs its step again: the later value wins).
-        per_step = {}
-        for m in points:
-            per_step[m.step] = m.value
-        history[key] = [per_step[s] for s in sorted(per_step)]
-    summary = analyze_curve(history)
-    return {"run_id": run.info.run_id, "step": step, "params": train_params(run.data.params), **summary}
-
-
-def _candidate(run) -> dict:
-    from dlagent.ml.compression import CompressionConfig
-
-    declared = {f.name: str(f.type) for f in dataclasses.fields(CompressionConfig)}
-    config = {}
-    for key, text in sorted(run.data.params.items()):
-        if key in declared:
-            config[key] = _typed(text, declared[key])
-    metrics = _metrics(run)
-    return {"run_id": run.info.run_id, "name": run.data.tags.get(names.CANDIDATE_TAG) or run.info.run_name or run.info.run_id,
-            "config": config, "metrics": metrics}
-
-
-def read_champion(client, name: str) -> dict | None:
-    """The champion of registered model ``name`` as the agent sees it: ``{"name", "version", "run_id",
-    "metrics"}`` (the version's gate metrics over its run's), or ``None``
-    (:func:`dlagent.ml.mlflow_names.read_champion`)."""
-    champion = names.read_champion(client, name, with_run_metrics=True)
-    if champion is None:
-        return None
-    metrics = {k: rounded(v) for k, v in champion["metrics"].items() if finite(v)}
-    return {"name": name, "version": champion["version"], "run_id": champion["run_id"], "metrics": dict(sorted(metrics.items()))}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def train_params(params: dict) -> dict:
-    """The MLflow params of a run that are training settings, typed as the settings (str -> int/float)."""
-    from dlagent.ml.config import MODEL_ARGS_PREFIX, TrainConfig, model_arg_from_param
-
-    declared = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-    out, model_args = {}, {}
-    for key in sorted(params):
-        if key in declared and key != "model_args":
-            value = _typed(params[key], declared[key])
-            if value is not None:
-                out[key] = value
-        elif key.startswith(MODEL_ARGS_PREFIX):
-            model_args[key[len(MODEL_ARGS_PREFIX):]] = model_arg_from_param(params[key])
-    if model_args:
-        out["model_args"] = model_args
-    return out
-
-
-def _typed(text, declared: str):
-    if "None" in declared and text in ("None", ""):
-        return None
-    try:
-        if declared == "int":
-            return int(float(text))
-        if declared == "float":
-            return float(text)
-        if declared == "bool":
-            return str(text).strip().lower() in ("true", "1", "yes")
-        if declared.startswith("float | None") or declared.startswith("int | None"):
-            return None if text in ("None", "") else float(text)
-    except ValueError:
-        return None
-    return str(text)
-
-
-def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == "maximize" else a < b
-
-
-def _metrics(run) -> dict:
-    return {k: rounded(v) for k, v in sorted(run.data.metrics.items()) if finite(v)}

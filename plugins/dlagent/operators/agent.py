@@ -286,7 +286,7 @@ class PlanConfOperator(DlagentOperator):
             return {}
         from mlflow.exceptions import MlflowException
 
-        from dlagent.agent.observe import train_params
+        from dlagent.agent.run_views import train_params
 
         try:
             params = self.hook.client.get_run(self.observed_run_id).data.params
