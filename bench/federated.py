@@ -155,7 +155,7 @@ def site_routing(stack, run_id: str, tasks: list[dict], site_queues: list[str], 
 
 
 def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epochs: int, reps: int) -> dict:
-    from dlagent_dev import procs
+    from dlagent_dev import leftovers
 
     cpus = sorted(os.sched_getaffinity(0))
     pinned = ((cpus[0],), (cpus[1],)) if len(cpus) >= 2 else None
@@ -163,14 +163,14 @@ def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epoc
             "agent_policy": "off", "seed": 0, "experiment_name": "federated_workers", "compression_candidates": [{"quantization": "dynamic"}],
             "site_queues": [f"site_{'ab'[i % 2]}" for i in range(SHARDS)]}
     print(f"conf: {json.dumps(conf)}; Celery workers pinned to CPUs {pinned}", flush=True)
-    session = procs.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
+    session = leftovers.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
     try:
         one = rounds_span(1, conf, reps=reps, broker_db=13, cpus=pinned, data_roots=data_roots)
         two = rounds_span(2, conf, reps=reps, broker_db=14, cpus=pinned, data_roots=data_roots)
     finally:
-        left = procs.end_session(session)
+        left = leftovers.end_session(session)
         if left:
-            print(procs.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
+            print(leftovers.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
     from dlagent_dev.stats import interval
 
     median_1, median_2 = sorted(one)[len(one) // 2], sorted(two)[len(two) // 2]

@@ -126,15 +126,15 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
 
 
 def main() -> int:
-    from dlagent_dev import procs
+    from dlagent_dev import leftovers
 
-    session = procs.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
+    session = leftovers.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
     try:
         return _main()
     finally:
-        left = procs.end_session(session)
+        left = leftovers.end_session(session)
         if left:
-            print(procs.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
+            print(leftovers.report(left, "processes the benchmark left running (now stopped)"), file=sys.stderr, flush=True)
             sys.exit(1)
 
 

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from dlagent_dev import leftovers as dev_leftovers
 from dlagent_dev import procs as dev_procs
 from dlagent_dev.pytest_guard import pytest_configure, pytest_sessionfinish  # noqa: F401 - the session's leftover check
 
@@ -210,7 +211,7 @@ def procs():
     survivors = []
     for proc in started:  # only the processes this test started
         survivors += started.stop(proc)
-    assert not survivors, dev_procs.report(survivors, "process(es) survived SIGKILL")
+    assert not survivors, dev_leftovers.report(survivors, "process(es) survived SIGKILL")
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Loaded by ``tests/conftest.py`` (``-p dlagent_dev.pytest_guard`` elsewhere). When the session
 starts, every process it starts from then on inherits a mark in its environment
-(:func:`dlagent_dev.procs.begin_session`); when it ends, whatever is still alive and was started
+(:func:`dlagent_dev.leftovers.begin_session`); when it ends, whatever is still alive and was started
 by it — a process group it created (the ``procs`` fixture, :class:`dlagent_dev.stack.LocalStack`),
 a process carrying its mark, or an orphan whose command line holds the checkout's path — is
 listed, stopped, and the session's exit status set to failure.
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from dlagent_dev import procs
+from dlagent_dev import leftovers
 from dlagent_dev.env import PROJECT_DIR
 
 _state: dict = {}
@@ -42,7 +42,7 @@ def pytest_configure(config):
         # controller also looks for orphans by the checkout's path, once every worker is done,
         # so a worker that finishes first never takes the other's running processes for leftovers.
         worker = hasattr(config, "workerinput")
-        _state["session"] = procs.begin_session(None if worker else PROJECT_DIR)
+        _state["session"] = leftovers.begin_session(None if worker else PROJECT_DIR)
         if not worker:
             _state["artifacts"] = checkout_artifacts()
 
@@ -52,9 +52,9 @@ def pytest_sessionfinish(session, exitstatus):
     run = _state.get("session")
     if run is None:
         return
-    found = procs.end_session(run)
+    found = leftovers.end_session(run)
     if found:
-        _fail(session, "processes left running", procs.report(found, "process(es) this test session left running (now stopped)"))
+        _fail(session, "processes left running", leftovers.report(found, "process(es) this test session left running (now stopped)"))
     if "artifacts" in _state:
         written = sorted(checkout_artifacts() - _state["artifacts"])
         if written:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlagent_dev import env as dev_env
-from dlagent_dev import procs
+from dlagent_dev import leftovers, procs
 from dlagent_dev.airflow_api import AirflowApi
 
 ADMIN_USER = "admin"
@@ -98,7 +98,7 @@ def postgres_stack_env(home: Path, *, airflow_db: str, mlflow_db: str, optuna_db
     is migrated. ``extra`` variables are added. Used by the live tests and the benchmarks.
     """
     base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_")) or k == procs.SESSION_ENV}
+            if not k.startswith(("MLFLOW_", "AIRFLOW", "DLAGENT_")) or k == leftovers.SESSION_ENV}
     env = dev_env.stack_env({**base, "DLAGENT_HOME": str(home)})
     env.update({
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_db,
@@ -311,7 +311,7 @@ class LocalStack:
             return
         left = procs.stop_group(process, sig=sig, grace=timeout)  # also when the leader already exited
         if left:
-            raise RuntimeError(f"{name}: still running after SIGKILL: {procs.report(left)}")
+            raise RuntimeError(f"{name}: still running after SIGKILL: {leftovers.report(left)}")
 
     def stop(self) -> None:
         """End every service (TERM, then KILL after 30 s), the whole process group each, and

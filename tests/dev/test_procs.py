@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dlagent_dev import procs
+from dlagent_dev import leftovers, procs
 
 # A process that starts a grandchild in its own group, prints both pids and sleeps.
 PARENT = """
@@ -139,15 +139,15 @@ def test_started_groups_are_recorded_and_leftovers_found_by_group_mark_and_path(
     cleanup.extend([plain.pid, marked.pid, other_run.pid])
     assert plain.pid in procs.started_groups() and marked.pid not in procs.started_groups()
 
-    by_group = {p.pid for p in procs.find_leftovers(groups=[plain.pid])}
+    by_group = {p.pid for p in leftovers.find_leftovers(groups=[plain.pid])}
     assert by_group == {plain.pid, plain_child}
-    assert {p.pid for p in procs.find_leftovers(env_mark=mark)} == {marked.pid}
+    assert {p.pid for p in leftovers.find_leftovers(env_mark=mark)} == {marked.pid}
     # by path: our descendants whose command line holds it, never another run's (its mark differs)
-    by_path = {p.pid for p in procs.find_leftovers(env_mark=mark, path=str(tmp_path), started_after=time.time() - 60)}
+    by_path = {p.pid for p in leftovers.find_leftovers(env_mark=mark, path=str(tmp_path), started_after=time.time() - 60)}
     assert other_run.pid not in by_path
-    assert os.getpid() not in {p.pid for p in procs.find_leftovers(path=sys.executable)}  # never this process
-    found = procs.find_leftovers(groups=[plain.pid], env_mark=mark)
-    assert procs.stop_processes(found, grace=5) == []
+    assert os.getpid() not in {p.pid for p in leftovers.find_leftovers(path=sys.executable)}  # never this process
+    found = leftovers.find_leftovers(groups=[plain.pid], env_mark=mark)
+    assert leftovers.stop_processes(found, grace=5) == []
     assert not any(_alive(pid) for pid in (plain.pid, plain_child, marked.pid))
     assert _alive(other_run.pid)  # not found, not touched
 
@@ -156,7 +156,7 @@ def test_an_orphan_is_found_by_path_but_not_a_process_whose_parent_is_someone_el
     """Without a session mark: an orphan (its parent exited) whose command line holds the checkout's
     path is a leftover; a process under a live parent that is not ours (a person's own ``make run``
     in the same checkout: ``make`` above it) is not."""
-    env = {k: v for k, v in os.environ.items() if k != procs.SESSION_ENV}
+    env = {k: v for k, v in os.environ.items() if k != leftovers.SESSION_ENV}
     sleeper = f"{sys.executable} -c 'import time; time.sleep(300)' {tmp_path}"
     spawner = f"""
 import os, subprocess, sys
@@ -173,7 +173,7 @@ print(orphan.pid, foreign.pid, flush=True)
         assert time.monotonic() < deadline
         time.sleep(0.05)
     project = str(Path(procs.__file__).resolve().parents[2])
-    found = {p.pid for p in procs.find_leftovers(path=project, started_after=time.time() - 60)}
+    found = {p.pid for p in leftovers.find_leftovers(path=project, started_after=time.time() - 60)}
     assert orphan in found  # `sh -c` exec'ed the sleeper: it is the orphan itself
     assert foreign not in found and kids[0].pid not in found  # its parent `sh` is alive and is not ours
 
