@@ -158,6 +158,37 @@ def test_a_diverging_phase_never_wins_and_nothing_crashes():
     assert kept_epoch([], patience=0) == (float("inf"), -1)
 
 
+def _val_loss(model, splits) -> float:
+    import keras
+
+    probabilities = np.asarray(model.predict(splits.x_val, verbose=0))
+    return float(np.mean(keras.losses.sparse_categorical_crossentropy(splits.y_val, probabilities)))
+
+
+@pytest.mark.parametrize(
+    ("head_lr", "fine_tune_lr", "phase_kept"),
+    [(1e-6, 3e-3, "fine-tune"),  # the head barely moves; fine-tuning the whole under-trained source lowers the loss
+     (3e-3, 10.0, "head")],  # fine-tuning at a learning rate of 10 diverges: the head phase's weights stay
+)
+def test_the_phase_with_the_lower_validation_loss_is_kept(digits_small, head_lr, fine_tune_lr, phase_kept):
+    """The phases are compared on the monitored value (the validation loss for accuracy). A bug
+    compared the head phase's loss with whichever history key a loop left behind (set order: the
+    hash seed), so a fine-tuning that won was often thrown away."""
+    from dlagent.ml.training import fit
+
+    source = fit(digits_small, TrainConfig(model="mlp", units=32, epochs=2, seed=0)).model
+    config = TrainConfig(init_from="x.keras", epochs=8, freeze=0.0, learning_rate=head_lr, fine_tune_learning_rate=fine_tune_lr,
+                         early_stopping_patience=4, seed=0)
+    result = fit(digits_small, config, source_model=source)
+    head = result.transfer["head_epochs"]
+    losses = [v if np.isfinite(v) else np.inf for v in result.history["val_loss"]]
+    best_head, best_tune = min(losses[:head]), min(losses[head:])
+    assert (best_tune < best_head) == (phase_kept == "fine-tune"), (losses, head)
+    assert result.transfer["kept_head_weights"] == int(phase_kept == "head")
+    assert (result.best_epoch >= head) == (phase_kept == "fine-tune")
+    assert _val_loss(result.model, digits_small) == pytest.approx(min(best_head, best_tune), rel=1e-3, abs=1e-4)
+
+
 def test_a_source_ending_in_logits_gets_a_new_softmax_head():
     import keras
     from dlagent.ml.transfer import adapt_source

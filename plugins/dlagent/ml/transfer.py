@@ -275,8 +275,8 @@ def fit_transfer(splits, config, source_model, *, callbacks=(), verbose: int = 0
         tuned = _history(model.fit(initial_epoch=head_run, epochs=head_run + tune_epochs,
                                    callbacks=stopping, **data))
         tune_run = len(tuned.get("val_loss", []))
-        for key in set(history) | set(tuned):
-            history[key] = history.get(key, [math.nan] * head_run) + tuned.get(key, [math.nan] * tune_run)
+        for name in set(history) | set(tuned):  # not `key`: that is the monitored metric, read just below
+            history[name] = history.get(name, [math.nan] * head_run) + tuned.get(name, [math.nan] * tune_run)
         tune_loss, tune_index = kept_epoch(watched(tuned), config.early_stopping_patience)
         if tune_loss < head_loss:
             best_epoch = head_run + tune_index
