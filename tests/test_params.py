@@ -181,3 +181,16 @@ def test_a_federated_setting_has_one_limit_for_the_form_and_the_core(name):
         with pytest.raises(ConfigError):
             FederatedConfig.from_dict({**valid, name: value})
 
+
+
+def test_the_image_size_param_takes_one_side_or_height_x_width_and_never_a_hexadecimal_look_alike():
+    """The DAGs render templates as native objects: a string such as '0x32' would reach the task as
+    the number 50, so the form refuses a leading zero; 'HxW' with other digits stays a string."""
+    from dlagent.ml.streaming import parse_image_size
+
+    for good in (None, "32", "64x48", "4096x1"):
+        assert _param_accepts("image_size", good), good
+        assert parse_image_size(good) in (None, (32, 32), (64, 48), (4096, 1))
+    for bad in ("0x32", "032", "32 x 32", "32x", "x32", "64x48x3", 32):
+        assert not _param_accepts("image_size", bad), bad
+    assert _param_accepts("color_mode", "rgb") and not _param_accepts("color_mode", "cmyk")

@@ -16,7 +16,7 @@ import json
 
 from airflow.sdk import Param
 
-from dlagent.ml.config import CACHE_MODES, MISSING_POLICIES, TrainConfig
+from dlagent.ml.config import CACHE_MODES, COLOR_MODES, MISSING_POLICIES, TrainConfig
 from dlagent.ml.gate import GateThresholds
 from dlagent.ml.metrics import METRICS, TASKS
 from dlagent.ml.selection import DEFAULT_CANDIDATES, MAX_CANDIDATES
@@ -25,7 +25,7 @@ from dlagent.validation import field_bounds, field_default
 
 TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
                      "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
-DATA_PARAM_NAMES = ("max_samples", "label_column", "missing", "task", "metric", "cache")
+DATA_PARAM_NAMES = ("max_samples", "label_column", "missing", "task", "metric", "cache", "image_size", "color_mode")
 GATE_PARAM_NAMES = ("metric_threshold", "max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95")
 #: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
 TUNE_PARAM_FIELDS = {"n_trials": "n_trials", "tuning_workers": "n_workers", "tune_timeout_s": "timeout_s",
@@ -69,6 +69,13 @@ def pipeline_params() -> dict[str, Param]:
                        description="'images:' folders: 'auto' holds the decoded pixels in memory when they fit 256 MiB and "
                                    "streams a larger folder from disk through tf.data (memory bounded by a few batches); "
                                    "'memory' or 'stream' force either."),
+        "image_size": Param(None, type=["null", "string"], pattern=r"^[1-9][0-9]{0,3}(x[1-9][0-9]{0,3})?$", title="Image size",
+                            description="'images:' folders: every image resized to this size, one side ('32') or "
+                                        "'HEIGHTxWIDTH' ('64x48'), in memory and when streamed. Empty: the first image's size. (No leading "
+                                        "zero: '0x32' would render as the hexadecimal number 50.)"),
+        "color_mode": Param("auto", type="string", enum=list(COLOR_MODES), title="Colour mode",
+                            description="'images:' folders: 'grayscale' or 'rgb' converts every image; 'auto' keeps the first "
+                                        "image's mode."),
         **{name: declared_param(TuneConfig, field) for name, field in TUNE_PARAM_FIELDS.items()},
         "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
                                    description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "

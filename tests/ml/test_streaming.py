@@ -139,3 +139,44 @@ def test_distillation_on_a_streamed_folder_is_refused_by_validate_inputs(tmp_pat
                                   experiment_name="streamed")
     with pytest.raises(Exception, match=r"compression_candidates\[0\].distill.*streamed"):
         task.execute(make_context("validate_inputs", dag_id="dl_agent_pipeline"))
+
+
+def test_image_size_and_color_mode_resize_and_convert_every_image_in_memory_and_streamed(tmp_path):
+    """``image_size`` is height x width for every image (not the first image's size); ``color_mode``
+    converts; the in-memory and streamed pixels agree, and a model trains on the new shape."""
+    from PIL import Image
+
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.training import fit
+
+    uri = _folder(tmp_path / "set", size=(12, 10))
+    Image.new("RGB", (30, 7), (200, 10, 10)).save(tmp_path / "set" / "class0" / "zz_wide.png")  # another size, resized too
+    memory = load_dataset(uri, seed=3, cache="memory", image_size="8x6", color_mode="grayscale")
+    streamed = load_dataset(uri, seed=3, cache="stream", image_size="8x6", color_mode="grayscale")
+    assert memory.input_shape == streamed.input_shape == (8, 6)
+    np.testing.assert_allclose(streamed.x_test[:], memory.x_test, atol=1e-6)
+    assert load_dataset(uri, seed=3, image_size=16, color_mode="rgb").input_shape == (16, 16, 3)
+    assert load_dataset(uri, seed=3, image_size=[9, 4]).input_shape == (9, 4, 3)
+    assert load_dataset(uri, seed=3).input_shape == (10, 12, 3)  # default: the first image's size and mode
+    result = fit(streamed, TrainConfig(model="cnn", filters=4, units=8, epochs=1, seed=0))
+    assert result.model.input_shape == (None, 8, 6)
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "words"),
+    [({"image_size": "8by6"}, "data_options.image_size", "cannot read '8by6'"),
+     ({"image_size": "0x6"}, "data_options.image_size", "1..4096"),
+     ({"image_size": [8, 6, 3]}, "data_options.image_size", "one or two whole sides"),
+     ({"image_size": True}, "data_options.image_size", "one or two whole sides"),
+     ({"color_mode": "cmyk"}, "data_options.color_mode", "cmyk")],
+)
+def test_a_bad_image_size_or_color_mode_is_refused_before_any_file_is_read(tmp_path, options, field, words):
+    with pytest.raises(ConfigError) as caught:
+        load_dataset(f"images:{tmp_path / 'does-not-exist'}", **options)
+    assert caught.value.field == field and words in str(caught.value)
+
+
+def test_image_size_on_a_table_is_refused_naming_the_option(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_dataset("digits", image_size=16)
+    assert caught.value.field == "data_options.image_size" and "'images:' folder" in str(caught.value)

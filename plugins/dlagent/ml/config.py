@@ -23,6 +23,8 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 CLASS_WEIGHTS = ("none", "balanced")
 MISSING_POLICIES = ("refuse", "impute")  # the data option "missing" (dlagent.ml.data)
 CACHE_MODES = ("auto", "memory", "stream")  # the data option "cache" (dlagent.ml.streaming)
+COLOR_MODES = ("auto", "grayscale", "rgb")  # the data option "color_mode" of image folders (auto: the first image's)
+MAX_IMAGE_SIDE = 4096  # the largest image_size side, in pixels
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
 MAX_SEED = 2**31 - 1
 

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import CACHE_MODES, MISSING_POLICIES
+from dlagent.ml.config import CACHE_MODES, COLOR_MODES, MISSING_POLICIES
 from dlagent.ml.data_checks import MIN_REGRESSION_SAMPLES, MIN_SAMPLES_PER_CLASS, validate_arrays, validate_labels
 from dlagent.ml.data_paths import parse_dataset_uri, resolve_data_path
 from dlagent.ml.data_readers import CsvColumns, decode_images, read_dataset
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION, TASKS, Metric, get_metric, resolve_metric
+from dlagent.ml.streaming import parse_image_size
 from dlagent.validation import check_choice
 
 
@@ -140,7 +141,8 @@ def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float,
     return x_train, y_train, x_val, y_val, x_test, y_test
 
 
-DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric", "cache")
+DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric", "cache", "image_size",
+                "color_mode")
 
 
 def load_dataset_with_options(uri: str, options: dict | None, *, seed: int, allowed_roots=None) -> DatasetSplits:
@@ -166,6 +168,8 @@ def load_dataset(
     task: str = CLASSIFICATION,
     metric: str | None = None,
     cache: str = "auto",
+    image_size=None,
+    color_mode: str = "auto",
 ) -> DatasetSplits:
     """Load, validate and split a data set by name.
 
@@ -173,16 +177,24 @@ def load_dataset(
     ``task`` and ``metric`` (empty: the task's default) are checked before the data is read.
     ``cache`` (image folders): ``auto`` holds a folder whose pixels fit the cache budget in
     memory and streams a larger one (:mod:`dlagent.ml.streaming`); ``memory`` or ``stream``.
+    ``image_size`` and ``color_mode`` (image folders): every image resized to that size (empty:
+    the first image's) and converted to ``grayscale`` or ``rgb`` (``auto``: the first image's mode).
     """
     from dlagent.ml.lineage import content_digest
 
     check_choice("data_options.missing", missing, MISSING_POLICIES)
     check_choice("task", task, TASKS)
     check_choice("data_options.cache", cache, CACHE_MODES)
+    check_choice("data_options.color_mode", color_mode, COLOR_MODES)
     resolve_metric(task, metric)
+    images = {"image_size": parse_image_size(image_size), "color_mode": color_mode}
+    if parse_dataset_uri(uri)[0] != "images" and (images["image_size"] or color_mode != "auto"):
+        option = "image_size" if images["image_size"] else "color_mode"
+        raise ConfigError(f"data_options.{option}", "resizes and converts the images of an 'images:' folder; this data set is "
+                          f"{parse_dataset_uri(uri)[0]!r}.", f"leave {option} empty ('auto' for color_mode), or resize the arrays yourself.")
     streamed = None
     if parse_dataset_uri(uri)[0] == "images" and task != REGRESSION:
-        x, y, class_names, digest, streamed = _load_images(uri, allowed_roots, cache)
+        x, y, class_names, digest, streamed = _load_images(uri, allowed_roots, cache, **images)
         columns = None
         num_classes = validate_labels(y, class_names) if streamed else validate_arrays(x, y, class_names, missing=missing, task=task)
     else:
@@ -215,13 +227,14 @@ def load_dataset(
                          encoding=encoding, raw_x_val=raw[0], raw_x_test=raw[1])
 
 
-def _load_images(uri: str, allowed_roots, cache: str):
+def _load_images(uri: str, allowed_roots, cache: str, *, image_size=None, color_mode: str = "auto"):
     """``(x, y, class_names, digest, streamed)`` of an image folder, scanned once
     (:func:`dlagent.ml.streaming.scan_image_folder`): decoded pixels in ``x`` when they are held
     in memory (``streamed`` ``None``), else file indices in ``x`` and ``streamed`` the files."""
-    from dlagent.ml.streaming import ImageFiles, scan_image_folder, use_memory
+    from dlagent.ml.streaming import ImageFiles, scan_image_folder, sized, use_memory
 
     scanned = scan_image_folder(resolve_data_path(parse_dataset_uri(uri)[1], allowed_roots=allowed_roots), allowed_roots)
+    scanned = sized(scanned, image_size, color_mode)
     if use_memory(scanned, cache):
         x, y, names = decode_images(scanned)
         return x, y, names, scanned.digest, None

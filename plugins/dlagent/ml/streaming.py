@@ -125,6 +125,42 @@ def _image_errors(file):
                           "remove or replace the corrupt file.") from exc
 
 
+def parse_image_size(value) -> tuple[int, int] | None:
+    """The data option ``image_size`` as ``(height, width)``: ``None`` or ``""`` (each image at the
+    first image's size), a side ``32``, ``"32"``, ``"HxW"`` (``"64x48"``: 64 high, 48 wide) or
+    ``[height, width]``. Refused before any file is read when it is none of these."""
+    from dlagent.ml.config import MAX_IMAGE_SIDE
+
+    fix = f"give one side (e.g. 32) or 'HEIGHTxWIDTH' (e.g. '64x48'), each 1..{MAX_IMAGE_SIDE}; leave it empty for the first image's size."
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        if len(parts) > 2 or not all(p.isdigit() for p in parts):
+            raise ConfigError("data_options.image_size", f"cannot read {value!r} as an image size.", fix)
+        sides = [int(p) for p in parts]
+    elif isinstance(value, (list, tuple)):
+        sides = list(value)
+    else:
+        sides = [value]
+    if len(sides) == 1:
+        sides = sides * 2
+    if len(sides) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= MAX_IMAGE_SIDE for s in sides):
+        raise ConfigError("data_options.image_size", f"must be one or two whole sides in 1..{MAX_IMAGE_SIDE}, got {value!r}.", fix)
+    return sides[0], sides[1]
+
+
+def sized(scanned: ScannedFolder, image_size, color_mode: str = "auto") -> ScannedFolder:
+    """The scan with every image resized to ``image_size`` (:func:`parse_image_size`; empty: the
+    first image's size) and converted to ``color_mode`` (``grayscale``, ``rgb``; ``auto``: the
+    first image's), for both the in-memory and the streamed pixels."""
+    import dataclasses
+
+    size = parse_image_size(image_size) or scanned.size
+    channels = {"grayscale": 1, "rgb": 3}.get(color_mode, scanned.channels)
+    return dataclasses.replace(scanned, size=size, channels=channels)
+
+
 def use_memory(scanned: ScannedFolder, cache: str) -> bool:
     """Hold the decoded pixels in memory (``True``) or stream them; a streamed folder must hold
     only formats the streaming decoder reads."""
