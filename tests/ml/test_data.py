@@ -175,3 +175,29 @@ def test_many_named_classes_are_never_taken_for_a_regression_target():
         validate_arrays(np.zeros((len(y), 2), np.float32), y, names)
     with pytest.raises(ConfigError, match="looks like a regression target"):
         validate_arrays(np.zeros((len(y), 2), np.float32), y, [str(i) for i in range(30)])
+
+
+def test_an_uncompressed_npz_is_memory_mapped_and_loads_like_a_compressed_one(tmp_path):
+    """``np.savez`` stores its arrays uncompressed: x is then mapped from the file, not read whole.
+    ``np.savez_compressed`` allows no map. Both give the same data set, digest and split."""
+    from dlagent.ml.data_readers import load_arrays
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 5)).astype(np.float32), np.arange(120) % 3
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
+    np.savez(tmp_path / "fortran.npz", x=np.asfortranarray(x), y=y)
+    plain, _, _ = load_arrays(f"npz:{tmp_path / 'plain.npz'}")
+    packed, _, _ = load_arrays(f"npz:{tmp_path / 'packed.npz'}")
+    fortran, _, _ = load_arrays(f"npz:{tmp_path / 'fortran.npz'}")
+    assert isinstance(plain, np.memmap) and isinstance(fortran, np.memmap) and not isinstance(packed, np.memmap)
+    np.testing.assert_array_equal(plain, x)
+    np.testing.assert_array_equal(packed, x)
+    np.testing.assert_array_equal(fortran, x)
+    a, b = load_dataset(f"npz:{tmp_path / 'plain.npz'}", seed=4), load_dataset(f"npz:{tmp_path / 'packed.npz'}", seed=4)
+    assert a.digest == b.digest and not isinstance(a.x_train, np.memmap)  # the split holds its own rows
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    pixels = rng.integers(0, 256, (60, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "pixels.npz", x=pixels, y=np.arange(60) % 2)
+    scaled, _, _ = load_arrays(f"npz:{tmp_path / 'pixels.npz'}")
+    np.testing.assert_allclose(scaled, pixels / 255.0, rtol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from dlagent.ml import tracking
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import load_dataset
@@ -35,3 +36,20 @@ def test_a_training_run_records_its_data_set_and_a_changed_file_gets_a_new_diges
     rows[40] = (6, 6, 0)  # one cell of one row changes
     _table(tmp_path / "t.csv", rows)
     assert load_dataset(uri, seed=0, allowed_roots=roots).digest != splits.digest
+
+
+def test_the_digest_hashed_a_chunk_at_a_time_is_the_digest_of_the_whole_bytes(monkeypatch):
+    """Hashing in chunks (a memory-mapped x is never copied whole) gives the digest runs logged
+    before: sha256 over the shapes, dtypes and all the bytes, in order."""
+    import hashlib
+
+    from dlagent.ml import lineage
+
+    x, y = np.random.default_rng(1).normal(size=(300, 7)).astype(np.float32)[:, ::2], np.arange(300)
+    whole = hashlib.sha256(b"extra")
+    for array in (np.ascontiguousarray(x), y):
+        whole.update(f"{array.dtype.str}{array.shape}".encode())
+        whole.update(array.tobytes())
+    for chunk in (1, 100, 10**9):
+        monkeypatch.setattr(lineage, "DIGEST_CHUNK_BYTES", chunk)
+        assert lineage.content_digest(x, y, extra="extra") == whole.hexdigest()[:20]

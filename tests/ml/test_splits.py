@@ -37,6 +37,26 @@ def test_indices_equal_scikit_learns_on_random_shapes_seeds_and_balances(stratif
             np.testing.assert_array_equal(have, want)
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_three_way_split_is_scikit_learns_two_splits(task):
+    """``split_dataset`` (indices first, each row copied once) gives what two scikit-learn splits
+    give: the test part off the whole, then the validation part off the rest."""
+    from dlagent.ml.data import split_dataset
+
+    for n, y, _, seed in list(_cases())[:20]:
+        x = np.arange(n * 2).reshape(n, 2)
+        target = y if task == "classification" else y.astype(np.float32)[:, None] + np.arange(n)[:, None] / n
+        stratify = task == "classification"
+        n_test = max(int(y.max()) + 1 if stratify else 2, round(0.2 * n))
+        n_val = max(int(y.max()) + 1 if stratify else 2, round(0.15 * n))
+        x_rest, x_test, y_rest, y_test = sklearn_split(x, target, test_size=n_test, stratify=target if stratify else None, random_state=seed)
+        x_train, x_val, y_train, y_val = sklearn_split(x_rest, y_rest, test_size=n_val, stratify=y_rest if stratify else None,
+                                                       random_state=seed)
+        got = split_dataset(x, target, seed=seed, val_fraction=0.15, test_fraction=0.2, task=task)
+        for want, have in zip((x_train, y_train, x_val, y_val, x_test, y_test), got, strict=True):
+            np.testing.assert_array_equal(have, want)
+
+
 def test_ties_in_class_shares_are_broken_like_scikit_learn():
     """Equal classes leave equal remainders: the random tie-break must draw the same classes."""
     y = np.repeat(np.arange(6), 7)

@@ -144,10 +144,9 @@ def test_distillation_on_a_streamed_folder_is_refused_by_validate_inputs(tmp_pat
 def test_image_size_and_color_mode_resize_and_convert_every_image_in_memory_and_streamed(tmp_path):
     """``image_size`` is height x width for every image (not the first image's size); ``color_mode``
     converts; the in-memory and streamed pixels agree, and a model trains on the new shape."""
-    from PIL import Image
-
     from dlagent.ml.config import TrainConfig
     from dlagent.ml.training import fit
+    from PIL import Image
 
     uri = _folder(tmp_path / "set", size=(12, 10))
     Image.new("RGB", (30, 7), (200, 10, 10)).save(tmp_path / "set" / "class0" / "zz_wide.png")  # another size, resized too

@@ -23,15 +23,17 @@ every task that loads it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.config import CACHE_MODES, COLOR_MODES, MISSING_POLICIES
+from dlagent.ml.csv_table import CsvColumns, RawRows
 from dlagent.ml.data_checks import MIN_REGRESSION_SAMPLES, MIN_SAMPLES_PER_CLASS, validate_arrays, validate_labels
 from dlagent.ml.data_paths import parse_dataset_uri, resolve_data_path
-from dlagent.ml.data_readers import CsvColumns, decode_images, read_dataset
+from dlagent.ml.data_readers import decode_images, read_dataset
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION, TASKS, Metric, get_metric, resolve_metric
 from dlagent.ml.streaming import parse_image_size
 from dlagent.validation import check_choice
@@ -58,8 +60,8 @@ class DatasetSplits:
     task: str = CLASSIFICATION
     metric: str = "accuracy"  # the primary metric's name
     encoding: object = None  # a table's categorical columns (dlagent.ml.tabular.TableEncoding); x_* are encoded
-    raw_x_test: list | None = None  # the test split's raw rows when there is an encoding (for a model of another encoding)
-    raw_x_val: list | None = None  # the same for the validation split
+    raw_x_test: Sequence | None = None  # the test split's raw rows when there is an encoding (for a model of another encoding)
+    raw_x_val: Sequence | None = None  # the same for the validation split
 
     def inputs_for(self, encoding_doc: dict | None, split: str = "test") -> np.ndarray:
         """The ``split`` (``"test"`` or ``"val"``) encoded for a model whose encoding is ``encoding_doc``
@@ -115,30 +117,27 @@ class DatasetSplits:
 
 def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float, task: str = CLASSIFICATION):
     """Seeded split into train/validation/test (the same seed gives the same split), stratified
-    by class for classification (:mod:`dlagent.ml.splits`: scikit-learn's indices, without its import)."""
-    from dlagent.ml.splits import train_test_split
+    by class for classification (:mod:`dlagent.ml.splits`: scikit-learn's indices, without its import).
+
+    The two splits (test off the whole, then validation off the rest) are made on indices, and
+    ``x`` is indexed once per part: each row is copied once, with no intermediate "rest" copy."""
+    from dlagent.ml.splits import split_indices
 
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 0.5:
             raise ConfigError(name, f"must be in (0, 0.5), got {value!r}.", "use e.g. 0.15.")
+    n = len(y)
     if task == REGRESSION:
-        count = max(2, int(round(test_fraction * len(y))))
-        x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=count, seed=seed)
-        count = max(2, int(round(val_fraction * len(y))))
-        x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=count, seed=seed)
-        return x_train, y_train, x_val, y_val, x_test, y_test
-    classes = int(y.max()) + 1
-
-    def _fraction(fraction: float, n: int) -> int:
-        return max(classes, int(round(fraction * n)))
-
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=_fraction(test_fraction, len(y)), stratify=y, seed=seed
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=_fraction(val_fraction, len(y)), stratify=y_rest, seed=seed
-    )
-    return x_train, y_train, x_val, y_val, x_test, y_test
+        n_test, n_val, stratify = max(2, int(round(test_fraction * n))), max(2, int(round(val_fraction * n))), None
+    else:
+        classes = int(y.max()) + 1
+        n_test, n_val = max(classes, int(round(test_fraction * n))), max(classes, int(round(val_fraction * n)))
+        stratify = y
+    rest, test = split_indices(n, n_train=n - n_test, n_test=n_test, seed=seed, stratify=stratify)
+    train, val = split_indices(len(rest), n_train=len(rest) - n_val, n_test=n_val, seed=seed,
+                               stratify=None if stratify is None else y[rest])
+    train, val = rest[train], rest[val]
+    return x[train], y[train], x[val], y[val], x[test], y[test]
 
 
 DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric", "cache", "image_size",
@@ -244,13 +243,14 @@ def _load_images(uri: str, allowed_roots, cache: str, *, image_size=None, color_
 
 def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):
     """One-hot the categorical columns with a vocabulary learned from the training split only
-    (:mod:`dlagent.ml.tabular`); every split goes through the same :meth:`TableEncoding.encode`
-    a server uses on raw rows. Returns the encoded parts, the encoding and the validation and
-    test splits' raw rows."""
+    (:mod:`dlagent.ml.tabular`). Every split is encoded from the loaded array at once
+    (:meth:`TableEncoding.encode_loaded`), which gives what :meth:`TableEncoding.encode`, the
+    function a server applies to raw rows, gives for the same rows. Returns the encoded parts,
+    the encoding and the validation and test splits' raw rows (made when read: :class:`RawRows`)."""
     from dlagent.ml.tabular import fit_encoding
 
     x_train, y_train, x_val, y_val, x_test, y_test = parts
     encoding = fit_encoding(columns.names, columns.categorical_values(x_train), impute)
-    raw_val, raw_test = columns.raw_rows(x_val), columns.raw_rows(x_test)
-    encoded = [encoding.encode(columns.raw_rows(x_train)), encoding.encode(raw_val), encoding.encode(raw_test)]
+    raw_val, raw_test = RawRows(x_val, columns), RawRows(x_test, columns)
+    encoded = [encoding.encode_loaded(part, columns.categories) for part in (x_train, x_val, x_test)]
     return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, (raw_val, raw_test)

@@ -1,5 +1,5 @@
 """The data formats, each read into raw arrays ``(x, y, names)``: scikit-learn's digits, MNIST IDX
-files, a NumPy ``.npz``, a CSV table (numeric and categorical columns) and an image folder.
+files, a NumPy ``.npz``, a CSV table (numeric and categorical columns: :mod:`dlagent.ml.csv_table`) and an image folder.
 
 Nothing here splits, scales or validates across formats: :mod:`dlagent.ml.data_checks` checks
 every format's arrays the same way. A message about a file names the file, the line or entry and
@@ -9,15 +9,13 @@ bytes): a person who can only trigger a DAG must not read a file through its err
 
 from __future__ import annotations
 
-import csv
 import gzip
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dlagent.errors import ConfigError
+from dlagent.ml.csv_table import load_csv_table
 from dlagent.ml.data_checks import CLASSIFICATION_FIX, REGRESSION_FIX
 from dlagent.ml.data_paths import check_inside_roots, parse_dataset_uri, resolve_data_path
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
@@ -47,14 +45,14 @@ def read_dataset(uri: str, *, label_column: str, allowed_roots, missing: str, ta
     else:
         path = resolve_data_path(argument, allowed_roots=allowed_roots)
         if scheme == "csv":
-            return _load_csv_table(path, label_column, missing, task)
+            return load_csv_table(path, label_column, missing, task)
         if scheme == "npz":
             return (*_load_npz(path, task), None)
         if scheme == "mnist-idx":
             x, y, names = _load_mnist_idx(path, allowed_roots)
         else:
             return (*_load_image_folder(path, allowed_roots), None)
-    return ((x, *_targets_from_values(y, ["target"])) if task == REGRESSION else (x, y, names)) + (None,)
+    return ((x, *targets_from_values(y, ["target"])) if task == REGRESSION else (x, y, names)) + (None,)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -104,7 +102,7 @@ def _load_npz(path: Path, task: str = CLASSIFICATION):
             missing = {"x", "y"} - set(archive.files)
             if missing:
                 raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} ({len(archive.files)} other arrays in it).", fix)
-            x, y = archive["x"], archive["y"]
+            x, y = _mapped_member(path, archive, "x"), archive["y"]
     except ConfigError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -118,15 +116,43 @@ def _load_npz(path: Path, task: str = CLASSIFICATION):
         raise ConfigError("dataset", f"{str(path)!r} holds a single array (.npy), not an .npz archive of x and y.", fix) from exc
     if not np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_:
         raise ConfigError("dataset", f"x in {str(path)!r} has dtype {x.dtype}, not numeric.", "store features as numbers.")
-    # 8-bit images are scaled like the other image loaders; other numbers are kept as given.
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    # 8-bit images are scaled like the other image loaders; other numbers are kept as given (a
+    # memory-mapped float32 x stays mapped: the split reads the rows it needs from the file).
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
     if task == REGRESSION:
-        return (x, *_targets_from_values(y, None))
-    y, names = _labels_from_values(y)
+        return (x, *targets_from_values(y, None))
+    y, names = labels_from_values(y)
     return x, y, names
 
 
-def _targets_from_values(values, names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+def _mapped_member(path: Path, archive, name: str) -> np.ndarray:
+    """Array ``name`` of an ``.npz``: memory-mapped (read-only) when the archive stores it
+    uncompressed (``np.savez``), so its bytes are read from the file as they are used instead of
+    all at once; read whole when it is compressed (``np.savez_compressed``: the format allows no
+    map) or holds objects (refused by the caller, as ``allow_pickle=False`` does)."""
+    import struct
+    import zipfile
+
+    info = archive.zip.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return archive[name]
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        local = handle.read(30)  # the zip local file header: its name and extra field come next
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return archive[name]
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+    if dtype.hasobject or not shape or 0 in shape:
+        return archive[name]
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+def targets_from_values(values, names: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """Regression targets as float32 ``(n, k)`` and their names (``target``, ``target_1``... when unnamed)."""
     values = np.asarray(values)
     if values.ndim not in (1, 2):
@@ -141,7 +167,7 @@ def _targets_from_values(values, names: list[str] | None) -> tuple[np.ndarray, l
     return y, list(names)
 
 
-def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
+def labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     """Integer labels stay as they are (range checked later); strings become sorted indices."""
     values = np.asarray(values)
     if values.ndim != 1:
@@ -159,133 +185,6 @@ def _labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     names = sorted({str(v) for v in values})
     index = {name: i for i, name in enumerate(names)}
     return np.array([index[str(v)] for v in values], dtype=np.int64), names
-
-
-@dataclass(frozen=True)
-class CsvColumns:
-    """A CSV's feature columns as loaded: their names in file order, and for each categorical
-    (non-numeric) column the sorted distinct values its codes in ``x`` index."""
-
-    names: list[str]
-    categories: dict[int, list[str]]
-
-    def raw_rows(self, x: np.ndarray) -> list[list]:
-        """Rows of raw values back from loaded features (codes to strings, NaN to ``None``)."""
-        rows = []
-        for row in x:
-            rows.append([None if math.isnan(v) else (self.categories[j][int(v)] if j in self.categories else float(v))
-                         for j, v in enumerate(row.tolist())])
-        return rows
-
-    def categorical_values(self, x: np.ndarray) -> dict[str, list]:
-        return {self.names[j]: [None if math.isnan(v) else values[int(v)] for v in x[:, j].tolist()]
-                for j, values in self.categories.items()}
-
-
-def _load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
-    """``(x, y, names, columns)``: numeric cells as numbers, a categorical column's cells as codes
-    into ``columns.categories`` (a column is categorical when at least half of its non-empty
-    cells are not numbers), an empty cell as NaN under ``missing: impute``."""
-    if not path.is_file():
-        raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except UnicodeDecodeError as exc:
-        raise ConfigError("dataset", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
-                          "save the CSV as UTF-8 text (a binary or other-encoding file cannot be read).") from exc
-    except csv.Error as exc:
-        raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV ({type(exc).__name__}).", "save it as plain comma-separated text.") from exc
-    if not rows:
-        raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
-    header = [h.strip() for h in rows[0]]
-    label_columns = [c.strip() for c in label_column.split(",")] if task == REGRESSION else [label_column]
-    for name in label_columns:
-        if name not in header:
-            raise ConfigError("label_column", f"{str(path)!r} has no column named {name!r} among its {len(header)} header columns.",
-                              "name the label column in the label_column setting (the header is the file's first line; "
-                              "several regression targets: 'a,b').")
-    label_at = [header.index(name) for name in label_columns]
-    feature_at = [i for i in range(len(header)) if i not in label_at]
-    seen = {}
-    for i in feature_at:  # columns are found by name when a raw row is scored (never quoted: the header is content)
-        if header[i] in seen:
-            raise ConfigError("dataset", f"{str(path)!r}: columns {seen[header[i]] + 1} and {i + 1} of the header have the same name.",
-                              "give every column its own name.")
-        seen[header[i]] = i
-    cells, labels, lines = [], [], []
-    for line_number, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise ConfigError("dataset", f"{str(path)!r} line {line_number} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
-        labels.append([row[i].strip() for i in label_at])
-        texts = [row[i].strip() for i in feature_at]
-        if missing != "impute":
-            for j, text in enumerate(texts):
-                if not text:
-                    raise ConfigError("dataset", f"{str(path)!r} line {line_number}, column {feature_at[j] + 1}: an empty cell.",
-                                      "fill it, or set the data option missing to 'impute' (the training split's median or most "
-                                      "frequent value, and a was-missing indicator column).")
-        cells.append(texts)
-        lines.append(line_number)
-    if not labels:
-        raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
-    x, columns = _encode_cells(path, cells, lines, [header[i] for i in feature_at], [i + 1 for i in feature_at])
-    if task == REGRESSION:
-        return x, *_csv_targets(path, labels, label_columns), columns
-    labels = [row[0] for row in labels]
-    for parse in (int, float, str):  # whole numbers, then numbers with fractions (refused, with the reason), then names
-        try:
-            parsed = np.array([parse(v) for v in labels])
-        except ValueError:
-            continue
-        y, names = _labels_from_values(parsed)
-        break
-    return x, y, names, columns
-
-
-def _encode_cells(path: Path, cells: list[list[str]], lines: list[int], names: list[str], positions: list[int]):
-    """Feature cells as float32: numbers as numbers, a categorical column (most of its cells not
-    numbers) as codes into its sorted values. A column of mostly numbers with a few words is
-    refused at its first word: a typo, not a category."""
-    x = np.full((len(cells), len(names)), np.nan, np.float32)
-    categories = {}
-    for j in range(len(names)):
-        texts = [row[j] for row in cells]
-        numeric = [bool(t) and _is_float(t) for t in texts]
-        present = [t for t in texts if t]
-        if sum(numeric) == len(present):
-            x[:, j] = [float(t) if t else math.nan for t in texts]
-        elif sum(numeric) * 2 > len(present):
-            first = next(i for i, t in enumerate(texts) if t and not numeric[i])
-            raise ConfigError("dataset", f"{str(path)!r} line {lines[first]}, column {positions[j]}: a feature that is not a number, "
-                              "in a column of numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical "
-                              "column holds mostly non-numeric values).")
-        else:
-            values = sorted(set(present))
-            code = {value: i for i, value in enumerate(values)}
-            x[:, j] = [code[t] if t else math.nan for t in texts]
-            categories[j] = values
-    return x, CsvColumns(names, categories)
-
-
-def _csv_targets(path: Path, labels: list[list[str]], names: list[str]) -> tuple[np.ndarray, list[str]]:
-    for line_number, row in enumerate(labels, start=2):
-        for name, text in zip(names, row, strict=True):
-            if not _is_float(text):
-                what = "is empty" if not text else "is not a number: the column holds class labels"
-                raise ConfigError("dataset", f"{str(path)!r} line {line_number}, target column {name!r} {what}.",
-                                  "fill the target (rows without one cannot be used)" if not text else CLASSIFICATION_FIX)
-    return _targets_from_values(np.array([[float(t) for t in row] for row in labels]), names)
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _load_image_folder(directory: Path, allowed_roots=None):

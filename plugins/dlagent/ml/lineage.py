@@ -21,13 +21,18 @@ CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: how the run used 
 TRAINING, TUNING, EVALUATION = "training", "tuning", "evaluation"
 
 
+DIGEST_CHUNK_BYTES = 64 * 2**20  # bytes of samples hashed at once
+
+
 def content_digest(x: np.ndarray, y: np.ndarray, *, extra: str = "") -> str:
     """A short sha256 of the samples, in file order: shapes, dtypes and values of features and
     labels, and ``extra`` (a table's category values, which its codes in ``x`` index)."""
     digest = hashlib.sha256(extra.encode())
-    for array in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+    for array in (x, y):
         digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
+        rows = max(1, DIGEST_CHUNK_BYTES // max(1, array[:1].nbytes))  # a chunk at a time: x may be memory-mapped
+        for start in range(0, len(array), rows):
+            digest.update(np.ascontiguousarray(array[start:start + rows]).tobytes())
     return digest.hexdigest()[:20]
 
 

@@ -11,8 +11,10 @@ Why outside the model: TFLite's built-in operators carry no string lookup, so th
 and TFLite alike) takes the encoded numeric row, and the :class:`TableEncoding` travels with
 it: logged with the training run, beside the logged model's ``MLmodel`` and in the serving
 bundle. :meth:`TableEncoding.encode` is the one function that turns raw rows into model
-inputs, used by the data loader for every split and by every place a raw row is scored
-(:func:`dlagent.ml.serving.load_bundle`), so training and serving cannot drift apart.
+inputs, used by every place a raw row is scored (:func:`dlagent.ml.serving.load_bundle`); the
+data loader encodes its splits from the loaded array with :meth:`TableEncoding.encode_loaded`,
+which gives the same rows (``tests/ml/test_csv_table.py``), so training and serving cannot
+drift apart.
 
 Pure Python and NumPy: no Keras, no Airflow.
 """
@@ -118,6 +120,35 @@ class TableEncoding:
                 if column in self.indicators:
                     flags.append(1.0 if empty else 0.0)
             out[r, position:] = flags
+        return out
+
+    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]]) -> np.ndarray:
+        """What :meth:`encode` gives for the rows the CSV loader read, computed on its array at
+        once (no Python object per cell): ``x`` holds numbers, and for each categorical column
+        ``j`` codes into ``categories[j]`` (NaN: an empty cell). ``tests/ml/test_tabular.py``
+        checks the two agree."""
+        out = np.zeros((len(x), self.width), np.float32)
+        rows = np.arange(len(x))
+        position, flags = 0, []
+        for j, column in enumerate(self.columns):
+            values = x[:, j]
+            empty = np.isnan(values)
+            if empty.any() and not self.impute:
+                self._refuse_empty(int(np.argmax(empty)), column)
+            if column in self.vocabularies:
+                slots = {value: i + 1 for i, value in enumerate(self.vocabularies[column])}
+                of_code = np.array([slots.get(_category(value), 0) for value in categories[j]] or [0], np.int64)
+                filled = slots.get(_category(self.fill.get(column, "")), 0)
+                slot = np.where(empty, filled, of_code[np.where(empty, 0, values).astype(np.int64)])
+                out[rows, position + slot] = 1.0
+                position += len(self.vocabularies[column]) + 1
+            else:
+                out[:, position] = values
+                position += 1
+            if column in self.indicators:
+                flags.append(empty)
+        for k, empty in enumerate(flags):
+            out[:, position + k] = empty
         return out
 
     def _cells(self, row, r: int) -> list:

@@ -1,0 +1,274 @@
+"""A CSV table read in two streaming passes: memory holds the float32 features and the labels'
+codes, never the file's text.
+
+Reading the whole file as lists of strings (``list(csv.reader(...))``) costs about 20 times the
+float32 features: a 1 GB CSV would need tens of GB. Here:
+
+1. **the first pass** counts the rows, refuses a ragged row or (under ``missing: refuse``) an
+   empty cell at its line, and decides each column's kind from counts alone: numeric, or
+   categorical when at least half of its non-empty cells are not numbers; a column of mostly
+   numbers with a stray word is refused at that word (a typo, not a category);
+2. **the second pass** fills a preallocated float32 array a chunk of :data:`CHUNK_ROWS` rows at a
+   time: numbers as numbers, a categorical cell as a code into its column's vocabulary (collected
+   in this pass, then renumbered in sorted order), an empty cell as NaN. Class labels are kept
+   as codes into their distinct values; regression targets as float32.
+
+Messages name the file, the line and the column's position, never a cell's content or a header
+name (the header is content: a person who can only trigger a DAG must not read a file through
+its error messages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlagent.errors import ConfigError
+from dlagent.ml.data_checks import CLASSIFICATION_FIX
+from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
+
+CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
+EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the training split's median or most frequent value, "
+                  "and a was-missing indicator column).")
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    """A CSV's feature columns as loaded: their names in file order, and for each categorical
+    (non-numeric) column the sorted distinct values its codes in ``x`` index."""
+
+    names: list[str]
+    categories: dict[int, list[str]]
+
+    def raw_rows(self, x: np.ndarray) -> list[list]:
+        """Rows of raw values back from loaded features (codes to strings, NaN to ``None``)."""
+        rows = []
+        for row in x:
+            rows.append([None if math.isnan(v) else (self.categories[j][int(v)] if j in self.categories else float(v))
+                         for j, v in enumerate(row.tolist())])
+        return rows
+
+    def categorical_values(self, x: np.ndarray) -> dict[str, list]:
+        return {self.names[j]: [None if math.isnan(v) else values[int(v)] for v in x[:, j].tolist()]
+                for j, values in self.categories.items()}
+
+
+class RawRows(Sequence):
+    """A split's raw rows (lists of values in column order: strings, numbers, ``None`` for an
+    empty cell), made from the loaded array when asked for: the encoding of a model of another
+    vocabulary, or a test, reads them; holding them as Python lists would cost far more than the
+    array."""
+
+    def __init__(self, x: np.ndarray, columns: CsvColumns):
+        self.x, self.columns = x, columns
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.columns.raw_rows(self.x[index])
+        return self.columns.raw_rows(self.x[[index]])[0]
+
+    def __iter__(self):
+        for start in range(0, len(self.x), CHUNK_ROWS):
+            yield from self.columns.raw_rows(self.x[start:start + CHUNK_ROWS])
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the first pass found: the header's label and feature positions, the number of data
+    rows, and which feature columns (by position in ``feature_at``) are categorical."""
+
+    header_width: int
+    label_at: list[int]
+    label_names: list[str]
+    feature_at: list[int]
+    feature_names: list[str]
+    rows: int
+    categorical: frozenset
+
+
+def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
+    """``(x, y, names, columns)``: numeric cells as numbers, a categorical column's cells as codes
+    into ``columns.categories``, an empty cell as NaN under ``missing: impute``; ``names`` are the
+    class names (regression: the target names)."""
+    if not path.is_file():
+        raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
+    with _csv_errors(path):
+        layout = _first_pass(path, label_column, missing, task)
+        x, labels, categories = _second_pass(path, layout, task)
+    columns = CsvColumns(layout.feature_names, categories)
+    if task == REGRESSION:
+        return x, labels, list(layout.label_names), columns
+    y, names = _class_labels(*labels)
+    return x, y, names, columns
+
+
+@contextlib.contextmanager
+def _csv_errors(path: Path):
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ConfigError("dataset", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
+                          "save the CSV as UTF-8 text (a binary or other-encoding file cannot be read).") from exc
+    except csv.Error as exc:
+        raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV ({type(exc).__name__}).",
+                          "save it as plain comma-separated text.") from exc
+
+
+def _rows(path: Path):
+    """``(line number, row)`` of the data rows (blank lines skipped), after the header."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            if row:
+                yield reader.line_num, row
+
+
+def _read_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        first = next(csv.reader(handle), None)
+    if first is None:
+        raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
+    return [h.strip() for h in first]
+
+
+def _first_pass(path: Path, label_column: str, missing: str, task: str) -> _Layout:
+    header = _read_header(path)
+    label_names = [c.strip() for c in label_column.split(",")] if task == REGRESSION else [label_column]
+    for name in label_names:
+        if name not in header:
+            raise ConfigError("label_column", f"{str(path)!r} has no column named {name!r} among its {len(header)} header columns.",
+                              "name the label column in the label_column setting (the header is the file's first line; "
+                              "several regression targets: 'a,b').")
+    label_at = [header.index(name) for name in label_names]
+    feature_at = [i for i in range(len(header)) if i not in label_at]
+    seen = {}
+    for i in feature_at:  # columns are found by name when a raw row is scored (never quoted: the header is content)
+        if header[i] in seen:
+            raise ConfigError("dataset", f"{str(path)!r}: columns {seen[header[i]] + 1} and {i + 1} of the header have the same name.",
+                              "give every column its own name.")
+        seen[header[i]] = i
+    present, numeric, first_word = [0] * len(feature_at), [0] * len(feature_at), [None] * len(feature_at)
+    rows = 0
+    for line, row in _rows(path):
+        if len(row) != len(header):
+            raise ConfigError("dataset", f"{str(path)!r} line {line} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
+        for j, i in enumerate(feature_at):
+            text = row[i].strip()
+            if not text:
+                if missing != "impute":
+                    raise ConfigError("dataset", f"{str(path)!r} line {line}, column {i + 1}: an empty cell.", EMPTY_CELL_FIX)
+                continue
+            present[j] += 1
+            if _is_float(text):
+                numeric[j] += 1
+            elif first_word[j] is None:
+                first_word[j] = line
+        rows += 1
+    if not rows:
+        raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
+    categorical = set()
+    for j, i in enumerate(feature_at):
+        if numeric[j] == present[j]:
+            continue
+        if numeric[j] * 2 > present[j]:
+            raise ConfigError("dataset", f"{str(path)!r} line {first_word[j]}, column {i + 1}: a feature that is not a number, "
+                              "in a column of numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical "
+                              "column holds mostly non-numeric values).")
+        categorical.add(j)
+    return _Layout(len(header), label_at, label_names, feature_at, [header[i] for i in feature_at], rows, frozenset(categorical))
+
+
+def _second_pass(path: Path, layout: _Layout, task: str):
+    """``(x, labels, categories)``: the float32 features, the labels (regression: float32 targets;
+    classes: ``(codes, distinct texts)``) and each categorical column's sorted vocabulary."""
+    x = np.empty((layout.rows, len(layout.feature_at)), np.float32)
+    vocabularies = {j: {} for j in layout.categorical}
+    regression = task == REGRESSION
+    targets = np.empty((layout.rows, len(layout.label_at)), np.float32) if regression else None
+    label_codes, label_texts = (None, None) if regression else (np.empty(layout.rows, np.int64), {})
+    chunk, start = [], 0
+    for line, row in _rows(path):
+        values = []
+        for j, i in enumerate(layout.feature_at):
+            text = row[i].strip()
+            if not text:
+                values.append(math.nan)
+            elif j in vocabularies:
+                values.append(vocabularies[j].setdefault(text, len(vocabularies[j])))
+            else:
+                values.append(float(text))
+        position = start + len(chunk)
+        if regression:
+            targets[position] = _targets_of(path, line, [row[i].strip() for i in layout.label_at], layout.label_names)
+        else:
+            text = row[layout.label_at[0]].strip()
+            label_codes[position] = label_texts.setdefault(text, len(label_texts))
+        chunk.append(values)
+        if len(chunk) == CHUNK_ROWS:
+            x[start:start + len(chunk)] = chunk
+            start, chunk = start + len(chunk), []
+    if chunk:
+        x[start:start + len(chunk)] = chunk
+    categories = {}
+    for j, vocabulary in vocabularies.items():  # first-seen codes -> codes into the sorted values
+        ordered = sorted(vocabulary)
+        renumber = np.empty(len(vocabulary), np.float32)
+        for new, value in enumerate(ordered):
+            renumber[vocabulary[value]] = new
+        column = x[:, j]
+        known = ~np.isnan(column)
+        column[known] = renumber[column[known].astype(np.int64)]
+        categories[j] = ordered
+    if regression:
+        return x, _checked_targets(targets, layout.label_names), categories
+    return x, (label_codes, list(label_texts)), categories
+
+
+def _targets_of(path: Path, line: int, texts: list[str], names: list[str]) -> list[float]:
+    for name, text in zip(names, texts, strict=True):
+        if not _is_float(text):
+            what = "is empty" if not text else "is not a number: the column holds class labels"
+            raise ConfigError("dataset", f"{str(path)!r} line {line}, target column {name!r} {what}.",
+                              "fill the target (rows without one cannot be used)" if not text else CLASSIFICATION_FIX)
+    return [float(t) for t in texts]
+
+
+def _checked_targets(targets: np.ndarray, names: list[str]) -> np.ndarray:
+    from dlagent.ml.data_readers import targets_from_values
+
+    return targets_from_values(targets, names)[0]
+
+
+def _class_labels(codes: np.ndarray, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class labels from the codes of their distinct texts: whole numbers as they are, numbers with
+    fractions refused with the reason (:func:`~dlagent.ml.data_readers.labels_from_values`), any
+    other text as names in sorted order."""
+    from dlagent.ml.data_readers import labels_from_values
+
+    for parse in (int, float):
+        try:
+            distinct = np.array([parse(t) for t in texts])
+        except ValueError:
+            continue
+        return labels_from_values(distinct[codes])
+    names = sorted(set(texts))
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[t] for t in texts], np.int64)[codes], names
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

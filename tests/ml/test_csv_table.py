@@ -1,0 +1,90 @@
+"""The CSV reader's two streaming passes give what pandas reads from the same file, across chunk
+boundaries: numbers, categorical codes into the sorted vocabulary, empty cells, labels."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from dlagent.errors import ConfigError
+from dlagent.ml import csv_table
+from dlagent.ml.data_readers import load_arrays
+
+
+def _write(path, rows: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    colours, cities = ["red", "green", "blue", "teal"], [f"city {i}" for i in range(9)]
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["area", "colour", "ratio", "city", "label"])
+        for i in range(rows):
+            area = "" if i % 17 == 3 else f"{rng.normal(2000, 500):.3f}"
+            colour = "" if i % 23 == 5 else colours[rng.integers(0, 4)]
+            city = cities[rng.integers(0, 9)] if i % 11 else "42"  # a number in a categorical column is a category
+            out.writerow([area, colour, f"{rng.random():.5f}", city, ["yes", "no", "maybe"][i % 3]])
+            if i % 50 == 7:
+                out.writerow([])  # blank lines are skipped
+    return path
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 8192])
+def test_two_streaming_passes_read_what_pandas_reads(tmp_path, monkeypatch, chunk_rows):
+    import pandas as pd
+
+    monkeypatch.setattr(csv_table, "CHUNK_ROWS", chunk_rows)
+    path = _write(tmp_path / "t.csv", rows=300)
+    x, y, names = load_arrays(f"csv:{path}", missing="impute")
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)  # every cell as its text
+    assert x.shape == (300, 4) and x.dtype == np.float32
+    for j, column in ((0, "area"), (2, "ratio")):
+        expected = np.array([float(t) if t else np.nan for t in frame[column]], np.float32)
+        np.testing.assert_array_equal(x[:, j], expected)
+    for j, column in ((1, "colour"), (3, "city")):
+        vocabulary = sorted({t for t in frame[column] if t})
+        expected = np.array([vocabulary.index(t) if t else np.nan for t in frame[column]], np.float32)
+        np.testing.assert_array_equal(x[:, j], expected)
+    assert names == ["maybe", "no", "yes"]
+    np.testing.assert_array_equal(y, [names.index(t) for t in frame["label"]])
+
+
+def test_whole_number_labels_stay_numbers_and_fractions_are_refused_as_a_regression_target(tmp_path):
+    path = tmp_path / "n.csv"
+    path.write_text("f,label\n" + "".join(f"{i},{i % 3 + 1}\n" for i in range(30)))
+    x, y, names = load_arrays(f"csv:{path}")
+    np.testing.assert_array_equal(y, [i % 3 + 1 for i in range(30)])
+    assert names == ["0", "1", "2", "3"]
+    path.write_text("f,label\n" + "".join(f"{i},{i / 7:.3f}\n" for i in range(30)))
+    with pytest.raises(ConfigError, match="looks like a regression target"):
+        load_arrays(f"csv:{path}")
+    x, y, names = load_arrays(f"csv:{path}", task="regression")
+    assert y.shape == (30, 1) and y[8, 0] == pytest.approx(8 / 7, abs=1e-3) and names == ["label"]
+
+
+def test_an_empty_target_is_refused_at_its_real_line(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("f,y\n1,2.5\n\n2,3.5\n3,\n")  # the blank line 3 still counts: the empty target is on line 5
+    with pytest.raises(ConfigError, match="line 5, target column 'y' is empty"):
+        load_arrays(f"csv:{path}", label_column="y", task="regression")
+
+
+@pytest.mark.parametrize("impute", [True, False])
+def test_the_loaders_array_encoding_equals_the_servers_row_encoding(tmp_path, monkeypatch, impute):
+    """``encode_loaded`` (the loader, on the array) and ``encode`` (a server, on raw rows) agree,
+    out-of-vocabulary values (a vocabulary cut to 3), empty cells and indicators included."""
+    from dlagent.ml import tabular
+    from dlagent.ml.csv_table import RawRows
+    from dlagent.ml.data_readers import read_dataset
+
+    monkeypatch.setattr(tabular, "MAX_VOCABULARY", 3)
+    path = _write(tmp_path / "t.csv", rows=400, seed=3)
+    if not impute:  # no empty cells: 'refuse' would refuse them
+        path.write_text("\n".join(line.replace(",,", ",0,") for line in path.read_text().splitlines()
+                                  if not line.startswith(",") and ",," not in line) + "\n")
+    x, _, _, columns = read_dataset(f"csv:{path}", label_column="label", allowed_roots=None,
+                                    missing="impute" if impute else "refuse", task="classification")
+    encoding = tabular.fit_encoding(columns.names, columns.categorical_values(x[:250]), impute)
+    assert any(len(v) == 3 for v in encoding.vocabularies.values()) and (bool(encoding.indicators) == impute)
+    rows = RawRows(x, columns)
+    assert len(rows) == len(x) and rows[-1] == list(rows)[-1] and rows[2:4] == [rows[2], rows[3]]
+    np.testing.assert_array_equal(encoding.encode_loaded(x, columns.categories), encoding.encode(list(rows)))
