@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 
 from dlagent.agent import PHASES
+from dlagent.agent.plan import SECTIONS
 from dlagent.errors import ConfigError
 from dlagent.links import AgentDecisionsLink, MLflowRunLink
 from dlagent.ml import mlflow_names as names
@@ -66,6 +67,7 @@ class AgentOperator(DlagentOperator):
     template_fields_renderers = {"policy_kwargs": "json", "fixed_resources": "json"}
     ui_color = "#fff4d6"
     step = names.STEP_AGENT
+    output_keys = SECTIONS  # every plan section is its own XCom, read by a DAG or not
     operator_extra_links = (MLflowRunLink(), AgentDecisionsLink())
 
     def __init__(self, *, phase: str = "plan", policy: str = "rules", policy_kwargs: dict | None = None,

@@ -28,6 +28,7 @@ class TrainOperator(DlagentOperator):
     template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "overrides", "data_options", "controller", "warm_start")
     ui_color = "#fde8d8"
     step = names.STEP_TRAIN
+    output_keys = ("model_uri",)  # what compress, evaluate and a user's own DAG take
 
     def __init__(self, *, dataset: str = "digits", train_config: dict | None = None, overrides: dict | None = None,
                  data_options: dict | None = None, controller: dict | None = None, warm_start: str | None = None, **kwargs):
