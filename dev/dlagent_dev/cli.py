@@ -178,7 +178,9 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
     if value is not None:
         print(f"test {metric + ':':<15}{value:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
     if tags.get("study_name"):
-        print(f"tuning:             study {tags['study_name']}, best val. value {metrics.get('tune_best_value', float('nan')):.4f}")
+        best = metrics.get("tune_best_value")
+        found = f"best val. value {best:.4f}" if best is not None and best == best else "no completed trial (n_trials 0, or all pruned or failed)"
+        print(f"tuning:             study {tags['study_name']}, {found}")
     if tags.get("model_uri"):
         print(f"model:              {tags['model_uri']}  (training run {tags.get('train_run_id')})")
     if tags.get("candidate"):

@@ -139,3 +139,23 @@ def test_a_killed_make_serve_is_cleaned_up_by_the_next_one_on_the_same_port(tmp_
             if wrapper is not None:
                 procs.stop_group(wrapper, grace=2)
         procs.stop_orphans(tag)
+
+
+@pytest.mark.parametrize(("best", "line"), [(0.9731, "best val. value 0.9731"), (None, "no completed trial")])
+def test_the_run_summary_says_when_tuning_found_no_trial(mlflow_uri, capsys, best, line):
+    """``make run``'s summary: a study with no completed trial (``n_trials`` 0) is said in words, not as ``nan``."""
+    from dlagent.ml import mlflow_names as names
+    from dlagent_dev.cli import PIPELINE_DAG, print_summary
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("summary")
+    run = client.create_run(experiment, tags={names.AIRFLOW_DAG_ID_TAG: PIPELINE_DAG, names.KIND_TAG: names.KIND_PIPELINE,
+                                              f"{names.SUMMARY_TAG_PREFIX}study_name": "dl_agent_pipeline.manual__1"}).info.run_id
+    client.log_metric(run, "test_metric", 0.95)
+    if best is not None:
+        client.log_metric(run, "tune_best_value", best)
+    client.set_terminated(run)
+    assert print_summary({}, "summary", 0, 0) == 0
+    printed = capsys.readouterr().out
+    assert f"tuning:             study dl_agent_pipeline.manual__1, {line}" in printed and "nan" not in printed.split("tuning:")[1].split("\n")[0]
