@@ -112,3 +112,41 @@ def test_a_run_restarted_after_a_crash_between_rounds_resumes_from_the_last_glob
     runs = client.search_runs([client.get_experiment_by_name("fed").experiment_id], max_results=100)
     steps = sorted(r.data.tags.get("dlagent.step", "") for r in runs)
     assert steps.count("federated-local") == 6 and steps.count("federated-aggregate") == 2 and steps.count("federated-setup") == 1
+
+
+def _site_csv(path, *, colours, classes, rows=40):
+    lines = ["size,colour,label"] + [f"{i % 7 + 0.5},{colours[i % len(colours)]},{classes[i % len(classes)]}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return f"csv:{path}"
+
+
+@pytest.mark.parametrize(
+    ("site_colours", "site_classes", "words"),
+    [(["red", "blue"], ["cat", "dog", "emu"], None),  # the same values: accepted
+     (["red", "green"], ["cat", "dog", "emu"], "categorical columns hold other values"),
+     (["red", "blue"], ["dog", "emu", "fox"], "class names are not the held-out data set's")],
+)
+def test_a_site_file_whose_classes_or_categories_mean_other_things_is_refused(tmp_path, monkeypatch, site_colours, site_classes, words):
+    """Each CSV numbers its class names and one-hots its categories by its own values: a site whose
+    values differ from the coordinator's would feed the model inputs and labels that mean other
+    things, with the same shapes. ``check_site`` refuses it before any training."""
+    from dlagent.errors import ConfigError
+    from dlagent.operators.federated.setup import FederatedSiteCheckOperator
+
+    monkeypatch.setenv("DLAGENT_DATA_ROOTS", str(tmp_path))
+    coordinator = _site_csv(tmp_path / "coordinator.csv", colours=["red", "blue"], classes=["cat", "dog", "emu"])
+    site = _site_csv(tmp_path / "site.csv", colours=site_colours, classes=site_classes)
+    kwargs = {**KW, "dataset": coordinator, "site_datasets": [coordinator, site], "data_options": {},
+              "federated": {"rounds": 1, "local_epochs": 1, "seed": 1}}
+    context = _context("validate")
+    FederatedValidateOperator(task_id="validate", **kwargs).execute(context)
+    data = context["ti"].xcoms["data"]
+    assert data["digests"]["class_names"] and data["digests"]["encoding"]
+    check = FederatedSiteCheckOperator(task_id="check_site", site=1, data=data, **kwargs)
+    if words is None:
+        assert check.execute(_context("check_site", map_index=1))["samples"] > 0
+        return
+    with pytest.raises(AirflowFailException) as refused:
+        check.execute(_context("check_site", map_index=1))
+    assert words in str(refused.value) and "site_datasets[1]" in str(refused.value)
+    assert isinstance(refused.value.__cause__, ConfigError)

@@ -113,6 +113,21 @@ class DatasetSplits:
             "streamed": is_streamed(self.x_train),  # read from disk a batch at a time, not held in memory
         }
 
+    def meaning_digests(self) -> dict:
+        """Short digests of what the model's outputs and inputs mean: ``class_names`` (``None`` for
+        classes numbered ``0..K-1`` or regression) and ``encoding`` (a table's categorical
+        vocabularies; ``None`` without categories). Two data sets of the same shape feed one model
+        consistently only when these agree (a federated site's file against the coordinator's)."""
+        import hashlib
+
+        def digest(value) -> str:
+            return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+        numbered = self.is_regression or list(self.class_names) == [str(i) for i in range(len(self.class_names))]
+        vocabularies = getattr(self.encoding, "vocabularies", None)
+        return {"class_names": None if numbered else digest(list(self.class_names)),
+                "encoding": digest([self.encoding.columns, vocabularies]) if vocabularies else None}
+
 
 
 def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float, task: str = CLASSIFICATION):

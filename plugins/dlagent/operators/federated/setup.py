@@ -47,7 +47,7 @@ class FederatedValidateOperator(FederatedOperator):
         if not sites:  # an experiment: the shards come from this data set, so check now that they can be made
             partition(splits.y_train, federated.n_shards, federated.partition, seed=federated.seed, alpha=federated.skew_alpha,
                       regression=splits.is_regression)
-        self.push_xcom(context, "data", splits.summary())
+        self.push_xcom(context, "data", {**splits.summary(), "digests": splits.meaning_digests()})
         self.log.info("federated settings valid: %d sites (%s), %d rounds of %d local epochs, %s%s; held-out data %s",
                       federated.n_shards, "named data sets" if sites else f"{federated.partition} shards of the data set",
                       federated.rounds, federated.local_epochs, federated.strategy,
@@ -83,6 +83,19 @@ class FederatedSiteCheckOperator(FederatedOperator):
         if splits.task != data.get("task"):
             raise ConfigError(field, f"site {site}'s task is {splits.task!r}, the held-out data set's {data.get('task')!r}.",
                               "use the same task everywhere.")
+        if sites:  # a site's own file: its class names and categories must mean what the coordinator's do
+            mine, theirs = splits.meaning_digests(), dict(data.get("digests") or {})
+            if mine["class_names"] != theirs.get("class_names"):
+                raise ConfigError(field, f"site {site}'s class names are not the held-out data set's: labels given as names are "
+                                  "numbered by each file's own sorted names, so the same number would mean another class.",
+                                  "give every site the same set of class names, or integer labels 0..K-1 that mean the same "
+                                  "class everywhere.")
+            if mine["encoding"] != theirs.get("encoding"):
+                raise ConfigError(field, f"site {site}'s categorical columns hold other values than the held-out data set's "
+                                  "(or other columns): each file's one-hot encoding comes from its own values, so the model's "
+                                  "inputs would mean other things at this site.",
+                                  "give every site the same columns and categorical values, or encode them as numbers yourself "
+                                  "with one shared vocabulary.")
         if len(y) < MIN_SHARD_SAMPLES:
             raise ConfigError(field, f"site {site} has {len(y)} training rows, fewer than {MIN_SHARD_SAMPLES}.", "give it more data.")
         counts = None
