@@ -88,3 +88,25 @@ def test_the_loaders_array_encoding_equals_the_servers_row_encoding(tmp_path, mo
     rows = RawRows(x, columns)
     assert len(rows) == len(x) and rows[-1] == list(rows)[-1] and rows[2:4] == [rows[2], rows[3]]
     np.testing.assert_array_equal(encoding.encode_loaded(x, columns.categories), encoding.encode(list(rows)))
+
+
+@pytest.mark.parametrize("change", ["shorter", "longer", "word_in_numbers"])
+def test_a_file_that_changes_between_the_two_passes_is_refused_not_misread(tmp_path, monkeypatch, change):
+    """The second pass must see the rows the first pass counted and typed: a file appended to,
+    cut or rewritten in between is refused naming the file (never uninitialised rows, never a
+    cell's content in the message)."""
+    path = tmp_path / "t.csv"
+    path.write_text("f,label\n" + "".join(f"{i}.5,{i % 2}\n" for i in range(6)))
+    first_pass = csv_table._first_pass
+
+    def then_rewrite(*args, **kwargs):
+        layout = first_pass(*args, **kwargs)
+        rows = {"shorter": ["1.5,0", "2.5,1"], "longer": [f"{i}.5,{i % 2}" for i in range(9)],
+                "word_in_numbers": ["1.5,0", "2.5,1", "secret,0", "4.5,1", "5.5,0", "6.5,1"]}[change]
+        path.write_text("f,label\n" + "\n".join(rows) + "\n")
+        return layout
+
+    monkeypatch.setattr(csv_table, "_first_pass", then_rewrite)
+    with pytest.raises(ConfigError, match="changed while it was read") as refused:
+        load_arrays(f"csv:{path}")
+    assert "secret" not in str(refused.value)

@@ -201,3 +201,38 @@ def test_an_uncompressed_npz_is_memory_mapped_and_loads_like_a_compressed_one(tm
     np.savez(tmp_path / "pixels.npz", x=pixels, y=np.arange(60) % 2)
     scaled, _, _ = load_arrays(f"npz:{tmp_path / 'pixels.npz'}")
     np.testing.assert_allclose(scaled, pixels / 255.0, rtol=1e-6)
+
+
+def test_a_damaged_or_unusual_npz_member_is_read_as_numpy_would_or_refused(tmp_path):
+    """Mapping never reads past a member or skips its checksum: a member whose header promises more
+    rows than it holds, or whose bytes were changed, is refused; a member saved without ``.npy``
+    is read whole, as ``np.load`` reads it."""
+    import io
+    import zipfile
+
+    from dlagent.errors import ConfigError
+    from dlagent.ml.data_readers import load_arrays
+
+    def npy(array, *, header_shape=None) -> bytes:
+        out = io.BytesIO()
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
+                                                   "shape": header_shape or array.shape})
+        return out.getvalue() + array.tobytes()
+
+    x, y = np.full((10, 4), 7.0, np.float32), np.arange(10) % 2
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as archive:  # stored (uncompressed), like np.savez
+        archive.writestr("x.npy", npy(x[:5], header_shape=(10, 4)))
+        archive.writestr("y.npy", npy(y))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_arrays(f"npz:{tmp_path / 'short.npz'}")
+    np.savez(tmp_path / "flipped.npz", x=x, y=y)
+    raw = bytearray((tmp_path / "flipped.npz").read_bytes())
+    raw[raw.index(np.float32(7.0).tobytes() * 4) + 5] ^= 0xFF
+    (tmp_path / "flipped.npz").write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match="does not match its checksum"):
+        load_arrays(f"npz:{tmp_path / 'flipped.npz'}")
+    with zipfile.ZipFile(tmp_path / "bare.npz", "w") as archive:
+        archive.writestr("x", npy(x))
+        archive.writestr("y.npy", npy(y))
+    loaded, _, _ = load_arrays(f"npz:{tmp_path / 'bare.npz'}")
+    np.testing.assert_array_equal(loaded, x)

@@ -179,3 +179,11 @@ def test_image_size_on_a_table_is_refused_naming_the_option(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_dataset("digits", image_size=16)
     assert caught.value.field == "data_options.image_size" and "'images:' folder" in str(caught.value)
+
+
+def test_resized_or_converted_pixels_are_another_data_set_for_lineage(tmp_path):
+    uri = _folder(tmp_path / "set", size=(12, 10))
+    plain = load_dataset(uri, seed=1)
+    assert load_dataset(uri, seed=1, image_size="10x12", color_mode="rgb").digest == plain.digest  # the first image's own
+    assert len({plain.digest, load_dataset(uri, seed=1, image_size=8).digest,
+                load_dataset(uri, seed=1, color_mode="grayscale").digest}) == 3

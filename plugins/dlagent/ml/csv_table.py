@@ -102,13 +102,27 @@ def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task:
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
     with _csv_errors(path):
+        before = _stamp(path)
         layout = _first_pass(path, label_column, missing, task)
         x, labels, categories = _second_pass(path, layout, task)
+        if _stamp(path) != before:
+            raise _changed(path)
     columns = CsvColumns(layout.feature_names, categories)
     if task == REGRESSION:
         return x, labels, list(layout.label_names), columns
     y, names = _class_labels(*labels)
     return x, y, names, columns
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns
+
+
+def _changed(path: Path, line: int | None = None) -> ConfigError:
+    where = f" (line {line} differs)" if line is not None else ""
+    return ConfigError("dataset", f"{str(path)!r} changed while it was read{where}: the two passes over it must see the same rows.",
+                       "run again once the file is complete (write a new file and rename it into place, not in place).")
 
 
 @contextlib.contextmanager
@@ -198,6 +212,9 @@ def _second_pass(path: Path, layout: _Layout, task: str):
     label_codes, label_texts = (None, None) if regression else (np.empty(layout.rows, np.int64), {})
     chunk, start = [], 0
     for line, row in _rows(path):
+        position = start + len(chunk)
+        if position >= layout.rows or len(row) != layout.header_width:
+            raise _changed(path, line)
         values = []
         for j, i in enumerate(layout.feature_at):
             text = row[i].strip()
@@ -206,8 +223,10 @@ def _second_pass(path: Path, layout: _Layout, task: str):
             elif j in vocabularies:
                 values.append(vocabularies[j].setdefault(text, len(vocabularies[j])))
             else:
-                values.append(float(text))
-        position = start + len(chunk)
+                try:
+                    values.append(float(text))
+                except ValueError:
+                    raise _changed(path, line) from None  # the first pass found only numbers here
         if regression:
             targets[position] = _targets_of(path, line, [row[i].strip() for i in layout.label_at], layout.label_names)
         else:
@@ -219,6 +238,8 @@ def _second_pass(path: Path, layout: _Layout, task: str):
             start, chunk = start + len(chunk), []
     if chunk:
         x[start:start + len(chunk)] = chunk
+    if start + len(chunk) != layout.rows:
+        raise _changed(path)
     categories = {}
     for j, vocabulary in vocabularies.items():  # first-seen codes -> codes into the sorted values
         ordered = sorted(vocabulary)

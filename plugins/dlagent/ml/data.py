@@ -115,8 +115,8 @@ class DatasetSplits:
 
     def meaning_digests(self) -> dict:
         """Short digests of what the model's outputs and inputs mean: ``class_names`` (``None`` for
-        classes numbered ``0..K-1`` or regression) and ``encoding`` (a table's categorical
-        vocabularies; ``None`` without categories). Two data sets of the same shape feed one model
+        classes numbered ``0..K-1`` or regression) and ``encoding`` (a table's column names and
+        categorical vocabularies; ``None`` for data that is not a CSV table). Two data sets of the same shape feed one model
         consistently only when these agree (a federated site's file against the coordinator's)."""
         import hashlib
 
@@ -124,9 +124,8 @@ class DatasetSplits:
             return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
         numbered = self.is_regression or list(self.class_names) == [str(i) for i in range(len(self.class_names))]
-        vocabularies = getattr(self.encoding, "vocabularies", None)
         return {"class_names": None if numbered else digest(list(self.class_names)),
-                "encoding": digest([self.encoding.columns, vocabularies]) if vocabularies else None}
+                "encoding": digest([self.encoding.columns, self.encoding.vocabularies]) if self.encoding is not None else None}
 
 
 

@@ -10,6 +10,7 @@ bytes): a person who can only trigger a DAG must not read a file through its err
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,10 @@ def _mapped_member(path: Path, archive, name: str) -> np.ndarray:
     import struct
     import zipfile
 
-    info = archive.zip.getinfo(f"{name}.npy")
+    try:
+        info = archive.zip.getinfo(f"{name}.npy")
+    except KeyError:  # a member saved without the .npy suffix: np.load reads it whole
+        return archive[name]
     if info.compress_type != zipfile.ZIP_STORED:
         return archive[name]
     with open(path, "rb") as handle:
@@ -147,9 +151,29 @@ def _mapped_member(path: Path, archive, name: str) -> np.ndarray:
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(handle)
         offset = handle.tell()
-    if dtype.hasobject or not shape or 0 in shape:
-        return archive[name]
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    member_start = info.header_offset + 30 + name_length + extra_length
+    if dtype.hasobject or not shape or 0 in shape or offset - member_start + dtype.itemsize * math.prod(shape) != info.file_size:
+        return archive[name]  # objects (refused later), empty, or a member whose header and size disagree: np.load decides
+    mapped = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+    if _member_crc(path, member_start, info.file_size) != info.CRC:
+        raise ConfigError("dataset", f"{str(path)!r}: array {name!r} does not match its checksum (the file is damaged).", "re-copy the file.")
+    return mapped
+
+
+def _member_crc(path: Path, start: int, size: int, chunk: int = 16 * 2**20) -> int:
+    """The CRC-32 of ``size`` bytes of ``path`` from ``start``, read a chunk at a time (what
+    ``zipfile`` checks when it reads a member whole)."""
+    import zlib
+
+    crc = 0
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while size > 0:
+            block = handle.read(min(chunk, size))
+            if not block:
+                break
+            crc, size = zlib.crc32(block, crc), size - len(block)
+    return crc
 
 
 def targets_from_values(values, names: list[str] | None) -> tuple[np.ndarray, list[str]]:

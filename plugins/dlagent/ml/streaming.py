@@ -136,7 +136,7 @@ def parse_image_size(value) -> tuple[int, int] | None:
         return None
     if isinstance(value, str):
         parts = value.lower().replace(" ", "").split("x")
-        if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        if len(parts) > 2 or not all(p.isdecimal() and p.isascii() for p in parts):
             raise ConfigError("data_options.image_size", f"cannot read {value!r} as an image size.", fix)
         sides = [int(p) for p in parts]
     elif isinstance(value, (list, tuple)):
@@ -158,7 +158,11 @@ def sized(scanned: ScannedFolder, image_size, color_mode: str = "auto") -> Scann
 
     size = parse_image_size(image_size) or scanned.size
     channels = {"grayscale": 1, "rgb": 3}.get(color_mode, scanned.channels)
-    return dataclasses.replace(scanned, size=size, channels=channels)
+    if (size, channels) == (scanned.size, scanned.channels):
+        return scanned
+    # other pixels from the same files: another data set for lineage (MLflow keys a dataset by its digest)
+    digest = hashlib.sha256(f"{scanned.digest}:{size[0]}x{size[1]}x{channels}".encode()).hexdigest()[:20]
+    return dataclasses.replace(scanned, size=size, channels=channels, digest=digest)
 
 
 def use_memory(scanned: ScannedFolder, cache: str) -> bool:

@@ -125,7 +125,7 @@ class TableEncoding:
     def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]]) -> np.ndarray:
         """What :meth:`encode` gives for the rows the CSV loader read, computed on its array at
         once (no Python object per cell): ``x`` holds numbers, and for each categorical column
-        ``j`` codes into ``categories[j]`` (NaN: an empty cell). ``tests/ml/test_tabular.py``
+        ``j`` codes into ``categories[j]`` (NaN: an empty cell). ``tests/ml/test_csv_table.py``
         checks the two agree."""
         out = np.zeros((len(x), self.width), np.float32)
         rows = np.arange(len(x))

@@ -135,6 +135,7 @@ class CreateStudyOperator(_TuneBase):
     """
 
     template_fields: Sequence[str] = (*_TuneBase.template_fields, "n_workers", "seed_studies")
+    output_keys = ("study_name", "n_trials", "search_space")  # pushed even when no task of the DAG reads them
 
     def __init__(self, *, n_workers: int = 1, seed_studies: list | None = None, **kwargs):
         super().__init__(**kwargs)
