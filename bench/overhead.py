@@ -24,6 +24,11 @@ Tuning is off here (`n_trials` 0; bench/hpo_vs_grid.py covers it).
     python bench/overhead.py                                  # bundled digits
     python bench/overhead.py --data ../shared/data/mnist-t10k --services
 
+The direct run and `dags test` run ``--repeats`` times (default 3), interleaved, each pair in a
+fresh folder (new stores: every run registers and deploys version 1); the figures are their mean
+and a 95 % interval (one run's per-task figure moves by about 0.2 s on this 2-core machine). The
+services run once, after the last pair.
+
 Goals: at most 0.3 s per task inside `dags test` (Airflow's own floor, measured with empty
 tasks, is about 0.12 s) and a DAG-run ratio of at most 1.15 on the MNIST set; the per-task cost
 on the services is measured and explained. The last line is ``RESULT {json}``.
@@ -208,7 +213,11 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="an MNIST IDX folder (e.g. ../shared/data/mnist-t10k); default: bundled digits")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--services", action="store_true", help="also run the pipeline on the real services (LocalExecutor, PostgreSQL)")
+    parser.add_argument("--repeats", type=int, default=3, help="direct and `dags test` runs, interleaved, each in a fresh folder "
+                                                              "(at least 3: the figures get a 95 %% interval)")
     args = parser.parse_args()
+    if args.repeats < 3:
+        sys.exit("--repeats must be at least 3 (one run's per-task figure moves by +-0.2 s on this machine)")
     dataset = "digits"
     if args.data:
         if not Path(args.data).is_dir():
@@ -218,33 +227,46 @@ def main() -> None:
     # Tuning off (it has its own benchmark); one compression candidate, evaluated, gated, deployed.
     conf = {"dataset": dataset, "model": "cnn", "epochs": args.epochs, "seed": 42, "early_stopping_patience": 0,
             "n_trials": 0, "compression_candidates": [{"quantization": "dynamic"}]}
-    with tempfile.TemporaryDirectory(prefix="dlagent-overhead-") as tmp:
-        workdir = Path(tmp)
-        direct_s, direct = run_direct(conf, workdir)
-        airflow_s, tasks = run_airflow(conf, workdir)
-        services = run_services(conf, workdir) if args.services else None
-        floor = process_floor(workdir) if args.services else None
-    spans = {t: v["end"] - v["start"] for t, v in tasks.items() if {"start", "end"} <= set(v)}
-    first_start = min(v["start"] for v in tasks.values())
-    last_end = max(v["end"] for v in tasks.values())
-    in_dag_s = last_end - first_start
-    startup_s = airflow_s - in_dag_s
-    # Inside the DAG run the work is the direct run's work spread over tasks; what is left is
-    # Airflow's scheduling, state and XCom traffic plus each task re-loading what it needs.
-    overhead_per_task = (in_dag_s - direct_s) / len(spans)
-    ratio = airflow_s / direct_s
+    from dlagent_dev.stats import interval
+
+    repeats = []
+    services = floor = None
+    for repeat in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="dlagent-overhead-") as tmp:  # fresh stores: every run deploys version 1
+            workdir = Path(tmp)
+            direct_s, direct = run_direct(conf, workdir)
+            airflow_s, tasks = run_airflow(conf, workdir)
+            if args.services and repeat == args.repeats - 1:
+                services, floor = run_services(conf, workdir), process_floor(workdir)
+        spans = {t: v["end"] - v["start"] for t, v in tasks.items() if {"start", "end"} <= set(v)}
+        in_dag_s = max(v["end"] for v in tasks.values()) - min(v["start"] for v in tasks.values())
+        # Inside the DAG run the work is the direct run's work spread over tasks; what is left is
+        # Airflow's scheduling, state and XCom traffic plus each task re-loading what it needs.
+        repeats.append({"direct_s": direct_s, "airflow_s": airflow_s, "in_dag_s": in_dag_s, "startup_s": airflow_s - in_dag_s,
+                        "overhead_per_task_s": (in_dag_s - direct_s) / len(spans), "in_dag_ratio": in_dag_s / direct_s,
+                        "ratio": airflow_s / direct_s})
+        print(f"[bench] run {repeat + 1}/{args.repeats}: direct {direct_s:.2f} s, DAG run {in_dag_s:.2f} s, "
+              f"{repeats[-1]['overhead_per_task_s']:.3f} s per task", flush=True)
+    figures = {key: interval([r[key] for r in repeats]) for key in repeats[0]}
+    direct_s, airflow_s, in_dag_s, startup_s = (figures[k]["mean"] for k in ("direct_s", "airflow_s", "in_dag_s", "startup_s"))
+    overhead_per_task, ratio = figures["overhead_per_task_s"]["mean"], figures["ratio"]["mean"]
     print(f"data: {dataset}, cnn, {args.epochs} epochs, seed 42 (direct test_accuracy {direct['test_accuracy']:.4f})")
     print(f"direct dlagent.ml calls (one process):  {direct_s:7.2f} s")
     print(f"airflow dags test (whole command):       {airflow_s:7.2f} s   ratio {ratio:.2f}")
     print(f"  of which CLI + execution API start-up: {startup_s:7.2f} s")
-    print(f"  of which the DAG run's tasks:          {in_dag_s:7.2f} s   ratio {in_dag_s / direct_s:.2f}")
+    print(f"  of which the DAG run's tasks:          {in_dag_s:7.2f} s   ratio {figures['in_dag_ratio']['mean']:.2f} "
+          f"(95 % CI {figures['in_dag_ratio']['ci95'][0]:.2f}..{figures['in_dag_ratio']['ci95'][1]:.2f})")
+    print(f"    each task, in the last run ({len(spans)} tasks):")
     for task, seconds in spans.items():
         print(f"    {task:<18} {seconds:6.2f} s")
-    print(f"overhead per task (tasks {len(spans)}):          {overhead_per_task:7.2f} s   (goal <= 0.3)")
+    low, high = figures["overhead_per_task_s"]["ci95"]
+    print(f"overhead per task, mean of {args.repeats} runs:  {overhead_per_task:7.3f} s   (95 % CI {low:.3f}..{high:.3f}; goal <= 0.3)")
     result = {
         "airflow_s": round(airflow_s, 2), "direct_s": round(direct_s, 2), "ratio": round(ratio, 3),
-        "overhead_per_task_s": round(overhead_per_task, 3), "startup_s": round(startup_s, 2),
-        "in_dag_s": round(in_dag_s, 2), "in_dag_ratio": round(in_dag_s / direct_s, 3), "tasks": len(spans), "dataset": dataset,
+        "overhead_per_task_s": round(overhead_per_task, 3), "overhead_per_task_ci95": figures["overhead_per_task_s"]["ci95"],
+        "startup_s": round(startup_s, 2), "in_dag_s": round(in_dag_s, 2), "in_dag_ratio": figures["in_dag_ratio"]["mean"],
+        "in_dag_ratio_ci95": figures["in_dag_ratio"]["ci95"], "tasks": len(spans), "dataset": dataset, "repeats": args.repeats,
+        "per_run": [{k: round(v, 3) for k, v in r.items()} for r in repeats],
     }
     if services:
         per_task = (services["run_s"] - direct_s) / len(services["tasks"])
