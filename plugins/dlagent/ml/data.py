@@ -200,13 +200,14 @@ def load_dataset(
     check_choice("data_options.cache", cache, CACHE_MODES)
     check_choice("data_options.color_mode", color_mode, COLOR_MODES)
     resolve_metric(task, metric)
+    scheme = parse_dataset_uri(uri)[0]
     images = {"image_size": parse_image_size(image_size), "color_mode": color_mode}
-    if parse_dataset_uri(uri)[0] != "images" and (images["image_size"] or color_mode != "auto"):
+    if scheme != "images" and (images["image_size"] or color_mode != "auto"):
         option = "image_size" if images["image_size"] else "color_mode"
-        raise ConfigError(f"data_options.{option}", "resizes and converts the images of an 'images:' folder; this data set is "
-                          f"{parse_dataset_uri(uri)[0]!r}.", f"leave {option} empty ('auto' for color_mode), or resize the arrays yourself.")
+        raise ConfigError(f"data_options.{option}", f"resizes and converts the images of an 'images:' folder; this data set is {scheme!r}.",
+                          f"leave {option} empty ('auto' for color_mode), or resize the arrays yourself.")
     streamed = None
-    if parse_dataset_uri(uri)[0] == "images" and task != REGRESSION:
+    if scheme == "images" and task != REGRESSION:
         x, y, class_names, digest, streamed = _load_images(uri, allowed_roots, cache, **images)
         columns = None
         num_classes = validate_labels(y, class_names) if streamed else validate_arrays(x, y, class_names, missing=missing, task=task)
