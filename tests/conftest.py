@@ -58,15 +58,30 @@ def required_on_ci(message: str) -> None:
 SERVICE_FIXTURES = frozenset({"postgres_databases", "module_postgres_databases", "session_postgres_databases", "postgres_url",
                               "live_stack", "live_pipeline_run"})
 SERVICES_GROUP = "services"
+#: Expensive session-scoped fixtures (a whole pipeline of operator runs): the tests that use one run
+#: on one worker, so the fixture is built once, not once per worker.
+FIXTURE_GROUPS = {"pipeline": "plugin_pipeline", "pipeline_env": "plugin_pipeline"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    """The xdist groups: the services group (above), the FIXTURE_GROUPS, and a module's own
+    ``pytest.mark.xdist_group`` (a module whose module-scoped fixture trains a model keeps its tests
+    on one worker, so the fixture trains once)."""
     for item in items:
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("postgres"):
-            item.add_marker(pytest.mark.xdist_group(SERVICES_GROUP))
-            if getattr(config.option, "loadgroup", False):
-                _name_group_in_node_id(item, SERVICES_GROUP)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SERVICE_FIXTURES & fixtures or item.get_closest_marker("postgres"):
+            group = SERVICES_GROUP
+            item.add_marker(pytest.mark.xdist_group(group))
+        elif grouped := sorted(FIXTURE_GROUPS[name] for name in FIXTURE_GROUPS.keys() & fixtures):
+            group = grouped[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+        elif marker := item.get_closest_marker("xdist_group"):
+            group = marker.kwargs.get("name") or marker.args[0]
+        else:
+            continue
+        if getattr(config.option, "loadgroup", False):
+            _name_group_in_node_id(item, group)
 
 
 def _name_group_in_node_id(item, group: str) -> None:

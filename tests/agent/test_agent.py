@@ -18,6 +18,9 @@ from mlflow import MlflowClient
 
 from tests.agent.history import CHAMPION, build_history
 
+# Its module-scoped fixture writes an MLflow history of runs: all its tests on one pytest-xdist worker, so it is written once.
+pytestmark = pytest.mark.xdist_group("agent_history")
+
 RESOURCES = {"cpu_count": 4, "cpus_free": 2, "load_1m": 1.5, "memory_free_gb": 8.0}
 
 

@@ -5,7 +5,8 @@ after another, because the live pipeline run restarts PostgreSQL on purpose
 
 A small suite runs in a subprocess with the suite's grouping hook: in two files, service tests
 (through ``postgres_url``, through a fixture that uses it, by the ``postgres`` marker) take turns
-with plain tests; each test writes the worker it ran on.
+with plain tests; a third file marks its tests ``xdist_group`` (as a module whose module-scoped
+fixture trains a model does, so it trains once); each test writes the worker it ran on.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def test_every_service_test_runs_on_one_worker_and_the_rest_spread(tmp_path):
     (suite / "conftest.py").write_text(CONFTEST)
     (suite / "test_a.py").write_text(_module("a"))
     (suite / "test_b.py").write_text(_module("b"))
+    # a module that keeps its tests on one worker (its module-scoped fixture trains once)
+    grouped = "\n".join(f"def test_grouped_{i}():\n    time.sleep(0.2)\n    record('grouped_{i}')\n" for i in range(6))
+    (suite / "test_c.py").write_text(TESTS.format(tests='pytestmark = pytest.mark.xdist_group("c")\n\n' + grouped))
     ran_on = tmp_path / "ran_on"
     ran_on.mkdir()
     out = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "-q",
@@ -70,7 +74,8 @@ def test_every_service_test_runs_on_one_worker_and_the_rest_spread(tmp_path):
                          env={**os.environ, "RAN_ON_DIR": str(ran_on), "PYTHONPATH": str(PROJECT_DIR)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     workers = {path.name: path.read_text() for path in ran_on.iterdir()}
-    assert len(workers) == 24
+    assert len(workers) == 30
     services = {worker for name, worker in workers.items() if "_service_" in name}
     assert len(services) == 1 and services != {"none"}, workers
+    assert len({worker for name, worker in workers.items() if name.startswith("grouped_")}) == 1, workers
     assert set(workers.values()) == {"gw0", "gw1"}  # the plain tests used both workers

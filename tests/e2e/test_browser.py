@@ -3,21 +3,22 @@
 Headless Chromium (Debian's ``chromium`` package, never a downloaded browser) driven by Playwright,
 against the live stack (the real api-server, scheduler, dag-processor, triggerer and MLflow server
 on PostgreSQL): log in, open ``dl_agent_pipeline``, fill the trigger form (the DAG's Params) for a
-small run, trigger it, open the run, open the ``train`` task instance once it has finished, click its
-**MLflow run** extra link and check that the MLflow UI shows that run. Screenshots of every step go
+small run, trigger it and check the run's conf; then open the session's finished pipeline run (the
+``live_pipeline_run`` fixture, triggered through the same REST API the form posts to), open its
+``train`` task instance, click its **MLflow run** extra link and check that the MLflow UI shows that
+run. Screenshots of every step go
 to ``$DLAGENT_SCREENSHOT_DIR`` (default: a pytest tmp dir); ``docs/screenshots/`` holds a committed
 set, made with ``DLAGENT_SCREENSHOT_DIR=docs/screenshots``.
 
-Waiting for the pipeline is done through the REST API, not the page. The run is then marked failed
-through the REST API (its remaining tasks are skipped or stopped): the full pipeline is
-test_live_stack's subject, and the rest of this run would only hold the CPUs the next tests need.
+The form's run is marked failed through the REST API as soon as its conf is checked (its tasks are
+skipped or stopped): the full pipeline is test_live_stack's subject, and running a second one to its
+``train`` task only held the CPUs (about a minute of the suite) to show a link the finished run shows too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -37,8 +38,8 @@ INSTALL_HINT = "install Debian's browser: sudo apt-get install -y chromium (or p
 VIEWPORT = {"width": 1280, "height": 800}
 TIMEOUT_MS = 60_000  # generous: the machine has 2 cores and may be busy with the pipeline
 # The run the browser triggers: LIVE_CONF's fields (the JSON search space and candidate list exercise the
-# form's JSON editors) with tuning off (n_trials 0), so the followed task comes a minute sooner; in its own
-# MLflow experiment and registering under its own model name, so it can never move test_live_stack's champion.
+# form's JSON editors) with tuning off (n_trials 0); in its own MLflow experiment and registering under its own
+# model name, so it can never move test_live_stack's champion (it is stopped at once anyway).
 BROWSER_CONF = {**LIVE_CONF, "n_trials": 0, "experiment_name": "browser", "model_name": "browser-classifier"}
 TASK = "train"  # a task with its own MLflow child run, named after the task
 
@@ -110,23 +111,6 @@ def _run_path(run_id: str) -> str:
     return f"/api/v2/dags/{PIPELINE}/dagRuns/{quote(run_id, safe='')}"
 
 
-def _wait_for_task(stack, run_id: str, task_id: str, *, timeout: float = 900.0) -> None:
-    """Poll the REST API until ``task_id`` succeeded; fail at once if it or the run cannot any more."""
-    deadline = time.monotonic() + timeout
-    while True:
-        tasks = stack.api.get(f"{_run_path(run_id)}/taskInstances?limit=1000")["task_instances"]
-        state = next((t["state"] for t in tasks if t["task_id"] == task_id and t["map_index"] == -1), None)
-        if state == "success":
-            return
-        run_state = stack.api.get(_run_path(run_id))["state"]
-        summary = {(t["task_id"], t["map_index"]): t["state"] for t in tasks}
-        if state in ("failed", "upstream_failed", "skipped", "removed") or run_state in ("failed", "success"):
-            pytest.fail(f"{task_id} is {state}, run {run_id} {run_state}: {summary}\n{stack.tail_logs(40)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{task_id} still {state} after {timeout:.0f} s: {summary}\n{stack.tail_logs(40)}")
-        time.sleep(3.0)
-
-
 def _stop_browser_runs(stack) -> list[str]:
     """Mark every unfinished run this test triggered failed (running tasks are stopped, the rest skipped)."""
     stopped = []
@@ -145,15 +129,16 @@ def stop_browser_runs(live_stack):
         assert live_stack.api.get(_run_path(run_id))["state"] == "failed"
 
 
-def _mlflow_run_id(stack, run_id: str, task_id: str) -> tuple[str, str]:
+def _mlflow_run_id(stack, experiment_name: str, run_id: str, task_id: str) -> tuple[str, str]:
     """(experiment id, MLflow run id) of the task's child run, through the MLflow server's REST API."""
-    experiment = mlflow_api(stack, "experiments/get-by-name", experiment_name=BROWSER_CONF["experiment_name"])["experiment"]
+    experiment = mlflow_api(stack, "experiments/get-by-name", experiment_name=experiment_name)["experiment"]
     query = f"tags.`airflow.run_id` = '{run_id}' and tags.`airflow.task_id` = '{task_id}'"
     (run,) = mlflow_api(stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "filter": query})["runs"]
     return experiment["experiment_id"], run["info"]["run_id"]
 
 
-def test_trigger_in_the_ui_and_follow_the_mlflow_run_link(chromium_executable, live_stack, stop_browser_runs, browser_context, screenshots):
+def test_trigger_in_the_ui_and_follow_the_mlflow_run_link(chromium_executable, live_stack, live_pipeline_run, stop_browser_runs,
+                                                          browser_context, screenshots):
     airflow, api = live_stack.airflow_url, live_stack.api
     page = browser_context.new_page()
     try:
@@ -194,25 +179,29 @@ def test_trigger_in_the_ui_and_follow_the_mlflow_run_link(chromium_executable, l
         run = api.get(_run_path(run_id))
         assert run["run_type"] == "manual"
         assert {key: run["conf"].get(key) for key in BROWSER_CONF} == BROWSER_CONF, run["conf"]
-        _wait_for_task(live_stack, run_id, TASK)
-        page.reload()
-        task_cell = page.locator(f'a[href*="/runs/"][href$="/tasks/{TASK}"]').first
+        assert run_id in _stop_browser_runs(live_stack)
+
+        # 5. A finished run of the pipeline (the session's; its train task has its MLflow child run).
+        run_id = live_pipeline_run["run_id"]
+        assert live_pipeline_run["state"] == "success", live_pipeline_run["detail"]
+        page.goto(f"{airflow}/dags/{PIPELINE}/runs/{quote(run_id, safe='')}")
+        task_cell = page.locator(f'a[href$="/runs/{run_id}/tasks/{TASK}"]').first  # this run's cell, not the stopped one's
         expect(task_cell).to_be_visible()
         page.wait_for_timeout(2000)  # let the grid draw the states it polled
         _shot(page, screenshots, "04-run.png")
 
-        # 5. The task instance, its Details tab: the operator's extra links.
+        # 6. The task instance, its Details tab: the operator's extra links.
         task_cell.click()
         page.wait_for_url(f"**/runs/**/tasks/{TASK}")
         page.locator(f'a[href$="/tasks/{TASK}/details"]').click()
         link = page.get_by_role("link", name="MLflow run", exact=True)
         expect(link).to_be_visible()
-        experiment_id, mlflow_run = _mlflow_run_id(live_stack, run_id, TASK)
+        experiment_id, mlflow_run = _mlflow_run_id(live_stack, live_pipeline_run["conf"]["experiment_name"], run_id, TASK)
         expected = f"{live_stack.mlflow_url}/#/experiments/{experiment_id}/runs/{mlflow_run}"
         expect(link).to_have_attribute("href", expected)
         _shot(page, screenshots, "05-task-links.png")
 
-        # 6. The link opens the task's run in the MLflow UI, in a new tab.
+        # 7. The link opens the task's run in the MLflow UI, in a new tab.
         with browser_context.expect_page() as popup:
             link.click()
         mlflow_page = popup.value

@@ -23,6 +23,9 @@ from dlagent.ml.compression import (
 )
 from dlagent.ml.config import TrainConfig
 
+# Its module-scoped fixtures train models: all its tests on one pytest-xdist worker, so they train once.
+pytestmark = pytest.mark.xdist_group("ml_compression")
+
 
 @pytest.fixture(scope="module")
 def teacher(digits_small):

@@ -14,6 +14,9 @@ from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, log_evaluatio
 from dlagent.ml.explain import integrated_gradients, permutation_importance
 from dlagent.ml.tflite import TFLiteModel
 
+# Its module-scoped fixtures train models: all its tests on one pytest-xdist worker, so they train once.
+pytestmark = pytest.mark.xdist_group("ml_evaluation")
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,6 +10,9 @@ from dlagent.ml.federated.aggregate import load_weights, save_weights, select_si
 from dlagent.ml.federated.settings import FederatedConfig
 from dlagent.ml.federated.shards import MIN_SHARD_SAMPLES, label_counts, partition
 
+# Its module-scoped fixture builds a Keras model: all its tests on one pytest-xdist worker, so it is built once.
+pytestmark = pytest.mark.xdist_group("ml_federated")
+
 # ----------------------------------------------------------------------------- the average
 
 

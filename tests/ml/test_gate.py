@@ -11,6 +11,9 @@ from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.gate import MAX_REGRESSION_POINTS, GateThresholds, decide
 
+# Its module-scoped fixtures train models: all its tests on one pytest-xdist worker, so they train once.
+pytestmark = pytest.mark.xdist_group("ml_gate")
+
 CHAMPION = {"test_accuracy": 0.950, "size_bytes": 100_000, "latency_ms_p95": 1.0}
 REFERENCE = {"test_accuracy": 0.955}
 OPEN = GateThresholds(max_metric_drop_points=None)

@@ -8,6 +8,9 @@ import pytest
 from dlagent.errors import ConfigError
 from dlagent.ml.metrics import METRICS, get_metric, resolve_metric
 
+# Its module-scoped fixtures train models: all its tests on one pytest-xdist worker, so they train once.
+pytestmark = pytest.mark.xdist_group("ml_metrics")
+
 # --------------------------------------------------------------------------- the metrics
 
 

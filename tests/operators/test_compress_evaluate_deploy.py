@@ -19,6 +19,9 @@ from mlflow import MlflowClient
 from tests.conftest import PROJECT_DIR
 from tests.operators.context import make_context
 
+# Its module-scoped fixtures train models: all its tests on one pytest-xdist worker, so they train once.
+pytestmark = pytest.mark.xdist_group("operators_compress_evaluate_deploy")
+
 DATA = {"dataset": "digits", "data_options": {"max_samples": 400}, "seed": 0}
 NAME = "test-classifier"
 CANDIDATES = [{"quantization": "dynamic"}, {"quantization": "int8"}, {"sparsity": 0.8, "quantization": "int8", "fine_tune_epochs": 2}]
