@@ -73,8 +73,8 @@ def pytest_collection_modifyitems(config, items):
         if SERVICE_FIXTURES & fixtures or item.get_closest_marker("postgres"):
             group = SERVICES_GROUP
             item.add_marker(pytest.mark.xdist_group(group))
-        elif grouped := sorted(FIXTURE_GROUPS[name] for name in FIXTURE_GROUPS.keys() & fixtures):
-            group = grouped[0]
+        elif shared := FIXTURE_GROUPS.keys() & fixtures:
+            group = FIXTURE_GROUPS[min(shared)]
             item.add_marker(pytest.mark.xdist_group(group))
         elif marker := item.get_closest_marker("xdist_group"):
             group = marker.kwargs.get("name") or marker.args[0]
