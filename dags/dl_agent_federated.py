@@ -10,10 +10,10 @@ from dlagent.operators.compress import CompressionCandidatesOperator, CompressOp
 from dlagent.operators.deploy import DeployOperator
 from dlagent.operators.evaluate import EvaluateOperator
 from dlagent.operators.federated import (
+    ROUND_RESULT_KEY,
     FederatedAggregateOperator,
     FederatedFinalizeOperator,
     FederatedLocalOperator,
-    FederatedRoundPlanOperator,
     FederatedSetupOperator,
     FederatedSiteCheckOperator,
     FederatedValidateOperator,
@@ -36,15 +36,17 @@ weighted by each site's sample count (FedAvg), into the next global model.
 
 * **validate** checks every setting and the held-out `dataset` before any compute; **check_site**
   (one per site) reads only that site's data and checks it fits (shape, task, classes), returning
-  counts; **setup** logs the round-0 model.
+  counts; **setup** logs the round-0 model and plans round 1.
 * `site_queues` (one Celery queue per site): each site's `check_site` and `local` tasks run only
   on the workers listening to its queue (`dlagent.policy`, a cluster policy).
-* **round_NN** (up to {MAX_ROUNDS}; `rounds` of them run): **plan** (the agent: which sites,
-  local epochs, learning rate, or stop early when the global score has converged; its reasons
-  are in the log and the parent run's `federated/round-NNN/round_plan.json`), **local** (one
-  mapped task per site: trains from the global weights on the site's rows, returns only a
-  weights URI, its sample count and its loss) and **aggregate** (the weighted average, scored on
-  the held-out validation split of `dataset`; metric `federated_val_<metric>` per round).
+* **round_NN** (up to {MAX_ROUNDS}; `rounds` of them run): **local** (one mapped task per site:
+  trains from the global weights on the site's rows, returns only a weights URI, its sample
+  count and its loss) and **aggregate** (the weighted average, scored on the held-out validation
+  split of `dataset`; metric `federated_val_<metric>` per round).
+* The agent plans each round at the end of the task before it (setup for round 1, else the
+  previous round's aggregate): which sites, local epochs, learning rate, or stop early when the
+  global score has converged (the later rounds are then skipped). Its reasons are in that
+  task's log and the parent run's `federated/round-NNN/round_plan.json`.
 * **finalize** logs the last global model as the trained model; **compress**, **evaluate**,
   **deploy** and **finish** are the pipeline's own tasks.
 
@@ -72,23 +74,25 @@ with DAG(
     validate = FederatedValidateOperator(task_id="validate", site_queues="{{ params.site_queues }}", **federated)
     check_site = FederatedSiteCheckOperator.partial(task_id="check_site", data=validate.output["data"], **federated).expand(
         site=validate.output)
-    setup = FederatedSetupOperator(task_id="setup", site_checks=check_site.output, **federated)
+    planning = {"policy": "{{ params.agent_policy }}", **federated}
+    setup = FederatedSetupOperator(task_id="setup", site_checks=check_site.output, **planning)
     validate >> check_site >> setup
+    model_uri = setup.output["model_uri"]
     previous, aggregates = setup, []
     for round_number in range(1, MAX_ROUNDS + 1):
-        with TaskGroup(group_id=f"round_{round_number:02d}") as group:
-            plan = FederatedRoundPlanOperator(task_id="plan", round_number=round_number, previous=previous.output,
-                                              policy="{{ params.agent_policy }}", **federated)
-            local = FederatedLocalOperator.partial(task_id="local", model_uri=setup.output["model_uri"], **federated).expand(
-                assignment=plan.output)
-            aggregate = FederatedAggregateOperator(task_id="aggregate", updates=local.output, round_plan=plan.output,
-                                                   previous=previous.output, model_uri=setup.output["model_uri"], **federated)
-            plan >> local >> aggregate
-        previous >> group
+        with TaskGroup(group_id=f"round_{round_number:02d}"):
+            # the round's assignments are the return value of the task before it (the setup, or the
+            # previous round's aggregation, which plans this round): empty, this round is skipped
+            local = FederatedLocalOperator.partial(task_id="local", model_uri=model_uri, **federated).expand(assignment=previous.output)
+            aggregate = FederatedAggregateOperator(task_id="aggregate", updates=local.output, round_plan=previous.output,
+                                                   previous=previous.output[ROUND_RESULT_KEY], model_uri=model_uri, **planning)
         previous = aggregate
         aggregates.append(aggregate)
-    finalize = FederatedFinalizeOperator(task_id="finalize", round_results=[a.output for a in aggregates],
-                                         model_uri=setup.output["model_uri"], trigger_rule="none_failed_min_one_success", **federated)
+    # a skipped round pushed no record: pulled by task ids (None for those), not as XComArgs, which would fail on them
+    pulled = f"ti.xcom_pull(task_ids={[a.task_id for a in aggregates]!r}, key={ROUND_RESULT_KEY!r})"
+    round_results = "{{ " + pulled + " }}"
+    finalize = FederatedFinalizeOperator(task_id="finalize", round_results=round_results, model_uri=model_uri,
+                                         trigger_rule="none_failed_min_one_success", **federated)
     data = {"dataset": "{{ params.dataset }}", "data_options": data_options, "seed": "{{ params.seed }}"}
     gate_thresholds = templated(GATE_PARAM_NAMES)
     candidates = CompressionCandidatesOperator(task_id="compression_candidates", candidates="{{ params.compression_candidates }}",

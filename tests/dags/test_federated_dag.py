@@ -28,9 +28,12 @@ def test_rounds_chain_and_the_global_model_goes_through_the_pipeline_tail(dag):
     task = dag.get_task
     assert task("check_site").upstream_task_ids == {"validate"}
     assert task("setup").upstream_task_ids == {"check_site"}
-    assert {"setup"} <= task("round_01.plan").upstream_task_ids
-    assert "round_01.aggregate" in task("round_02.plan").upstream_task_ids  # round 2 starts from round 1's global model
-    assert task("round_01.local").upstream_task_ids >= {"round_01.plan", "setup"}
+    # each round expands over the assignments its previous task planned: round 1 the setup's,
+    # round 2 round 1's aggregation (so it starts from round 1's global model)
+    assert task("round_01.local").upstream_task_ids == {"setup"}
+    assert task("round_02.local").upstream_task_ids == {"round_01.aggregate", "setup"}
+    assert task("round_02.aggregate").upstream_task_ids == {"round_02.local", "round_01.aggregate", "setup"}
+    assert not any(t.task_id.endswith(".plan") for t in dag.tasks)  # planning is no task of its own (one process less a round)
     assert task("round_01.aggregate").trigger_rule == "all_success"  # a stopped round skips it without running it
     aggregates = {t.task_id for t in dag.tasks if t.task_id.endswith(".aggregate")}
     assert aggregates <= task("finalize").upstream_task_ids and task("finalize").trigger_rule == "none_failed_min_one_success"

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
-from dlagent.operators.federated import FederatedAggregateOperator, FederatedLocalOperator, FederatedValidateOperator
+from dlagent.operators.federated import (
+    ROUND_RESULT_KEY,
+    FederatedAggregateOperator,
+    FederatedLocalOperator,
+    FederatedValidateOperator,
+)
 
 from tests.operators.context import make_context
 
@@ -69,23 +74,28 @@ def _context(task_id: str, map_index: int = -1) -> dict:
     return make_context(task_id, dag_id=DAG, run_id=RUN, map_index=map_index)
 
 
-def _round(number: int, previous: dict, setup: dict) -> dict:
-    """One round as the DAG wires it: the plan, one local task per site, the aggregation."""
-    from dlagent.operators.federated import FederatedRoundPlanOperator
+def _execute(operator, map_index: int = -1):
+    """``operator.execute`` as its task instance runs it: its return value and the XComs it pushed."""
+    context = _context(operator.task_id, map_index)
+    return operator.execute(context), context["ti"].xcoms
 
+
+def _round(number: int, assignments: list, previous: dict, model_uri: str) -> dict:
+    """One round as the DAG wires it: one local task per site over the assignments the task
+    before planned, then the aggregation, which plans the next round."""
     task = f"round_{number:02d}"
-    plan = FederatedRoundPlanOperator(task_id=f"{task}.plan", round_number=number, previous=previous, **KW).execute(_context(f"{task}.plan"))
-    updates = [FederatedLocalOperator(task_id=f"{task}.local", assignment=a, model_uri=setup["model_uri"], **KW).execute(
-        _context(f"{task}.local", map_index=a["site"])) for a in plan]
-    aggregate = FederatedAggregateOperator(task_id=f"{task}.aggregate", updates=updates, round_plan=plan, previous=previous,
-                                           model_uri=setup["model_uri"], **KW)
-    return {"plan": plan, "updates": updates, "aggregate": aggregate.execute(_context(f"{task}.aggregate"))}
+    updates = [_execute(FederatedLocalOperator(task_id=f"{task}.local", assignment=a, model_uri=model_uri, **KW), a["site"])[0]
+               for a in assignments]
+    aggregate = FederatedAggregateOperator(task_id=f"{task}.aggregate", updates=updates, round_plan=assignments, previous=previous,
+                                           model_uri=model_uri, **KW)
+    planned, pushed = _execute(aggregate)
+    return {"updates": updates, "record": pushed[ROUND_RESULT_KEY], "next": planned}
 
 
 def test_a_run_restarted_after_a_crash_between_rounds_resumes_from_the_last_global_model(mlflow_uri):
     """The same DAG run started again after its process died between rounds (every task cleared,
-    as Airflow re-runs them): setup and round 1 return their recorded results (nothing trained
-    or averaged again), and round 2 starts from round 1's global weights."""
+    as Airflow re-runs them): setup and round 1 return their recorded results and XComs (nothing
+    trained, averaged or planned again), and round 2 starts from round 1's global weights."""
     from dlagent.operators.federated import FederatedSetupOperator
     from mlflow import MlflowClient
 
@@ -95,19 +105,22 @@ def test_a_run_restarted_after_a_crash_between_rounds_resumes_from_the_last_glob
         runs = client.search_runs([client.get_experiment_by_name("fed").experiment_id], max_results=100)
         return {r.info.run_id: r.info.end_time for r in runs if r.data.tags.get("dlagent.step", "").startswith("federated")}
 
-    setup = FederatedSetupOperator(task_id="setup", **KW).execute(_context("setup"))
-    before_crash = _round(1, setup, setup)
+    setup = _execute(FederatedSetupOperator(task_id="setup", **KW))
+    first_plan, setup_xcoms = setup
+    assert [a["site"] for a in first_plan] == [0, 1, 2] and {a["round"] for a in first_plan} == {1}
+    model_uri = setup_xcoms["model_uri"]
+    before_crash = _round(1, first_plan, setup_xcoms[ROUND_RESULT_KEY], model_uri)
     ended = finished_at()
     assert len(ended) == 5  # setup, 3 sites, the aggregation
     # -- the crash: the process is gone; a restarted run re-runs every task of the same DAG run
-    setup_again = FederatedSetupOperator(task_id="setup", **KW).execute(_context("setup"))
-    assert setup_again == setup
-    round_one = _round(1, setup_again, setup_again)
-    assert round_one["updates"] == before_crash["updates"] and round_one["aggregate"] == before_crash["aggregate"]
+    assert _execute(FederatedSetupOperator(task_id="setup", **KW)) == setup  # the plan and both XComs, recorded
+    round_one = _round(1, first_plan, setup_xcoms[ROUND_RESULT_KEY], model_uri)
+    assert round_one == before_crash
     assert finished_at() == ended  # recorded results returned: nothing of round 1 trained or averaged again
-    round_two = _round(2, round_one["aggregate"], setup_again)
-    assert {a["global_uri"] for a in round_two["plan"]} == {before_crash["aggregate"]["global_uri"]}
-    assert [r["round"] for r in round_two["aggregate"]["history"]] == [1, 2]
+    assert {a["global_uri"] for a in round_one["next"]} == {before_crash["record"]["global_uri"]}
+    round_two = _round(2, round_one["next"], round_one["record"], model_uri)
+    assert [r["round"] for r in round_two["record"]["history"]] == [1, 2]
+    assert round_two["next"] == []  # rounds: 2, so round 3 (and every later one) is skipped
 
     runs = client.search_runs([client.get_experiment_by_name("fed").experiment_id], max_results=100)
     steps = sorted(r.data.tags.get("dlagent.step", "") for r in runs)

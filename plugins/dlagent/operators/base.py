@@ -169,7 +169,7 @@ class DlagentOperator(BaseOperator):
         """Whether this task runs its step in a child run (an operator may say no for some settings)."""
         return self.step is not None
 
-    def _recorded_result(self, context) -> dict | None:
+    def _recorded_result(self, context) -> dict | list | None:
         """The result this step recorded when it last finished with the same inputs, else ``None``.
 
         A look-up that fails (MLflow unreachable) computes the step: its own error handling then
@@ -183,7 +183,7 @@ class DlagentOperator(BaseOperator):
                              self.step, type(exc).__name__, redact_text(str(exc).splitlines()[0] if str(exc) else ""))
             return None
 
-    def _read_recorded_result(self, context) -> dict | None:
+    def _read_recorded_result(self, context) -> dict | list | None:
         client = self.hook.client
         experiment = client.get_experiment_by_name(self.experiment_name)  # never created by a look-up
         if experiment is None:
@@ -208,7 +208,7 @@ class DlagentOperator(BaseOperator):
 
     def _record_result(self, context, result) -> None:
         run_id = self._finished_step_run
-        if not self.uses_step_run() or run_id is None or not isinstance(result, dict):
+        if not self.uses_step_run() or run_id is None or not isinstance(result, (dict, list)):
             return
         self.hook.client.log_dict(run_id, {"result": result, "xcoms": self._pushed}, names.RESULT_FILE)
         self.hook.client.set_tag(run_id, names.RESULT_INPUTS_TAG, self._inputs_digest(context))

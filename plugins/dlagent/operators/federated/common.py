@@ -64,3 +64,55 @@ class FederatedOperator(DlagentOperator):
         from dlagent.ml.data import load_dataset_with_options
 
         return load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+
+
+ROUND_RESULT_KEY = "round_result"  # the XCom of a round's record (the setup's: round 0), beside the next round's assignments
+
+
+class RoundPlanningOperator(FederatedOperator):
+    """A task whose return value is the next round's plan: the setup (round 1) and each round's
+    aggregation (the round after it). Planning inside them, not in a task of its own, saves each
+    round a task process and a scheduling gap, which run alone between the sites' tasks and so
+    bound what more workers can gain (``bench/federated.py --parts workers``).
+
+    The return value is one assignment per site (the round plan, ``site`` and the global weights'
+    URI): the next round's ``local`` task expands over it, and a site not drawn returns nothing.
+    When the agent stops (or the Params' rounds have run) it is empty, so Airflow skips the next
+    round's tasks and every later round's. The round's own record goes to the XCom
+    :data:`ROUND_RESULT_KEY`.
+
+    :param policy: ``rules`` (:mod:`dlagent.agent.federated`) or ``off`` (the Params as given).
+    """
+
+    template_fields: Sequence[str] = (*FederatedOperator.template_fields, "policy")
+
+    def __init__(self, *, policy: str = "rules", **kwargs):
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    def plan_next_round(self, context, config, federated, record: dict) -> list[dict]:
+        """Plan the round after ``record`` (``{"round", "global_uri", "history", "metric"}``), log
+        the plan with its reasons (task log and the parent run's ``round_plan.json``), push
+        ``record`` as :data:`ROUND_RESULT_KEY` and return the assignments (empty: stop)."""
+        from dlagent.agent.federated import plan_round
+        from dlagent.ml import mlflow_names as names
+        from dlagent.ml.federated.aggregate import select_sites
+        from dlagent.ml.metrics import get_metric
+
+        round_number = int(record["round"]) + 1
+        metric = get_metric(record["metric"])
+        plan = plan_round(list(record["history"]), round_number=round_number, rounds=federated.rounds,
+                          local_epochs=federated.local_epochs, learning_rate=config.learning_rate,
+                          sites_per_round=federated.sites_per_round, n_sites=federated.n_shards, metric=metric.name,
+                          higher_is_better=metric.higher_is_better, relative=metric.relative_points, policy=self.policy)
+        for reason in plan.reasons:
+            self.log.info("round %d, agent (%s): %s", round_number, self.policy, reason)
+        self.hook.client.log_dict(self.parent_run_id(context), plan.to_dict(), names.federated_plan_file(round_number))
+        self.push_xcom(context, ROUND_RESULT_KEY, record)
+        if plan.action == "stop":
+            self.log.info("round %d and every later round are not run: their tasks are skipped", round_number)
+            return []
+        sites = select_sites(federated.n_shards, plan.sites_per_round, round_number, federated.seed)
+        shared = {**plan.to_dict(), "sites": sites, "global_uri": record["global_uri"], "metric": metric.name}
+        # one assignment per site, drawn or not: map index i is site i in every round (dlagent.policy routes it to its queue)
+        return [{**shared, "site": site} for site in range(federated.n_shards)]

@@ -1,5 +1,5 @@
-"""A round as tasks (the agent's plan, each site's local update, the sample-weighted average) and
-the finalized global model the pipeline's compress, evaluate and deploy tasks take."""
+"""A round as tasks (each site's local update, then the sample-weighted average, which also plans
+the next round) and the finalized global model the pipeline's compress, evaluate and deploy tasks take."""
 
 from __future__ import annotations
 
@@ -7,59 +7,12 @@ from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
 from dlagent.ml import mlflow_names as names
-from dlagent.operators.federated.common import FederatedOperator, site_rows
-
-
-class FederatedRoundPlanOperator(FederatedOperator):
-    """The agent before round ``round_number``: which sites train, how many local epochs, at what
-    learning rate, or stop (the round's tasks and all later rounds are then skipped).
-
-    Returns one assignment per site (the round plan plus ``site``): the local task expands over
-    them, and a site not drawn this round returns nothing.
-
-    :param previous: the previous round's aggregation result (the setup's for round 1).
-    :param policy: ``rules`` (:mod:`dlagent.agent.federated`) or ``off`` (the Params as given).
-    """
-
-    template_fields: Sequence[str] = (*FederatedOperator.template_fields, "previous", "policy")
-
-    def __init__(self, *, round_number: int, previous=None, policy: str = "rules", **kwargs):
-        super().__init__(**kwargs)
-        self.round_number = round_number
-        self.previous = previous
-        self.policy = policy
-
-    def run(self, context):
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from dlagent.agent.federated import plan_round
-        from dlagent.ml.federated.aggregate import select_sites
-        from dlagent.ml.metrics import get_metric
-
-        config, federated, _ = self.settings()
-        previous = self.previous if isinstance(self.previous, dict) else {}
-        if "global_uri" not in previous:
-            raise ConfigError("previous", "must be the previous round's (or the setup's) result with its global_uri.",
-                              "wire the round to the task before it.")
-        metric = get_metric(previous.get("metric") or "accuracy")
-        plan = plan_round(list(previous.get("history") or []), round_number=self.round_number, rounds=federated.rounds,
-                          local_epochs=federated.local_epochs, learning_rate=config.learning_rate,
-                          sites_per_round=federated.sites_per_round, n_sites=federated.n_shards, metric=metric.name,
-                          higher_is_better=metric.higher_is_better, relative=metric.relative_points, policy=self.policy)
-        for reason in plan.reasons:
-            self.log.info("round %d, agent (%s): %s", self.round_number, self.policy, reason)
-        parent = self.parent_run_id(context)
-        self.hook.client.log_dict(parent, plan.to_dict(), names.federated_plan_file(self.round_number))
-        if plan.action == "stop":
-            raise AirflowSkipException(f"round {self.round_number} not run: {'; '.join(plan.reasons)}")
-        sites = select_sites(federated.n_shards, plan.sites_per_round, self.round_number, federated.seed)
-        shared = {**plan.to_dict(), "sites": sites, "global_uri": previous["global_uri"], "metric": metric.name}
-        # one assignment per site, drawn or not: map index i is site i in every round (dlagent.policy routes it to its queue)
-        return [{**shared, "site": site} for site in range(federated.n_shards)]
+from dlagent.operators.federated.common import FederatedOperator, RoundPlanningOperator, site_rows
 
 
 class FederatedLocalOperator(FederatedOperator):
-    """One site's update in one round (expand it over the round plan's assignments): train from
+    """One site's update in one round (expand it over the round's assignments, the return value of
+    the setup or of the previous round's aggregation): train from
     the round's global weights on the site's own rows; return ``{"round", "site", "weights_uri",
     "samples", "metrics"}``.
 
@@ -108,16 +61,22 @@ class FederatedLocalOperator(FederatedOperator):
         return {"round": round_number, "site": site, "weights_uri": weights_uri, "samples": update.samples, "metrics": update.metrics}
 
 
-class FederatedAggregateOperator(FederatedOperator):
+class FederatedAggregateOperator(RoundPlanningOperator):
     """Average the round's updates by sample count into the next global model, score it on the
-    held-out validation split, log it with the round's metrics; return ``{"round", "global_uri",
-    "val", "history", "metric"}``.
+    held-out validation split, log it with the round's metrics, and plan the next round.
+
+    Returns the next round's assignments (empty when the agent stops or the Params' rounds have
+    run: the later rounds are then skipped); pushes the round's record ``round_result``
+    (``{"round", "global_uri", "val", "history", "metric"}``).
 
     Exactly the updates of this round's drawn sites are averaged, each once: an update of another
     round, a repeated or missing site is refused rather than averaged.
+
+    :param round_plan: this round's assignments (the setup's or the previous aggregation's return value).
+    :param previous: the previous round's record (the setup's ``round_result`` for round 1).
     """
 
-    template_fields: Sequence[str] = (*FederatedOperator.template_fields, "updates", "round_plan", "previous", "model_uri")
+    template_fields: Sequence[str] = (*RoundPlanningOperator.template_fields, "updates", "round_plan", "previous", "model_uri")
     step = names.STEP_FEDERATED_AGGREGATE
 
     def __init__(self, *, updates=None, round_plan: list | None = None, previous: dict | None = None, model_uri: str = "", **kwargs):
@@ -135,11 +94,11 @@ class FederatedAggregateOperator(FederatedOperator):
         from dlagent.ml.metrics import get_metric
         from dlagent.ml.model_store import load_keras_model
 
-        config, _, _ = self.settings()
+        config, federated, _ = self.settings()
         from airflow.sdk.exceptions import AirflowSkipException
 
         assignments = list(self.round_plan or [])
-        if not assignments:  # the round's plan was skipped (the agent stopped): its trigger rule still ran this task
+        if not assignments:  # the round was not planned (the agent stopped): Airflow skips this task; a direct call says so
             raise AirflowSkipException("this round was not planned: the agent stopped before it")
         plan = assignments[0] if isinstance(assignments[0], dict) else {}
         round_number = int(plan.get("round", 0))
@@ -173,15 +132,16 @@ class FederatedAggregateOperator(FederatedOperator):
             client.log_dict(run_id, history, names.FEDERATED_HISTORY_FILE)
         tracking.log_metrics(client, parent, {f"federated_{key}": value for key, value in val.items()}, step=round_number)
         self.log.info("round %d: averaged %d sites (%d rows), global %s", round_number, len(got), sum(record["samples"]), val)
-        return {"round": round_number, "global_uri": global_uri, "val": val, "history": history, "metric": splits.metric}
+        result = {"round": round_number, "global_uri": global_uri, "val": val, "history": history, "metric": splits.metric}
+        return self.plan_next_round(context, config, federated, result)
 
 
 class FederatedFinalizeOperator(FederatedOperator):
     """Log the last round's global model as the run's trained model (a ``train`` step run), so
     compress, evaluate and deploy take it as they take a centrally trained one.
 
-    :param round_results: every round's aggregation result, in order (a round that did not run
-        gives nothing); the last round that ran wins. Templated, so a re-run after other rounds
+    :param round_results: every round's record (its aggregation's ``round_result`` XCom), in order
+        (a round that did not run gives nothing); the last round that ran wins. Templated, so a re-run after other rounds
         ran computes anew instead of returning its recorded result.
     """
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from dlagent.errors import ConfigError
 from dlagent.ml import mlflow_names as names
-from dlagent.operators.federated.common import FederatedOperator, site_rows
+from dlagent.operators.federated.common import FederatedOperator, RoundPlanningOperator, site_rows
 
 
 class FederatedValidateOperator(FederatedOperator):
@@ -108,14 +108,16 @@ class FederatedSiteCheckOperator(FederatedOperator):
         return {"site": site, "samples": int(len(y)), "label_counts": counts}
 
 
-class FederatedSetupOperator(FederatedOperator):
-    """Build the round-0 global model and log it (its architecture is what every site loads).
+class FederatedSetupOperator(RoundPlanningOperator):
+    """Build the round-0 global model, log it (its architecture is what every site loads) and
+    plan round 1.
 
-    Returns ``{"parent_run_id", "model_uri", "global_uri", "round": 0, "history": [], "sites",
-    "federated", "metric", "bytes_per_site"}``.
+    Returns round 1's assignments (:class:`~dlagent.operators.federated.common.RoundPlanningOperator`);
+    pushes ``model_uri`` and the round-0 record ``round_result`` (``{"round": 0, "global_uri",
+    "history": [], "metric", "bytes_per_site", "sites"}``).
     """
 
-    template_fields: Sequence[str] = (*FederatedOperator.template_fields, "site_checks")
+    template_fields: Sequence[str] = (*RoundPlanningOperator.template_fields, "site_checks")
     step = names.STEP_FEDERATED_SETUP
 
     def __init__(self, *, site_checks=None, **kwargs):
@@ -135,7 +137,6 @@ class FederatedSetupOperator(FederatedOperator):
         model = build_model(config, splits.input_shape, splits.num_classes, allowed_modules=settings.model_modules(),
                             adapt_data=splits.x_train, task=splits.task, targets=splits.y_train if splits.is_regression else None)
         checks = sorted((dict(c) for c in (self.site_checks or [])), key=lambda c: c.get("site", -1))
-        parent = self.parent_run_id(context)
         with self.step_run(context) as run_id:
             client = self.hook.client
             client.log_dict(run_id, {"federated": federated.to_dict(), "train": config.to_dict(), "sites": checks},
@@ -145,6 +146,7 @@ class FederatedSetupOperator(FederatedOperator):
             global_uri = log_weights(client, run_id, weights)
         self.log.info("round-0 global model %s (%d bytes of weights per site and round); sites' rows %s", model_uri,
                       update_bytes(weights), [c.get("samples") for c in checks])
-        return {"parent_run_id": parent, "model_uri": model_uri, "global_uri": global_uri, "round": 0, "history": [],
-                "sites": federated.n_shards, "federated": federated.to_dict(), "metric": splits.metric,
-                "bytes_per_site": update_bytes(weights)}
+        self.push_xcom(context, "model_uri", model_uri)
+        record = {"round": 0, "global_uri": global_uri, "history": [], "metric": splits.metric,
+                  "bytes_per_site": update_bytes(weights), "sites": federated.n_shards}
+        return self.plan_next_round(context, config, federated, record)
