@@ -26,7 +26,8 @@ the figures are the mean over seeds and its 95 % Student-t interval.
 
 ``--parts workers`` runs ``dl_agent_federated`` itself on the real services (CeleryExecutor,
 the local Redis, PostgreSQL stores, each Celery worker pinned to its own CPU as in
-bench/scale_out.py: one worker stands for one machine), with 1 and then 2 Celery workers:
+bench/scale_out.py: one worker stands for one machine; with one worker, Airflow's and MLflow's
+services run on its CPU, as with two they take their CPU from the two workers), with 1 and then 2 Celery workers:
 the same conf (the MNIST set, or the digits with ``--quick``, 4 IID shards, 3 rounds of 2
 local epochs, the agent off), ``--reps`` runs
 each; the figure is the rounds' wall time (the setup ending, when round 1 may start, to the
@@ -115,16 +116,21 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, da
                                  DLAGENT_DATA_ROOTS=os.pathsep.join(data_roots))
         site_queues = conf["site_queues"]
         worker_queues = tuple(",".join(["default", *sorted(set(site_queues[w::workers]))]) for w in range(workers))
+        # one worker: the services share its CPU, as with two workers they share theirs (else they would
+        # have a core of their own only in the one-worker arm, which a third core would give both)
         stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
-                           celery_cpus=cpus[:workers] if cpus else None, celery_queues=worker_queues)
+                           celery_cpus=cpus[:workers] if cpus else None, celery_queues=worker_queues,
+                           service_cpus=cpus[0] if cpus and workers == 1 else None)
         with stack:
             api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
             api.wait_for_dag("dl_agent_federated")
             api.unpause("dl_agent_federated")
             for rep in range(1, reps + 1):
                 run_id = f"federated_{workers}_{rep}"
+                cpu_before = cpu_seconds(stack)
                 api.trigger("dl_agent_federated", conf, run_id=run_id)
                 state = api.wait_for_run("dl_agent_federated", run_id, timeout=3600, poll=5)
+                cpu = {name: used - cpu_before.get(name, 0.0) for name, used in cpu_seconds(stack).items()}
                 tasks = api.task_instances("dl_agent_federated", run_id)
                 if state != "success":
                     raise SystemExit(f"run {state}: {sorted((t['task_id'], t['state']) for t in tasks)}\n{stack.tail_logs(30)}")
@@ -135,8 +141,50 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, da
                 whole = max(stamp(t["end_date"]) for t in tasks if t["end_date"]) - min(stamp(t["start_date"]) for t in tasks if t["start_date"])
                 routing = site_routing(stack, run_id, tasks, site_queues, worker_queues)
                 print(json.dumps({"workers": workers, "rep": rep, "rounds_span_s": round(span, 1), "dag_run_s": round(whole, 1),
+                                  "serial_per_round": serial_stretches(tasks, stamp),
+                                  "cpu_s_workers": round(sum(v for k, v in cpu.items() if k.startswith("celery-worker-")), 1),
+                                  "cpu_s_services": round(sum(v for k, v in cpu.items() if not k.startswith("celery-worker-")), 1),
                                   "local_tasks": sum(t["task_id"].endswith(".local") for t in ran), **routing}), flush=True)
     return spans
+
+
+def cpu_seconds(stack) -> dict[str, float]:
+    """CPU seconds each service's process group has used so far (its live processes' own and
+    their reaped children's: a Celery worker's task processes count for that worker)."""
+    from dlagent_dev import procs
+
+    tick, used = os.sysconf("SC_CLK_TCK"), {}
+    for name, process in stack.processes.items():
+        total = 0
+        for member in procs.group_members(process.pid):
+            try:
+                fields = Path(f"/proc/{member.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+        used[name] = total / tick
+    return used
+
+
+def serial_stretches(tasks: list[dict], stamp) -> list[dict]:
+    """Per round, what ran while no site trained: the wait from the last site's end to the
+    aggregation's start, the aggregation itself, and the wait from its end to the next round's
+    first site (or the setup's end to round 1's first site); seconds. More workers shorten only
+    the sites' part, so these bound the speed-up."""
+    def ran(prefix: str) -> list[dict]:
+        return [t for t in tasks if t["task_id"].startswith(prefix) and t["state"] == "success" and t["start_date"]]
+
+    out, before = [], next(stamp(t["end_date"]) for t in tasks if t["task_id"] == "setup")
+    for number in range(1, 100):
+        sites, aggregate = ran(f"round_{number:02d}.local"), ran(f"round_{number:02d}.aggregate")
+        if not sites or not aggregate:
+            break
+        first, last = min(stamp(t["start_date"]) for t in sites), max(stamp(t["end_date"]) for t in sites)
+        start, end = stamp(aggregate[0]["start_date"]), stamp(aggregate[0]["end_date"])
+        out.append({"round": number, "to_first_site_s": round(first - before, 1), "sites_s": round(last - first, 1),
+                    "to_aggregate_s": round(start - last, 1), "aggregate_s": round(end - start, 1)})
+        before = end
+    return out
 
 
 def site_routing(stack, run_id: str, tasks: list[dict], site_queues: list[str], worker_queues: tuple[str, ...]) -> dict:

@@ -175,6 +175,18 @@ def test_each_celery_worker_and_the_processes_it_starts_run_on_its_own_cpus_and_
         assert os.sched_getaffinity(stack.processes["scheduler"].pid) == set(cpus)
 
 
+def test_service_cpus_pin_every_service_but_the_workers(tmp_path):
+    """bench/federated.py's one-worker arm puts the services on its worker's CPU (``service_cpus``)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    stack = CeleryFakeStack(fake_env(str(tmp_path / "home")), airflow_port=free_port(), mlflow_port=free_port(),
+                            executor="CeleryExecutor", celery_workers=2, celery_cpus=((cpus[-1],), (cpus[-1],)),
+                            service_cpus=(cpus[0],))
+    with stack:
+        pinned = {name: os.sched_getaffinity(process.pid) for name, process in stack.processes.items()}
+    assert pinned == {name: {cpus[-1]} if name.startswith("celery-worker-") else {cpus[0]} for name in pinned}
+    assert {"scheduler", "mlflow", "celery-worker-1"} <= set(pinned)
+
+
 def test_fewer_cpu_sets_than_celery_workers_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="celery_cpus gives 1 CPU sets for 2 Celery workers"):
         CeleryFakeStack(fake_env(str(tmp_path / "home")), executor="CeleryExecutor", celery_workers=2, celery_cpus=((0,),))

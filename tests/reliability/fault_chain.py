@@ -26,15 +26,16 @@ from tests.conftest import PIPELINE
 MODEL_NAME = "dlagent-classifier"
 
 
-def wait_for_task(api, run_id: str, task_ids: tuple[str, ...], state: str = "running", timeout: float = 600) -> str:
+def wait_for_task(api, run_id: str, task_ids: tuple[str, ...], state: str = "running", timeout: float = 600,
+                  dag_id: str = PIPELINE) -> str:
     """Return the first of ``task_ids`` (any map index) seen in ``state``; fail at once if the run ends first."""
     deadline = time.monotonic() + timeout
     while True:
-        states = {(t["task_id"], t["state"]) for t in api.task_instances(PIPELINE, run_id)}
+        states = {(t["task_id"], t["state"]) for t in api.task_instances(dag_id, run_id)}
         for task_id in task_ids:
             if (task_id, state) in states:
                 return task_id
-        run_state = api.run_state(PIPELINE, run_id)
+        run_state = api.run_state(dag_id, run_id)
         assert run_state not in ("success", "failed"), f"the run ended ({run_state}) before any of {task_ids} was {state}: {sorted(states)}"
         assert time.monotonic() < deadline, f"none of {task_ids} reached {state}: {sorted(states)}"
         time.sleep(0.5)
