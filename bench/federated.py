@@ -23,11 +23,11 @@ the figures are the mean over seeds and its 95 % Student-t interval.
     .venv/bin/python bench/federated.py --seeds 0 1 2 3 4 --rounds 10 --local-epochs 2
     .venv/bin/python bench/federated.py --quick               # bundled digits, 1 seed, minutes
     .venv/bin/python bench/federated.py --parts workers       # only the wall time with 1 and 2 Celery workers
+    .venv/bin/python bench/federated.py --parts workers --services shared
 
 ``--parts workers`` runs ``dl_agent_federated`` itself on the real services (CeleryExecutor,
 the local Redis, PostgreSQL stores, each Celery worker pinned to its own CPU as in
-bench/scale_out.py: one worker stands for one machine; with one worker, Airflow's and MLflow's
-services run on its CPU, as with two they take their CPU from the two workers), with 1 and then 2 Celery workers:
+bench/scale_out.py: one worker stands for one machine), with 1 and then 2 Celery workers:
 the same conf (the MNIST set, or the digits with ``--quick``, 4 IID shards, 3 rounds of 2
 local epochs, the agent off), ``--reps`` runs
 each; the figure is the rounds' wall time (the setup ending, when round 1 may start, to the
@@ -37,6 +37,14 @@ repetition, its 95 % interval. Each run's whole DAG run time is printed beside i
 site has its own Celery queue (``site_queues``): worker ``i`` consumes the default queue and
 its sites' queues, and each run is checked, from the workers' logs and the task instances'
 queues, to have run every site task on its own site's worker (a real multi-queue deployment).
+
+Where Airflow's and MLflow's services run (``--services``): in a deployment they have a machine
+of their own, which two cores cannot give both arms. ``own-core`` (the default, and the layout
+of the earlier figures): unpinned, so with one worker they use the other core, free, and with
+two they take their CPU from the two workers; a lower bound of the real speed-up. ``shared``:
+with one worker they are pinned to its CPU, so both arms pay for them; it also starves the
+one worker's scheduler (longer gaps between tasks), so it overstates the speed-up. Each run
+prints the CPU seconds the services and the workers used.
 
 Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones; with
 two Celery workers at least 1.6x the speed of one. The last line is ``RESULT {json}``
@@ -92,7 +100,8 @@ def run_arm(arm: str, splits, *, seed: int, rounds: int, local_epochs: int) -> d
     return {**result, "arm": arm, "seed": seed, "test_accuracy": test["test_accuracy"], "seconds": round(time.perf_counter() - started, 1)}
 
 
-def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, data_roots: list[str]) -> list[float]:
+def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, data_roots: list[str],
+                services: str = "own-core") -> list[float]:
     """Seconds from the setup ending (round 1 may start; the setup plans it) to the last aggregation
     ending, per run, on a stack with ``workers`` Celery workers.
 
@@ -116,11 +125,10 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, da
                                  DLAGENT_DATA_ROOTS=os.pathsep.join(data_roots))
         site_queues = conf["site_queues"]
         worker_queues = tuple(",".join(["default", *sorted(set(site_queues[w::workers]))]) for w in range(workers))
-        # one worker: the services share its CPU, as with two workers they share theirs (else they would
-        # have a core of their own only in the one-worker arm, which a third core would give both)
+        # --services shared: with one worker the services run on its CPU (see the module's docstring)
         stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
                            celery_cpus=cpus[:workers] if cpus else None, celery_queues=worker_queues,
-                           service_cpus=cpus[0] if cpus and workers == 1 else None)
+                           service_cpus=cpus[0] if cpus and workers == 1 and services == "shared" else None)
         with stack:
             api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
             api.wait_for_dag("dl_agent_federated")
@@ -207,7 +215,7 @@ def site_routing(stack, run_id: str, tasks: list[dict], site_queues: list[str], 
             "worker_of_site": {site: sorted(w for w in used if w) for site, used in sorted(workers_used.items())}}
 
 
-def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epochs: int, reps: int) -> dict:
+def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epochs: int, reps: int, services: str = "own-core") -> dict:
     from dlagent_dev import leftovers
 
     cpus = sorted(os.sched_getaffinity(0))
@@ -215,11 +223,11 @@ def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epoc
     conf = {"dataset": dataset, "model": "cnn", "n_shards": SHARDS, "rounds": rounds, "local_epochs": local_epochs,
             "agent_policy": "off", "seed": 0, "experiment_name": "federated_workers", "compression_candidates": [{"quantization": "dynamic"}],
             "site_queues": [f"site_{'ab'[i % 2]}" for i in range(SHARDS)]}
-    print(f"conf: {json.dumps(conf)}; Celery workers pinned to CPUs {pinned}", flush=True)
+    print(f"conf: {json.dumps(conf)}; Celery workers pinned to CPUs {pinned}; services: {services}", flush=True)
     session = leftovers.begin_session(PROJECT_DIR)  # every process started from here on carries its mark
     try:
-        one = rounds_span(1, conf, reps=reps, broker_db=13, cpus=pinned, data_roots=data_roots)
-        two = rounds_span(2, conf, reps=reps, broker_db=14, cpus=pinned, data_roots=data_roots)
+        one = rounds_span(1, conf, reps=reps, broker_db=13, cpus=pinned, data_roots=data_roots, services=services)
+        two = rounds_span(2, conf, reps=reps, broker_db=14, cpus=pinned, data_roots=data_roots, services=services)
     finally:
         left = leftovers.end_session(session)
         if left:
@@ -235,7 +243,7 @@ def measure_workers(dataset: str, data_roots: list[str], rounds: int, local_epoc
           f"per repetition {[round(x, 3) for x in speedups]}" + (f", mean {spread['mean']} 95 % interval {spread['ci95']}" if spread else ""))
     return {"speedup_2_workers": round(speedup, 3), "speedups_2_workers": [round(x, 3) for x in speedups],
             "speedup_ci95": spread["ci95"] if spread else None, "rounds_s_1_worker": [round(x, 1) for x in one],
-            "rounds_s_2_workers": [round(x, 1) for x in two], "workers_conf": conf}
+            "rounds_s_2_workers": [round(x, 1) for x in two], "services": services, "workers_conf": conf}
 
 
 def main() -> None:
@@ -247,6 +255,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="bundled digits, seed 0, 3 rounds of 1 epoch")
     parser.add_argument("--parts", nargs="+", choices=["accuracy", "workers"], default=["accuracy", "workers"])
     parser.add_argument("--reps", type=int, default=3, help="DAG runs per worker count (workers part)")
+    parser.add_argument("--services", choices=["own-core", "shared"], default="own-core",
+                        help="workers part: where Airflow's and MLflow's services run with one worker (see above)")
     args = parser.parse_args()
     if args.quick:
         dataset, seeds, rounds, local_epochs = "digits", [0], 3, 1
@@ -256,7 +266,7 @@ def main() -> None:
         dataset, seeds, rounds, local_epochs = f"mnist-idx:{Path(args.data).resolve()}", args.seeds, args.rounds, args.local_epochs
     roots = [str(Path(args.data).resolve())]
     if args.parts == ["workers"]:
-        print("RESULT " + json.dumps(measure_workers(dataset, roots, 3, 2, args.reps)))
+        print("RESULT " + json.dumps(measure_workers(dataset, roots, 3, 2, args.reps, args.services)))
         return
     from dlagent.ml.data import load_dataset
     from dlagent_dev.stats import interval
@@ -287,7 +297,7 @@ def main() -> None:
     print(f"  bytes exchanged per round (all {SHARDS} sites, both directions): {bytes_per_round:,}")
     goals = {"iid_within_1_point": summary["fedavg_iid_gap_points"] >= -1.0,
              "skew_within_3_points": max(summary["fedavg_skew_gap_points"], summary["fedprox_skew_gap_points"]) >= -3.0}
-    workers = measure_workers(dataset, roots, 3, 2, args.reps) if "workers" in args.parts and not args.quick else {}
+    workers = measure_workers(dataset, roots, 3, 2, args.reps, args.services) if "workers" in args.parts and not args.quick else {}
     if workers:
         goals["two_workers_1_6x"] = workers["speedup_2_workers"] >= 1.6
     print(f"  goals: {goals}")
