@@ -58,6 +58,14 @@ def test_a_site_its_round_did_not_draw_sends_nothing_and_a_site_out_of_range_is_
         outside.execute(make_context("local", map_index=3))
 
 
+def test_an_unknown_agent_policy_fails_the_setup_before_a_model_is_built():
+    from dlagent.operators.federated import FederatedSetupOperator
+
+    op = FederatedSetupOperator(task_id="setup", policy="greedy", dataset="npz:/does/not/exist.npz", federated={"n_shards": 3})
+    with pytest.raises(AirflowFailException, match="invalid input, nothing was run: agent_policy:"):
+        op.execute(make_context("setup"))
+
+
 def test_site_queues_must_name_one_queue_per_site():
     op = FederatedValidateOperator(task_id="validate", site_queues=["a", "b"], federated={"n_shards": 3})
     with pytest.raises(AirflowFailException, match="site_queues: must name one Celery queue per site"):

@@ -126,12 +126,15 @@ class FederatedSetupOperator(RoundPlanningOperator):
 
     def run(self, context):
         from dlagent import settings
+        from dlagent.agent.federated import POLICIES
         from dlagent.ml.federated.aggregate import update_bytes
         from dlagent.ml.federated.store import log_weights
         from dlagent.ml.model_store import log_keras_model
         from dlagent.ml.models import build_model
+        from dlagent.validation import check_choice
 
         config, federated, _ = self.settings()
+        check_choice("agent_policy", self.policy, POLICIES)  # before the model is built: the first plan is made after it
         splits = self.evaluation_splits(config)
         # a table's standardisation (and a regression target's scale) come from the coordinator's own data set, never a site's rows
         model = build_model(config, splits.input_shape, splits.num_classes, allowed_modules=settings.model_modules(),
