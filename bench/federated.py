@@ -42,8 +42,8 @@ Where Airflow's and MLflow's services run (``--services``): in a deployment they
 of their own, which two cores cannot give both arms. ``own-core`` (the default, and the layout
 of the earlier figures): unpinned, so with one worker they use the other core, free, and with
 two they take their CPU from the two workers; a lower bound of the real speed-up. ``shared``:
-with one worker they are pinned to its CPU, so both arms pay for them; it also starves the
-one worker's scheduler (longer gaps between tasks), so it overstates the speed-up. Each run
+with one worker they are pinned to its CPU, so both arms pay for them, where a deployment's
+workers would not; it overstates the speed-up. Each run
 prints the CPU seconds the services and the workers used.
 
 Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones; with
