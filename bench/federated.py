@@ -152,6 +152,7 @@ def rounds_span(workers: int, conf: dict, *, reps: int, broker_db: int, cpus, da
                                   "serial_per_round": serial_stretches(tasks, stamp),
                                   "cpu_s_workers": round(sum(v for k, v in cpu.items() if k.startswith("celery-worker-")), 1),
                                   "cpu_s_services": round(sum(v for k, v in cpu.items() if not k.startswith("celery-worker-")), 1),
+                                  "cpu_s_by_service": {k: round(v, 1) for k, v in cpu.items() if not k.startswith("celery-worker-")},
                                   "local_tasks": sum(t["task_id"].endswith(".local") for t in ran), **routing}), flush=True)
     return spans
 

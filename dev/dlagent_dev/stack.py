@@ -40,7 +40,11 @@ ADMIN_USER = "admin"
 AIRFLOW_PORT = 8080
 MLFLOW_PORT = 5000
 AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
-EXECUTORS = {"CeleryExecutor": "airflow.providers.celery.executors.celery_executor.CeleryExecutor"}
+# LocalExecutor: dlagent's, whose task processes start with TensorFlow loaded (dlagent.executors)
+EXECUTORS = {"LocalExecutor": "dlagent.executors.WarmLocalExecutor",
+             "CeleryExecutor": "airflow.providers.celery.executors.celery_executor.CeleryExecutor"}
+CELERY_CONFIG_OPTIONS = "dlagent.celery_config.CELERY_CONFIG"
+MIN_HEARTBEAT_INTERVAL = "1"
 
 
 def service_commands(*, airflow_port: int = AIRFLOW_PORT, mlflow_port: int = MLFLOW_PORT,
@@ -169,7 +173,11 @@ class LocalStack:
             # Processes the DAG folder promptly, so a new DAG shows up in seconds.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": self.env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30"),
         })
+        # A worker's slot is free at most 1 s after its task process ends, not 5 (README, "Task processes").
+        self.env.setdefault("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL", MIN_HEARTBEAT_INTERVAL)
         if self.executor in ("CeleryExecutor", EXECUTORS["CeleryExecutor"]):
+            # warm workers: TensorFlow, Keras and MLflow imported once, before the task processes fork (dlagent.celery_config)
+            self.env.setdefault("AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS", CELERY_CONFIG_OPTIONS)
             self.env.setdefault("AIRFLOW__CELERY__BROKER_URL", "redis://127.0.0.1:6379/0")
             db = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
             self.env.setdefault("AIRFLOW__CELERY__RESULT_BACKEND", "db+" + db)

@@ -115,7 +115,7 @@ def test_services_exist(services):
 def test_plain_up_starts_the_local_executor_stack(services, common):
     for name in DEFAULT_SERVICES:
         assert not services[name].get("profiles"), f"{name} must start with a plain `docker compose up`"
-    assert _env(common)["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
+    assert _env(common)["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW__CORE__EXECUTOR:-dlagent.executors.WarmLocalExecutor}"
 
 
 def test_celery_profile_holds_redis_and_the_worker(services):

@@ -50,7 +50,7 @@ def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_st
             if tags.get("airflow.task_id") == "tune":
                 tune_workers.add(tags["airflow.map_index"])
     assert {"parent", "tune", "train", "compress", "evaluate", "agent_decide", "deploy"} <= set(by_task)
-    assert all(status == "FINISHED" for statuses in by_task.values() for status in statuses), by_task
+    assert all(status == "FINISHED" for statuses in by_task.values() for status in statuses), json.dumps(by_task)
     assert tune_workers == {"0", "1"}  # both mapped tuning workers logged their runs
     alias = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")
     version = alias["model_version"]

@@ -135,7 +135,8 @@ def run_with_faults(stack, run_id: str, conf: dict) -> dict:
     faults: list[tuple[str, str]] = []  # (item, what happened)
     api.trigger(PIPELINE, conf, run_id=run_id)
 
-    # 1. SIGKILL to the scheduler's process group (its LocalExecutor task processes die too), while tune runs
+    # 1. SIGKILL to the scheduler's process group while tune runs: its LocalExecutor task processes die with it
+    # (they have process groups of their own; dlagent.preload has Linux kill them with their supervisor)
     wait_for_task(api, run_id, ("tune",))
     stack.stop_service("scheduler", sig=signal.SIGKILL)
     time.sleep(5)
