@@ -44,7 +44,11 @@ of the earlier figures): unpinned, so with one worker they use the other core, f
 two they take their CPU from the two workers; a lower bound of the real speed-up. ``shared``:
 with one worker they are pinned to its CPU, so both arms pay for them, where a deployment's
 workers would not; it overstates the speed-up. Each run
-prints the CPU seconds the services and the workers used.
+prints the CPU seconds the services and the workers used, in all and per service.
+
+The workers are warm, as every Celery deployment of dlagent is configured
+(``dlagent.celery_config``: TensorFlow imported before the task processes fork; a slot free 1 s
+after its task, not 5): since ``bd08d63``. The figures before were measured on cold workers.
 
 Goals: within 1 point of central accuracy on IID shards, within 3 points on skewed ones; with
 two Celery workers at least 1.6x the speed of one. The last line is ``RESULT {json}``

@@ -238,7 +238,7 @@ def run_ui(env: dict, args) -> int:
             print("\n" + "=" * 72)
             print(f"Airflow UI:  {stack.airflow_url}   login: {ADMIN_USER} / {stack.admin_password}")
             print(f"MLflow UI:   {stack.mlflow_url}   (backend store {settings.redact_url(stack.backend_store_uri)})")
-            print(f"executor:    {stack.executor}; metadata DB {settings.redact_url(env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN'])}")
+            print(f"executor:    {stack.env['AIRFLOW__CORE__EXECUTOR']}; metadata DB {settings.redact_url(env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN'])}")
             print("trigger dl_agent_pipeline from its page (Trigger button: a form of the Params); Ctrl-C stops everything")
             print("=" * 72, flush=True)
             reported = {}
