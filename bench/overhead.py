@@ -12,14 +12,15 @@ Tuning is off here (`n_trials` 0; bench/hpo_vs_grid.py covers it).
    - the DAG run itself, first task start to last task end, and its ratio to direct;
    - the overhead per task inside the run: (DAG run - direct) / tasks.
 3. **the real services** (`--services`, what `make ui` starts: api-server, scheduler,
-   dag-processor, triggerer and an MLflow server, LocalExecutor, PostgreSQL stores): the DAG
-   run triggered through the REST API, from its start to its end. Here every task is its own
-   process that imports Airflow's task runner, the DAG file and what the task needs
-   (TensorFlow for a task that touches a model), and the scheduler starts the next task only
-   after it sees the last one end. Printed per task: its duration on the services and inside
-   `dags test` (the difference is what a process of its own costs) and the wait before it
-   started (the scheduler's latency). Then the floor of a task process: a fresh process importing
-   the task runner and the DAG file, then the MLflow client, then TensorFlow.
+   dag-processor, triggerer and an MLflow server, dlagent's warm LocalExecutor, PostgreSQL
+   stores): the DAG run triggered through the REST API, from its start to its end. Here every
+   task is its own process, forked with TensorFlow, Keras and MLflow already imported (since
+   `bd08d63`; before, each imported them itself), that parses the DAG file, and the scheduler
+   starts the next task only after it sees the last one end. Printed per task: its duration on
+   the services and inside `dags test` (the difference is what a process of its own costs) and
+   the wait before it started (the scheduler's latency). Then the floor of a cold task process
+   (the plain LocalExecutor's): a fresh process importing the task runner and the DAG file, then
+   the MLflow client, then TensorFlow.
 
     python bench/overhead.py                                  # bundled digits
     python bench/overhead.py --data ../shared/data/mnist-t10k --services
