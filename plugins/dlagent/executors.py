@@ -10,8 +10,8 @@ fresh process per task instance (the Task SDK's supervisor); a dlagent task that
 then imports TensorFlow, Keras and the MLflow client anew, 4-5 s of CPU before any work. This
 executor imports them (:mod:`dlagent.preload`) in the scheduler once, just before the workers
 are forked, so every task process starts with them loaded. The scheduler itself never runs a
-TensorFlow op (:func:`dlagent.preload.check_fork_safe` holds it to that). The Celery counterpart
-is :mod:`dlagent.celery_config`.
+TensorFlow op (:func:`dlagent.preload.check_fork_safe` checks it at start). The Celery
+counterpart is :mod:`dlagent.celery_config`.
 
 Where ``multiprocessing`` does not fork (macOS, or Python 3.14's default), the workers start
 fresh interpreters and nothing is preloaded: it then runs as the plain LocalExecutor and says so.

@@ -67,8 +67,9 @@ def check_fork_safe() -> None:
 
     made = context._context  # noqa: SLF001 (TensorFlow has no public "initialized?"; context.context() would create it)
     if made is not None and made._context_handle is not None:  # noqa: SLF001
-        raise RuntimeError("TensorFlow's runtime was started before the Celery worker forked its task processes; "
-                           "unset AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS (dlagent.celery_config) and report this.")
+        raise RuntimeError("TensorFlow's runtime was started before the worker forked its task processes, which would not be "
+                           "safe: run without dlagent's warm workers (AIRFLOW__CORE__EXECUTOR=LocalExecutor, or unset "
+                           "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS) and report this.")
 
 
 SECONDS = _preload()
