@@ -49,8 +49,11 @@ def _interrupt(signum, frame):
 
 @contextmanager
 def stopped_by_signals():
-    """SIGTERM and SIGHUP end the block as Ctrl-C does (KeyboardInterrupt), so the clean-up runs."""
-    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
+    """SIGTERM and SIGHUP end the block as Ctrl-C does (KeyboardInterrupt), so the clean-up runs.
+
+    SIGINT too, explicitly: a command started as a background job of a script (``make ui &``)
+    inherits SIGINT ignored, and Python then leaves it ignored, so ``kill -INT`` did nothing."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         yield
     finally:

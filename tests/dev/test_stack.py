@@ -25,13 +25,20 @@ from tests.conftest import PROJECT_DIR
 from tests.dev.fake_stack import FakeStack, fake_env
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Ui:
-    """One `make ui` (the fake stack's driver) in a process group of its own, like a terminal's job."""
+    """One `make ui` (the fake stack's driver) in a process group of its own, like a terminal's job.
+
+    Started with SIGINT ignored, as a background job of a script starts it: Ctrl-C (SIGINT)
+    must stop it all the same."""
 
     def __init__(self, home, airflow_port: int, mlflow_port: int):
         self.process = subprocess.Popen([sys.executable, "-m", "tests.dev.fake_stack", str(home), str(airflow_port), str(mlflow_port)],
                                         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_ignore_sigint)  # noqa: PLW1509 (no threads start it)
         self.lines: list[str] = []
 
     def wait_for(self, text: str, timeout: float = 60) -> None:
