@@ -22,11 +22,22 @@ import time
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_forked_by: list[int] = []  # the pid that is about to fork (set before each fork)
+_forking_pid = os.getpid()  # the process about to fork (set again before each fork)
 
 
 def _note_parent() -> None:
-    _forked_by[:] = [os.getpid()]
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()  # loaded once here, not in every forked child
 
 
 def _die_with_parent() -> None:
@@ -38,11 +49,11 @@ def _die_with_parent() -> None:
     task process that starts instantly (preloaded) gets far that way (a whole tuning round). With
     this, a killed scheduler takes its LocalExecutor workers, their supervisors and their task
     processes with it, as a killed Celery worker takes its pool's, and the retry runs alone."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the orphan case stays as Airflow leaves it
+    prctl = getattr(_LIBC, "prctl", None)
+    if prctl is None:  # not Linux: the orphan case stays as Airflow leaves it
         return
-    if _forked_by and os.getppid() != _forked_by[0]:  # the parent died before prctl took effect
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _forking_pid:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)
 
 
