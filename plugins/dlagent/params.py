@@ -65,9 +65,10 @@ def pipeline_params() -> dict[str, Param]:
                          description="'refuse': an empty CSV cell or a NaN feature is refused, naming where. 'impute' (tables, "
                                      "model 'mlp'): a number is filled inside the model with the training split's median, a category "
                                      "with its most frequent value, each plus a was-missing indicator column."),
-        "cache": Param("auto", type="string", enum=list(CACHE_MODES), title="Image cache",
-                       description="'images:' folders: 'auto' holds the decoded pixels in memory when they fit 256 MiB and "
-                                   "streams a larger folder from disk through tf.data (memory bounded by a few batches); "
+        "cache": Param("auto", type="string", enum=list(CACHE_MODES), title="Data cache",
+                       description="'images:' folders and 'csv:' tables: 'auto' holds the decoded pixels or the table's float32 "
+                                   "values in memory when they fit 256 MiB, and streams a larger data set from disk through "
+                                   "tf.data (memory bounded by a few batches; a table goes to a scratch file in TMPDIR); "
                                    "'memory' or 'stream' force either."),
         "image_size": Param(None, type=["null", "string"], pattern=r"^[1-9][0-9]{0,3}(x[1-9][0-9]{0,3})?$", title="Image size",
                             description="'images:' folders: every image resized to this size, one side ('32') or "

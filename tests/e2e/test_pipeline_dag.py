@@ -185,7 +185,8 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     section must not fail its consumers). Two runs share one registered model: the tuned one ships
     (no champion yet), then an untrained one is worse on rmse and is refused; the champion stays
     (the gate's "better on rmse ships" rule: tests/ml/test_metrics.py). The table has a categorical column
-    and empty cells (``missing: impute``): the deployed bundle scores raw rows like the Keras model."""
+    and empty cells (``missing: impute``): the deployed bundle scores raw rows like the Keras model.
+    The first run streams the table (``cache: stream``), the second holds it in memory."""
     import optuna
 
     airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()
@@ -194,7 +195,7 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
                   "missing": "impute", "seed": 3, "model_name": "e2e-regressor", "agent_policy": "off", "compression_candidates": [{"quantization": "dynamic"}]}
     untrained = {**TINY_CONF, **regression, "n_trials": 0, "epochs": 1, "learning_rate": 1e-5, "max_metric_drop_points": None,
                  "tune_trial_epochs": None, "tune_min_trial_epochs": None}
-    tuned = {**TINY_CONF, **regression, "epochs": 30, "max_metric_drop_points": 5.0}
+    tuned = {**TINY_CONF, **regression, "epochs": 30, "max_metric_drop_points": 5.0, "cache": "stream"}  # every task streams the table
     registry = MlflowClient(mlflow_db, registry_uri=mlflow_db)
     from dlagent.ml.registry import get_champion
 
@@ -204,6 +205,8 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     parent = runs["parent"]
     assert parent.info.status == "FINISHED" and runs["train"].info.status == "FINISHED"
     assert parent.data.tags["dlagent.metric"] == "rmse"
+    for task in ("train", "evaluate"):  # cache 'stream': the tasks read the table from a scratch file, not an array
+        assert json.loads(runs[task].inputs.dataset_inputs[0].dataset.profile)["streamed"] is True, task
     assert parent.data.metrics["test_metric"] == pytest.approx(runs["evaluate"].data.metrics["shipped_test_rmse"])
     assert parent.data.metrics["keras_test_metric"] == pytest.approx(runs["evaluate"].data.metrics["keras_test_rmse"])
     assert parent.data.params["data.task"] == "regression" and parent.data.params["data.label_column"] == "y"  # a follow-up reads them

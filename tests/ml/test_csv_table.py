@@ -83,7 +83,9 @@ def test_the_loaders_array_encoding_equals_the_servers_row_encoding(tmp_path, mo
                                   if not line.startswith(",") and ",," not in line) + "\n")
     x, _, _, columns = read_dataset(f"csv:{path}", label_column="label", allowed_roots=None,
                                     missing="impute" if impute else "refuse", task="classification")
-    encoding = tabular.fit_encoding(columns.names, columns.categorical_values(x[:250]), impute)
+    encoding = tabular.fit_encoding_from_counts(columns.names, columns.category_counts(x[:250]), impute)
+    raw_values = {columns.names[j]: [row[j] for row in RawRows(x[:250], columns)] for j in columns.categories}
+    assert encoding == tabular.fit_encoding(columns.names, raw_values, impute)  # counted in chunks == from the raw values
     assert any(len(v) == 3 for v in encoding.vocabularies.values()) and (bool(encoding.indicators) == impute)
     rows = RawRows(x, columns)
     assert len(rows) == len(x) and rows[-1] == list(rows)[-1] and rows[2:4] == [rows[2], rows[3]]

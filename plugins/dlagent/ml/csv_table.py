@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +55,21 @@ class CsvColumns:
                          for j, v in enumerate(row.tolist())])
         return rows
 
-    def categorical_values(self, x: np.ndarray) -> dict[str, list]:
-        return {self.names[j]: [None if math.isnan(v) else values[int(v)] for v in x[:, j].tolist()]
-                for j, values in self.categories.items()}
+    def category_counts(self, x) -> dict[str, Counter]:
+        """How often each value of each categorical column occurs in ``x`` (an array or a streamed
+        table, read a chunk at a time); empty cells count under ``None``."""
+        from dlagent.ml.table_rows import iter_chunks
+
+        counts = {self.names[j]: Counter() for j in self.categories}
+        for chunk in iter_chunks(x):
+            for j, values in self.categories.items():
+                column = chunk[:, j]
+                empty = np.isnan(column)
+                codes, n = np.unique(column[~empty].astype(np.int64), return_counts=True)
+                counts[self.names[j]].update({values[code]: int(m) for code, m in zip(codes.tolist(), n.tolist(), strict=True)})
+                if empty.any():
+                    counts[self.names[j]][None] += int(empty.sum())
+        return counts
 
 
 class RawRows(Sequence):
@@ -95,16 +108,20 @@ class _Layout:
     categorical: frozenset
 
 
-def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION):
+def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION, cache: str = "memory"):
     """``(x, y, names, columns)``: numeric cells as numbers, a categorical column's cells as codes
     into ``columns.categories``, an empty cell as NaN under ``missing: impute``; ``names`` are the
-    class names (regression: the target names)."""
+    class names (regression: the target names).
+
+    ``cache`` (:func:`streams`): ``memory`` gives ``x`` as a float32 array; ``stream``, or ``auto``
+    for a table over the cache budget, as a :class:`~dlagent.ml.table_rows.TableRows` whose rows
+    stay in a scratch file, checked for non-finite values as they are written."""
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
     with _csv_errors(path):
         before = _stamp(path)
         layout = _first_pass(path, label_column, missing, task)
-        x, labels, categories = _second_pass(path, layout, task)
+        x, labels, categories = _second_pass(path, layout, task, streamed=streams(layout, cache), missing=missing)
         if _stamp(path) != before:
             raise _changed(path)
     columns = CsvColumns(layout.feature_names, categories)
@@ -202,10 +219,22 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str) -> _Layo
     return _Layout(len(header), label_at, label_names, feature_at, [header[i] for i in feature_at], rows, frozenset(categorical))
 
 
-def _second_pass(path: Path, layout: _Layout, task: str):
-    """``(x, labels, categories)``: the float32 features, the labels (regression: float32 targets;
-    classes: ``(codes, distinct texts)``) and each categorical column's sorted vocabulary."""
-    x = np.empty((layout.rows, len(layout.feature_at)), np.float32)
+def streams(layout: _Layout, cache: str) -> bool:
+    """Stream the table (``True``) or hold its float32 features in memory."""
+    from dlagent.ml.streaming import CACHE_BUDGET_BYTES
+
+    return cache == "stream" or (cache == "auto" and layout.rows * len(layout.feature_at) * 4 > CACHE_BUDGET_BYTES)
+
+
+def _second_pass(path: Path, layout: _Layout, task: str, *, streamed: bool = False, missing: str = "refuse"):
+    """``(x, labels, categories)``: the float32 features (streamed: a
+    :class:`~dlagent.ml.table_rows.TableRows` of all rows), the labels (regression: float32
+    targets; classes: ``(codes, distinct texts)``) and each categorical column's sorted vocabulary."""
+    from dlagent.ml.table_rows import RowStore, TableRows
+
+    store = RowStore(len(layout.feature_at)) if streamed else None
+    x = None if streamed else np.empty((layout.rows, len(layout.feature_at)), np.float32)
+    bad = _NonFinite(missing)
     vocabularies = {j: {} for j in layout.categorical}
     regression = task == REGRESSION
     targets = np.empty((layout.rows, len(layout.label_at)), np.float32) if regression else None
@@ -233,12 +262,13 @@ def _second_pass(path: Path, layout: _Layout, task: str):
             text = row[layout.label_at[0]].strip()
             label_codes[position] = label_texts.setdefault(text, len(label_texts))
         chunk.append(values)
-        if len(chunk) == CHUNK_ROWS:
-            x[start:start + len(chunk)] = chunk
+        if len(chunk) == CHUNK_ROWS or position + 1 == layout.rows:
+            if streamed:
+                store.append(bad.checked(np.asarray(chunk, np.float32), start))
+            else:
+                x[start:start + len(chunk)] = chunk
             start, chunk = start + len(chunk), []
-    if chunk:
-        x[start:start + len(chunk)] = chunk
-    if start + len(chunk) != layout.rows:
+    if chunk or start != layout.rows:
         raise _changed(path)
     categories = {}
     for j, vocabulary in vocabularies.items():  # first-seen codes -> codes into the sorted values
@@ -246,13 +276,43 @@ def _second_pass(path: Path, layout: _Layout, task: str):
         renumber = np.empty(len(vocabulary), np.float32)
         for new, value in enumerate(ordered):
             renumber[vocabulary[value]] = new
-        column = x[:, j]
-        known = ~np.isnan(column)
-        column[known] = renumber[column[known].astype(np.int64)]
+        if streamed:
+            store.recode[j] = renumber
+        else:
+            column = x[:, j]
+            known = ~np.isnan(column)
+            column[known] = renumber[column[known].astype(np.int64)]
         categories[j] = ordered
+    if streamed:
+        bad.raise_any()
+        store.finish()
+        x = TableRows(store, np.arange(layout.rows))
     if regression:
         return x, _checked_targets(targets, layout.label_names), categories
     return x, (label_codes, list(label_texts)), categories
+
+
+class _NonFinite:
+    """The streamed reader's check for what :func:`~dlagent.ml.data_checks.validate_arrays` refuses
+    in an array: an inf (a CSV cell may say ``inf``), or a NaN (``nan``) unless ``missing`` is
+    ``impute``; counted over every chunk, then refused with the same message."""
+
+    def __init__(self, missing: str):
+        self.missing, self.count, self.first = missing, 0, None
+
+    def checked(self, chunk: np.ndarray, start: int) -> np.ndarray:
+        bad = np.isinf(chunk) if self.missing == "impute" else ~np.isfinite(chunk)
+        if bad.any():
+            self.count += int(bad.sum())
+            if self.first is None:
+                self.first = start + int(np.argwhere(bad.any(axis=1))[0][0])
+        return chunk
+
+    def raise_any(self) -> None:
+        from dlagent.ml.data_checks import non_finite_features
+
+        if self.count:
+            raise non_finite_features(self.count, self.first)
 
 
 def _targets_of(path: Path, line: int, texts: list[str], names: list[str]) -> list[float]:

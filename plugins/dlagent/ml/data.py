@@ -76,11 +76,14 @@ class DatasetSplits:
         numbers_only = self.encoding is None or not self.encoding.vocabularies
         if encoding_doc == mine or (encoding_doc is None and numbers_only):  # (a model logged before encodings were)
             return x
-        raw = raw if raw is not None else (x.tolist() if numbers_only and self.encoding else None)
-        if encoding_doc is None or raw is None:
+        if encoding_doc is None or (raw is None and not (numbers_only and self.encoding)):
             raise ConfigError("encoding", "the model's categorical encoding does not match this data set's columns.",
                               "compare models trained on the same columns.")
-        return TableEncoding.from_json(encoding_doc).encode(raw)
+        other = TableEncoding.from_json(encoding_doc)
+        if isinstance(raw, RawRows) and len(other.columns) == len(raw.columns.names) and (
+                {j for j, column in enumerate(other.columns) if column in other.vocabularies} == set(raw.columns.categories)):
+            return other.encode_table(raw.x, raw.columns.categories)  # the loaded rows, encoded its way (on read, when streamed)
+        return other.encode(raw if raw is not None else x[:].tolist())
 
     @property
     def primary(self) -> Metric:
@@ -188,12 +191,14 @@ def load_dataset(
 
     ``max_samples`` keeps a (stratified, for classes) subset first (for quick runs and tests).
     ``task`` and ``metric`` (empty: the task's default) are checked before the data is read.
-    ``cache`` (image folders): ``auto`` holds a folder whose pixels fit the cache budget in
-    memory and streams a larger one (:mod:`dlagent.ml.streaming`); ``memory`` or ``stream``.
+    ``cache`` (image folders and CSV tables): ``auto`` holds a folder or table whose float32
+    values fit the cache budget in memory and streams a larger one (:mod:`dlagent.ml.streaming`,
+    :mod:`dlagent.ml.table_rows`); ``memory`` or ``stream`` force either.
     ``image_size`` and ``color_mode`` (image folders): every image resized to that size (empty:
     the first image's) and converted to ``grayscale`` or ``rgb`` (``auto``: the first image's mode).
     """
     from dlagent.ml.lineage import content_digest
+    from dlagent.ml.streaming import is_streamed
 
     check_choice("data_options.missing", missing, MISSING_POLICIES)
     check_choice("task", task, TASKS)
@@ -212,9 +217,12 @@ def load_dataset(
         columns = None
         num_classes = validate_labels(y, class_names) if streamed else validate_arrays(x, y, class_names, missing=missing, task=task)
     else:
-        x, y, class_names, columns = read_dataset(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)
+        x, y, class_names, columns = read_dataset(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task,
+                                                  cache=cache)
         num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)
         digest = content_digest(x, y, extra=json.dumps(columns.categories, sort_keys=True) if columns and columns.categories else "")
+        if is_streamed(x):  # a table too large to hold: split its row numbers, as an image folder's file numbers
+            x, streamed = np.arange(len(x))[:, None], x
     primary = resolve_metric(task, metric, num_classes if task == CLASSIFICATION else None)
     if max_samples is not None:
         least = MIN_REGRESSION_SAMPLES if task == REGRESSION else num_classes * MIN_SAMPLES_PER_CLASS
@@ -232,12 +240,13 @@ def load_dataset(
         from dlagent.ml.tabular import fit_encoding
 
         encoding = fit_encoding(columns.names, {}, missing == "impute")
-    if streamed is not None:  # the split was made on file indices: each part becomes its files
-        parts = tuple(streamed.subset(part[:, 0]) if i % 2 == 0 else part for i, part in enumerate(parts))
+    if streamed is not None:  # the split was made on file or row numbers: each part becomes its files or rows
+        parts = _streamed_parts(parts, streamed)
     if columns is not None and columns.categories:
         parts, encoding, raw = _encode_categorical(parts, columns, impute=missing == "impute")
     return DatasetSplits(uri, *parts, num_classes=num_classes, class_names=names, digest=digest,
-                         impute=missing == "impute" and x.ndim == 2 and streamed is None, task=task, metric=primary.name,
+                         impute=missing == "impute" and (columns is not None or (x.ndim == 2 and streamed is None)), task=task,
+                         metric=primary.name,
                          encoding=encoding, raw_x_val=raw[0], raw_x_test=raw[1])
 
 
@@ -256,16 +265,32 @@ def _load_images(uri: str, allowed_roots, cache: str, *, image_size=None, color_
     return np.arange(len(scanned.paths))[:, None], scanned.labels, scanned.class_names, scanned.digest, files
 
 
+def _streamed_parts(parts, streamed):
+    """Each part's numbers become its image files, or its table rows in file order (so reading
+    them goes forward through the scratch file; the labels follow)."""
+    from dlagent.ml.streaming import ImageFiles
+
+    out = []
+    for x, y in zip(parts[::2], parts[1::2], strict=True):
+        index = x[:, 0]
+        if not isinstance(streamed, ImageFiles):
+            order = np.argsort(index, kind="stable")
+            index, y = index[order], y[order]
+        out += [streamed.subset(index), y]
+    return tuple(out)
+
+
 def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):
     """One-hot the categorical columns with a vocabulary learned from the training split only
-    (:mod:`dlagent.ml.tabular`). Every split is encoded from the loaded array at once
-    (:meth:`TableEncoding.encode_loaded`), which gives what :meth:`TableEncoding.encode`, the
-    function a server applies to raw rows, gives for the same rows. Returns the encoded parts,
-    the encoding and the validation and test splits' raw rows (made when read: :class:`RawRows`)."""
-    from dlagent.ml.tabular import fit_encoding
+    (:mod:`dlagent.ml.tabular`), counted a chunk at a time. Every split is encoded from the
+    loaded rows (:meth:`TableEncoding.encode_table`: at once for an array, on each read for a
+    streamed table), which gives what :meth:`TableEncoding.encode`, the function a server applies
+    to raw rows, gives for the same rows. Returns the encoded parts, the encoding and the
+    validation and test splits' raw rows (made when read: :class:`RawRows`)."""
+    from dlagent.ml.tabular import fit_encoding_from_counts
 
     x_train, y_train, x_val, y_val, x_test, y_test = parts
-    encoding = fit_encoding(columns.names, columns.categorical_values(x_train), impute)
+    encoding = fit_encoding_from_counts(columns.names, columns.category_counts(x_train), impute)
     raw_val, raw_test = RawRows(x_val, columns), RawRows(x_test, columns)
-    encoded = [encoding.encode_loaded(part, columns.categories) for part in (x_train, x_val, x_test)]
+    encoded = [encoding.encode_table(part, columns.categories) for part in (x_train, x_val, x_test)]
     return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, (raw_val, raw_test)

@@ -63,6 +63,10 @@ def _validate_features(x: np.ndarray, y: np.ndarray, missing: str) -> None:
         raise ConfigError("dataset", f"is empty: features of shape {x.shape}.", "give at least one sample with at least one feature.")
     if len(x) != len(y):
         raise ConfigError("dataset", f"{len(x)} feature rows but {len(y)} labels.", "give one label per sample.")
+    from dlagent.ml.streaming import is_streamed
+
+    if is_streamed(x):  # a streamed table's values were checked as they were read (dlagent.ml.csv_table)
+        return
     if not np.issubdtype(x.dtype, np.floating):
         raise ConfigError("dataset", f"features have dtype {x.dtype}, not floating point.", "convert features to numbers.")
     if missing == "impute" and np.isnan(x).any() and x.ndim != 2:
@@ -70,9 +74,12 @@ def _validate_features(x: np.ndarray, y: np.ndarray, missing: str) -> None:
                           "clean the images, or use missing 'refuse'.")
     bad = np.isinf(x) if missing == "impute" else ~np.isfinite(x)
     if bad.any():
-        first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
-        raise ConfigError("dataset", f"{int(bad.sum())} NaN/inf feature values (first in sample {first}).",
-                          "clean the data, or set the data option missing to 'impute' (NaN only; inf is never imputed).")
+        raise non_finite_features(int(bad.sum()), int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0]))
+
+
+def non_finite_features(count: int, first: int) -> ConfigError:
+    return ConfigError("dataset", f"{count} NaN/inf feature values (first in sample {first}).",
+                       "clean the data, or set the data option missing to 'impute' (NaN only; inf is never imputed).")
 
 
 def validate_labels(y: np.ndarray, class_names: list[str] | None) -> int:

@@ -90,8 +90,8 @@ def distill(
 
     if is_streamed(splits.x_train):
         raise ConfigError("compression.distill", "distillation packs the teacher's outputs beside every training sample, which "
-                          "needs the images in memory; this folder is streamed.",
-                          "set the data option cache to 'memory' (if the pixels fit), or use pruning and quantization (distill: false).")
+                          "needs the training data in memory; this data set is streamed.",
+                          "set the data option cache to 'memory' (if it fits), or use pruning and quantization (distill: false).")
     logits_model, student = build_student(student_model, splits.input_shape, num_classes, units=student_units,
                                           filters=student_filters, seed=seed, adapt_data=splits.x_train,
                                           impute=splits.impute)

@@ -263,13 +263,25 @@ def _write_artifacts(report: EvaluationReport, splits: DatasetSplits, out_dir, *
                 log.info("no Keras model given: image explanation skipped for the TFLite model")
         else:
             groups = splits.encoding.column_groups() if splits.encoding is not None else None  # a raw column at a time
-            importance = permutation_importance(predict_fn, splits.x_test, splits.y_test, metric=primary, groups=groups)
+            x, y = held_rows(splits.x_test, splits.y_test)
+            importance = permutation_importance(predict_fn, x, y, metric=primary, groups=groups)
             json_path = out / "permutation_importance.json"
             json_path.write_text(json.dumps(importance, indent=2))
             report.artifacts.extend([plot_permutation_importance(importance, out / "permutation_importance.png"), json_path])
     metrics_path = out / "metrics.json"
     metrics_path.write_text(json.dumps(report.metrics, indent=2, sort_keys=True))
     report.artifacts.append(metrics_path)
+
+
+def held_rows(x, y, limit: int = 20_000, seed: int = 0):
+    """``(x, y)`` as arrays: a streamed test split (shuffled copies of it are predicted) is
+    sampled down to ``limit`` rows, seeded, in file order; arrays are returned as they are."""
+    from dlagent.ml.streaming import is_streamed
+
+    if not is_streamed(x):
+        return x, y
+    picks = np.arange(len(x)) if len(x) <= limit else np.sort(np.random.default_rng(seed).choice(len(x), limit, replace=False))
+    return x[picks], y[picks]
 
 
 # --------------------------------------------------------------------------- plots and explanations

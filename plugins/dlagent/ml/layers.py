@@ -48,13 +48,28 @@ class ImputeMissing(layers.Layer):
         return {**super().get_config(), "fill_values": self.fill_values, "indicator_columns": self.indicator_columns}
 
 
-def impute_layer(features: np.ndarray) -> ImputeMissing:
-    """An :class:`ImputeMissing` from the training split's features: per-column medians of the
-    values present (0 for a column with none), indicators for the columns with any NaN."""
-    x = np.asarray(features, np.float64)
+MEDIAN_ROWS = 100_000  # training rows a median is taken over; a seeded sample of them when there are more
+
+
+def impute_layer(features) -> ImputeMissing:
+    """An :class:`ImputeMissing` from the training split's features (an array or a streamed
+    table): per-column medians of the values present (0 for a column with none), indicators for
+    the columns with any NaN.
+
+    A median needs its values in memory, so above :data:`MEDIAN_ROWS` rows it is the median of a
+    seeded sample of that many rows (the same in every task); which columns get an indicator is
+    found over all rows, a chunk at a time."""
+    from dlagent.ml.table_rows import iter_chunks
+
+    n = len(features)
+    sample = features[:] if n <= MEDIAN_ROWS else features[np.sort(np.random.default_rng(0).choice(n, MEDIAN_ROWS, replace=False))]
+    x = np.asarray(sample, np.float64)
     present = ~np.isnan(x)
     fill = [float(np.median(x[present[:, j], j])) if present[:, j].any() else 0.0 for j in range(x.shape[1])]
-    return ImputeMissing(fill, [int(j) for j in np.flatnonzero((~present).any(axis=0))], name=IMPUTE_LAYER)
+    gaps = np.zeros(x.shape[1], bool)
+    for chunk in iter_chunks(features):
+        gaps |= np.isnan(chunk).any(axis=0)
+    return ImputeMissing(fill, [int(j) for j in np.flatnonzero(gaps)], name=IMPUTE_LAYER)
 
 
 TARGET_SCALE_LAYER = "target_scale"  # the name of a regression model's TargetScale layer

@@ -21,7 +21,7 @@ CONTEXT_TAG = "mlflow.data.context"  # MLflow's own input tag: how the run used 
 TRAINING, TUNING, EVALUATION = "training", "tuning", "evaluation"
 
 
-DIGEST_CHUNK_BYTES = 64 * 2**20  # bytes of samples hashed at once
+DIGEST_CHUNK_BYTES = 8 * 2**20  # bytes of samples hashed at once (a memory-mapped or streamed x is read that much at a time)
 
 
 def content_digest(x: np.ndarray, y: np.ndarray, *, extra: str = "") -> str:

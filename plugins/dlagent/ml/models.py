@@ -61,13 +61,13 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
     else:
         x = inputs
         if len(input_shape) == 1 and adapt_data is not None:
-            rows = np.asarray(adapt_data, np.float32)
+            imputer = None
             if impute:
                 from dlagent.ml.layers import impute_layer
 
-                imputer = impute_layer(rows)
-                x, rows = imputer(x), imputer.transform(rows)
-            x = standardize_layer(rows)(x)
+                imputer = impute_layer(adapt_data)
+                x = imputer(x)
+            x = standardize_layer(adapt_data, imputer)(x)
         x = layers.Flatten()(x)
     if config.model in IMAGE_MODELS:  # convolution features: dropout before the dense layer
         x = layers.Dropout(config.dropout)(x)
@@ -88,15 +88,27 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
 STANDARDIZE_LAYER = "standardize"
 
 
-def standardize_layer(features: np.ndarray):
+def standardize_layer(features, imputer=None):
     """A Keras ``Normalization`` layer holding the per-column mean and variance of ``features``
-    (the training split only), so the model, its TFLite file and the served model all take raw
-    values: no training/serving skew. A constant column keeps variance 1 (scikit-learn's
-    ``StandardScaler`` rule), where Keras' own floor of 1e-7 would blow up any other value."""
+    (the training split only; after ``imputer``'s filling when given), so the model, its TFLite
+    file and the served model all take raw values: no training/serving skew. A constant column
+    keeps variance 1 (scikit-learn's ``StandardScaler`` rule), where Keras' own floor of 1e-7
+    would blow up any other value.
+
+    The moments are merged a chunk at a time in float64 (Chan et al.'s pairwise update), so a
+    streamed table (:class:`~dlagent.ml.table_rows.TableRows`) is never held whole."""
     from keras import layers
 
-    values = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    mean, variance = values.mean(axis=0), values.var(axis=0)
+    from dlagent.ml.table_rows import iter_chunks
+
+    count, mean, m2 = 0, 0.0, 0.0
+    for chunk in iter_chunks(features):
+        values = np.asarray(imputer.transform(chunk) if imputer is not None else chunk, np.float64).reshape(len(chunk), -1)
+        n, chunk_mean = len(values), values.mean(axis=0)
+        delta, total = chunk_mean - mean, count + n
+        m2 = m2 + ((values - chunk_mean) ** 2).sum(axis=0) + delta**2 * count * n / total
+        mean, count = mean + delta * n / total, total
+    variance = m2 / count
     variance[variance < 1e-12] = 1.0
     return layers.Normalization(mean=mean.astype(np.float32), variance=variance.astype(np.float32), name=STANDARDIZE_LAYER)
 

@@ -258,19 +258,23 @@ class ImageFiles:
 
 
 def is_streamed(x) -> bool:
-    return isinstance(x, ImageFiles)
+    """``x`` is read from disk a batch at a time: an image folder's :class:`ImageFiles` or a
+    table's :class:`~dlagent.ml.table_rows.TableRows`."""
+    from dlagent.ml.table_rows import TableRows
+
+    return isinstance(x, (ImageFiles, TableRows))
 
 
 def fit_data(x, y, *, batch_size: int, seed: int) -> dict:
     """``model.fit`` keywords for the training inputs: arrays as they are (Keras shuffles them),
-    streamed images as a shuffled ``tf.data`` pipeline."""
+    streamed images or table rows as a shuffled ``tf.data`` pipeline."""
     if is_streamed(x):
         return {"x": x.dataset(y, batch_size=batch_size, shuffle_seed=seed), "shuffle": False}  # the pipeline shuffles
     return {"x": x, "y": y, "batch_size": batch_size}
 
 
 def eval_data(x, y, *, batch_size: int = 256):
-    """Validation or evaluation inputs: ``(x, y)`` for arrays, a batched pipeline for streamed images."""
+    """Validation or evaluation inputs: ``(x, y)`` for arrays, a batched pipeline for streamed data."""
     return x.dataset(y, batch_size=batch_size) if is_streamed(x) else (x, y)
 
 

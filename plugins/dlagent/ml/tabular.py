@@ -21,6 +21,7 @@ Pure Python and NumPy: no Keras, no Airflow.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -151,6 +152,15 @@ class TableEncoding:
             out[:, position + k] = empty
         return out
 
+    def encode_table(self, x, categories: dict[int, list[str]]):
+        """:meth:`encode_loaded` for a split as loaded: an array is encoded now; a streamed
+        table (:class:`~dlagent.ml.table_rows.TableRows`) becomes one encoded as it is read."""
+        from dlagent.ml.streaming import is_streamed
+
+        if is_streamed(x):
+            return x.encoded(functools.partial(self.encode_loaded, categories=categories), self.width)
+        return self.encode_loaded(x, categories)
+
     def _cells(self, row, r: int) -> list:
         if isinstance(row, dict):
             unknown = sorted(set(row) - set(self.columns))
@@ -202,18 +212,29 @@ def _category(value) -> str:
 
 def fit_encoding(columns: list[str], categorical: dict[str, list], impute: bool) -> TableEncoding:
     """Learn the vocabularies from the **training split's** raw values of each categorical column
-    (``categorical`` maps the column to those values, empty cells included): values sorted by
+    (``categorical`` maps the column to those values, empty cells included):
+    :func:`fit_encoding_from_counts` of their counts."""
+    return fit_encoding_from_counts(columns, {column: Counter(values) for column, values in categorical.items()}, impute)
+
+
+def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], impute: bool) -> TableEncoding:
+    """Learn the vocabularies from how often each raw value occurs in the **training split** of
+    each categorical column (``counts``; an empty cell counts under ``None``): values sorted by
     frequency, then by name, at most :data:`MAX_VOCABULARY` of them."""
     vocabularies, fill, indicators = {}, {}, []
     for column in columns:
-        if column not in categorical:
+        if column not in counts:
             continue
-        present = [str(v).strip() for v in categorical[column] if not is_missing(v)]
-        counts = Counter(present)
-        ranked = sorted(counts, key=lambda value: (-counts[value], value))
+        present, empty = Counter(), 0
+        for value, n in counts[column].items():
+            if is_missing(value):
+                empty += n
+            else:
+                present[str(value).strip()] += n
+        ranked = sorted(present, key=lambda value: (-present[value], value))
         vocabularies[column] = sorted(ranked[:MAX_VOCABULARY])
         if ranked:
             fill[column] = ranked[0]
-        if impute and len(present) < len(categorical[column]):
+        if impute and empty:
             indicators.append(column)
     return TableEncoding(list(columns), vocabularies, fill, indicators, impute)

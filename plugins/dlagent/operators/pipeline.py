@@ -99,8 +99,9 @@ class ValidateInputsOperator(DlagentOperator):
         if is_streamed(splits.x_train):
             for index, candidate in enumerate(self.compression_candidates or []):
                 if isinstance(candidate, dict) and candidate.get("distill"):
-                    raise ConfigError(f"compression_candidates[{index}].distill", "distillation needs the images in memory; this "
-                                      "folder is streamed.", "set the data option cache to 'memory' (if the pixels fit), or distill: false.")
+                    raise ConfigError(f"compression_candidates[{index}].distill", "distillation needs the training data in "
+                                      "memory; this data set is streamed.", "set the data option cache to 'memory' (if it fits), "
+                                      "or distill: false.")
         thresholds = GateThresholds.from_dict(self.gate_thresholds) if self.gate_thresholds is not None else GateThresholds()
         if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
             raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",

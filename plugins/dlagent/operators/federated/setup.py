@@ -43,7 +43,8 @@ class FederatedValidateOperator(FederatedOperator):
                               "give one queue name per site, in the sites' order, or leave it empty.")
         splits = self.evaluation_splits(config)
         if is_streamed(splits.x_train):
-            raise ConfigError("dataset", "federated training holds each shard in memory; this folder is streamed.", "set cache 'memory'.")
+            raise ConfigError("dataset", "federated training holds each shard in memory; this data set is streamed (larger than "
+                              "the cache budget, or cache 'stream').", "set the data option cache to 'memory' (if it fits).")
         if not sites:  # an experiment: the shards come from this data set, so check now that they can be made
             partition(splits.y_train, federated.n_shards, federated.partition, seed=federated.seed, alpha=federated.skew_alpha,
                       regression=splits.is_regression)
