@@ -89,6 +89,8 @@ CASES = [
     C("image_size_on_a_table", {"image_size": "32"}, "data_options.image_size", words="'images:' folder"),
     C("color_mode_unknown", {"color_mode": "cmyk", "dataset": "images:{data}/tiff_images"}, "data_options.color_mode", params=True),
     C("csv_categorical_gap", {"dataset": "csv:{data}/categorical_gap.csv", "model": "mlp"}, "dataset", words="column 1: an empty cell"),
+    C("csv_inf_when_streamed", {"dataset": "csv:{data}/inf_cell.csv", "model": "mlp", "cache": "stream", "missing": "impute"}, "dataset",
+      words="1 NaN/inf feature values (first in sample 7)"),
     C("unknown_conf_key_misspelt", {"epoch": 5}, "epoch", words="Did you mean 'epochs'"),
     C("unknown_conf_key_alias", {"lr": 0.01}, "lr", words="is not a Param"),
     C("max_samples_too_small", {"max_samples": 10}, "max_samples", params=True),
@@ -259,6 +261,8 @@ def _write_data(data: Path, outside: Path) -> None:
     (data / "regression.csv").write_text(regression)
     (data / "regression_gap.csv").write_text(regression.replace("\n", "\n0.5,0.5,\n", 1))
     (data / "words.csv").write_text("f1,f2,label\n" + "".join(f"{rng.random():.3f},{rng.random():.3f},{w}\n" for w in ["low", "high"] * 30))
+    (data / "inf_cell.csv").write_text("f1,f2,label\n" + "".join(f"{'inf' if i == 7 else f'{rng.random():.3f}'},{rng.random():.3f},{i % 2}\n"
+                                                                 for i in range(40)))
     (data / "ragged.csv").write_text("f1,f2,label\n0.1,0.2,0\n0.3,0.4,1\n0.5,1\n")
     (data / "categorical_gap.csv").write_text("colour,f1,label\n" + "".join(f"{c},{rng.random():.3f},{i % 2}\n" for i, c in
                                                                          enumerate(["red", "blue", "", "teal"] * 10)))
