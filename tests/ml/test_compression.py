@@ -248,3 +248,33 @@ def test_distillation_produces_a_smaller_working_student(teacher, teacher_accura
     probs = student.predict(digits_small.x_test[:5], verbose=0)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # the kept student ends in a softmax
     assert math.isfinite(candidate.metrics["latency_ms_p95"])
+
+
+# --------------------------------------------------------------------------- int8 on tables
+
+
+def test_int8_keeps_a_tables_imputation_and_standardisation_in_float(tmp_path, monkeypatch):
+    """Columns in the thousands beside columns near 0.1, and NaN gaps: one int8 input scale
+    would round the small columns to zero. The preprocessing stays float32, the dense layers are
+    int8, and the accuracy stays with the Keras model's (fully int8, it falls to chance)."""
+    import tensorflow as tf
+    from dlagent.ml import compression
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.evaluation import keras_score
+    from dlagent.ml.training import fit
+
+    from tests.ml.test_table_rows import _table
+
+    splits = load_dataset(_table(tmp_path / "t.csv", rows=1200), seed=0, missing="impute")
+    model = fit(splits, TrainConfig(model="mlp", epochs=12, seed=0)).model
+    keras_accuracy = keras_score(model, splits)
+    candidate = compress(model, splits, CompressionConfig(quantization="int8"), latency_runs=5)
+    assert candidate.metrics["test_accuracy"] >= keras_accuracy - 0.03 and keras_accuracy >= 0.85
+    interpreter = tf.lite.Interpreter(model_content=candidate.tflite_bytes)
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert ops.index("QUANTIZE") > ops.index("SUB") and "SELECT_V2" in ops[:ops.index("QUANTIZE")]  # gaps filled, then scaled, in float
+    dense_weights = [t for t in interpreter.get_tensor_details() if "dense" in t["name"] and t["name"].endswith("MatMul")]
+    assert dense_weights and all(t["dtype"] == np.int8 for t in dense_weights)
+    monkeypatch.setattr(compression, "float_preprocessing", lambda model: [])
+    fully_int8 = compress(model, splits, CompressionConfig(quantization="int8"), latency_runs=5)
+    assert fully_int8.metrics["test_accuracy"] < keras_accuracy - 0.2  # what the float preprocessing prevents

@@ -89,6 +89,8 @@ CASES = [
     C("image_size_on_a_table", {"image_size": "32"}, "data_options.image_size", words="'images:' folder"),
     C("color_mode_unknown", {"color_mode": "cmyk", "dataset": "images:{data}/tiff_images"}, "data_options.color_mode", params=True),
     C("csv_categorical_gap", {"dataset": "csv:{data}/categorical_gap.csv", "model": "mlp"}, "dataset", words="column 1: an empty cell"),
+    C("int8_io_on_a_table", {"dataset": "csv:{data}/table.csv", "model": "mlp", "compression_candidates": [{"quantization": "int8",
+      "int8_io": True}]}, "compression_candidates[0].int8_io", words="integer input cannot carry a table's raw columns"),
     C("csv_inf_when_streamed", {"dataset": "csv:{data}/inf_cell.csv", "model": "mlp", "cache": "stream", "missing": "impute"}, "dataset",
       words="1 NaN/inf feature values (first in sample 7)"),
     C("unknown_conf_key_misspelt", {"epoch": 5}, "epoch", words="Did you mean 'epochs'"),

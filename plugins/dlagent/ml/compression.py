@@ -14,6 +14,12 @@ Keras 3 models), and nothing imports Airflow. The steps, in the order :func:`com
    integer: int8 weights and activations, calibrated on a representative sample of the
    *training* split, every op restricted to the int8 builtins).
 
+   A table model's input preprocessing (:class:`~dlagent.ml.layers.ImputeMissing` and the
+   ``standardize`` layer) stays float32 under ``int8`` (:func:`float_preprocessing`): one
+   int8 scale cannot hold raw columns in the thousands beside columns near 0.1 (the small
+   ones round to zero) nor a NaN gap, and a fully int8 table model fell to chance accuracy.
+   Everything after the standardisation is int8.
+
    ``int8`` I/O choice: by default the int8 model keeps **float32 input and output** (a
    QUANTIZE op in front, a DEQUANTIZE op behind), so it is a drop-in replacement for the
    float model: the same features in, probabilities out. ``int8_io=True`` makes the input and
@@ -347,8 +353,36 @@ def quantize(model, mode: str = "int8", representative_data=None, *, int8_io: bo
     chatter = io.StringIO()  # the converter prints the exported signature to stdout
     with contextlib.redirect_stdout(chatter):
         content = converter.convert()
+        if mode == "int8" and not int8_io and float_preprocessing(model):
+            content = _with_float_preprocessing(converter, content, generate)
     log.debug("TFLite converter output: %s", chatter.getvalue())
     return bytes(content)
+
+
+def float_preprocessing(model) -> list[str]:
+    """The names of ``model``'s input preprocessing layers (imputation, standardisation) that an
+    int8 conversion keeps in float32."""
+    from dlagent.ml.layers import IMPUTE_LAYER
+    from dlagent.ml.models import STANDARDIZE_LAYER
+
+    return [layer.name for layer in model.layers if layer.name in (IMPUTE_LAYER, STANDARDIZE_LAYER)]
+
+
+def _with_float_preprocessing(converter, content: bytes, representative) -> bytes:
+    """The int8 conversion again with the preprocessing layers' operators left in float32
+    (TensorFlow Lite's selective quantization: the quantization debugger's deny-list of nodes,
+    named from the fully quantized model ``content``); a QUANTIZE op then follows them."""
+    import tensorflow as tf
+
+    from dlagent.ml.layers import IMPUTE_LAYER
+    from dlagent.ml.models import STANDARDIZE_LAYER
+
+    tensors = tf.lite.Interpreter(model_content=content).get_tensor_details()
+    denied = [t["name"] for t in tensors if any(f"/{name}" in t["name"] for name in (IMPUTE_LAYER, STANDARDIZE_LAYER))]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denied)
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
 # --------------------------------------------------------------------------- the whole step

@@ -78,8 +78,8 @@ class ValidateInputsOperator(DlagentOperator):
 
     def _check_task(self, config, splits) -> None:
         """What the task and primary metric rule out, before any compute: transfer, class weights
-        and distillation are for classifiers; a fraction metric's threshold is a fraction; the
-        champion must be a model of the same task."""
+        and distillation are for classifiers; int8 input cannot carry a table's raw columns; a
+        fraction metric's threshold is a fraction; the champion must be a model of the same task."""
         from dlagent.ml.gate import FRACTIONS, GateThresholds
         from dlagent.ml.registry import get_champion
 
@@ -102,6 +102,13 @@ class ValidateInputsOperator(DlagentOperator):
                     raise ConfigError(f"compression_candidates[{index}].distill", "distillation needs the training data in "
                                       "memory; this data set is streamed.", "set the data option cache to 'memory' (if it fits), "
                                       "or distill: false.")
+        if len(splits.input_shape) == 1 and config.model == "mlp" and not config.init_from:  # the built-in standardises raw columns
+            for index, candidate in enumerate(self.compression_candidates or []):
+                if isinstance(candidate, dict) and candidate.get("int8_io"):
+                    raise ConfigError(f"compression_candidates[{index}].int8_io", "integer input cannot carry a table's raw columns: "
+                                      "the 'mlp' standardises them first, in float32, and one int8 scale would round the small "
+                                      "columns to zero.", "use int8 without int8_io (float input, int8 inside), or give your own "
+                                      "model standardised inputs.")
         thresholds = GateThresholds.from_dict(self.gate_thresholds) if self.gate_thresholds is not None else GateThresholds()
         if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
             raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
