@@ -278,3 +278,12 @@ def test_int8_keeps_a_tables_imputation_and_standardisation_in_float(tmp_path, m
     monkeypatch.setattr(compression, "float_preprocessing", lambda model: [])
     fully_int8 = compress(model, splits, CompressionConfig(quantization="int8"), latency_runs=5)
     assert fully_int8.metrics["test_accuracy"] < keras_accuracy - 0.2  # what the float preprocessing prevents
+
+
+def test_int8_io_on_a_model_that_standardises_raw_columns_is_refused_before_converting():
+    from dlagent.ml.models import build_model
+
+    rows = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32) * [1, 1000, 0.01]
+    model = build_model(TrainConfig(model="mlp", units=8), (3,), 2, adapt_data=rows)
+    with pytest.raises(ConfigError, match="compression.int8_io.*integer input cannot carry"):
+        quantize(model, "int8", rows, int8_io=True)

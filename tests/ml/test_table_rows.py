@@ -83,7 +83,11 @@ def test_every_process_gets_the_same_streamed_rows(tmp_path):
 def test_auto_streams_a_table_past_the_cache_budget_into_a_file_without_a_name(tmp_path, monkeypatch):
     uri = _table(tmp_path / "t.csv", rows=300)
     assert isinstance(load_dataset(uri, seed=0, missing="impute").x_train, np.ndarray)
-    monkeypatch.setattr(streaming, "CACHE_BUDGET_BYTES", 300 * 4 * 4 - 1)  # one byte less than the float32 features
+    held = 300 * 4 * (8 + 4)  # float32: 8 encoded columns (3 numbers, colour's 3 values, <other>, was-missing) and the 4 loaded ones
+    monkeypatch.setattr(streaming, "CACHE_BUDGET_BYTES", held)
+    in_memory = load_dataset(uri, seed=0, missing="impute")
+    assert isinstance(in_memory.x_train, np.ndarray) and in_memory.encoding.width == 8
+    monkeypatch.setattr(streaming, "CACHE_BUDGET_BYTES", held - 1)
     splits = load_dataset(uri, seed=0, missing="impute")
     assert isinstance(splits.x_train, TableRows) and splits.x_train.store is splits.x_test.store
     link = os.readlink(f"/proc/self/fd/{splits.x_train.store._file.fileno()}")
@@ -177,3 +181,53 @@ def _json(path):
     import json
 
     return json.loads(path.read_text())
+
+
+def test_indexing_is_refused_where_numpy_would_refuse_and_never_loads_the_whole_table_implicitly(tmp_path):
+    splits = load_dataset(_table(tmp_path / "t.csv", rows=300), seed=0, missing="impute", cache="stream")
+    x = splits.x_test
+    np.testing.assert_array_equal(x[np.array(3)], x[3])
+    with pytest.raises(IndexError, match="boolean mask"):
+        x[np.ones(len(x) - 1, bool)]
+    with pytest.raises(TypeError, match="not a tuple"):
+        x[:, 0]
+    with pytest.raises(TypeError, match="not turned into one array implicitly"):
+        np.asarray(x, np.float32)
+
+
+def test_the_scratch_file_goes_when_its_splits_go_even_after_a_tf_data_pipeline(tmp_path):
+    import gc
+    import weakref
+
+    splits = load_dataset(_table(tmp_path / "t.csv", rows=300), seed=0, missing="impute", cache="stream")
+    store = weakref.ref(splits.x_train.store)
+    pipeline = splits.x_train.dataset(splits.y_train, batch_size=16, shuffle_seed=0)
+    assert sum(len(labels) for _, labels in pipeline) == len(splits.y_train)
+    del splits
+    gc.collect()
+    assert store() is None  # the pipeline does not keep the file (and its descriptor) alive
+    with pytest.raises(Exception, match="was released"):
+        next(iter(pipeline))
+
+
+def test_a_numbers_only_streamed_split_is_encoded_for_another_model_as_it_is_read(tmp_path):
+    path = tmp_path / "n.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i % 7}.5,{'' if i % 9 == 0 else i % 5},{i % 2}\n" for i in range(300)))
+    splits = load_dataset(f"csv:{path}", seed=0, missing="impute", cache="stream")
+    assert not splits.encoding.vocabularies and splits.raw_x_test is None
+    other = {**splits.encoding.to_json(), "impute": False}  # a model that refuses gaps: a row with one fails when read
+    encoded = splits.inputs_for(other, "test")
+    assert isinstance(encoded, TableRows)
+    gaps = np.isnan(splits.x_test[:]).any(axis=1)
+    np.testing.assert_array_equal(encoded[np.flatnonzero(~gaps)], splits.x_test[np.flatnonzero(~gaps)])
+    with pytest.raises(ConfigError, match="missing 'refuse'"):
+        encoded[:]
+
+
+def test_a_federated_site_whose_own_file_is_streamed_is_refused(tmp_path):
+    from dlagent.ml.config import TrainConfig
+    from dlagent.operators.federated.common import site_rows
+
+    uri = _table(tmp_path / "t.csv", rows=300)
+    with pytest.raises(ConfigError, match=r"site_datasets\[0\].*streamed"):
+        site_rows("digits", [uri], {"missing": "impute", "cache": "stream"}, TrainConfig(model="mlp"), None, 0, None)

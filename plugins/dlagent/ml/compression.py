@@ -335,6 +335,10 @@ def quantize(model, mode: str = "int8", representative_data=None, *, int8_io: bo
                 "pass a few hundred training samples (representative_sample(splits, 200)) or use quantization 'dynamic'.",
             )
         representative_data = np.asarray(representative_data, dtype=np.float32)
+        if int8_io and float_preprocessing(model):
+            raise ConfigError("compression.int8_io", "integer input cannot carry a table's raw columns: the model standardises them "
+                              "first, in float32, and one int8 scale would round the small columns to zero.",
+                              "use int8 without int8_io (float input, int8 inside).")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

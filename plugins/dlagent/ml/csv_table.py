@@ -106,6 +106,7 @@ class _Layout:
     feature_names: list[str]
     rows: int
     categorical: frozenset
+    encoded_extra: int = 0  # the columns one-hot encoding adds: per categorical column its vocabulary (and a was-missing indicator)
 
 
 def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION, cache: str = "memory"):
@@ -188,7 +189,10 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str) -> _Layo
             raise ConfigError("dataset", f"{str(path)!r}: columns {seen[header[i]] + 1} and {i + 1} of the header have the same name.",
                               "give every column its own name.")
         seen[header[i]] = i
+    from dlagent.ml.tabular import MAX_VOCABULARY
+
     present, numeric, first_word = [0] * len(feature_at), [0] * len(feature_at), [None] * len(feature_at)
+    values = [set() for _ in feature_at]  # each column's distinct texts, up to the vocabulary cap: the encoded width
     rows = 0
     for line, row in _rows(path):
         if len(row) != len(header):
@@ -200,6 +204,8 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str) -> _Layo
                     raise ConfigError("dataset", f"{str(path)!r} line {line}, column {i + 1}: an empty cell.", EMPTY_CELL_FIX)
                 continue
             present[j] += 1
+            if len(values[j]) <= MAX_VOCABULARY:
+                values[j].add(text)
             if _is_float(text):
                 numeric[j] += 1
             elif first_word[j] is None:
@@ -216,14 +222,18 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str) -> _Layo
                               "in a column of numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical "
                               "column holds mostly non-numeric values).")
         categorical.add(j)
-    return _Layout(len(header), label_at, label_names, feature_at, [header[i] for i in feature_at], rows, frozenset(categorical))
+    extra = sum(min(len(values[j]), MAX_VOCABULARY) + (present[j] < rows) for j in categorical)
+    return _Layout(len(header), label_at, label_names, feature_at, [header[i] for i in feature_at], rows, frozenset(categorical), extra)
 
 
 def streams(layout: _Layout, cache: str) -> bool:
-    """Stream the table (``True``) or hold its float32 features in memory."""
+    """Stream the table (``True``) or hold it in memory. ``auto`` holds it when what memory would
+    hold fits the cache budget: the encoded splits (a categorical column is as wide as its
+    vocabulary, plus one) and the loaded rows beside them, as float32."""
     from dlagent.ml.streaming import CACHE_BUDGET_BYTES
 
-    return cache == "stream" or (cache == "auto" and layout.rows * len(layout.feature_at) * 4 > CACHE_BUDGET_BYTES)
+    encoded = len(layout.feature_at) + layout.encoded_extra
+    return cache == "stream" or (cache == "auto" and layout.rows * (encoded + len(layout.feature_at)) * 4 > CACHE_BUDGET_BYTES)
 
 
 def _second_pass(path: Path, layout: _Layout, task: str, *, streamed: bool = False, missing: str = "refuse"):

@@ -80,10 +80,15 @@ class DatasetSplits:
             raise ConfigError("encoding", "the model's categorical encoding does not match this data set's columns.",
                               "compare models trained on the same columns.")
         other = TableEncoding.from_json(encoding_doc)
-        if isinstance(raw, RawRows) and len(other.columns) == len(raw.columns.names) and (
-                {j for j, column in enumerate(other.columns) if column in other.vocabularies} == set(raw.columns.categories)):
-            return other.encode_table(raw.x, raw.columns.categories)  # the loaded rows, encoded its way (on read, when streamed)
-        return other.encode(raw if raw is not None else x[:].tolist())
+        loaded, columns = (raw.x, raw.columns) if isinstance(raw, RawRows) else (x, CsvColumns(list(other.columns), {}))
+        if len(other.columns) == len(columns.names) and (
+                {j for j, column in enumerate(other.columns) if column in other.vocabularies} == set(columns.categories)):
+            return other.encode_table(loaded, columns.categories)  # the loaded rows, encoded its way (on read, when streamed)
+        from dlagent.ml.streaming import is_streamed
+
+        if is_streamed(loaded):  # encoded a chunk at a time as it is read, never the whole split as Python rows
+            return loaded.encoded(lambda chunk: other.encode(columns.raw_rows(chunk)), other.width)
+        return other.encode(raw if raw is not None else x.tolist())
 
     @property
     def primary(self) -> Metric:

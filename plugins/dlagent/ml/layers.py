@@ -48,7 +48,8 @@ class ImputeMissing(layers.Layer):
         return {**super().get_config(), "fill_values": self.fill_values, "indicator_columns": self.indicator_columns}
 
 
-MEDIAN_ROWS = 100_000  # training rows a median is taken over; a seeded sample of them when there are more
+MEDIAN_ROWS = 100_000  # training rows a median is taken over; a seeded sample of them when there are more...
+MEDIAN_BYTES = 64 * 2**20  # ...and fewer when that many (encoded, float32) rows would be larger than this
 
 
 def impute_layer(features) -> ImputeMissing:
@@ -56,16 +57,20 @@ def impute_layer(features) -> ImputeMissing:
     table): per-column medians of the values present (0 for a column with none), indicators for
     the columns with any NaN.
 
-    A median needs its values in memory, so above :data:`MEDIAN_ROWS` rows it is the median of a
-    seeded sample of that many rows (the same in every task); which columns get an indicator is
-    found over all rows, a chunk at a time."""
+    A median needs its values in memory, so above :data:`MEDIAN_ROWS` rows (or
+    :data:`MEDIAN_BYTES` of them, for a wide table) it is the median of a seeded sample of that
+    many rows (the same in every task); which columns get an indicator is found over all rows, a
+    chunk at a time."""
     from dlagent.ml.table_rows import iter_chunks
 
-    n = len(features)
-    sample = features[:] if n <= MEDIAN_ROWS else features[np.sort(np.random.default_rng(0).choice(n, MEDIAN_ROWS, replace=False))]
-    x = np.asarray(sample, np.float64)
-    present = ~np.isnan(x)
-    fill = [float(np.median(x[present[:, j], j])) if present[:, j].any() else 0.0 for j in range(x.shape[1])]
+    n, width = len(features), int(np.prod(features.shape[1:]))
+    most = max(1, min(MEDIAN_ROWS, MEDIAN_BYTES // (4 * max(1, width))))
+    sample = features[:] if n <= most else features[np.sort(np.random.default_rng(0).choice(n, most, replace=False))]
+    x = np.asarray(sample, np.float32)
+    fill = []
+    for j in range(x.shape[1]):  # a column at a time: a float64 copy of the sample would double it
+        present = x[:, j][~np.isnan(x[:, j])]
+        fill.append(float(np.median(present.astype(np.float64))) if len(present) else 0.0)
     gaps = np.zeros(x.shape[1], bool)
     for chunk in iter_chunks(features):
         gaps |= np.isnan(chunk).any(axis=0)

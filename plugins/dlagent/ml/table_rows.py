@@ -21,11 +21,12 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import weakref
 from collections.abc import Callable
 
 import numpy as np
 
-SPAN_ROWS = 4096  # file rows read by one pread at most
+SPAN_BYTES = 2**20  # bytes of the file one pread reads at most (whole rows; at least one)
 BLOCK_ROWS = 512  # consecutive rows of a split that stay together when an epoch is shuffled
 WINDOW_BLOCKS = 64  # blocks read, mixed and shuffled together: a window of 32,768 rows...
 WINDOW_BYTES = 16 * 2**20  # ...or fewer, when that many encoded rows would be larger than this
@@ -68,7 +69,7 @@ class RowStore:
         start = 0
         while start < len(wanted):
             first = int(wanted[start])
-            end = int(np.searchsorted(wanted, first + SPAN_ROWS, side="left"))
+            end = int(np.searchsorted(wanted, first + max(1, SPAN_BYTES // self.row_bytes), side="left"))
             last = int(wanted[end - 1])
             size = (last - first + 1) * self.row_bytes
             raw = os.pread(self._file.fileno(), size, first * self.row_bytes)
@@ -112,17 +113,25 @@ class TableRows:
 
     def subset(self, indices) -> TableRows:
         """The rows at ``indices`` (integer positions in this split, or a boolean mask)."""
-        return TableRows(self.store, self.positions[_as_indices(indices)], self.encode, self.width)
+        return TableRows(self.store, self.positions[_as_indices(indices, len(self))], self.encode, self.width)
 
     def encoded(self, encode: Callable, width: int) -> TableRows:
         """The same rows through another encoding (``encode`` takes loaded rows)."""
         return TableRows(self.store, self.positions, encode, width)
 
     def __getitem__(self, index):
+        if isinstance(index, np.ndarray) and index.ndim == 0:
+            index = index.item()
         if isinstance(index, (int, np.integer)):
             return self[[int(index)]][0]
-        picked = self.positions[index] if isinstance(index, slice) else self.positions[_as_indices(index)]
+        if isinstance(index, tuple):
+            raise TypeError("index table rows with an integer, a slice, integers or a boolean mask (one axis), not a tuple")
+        picked = self.positions[index] if isinstance(index, slice) else self.positions[_as_indices(index, len(self))]
         return self._rows(picked)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(f"a streamed table of {len(self)} rows is not turned into one array implicitly: read it in slices "
+                        "(x[i:j]), or load the data set with cache 'memory'")
 
     def _rows(self, positions) -> np.ndarray:
         loaded = self.store.read(positions)
@@ -139,31 +148,36 @@ class TableRows:
 
         labels = None if labels is None else np.asarray(labels)
         epochs = itertools.count()
+        width, size = self.width, len(self)
+        table = weakref.ref(self)  # tf.data keeps the generator for the process's life: it must not keep the scratch file open
 
         def windows():
+            rows_of = table()
+            if rows_of is None:
+                raise RuntimeError("the streamed table behind this tf.data pipeline was released; keep its split while the pipeline runs")
             if shuffle_seed is None:
-                order = np.arange(len(self))
+                order = np.arange(size)
                 rng = None
             else:
                 rng = np.random.default_rng([int(shuffle_seed), next(epochs)])
-                blocks = np.arange(0, len(self), BLOCK_ROWS)
-                order = np.concatenate([np.arange(b, min(b + BLOCK_ROWS, len(self))) for b in rng.permutation(blocks)] or [np.arange(0)])
-            window = min(BLOCK_ROWS * WINDOW_BLOCKS, WINDOW_BYTES // (4 * self.width))
+                blocks = np.arange(0, size, BLOCK_ROWS)
+                order = np.concatenate([np.arange(b, min(b + BLOCK_ROWS, size)) for b in rng.permutation(blocks)] or [np.arange(0)])
+            window = min(BLOCK_ROWS * WINDOW_BLOCKS, WINDOW_BYTES // (4 * width))
             window = max(1, window // batch_size) * batch_size  # whole batches: only the last is short
             for start in range(0, len(order), window):
                 picked = order[start:start + window]
                 if rng is not None:
                     picked = picked[rng.permutation(len(picked))]
-                rows = self._rows(self.positions[picked])
+                rows = rows_of._rows(rows_of.positions[picked])
                 for b in range(0, len(picked), batch_size):
                     if labels is None:
                         yield rows[b:b + batch_size]
                     else:
                         yield rows[b:b + batch_size], labels[picked[b:b + batch_size]]
 
-        row_spec = tf.TensorSpec((None, self.width), tf.float32)
+        row_spec = tf.TensorSpec((None, width), tf.float32)
         signature = row_spec if labels is None else (row_spec, tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)))
-        batches = -(-len(self) // batch_size)
+        batches = -(-size // batch_size)
         data = tf.data.Dataset.from_generator(windows, output_signature=signature)
         return data.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2)
 
@@ -172,9 +186,11 @@ class TableRows:
         return None
 
 
-def _as_indices(indices) -> np.ndarray:
+def _as_indices(indices, length: int) -> np.ndarray:
     indices = np.asarray(indices)
     if indices.dtype == np.bool_:
+        if indices.shape != (length,):
+            raise IndexError(f"a boolean mask of shape {indices.shape} for {length} rows")
         return np.flatnonzero(indices)
     if indices.size and not np.issubdtype(indices.dtype, np.integer):
         raise TypeError(f"index table rows with integers or a boolean mask, not {indices.dtype}")

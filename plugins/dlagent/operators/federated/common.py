@@ -30,7 +30,13 @@ def site_rows(dataset: str, site_datasets: list, data_options: dict | None, conf
     from dlagent.ml.federated.shards import partition
 
     if site_datasets:
+        from dlagent.ml.streaming import is_streamed
+
         splits = load_dataset_with_options(site_datasets[site], data_options, seed=config.seed, allowed_roots=allowed_roots)
+        if is_streamed(splits.x_train):
+            raise ConfigError(f"site_datasets[{site}]", "federated training holds each site's rows in memory; this site's data set "
+                              "is streamed (larger than the cache budget, or cache 'stream').",
+                              "set the data option cache to 'memory' (if it fits), or split the site's file.")
         return splits.x_train, splits.y_train, splits
     splits = load_dataset_with_options(dataset, data_options, seed=config.seed, allowed_roots=allowed_roots)
     rows = partition(splits.y_train, federated.n_shards, federated.partition, seed=federated.seed, alpha=federated.skew_alpha,
