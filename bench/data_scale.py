@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,12 +133,10 @@ def child_tfdata(folder: str, seed: int) -> dict:
 
 
 def measure(kind: str, folder: Path, seed: int, workdir: Path) -> dict:
+    from dlagent_dev.benchrun import child_figures
+
     workdir.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--folder", str(folder), "--workdir", str(workdir),
-                          "--seed", str(seed)], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{kind} on {folder} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    figures = child_figures(__file__, kind, {"folder": folder, "workdir": workdir, "seed": seed})
     figures["images_per_s"] = figures["n_train"] / figures["seconds"]
     return figures
 
@@ -151,7 +148,7 @@ def main(argv=None) -> int:
         figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
         return 0
-    from dlagent_dev.stats import interval
+    from dlagent_dev.benchrun import paired_arms
 
     started = time.perf_counter()
     rows, summary = [], {}
@@ -169,12 +166,7 @@ def main(argv=None) -> int:
                           f"{'streamed' if figures['streamed'] else 'in memory'}, val accuracy {figures['val_accuracy']:.3f}", flush=True)
             mine = [r for r in rows if r["images"] == n and r["kind"] == "pipeline"]
             theirs = [r for r in rows if r["images"] == n and r["kind"] == "tfdata"]
-            summary[n] = {"pipeline_rss_mib": interval([r["peak_rss_mib"] for r in mine]),
-                          "tfdata_rss_mib": interval([r["peak_rss_mib"] for r in theirs]),
-                          "pipeline_images_per_s": interval([r["images_per_s"] for r in mine]),
-                          "tfdata_images_per_s": interval([r["images_per_s"] for r in theirs]),
-                          "throughput_ratio": interval([a["images_per_s"] / b["images_per_s"] for a, b in zip(mine, theirs, strict=True)]),
-                          "streamed": mine[0]["streamed"]}
+            summary[n] = {**paired_arms(mine, theirs, ("pipeline", "tfdata"), "images_per_s"), "streamed": mine[0]["streamed"]}
             print(f"[bench] {n} images: pipeline {summary[n]['pipeline_images_per_s']['mean']:.0f} images/s, peak "
                   f"{summary[n]['pipeline_rss_mib']['mean']:.0f} MiB; tf.data {summary[n]['tfdata_images_per_s']['mean']:.0f} images/s, "
                   f"peak {summary[n]['tfdata_rss_mib']['mean']:.0f} MiB; ratio {summary[n]['throughput_ratio']['mean']:.3f} "

@@ -35,7 +35,6 @@ import csv
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -102,12 +101,10 @@ def child(table: str, workdir: str, seed: int, cache: str) -> dict:
 
 
 def measure(kind: str, table: Path, seed: int, workdir: Path) -> dict:
+    from dlagent_dev.benchrun import child_figures
+
     workdir.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--table", str(table), "--workdir", str(workdir),
-                          "--seed", str(seed)], capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{kind} on {table} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    figures = child_figures(__file__, kind, {"table": table, "workdir": workdir, "seed": seed})
     figures["rows_per_s"] = figures["n_train"] / figures["seconds"]
     return figures
 
@@ -119,6 +116,7 @@ def main(argv=None) -> int:
         figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(figures))
         return 0
+    from dlagent_dev.benchrun import paired_arms
     from dlagent_dev.stats import interval
 
     started = time.perf_counter()
@@ -139,13 +137,9 @@ def main(argv=None) -> int:
             table.unlink()
             mine = [r for r in rows if r["rows"] == n and r["kind"] == "stream"]
             theirs = [r for r in rows if r["rows"] == n and r["kind"] == "memory"]
-            summary[n] = {"stream_rss_mib": interval([r["peak_rss_mib"] for r in mine]),
-                          "memory_rss_mib": interval([r["peak_rss_mib"] for r in theirs]),
-                          "stream_rows_per_s": interval([r["rows_per_s"] for r in mine]),
-                          "memory_rows_per_s": interval([r["rows_per_s"] for r in theirs]),
+            summary[n] = {**paired_arms(mine, theirs, ("stream", "memory"), "rows_per_s"),
                           "stream_growth_mib": interval([r["peak_rss_mib"] - r["rss_after_imports_mib"] for r in mine]),
-                          "memory_growth_mib": interval([r["peak_rss_mib"] - r["rss_after_imports_mib"] for r in theirs]),
-                          "throughput_ratio": interval([a["rows_per_s"] / b["rows_per_s"] for a, b in zip(mine, theirs, strict=True)])}
+                          "memory_growth_mib": interval([r["peak_rss_mib"] - r["rss_after_imports_mib"] for r in theirs])}
             print(f"[bench] {n} rows: streamed {summary[n]['stream_rows_per_s']['mean']:.0f} rows/s, peak "
                   f"{summary[n]['stream_rss_mib']['mean']:.0f} MiB (+{summary[n]['stream_growth_mib']['mean']:.0f} over the imports); in memory {summary[n]['memory_rows_per_s']['mean']:.0f} rows/s, "
                   f"peak {summary[n]['memory_rss_mib']['mean']:.0f} MiB (+{summary[n]['memory_growth_mib']['mean']:.0f}); ratio {summary[n]['throughput_ratio']['mean']:.3f} "

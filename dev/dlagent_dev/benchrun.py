@@ -52,3 +52,30 @@ def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
             "seconds": round(seconds, 1), "epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in trained)),
             "trials": sum("optuna.trial_number" in r.data.tags for r in trained), "parent_run_id": parent.info.run_id,
             "tracking_uri": env["MLFLOW_TRACKING_URI"]}
+
+
+def child_figures(script, kind: str, options: dict) -> dict:
+    """Run ``script --child KIND --key value ...`` in a fresh Python process (so its peak memory
+    is its own) and return the JSON object its last line of output holds; exit naming the arm
+    when it fails."""
+    command = [sys.executable, str(script), "--child", kind]
+    for key, value in options.items():
+        command += [f"--{key}", str(value)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{kind} {options} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def paired_arms(mine: list[dict], theirs: list[dict], names: tuple[str, str], rate: str) -> dict:
+    """Two arms measured in pairs (the same seeds, in order): each arm's peak memory and ``rate``
+    (mean and 95 % interval), and the interval of the per-pair ratio of ``rate``, ``mine`` over
+    ``theirs``."""
+    from dlagent_dev.stats import interval
+
+    out = {}
+    for name, rows in zip(names, (mine, theirs), strict=True):
+        out[f"{name}_rss_mib"] = interval([r["peak_rss_mib"] for r in rows])
+        out[f"{name}_{rate}"] = interval([r[rate] for r in rows])
+    out["throughput_ratio"] = interval([a[rate] / b[rate] for a, b in zip(mine, theirs, strict=True)])
+    return out
