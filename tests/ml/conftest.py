@@ -11,7 +11,7 @@ from dlagent.ml.config import TrainConfig
 @pytest.fixture(scope="session")
 def models(digits_small):
     """Two different small models and their int8 TFLite files (trained once per session)."""
-    from dlagent.ml.compression import quantize, representative_sample
+    from dlagent.ml.quantization import quantize, representative_sample
     from dlagent.ml.training import fit
 
     out = []

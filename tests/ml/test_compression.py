@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from dlagent.errors import ConfigError
 from dlagent.ml.compression import (
-    QUANTIZATION_MODES,
     CompressionConfig,
     compress,
     magnitude_masks,
@@ -18,10 +17,10 @@ from dlagent.ml.compression import (
     polynomial_sparsity,
     prunable_kernels,
     prune,
-    quantize,
     validate_sparsity,
 )
 from dlagent.ml.config import TrainConfig
+from dlagent.ml.quantization import QUANTIZATION_MODES, quantize
 
 # Its module-scoped fixtures train models: all its tests on one pytest-xdist worker, so they train once.
 pytestmark = pytest.mark.xdist_group("ml_compression")
@@ -258,7 +257,7 @@ def test_int8_keeps_a_tables_imputation_and_standardisation_in_float(tmp_path, m
     would round the small columns to zero. The preprocessing stays float32, the dense layers are
     int8, and the accuracy stays with the Keras model's (fully int8, it falls to chance)."""
     import tensorflow as tf
-    from dlagent.ml import compression
+    from dlagent.ml import quantization
     from dlagent.ml.data import load_dataset
     from dlagent.ml.evaluation import keras_score
     from dlagent.ml.training import fit
@@ -275,7 +274,7 @@ def test_int8_keeps_a_tables_imputation_and_standardisation_in_float(tmp_path, m
     assert ops.index("QUANTIZE") > ops.index("SUB") and "SELECT_V2" in ops[:ops.index("QUANTIZE")]  # gaps filled, then scaled, in float
     dense_weights = [t for t in interpreter.get_tensor_details() if "dense" in t["name"] and t["name"].endswith("MatMul")]
     assert dense_weights and all(t["dtype"] == np.int8 for t in dense_weights)
-    monkeypatch.setattr(compression, "float_preprocessing", lambda model: [])
+    monkeypatch.setattr(quantization, "float_preprocessing", lambda model: [])
     fully_int8 = compress(model, splits, CompressionConfig(quantization="int8"), latency_runs=5)
     assert fully_int8.metrics["test_accuracy"] < keras_accuracy - 0.2  # what the float preprocessing prevents
 

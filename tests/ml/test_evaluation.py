@@ -75,7 +75,7 @@ def test_keras_evaluation_measures_everything_and_writes_artifacts(cnn, digits_s
 
 
 def test_tflite_evaluation_on_the_same_split(cnn, digits_small, tmp_path):
-    from dlagent.ml.compression import quantize
+    from dlagent.ml.quantization import quantize
 
     keras_report = evaluate_keras(cnn, digits_small, explain=False, latency_runs=30, predict_runs=3)
     for mode in ("none", "int8"):
@@ -96,7 +96,7 @@ def test_tflite_evaluation_on_the_same_split(cnn, digits_small, tmp_path):
 
 
 def test_batched_and_single_sample_tflite_predictions_agree(cnn, digits_small):
-    from dlagent.ml.compression import quantize
+    from dlagent.ml.quantization import quantize
 
     runner = TFLiteModel(quantize(cnn, "int8", digits_small.x_train[:100], int8_io=True))
     batched = runner.predict(digits_small.x_test, batch_size=32)  # the last batch is padded
@@ -147,7 +147,7 @@ def test_permutation_importance_finds_the_informative_feature():
 
 
 def test_log_evaluation_to_an_mlflow_run(cnn, digits_small, mlflow_uri, tmp_path):
-    from dlagent.ml.compression import quantize
+    from dlagent.ml.quantization import quantize
     from dlagent.ml.tracking import ensure_experiment
     from mlflow import MlflowClient
 

@@ -120,8 +120,8 @@ def test_a_served_raw_row_gives_the_keras_models_prediction(tmp_path):
     """Train the default table model, convert it, write a serving bundle with the encoding, and
     score the raw test rows (words, gaps) through the bundle: the Keras model's outputs on the
     loader's rows. The colour alone decides the class, so the model must use the encoding."""
-    from dlagent.ml.compression import quantize
     from dlagent.ml.config import TrainConfig
+    from dlagent.ml.quantization import quantize
     from dlagent.ml.serving import load_bundle, write_serving_bundle
     from dlagent.ml.training import fit
 

@@ -89,9 +89,9 @@ def test_a_table_is_standardised_inside_the_model_from_the_training_split(tmp_pa
 
     import keras
     import numpy as np
-    from dlagent.ml.compression import quantize
     from dlagent.ml.data import load_dataset
     from dlagent.ml.models import build_model, build_optimizer, scaling_statistics
+    from dlagent.ml.quantization import quantize
     from dlagent.ml.tflite import TFLiteModel
     from sklearn.datasets import load_wine
 
@@ -133,9 +133,9 @@ def test_missing_values_are_refused_by_default_and_imputed_inside_the_model_on_r
     import numpy as np
     import pytest
     from dlagent.errors import ConfigError
-    from dlagent.ml.compression import quantize
     from dlagent.ml.data import load_dataset
     from dlagent.ml.models import scaling_statistics
+    from dlagent.ml.quantization import quantize
     from dlagent.ml.tflite import TFLiteModel
     from sklearn.datasets import load_wine
 

@@ -157,9 +157,9 @@ def test_deploying_twice_for_one_dag_run_gives_one_version(pipeline_store):
 
 def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_store, monkeypatch):
     """Five worse models (real ones: the champion's weights with noise), one DAG run each: none ships."""
-    from dlagent.ml.compression import quantize
     from dlagent.ml.data import load_dataset
     from dlagent.ml.model_store import load_keras_model, log_keras_model
+    from dlagent.ml.quantization import quantize
     from dlagent.ml.registry import get_champion
     from dlagent.ml.tflite import TFLiteModel
 

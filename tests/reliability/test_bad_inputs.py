@@ -381,9 +381,9 @@ def world(tmp_path_factory, digits_small, module_postgres_databases):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.serialization.serialized_objects import DagSerialization
     from dlagent.ml import tuning
-    from dlagent.ml.compression import quantize
     from dlagent.ml.config import TrainConfig
     from dlagent.ml.model_store import log_keras_model
+    from dlagent.ml.quantization import quantize
     from dlagent.ml.registry import register_champion
     from dlagent.ml.serving import deploy_champion_bundle
     from dlagent.ml.tracking import ensure_experiment
