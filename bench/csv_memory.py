@@ -9,7 +9,10 @@ label column (about 75 bytes a row).
 **Pipeline**: what every task that reads a ``csv:`` data set runs: ``load_dataset`` with
 ``missing: impute`` and every other data option at its default (the two streaming passes of
 :mod:`dlagent.ml.csv_table`, the checks, the content digest, the stratified split, the one-hot
-encoding of the categorical column with the training split's vocabulary).
+encoding of the categorical column with the training split's vocabulary). Under the default
+``cache: auto`` a table whose encoded splits and loaded rows are over the 256 MiB budget (the
+default 2,000,000 rows are) is streamed: its rows stay in a scratch file
+(:mod:`dlagent.ml.table_rows`), so the figure is then what loading costs without holding them.
 
 **Baseline**, in the same run, on the same file: ``pandas.read_csv`` (its C parser, default
 options), then what a model needs of it: the numeric columns as one float32 array and the
