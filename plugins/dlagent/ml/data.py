@@ -196,8 +196,9 @@ def load_dataset(
 
     ``max_samples`` keeps a (stratified, for classes) subset first (for quick runs and tests).
     ``task`` and ``metric`` (empty: the task's default) are checked before the data is read.
-    ``cache`` (image folders and CSV tables): ``auto`` holds a folder or table whose float32
-    values fit the cache budget in memory and streams a larger one (:mod:`dlagent.ml.streaming`,
+    ``cache`` (image folders and CSV tables): ``auto`` holds a folder whose float32 pixels, or a
+    table whose encoded splits and loaded rows, fit the cache budget in memory and streams a
+    larger one (:mod:`dlagent.ml.streaming`, :func:`dlagent.ml.csv_table.streams`,
     :mod:`dlagent.ml.table_rows`); ``memory`` or ``stream`` force either.
     ``image_size`` and ``color_mode`` (image folders): every image resized to that size (empty:
     the first image's) and converted to ``grayscale`` or ``rgb`` (``auto``: the first image's mode).
