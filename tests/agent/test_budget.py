@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from dlagent.agent.observe import Observation
 from dlagent.agent.plan import Plan
 from dlagent.agent.policies.base import Policy
@@ -93,3 +94,46 @@ def test_run_agent_in_phase_budget_needs_no_trial(tmp_path):
     outcome = run_agent(client, experiment, parent, phase="budget", resources=RESOURCES, request={**PARAMS, "data": DIGITS})
     assert outcome.plan["tune"]["trial_epochs"] == 4 and outcome.plan["tune"]["min_trial_epochs"] == 1
     assert outcome.plan["reasons"][-1]["decision"] == "phase=budget"
+
+
+CHAMPION_SPACE_PARAMS = {"learning_rate": 0.003, "units": 96, "dropout": 0.1}
+
+
+def _with_champion(history=..., **changes) -> Observation:
+    """Before tuning, with a champion whose pipeline run tuned ``study-1`` on data digest ``d1``."""
+    if history is ...:
+        history = {"pipeline_run_id": "old", "study": "study-1", "trials_complete": 8, "best_params": CHAMPION_SPACE_PARAMS,
+                   "config": {"model": "mlp", "epochs": 20}, "data_digest": "d1", "dataset": "digits", **changes}
+    observation = _observation()
+    observation.config = {"model": "mlp", "epochs": 20}
+    observation.champion = {"name": "m", "version": "3", "run_id": "r", "metrics": {}, "history": history}
+    return observation
+
+
+def test_a_champion_tuned_on_the_same_data_starts_the_search_from_its_study():
+    policy = RulesPolicy(trials_per_round=4)
+    plan = _budget(policy, _with_champion(), data={**DIGITS, "digest": "d1"}, n_trials=6)
+    tune = plan["tune"]
+    assert tune["seed_studies"] == ["study-1"] and tune["n_trials"] == 4  # a later round: trials_per_round
+    assert tune["search_space"]["learning_rate"]["low"] == 0.001 and tune["search_space"]["learning_rate"]["high"] == 0.009
+    assert tune["trial_epochs"] == 8  # short trials as in any first round
+    decisions = {r["decision"]: r["because"] for r in plan["reasons"]}
+    assert "digest d1" in decisions["tune.seed_studies=[study-1]"] and "champion's best trial" in decisions["tune.search_space narrowed"]
+    given = _budget(policy, _with_champion(), data={**DIGITS, "digest": "d1"}, search_space={"units": {"type": "int", "low": 8, "high": 64}})
+    assert given["tune"]["seed_studies"] == ["study-1"] and given["tune"]["search_space"]["units"]["high"] == 64
+    few = _budget(policy, _with_champion(trials_complete=2), data={**DIGITS, "digest": "d1"})["tune"]
+    assert few["seed_studies"] == ["study-1"] and few["search_space"] is None  # too few trials to narrow around
+
+
+@pytest.mark.parametrize(("observation", "digest", "words"), [
+    (_observation(), "d1", "no version of this model name holds the alias 'champion'"),
+    (_with_champion(history=None), "d1", "not trained by a pipeline run"),
+    (_with_champion(), "d2", "trained on other data (digest d1; this run's d2)"),
+    (_with_champion(), None, "this run's unknown"),
+    (_with_champion(study=None), "d1", "completed no tuning trial"),
+    (_with_champion(config={"model": "cnn", "epochs": 20}), "d1", "is a 'cnn' model, this run trains a 'mlp'"),
+])
+def test_without_a_champion_tuned_on_this_data_and_model_the_first_round_is_the_default(observation, digest, words):
+    plan = _budget(RulesPolicy(trials_per_round=4), observation, data={**DIGITS, "digest": digest})
+    assert plan["tune"]["seed_studies"] == [] and plan["tune"]["search_space"] is None and plan["tune"]["n_trials"] == 6
+    assert any(words in r["because"] for r in plan["reasons"]), plan["reasons"]

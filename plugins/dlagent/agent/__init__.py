@@ -46,7 +46,9 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
     for it first (:func:`reward_run`, idempotent under ``reward_key``, e.g. ``dag_id/run_id``);
     the plan's reasons then say what was credited. In phase ``budget`` (before tuning) the
     policy plans the first tuning round (:meth:`~dlagent.agent.policies.base.Policy.budget`)
-    from ``request``: the Params' tuning settings and the data set's summary.
+    from ``request`` (the Params' tuning settings and the data set's summary) and the
+    champion's history (``observation.champion["history"]``,
+    :func:`~dlagent.agent.run_views.champion_history`).
     """
     from dlagent.agent.observe import observe
     from dlagent.agent.plan import Plan
@@ -60,6 +62,10 @@ def run_agent(client, experiment_id: str, parent_run_id: str, *, policy="rules",
                           "use 'budget' before tuning, 'plan' after tuning and 'decide' after evaluation.")
     if observation is None:
         observation = observe(client, experiment_id, parent_run_id, champion_name, resources=resources)
+        if phase == "budget" and observation.champion is not None:  # how the champion was tuned, on which data
+            from dlagent.agent.run_views import champion_history
+
+            observation.champion["history"] = champion_history(client, observation.champion)
     if not isinstance(policy, Policy):
         if store is None and _keeps_state(policy):
             from dlagent.agent.policies.state import MLflowStateStore
@@ -91,7 +97,7 @@ def phase_reasons(phase: str, reward: dict | None) -> list[dict]:
     """The reasons a phase adds to the policy's own: what phase ``plan`` means, what was rewarded."""
     if phase == "budget":
         return [{"decision": "phase=budget",
-                 "because": "made before tuning, from the Params, the data set's size and the free memory: the tuning tasks "
+                 "because": "made before tuning, from the Params, the data set's size, the free memory and the champion's history: the tuning tasks "
                             "run this plan's tune section; agent_policy 'off' runs the Params as given"}]
     if phase == "plan":
         return [{"decision": "phase=plan",

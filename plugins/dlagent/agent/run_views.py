@@ -149,3 +149,40 @@ def better(a: float, b: float, direction: str) -> bool:
 
 def finite_metrics(run) -> dict:
     return {k: rounded(v) for k, v in sorted(run.data.metrics.items()) if finite(v)}
+
+
+def champion_history(client, champion: dict) -> dict | None:
+    """How the champion was made, for planning the next search on the same data: the pipeline
+    run that trained it (the parent of its registered run), that run's tuning study, completed
+    trials and best parameters, its training settings (its ``train`` run's), and the content digest of the data its
+    training read (the dataset input of its ``train`` run, :mod:`dlagent.ml.lineage`).
+
+    ``None``: the champion's run has no parent run (registered by hand, not by a pipeline) or the
+    runs are gone. A missing study, digest or parameter is ``None`` in the result, never guessed.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent_id = client.get_run(champion["run_id"]).data.tags.get(names.PARENT_TAG) if champion.get("run_id") else None
+        if not parent_id:
+            return None
+        parent = client.get_run(parent_id)
+        trains = client.search_runs([parent.info.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                    filter_string=f"tags.`{names.PARENT_TAG}` = '{parent_id}' and tags.`{names.STEP_TAG}` = '{names.STEP_TRAIN}'")
+    except MlflowException as exc:
+        if names.is_missing(exc):
+            return None
+        raise
+    params = parent.data.params
+    best = train_params({key.removeprefix("best_"): value for key, value in params.items() if key.startswith("best_")})
+    inputs = trains[0].inputs.dataset_inputs if trains and trains[0].inputs else []
+    completed = parent.data.metrics.get("trials_complete")
+    return {
+        "pipeline_run_id": parent_id,
+        "study": parent.data.tags.get(names.STUDY_TAG),
+        "trials_complete": int(completed) if finite(completed) else 0,
+        "best_params": best,
+        "config": train_params({**params, **(trains[0].data.params if trains else {})}),  # what was trained
+        "data_digest": inputs[0].dataset.digest if inputs else None,
+        "dataset": inputs[0].dataset.name if inputs else None,
+    }

@@ -119,6 +119,7 @@ class DatasetSplits:
             "n_val": int(len(self.y_val)),
             "n_test": int(len(self.y_test)),
             "streamed": is_streamed(self.x_train),  # read from disk a batch at a time, not held in memory
+            "digest": self.digest or None,  # of the content (dlagent.ml.lineage): the agent compares it with the champion's data
         }
 
     def meaning_digests(self) -> dict:

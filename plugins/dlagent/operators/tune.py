@@ -156,12 +156,13 @@ class CreateStudyOperator(_TuneBase):
         if tune.n_trials == 0:
             self.log.info("n_trials is 0: tuning is skipped, training uses the given settings")
             return {"study_name": name, "workers": [], "n_trials": 0, "search_space": study.space}
+        optional = sorted(set(seed_studies or []) - set(self.seed_studies or []))  # the agent's own (the champion's study): best effort
         created = tuning.create_study(self.optuna_hook.storage_url, name, study,
-                                      seed_from=list(seed_studies) if seed_studies else None)
+                                      seed_from=list(seed_studies) if seed_studies else None, optional_seeds=optional)
         if created.get("seeded"):
             seeded = created["seeded"]
-            self.log.info("replayed %d trials of %s into study %s (%d outside its space skipped)", seeded["copied"], seeded["from"],
-                          name, seeded["skipped"])
+            self.log.info("replayed %d trials of %s into study %s (%d outside its space skipped; not replayed: %s)", seeded["copied"],
+                          seeded["from"], name, seeded["skipped"], seeded.get("missing", []) + seeded.get("other_metric", []))
         self.log.info("study %s ready in %s: %d trials over %d workers, space %s", name, redact_url(self.optuna_hook.storage_url),
                       tune.n_trials, tune.n_workers, study.space)
         return {"study_name": name, "workers": list(range(tune.n_workers)), "n_trials": tune.n_trials, "search_space": study.space}

@@ -110,6 +110,9 @@ class TuningRules:
           (the person's budget cap);
         * ``trial_epochs`` / ``min_trial_epochs``: short trials with a later first rung, as
           after a round (:meth:`_trial_epochs`), unless the Params set them;
+        * the champion's history: when it was tuned on the same data with the same model, its
+          study seeds this one and the space narrows around its best trial
+          (:meth:`_from_champion`), and the round is ``trials_per_round`` long;
         * ``n_workers``: at most the trials, the Params' ``tuning_workers`` (the slots a person
           gave the search; this task's CPUs are not the cluster's) and ``max_workers``, and
           fewer when memory says so: each worker holds the data set (its float32 size from the
@@ -140,9 +143,12 @@ class TuningRules:
             because("tune: none", "initial_trials is 0: no first round")
             plan["tune"] = {**asked, "n_trials": 0}
             return plan
-        n = min(int(asked["n_trials"]), self.initial_trials)
-        because(f"tune.n_trials={n}", f"a first round of at most initial_trials {self.initial_trials}, within the Params' "
-                f"n_trials {asked['n_trials']} (the budget cap)")
+        config = {**TrainConfig().to_dict(), **obs.config}
+        start = self._from_champion(obs, data, asked, config, because)
+        n = min(int(asked["n_trials"]), self.initial_trials if start is None else self.trials_per_round)
+        because(f"tune.n_trials={n}", (f"a first round of at most initial_trials {self.initial_trials}" if start is None else
+                                       f"a round of at most trials_per_round {self.trials_per_round} after the champion's "
+                                       f"{start['trials']} trials") + f", within the Params' n_trials {asked['n_trials']} (the budget cap)")
         cap = int(asked["n_workers"] or 1)
         workers = max(1, min(n, cap, self.max_workers or cap))
         why = (f"{n} trials, the Params' tuning_workers {cap} (the slots a person gave the search: on Celery or Kubernetes "
@@ -153,7 +159,7 @@ class TuningRules:
             workers, why = fit, why + f"; memory: {fit} worker(s) hold the data set within half the free memory"
         because(f"tune.n_workers={workers}", why + (f"; data: {data.get('n_train')} training samples of shape "
                                                      f"{data.get('input_shape')}" if data else ""))
-        configured_epochs = int({**TrainConfig().to_dict(), **obs.config}["epochs"])
+        configured_epochs = int(config["epochs"])
         epochs = {"trial_epochs": asked["trial_epochs"], "min_trial_epochs": asked["min_trial_epochs"]}
         if asked["trial_epochs"] is None:
             epochs = self._trial_epochs(configured_epochs, because)
@@ -168,7 +174,51 @@ class TuningRules:
                       "min_trial_epochs": asked["min_trial_epochs"]}
             because(f"tune.min_trial_epochs={asked['min_trial_epochs']}", "set in the Params")
         plan["tune"] = {**asked, "n_trials": n, "n_workers": workers, **epochs}
+        if start is not None:
+            plan["tune"].update(seed_studies=[start["study"]], search_space=start["space"] or asked["search_space"])
         return plan
+
+    def _from_champion(self, obs: Observation, data: dict, asked: dict, config: dict, because) -> dict | None:
+        """Where the champion's own search can start this one: ``{"study", "trials", "space"}``, or
+        ``None`` (the default first round), with the reason either way.
+
+        It can when the champion was tuned by a pipeline run on the same data (the same content
+        digest) with the same model: its study's trials are replayed into the new study (its
+        sampler and pruner start from them), and, unless the Params give a search space, the space
+        narrows around its best parameters once it has ``improvement_window`` completed trials, as
+        a later round narrows around the best trial. On changed data its trials say nothing.
+        """
+        champion = obs.champion
+        if champion is None:
+            because("tune: no champion to start from", "no version of this model name holds the alias 'champion': a first search")
+            return None
+        history, version = champion.get("history"), champion.get("version")
+        digest = data.get("digest")
+        why = None
+        if history is None:
+            why = f"champion version {version} was not trained by a pipeline run (its run has no parent run)"
+        elif not history["study"] or not history["trials_complete"]:
+            why = f"the run that trained champion version {version} completed no tuning trial"
+        elif not digest or history["data_digest"] != digest:
+            why = (f"champion version {version} trained on other data (digest {history['data_digest']}; this run's {digest or 'unknown'}):"
+                   " its trials say nothing of this data")
+        elif (history["config"].get("model"), history["config"].get("model_args") or {}) != (config.get("model"), config.get("model_args") or {}):
+            why = f"champion version {version} is a {history['config'].get('model')!r} model, this run trains a {config.get('model')!r}"
+        if why is not None:
+            because("tune: a first search, not the champion's", why)
+            return None
+        trials = history["trials_complete"]
+        because(f"tune.seed_studies=[{history['study']}]", f"champion version {version} was tuned on this very data (digest {digest}) "
+                f"with the same model in study {history['study']} ({trials} completed trials): they are replayed into this round's "
+                "study, so its sampler starts from them and its pruner compares new trials with them")
+        space = None
+        if asked["search_space"]:
+            because("tune.search_space: the Params'", "the Params give a search space: the champion's trials inside it are replayed")
+        elif trials >= self.improvement_window and history["best_params"]:
+            space, notes = self.narrow(history["best_params"])
+            because("tune.search_space narrowed", f"around the champion's best trial ({trials} completed trials, at least improvement_window "
+                    f"{self.improvement_window}): " + ("; ".join(notes) if notes else "no numeric parameter to narrow"))
+        return {"study": history["study"], "trials": trials, "space": space or None}
 
     def narrow(self, params: dict) -> tuple[dict, list[str]]:
         """A search space around ``params`` (the best trial's), with one note per parameter

@@ -25,12 +25,16 @@ SEEDED_ATTR = "dlagent.seeded_from"  # study user attr: the studies whose trials
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
-def create_study(storage_url: str, study_name: str, settings: StudySettings | None = None, *, seed_from=None) -> dict:
+def create_study(storage_url: str, study_name: str, settings: StudySettings | None = None, *, seed_from=None,
+                 optional_seeds=()) -> dict:
     """Create the study and its tables once (one task, before the workers); safe to re-run.
 
     ``seed_from`` names earlier studies in the same storage (an agent's earlier tuning
     rounds): their finished trials are replayed into the new study (:func:`seed_study`), so
     its sampler starts from what they learnt and its pruner compares new trials with them.
+    ``optional_seeds``: those of ``seed_from`` that may be missing from the storage (skipped
+    with a warning: e.g. the champion's study, proposed by the agent, may live in a storage
+    since replaced); any other missing one is refused.
 
     The same name with different settings is refused. Returns small JSON: name, whether it was
     created, direction, metric, trial counts (and what seeding copied).
@@ -50,7 +54,7 @@ def create_study(storage_url: str, study_name: str, settings: StudySettings | No
         raise ConfigError("direction", f"study {study_name!r} exists with direction {study.direction.name.lower()!r}, not {settings.direction!r}.",
                           "use a new study name or the same direction.")
     _record_settings(study, settings.to_dict())
-    seeded = seed_study(storage_url, study_name, seed_from) if seed_from else None
+    seeded = seed_study(storage_url, study_name, seed_from, optional=optional_seeds) if seed_from else None
     counts = state_counts(own_trials(study.get_trials(deepcopy=False)))
     log.info("study %r %s in %s (%s)", study_name, "created" if created else "continued", redact_url(storage_url), counts)
     out = {"study_name": study_name, "created": created, "direction": settings.direction, "metric": settings.metric, "n_trials": counts}
@@ -79,7 +83,7 @@ def recorded_settings(study) -> dict:
     return study.user_attrs.get(SETTINGS_ATTR) or {}
 
 
-def seed_study(storage_url: str, study_name: str, from_studies) -> dict:
+def seed_study(storage_url: str, study_name: str, from_studies, *, optional=()) -> dict:
     """Replay the finished trials of ``from_studies`` into the (new) study ``study_name``.
 
     Why: an agent tunes in rounds, each its own study (a narrowed space is a new study:
@@ -92,8 +96,11 @@ def seed_study(storage_url: str, study_name: str, from_studies) -> dict:
     ``should_prune`` (so the pruner records them in this study's own brackets and rungs) and
     told its original state and value. Copies carry the user attr ``dlagent.copied_from``
     (``"<study>#<number>"``) and are left out of the trial counts, the ``n_trials`` target and
-    the epochs spent; trials outside the space are skipped. Runs once per study (user attr
-    ``dlagent.seeded_from``): a re-run or a retried task does not copy twice.
+    the epochs spent; trials outside the space are skipped, and so is a whole study that
+    measured another metric or direction (its values would mean something else here). A
+    missing study is refused unless it is ``optional`` (then skipped, listed under
+    ``"missing"``). Runs once per study (user attr ``dlagent.seeded_from``): a re-run or a
+    retried task does not copy twice.
     """
     import optuna
     from optuna.trial import TrialState
@@ -110,10 +117,21 @@ def seed_study(storage_url: str, study_name: str, from_studies) -> dict:
         raise ConfigError("search_space", f"study {study_name!r} records no search space to replay trials into.", "create it with a space.")
     names = [n for n in from_studies if n != study_name]
     missing = sorted(set(names) - set(optuna.study.get_all_study_names(storage)))
-    if missing:
-        raise ConfigError("seed_from", f"no study {missing[0]!r} in {redact_url(storage_url)}.", "name studies of the same storage (the earlier rounds').")
-    sources = {name: sorted(load_study(storage_url, name, storage=storage).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                            key=lambda t: t.number) for name in names}
+    if set(missing) - set(optional):
+        absent = sorted(set(missing) - set(optional))[0]
+        raise ConfigError("seed_from", f"no study {absent!r} in {redact_url(storage_url)}.", "name studies of the same storage (the earlier rounds').")
+    for name in missing:
+        log.warning("study %r is not in %s: its trials are not replayed into %r", name, redact_url(storage_url), study_name)
+    names = [n for n in names if n not in missing]
+    sources, other_metric = {}, []
+    for name in names:
+        source = load_study(storage_url, name, storage=storage)
+        measured = (recorded_settings(source).get("metric", settings.get("metric")), source.direction.name.lower())
+        if measured != (settings.get("metric"), reader.direction.name.lower()):
+            log.warning("study %r measured %s (%s), not %s: its trials are not replayed", name, *measured, settings.get("metric"))
+            other_metric.append(name)
+            continue
+        sources[name] = sorted(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.number)
     # The workers' pruner: max_resource as recorded, else the training epochs (the longest trial seen).
     max_resource = settings.get("max_resource") or max((max(t.intermediate_values, default=1) for ts in sources.values() for t in ts), default=1)
     pruner = make_pruner(settings.get("pruner") or "hyperband", settings.get("min_resource") or 1, max_resource)
@@ -126,9 +144,14 @@ def seed_study(storage_url: str, study_name: str, from_studies) -> dict:
                 continue
             _replay(study, space, old, origin=f"{name}#{old.number}")
             copied += 1
-    study.set_user_attr(SEEDED_ATTR, names)
-    log.info("study %r seeded with %d trials of %s (%d outside its space skipped)", study_name, copied, names, skipped)
-    return {"copied": copied, "skipped": skipped, "from": names, "already_seeded": False}
+    study.set_user_attr(SEEDED_ATTR, list(sources))
+    log.info("study %r seeded with %d trials of %s (%d outside its space skipped)", study_name, copied, list(sources), skipped)
+    out = {"copied": copied, "skipped": skipped, "from": list(sources), "already_seeded": False}
+    if missing:
+        out["missing"] = missing
+    if other_metric:
+        out["other_metric"] = other_metric
+    return out
 
 
 def _replay(study, space: dict, old, *, origin: str) -> None:
