@@ -62,7 +62,7 @@ def test_rules_plan_is_deterministic_valid_and_explained(history):
         plans.append(plan_to_json(RulesPolicy().decide(obs)))
     assert plans[0] == plans[1]
     plan = validate_plan(json.loads(plans[0]))
-    assert plan["train"] == {"dropout": 0.3, "epochs": 8, "learning_rate": 0.002}  # best trial, best epoch 5 + patience 3, gap
+    assert plan["train"] == {"dropout": 0.3, "epochs": 8, "learning_rate": 0.002, "units": 128}  # best trial (units: tuned, so set though equal), best epoch 5 + patience 3, gap
     assert plan["tune"]["n_trials"] == 8 and plan["tune"]["n_workers"] == 2  # 2 free CPUs
     assert plan["tune"]["search_space"] == {
         "dropout": {"type": "float", "low": 0.1, "high": 0.3, "log": False},
@@ -195,7 +195,7 @@ def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_roun
     # The best trial converged (best epoch 5 of 8): fine-tune its weights for early_stopping_patience (3)
     # epochs at 0.3 x its learning rate, instead of 8 epochs from scratch; dropout has no weights, so the gap rule still applies.
     assert warm["warm_start"] == checkpoint
-    assert warm["train"] == {"dropout": 0.3, "epochs": 3, "learning_rate": 0.0006}
+    assert warm["train"] == {"dropout": 0.3, "epochs": 3, "learning_rate": 0.0006, "units": 128}
     assert any(r["decision"] == "warm_start=trial 3" for r in warm["reasons"])
     assert RulesPolicy(warm_start=False).decide(obs)["warm_start"] is None
     with pytest.raises(ConfigError, match="^fine_tune_lr_factor"):

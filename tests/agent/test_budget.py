@@ -103,7 +103,8 @@ def _with_champion(history=..., **changes) -> Observation:
     """Before tuning, with a champion whose pipeline run tuned ``study-1`` on data digest ``d1``."""
     if history is ...:
         history = {"pipeline_run_id": "old", "study": "study-1", "trials_complete": 8, "best_params": CHAMPION_SPACE_PARAMS,
-                   "config": {"model": "mlp", "epochs": 20}, "data_digest": "d1", "dataset": "digits", **changes}
+                   "config": {"model": "mlp", "epochs": 20}, "data_digest": "d1", "dataset": "digits",
+                   "splits": {k: DIGITS[k] for k in ("n_train", "n_val", "n_test")}, **changes}
     observation = _observation()
     observation.config = {"model": "mlp", "epochs": 20}
     observation.champion = {"name": "m", "version": "3", "run_id": "r", "metrics": {}, "history": history}
@@ -131,7 +132,10 @@ def test_a_champion_tuned_on_the_same_data_starts_the_search_from_its_study():
     (_with_champion(), "d2", "trained on other data (digest d1; this run's d2)"),
     (_with_champion(), None, "this run's unknown"),
     (_with_champion(study=None), "d1", "completed no tuning trial"),
-    (_with_champion(config={"model": "cnn", "epochs": 20}), "d1", "is a 'cnn' model, this run trains a 'mlp'"),
+    (_with_champion(config={"model": "cnn", "epochs": 20}), "d1", "trained another model (model 'cnn'; this run model 'mlp')"),
+    (_with_champion(config={"model": "mlp", "init_from": "models:/base@champion"}), "d1", "init_from 'models:/base@champion'; this run init_from None"),
+    (_with_champion(splits={"n_train": 1000, "n_val": 270, "n_test": 270}), "d1", "split the same data otherwise"),
+    (_with_champion(history={"unreadable": "MlflowException: PERMISSION_DENIED"}), "d1", "could not be read from MLflow (MlflowException"),
 ])
 def test_without_a_champion_tuned_on_this_data_and_model_the_first_round_is_the_default(observation, digest, words):
     plan = _budget(RulesPolicy(trials_per_round=4), observation, data={**DIGITS, "digest": digest})

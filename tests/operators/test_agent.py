@@ -105,7 +105,7 @@ def test_plan_phase_is_deterministic_logged_and_pushed(store):
     plan = agent("agent_plan", phase="plan").execute(context)
 
     assert plan == validate_plan(plan)  # valid against the schema, already normalized
-    assert plan["train"] == {"dropout": 0.3, "epochs": 8, "learning_rate": 0.002}  # best trial; best epoch 5 + patience 3; gap
+    assert plan["train"] == {"dropout": 0.3, "epochs": 8, "learning_rate": 0.002, "units": 128}  # best trial; best epoch 5 + patience 3; gap
     assert plan["tune"]["n_trials"] == 8 and plan["tune"]["n_workers"] == 2
     assert plan["compress"] == [{"quantization": "int8", "sparsity": 0.0}]
     assert plan["controller"]["patience"] == 1

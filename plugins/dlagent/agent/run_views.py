@@ -7,6 +7,7 @@ the conventions they read (tags, metric names) are listed in that module's docst
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 from dlagent.agent.curves import analyze_curve, rounded
@@ -154,11 +155,14 @@ def finite_metrics(run) -> dict:
 def champion_history(client, champion: dict) -> dict | None:
     """How the champion was made, for planning the next search on the same data: the pipeline
     run that trained it (the parent of its registered run), that run's tuning study, completed
-    trials and best parameters, its training settings (its ``train`` run's), and the content digest of the data its
-    training read (the dataset input of its ``train`` run, :mod:`dlagent.ml.lineage`).
+    trials and best parameters, its training settings (the pipeline run's, before tuning), and
+    the data its ``train`` run read (dataset input, :mod:`dlagent.ml.lineage`): the content
+    digest and the split sizes.
 
     ``None``: the champion's run has no parent run (registered by hand, not by a pipeline) or the
-    runs are gone. A missing study, digest or parameter is ``None`` in the result, never guessed.
+    runs are gone. ``{"unreadable": "..."}``: MLflow refused to read them (permissions, a broken
+    store): the history is a hint, so the caller plans without it rather than failing. A missing
+    study, digest or parameter is ``None`` in the result, never guessed.
     """
     from mlflow.exceptions import MlflowException
 
@@ -172,17 +176,22 @@ def champion_history(client, champion: dict) -> dict | None:
     except MlflowException as exc:
         if names.is_missing(exc):
             return None
-        raise
+        return {"unreadable": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
     params = parent.data.params
     best = train_params({key.removeprefix("best_"): value for key, value in params.items() if key.startswith("best_")})
-    inputs = trains[0].inputs.dataset_inputs if trains and trains[0].inputs else []
+    dataset = trains[0].inputs.dataset_inputs[0].dataset if trains and trains[0].inputs and trains[0].inputs.dataset_inputs else None
+    try:
+        profile = json.loads(dataset.profile) if dataset is not None and dataset.profile else {}
+    except ValueError:
+        profile = {}
     completed = parent.data.metrics.get("trials_complete")
     return {
         "pipeline_run_id": parent_id,
         "study": parent.data.tags.get(names.STUDY_TAG),
         "trials_complete": int(completed) if finite(completed) else 0,
         "best_params": best,
-        "config": train_params({**params, **(trains[0].data.params if trains else {})}),  # what was trained
-        "data_digest": inputs[0].dataset.digest if inputs else None,
-        "dataset": inputs[0].dataset.name if inputs else None,
+        "config": train_params(params),
+        "data_digest": dataset.digest if dataset is not None else None,
+        "dataset": dataset.name if dataset is not None else None,
+        "splits": {key: profile.get(key) for key in ("n_train", "n_val", "n_test")},
     }

@@ -162,7 +162,7 @@ class CreateStudyOperator(_TuneBase):
         if created.get("seeded"):
             seeded = created["seeded"]
             self.log.info("replayed %d trials of %s into study %s (%d outside its space skipped; not replayed: %s)", seeded["copied"],
-                          seeded["from"], name, seeded["skipped"], seeded.get("missing", []) + seeded.get("other_metric", []))
+                          seeded["from"], name, seeded["skipped"], seeded.get("missing", []) + seeded.get("incomparable", []))
         self.log.info("study %s ready in %s: %d trials over %d workers, space %s", name, redact_url(self.optuna_hook.storage_url),
                       tune.n_trials, tune.n_workers, study.space)
         return {"study_name": name, "workers": list(range(tune.n_workers)), "n_trials": tune.n_trials, "search_space": study.space}

@@ -144,7 +144,11 @@ class RulesPolicy(TuningRules, Policy):
         # 1. train ---------------------------------------------------------------
         best = obs.best_trial
         if best is not None:
-            changed = {k: v for k, v in sorted(best["params"].items()) if k in current and k != "epochs" and current.get(k) != v}
+            # Every parameter the trials varied is set, equal to the settings or not: the tuning summary's best may be a
+            # trial replayed from an earlier study (the champion's, an earlier round's), and the final training must not mix
+            # its values with this best trial's (whose weights a warm start continues).
+            changed = {k: v for k, v in sorted(best["params"].items())
+                       if k in current and k != "epochs" and (current.get(k) != v or k in obs.tuned_params)}
             for key, value in changed.items():
                 train[key] = value
                 current[key] = value

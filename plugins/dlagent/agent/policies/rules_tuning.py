@@ -17,6 +17,7 @@ from dlagent.agent.observe import Observation
 from dlagent.agent.plan import TUNE_KEYS
 from dlagent.validation import finite
 
+MODEL_KEYS = ("model", "model_args", "init_from")  # what makes two runs' trials the same model's
 WORKER_MEMORY_FACTOR = 4  # float32 copies of the data set one tuning worker holds (arrays, tf.data, predictions)
 
 
@@ -183,11 +184,13 @@ class TuningRules:
         ``None`` (the default first round), with the reason either way.
 
         It can when the champion was tuned by a pipeline run on the same data (the same content
-        digest) with the same model: its study's trials are replayed into the new study (its
+        digest and split sizes) with the same model (:data:`MODEL_KEYS`): its study's trials are replayed into the new study (its
         sampler and pruner start from them), and, unless the Params give a search space, the space
         narrows around its best parameters once it has ``improvement_window`` completed trials, as
         a later round narrows around the best trial. On changed data its trials say nothing.
         """
+        from dlagent.ml.config import TrainConfig
+
         champion = obs.champion
         if champion is None:
             because("tune: no champion to start from", "no version of this model name holds the alias 'champion': a first search")
@@ -195,15 +198,24 @@ class TuningRules:
         history, version = champion.get("history"), champion.get("version")
         digest = data.get("digest")
         why = None
+        splits = {key: data.get(key) for key in ("n_train", "n_val", "n_test")}
+        theirs = {**TrainConfig().to_dict(), **(history or {}).get("config", {})}
+        differs = [key for key in MODEL_KEYS if (theirs.get(key) or None) != (config.get(key) or None)]
         if history is None:
             why = f"champion version {version} was not trained by a pipeline run (its run has no parent run)"
+        elif history.get("unreadable"):
+            why = f"the history of champion version {version} could not be read from MLflow ({history['unreadable']})"
         elif not history["study"] or not history["trials_complete"]:
             why = f"the run that trained champion version {version} completed no tuning trial"
         elif not digest or history["data_digest"] != digest:
             why = (f"champion version {version} trained on other data (digest {history['data_digest']}; this run's {digest or 'unknown'}):"
                    " its trials say nothing of this data")
-        elif (history["config"].get("model"), history["config"].get("model_args") or {}) != (config.get("model"), config.get("model_args") or {}):
-            why = f"champion version {version} is a {history['config'].get('model')!r} model, this run trains a {config.get('model')!r}"
+        elif history["splits"] != splits:
+            why = (f"champion version {version} split the same data otherwise ({history['splits']}; this run {splits}): "
+                   "its trials' validation values do not compare with this run's")
+        elif differs:
+            why = (f"champion version {version} trained another model ({', '.join(f'{k} {theirs.get(k)!r}' for k in differs)}; "
+                   f"this run {', '.join(f'{k} {config.get(k)!r}' for k in differs)})")
         if why is not None:
             because("tune: a first search, not the champion's", why)
             return None

@@ -96,10 +96,12 @@ def seed_study(storage_url: str, study_name: str, from_studies, *, optional=()) 
     ``should_prune`` (so the pruner records them in this study's own brackets and rungs) and
     told its original state and value. Copies carry the user attr ``dlagent.copied_from``
     (``"<study>#<number>"``) and are left out of the trial counts, the ``n_trials`` target and
-    the epochs spent; trials outside the space are skipped, and so is a whole study that
-    measured another metric or direction (its values would mean something else here). A
-    missing study is refused unless it is ``optional`` (then skipped, listed under
-    ``"missing"``). Runs once per study (user attr ``dlagent.seeded_from``): a re-run or a
+    the epochs spent; trials outside the space are skipped. A study that measured another
+    metric or direction is refused (its values would mean something else here). An
+    ``optional`` study (one the agent proposed, e.g. the champion's) is best effort: missing,
+    of another metric or direction, or of trials of another length (``max_resource``), it is
+    skipped (listed under ``"missing"`` or ``"incomparable"``), and of its trials only those that
+    varied no parameter outside this space are replayed. Runs once per study (user attr ``dlagent.seeded_from``): a re-run or a
     retried task does not copy twice.
     """
     import optuna
@@ -123,13 +125,23 @@ def seed_study(storage_url: str, study_name: str, from_studies, *, optional=()) 
     for name in missing:
         log.warning("study %r is not in %s: its trials are not replayed into %r", name, redact_url(storage_url), study_name)
     names = [n for n in names if n not in missing]
-    sources, other_metric = {}, []
+    sources, incomparable = {}, []
     for name in names:
         source = load_study(storage_url, name, storage=storage)
-        measured = (recorded_settings(source).get("metric", settings.get("metric")), source.direction.name.lower())
+        theirs = recorded_settings(source)
+        measured = (theirs.get("metric", settings.get("metric")), source.direction.name.lower())
         if measured != (settings.get("metric"), reader.direction.name.lower()):
+            if name not in optional:
+                raise ConfigError("seed_from", f"study {name!r} measured {measured[0]} ({measured[1]}), this one "
+                                  f"{settings.get('metric')} ({reader.direction.name.lower()}): its values mean something else here.",
+                                  "seed from studies of the same metric and direction.")
             log.warning("study %r measured %s (%s), not %s: its trials are not replayed", name, *measured, settings.get("metric"))
-            other_metric.append(name)
+            incomparable.append(name)
+            continue
+        if name in optional and theirs.get("max_resource") != settings.get("max_resource"):  # values at other epochs
+            log.warning("study %r ran trials of at most %s epochs, this one %s: its trials are not replayed", name,
+                        theirs.get("max_resource"), settings.get("max_resource"))
+            incomparable.append(name)
             continue
         sources[name] = sorted(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.number)
     # The workers' pruner: max_resource as recorded, else the training epochs (the longest trial seen).
@@ -139,7 +151,9 @@ def seed_study(storage_url: str, study_name: str, from_studies, *, optional=()) 
     copied = skipped = 0
     for name, olds in sources.items():
         for old in olds:
-            if not inside(old.params, space):
+            # An optional (agent-proposed) source's trial must have varied nothing this space leaves out: it is
+            # replayed as if run at this study's base settings.
+            if not inside(old.params, space) or (name in optional and set(old.params) - set(space)):
                 skipped += 1
                 continue
             _replay(study, space, old, origin=f"{name}#{old.number}")
@@ -149,8 +163,8 @@ def seed_study(storage_url: str, study_name: str, from_studies, *, optional=()) 
     out = {"copied": copied, "skipped": skipped, "from": list(sources), "already_seeded": False}
     if missing:
         out["missing"] = missing
-    if other_metric:
-        out["other_metric"] = other_metric
+    if incomparable:
+        out["incomparable"] = incomparable
     return out
 
 
