@@ -197,6 +197,9 @@ def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_roun
     assert warm["warm_start"] == checkpoint
     assert warm["train"] == {"dropout": 0.3, "epochs": 3, "learning_rate": 0.0006, "units": 128}
     assert any(r["decision"] == "warm_start=trial 3" for r in warm["reasons"])
+    # Continued weights with a fresh optimizer trip the controller's start rule without diverging: off for a warm start.
+    assert warm["controller"]["start_loss_factor"] is None and cold["controller"]["start_loss_factor"] == 1.1
+    assert warm["controller"]["divergence_threshold"] == cold["controller"]["divergence_threshold"] == 2.0
     assert RulesPolicy(warm_start=False).decide(obs)["warm_start"] is None
     with pytest.raises(ConfigError, match="^fine_tune_lr_factor"):
         RulesPolicy(fine_tune_lr_factor=0)

@@ -32,7 +32,9 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    studies seen so far: their trials are replayed into the new round's study, so its pruner
    compares new trials with them and its sampler starts from what they learnt.
 3. **controller**: the in-training controller with a plateau patience of half the
-   early-stopping patience (the learning rate drops before training stops).
+   early-stopping patience (the learning rate drops before training stops); with a warm start,
+   without its start rule (an epoch's loss above 1.1x the first batch's), which a continued
+   training with a fresh optimizer trips without diverging.
 4. **compress**: with measured candidates, the smallest one whose primary metric is within
    ``accuracy_budget_points`` (points of that metric: 0.01 of accuracy, 1 % of an rmse; the
    name is kept from when accuracy was the only metric) of the uncompressed model; without,
@@ -197,10 +199,15 @@ class RulesPolicy(TuningRules, Policy):
 
         # 3. controller ------------------------------------------------------------
         patience = max(1, int(current["early_stopping_patience"]) // 2)
-        controller = ControllerSettings(patience=patience).to_dict()
+        controller = ControllerSettings(patience=patience, **({"start_loss_factor": None} if warm_start else {})).to_dict()
         because(f"controller.patience={patience}",
                 f"half the early_stopping_patience {current['early_stopping_patience']}: the learning rate drops on a plateau "
                 "before early stopping ends training; divergence restores weights, lowers the rate and clips gradients")
+        if warm_start:
+            because("controller.start_loss_factor=null",
+                    "the training continues trained weights with a fresh optimizer: its first epoch's loss is often above its "
+                    "first batch's, which the start rule would take for divergence (restoring the start and cutting the rate "
+                    "tenfold: bench/warm_start.py); a loss that doubles its best still counts as divergence")
 
         # 4. compress --------------------------------------------------------------
         compress, chosen = self._compress(obs, because)
