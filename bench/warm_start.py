@@ -53,7 +53,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10, 20)), help="at least 3")
     parser.add_argument("--samples", type=int, default=1000, help="stratified MNIST subset per seed")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.seeds) < 3:
+        parser.error("give at least 3 seeds: the figures are intervals over seeds")
+    return args
 
 
 def outside_images(splits):
@@ -120,11 +123,7 @@ def main(argv=None) -> int:
     from dlagent_dev.stats import interval
 
     args = parse_args(argv)
-    if len(args.seeds) < 3:
-        print("[bench] give at least 3 seeds", file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    rows = []
+    started, rows = time.perf_counter(), []
     for seed in args.seeds:
         row = one_seed(seed, args.samples)
         rows.append(row)
