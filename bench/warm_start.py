@@ -33,8 +33,6 @@ paid. The last line is ``RESULT {json}``.
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
 import math
 import os
@@ -60,17 +58,17 @@ def parse_args(argv=None):
 
 
 def outside_images(splits):
-    """Every MNIST test image not in ``splits`` (matched on its pixels), scaled as the loader scales them."""
+    """Every MNIST test image not in ``splits`` (matched on its pixels), read by the loader's own IDX reader."""
     import numpy as np
+    from dlagent.ml.data_readers import _load_mnist_idx
 
-    images = np.frombuffer(gzip.open(MNIST / "t10k-images-idx3-ubyte.gz").read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    labels = np.frombuffer(gzip.open(MNIST / "t10k-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
-    used = {hashlib.sha1(np.rint(np.asarray(x) * 255).astype(np.uint8).reshape(28, 28).tobytes()).hexdigest()
-            for part in (splits.x_train, splits.x_val, splits.x_test) for x in np.asarray(part)}
-    keep = np.array([hashlib.sha1(image.tobytes()).hexdigest() not in used for image in images])
+    images, labels, _ = _load_mnist_idx(MNIST)
+    used = {np.asarray(x, np.float32).reshape(28, 28).tobytes() for part in (splits.x_train, splits.x_val, splits.x_test)
+            for x in np.asarray(part)}
+    keep = np.array([image.tobytes() not in used for image in images])
     if len(images) - keep.sum() != len(splits.y_train) + len(splits.y_val) + len(splits.y_test):
         raise RuntimeError("the subset's images were not all found in the MNIST test set: the loader's scaling changed")
-    return (images[keep].astype("float32") / 255.0).reshape(-1, *splits.input_shape), labels[keep].astype(int)
+    return images[keep].reshape(-1, *splits.input_shape), labels[keep].astype(int)
 
 
 def one_seed(seed: int, samples: int) -> dict:
