@@ -134,6 +134,7 @@ def _env(workdir: Path) -> dict:
 
 def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
     from dlagent_dev.env import setup
+    from dlagent_dev.progress import dags_test_timing
 
     env = _env(workdir)
     setup(env)  # migrate once, outside the timed part (a deployment has its DB already)
@@ -144,39 +145,7 @@ def run_airflow(conf: dict, workdir: Path) -> tuple[float, dict]:
     wall = time.perf_counter() - started
     if out.returncode != 0 or "state=success" not in out.stdout:
         sys.exit(f"airflow dags test failed:\n{out.stdout[-4000:]}\n{out.stderr[-2000:]}")
-    return wall, parse_dags_test(out.stdout)
-
-
-def parse_dags_test(stdout: str) -> dict:
-    """Each task's span in a `dags test` log, and the one-off and idle costs that are Airflow's.
-
-    ``tasks``: task id -> start and end (``[DAG TEST] starting`` .. ``end task``).
-    ``execution_api_s``: `dags test` starts its in-process execution API when the first task first
-    calls it, so the first task's span also holds that start (3-4 s here): it is the first task's
-    wait from ``starting`` to the API's ``Task started`` less the same wait of an ordinary task
-    (the median of the others, about 0.01 s). It is Airflow's start-up, paid once per command.
-    ``idle_passes``: Airflow's `dags test` loop sleeps 1 s when a pass finds no task to run (here
-    after an empty mapped ``tune``, which it marks skipped); counted, and left in the DAG run.
-    """
-    from dlagent_dev.progress import TASK_LINE
-
-    tasks: dict[str, dict] = {}
-    waits, starting, idle = [], None, 0
-    for line in stdout.splitlines():
-        match = TASK_LINE.match(line)
-        if match:
-            stamp = _stamp(match["at"])
-            tasks.setdefault(match["task"], {})["start" if match["event"] == "starting" else "end"] = stamp
-            starting = stamp if match["event"] == "starting" else None
-        elif starting is not None and " Task started " in line:
-            waits.append(_stamp(line.split(" ", 1)[0]) - starting)
-            starting = None
-        elif "No tasks to run" in line:
-            idle += 1
-    if not waits:
-        sys.exit("the `dags test` log has no execution API 'Task started' line: Airflow's log format changed; update parse_dags_test")
-    ordinary = sorted(waits[1:])[len(waits[1:]) // 2] if len(waits) > 1 else 0.0
-    return {"tasks": tasks, "execution_api_s": max(0.0, waits[0] - ordinary), "idle_passes": idle}
+    return wall, dags_test_timing(out.stdout)
 
 
 def run_services(conf: dict, workdir: Path) -> dict:

@@ -277,3 +277,40 @@ def format_event(event: TaskEvent, figure: str = "") -> list[str]:
         errors = [e for i, e in enumerate(event.errors) if e and (i == 0 or e != event.errors[i - 1])]
         lines += [f"[dlagent]           ! {error[:400]}" for error in errors[-MAX_ERROR_LINES:]]
     return lines
+
+
+def dags_test_timing(stdout: str) -> dict:
+    """Each task's span in a `dags test` log, and the one-off and idle costs that are Airflow's.
+
+    ``tasks``: task id -> start and end (``[DAG TEST] starting`` .. ``end task``).
+    ``execution_api_s``: `dags test` starts its in-process execution API when the first task first
+    calls it, so the first task's span also holds that start (3-4 s on 2 cores): it is the first task's
+    wait from ``starting`` to the API's ``Task started`` less the same wait of an ordinary task
+    (the median of the others, about 0.01 s). It is Airflow's start-up, paid once per command.
+    ``idle_passes``: Airflow's `dags test` loop sleeps 1 s when a pass finds no task to run (e.g.
+    after an empty mapped ``tune``, which it marks skipped); counted, and left in the DAG run.
+    """
+    tasks: dict[str, dict] = {}
+    waits, starting, idle = [], None, 0
+    for line in stdout.splitlines():
+        match = TASK_LINE.match(line)
+        if match:
+            stamp = _timestamp(match["at"])
+            tasks.setdefault(match["task"], {})["start" if match["event"] == "starting" else "end"] = stamp
+            starting = stamp if match["event"] == "starting" else None
+        elif starting is not None and " Task started " in line:
+            waits.append(_timestamp(line.split(" ", 1)[0]) - starting)
+            starting = None
+        elif "No tasks to run" in line:
+            idle += 1
+    if not waits:
+        raise ValueError("the `dags test` log has no execution API 'Task started' line after a task's start: Airflow's "
+                         "log format changed; update dlagent_dev.progress.dags_test_timing")
+    ordinary = sorted(waits[1:])[len(waits[1:]) // 2] if len(waits) > 1 else 0.0
+    return {"tasks": tasks, "execution_api_s": max(0.0, waits[0] - ordinary), "idle_passes": idle}
+
+
+def _timestamp(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

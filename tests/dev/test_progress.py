@@ -137,3 +137,29 @@ def test_the_figure_comes_from_the_tasks_xcom_in_the_metadata_db(tmp_path):
     finally:
         reader.close()
     assert XComReader(f"sqlite:///{tmp_path / 'missing' / 'no.db'}").return_value("d", "r", "t", -1) is None
+
+
+def test_dags_test_timing_moves_the_execution_apis_start_out_of_the_first_task_and_counts_idle_passes():
+    """bench/overhead.py's reading of a `dags test` log. ``data/dags_test_tuning_off.log``: the
+    overhead benchmark's pipeline (MNIST, tuning off, one candidate) as Airflow 3.3.2 wrote it on
+    2026-12-05, each line cut at 400 characters: the first task waited 3.67 s for the in-process
+    execution API to start, every other task about 0.01 s; one idle pass after the empty `tune`."""
+    from dlagent_dev.progress import dags_test_timing
+
+    timing = dags_test_timing((DATA / "dags_test_tuning_off.log").read_text())
+    assert 3.6 < timing["execution_api_s"] < 3.7
+    assert timing["idle_passes"] == 1
+    assert list(timing["tasks"])[:3] == ["validate_inputs", "agent_budget", "create_study"]
+    assert "tune" not in timing["tasks"]  # skipped: the map had nothing to expand
+    assert all({"start", "end"} <= set(span) for span in timing["tasks"].values())
+    # a run with tuning: the mapped tune instances ran, no pass found nothing to run
+    tuned = dags_test_timing((DATA / "dags_test_success.log").read_text())
+    assert tuned["idle_passes"] == 0 and "tune" in tuned["tasks"]
+    assert 0 <= tuned["execution_api_s"] < 30
+
+
+def test_dags_test_timing_refuses_a_log_without_the_execution_apis_lines():
+    from dlagent_dev.progress import dags_test_timing
+
+    with pytest.raises(ValueError, match="log format changed"):
+        dags_test_timing("2026-12-05T07:57:42.111Z [info     ] [DAG TEST] starting task_id=validate_inputs map_index=-1\n")
