@@ -49,12 +49,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GOAL_POINTS, GOAL_RMSE_PERCENT = 1.0, 5.0
 CLASSIFICATION_SETS, REGRESSION_SETS = ("breast_cancer", "wine", "customers"), ("diabetes",)
 DATASETS = CLASSIFICATION_SETS + REGRESSION_SETS
+#: Tables for choosing defaults (with seeds 1-3), never judged: `--datasets iris scaled_blobs`.
+DEV_SETS = ("iris", "scaled_blobs")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[41, 42, 43], help="split and weight seeds (at least 3)")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS + DEV_SETS),
+                        help=f"judged: {', '.join(DATASETS)} (the default); for choosing defaults only: {', '.join(DEV_SETS)}")
     return parser.parse_args(argv)
 
 
@@ -62,11 +65,18 @@ def write_csv(name: str, folder: Path) -> tuple[Path, dict]:
     """The data set as a CSV in the data root, and the conf entries it needs."""
     import numpy as np
     from sklearn import datasets
+    from sklearn.utils import Bunch
 
     path = folder / f"{name}.csv"
     if name == "customers":
         return _write_customers(path), {"missing": "impute"}
-    bunch = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "diabetes": datasets.load_diabetes}[name]()
+    if name == "scaled_blobs":
+        x, y = datasets.make_classification(600, 12, n_informative=6, n_classes=3, n_clusters_per_class=2, flip_y=0.03,
+                                            random_state=2027)
+        bunch = Bunch(data=x * np.logspace(-3, 3, 12), target=y)  # columns on scales 0.001 .. 1,000
+    else:
+        bunch = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "diabetes": datasets.load_diabetes,
+                 "iris": datasets.load_iris}[name]()
     header = ",".join([*(f"x{i}" for i in range(bunch.data.shape[1])), "label"])
     fmt = "%.6g" if name == "diabetes" else ["%.6g"] * bunch.data.shape[1] + ["%d"]
     np.savetxt(path, np.column_stack([bunch.data, bunch.target]), delimiter=",", header=header, comments="", fmt=fmt)
