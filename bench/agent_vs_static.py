@@ -19,10 +19,16 @@ the agent would choose. Three arms on the same data, seeds and budget caps (the 
   (``tune_trial_epochs``, ``tune_min_trial_epochs``): what remains between it and the agent is
   the agent's adaptive share (warm start, epochs from the curve, dropout, controller).
 
-Figures: the test accuracy of what each run **ships** (the gated candidate, a TFLite file) and
-every training epoch it paid for (each trial's and the final training's). Per seed the
-difference agent minus static (points) and the ratio of epochs; over seeds and data sets the
-mean and a 95 % Student-t interval.
+Figures: the accuracy of what each run **ships** (the gated candidate, a TFLite file) on
+held-out images, and every training epoch it paid for (each trial's and the final training's).
+Per seed the difference agent minus static (points) and the ratio of epochs; over seeds and data
+sets the mean and a 95 % Student-t interval. The held-out images: on MNIST, every image of the
+set outside the run's ``--mnist-samples`` subset (about 9,000 for 1,000; the shipped file is read
+back from the run's MLflow store, ``dlagent_dev.benchrun.shipped_accuracy``); on digits, which has
+no images beyond the run's own, its test split (270). The pipeline's own test splits alone are
+reported as well: a 1,000-image subset's is 150 images, one image 0.67 points, and on them the
+per-seed noise hid any difference smaller than a point (this measurement was added on 2026-12-05
+for that reason, after the goal was missed on them; both figures are printed).
 
 **Held out.** The rules' defaults (``trial_epochs_fraction`` 0.4, ``min_trial_epochs_fraction``
 0.25, so a first rung at epoch 2) were chosen on MNIST with seeds 0, 1, 2 (:data:`CHOSEN_ON`).
@@ -106,7 +112,8 @@ def first_round_settings(epochs: int = 20) -> dict:
 
 
 def run_arms(args, tmp: Path) -> tuple[list[dict], float]:
-    from dlagent_dev.benchrun import run_default_pipeline
+    from dlagent.ml.data import load_dataset
+    from dlagent_dev.benchrun import mnist_outside_images, run_default_pipeline, shipped_accuracy
 
     rows, seconds_per_epoch = [], []
     for name in args.datasets:
@@ -114,22 +121,33 @@ def run_arms(args, tmp: Path) -> tuple[list[dict], float]:
             if seed in CHOSEN_ON.get(name, []):
                 sys.exit(f"seed {seed} on {name} was used to choose the defaults: judge on other seeds")
             row = {"dataset": name, "seed": seed}
+            # MNIST: the images outside the run's subset (the same subset the pipeline loads) are a
+            # held-out set about nine times its test split; digits has none beyond its test split.
+            conf = data_conf(name, args)
+            outside = (mnist_outside_images(load_dataset(conf["dataset"], max_samples=conf["max_samples"], seed=seed), MNIST)
+                       if name == "mnist" else None)
             for arm, extra in (("agent", {"agent_policy": "rules"}), ("static", {"agent_policy": "off"}),
                                ("ablation", {"agent_policy": "off", **first_round_settings()})):
                 conf = {**data_conf(name, args), "seed": seed, "experiment_name": "bench-agent", "model_name": f"bench-{arm}", **extra}
                 run = run_default_pipeline(conf, tmp / f"{name}-{seed}-{arm}", MNIST.parent)
                 row[arm] = {k: run[k] for k in ("test_metric", "epochs", "trials", "seconds", "candidate", "deploy")}
+                row[arm]["heldout_metric"] = shipped_accuracy(run, *outside) if outside else run["test_metric"]
+                row[arm]["heldout_images"] = len(outside[1]) if outside else None
                 seconds_per_epoch.append(run["seconds"] / max(1, run["epochs"]))
-                print(f"[bench] {name} seed {seed} {arm:<8} test accuracy {run['test_metric']:.4f}, {run['epochs']} epochs "
+                print(f"[bench] {name} seed {seed} {arm:<8} test accuracy {run['test_metric']:.4f}"
+                      + (f" ({row[arm]['heldout_metric']:.4f} on {len(outside[1])} images outside the subset)" if outside else "")
+                      + f", {run['epochs']} epochs "
                       f"({run['trials']} trials), shipped {run['candidate']}, {run['seconds']:.0f} s", flush=True)
             rows.append(row)
     return rows, statistics.median(seconds_per_epoch)
 
 
-def compare(rows: list[dict], arm: str) -> dict:
+def compare(rows: list[dict], arm: str, key: str = "heldout_metric") -> dict:
+    """``arm`` against static per seed: accuracy difference in points on ``key`` (the held-out
+    images, or ``test_metric``: the pipeline's own test split) and the ratio of epochs paid."""
     from dlagent_dev.stats import interval
 
-    diffs = [100 * (r[arm]["test_metric"] - r["static"]["test_metric"]) for r in rows]
+    diffs = [100 * (r[arm][key] - r["static"][key]) for r in rows]
     ratios = [r[arm]["epochs"] / r["static"]["epochs"] for r in rows]
     return {"acc_diff_points": interval(diffs), "epochs_ratio": interval(ratios),
             "epochs_ratio_of_totals": round(sum(r[arm]["epochs"] for r in rows) / sum(r["static"]["epochs"] for r in rows), 4)}
@@ -254,13 +272,22 @@ def main(argv=None) -> int:
         if "real" in args.parts:
             rows, seconds_per_epoch = run_arms(args, tmp)
             agent, ablation = compare(rows, "agent"), compare(rows, "ablation")
+            split_agent, split_ablation = compare(rows, "agent", "test_metric"), compare(rows, "ablation", "test_metric")
+            per_dataset = {name: compare([r for r in rows if r["dataset"] == name], "agent") for name in args.datasets}
             noise = measured_noise(rows)
             result.update({"acc_diff_mean": agent["acc_diff_points"]["mean"], "acc_diff_ci_low": agent["acc_diff_points"]["ci95"][0],
                            "epochs_ratio": agent["epochs_ratio_of_totals"], "ablation_acc_diff_mean": ablation["acc_diff_points"]["mean"],
-                           "ablation_epochs_ratio": ablation["epochs_ratio_of_totals"], "agent": agent, "ablation": ablation, "rows": rows})
+                           "ablation_epochs_ratio": ablation["epochs_ratio_of_totals"], "agent": agent, "ablation": ablation,
+                           "agent_test_split": split_agent, "ablation_test_split": split_ablation, "agent_per_dataset": per_dataset,
+                           "rows": rows})
             print(f"[bench] agent - static: {agent['acc_diff_points']['mean']:+.2f} points (95% CI {agent['acc_diff_points']['ci95']}), "
                   f"epochs x{agent['epochs_ratio_of_totals']:.3f}; ablation - static: {ablation['acc_diff_points']['mean']:+.2f} points "
                   f"(95% CI {ablation['acc_diff_points']['ci95']}), epochs x{ablation['epochs_ratio_of_totals']:.3f}", flush=True)
+            print(f"[bench] on the pipeline's own test splits alone: agent - static {split_agent['acc_diff_points']['mean']:+.2f} "
+                  f"points (95% CI {split_agent['acc_diff_points']['ci95']}), ablation - static "
+                  f"{split_ablation['acc_diff_points']['mean']:+.2f} (95% CI {split_ablation['acc_diff_points']['ci95']}); per data "
+                  "set (held out): " + ", ".join(f"{n} {f['acc_diff_points']['mean']:+.2f} (95% CI {f['acc_diff_points']['ci95']})"
+                                                 for n, f in per_dataset.items()), flush=True)
         if "sim" in args.parts:
             sim = simulate(args.sim_envs, noise if noise is not None else FALLBACK_NOISE, seconds_per_epoch)
             sim["noise_source"] = "measured on the static runs" if noise is not None else f"declared fallback {FALLBACK_NOISE}"

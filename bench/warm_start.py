@@ -57,29 +57,16 @@ def parse_args(argv=None):
     return args
 
 
-def outside_images(splits):
-    """Every MNIST test image not in ``splits`` (matched on its pixels), read by the loader's own IDX reader."""
-    import numpy as np
-    from dlagent.ml.data_readers import _load_mnist_idx
-
-    images, labels, _ = _load_mnist_idx(MNIST)
-    used = {np.asarray(x, np.float32).reshape(28, 28).tobytes() for part in (splits.x_train, splits.x_val, splits.x_test)
-            for x in np.asarray(part)}
-    keep = np.array([image.tobytes() not in used for image in images])
-    if len(images) - keep.sum() != len(splits.y_train) + len(splits.y_val) + len(splits.y_test):
-        raise RuntimeError("the subset's images were not all found in the MNIST test set: the loader's scaling changed")
-    return images[keep].reshape(-1, *splits.input_shape), labels[keep].astype(int)
-
-
 def one_seed(seed: int, samples: int) -> dict:
     from dlagent.agent.controller import ControllerSettings, controller_from_plan
     from dlagent.ml import training
     from dlagent.ml.config import TrainConfig
     from dlagent.ml.data import load_dataset
     from dlagent.ml.models import copy_model
+    from dlagent_dev.benchrun import mnist_outside_images
 
     splits = load_dataset(f"mnist-idx:{MNIST}", seed=seed, max_samples=samples)
-    x, y = outside_images(splits)
+    x, y = mnist_outside_images(splits, MNIST)
 
     def accuracy(model) -> float:
         return 100.0 * float((model.predict(x, batch_size=512, verbose=0).argmax(1) == y).mean())

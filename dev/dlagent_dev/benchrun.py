@@ -17,7 +17,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
     """Run the pipeline with ``conf`` (only what the data needs; everything else default) and
     return ``{"test_metric", "keras_test_metric", "metric", "candidate", "deploy", "seconds",
-    "epochs", "trials", "parent_run_id", "tracking_uri"}`` of what it shipped: ``epochs`` are
+    "epochs", "trials", "parent_run_id", "experiment_id", "tracking_uri"}`` of what it shipped: ``epochs`` are
     every training epoch the run paid for (each tuning trial's and the final training's).
     Runs in the same ``workdir`` share their stores (a learning policy's state among them); the
     newest pipeline run is read. A failed run exits the benchmark with the log's tail."""
@@ -51,7 +51,7 @@ def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
             "metric": tags.get("dlagent.metric"), "candidate": tags.get("dlagent.candidate"), "deploy": tags.get("dlagent.deploy"),
             "seconds": round(seconds, 1), "epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in trained)),
             "trials": sum("optuna.trial_number" in r.data.tags for r in trained), "parent_run_id": parent.info.run_id,
-            "tracking_uri": env["MLFLOW_TRACKING_URI"]}
+            "experiment_id": experiment_id, "tracking_uri": env["MLFLOW_TRACKING_URI"]}
 
 
 def child_figures(script, kind: str, options: dict) -> dict:
@@ -79,3 +79,42 @@ def paired_arms(mine: list[dict], theirs: list[dict], names: tuple[str, str], ra
         out[f"{name}_{rate}"] = interval([r[rate] for r in rows])
     out["throughput_ratio"] = interval([a[rate] / b[rate] for a, b in zip(mine, theirs, strict=True)])
     return out
+
+
+def mnist_outside_images(splits, folder: Path):
+    """Every image of the MNIST IDX ``folder`` that is not in ``splits`` (a ``max_samples`` subset,
+    matched on its pixels), with its label, read by the loader's own IDX reader: a held-out set
+    about nine times larger than a 1,000-image subset's own test split."""
+    import numpy as np
+    from dlagent.ml.data_readers import _load_mnist_idx
+
+    images, labels, _ = _load_mnist_idx(Path(folder))
+    used = {np.asarray(x, np.float32).reshape(images.shape[1:]).tobytes() for part in (splits.x_train, splits.x_val, splits.x_test)
+            for x in np.asarray(part)}
+    keep = np.array([image.tobytes() not in used for image in images])
+    if len(images) - keep.sum() != len(splits.y_train) + len(splits.y_val) + len(splits.y_test):
+        raise RuntimeError("the subset's images were not all found in the MNIST set: the loader's scaling changed")
+    return images[keep].reshape(-1, *splits.input_shape), labels[keep].astype(int)
+
+
+def shipped_accuracy(run: dict, x, y) -> float:
+    """Accuracy on ``x``, ``y`` of what pipeline ``run`` (:func:`run_default_pipeline`) shipped: the
+    candidate its gate judged (``gate/decision.json`` of its evaluate run), a TFLite file, or the
+    Keras model where no candidate was kept."""
+    import numpy as np
+    from dlagent.ml import mlflow_names as names
+    from dlagent.ml.model_store import load_keras_model, read_tflite
+    from dlagent.ml.models import keras_predict
+    from dlagent.ml.tflite import TFLiteModel
+    from mlflow import MlflowClient
+
+    client = MlflowClient(run["tracking_uri"])
+    (evaluate,) = client.search_runs([run["experiment_id"]], f"{names.tag_equals(names.PARENT_TAG, run['parent_run_id'])} and "
+                                     f"{names.tag_equals(names.STEP_TAG, 'evaluate')}")
+    decision = client.download_artifacts(evaluate.info.run_id, f"{names.GATE_DECISION_ARTIFACT}/{names.GATE_DECISION_FILE}")
+    candidate = json.loads(Path(decision).read_text())["candidate"]
+    if candidate["candidate"] == "keras":
+        probabilities = keras_predict(load_keras_model(client, candidate["model_uri"]), x)
+    else:
+        probabilities = TFLiteModel(read_tflite(client, candidate["model_uri"]), num_threads=None).predict(x)
+    return float((np.asarray(probabilities).argmax(1) == y).mean())
