@@ -175,6 +175,12 @@ def test_a_model_of_another_vocabulary_reads_a_streamed_split_encoded_its_own_wa
     encoded = splits.inputs_for(other.to_json(), "test")
     assert isinstance(encoded, TableRows) and encoded.shape == (len(splits.y_test), other.width)
     np.testing.assert_array_equal(encoded[:], other.encode(list(splits.raw_x_test)))  # "green" goes to <other>
+    # a model that refuses gaps fails on the first one read, naming its row in the file, not in the chunk
+    refusing = splits.inputs_for({**other.to_json(), "impute": False}, "test")
+    first = next(int(p) for p in splits.x_test.positions if p % 19 == 4 or p % 23 == 7)  # _table's empty cells
+    column = "area" if first % 19 == 4 else "colour"
+    with pytest.raises(ConfigError, match=rf"data row {first + 1} of the file .*column '{column}': an empty value"):
+        refusing[:]
 
 
 def _json(path):
@@ -220,7 +226,8 @@ def test_a_numbers_only_streamed_split_is_encoded_for_another_model_as_it_is_rea
     assert isinstance(encoded, TableRows)
     gaps = np.isnan(splits.x_test[:]).any(axis=1)
     np.testing.assert_array_equal(encoded[np.flatnonzero(~gaps)], splits.x_test[np.flatnonzero(~gaps)])
-    with pytest.raises(ConfigError, match="missing 'refuse'"):
+    first = next(int(p) for p in splits.x_test.positions if p % 9 == 0)  # the first gap of the split, in its file
+    with pytest.raises(ConfigError, match=rf"data row {first + 1} of the file .*column 'b'.*missing 'refuse'"):
         encoded[:]
 
 

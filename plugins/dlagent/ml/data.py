@@ -67,7 +67,7 @@ class DatasetSplits:
         """The ``split`` (``"test"`` or ``"val"``) encoded for a model whose encoding is ``encoding_doc``
         (its ``encoding.json``; ``None``: a model without one). A model of another vocabulary gets
         the raw rows encoded its own way; raises :class:`ConfigError` when the columns do not fit."""
-        from dlagent.ml.tabular import TableEncoding
+        from dlagent.ml.tabular import TableEncoding, file_rows
 
         if split not in ("test", "val"):
             raise ValueError(f"split must be 'test' or 'val', got {split!r}")
@@ -87,7 +87,8 @@ class DatasetSplits:
         from dlagent.ml.streaming import is_streamed
 
         if is_streamed(loaded):  # encoded a chunk at a time as it is read, never the whole split as Python rows
-            return loaded.encoded(lambda chunk: other.encode(columns.raw_rows(chunk)), other.width)
+            return loaded.encoded(lambda chunk, positions: other.encode(columns.raw_rows(chunk), where=file_rows(positions)),
+                                  other.width)
         return other.encode(raw if raw is not None else x.tolist())
 
     @property

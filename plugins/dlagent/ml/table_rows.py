@@ -88,8 +88,9 @@ class RowStore:
 class TableRows:
     """A split of a streamed table: the store's rows at ``positions``, as model inputs.
 
-    ``encode`` turns a chunk of loaded rows into the model's ``width`` input columns (the
-    one-hot encoding of categorical columns, :meth:`dlagent.ml.tabular.TableEncoding.encode_loaded`);
+    ``encode(loaded, positions)`` turns a chunk of loaded rows (at those file positions) into the
+    model's ``width`` input columns (the one-hot encoding of categorical columns,
+    :meth:`dlagent.ml.tabular.TableEncoding.encode_loaded`);
     without it the rows are the loaded values themselves (what :class:`~dlagent.ml.csv_table.RawRows`
     and the content digest read)."""
 
@@ -116,7 +117,8 @@ class TableRows:
         return TableRows(self.store, self.positions[_as_indices(indices, len(self))], self.encode, self.width)
 
     def encoded(self, encode: Callable, width: int) -> TableRows:
-        """The same rows through another encoding (``encode`` takes loaded rows)."""
+        """The same rows through another encoding: ``encode(loaded, positions)`` takes loaded rows and
+        their positions in the file (to name a row an error is about)."""
         return TableRows(self.store, self.positions, encode, width)
 
     def __getitem__(self, index):
@@ -135,7 +137,7 @@ class TableRows:
 
     def _rows(self, positions) -> np.ndarray:
         loaded = self.store.read(positions)
-        return np.asarray(self.encode(loaded), np.float32) if self.encode is not None else loaded
+        return np.asarray(self.encode(loaded, positions), np.float32) if self.encode is not None else loaded
 
     def dataset(self, labels=None, *, batch_size: int = 32, shuffle_seed: int | None = None):
         """A ``tf.data`` pipeline of ``(rows, label)`` batches (rows alone without labels).

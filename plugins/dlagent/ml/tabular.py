@@ -21,10 +21,10 @@ Pure Python and NumPy: no Keras, no Airflow.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,29 +92,32 @@ class TableEncoding:
     def width(self) -> int:
         return len(self.feature_names())
 
-    def encode(self, rows) -> np.ndarray:
+    def encode(self, rows, *, where: Callable[[int], str] | None = None) -> np.ndarray:
         """Encode raw rows (sequences in ``columns`` order, or dicts by column name) as float32
         ``(n, width)``. A numeric cell that is not a number, a row of the wrong length, and an
-        empty cell under ``missing: refuse`` raise :class:`ConfigError` naming the row and column."""
+        empty cell under ``missing: refuse`` raise :class:`ConfigError` naming the row and column:
+        ``where(r)`` names row ``r`` of ``rows`` (default ``"row r"``; a chunk of a streamed table
+        names the row in its file)."""
+        where = where or _row
         index = {column: i for i, column in enumerate(self.columns)}
         slots = {c: {value: i + 1 for i, value in enumerate(vocabulary)} for c, vocabulary in self.vocabularies.items()}
         out = np.zeros((len(rows), self.width), np.float32)
         for r, row in enumerate(rows):
-            cells = self._cells(row, r)
+            cells = self._cells(row, where, r)
             position, flags = 0, []
             for column in self.columns:
                 value = cells[index[column]]
                 empty = is_missing(value)
                 if column in self.vocabularies:
                     if empty:
-                        self._refuse_empty(r, column)
+                        self._refuse_empty(where(r), column)
                         value = self.fill.get(column, "")
                     out[r, position + slots[column].get(_category(value), 0)] = 1.0
                     position += len(self.vocabularies[column]) + 1
                 else:
-                    number = math.nan if empty else _number(value, r, column)
+                    number = math.nan if empty else _number(value, where, r, column)
                     if math.isnan(number):  # an empty cell, or a NaN given as a number: a gap
-                        self._refuse_empty(r, column)
+                        self._refuse_empty(where(r), column)
                         empty = True
                     out[r, position] = number
                     position += 1
@@ -123,11 +126,11 @@ class TableEncoding:
             out[r, position:] = flags
         return out
 
-    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]]) -> np.ndarray:
+    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]], *, where: Callable[[int], str] | None = None) -> np.ndarray:
         """What :meth:`encode` gives for the rows the CSV loader read, computed on its array at
         once (no Python object per cell): ``x`` holds numbers, and for each categorical column
         ``j`` codes into ``categories[j]`` (NaN: an empty cell). ``tests/ml/test_csv_table.py``
-        checks the two agree."""
+        checks the two agree. ``where`` names a row in an error, as for :meth:`encode`."""
         out = np.zeros((len(x), self.width), np.float32)
         rows = np.arange(len(x))
         position, flags = 0, []
@@ -135,7 +138,7 @@ class TableEncoding:
             values = x[:, j]
             empty = np.isnan(values)
             if empty.any() and not self.impute:
-                self._refuse_empty(int(np.argmax(empty)), column)
+                self._refuse_empty((where or _row)(int(np.argmax(empty))), column)
             if column in self.vocabularies:
                 slots = {value: i + 1 for i, value in enumerate(self.vocabularies[column])}
                 of_code = np.array([slots.get(_category(value), 0) for value in categories[j]] or [0], np.int64)
@@ -158,24 +161,24 @@ class TableEncoding:
         from dlagent.ml.streaming import is_streamed
 
         if is_streamed(x):
-            return x.encoded(functools.partial(self.encode_loaded, categories=categories), self.width)
+            return x.encoded(lambda loaded, positions: self.encode_loaded(loaded, categories, where=file_rows(positions)), self.width)
         return self.encode_loaded(x, categories)
 
-    def _cells(self, row, r: int) -> list:
+    def _cells(self, row, where: Callable[[int], str], r: int) -> list:
         if isinstance(row, dict):
             unknown = sorted(set(row) - set(self.columns))
             if unknown:
-                raise ConfigError("instances", f"row {r} has unknown column {unknown[0]!r}.", f"use the columns {self.columns}.")
+                raise ConfigError("instances", f"{where(r)} has unknown column {unknown[0]!r}.", f"use the columns {self.columns}.")
             return [row.get(column) for column in self.columns]
         cells = list(row)
         if len(cells) != len(self.columns):
-            raise ConfigError("instances", f"row {r} has {len(cells)} values; the model takes {len(self.columns)} columns.",
+            raise ConfigError("instances", f"{where(r)} has {len(cells)} values; the model takes {len(self.columns)} columns.",
                               f"give the values of {self.columns} in that order (or a dict by column name).")
         return cells
 
-    def _refuse_empty(self, r: int, column: str) -> None:
+    def _refuse_empty(self, row: str, column: str) -> None:
         if not self.impute:
-            raise ConfigError("instances", f"row {r}, column {column!r}: an empty value, and the model was trained with missing 'refuse'.",
+            raise ConfigError("instances", f"{row}, column {column!r}: an empty value, and the model was trained with missing 'refuse'.",
                               "fill the value (or retrain with the data option missing 'impute').")
 
     def to_json(self) -> dict:
@@ -192,14 +195,23 @@ class TableEncoding:
                    fill=dict(doc.get("fill", {})), indicators=list(doc.get("indicators", [])), impute=bool(doc.get("impute")))
 
 
-def _number(value, r: int, column: str) -> float:
+def _row(r: int) -> str:
+    return f"row {r}"
+
+
+def file_rows(positions) -> Callable[[int], str]:
+    """``where`` for rows read at ``positions`` of a streamed table: names the row in its file."""
+    return lambda r: f"data row {int(positions[r]) + 1} of the file (after the header; blank lines not counted)"
+
+
+def _number(value, where: Callable[[int], str], r: int, column: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError("instances", f"row {r}, column {column!r}: not a number (a numeric column in training).",
+        raise ConfigError("instances", f"{where(r)}, column {column!r}: not a number (a numeric column in training).",
                           "give a number.") from None
     if math.isinf(number):
-        raise ConfigError("instances", f"row {r}, column {column!r}: an infinite value.", "give a finite number.")
+        raise ConfigError("instances", f"{where(r)}, column {column!r}: an infinite value.", "give a finite number.")
     return number
 
 
