@@ -284,7 +284,7 @@ def main() -> None:
         print(f"    {'task':<24}{'services s':>11}{'dags test s':>12}{'waited s':>10}")
         previous_end = None
         for task, times in services["tasks"].items():
-            inside = spans.get(task.split("[")[0])  # `dags test` logs a mapped task once, without its index
+            inside = spans.get(task)
             waited = times["start"] - previous_end if previous_end is not None else float("nan")
             print(f"    {task:<24}{times['end'] - times['start']:>11.2f}{inside if inside is not None else float('nan'):>12.2f}{waited:>10.2f}")
             previous_end = max(previous_end or 0.0, times["end"])

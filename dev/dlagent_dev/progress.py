@@ -282,7 +282,8 @@ def format_event(event: TaskEvent, figure: str = "") -> list[str]:
 def dags_test_timing(stdout: str) -> dict:
     """Each task's span in a `dags test` log, and the one-off and idle costs that are Airflow's.
 
-    ``tasks``: task id -> start and end (``[DAG TEST] starting`` .. ``end task``).
+    ``tasks``: task id (``task[i]`` for a mapped instance) -> start and end (``[DAG TEST]
+    starting`` .. ``end task``).
     ``execution_api_s``: `dags test` starts its in-process execution API when the first task first
     calls it, so the first task's span also holds that start (3-4 s on 2 cores): it is the first task's
     wait from ``starting`` to the API's ``Task started`` less the same wait of an ordinary task
@@ -296,7 +297,8 @@ def dags_test_timing(stdout: str) -> dict:
         match = TASK_LINE.match(line)
         if match:
             stamp = _timestamp(match["at"])
-            tasks.setdefault(match["task"], {})["start" if match["event"] == "starting" else "end"] = stamp
+            name = match["task"] if int(match["map"] or -1) < 0 else f"{match['task']}[{match['map']}]"  # a mapped instance
+            tasks.setdefault(name, {})["start" if match["event"] == "starting" else "end"] = stamp
             starting = stamp if match["event"] == "starting" else None
         elif starting is not None and " Task started " in line:
             waits.append(_timestamp(line.split(" ", 1)[0]) - starting)
