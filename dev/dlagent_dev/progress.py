@@ -296,12 +296,12 @@ def dags_test_timing(stdout: str) -> dict:
     for line in stdout.splitlines():
         match = TASK_LINE.match(line)
         if match:
-            stamp = _timestamp(match["at"])
+            stamp = _time(match["at"]).timestamp()
             name = match["task"] if int(match["map"] or -1) < 0 else f"{match['task']}[{match['map']}]"  # a mapped instance
             tasks.setdefault(name, {})["start" if match["event"] == "starting" else "end"] = stamp
             starting = stamp if match["event"] == "starting" else None
         elif starting is not None and " Task started " in line:
-            waits.append(_timestamp(line.split(" ", 1)[0]) - starting)
+            waits.append(_time(line.split(" ", 1)[0]).timestamp() - starting)
             starting = None
         elif "No tasks to run" in line:
             idle += 1
@@ -310,9 +310,3 @@ def dags_test_timing(stdout: str) -> dict:
                          "log format changed; update dlagent_dev.progress.dags_test_timing")
     ordinary = sorted(waits[1:])[len(waits[1:]) // 2] if len(waits) > 1 else 0.0
     return {"tasks": tasks, "execution_api_s": max(0.0, waits[0] - ordinary), "idle_passes": idle}
-
-
-def _timestamp(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

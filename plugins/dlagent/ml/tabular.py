@@ -44,6 +44,10 @@ def is_missing(value) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+def _row(r: int) -> str:
+    return f"row {r}"
+
+
 @dataclass(frozen=True)
 class TableEncoding:
     """How raw table rows become model inputs.
@@ -92,13 +96,12 @@ class TableEncoding:
     def width(self) -> int:
         return len(self.feature_names())
 
-    def encode(self, rows, *, where: Callable[[int], str] | None = None) -> np.ndarray:
+    def encode(self, rows, *, where: Callable[[int], str] = _row) -> np.ndarray:
         """Encode raw rows (sequences in ``columns`` order, or dicts by column name) as float32
         ``(n, width)``. A numeric cell that is not a number, a row of the wrong length, and an
         empty cell under ``missing: refuse`` raise :class:`ConfigError` naming the row and column:
         ``where(r)`` names row ``r`` of ``rows`` (default ``"row r"``; a chunk of a streamed table
         names the row in its file)."""
-        where = where or _row
         index = {column: i for i, column in enumerate(self.columns)}
         slots = {c: {value: i + 1 for i, value in enumerate(vocabulary)} for c, vocabulary in self.vocabularies.items()}
         out = np.zeros((len(rows), self.width), np.float32)
@@ -126,7 +129,7 @@ class TableEncoding:
             out[r, position:] = flags
         return out
 
-    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]], *, where: Callable[[int], str] | None = None) -> np.ndarray:
+    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]], *, where: Callable[[int], str] = _row) -> np.ndarray:
         """What :meth:`encode` gives for the rows the CSV loader read, computed on its array at
         once (no Python object per cell): ``x`` holds numbers, and for each categorical column
         ``j`` codes into ``categories[j]`` (NaN: an empty cell). ``tests/ml/test_csv_table.py``
@@ -138,7 +141,7 @@ class TableEncoding:
             values = x[:, j]
             empty = np.isnan(values)
             if empty.any() and not self.impute:
-                self._refuse_empty((where or _row)(int(np.argmax(empty))), column)
+                self._refuse_empty(where(int(np.argmax(empty))), column)
             if column in self.vocabularies:
                 slots = {value: i + 1 for i, value in enumerate(self.vocabularies[column])}
                 of_code = np.array([slots.get(_category(value), 0) for value in categories[j]] or [0], np.int64)
@@ -193,10 +196,6 @@ class TableEncoding:
     def from_json(cls, doc: dict) -> TableEncoding:
         return cls(columns=list(doc["columns"]), vocabularies={k: list(v) for k, v in doc["vocabularies"].items()},
                    fill=dict(doc.get("fill", {})), indicators=list(doc.get("indicators", [])), impute=bool(doc.get("impute")))
-
-
-def _row(r: int) -> str:
-    return f"row {r}"
 
 
 def file_rows(positions) -> Callable[[int], str]:
