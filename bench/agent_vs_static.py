@@ -86,6 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="the parts to run (default all)")
     parser.add_argument("--sim-envs", type=int, default=40, help="simulated environments (at least 30 for the figure)")
     parser.add_argument("--real-epochs", type=int, default=6, help="epochs of the 10+10 real learning-vs-rules runs")
+    parser.add_argument("--policies", nargs="+", choices=["rules", "learning"], default=["rules", "learning"],
+                        help="the policies of the real learning-vs-rules runs (default both; one alone is a diagnostic, no difference)")
     parser.add_argument("--quick", action="store_true", help="2 seeds, 1,000 MNIST samples, 10 environments: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
@@ -236,11 +238,12 @@ def real_learning_vs_rules(args, tmp: Path) -> dict:
     from dlagent.agent.observe import observe
     from dlagent.agent.policies.learning import LearningPolicy
     from dlagent_dev.benchrun import run_default_pipeline
+    from dlagent_dev.stats import interval
     from mlflow import MlflowClient
 
     weights, out = LearningPolicy(), {}
-    for policy in ("rules", "learning"):
-        rewards = []
+    for policy in args.policies:
+        rewards, runs = [], []
         for index in range(SIM_RUNS):
             conf = {"dataset": "digits", "seed": 200 + index, "epochs": args.real_epochs, "n_trials": 3, "experiment_name": "bench-lvr",
                     "model_name": "bench-lvr", "agent_policy": policy}
@@ -248,10 +251,15 @@ def real_learning_vs_rules(args, tmp: Path) -> dict:
             client = MlflowClient(run["tracking_uri"])
             obs = observe(client, "", run["parent_run_id"], "bench-lvr", resources={"cpu_count": 1, "cpus_free": 1})
             rewards.append(weights.reward_from_observation(obs, obs.reference_score, obs.champion_score))
+            runs.append({"arm": run["arm"], "final": run["final"], "epochs": run["epochs"], "seconds": run["seconds"]})
             print(f"[bench] learning-vs-rules {policy} run {index + 1}: reward {rewards[-1]:.4f} (val {obs.reference_score}, "
-                  f"champion {obs.champion_score}, {run['epochs']} epochs, {run['seconds']:.0f} s)", flush=True)
-        out[policy] = {"rewards": [round(r, 5) for r in rewards], "mean": round(statistics.fmean(rewards), 5)}
-    out["learning_minus_rules_mean"] = round(out["learning"]["mean"] - out["rules"]["mean"], 5)
+                  f"champion {obs.champion_score}, {run['epochs']} epochs, {run['seconds']:.0f} s; arm {run['arm']}, "
+                  f"final training {run['final']})", flush=True)
+        out[policy] = {"rewards": [round(r, 5) for r in rewards], "mean": round(statistics.fmean(rewards), 5), "runs": runs}
+    both = "rules" in out and "learning" in out
+    out["learning_minus_rules_mean"] = round(out["learning"]["mean"] - out["rules"]["mean"], 5) if both else None
+    if both:  # run i of each policy has the same seed and the same place in its sequence: paired
+        out["learning_minus_rules_paired"] = interval([b - a for a, b in zip(out["rules"]["rewards"], out["learning"]["rewards"], strict=True)])
     return out
 
 
@@ -299,8 +307,9 @@ def main(argv=None) -> int:
             real = real_learning_vs_rules(args, tmp)
             result["learning_minus_rules_real_mean"] = real["learning_minus_rules_mean"]
             result["real_learning_vs_rules"] = real
-            print(f"[bench] real learning - rules, mean reward over {SIM_RUNS} runs each: {real['learning_minus_rules_mean']:+.5f}",
-                  flush=True)
+            if real["learning_minus_rules_mean"] is not None:
+                print(f"[bench] real learning - rules, mean reward over {SIM_RUNS} runs each: {real['learning_minus_rules_mean']:+.5f} "
+                      f"(paired 95% CI {real['learning_minus_rules_paired']['ci95']})", flush=True)
     if result["acc_diff_ci_low"] is not None:
         result["goal_acc_met"] = result["acc_diff_ci_low"] >= GOALS["acc_diff_ci_low"]
         result["goal_epochs_met"] = result["epochs_ratio"] <= GOALS["epochs_ratio"]

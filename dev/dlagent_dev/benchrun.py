@@ -17,8 +17,10 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
     """Run the pipeline with ``conf`` (only what the data needs; everything else default) and
     return ``{"test_metric", "keras_test_metric", "metric", "candidate", "deploy", "seconds",
-    "epochs", "trials", "parent_run_id", "experiment_id", "tracking_uri"}`` of what it shipped: ``epochs`` are
-    every training epoch the run paid for (each tuning trial's and the final training's).
+    "epochs", "trials", "arm", "final", "parent_run_id", "experiment_id", "tracking_uri"}`` of what it shipped: ``epochs`` are
+    every training epoch the run paid for (each tuning trial's and the final training's); ``arm`` the
+    learning policy's arm in phase ``plan`` (the one the final training follows; ``None`` for other policies); ``final`` the final
+    training's learning rate, epochs run and best validation score, so a benchmark can say what each run did.
     Runs in the same ``workdir`` share their stores (a learning policy's state among them); the
     newest pipeline run is read. A failed run exits the benchmark with the log's tail."""
     from dlagent.ml import mlflow_names as names
@@ -47,10 +49,16 @@ def run_default_pipeline(conf: dict, workdir: Path, data_root: Path) -> dict:
     metrics, tags = parent.data.metrics, parent.data.tags
     children = client.search_runs([experiment_id], names.tag_equals(names.PARENT_TAG, parent.info.run_id))
     trained = [r for r in children if "optuna.trial_number" in r.data.tags or r.data.tags.get(names.STEP_TAG) == "train"]
+    arms = [r.data.tags[names.ARM_TAG] for r in children if names.ARM_TAG in r.data.tags and r.data.tags.get(names.PHASE_TAG) == "plan"]
+    final = next((r for r in trained if "optuna.trial_number" not in r.data.tags), None)
     return {"test_metric": metrics["test_metric"], "keras_test_metric": metrics.get("keras_test_metric"),
             "metric": tags.get("dlagent.metric"), "candidate": tags.get("dlagent.candidate"), "deploy": tags.get("dlagent.deploy"),
             "seconds": round(seconds, 1), "epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in trained)),
-            "trials": sum("optuna.trial_number" in r.data.tags for r in trained), "parent_run_id": parent.info.run_id,
+            "trials": sum("optuna.trial_number" in r.data.tags for r in trained), "arm": arms[0] if arms else None,
+            "final": None if final is None else {"learning_rate": final.data.params.get("learning_rate"),
+                                                 "epochs_run": final.data.metrics.get("epochs_run"),
+                                                 "best_val": final.data.metrics.get(f"best_val_{tags.get('dlagent.metric')}")},
+            "parent_run_id": parent.info.run_id,
             "experiment_id": experiment_id, "tracking_uri": env["MLFLOW_TRACKING_URI"]}
 
 

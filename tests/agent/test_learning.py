@@ -90,6 +90,34 @@ def test_arms_scale_the_rules_plan_and_say_why():
     assert plan["reasons"][-1]["decision"].startswith(f"learning: arm {arm}")
 
 
+def test_an_arm_raises_the_rate_no_higher_than_the_model_was_tried_at():
+    """Doubling an already high rate from scratch can leave a model at chance (a digits CNN at 0.04: validation
+    accuracy 0.10 on one seed of six; bench/agent_vs_static.py --parts learning lost a run that way): the arm stops
+    at the top of the model's built-in search space (cnn: 0.01) or a completed trial's higher rate."""
+    doubling = dict(lr_scales=(2.0,), epoch_scales=(1.0,))  # one arm: lr_x2-epochs_x1
+
+    def planned(config, trial_rates=(), **kwargs):
+        rates = (config["learning_rate"], *trial_rates)  # the best trial ran at the plan's rate
+        trials = [{"number": i, "run_id": f"t{i}", "state": "COMPLETE", "value": 0.9 - i / 100, "params": {"learning_rate": r}}
+                  for i, r in enumerate(rates)]
+        obs = Observation(experiment_id="1", parent_run_id="p", config={"epochs": 10, **config}, trials=trials, best_trial=trials[0],
+                          best_value_history=[0.9] * len(trials), resources=RESOURCES)
+        plan = LearningPolicy(**doubling, **kwargs).decide(obs)
+        return plan["train"]["learning_rate"], plan["reasons"]
+
+    assert planned({"model": "cnn", "learning_rate": 0.004})[0] == 0.008  # below the ceiling: the arm as it is
+    rate, reasons = planned({"model": "cnn", "learning_rate": 0.008})
+    assert rate == 0.01 and "capped at 0.01 (arm lr_x2-epochs_x1 asked 0.016)" in reasons[-1]["decision"]
+    assert "untested on this data" in reasons[-1]["because"]
+    assert planned({"model": "mlp", "learning_rate": 0.03})[0] == 0.06  # the mlp's space reaches 0.1
+    assert planned({"model": "cnn", "learning_rate": 0.008}, trial_rates=(0.002, 0.03))[0] == 0.016  # a wider space, tried
+    assert planned({"model": "cnn", "learning_rate": 0.02})[0] == 0.02  # never below the plan's own rate
+    rate, reasons = planned({"model": "cnn", "learning_rate": 0.008}, max_learning_rate=0.012)
+    assert rate == 0.012 and reasons[-1]["because"] == "max_learning_rate=0.012"
+    with pytest.raises(ConfigError, match="^max_learning_rate"):
+        LearningPolicy(max_learning_rate=0)
+
+
 def test_thompson_shares_what_one_arm_taught_with_arms_of_the_same_factor():
     policy = LearningPolicy(seed=3)
     for arm, reward in (("lr_x1-epochs_x1", 0.8), ("lr_x0.5-epochs_x1", -2.2), ("lr_x2-epochs_x1", 1.8)):

@@ -3,7 +3,9 @@
 The rules policy writes the whole plan; the bandit then picks one **arm** and scales the
 plan's ``train.learning_rate`` and ``train.epochs`` with it. Arms are every pair of
 ``lr_scales`` x ``epoch_scales`` (default {0.5, 1, 2} x {0.5, 1, 1.5}: 9 arms, named like
-``lr_x2-epochs_x0.5``). The **context** is what the observation says about training, one of
+``lr_x2-epochs_x0.5``); an arm that raises the rate stops at ``max_learning_rate`` (default: the
+model's built-in search space's top, or a completed trial's higher rate), since a rate nobody
+tried on this data can leave a model at chance. The **context** is what the observation says about training, one of
 :data:`CONTEXTS` (``diverged``, ``overfit``, ``underfit``, ``improving``, ``plateau``,
 ``converged``, ``unknown``).
 
@@ -60,6 +62,21 @@ def arm_name(lr_scale: float, epoch_scale: float) -> str:
     return f"lr_x{lr_scale:g}-epochs_x{epoch_scale:g}"
 
 
+def tried_rate_ceiling(observation: Observation, current: dict) -> float:
+    """The highest learning rate known to suit this run's model: the top of its built-in search
+    space (:func:`dlagent.ml.tuning.default_search_space`) or, when higher, the rate of a completed
+    trial (a user's wider space that tuning tried). An arm that scales a rate up stops here."""
+    from dlagent.ml.tuning.space import default_search_space
+
+    try:
+        space = default_search_space(str(current.get("model", "")), transfer=bool(current.get("init_from")))
+        ceiling = float(space["learning_rate"]["high"])
+    except (ConfigError, KeyError):  # a model name the observation cannot rebuild: trials decide alone
+        ceiling = 0.0
+    tried = [float(t["params"]["learning_rate"]) for t in observation.completed_trials if "learning_rate" in t.get("params", {})]
+    return max([ceiling, *tried]) or float(current["learning_rate"])
+
+
 def context_of(observation: Observation) -> str:
     """The bandit's context: what the main learning curve says (see :data:`CONTEXTS`)."""
     curve = observation.main_curve
@@ -97,6 +114,10 @@ class LearningPolicy(Policy):
     :param prior_weight: how many context-specific rewards weigh as much as the all-context mean.
     :param accuracy_weight, time_weight, compute_weight: ``a``, ``b``, ``c`` of the reward.
     :param lr_scales, epoch_scales: the arms' factors.
+    :param max_learning_rate: the highest rate an arm may scale the plan's rate up to (never below
+        the plan's own rate); default: the model's built-in search space's top, or a completed trial's
+        higher rate (:func:`tried_rate_ceiling`). Doubling an already high rate from scratch can leave
+        a model at chance (``bench/agent_vs_static.py --parts learning``, 2026-12-05).
     :param rules: keyword arguments for the underlying :class:`RulesPolicy`.
     """
 
@@ -107,7 +128,8 @@ class LearningPolicy(Policy):
                  ucb_c: float = 1.0, prior_weight: float = 1.0, prior_sd: float = 1.0, noise_sd: float = 0.5,
                  ridge: float = 1.0, accuracy_weight: float = 100.0,
                  time_weight: float = 0.001, compute_weight: float = 0.01,
-                 lr_scales=(0.5, 1.0, 2.0), epoch_scales=(0.5, 1.0, 1.5), rules: dict | None = None):
+                 lr_scales=(0.5, 1.0, 2.0), epoch_scales=(0.5, 1.0, 1.5), max_learning_rate: float | None = None,
+                 rules: dict | None = None):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError("seed", f"must be a non-negative integer, got seed={seed!r}.", "give e.g. 0.")
         if strategy not in STRATEGIES:
@@ -125,6 +147,8 @@ class LearningPolicy(Policy):
                 raise ConfigError(name, f"must be a non-empty list of distinct factors, got {name}={scales!r}.", "give e.g. [0.5, 1, 2].")
             for value in scales:
                 check_number(name, value, low=0.0, high=100.0, low_open=True)
+        if max_learning_rate is not None:
+            check_number("max_learning_rate", max_learning_rate, low=0.0, high=10.0, low_open=True)
         if store is None:
             store = MemoryStateStore()
         for method in ("records", "record"):
@@ -138,6 +162,7 @@ class LearningPolicy(Policy):
         self.prior_weight = float(prior_weight)
         self.prior_sd, self.noise_sd, self.ridge = float(prior_sd), float(noise_sd), float(ridge)
         self.weights = {"a": float(accuracy_weight), "b": float(time_weight), "c": float(compute_weight)}
+        self.max_learning_rate = None if max_learning_rate is None else float(max_learning_rate)
         self.arms = {arm_name(lr, ep): (float(lr), float(ep)) for lr in lr_scales for ep in epoch_scales}
         self.rules = RulesPolicy(**(rules or {}))
 
@@ -309,16 +334,29 @@ class LearningPolicy(Policy):
         arm, why = self.choose(context, stats, records)
         lr_scale, epoch_scale = self.arms[arm]
         current = {**TrainConfig().to_dict(), **obs.config, **plan["train"]}
-        train = dict(plan["train"])
+        train, capped_because = dict(plan["train"]), []
         if lr_scale != 1.0:  # within the settings' declared limits, so the plan's conf is one the Params accept
-            train["learning_rate"] = min(TrainConfig.bounds("learning_rate").high, significant(current["learning_rate"] * lr_scale))
+            rate = min(TrainConfig.bounds("learning_rate").high, significant(current["learning_rate"] * lr_scale))
+            ceiling = (self.max_learning_rate if self.max_learning_rate is not None else tried_rate_ceiling(obs, current)) \
+                if lr_scale > 1.0 else rate
+            if rate > ceiling:
+                capped = max(ceiling, current["learning_rate"])  # the cap never lowers the rules' own rate
+                capped_because.append({
+                    "decision": f"learning: learning_rate capped at {capped:g} (arm {arm} asked {rate:g})",
+                    "because": ("a rate above every rate the model's built-in search space and this run's completed trials tried "
+                                "is untested on this data: from scratch, doubling a high rate can leave a model at chance "
+                                "(max_learning_rate sets the cap)" if self.max_learning_rate is None
+                                else f"max_learning_rate={self.max_learning_rate:g}"),
+                })
+                rate = capped
+            train["learning_rate"] = rate
         if epoch_scale != 1.0:
             train["epochs"] = max(1, min(TrainConfig.bounds("epochs").high, int(round(current["epochs"] * epoch_scale))))
         plan["train"] = train
         plan["policy"] = {"name": self.name, "arm": arm, "context": context}
-        plan["reasons"].append({
+        plan["reasons"].extend([{
             "decision": f"learning: arm {arm} (learning_rate={train.get('learning_rate', current['learning_rate'])}, "
                         f"epochs={train.get('epochs', current['epochs'])})",
             "because": f"context {context!r}: {why} [{self.strategy}, seed {self.seed}]",
-        })
+        }, *capped_because])
         return plan
