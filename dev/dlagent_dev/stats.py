@@ -7,11 +7,16 @@ def interval(values) -> dict:
     """``{"mean", "std", "ci95": [low, high]}`` of ``values``: the sample standard deviation and a
     95 % Student-t interval of the mean (NaN bounds for a single value)."""
     import numpy as np
-    from scipy import stats
 
     values = np.asarray(values, dtype=float)
     mean, std = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    half = float(stats.t.ppf(0.975, len(values) - 1) * std / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return _summary(mean, std, len(values))
+
+
+def _summary(mean: float, std: float, n: int) -> dict:
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, n - 1)) * std / n ** 0.5 if n > 1 else float("nan")
     return {"mean": round(mean, 4), "std": round(std, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
 
 
@@ -24,14 +29,11 @@ def std_from_interval(ci95, n: int) -> float:
 
 
 def pooled(groups) -> dict:
-    """:func:`interval` of the union of value sets given only as ``(mean, std, n)`` each: the
-    exact mean and sample standard deviation of all the values together (within-set spread plus
-    the spread of the set means), so two runs on different seeds report as one."""
-    from scipy import stats
-
+    """:func:`interval` (plus ``n``) of the union of value sets given only as ``(mean, std, n)``
+    each: the exact mean and sample standard deviation of all the values together (within-set
+    spread plus the spread of the set means), so two runs on different seeds report as one."""
     groups = [(float(m), float(s), int(n)) for m, s, n in groups]
     total = sum(n for _, _, n in groups)
     mean = sum(m * n for m, _, n in groups) / total
-    variance = (sum((n - 1) * s * s + n * (m - mean) ** 2 for m, s, n in groups)) / (total - 1)
-    half = float(stats.t.ppf(0.975, total - 1)) * variance ** 0.5 / total ** 0.5
-    return {"mean": round(mean, 4), "std": round(variance ** 0.5, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)], "n": total}
+    spread = sum((n - 1) * s * s + n * (m - mean) ** 2 for m, s, n in groups)
+    return {**_summary(mean, (spread / (total - 1)) ** 0.5 if total > 1 else 0.0, total), "n": total}
