@@ -23,8 +23,8 @@ from dlagent.ml.selection import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from dlagent.ml.tuning.settings import TuneConfig
 from dlagent.validation import field_bounds, field_default
 
-TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "dropout",
-                     "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
+TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "hidden_layers",
+                     "dropout", "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
 DATA_PARAM_NAMES = ("max_samples", "label_column", "missing", "task", "metric", "cache", "image_size", "color_mode")
 GATE_PARAM_NAMES = ("metric_threshold", "max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95")
 #: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
@@ -140,7 +140,8 @@ def check_pipeline_conf(conf: dict, *, field: str = "conf",
 #: The federated settings a person sets (FederatedConfig's fields; its seed is the one ``seed`` Param).
 FEDERATED_PARAM_NAMES = ("n_shards", "partition", "skew_alpha", "rounds", "local_epochs", "strategy", "mu", "clients_per_round")
 #: The training settings a federated run uses (epochs are ``rounds`` x ``local_epochs``; it starts from scratch).
-FEDERATED_TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "batch_size", "learning_rate", "optimizer", "units", "dropout", "seed")
+FEDERATED_TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "batch_size", "learning_rate", "optimizer", "units", "hidden_layers",
+                               "dropout", "seed")
 
 
 def federated_params() -> dict[str, Param]:

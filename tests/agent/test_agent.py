@@ -205,6 +205,29 @@ def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_roun
         RulesPolicy(fine_tune_lr_factor=0)
 
 
+def test_rules_on_a_linear_mlp_add_a_hidden_layer_and_never_a_dropout_that_acts_on_nothing(history):
+    """``hidden_layers`` 0 (a linear ``mlp``) has no hidden layer: an accuracy gap leaves the
+    dropout alone, and a model under-fitting on a plateau gets one hidden layer, not more units."""
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    linear = dataclasses.replace(obs, config={**obs.config, "model": "mlp", "hidden_layers": 0})
+    tuned = obs.best_trial["params"]
+    assert RulesPolicy(improvement_window=2).decide(obs)["train"]["dropout"] > tuned["dropout"]  # the gap rule, with a hidden layer
+    plan = RulesPolicy(improvement_window=2).decide(linear)
+    assert plan["train"]["dropout"] == tuned["dropout"] and "hidden_layers" not in plan["train"]
+    assert any(r["decision"] == "train.dropout unchanged" and "linear" in r["because"] for r in plan["reasons"])
+
+    obs.best_trial["checkpoint"] = "runs:/r/checkpoint/model.keras"  # shared by both observations, as is the curve:
+    curve = obs.main_curve  # now a plateau well below 0.9 training accuracy
+    curve.update(gap=None, underfitting=True, plateau=True, final_accuracy=0.7)
+    wider = RulesPolicy(improvement_window=2).decide(obs)["train"]
+    deeper = RulesPolicy(improvement_window=2).decide(linear)
+    assert wider["units"] == 2 * tuned["units"] and "hidden_layers" not in wider
+    assert deeper["train"]["hidden_layers"] == 1 and deeper["train"]["units"] == tuned["units"]
+    assert deeper["warm_start"] is None and "hidden_layers" not in tuned  # the trial trained the run's depth, 0: its weights do not fit
+    assert any(r["decision"] == "warm_start=null" and "hidden_layers 0 -> 1" in r["because"] for r in deeper["reasons"])
+
+
 def test_rules_respect_max_trials_when_no_trial_completed():
     from dlagent.agent.observe import Observation
 

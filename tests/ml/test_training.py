@@ -166,3 +166,43 @@ def test_missing_values_are_refused_by_default_and_imputed_inside_the_model_on_r
     assert np.isfinite(keras_probs).all()
     np.testing.assert_allclose(TFLiteModel(quantize(result.model, "none")).predict(splits.x_test), keras_probs, atol=1e-5)
     np.testing.assert_allclose(load_keras_model(client, model_uri).predict(splits.x_test, verbose=0), keras_probs, atol=1e-6)
+
+
+def test_hidden_layers_set_the_depth_and_none_is_a_linear_model(tmp_path):
+    """``hidden_layers`` stacks that many hidden dense layers; 0 leaves the output layer alone on
+    the standardised columns: softmax (logistic) regression, which on a table whose classes a
+    line separates scores what scikit-learn's standardised logistic regression scores."""
+    import keras
+    import numpy as np
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.models import build_model
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def dense_kernels(model):
+        return [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+    rows = np.random.default_rng(0).normal(size=(40, 5))
+    assert dense_kernels(build_model(TrainConfig(model="mlp", hidden_layers=0), (5,), 3, adapt_data=rows)) == [(5, 3)]
+    assert dense_kernels(build_model(TrainConfig(model="mlp", units=8, hidden_layers=2), (5,), 3, adapt_data=rows)) == [(5, 8), (8, 8), (8, 3)]
+    widths = [[k[1] for k in dense_kernels(build_model(TrainConfig(model="cnn", filters=4, units=16, hidden_layers=n), (8, 8), 10))]
+              for n in (0, 1)]
+    assert widths == [[10], [16, 10]]  # the convolution features straight into the output; the default, one hidden layer
+
+    x, y = make_classification(n_samples=600, n_features=8, n_informative=5, n_redundant=0, class_sep=0.8, random_state=3)
+    x = x * np.logspace(-3, 3, 8)  # columns on scales 0.001 .. 1,000
+    lines = ["x0,x1,x2,x3,x4,x5,x6,x7,label", *(",".join([*map(repr, row), str(label)]) for row, label in zip(x, y, strict=True))]
+    (tmp_path / "table.csv").write_text("\n".join(lines) + "\n")
+    splits = load_dataset(f"csv:{tmp_path / 'table.csv'}", seed=0, allowed_roots=[str(tmp_path)])
+    linear = fit(splits, TrainConfig(model="mlp", hidden_layers=0, epochs=60, learning_rate=0.01, seed=0)).model
+    keras_accuracy = evaluate(linear, splits)["test_accuracy"]
+    logistic = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(splits.x_train, splits.y_train)
+    assert keras_accuracy >= logistic.score(splits.x_test, splits.y_test) - 0.03
+    agree = np.mean(linear.predict(splits.x_test, verbose=0).argmax(axis=1) == logistic.predict(splits.x_test))
+    assert agree >= 0.95  # the same kind of model: the two draw nearly the same line
+    from dlagent.ml.compression import CompressionConfig, compress
+
+    shipped = compress(linear, splits, CompressionConfig(sparsity=0.5, quantization="int8"), latency_runs=5)  # its one kernel pruned
+    assert shipped.metrics["sparsity"] >= 0.45 and shipped.metrics["test_accuracy"] >= keras_accuracy - 0.05

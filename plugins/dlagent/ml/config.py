@@ -26,6 +26,7 @@ CACHE_MODES = ("auto", "memory", "stream")  # the data option "cache" (dlagent.m
 COLOR_MODES = ("auto", "grayscale", "rgb")  # the data option "color_mode" of image folders (auto: the first image's)
 MAX_IMAGE_SIDE = 4096  # the largest image_size side, in pixels
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
+MAX_HIDDEN_LAYERS = 8  # a plain dense stack; any other architecture is a builder of one's own (model: 'package.module:function')
 MAX_SEED = 2**31 - 1
 
 
@@ -47,7 +48,11 @@ class TrainConfig:
     optimizer: str = bounded("adam", "choice", choices=OPTIMIZERS, title="Optimizer", description="Keras optimizer.")
     momentum: float = bounded(0.0, "number", low=0.0, high=1.0, high_open=True, title="Momentum",
                               description="Momentum of 'sgd' and 'rmsprop', in [0, 1).")
-    units: int = bounded(128, "int", low=1, high=65_536, title="Dense units", description="Width of the hidden dense layer.")
+    units: int = bounded(128, "int", low=1, high=65_536, title="Dense units", description="Width of each hidden dense layer.")
+    hidden_layers: int = bounded(1, "int", low=0, high=MAX_HIDDEN_LAYERS, title="Hidden dense layers",
+                                 description="Hidden dense layers of a built-in model before its output ('mlp': on the "
+                                             "standardised columns; 'cnn', 'resnet': on the convolution features). 0 gives a "
+                                             "linear model: logistic (softmax) regression, or linear regression.")
     filters: int = bounded(32, "int", low=1, high=4_096, title="Convolution filters",
                            description="Filters of the first convolution of 'cnn' (the second has twice as many).")
     dropout: float = bounded(0.2, "number", low=0.0, high=1.0, high_open=True, title="Dropout",

@@ -71,9 +71,10 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
         x = layers.Flatten()(x)
     if config.model in IMAGE_MODELS:  # convolution features: dropout before the dense layer
         x = layers.Dropout(config.dropout)(x)
-    x = layers.Dense(config.units, activation="relu")(x)
-    if config.model not in IMAGE_MODELS:  # mlp: dropout on the hidden layer, never on the input columns
-        x = layers.Dropout(config.dropout)(x)
+    for _ in range(config.hidden_layers):  # none: a linear model on the features (logistic / linear regression)
+        x = layers.Dense(config.units, activation="relu")(x)
+        if config.model not in IMAGE_MODELS:  # mlp: dropout on the hidden layers, never on the input columns
+            x = layers.Dropout(config.dropout)(x)
     if task == REGRESSION:
         outputs = layers.Dense(num_classes, name="predictions")(x)
         if targets is not None:

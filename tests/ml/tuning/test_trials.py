@@ -132,3 +132,29 @@ def _other_shape(splits):
     import dataclasses
 
     return dataclasses.replace(splits, x_train=splits.x_train[..., :-1], x_val=splits.x_val[..., :-1], x_test=splits.x_test[..., :-1])
+
+
+def test_trials_search_the_depth_and_a_trials_checkpoint_has_its_depth(tmp_path, mlflow_uri, digits_small):
+    """``hidden_layers`` in a search space: each trial builds its own depth (0 is a linear model),
+    the run logs it, and the checkpoint a warm start would continue has that many hidden layers."""
+    import keras
+    from dlagent.ml.model_store import load_checkpoint
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = tracking.ensure_experiment(client, "depth", str(tmp_path / "artifacts"))
+    parent, _ = tracking.find_or_create_run(client, experiment, "dag/run/depth", run_name="pipeline")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    space = {"hidden_layers": {"type": "categorical", "choices": [0, 2]}}
+    tuning.create_study(url, "depth", StudySettings(space=space, sampler="random", pruner="none", seed=0))
+    run_worker(url, "depth", digits_small, TrainConfig(**{**BASE, "epochs": 1}), 4, client=client, experiment_id=experiment,
+               parent_run_id=parent)
+    depths = set()
+    for run in client.search_runs([experiment], filter_string=names.tag_equals(names.PARENT_TAG, parent)):
+        depth = tuning.load_study(url, "depth").trials[int(run.data.tags[names.TRIAL_NUMBER_TAG])].params["hidden_layers"]
+        depths.add(depth)
+        assert run.data.params["hidden_layers"] == str(depth)
+        if run.data.tags.get(names.CHECKPOINT_TAG):
+            model = load_checkpoint(client, f"runs:/{run.info.run_id}/{run.data.tags[names.CHECKPOINT_TAG]}")
+            assert sum(isinstance(layer, keras.layers.Dense) for layer in model.layers) == depth + 1
+    assert depths == {0, 2}  # seed 0's random draws try both

@@ -55,7 +55,7 @@ from dlagent.agent.policies.rules_tuning import TuningRules
 from dlagent.errors import ConfigError
 from dlagent.validation import check_int, check_number, finite, significant
 
-ARCHITECTURE = ("model", "units", "filters")  # settings that change the weights' shapes
+ARCHITECTURE = ("model", "units", "hidden_layers", "filters")  # settings that change the weights' shapes
 
 
 class RulesPolicy(TuningRules, Policy):
@@ -181,15 +181,22 @@ class RulesPolicy(TuningRules, Policy):
                     set_train("epochs", epochs, why + (f" (capped at max_epochs {self.max_epochs})" if epochs == self.max_epochs else ""))
                 else:
                     because(f"train.epochs={epochs} unchanged", why)
+            linear = current["model"] == "mlp" and int(current["hidden_layers"]) == 0  # no hidden layer: dropout and units act on nothing
             if curve["gap"] is not None and curve["gap"] > self.gap_threshold:
                 dropout = round(min(self.max_dropout, current["dropout"] + self.dropout_step), 4)
-                if dropout > current["dropout"]:
+                if linear:
+                    because("train.dropout unchanged", f"accuracy gap {curve['gap']:.3f} is large, but a linear mlp (hidden_layers 0) has "
+                            "no hidden layer to drop units from")
+                elif dropout > current["dropout"]:
                     set_train("dropout", dropout, f"train/validation accuracy gap {curve['gap']:.3f} > {self.gap_threshold:g}: more regularisation")
                 else:
                     because("train.dropout unchanged", f"accuracy gap {curve['gap']:.3f} is large but dropout is already at max_dropout {self.max_dropout:g}")
             elif curve["underfitting"] and curve["plateau"]:
                 units = min(self.max_units, int(current["units"]) * 2)
-                if units > current["units"]:
+                if linear:
+                    set_train("hidden_layers", 1, f"training accuracy {curve['final_accuracy']} < 0.9 on a plateau: a linear model "
+                              "under-fitting, one hidden layer")
+                elif units > current["units"]:
                     set_train("units", units, f"training accuracy {curve['final_accuracy']} < 0.9 on a plateau: under-fitting, a wider model")
 
         warm_start = self._warm_start(obs, current, set_train, because, configured_epochs=configured_epochs)
@@ -226,9 +233,13 @@ class RulesPolicy(TuningRules, Policy):
         if not best.get("checkpoint"):
             because("warm_start=null", f"trial {best['number']} saved no weights: the final training starts from scratch")
             return None
-        changed = sorted(k for k in ARCHITECTURE if k in best["params"] and best["params"][k] != current.get(k))
+        from dlagent.ml.config import TrainConfig
+
+        # The trial trained the run's settings with its own params on top: a setting it did not tune is the run's.
+        trained = {**TrainConfig().to_dict(), **obs.config, **best["params"]}
+        changed = sorted(k for k in ARCHITECTURE if k in trained and trained[k] != current.get(k))
         if changed:
-            diffs = ", ".join(f"{k} {best['params'][k]} -> {current[k]}" for k in changed)
+            diffs = ", ".join(f"{k} {trained[k]} -> {current[k]}" for k in changed)
             because("warm_start=null", f"the final training changes the architecture ({diffs}): "
                     "the trial's weights do not fit, it starts from scratch")
             return None
