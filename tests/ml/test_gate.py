@@ -214,3 +214,19 @@ def test_every_injected_regression_is_rejected_and_nothing_is_deployed(trained, 
     assert "smaller" in outcome["decision"]["reasons"][-1]
     assert outcome["version"]["version"] == "2"
     assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": "2", "previous": "1"}
+
+
+def test_the_gate_knows_whether_the_champion_trained_on_this_runs_test_rows():
+    """The champion is measured on this run's test split: fair when its own run split the same data
+    with the same seed; another seed or changed data may put its training rows there."""
+    from dlagent.ml import mlflow_names as names
+    from dlagent.ml.gate import champion_split
+
+    tags = {names.DATA_DIGEST_TAG: "abc", names.DATA_SEED_TAG: "7"}
+    assert champion_split(tags, "abc", 7)["split"] == "same"
+    other_seed = champion_split(tags, "abc", 8)
+    assert other_seed["split"] == "other" and "this data (digest abc) with seed 7" in other_seed["detail"]
+    assert "optimistic" in other_seed["detail"]
+    grown = champion_split(tags, "def", 7)
+    assert grown["split"] == "other" and "other data (digest abc, seed 7)" in grown["detail"]
+    assert champion_split({}, "abc", 7)["split"] == champion_split(None, "abc", 7)["split"] == "unknown"

@@ -155,6 +155,29 @@ def test_deploying_twice_for_one_dag_run_gives_one_version(pipeline_store):
     assert len(_versions(uri)) == 1
 
 
+def test_the_gate_says_whether_the_champion_trained_on_this_runs_test_rows(pipeline_store, monkeypatch):
+    """The deployed version records the data and seed it was judged on; a later gate on the same
+    split knows the comparison is fair, one on another seed says the champion's score may be optimistic."""
+    from dlagent.ml import mlflow_names as names
+    from dlagent.ml.registry import get_champion
+
+    uri = pipeline_store["uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    data = pipeline_store["evaluation"]["data"]
+    tags = get_champion(_client(uri), NAME)["tags"]
+    assert data["seed"] == 0 and tags[names.DATA_DIGEST_TAG] == data["digest"] and tags[names.DATA_SEED_TAG] == "0"
+    model_uri = pipeline_store["trained"]["model_uri"]
+    same = _evaluate(model_uri, [], "run_same_split", explain=False)
+    assert same["champion"]["split"] == "same" and not any(r.startswith("note:") for r in same["reasons"])
+    other = EvaluateOperator(task_id="evaluate", model_uri=model_uri, candidates=[], model_name=NAME, latency_runs=20, explain=False,
+                             experiment_name="exp", **{**DATA, "seed": 1}).execute(make_context("evaluate", run_id="run_other_seed"))
+    assert other["champion"]["split"] == "other" and other["data"] == {"digest": data["digest"], "seed": 1}
+    assert any(r.startswith("note: the champion was trained on a split of this data") and "optimistic" in r for r in other["reasons"])
+    runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("exp").experiment_id],
+                                    filter_string=f"tags.`{names.GATE_CHAMPION_SPLIT_TAG}` = 'other'")
+    assert len(runs) == 1
+
+
 def test_every_injected_regression_is_skipped_and_the_champion_stays(pipeline_store, monkeypatch):
     """Five worse models (real ones: the champion's weights with noise), one DAG run each: none ships."""
     from dlagent.ml.data import load_dataset

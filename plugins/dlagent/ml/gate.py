@@ -183,3 +183,29 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         "delta_vs_champion_points": delta,
         "thresholds": thresholds.to_dict(),
     }
+
+
+def champion_split(version_tags: dict, digest: str, seed) -> dict:
+    """Whether the champion's score on this run's test split is a fair one to gate against.
+
+    The gate measures the champion on *this* run's test rows. When the champion's own run split
+    the same data with the same seed (its version's data tags, set at deployment), those rows
+    were its test rows too: it never trained on them. Another seed, or data that changed (a
+    grown table), moves rows the champion trained on into this test split, and its score there
+    is optimistic: the comparison then favours the champion, which a reader of the decision
+    must know. Returns ``{"split": "same" | "other" | "unknown", "detail": str}``.
+    """
+    from dlagent.ml.mlflow_names import DATA_DIGEST_TAG, DATA_SEED_TAG
+
+    their_digest, their_seed = (version_tags or {}).get(DATA_DIGEST_TAG), (version_tags or {}).get(DATA_SEED_TAG)
+    if not their_digest or their_seed is None:
+        return {"split": "unknown", "detail": "the champion version records no data digest and seed (deployed before dlagent recorded "
+                                              "them, or by hand): whether it trained on this run's test rows is unknown"}
+    if their_digest == digest and str(their_seed) == str(seed):
+        return {"split": "same", "detail": f"the champion's run split this data (digest {digest}) with this seed ({seed}): "
+                                           "this run's test rows were its test rows, never its training rows"}
+    theirs = f"this data (digest {digest}) with seed {their_seed}" if their_digest == digest else \
+        f"other data (digest {their_digest}, seed {their_seed})"
+    return {"split": "other", "detail": f"the champion was trained on a split of {theirs}; this run's test rows (seed {seed}) may "
+                                        "include rows it trained on, so its score here may be optimistic and the comparison "
+                                        "favours it"}

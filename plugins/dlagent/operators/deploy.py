@@ -85,7 +85,7 @@ class DeployOperator(DlagentOperator):
                 candidate_metrics=candidate["metrics"], reference_metrics=evaluation["reference"]["metrics"],
                 champion_metrics=champion["metrics"] if champion else None, thresholds=thresholds,
                 idempotency_key=f"{ids['dag_id']}/{ids['run_id']}", run_id=candidate.get("run_id"),
-                tags={**airflow_tags(ids), names.CANDIDATE_TAG: str(candidate.get("candidate"))},
+                tags={**airflow_tags(ids), names.CANDIDATE_TAG: str(candidate.get("candidate")), **_data_tags(evaluation.get("data"))},
                 evaluated_champion=champion["version"] if champion else None, metric=evaluation.get("metric"),
                 lock=named_lock(OptunaHook(optuna_conn_id=self.optuna_conn_id).storage_url, f"dlagent.deploy/{name}"),
             )
@@ -140,3 +140,11 @@ def rollback_champion(client, model_name: str, deploy_dir=None, *, log=None) -> 
         log.info("rolled %s back from version %s to %s; serving bundle %s -> %s", name, moved["rolled_back_from"],
                  moved["champion"], bundle, bundle.resolve())
     return {**moved, "bundle": str(bundle.resolve())}
+
+
+def _data_tags(data) -> dict:
+    """The version's data tags (:func:`dlagent.ml.gate.champion_split` reads them at a later gate): the
+    digest and split seed of the evaluation that blessed it; none from an older evaluate result."""
+    if not isinstance(data, dict) or not data.get("digest") or data.get("seed") is None:
+        return {}
+    return {names.DATA_DIGEST_TAG: str(data["digest"]), names.DATA_SEED_TAG: str(data["seed"])}

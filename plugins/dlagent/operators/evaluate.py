@@ -157,7 +157,10 @@ class EvaluateOperator(DlagentOperator):
             if champion is not None:
                 tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
                 client.set_tag(run_id, names.GATE_CHAMPION_VERSION_TAG, str(champion["version"]))
+                client.set_tag(run_id, names.GATE_CHAMPION_SPLIT_TAG, champion["split"])
             decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary)
+            if champion is not None and champion["split"] == "other" and champion["source"] == "measured on this split":
+                decision["reasons"].append(f"note: {champion['split_detail']}")
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
             client.set_tag(run_id, names.GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])
             decision_path = Path(tmp) / names.GATE_DECISION_FILE
@@ -181,12 +184,14 @@ class EvaluateOperator(DlagentOperator):
             "reference_test_metric": reference.metrics[primary.test_key],
             primary.test_key: shipped[primary.test_key],
             "test_loss": shipped["test_loss"],
+            "data": {"digest": splits.digest, "seed": int(self.seed)},  # the deploy step tags the version with them
         }
 
     def _measure_champion(self, client, model_name, splits, runs, tmp):
         """The champion's metrics on *this* split, or the ones stored at its registration when
         its TFLite file cannot run on this data (another input shape): said in the log."""
         from dlagent.ml.evaluation import evaluate_tflite
+        from dlagent.ml.gate import champion_split
         from dlagent.ml.serving import read_champion_tflite
         from dlagent.ml.tflite import TFLiteModel
 
@@ -211,7 +216,12 @@ class EvaluateOperator(DlagentOperator):
             self.log.warning("champion version %s cannot run on this split (%s): comparing with its stored metrics", info["version"], exc)
             source, metrics = "stored at registration", _summary(info["metrics"])
         self.log.info("champion %s version %s (%s): %s", model_name, info["version"], source, _describe(metrics, splits.primary))
-        return {"version": info["version"], "source": source, "metrics": metrics}
+        split = champion_split(info.get("tags"), splits.digest, int(self.seed))
+        if split["split"] == "other" and source == "measured on this split":
+            self.log.warning("champion version %s: %s", info["version"], split["detail"])
+        else:
+            self.log.info("champion version %s: %s", info["version"], split["detail"])
+        return {"version": info["version"], "source": source, "metrics": metrics, "split": split["split"], "split_detail": split["detail"]}
 
 
 def _describe(m: dict, metric) -> str:
