@@ -230,3 +230,15 @@ def test_the_gate_knows_whether_the_champion_trained_on_this_runs_test_rows():
     grown = champion_split(tags, "def", 7)
     assert grown["split"] == "other" and "other data (digest abc, seed 7)" in grown["detail"]
     assert champion_split({}, "abc", 7)["split"] == champion_split(None, "abc", 7)["split"] == "unknown"
+
+
+def test_the_champion_comparison_uses_the_candidates_score_on_the_champions_rows_and_the_limits_the_whole_split():
+    candidate, reference = {"test_accuracy": 0.95, "size_bytes": 1000}, {"test_accuracy": 0.955}
+    champion = {"test_accuracy": 0.90, "size_bytes": 1000}  # measured on the rows it never trained on
+    fair = decide(candidate, reference, champion, candidate_vs_champion=0.88)
+    assert not fair["blessed"] and fair["delta_vs_champion_points"] == pytest.approx(-2.0)
+    assert "0.8800 vs the champion's 0.9000, on the test rows the champion never trained on" in fair["reasons"][0]
+    assert fair["metric_drop_points"] == pytest.approx(0.5)  # the limits read the whole split's score
+    assert decide(candidate, reference, champion)["blessed"]  # on all rows: better by 5 points
+    with pytest.raises(ConfigError, match="candidate_vs_champion.test_accuracy"):
+        decide(candidate, reference, champion, candidate_vs_champion=88.0)

@@ -87,3 +87,13 @@ def test_loading_and_splitting_a_data_set_does_not_import_scikit_learn(tmp_path)
             "print(len(s.y_train), len(s.y_val), len(s.y_test), 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["42", "9", "9", "False"]
+
+
+def test_rows_not_in_marks_the_rows_another_split_never_had():
+    from dlagent.ml.splits import rows_not_in
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    mask = rows_not_in(x, y, x[[1, 3]], y[[1, 3]])
+    assert mask.tolist() == [True, False, True, False, True, True]
+    assert rows_not_in(x[:1], np.array([1]), x[:1], y[:1]).tolist() == [True]  # the same features with another label: not seen

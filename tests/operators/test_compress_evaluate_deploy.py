@@ -173,6 +173,29 @@ def test_the_gate_says_whether_the_champion_trained_on_this_runs_test_rows(pipel
                              experiment_name="exp", **{**DATA, "seed": 1}).execute(make_context("evaluate", run_id="run_other_seed"))
     assert other["champion"]["split"] == "other" and other["data"] == {"digest": data["digest"], "seed": 1}
     assert any(r.startswith("note: the champion was trained on a split of this data") and "optimistic" in r for r in other["reasons"])
+    # Both are compared on the test rows the champion never trained on (seed 1's test rows outside seed 0's training split).
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.model_store import read_tflite
+    from dlagent.ml.tflite import TFLiteModel
+
+    theirs, ours = load_dataset("digits", seed=0, max_samples=400), load_dataset("digits", seed=1, max_samples=400)
+    trained = {(tuple(np.round(x.ravel(), 6)), int(y)) for x, y in zip(theirs.x_train, theirs.y_train, strict=True)}
+    unseen = np.array([(tuple(np.round(x.ravel(), 6)), int(y)) not in trained for x, y in zip(ours.x_test, ours.y_test, strict=True)])
+    assert 0 < unseen.sum() < len(unseen) and other["champion"]["unseen_rows"] == int(unseen.sum())
+    champion_tflite = TFLiteModel(read_tflite(_client(uri), pipeline_store["evaluation"]["candidate"]["model_uri"]))
+    expected = float((champion_tflite.predict(ours.x_test[unseen]).argmax(axis=1) == ours.y_test[unseen]).mean())
+    assert other["champion"]["metrics"]["test_accuracy"] == pytest.approx(expected)
+    assert other["champion"]["metrics_on_all_test_rows"]["test_accuracy"] >= expected  # it trained on the others
+    assert other["delta_vs_champion_points"] == pytest.approx(100 * (other["champion"]["candidate_on_unseen_rows"] - expected))
+    # The deploy step's own re-check compares the same way: the candidate's score on those rows, not on all.
+    from dlagent.ml.registry import deploy_if_blessed
+
+    candidate = pipeline_store["evaluation"]["candidate"]
+    rechecked = deploy_if_blessed(_client(uri), NAME, candidate["model_uri"], candidate_metrics={**candidate["metrics"], "test_accuracy": 0.99},
+                                  reference_metrics={"test_accuracy": 0.99}, champion_metrics={"test_accuracy": 0.95}, candidate_vs_champion=0.90,
+                                  idempotency_key="test/recheck")
+    assert rechecked["version"] is None and "worse than the champion by 5.00 points" in rechecked["decision"]["reasons"][0]
+    assert "never trained on" in rechecked["decision"]["reasons"][0]
     runs = _client(uri).search_runs([_client(uri).get_experiment_by_name("exp").experiment_id],
                                     filter_string=f"tags.`{names.GATE_CHAMPION_SPLIT_TAG}` = 'other'")
     assert len(runs) == 1

@@ -106,7 +106,8 @@ FRACTIONS = ("accuracy", "auc", "f1_macro")  # metrics that live in [0, 1] (r2 c
 
 
 def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_metrics: dict | None,
-           thresholds: GateThresholds | dict | None = None, metric: Metric | str | None = None) -> dict:
+           thresholds: GateThresholds | dict | None = None, metric: Metric | str | None = None, *,
+           candidate_vs_champion: float | None = None) -> dict:
     """Decide whether the candidate ships.
 
     ``metric``: the primary metric (a :class:`~dlagent.ml.metrics.Metric` or its name; accuracy
@@ -116,6 +117,10 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
     otherwise; ``checks`` holds every check. Bad input (thresholds of the wrong type, a metric that
     is not a number, a candidate without ``test_<metric>``, a champion measured on another
     metric) raises :class:`ConfigError`.
+
+    ``candidate_vs_champion``: the candidate's score on the rows the champion's score was measured
+    on, when those are not the whole test split (the rows the champion never trained on,
+    :func:`champion_split`); the comparison with the champion uses it, the limits keep the whole split's.
     """
     if not isinstance(thresholds, GateThresholds):
         thresholds = GateThresholds.from_dict(thresholds)
@@ -142,13 +147,16 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
     if champion_value is None:
         check("champion", True, "no champion deployed: the first model that meets the limits ships")
     else:
-        delta = metric.gain_points(value, champion_value)
+        compared = value if candidate_vs_champion is None else _metric({key: candidate_vs_champion}, key, "candidate_vs_champion",
+                                                                         fraction=fraction)
+        delta = metric.gain_points(compared, champion_value)
         champion_size = _metric(champion_metrics, SIZE, "champion_metrics")
         champion_latency = _metric(champion_metrics, LATENCY, "champion_metrics")
         gain = thresholds.min_efficiency_gain
         smaller = size is not None and champion_size is not None and size <= champion_size * (1 - gain) + EPS
         faster = latency is not None and champion_latency is not None and latency <= champion_latency * (1 - gain) + EPS
-        versus = f"{key} {value:.4f} vs the champion's {champion_value:.4f}"
+        versus = f"{key} {compared:.4f} vs the champion's {champion_value:.4f}" + (
+            "" if candidate_vs_champion is None else ", on the test rows the champion never trained on")
         if delta < -MAX_REGRESSION_POINTS - EPS:
             check("champion", False, f"worse than the champion by {-delta:.2f} points ({versus}; more than {MAX_REGRESSION_POINTS}): "
                   "never blessed")
@@ -192,8 +200,9 @@ def champion_split(version_tags: dict, digest: str, seed) -> dict:
     the same data with the same seed (its version's data tags, set at deployment), those rows
     were its test rows too: it never trained on them. Another seed, or data that changed (a
     grown table), moves rows the champion trained on into this test split, and its score there
-    is optimistic: the comparison then favours the champion, which a reader of the decision
-    must know. Returns ``{"split": "same" | "other" | "unknown", "detail": str}``.
+    is optimistic: the evaluate step then compares both models on the rows the champion never
+    trained on where it can rebuild the champion's split (the same data), and says so where it
+    cannot. Returns ``{"split": "same" | "other" | "unknown", "detail": str}``.
     """
     from dlagent.ml.mlflow_names import DATA_DIGEST_TAG, DATA_SEED_TAG
 
@@ -207,5 +216,4 @@ def champion_split(version_tags: dict, digest: str, seed) -> dict:
     theirs = f"this data (digest {digest}) with seed {their_seed}" if their_digest == digest else \
         f"other data (digest {their_digest}, seed {their_seed})"
     return {"split": "other", "detail": f"the champion was trained on a split of {theirs}; this run's test rows (seed {seed}) may "
-                                        "include rows it trained on, so its score here may be optimistic and the comparison "
-                                        "favours it"}
+                                        "include rows it trained on, where its score is optimistic"}

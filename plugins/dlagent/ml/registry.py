@@ -292,7 +292,8 @@ _UNSET = object()
 
 def deploy_if_blessed(client, name: str, model_uri: str, *, candidate_metrics: dict, reference_metrics: dict | None,
                       idempotency_key: str, thresholds=None, champion_metrics: dict | None = None, run_id: str | None = None,
-                      tags: dict | None = None, lock=None, evaluated_champion=_UNSET, metric: str | None = None) -> dict:
+                      tags: dict | None = None, lock=None, evaluated_champion=_UNSET, metric: str | None = None,
+                      candidate_vs_champion: float | None = None) -> dict:
     """Gate the candidate on the primary ``metric`` (accuracy when empty) and register it only when blessed.
 
     ``lock`` (see :func:`register_champion`) is held over the gate and the promotion, so a
@@ -305,6 +306,8 @@ def deploy_if_blessed(client, name: str, model_uri: str, *, candidate_metrics: d
     version without gating again, since the champion is then the candidate itself.
     ``evaluated_champion``: the champion version ``champion_metrics`` were measured on; when
     another deployment has moved the alias since, the new champion's stored metrics are used.
+    ``candidate_vs_champion``: the candidate's score on the rows ``champion_metrics`` were measured
+    on when not the whole test split (:func:`dlagent.ml.gate.decide`); dropped with them.
     """
     from dlagent.ml.gate import decide
 
@@ -316,6 +319,7 @@ def deploy_if_blessed(client, name: str, model_uri: str, *, candidate_metrics: d
                 log.warning("the champion of %s moved from %s to %s since the evaluation: gating against the new one's stored metrics",
                             name, evaluated_champion, (current or {}).get("version"))
                 champion_metrics = (current or {}).get("metrics") or None
+                candidate_vs_champion = None
         if isinstance(idempotency_key, str) and idempotency_key.strip() and _find_by_key(client, name, idempotency_key):
             version = register_champion(client, model_uri, name, idempotency_key=idempotency_key, run_id=run_id)
             return {"decision": {"blessed": True, "reasons": [f"already deployed as version {version['version']} by this key"],
@@ -323,7 +327,9 @@ def deploy_if_blessed(client, name: str, model_uri: str, *, candidate_metrics: d
         if champion_metrics is None:
             champion = get_champion(client, name)
             champion_metrics = champion["metrics"] if champion and champion["metrics"] else None
-        decision = decide(candidate_metrics, reference_metrics, champion_metrics, thresholds, metric)
+            candidate_vs_champion = None
+        decision = decide(candidate_metrics, reference_metrics, champion_metrics, thresholds, metric,
+                          candidate_vs_champion=candidate_vs_champion)
         if not decision["blessed"]:
             log.info("candidate %s not blessed: %s", model_uri, "; ".join(decision["reasons"]))
             return {"decision": decision, "version": None}

@@ -71,3 +71,16 @@ def train_test_split(x, y, *, seed: int, test_size: int | None = None, train_siz
     n_train = n_samples - n_test
     train, test = split_indices(n_samples, n_train=n_train, n_test=n_test, seed=seed, stratify=stratify)
     return x[train], x[test], y[train], y[test]
+
+
+def rows_not_in(x: np.ndarray, y: np.ndarray, x_other: np.ndarray, y_other: np.ndarray) -> np.ndarray:
+    """A boolean mask over the rows of ``(x, y)``: True where no row of ``(x_other, y_other)`` has
+    the same features and label, byte for byte (a duplicate counts as seen). Used to find the test
+    rows a model trained on another split of the same data never saw."""
+    def keys(features, labels):
+        features, labels = np.ascontiguousarray(features), np.ascontiguousarray(labels)
+        rows, targets = features.reshape(len(features), -1), labels.reshape(len(labels), -1)
+        return [row.tobytes() + b"|" + target.tobytes() for row, target in zip(rows, targets, strict=True)]
+
+    seen = set(keys(x_other, y_other))
+    return np.array([key not in seen for key in keys(x, y)], dtype=bool)

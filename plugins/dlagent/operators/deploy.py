@@ -87,6 +87,7 @@ class DeployOperator(DlagentOperator):
                 idempotency_key=f"{ids['dag_id']}/{ids['run_id']}", run_id=candidate.get("run_id"),
                 tags={**airflow_tags(ids), names.CANDIDATE_TAG: str(candidate.get("candidate")), **_data_tags(evaluation.get("data"))},
                 evaluated_champion=champion["version"] if champion else None, metric=evaluation.get("metric"),
+                candidate_vs_champion=(champion or {}).get("candidate_on_unseen_rows"),
                 lock=named_lock(OptunaHook(optuna_conn_id=self.optuna_conn_id).storage_url, f"dlagent.deploy/{name}"),
             )
             version = outcome["version"]

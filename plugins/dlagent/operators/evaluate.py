@@ -23,6 +23,7 @@ from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
 
 DEFAULT_MODEL_NAME = "dlagent-classifier"
+MIN_UNSEEN_ROWS = 30  # fewer test rows the champion never trained on than this: compare on the whole split, with the note
 SUMMARY_METRICS = (  # besides every test_<metric> (dlagent.ml.metrics)
     "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
     "predict_latency_ms_p50", "throughput_samples_per_s", "sparsity", "num_params",
@@ -112,6 +113,8 @@ class EvaluateOperator(DlagentOperator):
         from dlagent.ml.gate import decide
         from dlagent.ml.lineage import EVALUATION, log_dataset_input
         from dlagent.ml.model_store import load_keras_model, read_tflite
+        from dlagent.ml.models import keras_predict
+        from dlagent.ml.tflite import TFLiteModel
 
         thresholds, candidates, model_name = self._check_inputs()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
@@ -153,12 +156,14 @@ class EvaluateOperator(DlagentOperator):
             tracking.log_metrics(client, run_id, {f"shipped_{primary.test_key}": shipped[primary.test_key],
                                                   f"shipped_{primary.val_key}": shipped[primary.val_key]})
 
-            champion = self._measure_champion(client, model_name, splits, runs, Path(tmp))
+            predict_shipped = TFLiteModel(tflite).predict if candidates else (lambda x: keras_predict(model, x))
+            champion = self._measure_champion(client, model_name, splits, runs, Path(tmp), predict_shipped)
             if champion is not None:
                 tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
                 client.set_tag(run_id, names.GATE_CHAMPION_VERSION_TAG, str(champion["version"]))
                 client.set_tag(run_id, names.GATE_CHAMPION_SPLIT_TAG, champion["split"])
-            decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary)
+            decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary,
+                              candidate_vs_champion=(champion or {}).get("candidate_on_unseen_rows"))
             if champion is not None and champion["split"] == "other" and champion["source"] == "measured on this split":
                 decision["reasons"].append(f"note: {champion['split_detail']}")
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
@@ -187,9 +192,14 @@ class EvaluateOperator(DlagentOperator):
             "data": {"digest": splits.digest, "seed": int(self.seed)},  # the deploy step tags the version with them
         }
 
-    def _measure_champion(self, client, model_name, splits, runs, tmp):
+    def _measure_champion(self, client, model_name, splits, runs, tmp, predict_shipped):
         """The champion's metrics on *this* split, or the ones stored at its registration when
-        its TFLite file cannot run on this data (another input shape): said in the log."""
+        its TFLite file cannot run on this data (another input shape): said in the log.
+
+        When the champion was trained on another split of the same data (another seed), some of
+        these test rows were its training rows: its test score is then measured on the rows it
+        never trained on, and so is the candidate's (``predict_shipped``), for the gate to compare
+        (``candidate_on_unseen_rows``; :func:`dlagent.ml.gate.champion_split`)."""
         from dlagent.ml.evaluation import evaluate_tflite
         from dlagent.ml.gate import champion_split
         from dlagent.ml.serving import read_champion_tflite
@@ -217,11 +227,48 @@ class EvaluateOperator(DlagentOperator):
             source, metrics = "stored at registration", _summary(info["metrics"])
         self.log.info("champion %s version %s (%s): %s", model_name, info["version"], source, _describe(metrics, splits.primary))
         split = champion_split(info.get("tags"), splits.digest, int(self.seed))
-        if split["split"] == "other" and source == "measured on this split":
-            self.log.warning("champion version %s: %s", info["version"], split["detail"])
-        else:
+        champion = {"version": info["version"], "source": source, "metrics": metrics, "split": split["split"], "split_detail": split["detail"]}
+        if split["split"] != "other" or source != "measured on this split":
             self.log.info("champion version %s: %s", info["version"], split["detail"])
-        return {"version": info["version"], "source": source, "metrics": metrics, "split": split["split"], "split_detail": split["detail"]}
+            return champion
+        unseen = self._rows_the_champion_never_trained_on(splits, info.get("tags"))
+        if unseen is None or int(unseen.sum()) < MIN_UNSEEN_ROWS:
+            why = "its split cannot be rebuilt here" if unseen is None else f"only {int(unseen.sum())} (< {MIN_UNSEEN_ROWS})"
+            champion["split_detail"] += (f"; the rows it never trained on: {why}, so the whole test split is compared and the "
+                                         "comparison favours the champion")
+            self.log.warning("champion version %s: %s", info["version"], champion["split_detail"])
+            return champion
+        # Both models on the same rows, the ones the champion never trained on: a fair comparison.
+        primary, rows = splits.primary, int(unseen.sum())
+        all_rows = metrics[primary.test_key]
+        champion_score = primary.score(splits.y_test[unseen], TFLiteModel(content).predict(champion_splits.x_test[unseen]))
+        candidate_score = primary.score(splits.y_test[unseen], predict_shipped(splits.x_test[unseen]))
+        champion.update(metrics={**metrics, primary.test_key: champion_score}, unseen_rows=rows, candidate_on_unseen_rows=candidate_score,
+                        metrics_on_all_test_rows={primary.test_key: all_rows})
+        champion["split_detail"] += (f"; compared on the {rows} of {len(splits.y_test)} test rows it never trained on: the champion "
+                                     f"{champion_score:.4f} there ({all_rows:.4f} on all), this run's candidate {candidate_score:.4f}")
+        self.log.info("champion version %s: %s", info["version"], champion["split_detail"])
+        return champion
+
+    def _rows_the_champion_never_trained_on(self, splits, version_tags):
+        """A mask over this run's test rows, True where the champion's own split (the same data,
+        re-split with its seed) had no such row in its training split; ``None`` where that split
+        cannot be rebuilt here: data that changed, a streamed folder, a table with categorical
+        columns (its rows are encoded with a vocabulary learned per split)."""
+        import numpy as np
+
+        from dlagent import settings
+        from dlagent.ml.data import load_dataset_with_options
+        from dlagent.ml.splits import rows_not_in
+
+        tags = version_tags or {}
+        if tags.get(names.DATA_DIGEST_TAG) != splits.digest or splits.encoding is not None or not isinstance(splits.x_test, np.ndarray):
+            return None
+        theirs = load_dataset_with_options(self.dataset, self.data_options, seed=int(tags[names.DATA_SEED_TAG]),
+                                           allowed_roots=settings.data_roots())
+        if not isinstance(theirs.x_train, np.ndarray):
+            return None
+        return rows_not_in(splits.x_test, splits.y_test, theirs.x_train, theirs.y_train)
 
 
 def _describe(m: dict, metric) -> str:
