@@ -23,6 +23,7 @@ from dlagent.ml import mlflow_names as names
 from dlagent.operators.base import DlagentOperator
 
 DEFAULT_MODEL_NAME = "dlagent-classifier"
+MEASURED_HERE = "measured on this split"  # a champion's source when its TFLite file ran on this run's split
 MIN_UNSEEN_ROWS = 30  # fewer test rows the champion never trained on than this: compare on the whole split, with the note
 SUMMARY_METRICS = (  # besides every test_<metric> (dlagent.ml.metrics)
     "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
@@ -164,7 +165,7 @@ class EvaluateOperator(DlagentOperator):
                 client.set_tag(run_id, names.GATE_CHAMPION_SPLIT_TAG, champion["split"])
             decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary,
                               candidate_vs_champion=(champion or {}).get("candidate_on_unseen_rows"))
-            if champion is not None and champion["split"] == "other" and champion["source"] == "measured on this split":
+            if champion is not None and champion["split"] == "other" and champion["source"] == MEASURED_HERE:
                 decision["reasons"].append(f"note: {champion['split_detail']}")
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
             client.set_tag(run_id, names.GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])
@@ -215,7 +216,7 @@ class EvaluateOperator(DlagentOperator):
             champion_splits = dataclasses.replace(splits, x_test=splits.inputs_for(info.get("encoding"), "test"),
                                                   x_val=splits.inputs_for(info.get("encoding"), "val"))
             report = evaluate_tflite(content, champion_splits, out_dir=tmp / "champion", explain=False, latency_runs=runs)
-            source = "measured on this split"
+            source = MEASURED_HERE
             primary = splits.primary
             val_score = primary.score(splits.y_val, TFLiteModel(content).predict(champion_splits.x_val))
             metrics = {**_summary(report.metrics), primary.val_key: val_score}
@@ -228,7 +229,7 @@ class EvaluateOperator(DlagentOperator):
         self.log.info("champion %s version %s (%s): %s", model_name, info["version"], source, _describe(metrics, splits.primary))
         split = champion_split(info.get("tags"), splits.digest, int(self.seed))
         champion = {"version": info["version"], "source": source, "metrics": metrics, "split": split["split"], "split_detail": split["detail"]}
-        if split["split"] != "other" or source != "measured on this split":
+        if split["split"] != "other" or source != MEASURED_HERE:
             self.log.info("champion version %s: %s", info["version"], split["detail"])
             return champion
         unseen = self._rows_the_champion_never_trained_on(splits, info.get("tags"))
