@@ -238,6 +238,19 @@ def test_rules_respect_max_trials_when_no_trial_completed():
     assert RulesPolicy(initial_trials=8, max_trials=6).decide(obs)["tune"]["n_trials"] == 2
 
 
+def test_rules_read_completed_trials_without_a_best_value_history_as_too_early_to_tell():
+    """An observation built by hand may list completed trials and no history: the plan says so, it does not crash."""
+    done = {"number": 0, "state": "COMPLETE", "value": 0.9, "params": {"learning_rate": 0.002}, "run_id": "t0", "epochs_run": 8,
+            "study": "s", "checkpoint": None}
+    obs = Observation(experiment_id="1", parent_run_id="p", config={"epochs": 8}, trials=[done], best_trial=done, resources=RESOURCES)
+    policy = RulesPolicy()
+    assert policy.tuning_progress(obs) == (True, None)
+    assert policy.tuning_progress(dataclasses.replace(obs, trials=[], best_trial=None)) == (None, None)
+    plan = validate_plan(policy.decide(obs))
+    assert plan["tune"]["n_trials"] == policy.trials_per_round
+    assert any("only 1 completed trials" in r["because"] for r in plan["reasons"])
+
+
 def test_rules_short_trials_then_continue_the_best_one(history):
     """With warm start, trials train trial_epochs_fraction x the epochs; a still-improving best
     trial is continued for the rest of a from-scratch training's epochs."""

@@ -28,11 +28,12 @@ class TuningRules:
         """``(improving, gain)`` of the best value over the last ``improvement_window`` trials.
 
         ``improving`` is ``None`` with no completed trial, ``True`` while fewer trials than the
-        window have completed (too early to tell).
+        window have completed (too early to tell), or when completed trials came with no
+        best-value history (an observation built by hand: nothing to measure a gain on).
         """
         history = obs.best_value_history
         if not history:
-            return None, None
+            return (True, None) if obs.completed_trials else (None, None)
         if len(history) <= self.improvement_window:
             return True, None
         gain = history[-1] - history[-1 - self.improvement_window]
@@ -92,7 +93,8 @@ class TuningRules:
         workers, why = self._workers(obs, n)
         because(f"tune.n_trials={n}", "the best value is still improving" + (
             f" (+{gain:.6g} over the last {self.improvement_window} trials)" if gain is not None else
-            f" (only {len(obs.best_value_history)} completed trials, fewer than improvement_window {self.improvement_window})"))
+            f" (only {len(obs.best_value_history) or len(obs.completed_trials)} completed trials, fewer than improvement_window "
+            f"{self.improvement_window})"))
         because(f"tune.n_workers={workers}", why)
         because("tune.search_space narrowed", "around the best trial: " + "; ".join(notes) if notes else "no numeric parameter to narrow")
         seeds = sorted({t["study"] for t in obs.trials if t.get("study")})
