@@ -181,6 +181,36 @@ def test_the_gate_only_vetoes_a_deploy_and_the_champion_measured_must_be_the_cha
     assert dataclasses.replace(obs, gate={**measured, "champion_version": "7"}).champion_score == 0.92  # stored with version 1
 
 
+def test_a_champion_of_another_split_is_compared_on_the_validation_rows_it_never_trained_on(history):
+    """Where the evaluate step scored the champion on the validation rows it never trained on, the action and
+    the reward compare this run's models on those rows too (unseen_by_champion_* metrics), not on the whole split."""
+    from dlagent.agent import reward_run
+    from dlagent.agent.policies.learning import LearningPolicy
+    from dlagent.ml.mlflow_names import UNSEEN_BY_CHAMPION_PREFIX
+
+    client, ids = history
+    obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    whole = {**obs.gate["metrics"], "champion_val_accuracy": 0.95, "shipped_val_accuracy": 0.93}
+    unseen = {**whole, f"{UNSEEN_BY_CHAMPION_PREFIX}shipped_val_accuracy": 0.97, f"{UNSEEN_BY_CHAMPION_PREFIX}val_accuracy": 0.98}
+    fair = dataclasses.replace(obs, gate={**obs.gate, "blessed": True, "metrics": unseen, "champion_version": "1"})
+    assert fair.champion_score == 0.95 and fair.versus_champion("shipped") == 0.97 and fair.versus_champion("reference") == 0.98
+    plan = RulesPolicy().decide(fair)
+    assert plan["action"] == "deploy", plan["reasons"]
+    assert any("the gated candidate (both on the validation rows the champion never trained on) val_accuracy 0.9700 vs champion v1 "
+               "0.9500" in r["because"] for r in plan["reasons"])
+    # The whole split's figures alone (the same seed's champion): 0.93 against 0.95, no deploy.
+    assert RulesPolicy().decide(dataclasses.replace(fair, gate={**fair.gate, "metrics": whole}))["action"] != "deploy"
+    # Measured with another champion version than the one deployed now: none of it is compared.
+    assert dataclasses.replace(fair, gate={**fair.gate, "champion_version": "7"}).versus_champion("shipped") is None
+
+    planned = {"policy": {"name": "learning", "arm": "lr_x1-epochs_x1", "context": "overfit"}}
+    reward = reward_run(LearningPolicy(seed=0), fair, planned, key="test/unseen")
+    assert reward["recorded"] and reward["value"] == 0.98 and reward["baseline"] == 0.95
+    assert "val_accuracy 0.9800 vs champion 0.9500 (both on the validation rows the champion never trained on)" in reward["because"]
+    reward = reward_run(LearningPolicy(seed=0), dataclasses.replace(fair, gate={**fair.gate, "metrics": whole}), planned, key="w")
+    assert reward["value"] == fair.reference_score and "never trained on" not in reward["because"]
+
+
 def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_round(history):
     client, ids = history
     obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)

@@ -187,6 +187,24 @@ def test_the_gate_says_whether_the_champion_trained_on_this_runs_test_rows(pipel
     assert other["champion"]["metrics"]["test_accuracy"] == pytest.approx(expected)
     assert other["champion"]["metrics_on_all_test_rows"]["test_accuracy"] >= expected  # it trained on the others
     assert other["delta_vs_champion_points"] == pytest.approx(100 * (other["champion"]["candidate_on_unseen_rows"] - expected))
+    # The agent's comparison likewise, on the validation rows the champion never trained on: the champion and this
+    # run's model (here shipped = the Keras model) scored there, logged on the evaluate run for the observation.
+    from dlagent.ml.model_store import load_keras_model
+    from dlagent.ml.models import keras_predict
+
+    unseen_val = np.array([(tuple(np.round(x.ravel(), 6)), int(y)) not in trained for x, y in zip(ours.x_val, ours.y_val, strict=True)])
+    assert 30 <= unseen_val.sum() < len(unseen_val) and other["champion"]["val_on_unseen_rows"]["rows"] == int(unseen_val.sum())
+    champion_val = float((champion_tflite.predict(ours.x_val[unseen_val]).argmax(axis=1) == ours.y_val[unseen_val]).mean())
+    ours_val = float((keras_predict(load_keras_model(_client(uri), model_uri), ours.x_val[unseen_val]).argmax(axis=1)
+                      == ours.y_val[unseen_val]).mean())
+    assert other["champion"]["metrics"]["val_accuracy"] == pytest.approx(champion_val)
+    assert other["champion"]["metrics_on_all_val_rows"]["val_accuracy"] >= champion_val
+    logged = _client(uri).get_run(other["run_id"]).data.metrics
+    assert logged["champion_val_accuracy"] == pytest.approx(champion_val)
+    assert logged[f"{names.UNSEEN_BY_CHAMPION_PREFIX}val_accuracy"] == pytest.approx(ours_val)
+    assert logged[f"{names.UNSEEN_BY_CHAMPION_PREFIX}shipped_val_accuracy"] == pytest.approx(ours_val)
+    assert "validation rows it never trained on (what the agent compares)" in other["champion"]["split_detail"]
+    assert f"{names.UNSEEN_BY_CHAMPION_PREFIX}val_accuracy" not in _client(uri).get_run(same["run_id"]).data.metrics
     # The deploy step's own re-check compares the same way: the candidate's score on those rows, not on all.
     from dlagent.ml.registry import deploy_if_blessed
 

@@ -116,8 +116,10 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
 
     For policies that learn (those with ``reward_from_observation``, e.g. ``learning``):
     ``R = a * gain - b * seconds - c * compute`` with ``gain`` the run's best evaluated primary
-    metric on the validation split (:attr:`Observation.reference_score`, ``val_<metric>``) over
-    ``baseline``, the champion's on the same split (:attr:`Observation.champion_score`; no
+    metric on the validation split (:attr:`Observation.reference_score`, ``val_<metric>``; on the
+    rows the champion never trained on where it trained on another split,
+    :meth:`Observation.versus_champion`) over
+    ``baseline``, the champion's on the same rows (:attr:`Observation.champion_score`; no
     champion: no gain), in the metric's points over 100 (a
     fraction of accuracy; for rmse a fraction of the champion's), ``seconds`` and
     ``compute`` the run's ``compute.run_seconds`` and ``compute.epochs``. ``planned`` is the
@@ -148,10 +150,14 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
         return out
     baseline = obs.champion_score
     out["baseline"] = baseline
+    fair = obs.versus_champion("reference")
+    if fair is not None:  # the champion was scored on the validation rows it never trained on: so is this run's model
+        out["value"] = fair
     reward = policy.reward_from_observation(obs, out["value"], baseline)
     out["reward"] = reward
     out["recorded"] = bool(policy.update(reward, plan=planned, key=key))
-    gain = f"{metric.val_key} {out['value']:.4f} vs champion {baseline:.4f}" if baseline is not None else \
+    gain = f"{metric.val_key} {out['value']:.4f} vs champion {baseline:.4f}" + (
+        " (both on the validation rows the champion never trained on)" if fair is not None else "") if baseline is not None else \
         f"{metric.val_key} {out['value']:.4f}, no champion measured on validation (no gain counted)"
     cost = f"{obs.compute.get('run_seconds') or 0:g} s, {obs.compute.get('epochs') or 0:g} epochs"
     out["because"] = (f"{gain}; {cost}; arm {section['arm']} in context {section.get('context')!r}"

@@ -148,7 +148,8 @@ class Observation:
     @property
     def champion_score(self) -> float | None:
         """The champion's validation primary metric: measured on this run's validation split by the
-        evaluate step (``champion_val_<metric>``) when that step measured *this* champion version
+        evaluate step (``champion_val_<metric>``; on the rows it never trained on where it trained on
+        another split: compare it with :meth:`versus_champion`) when that step measured *this* champion version
         (the alias may have moved since: another run deployed, or this run produced the champion),
         else the one stored with its version (its own run's validation split), else ``None`` (no
         champion, or one registered before validation scores were stored)."""
@@ -156,11 +157,32 @@ class Observation:
 
         if self.champion is None:
             return None
-        gate = self.gate or {}
-        measured = gate.get("metrics", {}).get(f"champion_{self.primary.val_key}")
-        if finite(measured) and str(gate.get("champion_version")) == str(self.champion.get("version")):
-            return float(measured)
+        measured = self._measured_with_this_champion(f"champion_{self.primary.val_key}")
+        if measured is not None:
+            return measured
         return metric_of(self.champion.get("metrics") or {}, self.primary)
+
+    def versus_champion(self, model: str) -> float | None:
+        """This run's ``model`` (``"shipped"``: the gated candidate; ``"reference"``: the
+        uncompressed model) validation score on the rows :attr:`champion_score` was measured on,
+        where those are not the whole validation split: when the champion trained on another
+        split of the same data, the evaluate step scored it, and this run's models, on the
+        validation rows it never trained on (``unseen_by_champion_*`` metrics), so the two
+        compare like with like. ``None``: compare with the whole split's scores."""
+        from dlagent.ml import mlflow_names as names
+
+        key = self.primary.val_key if model == "reference" else f"shipped_{self.primary.val_key}"
+        return self._measured_with_this_champion(names.UNSEEN_BY_CHAMPION_PREFIX + key)
+
+    def _measured_with_this_champion(self, key: str) -> float | None:
+        """The evaluate run's metric ``key`` when that run measured *this* champion version."""
+        if self.champion is None:
+            return None
+        gate = self.gate or {}
+        value = gate.get("metrics", {}).get(key)
+        if finite(value) and str(gate.get("champion_version")) == str(self.champion.get("version")):
+            return float(value)
+        return None
 
 
 # --------------------------------------------------------------------------- observe

@@ -49,6 +49,10 @@ GATE_BLESSED_TAG = "dlagent.gate.blessed"  # "true" / "false" on the evaluate ru
 GATE_REASONS_TAG = "dlagent.gate.reasons"
 GATE_CHAMPION_VERSION_TAG = "dlagent.gate.champion_version"  # the champion version the evaluate run measured (champion_* metrics)
 GATE_CHAMPION_SPLIT_TAG = "dlagent.gate.champion_split"  # same | other | unknown: did the champion train on this run's split
+# On the evaluate run, where the champion trained on another split of the same data: this run's models' validation
+# scores on the rows the champion never trained on (``<prefix>shipped_val_<metric>``, ``<prefix>val_<metric>`` for the
+# uncompressed model), the rows its ``champion_val_<metric>`` was measured on then; what the agent compares.
+UNSEEN_BY_CHAMPION_PREFIX = "unseen_by_champion_"
 GATE_DECISION_ARTIFACT = "gate"  # folder of decision.json on the evaluate run
 GATE_DECISION_FILE = "decision.json"
 REGISTERED_VERSION_TAG = "dlagent.registered_version"  # "<name>/<version>" on the deploy run

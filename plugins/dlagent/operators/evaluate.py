@@ -7,7 +7,9 @@ score reported for what ships is not optimistic. Then everything is measured in 
 the same test split (same data set, options and seed as training): the uncompressed Keras
 model (the reference), the chosen TFLite candidate and the current champion (its TFLite file
 from the registry, alias ``champion``). The champion is measured on the validation split too
-(``champion_val_<metric>``: what the agent compares with). The gate
+(``champion_val_<metric>``: what the agent compares with; where the champion trained on another
+split of the same data, both this run's models and the champion are measured on the rows it never
+trained on, for the gate on the test split and for the agent on the validation split). The gate
 (:func:`dlagent.ml.gate.decide`) then says ``blessed: true/false`` with its reasons, which go
 to MLflow (tags, ``gate/decision.json``) and to the task log.
 """
@@ -157,10 +159,13 @@ class EvaluateOperator(DlagentOperator):
             tracking.log_metrics(client, run_id, {f"shipped_{primary.test_key}": shipped[primary.test_key],
                                                   f"shipped_{primary.val_key}": shipped[primary.val_key]})
 
-            predict_shipped = TFLiteModel(tflite).predict if candidates else (lambda x: keras_predict(model, x))
-            champion = self._measure_champion(client, model_name, splits, runs, Path(tmp), predict_shipped)
+            predict_reference = lambda x: keras_predict(model, x)  # noqa: E731 - one name for the uncompressed model's predictions
+            predict_shipped = TFLiteModel(tflite).predict if candidates else predict_reference
+            champion = self._measure_champion(client, model_name, splits, runs, Path(tmp), predict_shipped, predict_reference)
             if champion is not None:
                 tracking.log_metrics(client, run_id, {f"champion_{k}": v for k, v in champion["metrics"].items()})
+                tracking.log_metrics(client, run_id, {f"{names.UNSEEN_BY_CHAMPION_PREFIX}{k}": v
+                                                      for k, v in champion.get("val_on_unseen_rows", {}).get("metrics", {}).items()})
                 client.set_tag(run_id, names.GATE_CHAMPION_VERSION_TAG, str(champion["version"]))
                 client.set_tag(run_id, names.GATE_CHAMPION_SPLIT_TAG, champion["split"])
             decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary,
@@ -193,14 +198,17 @@ class EvaluateOperator(DlagentOperator):
             "data": {"digest": splits.digest, "seed": int(self.seed)},  # the deploy step tags the version with them
         }
 
-    def _measure_champion(self, client, model_name, splits, runs, tmp, predict_shipped):
+    def _measure_champion(self, client, model_name, splits, runs, tmp, predict_shipped, predict_reference):
         """The champion's metrics on *this* split, or the ones stored at its registration when
         its TFLite file cannot run on this data (another input shape): said in the log.
 
         When the champion was trained on another split of the same data (another seed), some of
         these test rows were its training rows: its test score is then measured on the rows it
         never trained on, and so is the candidate's (``predict_shipped``), for the gate to compare
-        (``candidate_on_unseen_rows``; :func:`dlagent.ml.gate.champion_split`)."""
+        (``candidate_on_unseen_rows``; :func:`dlagent.ml.gate.champion_split`). Its validation
+        score likewise, on the validation rows it never trained on, with the shipped candidate's
+        and the uncompressed model's (``predict_reference``) there (``val_on_unseen_rows``), for
+        the agent to compare like with like."""
         from dlagent.ml.evaluation import evaluate_tflite
         from dlagent.ml.gate import champion_split
         from dlagent.ml.serving import read_champion_tflite
@@ -232,11 +240,15 @@ class EvaluateOperator(DlagentOperator):
         if split["split"] != "other" or source != MEASURED_HERE:
             self.log.info("champion version %s: %s", info["version"], split["detail"])
             return champion
-        unseen = self._rows_the_champion_never_trained_on(splits, info.get("tags"))
+        masks = self._rows_the_champion_never_trained_on(splits, info.get("tags"))
+        if masks is not None:
+            self._compare_on_unseen_validation_rows(champion, masks["val"], splits, champion_splits, content, predict_shipped,
+                                                    predict_reference)
+        unseen = None if masks is None else masks["test"]
         if unseen is None or int(unseen.sum()) < MIN_UNSEEN_ROWS:
-            why = "its split cannot be rebuilt here" if unseen is None else f"only {int(unseen.sum())} (< {MIN_UNSEEN_ROWS})"
-            champion["split_detail"] += (f"; the rows it never trained on: {why}, so the whole test split is compared and the "
-                                         "comparison favours the champion")
+            why = ("its split cannot be rebuilt here, so the whole test and validation splits are compared" if unseen is None else
+                   f"only {int(unseen.sum())} test rows (< {MIN_UNSEEN_ROWS}), so the whole test split is compared")
+            champion["split_detail"] += f"; the rows it never trained on: {why} and the comparison favours the champion"
             self.log.warning("champion version %s: %s", info["version"], champion["split_detail"])
             return champion
         # Both models on the same rows, the ones the champion never trained on: a fair comparison.
@@ -244,16 +256,40 @@ class EvaluateOperator(DlagentOperator):
         all_rows = metrics[primary.test_key]
         champion_score = primary.score(splits.y_test[unseen], TFLiteModel(content).predict(champion_splits.x_test[unseen]))
         candidate_score = primary.score(splits.y_test[unseen], predict_shipped(splits.x_test[unseen]))
-        champion.update(metrics={**metrics, primary.test_key: champion_score}, unseen_rows=rows, candidate_on_unseen_rows=candidate_score,
+        champion.update(metrics={**champion["metrics"], primary.test_key: champion_score}, unseen_rows=rows, candidate_on_unseen_rows=candidate_score,
                         metrics_on_all_test_rows={primary.test_key: all_rows})
         champion["split_detail"] += (f"; compared on the {rows} of {len(splits.y_test)} test rows it never trained on: the champion "
                                      f"{champion_score:.4f} there ({all_rows:.4f} on all), this run's candidate {candidate_score:.4f}")
         self.log.info("champion version %s: %s", info["version"], champion["split_detail"])
         return champion
 
+    def _compare_on_unseen_validation_rows(self, champion, unseen, splits, champion_splits, content, predict_shipped,
+                                           predict_reference):
+        """The champion's, the shipped candidate's and the uncompressed model's validation scores on
+        the validation rows the champion never trained on (``unseen``, a mask), into ``champion``
+        (its ``metrics`` and ``val_on_unseen_rows``); with fewer than :data:`MIN_UNSEEN_ROWS`, its
+        whole-split score stays, and the detail says it favours the champion."""
+        from dlagent.ml.tflite import TFLiteModel
+
+        primary, rows = splits.primary, int(unseen.sum())
+        if rows < MIN_UNSEEN_ROWS:
+            champion["split_detail"] += (f"; its validation score is on the whole validation split (only {rows} rows it never "
+                                         f"trained on, < {MIN_UNSEEN_ROWS}): the agent's comparison favours it")
+            return
+        y = splits.y_val[unseen]
+        theirs = primary.score(y, TFLiteModel(content).predict(champion_splits.x_val[unseen]))
+        ours = {f"shipped_{primary.val_key}": primary.score(y, predict_shipped(splits.x_val[unseen])),
+                primary.val_key: primary.score(y, predict_reference(splits.x_val[unseen]))}
+        champion["metrics_on_all_val_rows"] = {primary.val_key: champion["metrics"][primary.val_key]}
+        champion["metrics"] = {**champion["metrics"], primary.val_key: theirs}
+        champion["val_on_unseen_rows"] = {"rows": rows, "metrics": ours}
+        champion["split_detail"] += (f"; on the {rows} of {len(splits.y_val)} validation rows it never trained on (what the agent "
+                                     f"compares): the champion {theirs:.4f}, this run's candidate {ours[f'shipped_{primary.val_key}']:.4f}")
+
     def _rows_the_champion_never_trained_on(self, splits, version_tags):
-        """A mask over this run's test rows, True where the champion's own split (the same data,
-        re-split with its seed) had no such row in its training split; ``None`` where that split
+        """Masks over this run's test and validation rows (``{"test": ..., "val": ...}``), True
+        where the champion's own split (the same data, re-split with its seed) had no such row in
+        its training split; ``None`` where that split
         cannot be rebuilt here: data that changed, a streamed folder, a table with categorical
         columns (its rows are encoded with a vocabulary learned per split)."""
         import numpy as np
@@ -269,7 +305,8 @@ class EvaluateOperator(DlagentOperator):
                                            allowed_roots=settings.data_roots())
         if not isinstance(theirs.x_train, np.ndarray):
             return None
-        return rows_not_in(splits.x_test, splits.y_test, theirs.x_train, theirs.y_train)
+        return {"test": rows_not_in(splits.x_test, splits.y_test, theirs.x_train, theirs.y_train),
+                "val": rows_not_in(splits.x_val, splits.y_val, theirs.x_train, theirs.y_train)}
 
 
 def _describe(m: dict, metric) -> str:

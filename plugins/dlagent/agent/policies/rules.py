@@ -303,7 +303,10 @@ class RulesPolicy(TuningRules, Policy):
         metric = obs.primary
         # validation scores only: the gate read the test split, this decision does not
         shipped = (obs.gate or {}).get("metrics", {}).get(f"shipped_{metric.val_key}")
-        if finite(shipped):  # the candidate the evaluate task picked and the gate judged
+        fair = obs.versus_champion("shipped")
+        if fair is not None:  # the champion was measured on the validation rows it never trained on: so is the candidate
+            value, what = fair, "the gated candidate (both on the validation rows the champion never trained on)"
+        elif finite(shipped):  # the candidate the evaluate task picked and the gate judged
             value, what = shipped, "the gated candidate"
         elif chosen is not None:
             value, what = metric_of(chosen["metrics"], metric), f"compressed candidate {chosen['name']}"
