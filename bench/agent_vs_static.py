@@ -259,10 +259,12 @@ def real_learning_vs_rules(args, tmp: Path) -> dict:
             run = run_default_pipeline(conf, tmp / f"lvr-{policy}", MNIST.parent)  # one home per policy: state and champion carry over
             client = MlflowClient(run["tracking_uri"])
             obs = observe(client, "", run["parent_run_id"], "bench-lvr", resources={"cpu_count": 1, "cpus_free": 1})
-            rewards.append(weights.reward_from_observation(obs, obs.reference_score, obs.champion_score))
+            value, baseline = obs.reward_scores  # the product's reward inputs (agent.reward_run)
+            rewards.append(weights.reward_from_observation(obs, value, baseline))
             runs.append({"arm": run["arm"], "final": run["final"], "epochs": run["epochs"], "seconds": run["seconds"]})
-            print(f"[bench] learning-vs-rules {policy} run {index + 1}: reward {rewards[-1]:.4f} (val {obs.reference_score}, "
-                  f"champion {obs.champion_score}, {run['epochs']} epochs, {run['seconds']:.0f} s; arm {run['arm']}, "
+            print(f"[bench] learning-vs-rules {policy} run {index + 1}: reward {rewards[-1]:.4f} (val {value}, "
+                  f"champion {baseline}{' (rows it never trained on)' if obs.versus_champion('reference') is not None else ''}, "
+                  f"{run['epochs']} epochs, {run['seconds']:.0f} s; arm {run['arm']}, "
                   f"final training {run['final']})", flush=True)
         out[policy] = {"rewards": [round(r, 5) for r in rewards], "mean": round(statistics.fmean(rewards), 5), "runs": runs}
     both = "rules" in out and "learning" in out

@@ -194,6 +194,7 @@ def test_a_champion_of_another_split_is_compared_on_the_validation_rows_it_never
     unseen = {**whole, f"{UNSEEN_BY_CHAMPION_PREFIX}shipped_val_accuracy": 0.97, f"{UNSEEN_BY_CHAMPION_PREFIX}val_accuracy": 0.98}
     fair = dataclasses.replace(obs, gate={**obs.gate, "blessed": True, "metrics": unseen, "champion_version": "1"})
     assert fair.champion_score == 0.95 and fair.versus_champion("shipped") == 0.97 and fair.versus_champion("reference") == 0.98
+    assert fair.reward_scores == (0.98, 0.95)  # what the learning policy's reward and bench/agent_vs_static.py compare
     plan = RulesPolicy().decide(fair)
     assert plan["action"] == "deploy", plan["reasons"]
     assert any("the gated candidate (both on the validation rows the champion never trained on) val_accuracy 0.9700 vs champion v1 "

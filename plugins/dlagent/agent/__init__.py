@@ -148,16 +148,14 @@ def reward_run(policy, observation, planned, *, key: str | None = None) -> dict:
     if out["value"] is None:
         out["because"] = f"no evaluated {metric.val_key} in this run: nothing to reward"
         return out
-    baseline = obs.champion_score
+    out["value"], baseline = obs.reward_scores  # on the same rows: those the champion never trained on, where it trained on others
     out["baseline"] = baseline
-    fair = obs.versus_champion("reference")
-    if fair is not None:  # the champion was scored on the validation rows it never trained on: so is this run's model
-        out["value"] = fair
+    fair = obs.versus_champion("reference") is not None
     reward = policy.reward_from_observation(obs, out["value"], baseline)
     out["reward"] = reward
     out["recorded"] = bool(policy.update(reward, plan=planned, key=key))
     gain = f"{metric.val_key} {out['value']:.4f} vs champion {baseline:.4f}" + (
-        " (both on the validation rows the champion never trained on)" if fair is not None else "") if baseline is not None else \
+        " (both on the validation rows the champion never trained on)" if fair else "") if baseline is not None else \
         f"{metric.val_key} {out['value']:.4f}, no champion measured on validation (no gain counted)"
     cost = f"{obs.compute.get('run_seconds') or 0:g} s, {obs.compute.get('epochs') or 0:g} epochs"
     out["because"] = (f"{gain}; {cost}; arm {section['arm']} in context {section.get('context')!r}"

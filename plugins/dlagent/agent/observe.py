@@ -174,6 +174,14 @@ class Observation:
         key = self.primary.val_key if model == "reference" else f"shipped_{self.primary.val_key}"
         return self._measured_with_this_champion(names.UNSEEN_BY_CHAMPION_PREFIX + key)
 
+    @property
+    def reward_scores(self) -> tuple[float | None, float | None]:
+        """``(value, baseline)`` a learning policy's reward compares: this run's uncompressed
+        model's validation score and the champion's (:attr:`champion_score`), on the same rows
+        (:meth:`versus_champion`, else the whole split's :attr:`reference_score`)."""
+        fair = self.versus_champion("reference")
+        return (self.reference_score if fair is None else fair), self.champion_score
+
     def _measured_with_this_champion(self, key: str) -> float | None:
         """The evaluate run's metric ``key`` when that run measured *this* champion version."""
         if self.champion is None:
