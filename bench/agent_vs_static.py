@@ -51,7 +51,10 @@ difference of the mean rewards, learning minus rules, and its interval over envi
 home each (the learning policy's state lives in its MLflow store); each run's reward is
 computed after it with the same formula from what the run logged, for both policies alike.
 Seeds 200-209; a second sequence, 210-219 (``--lvr-first-seed 210``), added on 2026-12-05 (sixth
-session) after 200-209's interval spanned zero, is reported alone and pooled with the first.
+session) after 200-209's interval spanned zero, is reported alone and pooled with the first; a
+third, 220-229, on 2026-12-05 (seventh session) after the reward began comparing the run and a
+champion of another seed on the validation rows that champion never trained on (these runs
+change seed every run), reported alone and pooled.
 
 The last line is ``RESULT {json}``: ``acc_diff_mean``, ``acc_diff_ci_low``, ``epochs_ratio``,
 ``ablation_acc_diff_mean``, ``ablation_epochs_ratio``, ``heldout_seeds``, ``datasets``,
