@@ -205,6 +205,14 @@ def test_the_gate_says_whether_the_champion_trained_on_this_runs_test_rows(pipel
     assert logged[f"{names.UNSEEN_BY_CHAMPION_PREFIX}shipped_val_accuracy"] == pytest.approx(ours_val)
     assert "validation rows it never trained on (what the agent compares)" in other["champion"]["split_detail"]
     assert f"{names.UNSEEN_BY_CHAMPION_PREFIX}val_accuracy" not in _client(uri).get_run(same["run_id"]).data.metrics
+    # Fewer than 30 such validation rows: the whole split's score stays, and the note says whom that favours.
+    few = np.zeros(len(ours.y_val), dtype=bool)
+    few[:12] = True
+    champion = {"metrics": {"val_accuracy": 0.5, "test_accuracy": 0.5}, "split_detail": "other"}
+    EvaluateOperator(task_id="evaluate", model_uri=model_uri)._compare_on_unseen_validation_rows(
+        champion, few, ours, ours, b"", champion_tflite.predict, champion_tflite.predict)
+    assert champion == {"metrics": {"val_accuracy": 0.5, "test_accuracy": 0.5}, "split_detail": "other; its validation score is on "
+                        "the whole validation split (only 12 rows it never trained on, < 30): the agent's comparison favours it"}
     # The deploy step's own re-check compares the same way: the candidate's score on those rows, not on all.
     from dlagent.ml.registry import deploy_if_blessed
 
