@@ -171,7 +171,10 @@ class Observation:
         compare like with like. ``None``: compare with the whole split's scores."""
         from dlagent.ml import mlflow_names as names
 
-        key = self.primary.val_key if model == "reference" else f"shipped_{self.primary.val_key}"
+        keys = {"reference": self.primary.val_key, "shipped": f"shipped_{self.primary.val_key}"}
+        if model not in keys:
+            raise ValueError(f"versus_champion: model must be one of {sorted(keys)}, got {model!r}")
+        key = keys[model]
         return self._measured_with_this_champion(names.UNSEEN_BY_CHAMPION_PREFIX + key)
 
     @property
