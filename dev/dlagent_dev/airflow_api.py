@@ -84,9 +84,21 @@ class AirflowApi:
                 raise TimeoutError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
             time.sleep(poll)
 
-    def set_run_state(self, dag_id: str, run_id: str, state: str) -> dict:
-        """Mark a DAG run success or failed, as the UI's buttons do (its running tasks are stopped)."""
-        return self._send("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}", {"state": state})
+    def set_run_state(self, dag_id: str, run_id: str, state: str, *, attempts: int = 4, wait: float = 1.0) -> dict:
+        """Mark a DAG run success or failed, as the UI's buttons do (its running tasks are stopped).
+
+        Tried again (``attempts`` in all, ``wait`` seconds apart) when the API server answers 500 "Database error": on
+        PostgreSQL its update of the run can deadlock with the scheduler's update of one of the
+        run's task instances (seen: "deadlock detected" in PostgreSQL's log, PostgreSQL aborting
+        the API's side), and the same PATCH a moment later succeeds, as a second click would."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        for attempt in range(1, max(1, attempts) + 1):
+            try:
+                return self._send("PATCH", path, {"state": state})
+            except RuntimeError as exc:
+                if attempt >= attempts or "HTTP 500" not in str(exc) or "Database error" not in str(exc):
+                    raise
+                time.sleep(wait)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")["task_instances"]
