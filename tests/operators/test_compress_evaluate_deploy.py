@@ -210,7 +210,7 @@ def test_the_gate_says_whether_the_champion_trained_on_this_runs_test_rows(pipel
     few[:12] = True
     champion = {"metrics": {"val_accuracy": 0.5, "test_accuracy": 0.5}, "split_detail": "other"}
     EvaluateOperator(task_id="evaluate", model_uri=model_uri)._compare_on_unseen_validation_rows(
-        champion, few, ours, ours, b"", champion_tflite.predict, champion_tflite.predict)
+        champion, few, ours, ours, champion_tflite.predict, champion_tflite.predict, champion_tflite.predict)
     assert champion == {"metrics": {"val_accuracy": 0.5, "test_accuracy": 0.5}, "split_detail": "other; its validation score is on "
                         "the whole validation split (only 12 rows it never trained on, < 30): the agent's comparison favours it"}
     # The deploy step's own re-check compares the same way: the candidate's score on those rows, not on all.

@@ -226,7 +226,8 @@ class EvaluateOperator(DlagentOperator):
             report = evaluate_tflite(content, champion_splits, out_dir=tmp / "champion", explain=False, latency_runs=runs)
             source = MEASURED_HERE
             primary = splits.primary
-            val_score = primary.score(splits.y_val, TFLiteModel(content).predict(champion_splits.x_val))
+            predict_champion = TFLiteModel(content).predict  # one interpreter for every score of the champion below
+            val_score = primary.score(splits.y_val, predict_champion(champion_splits.x_val))
             metrics = {**_summary(report.metrics), primary.val_key: val_score}
         except Exception as exc:  # noqa: BLE001 - e.g. the champion was trained on other input shapes
             if not info["metrics"]:
@@ -242,7 +243,7 @@ class EvaluateOperator(DlagentOperator):
             return champion
         masks = self._rows_the_champion_never_trained_on(splits, info.get("tags"))
         if masks is not None:
-            self._compare_on_unseen_validation_rows(champion, masks["val"], splits, champion_splits, content, predict_shipped,
+            self._compare_on_unseen_validation_rows(champion, masks["val"], splits, champion_splits, predict_champion, predict_shipped,
                                                     predict_reference)
         unseen = None if masks is None else masks["test"]
         if unseen is None or int(unseen.sum()) < MIN_UNSEEN_ROWS:
@@ -254,8 +255,9 @@ class EvaluateOperator(DlagentOperator):
         # Both models on the same rows, the ones the champion never trained on: a fair comparison.
         primary, rows = splits.primary, int(unseen.sum())
         all_rows = metrics[primary.test_key]
-        champion_score = primary.score(splits.y_test[unseen], TFLiteModel(content).predict(champion_splits.x_test[unseen]))
-        candidate_score = primary.score(splits.y_test[unseen], predict_shipped(splits.x_test[unseen]))
+        champion_score, ours = _scores_on_rows(primary, splits.y_test, unseen, champion_splits.x_test, splits.x_test, predict_champion,
+                                               {"shipped": predict_shipped})
+        candidate_score = ours["shipped"]
         champion.update(metrics={**champion["metrics"], primary.test_key: champion_score}, unseen_rows=rows, candidate_on_unseen_rows=candidate_score,
                         metrics_on_all_test_rows={primary.test_key: all_rows})
         champion["split_detail"] += (f"; compared on the {rows} of {len(splits.y_test)} test rows it never trained on: the champion "
@@ -263,23 +265,19 @@ class EvaluateOperator(DlagentOperator):
         self.log.info("champion version %s: %s", info["version"], champion["split_detail"])
         return champion
 
-    def _compare_on_unseen_validation_rows(self, champion, unseen, splits, champion_splits, content, predict_shipped,
+    def _compare_on_unseen_validation_rows(self, champion, unseen, splits, champion_splits, predict_champion, predict_shipped,
                                            predict_reference):
         """The champion's, the shipped candidate's and the uncompressed model's validation scores on
         the validation rows the champion never trained on (``unseen``, a mask), into ``champion``
         (its ``metrics`` and ``val_on_unseen_rows``); with fewer than :data:`MIN_UNSEEN_ROWS`, its
         whole-split score stays, and the detail says it favours the champion."""
-        from dlagent.ml.tflite import TFLiteModel
-
         primary, rows = splits.primary, int(unseen.sum())
         if rows < MIN_UNSEEN_ROWS:
             champion["split_detail"] += (f"; its validation score is on the whole validation split (only {rows} rows it never "
                                          f"trained on, < {MIN_UNSEEN_ROWS}): the agent's comparison favours it")
             return
-        y = splits.y_val[unseen]
-        theirs = primary.score(y, TFLiteModel(content).predict(champion_splits.x_val[unseen]))
-        ours = {f"shipped_{primary.val_key}": primary.score(y, predict_shipped(splits.x_val[unseen])),
-                primary.val_key: primary.score(y, predict_reference(splits.x_val[unseen]))}
+        theirs, ours = _scores_on_rows(primary, splits.y_val, unseen, champion_splits.x_val, splits.x_val, predict_champion,
+                                       {f"shipped_{primary.val_key}": predict_shipped, primary.val_key: predict_reference})
         champion["metrics_on_all_val_rows"] = {primary.val_key: champion["metrics"][primary.val_key]}
         champion["metrics"] = {**champion["metrics"], primary.val_key: theirs}
         champion["val_on_unseen_rows"] = {"rows": rows, "metrics": ours}
@@ -307,6 +305,14 @@ class EvaluateOperator(DlagentOperator):
             return None
         return {"test": rows_not_in(splits.x_test, splits.y_test, theirs.x_train, theirs.y_train),
                 "val": rows_not_in(splits.x_val, splits.y_val, theirs.x_train, theirs.y_train)}
+
+
+def _scores_on_rows(metric, y, rows, champion_x, x, predict_champion, predictors: dict) -> tuple[float, dict]:
+    """The champion's score (on ``champion_x``: its own encoding of the rows) and each of
+    ``predictors``' (on ``x``) on the same rows, those the mask ``rows`` selects."""
+    y = y[rows]
+    return (metric.score(y, predict_champion(champion_x[rows])),
+            {name: metric.score(y, predict(x[rows])) for name, predict in predictors.items()})
 
 
 def _describe(m: dict, metric) -> str:
