@@ -16,7 +16,12 @@ benchmark creates that study and enqueues the same fixed list of trial configura
 rounds and every repetition train exactly the same trials. It measures the tune tasks' span,
 first start to last end, from Airflow's task instances: with one Celery worker the two mapped
 tune tasks run one after the other (the first one finishes the study); with two they run at
-once, on both workers. Prints which Celery worker ran which mapped task and trials.
+once, on both workers. Prints which Celery worker ran which mapped task and trials, and where the
+CPU went while the trials ran (`dlagent_dev.cpu_use`): the pinned workers' cores against
+everything else's (the services, PostgreSQL, Redis, this script, which on 2 cores can only take
+their CPU from the workers), so the speed-up splits into what the coordination costs (trials per
+worker CPU-minute, two workers against one) and what this machine leaves the workers (their
+cores, two against one).
 At the end it fails (exit 1) if any process it started is still running, and lists it
 (`dlagent_dev.procs`, the same check as the test suite's).
 
@@ -83,6 +88,7 @@ def one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker
 def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus, databases) -> list[dict]:
     import optuna
     from dlagent_dev.airflow_api import AirflowApi
+    from dlagent_dev.cpu_use import CpuUse
     from dlagent_dev.stack import ADMIN_USER, LocalStack, free_port, postgres_stack_env
 
     airflow_db, mlflow_db, optuna_db = databases
@@ -92,7 +98,7 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
     stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
                        celery_cpus=cpus[:workers] if cpus else None)
     results = []
-    with stack:
+    with CpuUse() as cpu_use, stack:
         api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
         api.wait_for_dag("dl_agent_pipeline")
         api.unpause("dl_agent_pipeline")
@@ -116,13 +122,34 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
             for trial in done:
                 by_process.setdefault(trial.user_attrs.get("worker", "?"), []).append(trial.number)
             minutes = (end - start).total_seconds() / 60
+            cores = cpu_use.between(start.timestamp(), end.timestamp())
+            worker_cores = sum(cores["pinned"].get(cpu, 0.0) for cpu in (c for group in (cpus or ())[:workers] for c in group))
             result = {"workers": workers, "rep": rep, "trials": len(done), "tune_span_s": round(minutes * 60, 1),
                       "trials_per_min": round(len(done) / minutes, 2),
+                      "worker_cores": round(worker_cores, 3), "other_cores": cores["unpinned"], "cpu_busy": cores["cpu_busy"],
+                      "trials_per_worker_cpu_min": round(len(done) / (worker_cores * minutes), 3) if worker_cores else None,
                       "celery_worker_of_tune_task": stack.celery_worker_of(run_id, "tune"),
                       "trials_by_process": by_process}
             print(json.dumps(result), flush=True)
             results.append(result)
     return results
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _cpu_split(one: list[dict], two: list[dict]) -> dict:
+    """Where the CPU went while the trials ran: the pinned workers' cores and everyone else's, and
+    the two figures the speed-up is made of (medians of the repetitions)."""
+    worker_1, worker_2 = (_median([r["worker_cores"] for r in rs]) for rs in (one, two))
+    per_cpu_min_1, per_cpu_min_2 = (_median([r["trials_per_worker_cpu_min"] for r in rs]) for rs in (one, two))
+    return {"worker_cores_1": round(worker_1, 2), "worker_cores_2": round(worker_2, 2),
+            "other_cores_1": round(_median([r["other_cores"] for r in one]), 2),
+            "other_cores_2": round(_median([r["other_cores"] for r in two]), 2),
+            "coordination_efficiency": round(per_cpu_min_2 / per_cpu_min_1, 3), "worker_core_ratio": round(worker_2 / worker_1, 3)}
 
 
 def main() -> int:
@@ -160,9 +187,11 @@ def _main() -> int:
     print(f"conf: {json.dumps(conf)}\ntrials: {json.dumps(trials)}\nCelery workers pinned to CPUs: {pinned}", flush=True)
     one = one_round(1, conf, trials, reps=args.reps, broker_db=11, cpus=pinned)
     two = one_round(2, conf, trials, reps=args.reps, broker_db=12, cpus=pinned)
-    print(f"\n{'Celery workers':>15} {'rep':>4} {'trials':>7} {'tune span s':>12} {'trials/min':>11}")
+    print(f"\n{'Celery workers':>15} {'rep':>4} {'trials':>7} {'tune span s':>12} {'trials/min':>11} {'worker cores':>13} "
+          f"{'other cores':>12} {'trials/worker CPU-min':>22}")
     for r in (*one, *two):
-        print(f"{r['workers']:>15} {r['rep']:>4} {r['trials']:>7} {r['tune_span_s']:>12} {r['trials_per_min']:>11}")
+        print(f"{r['workers']:>15} {r['rep']:>4} {r['trials']:>7} {r['tune_span_s']:>12} {r['trials_per_min']:>11} "
+              f"{r['worker_cores']:>13} {r['other_cores']:>12} {r['trials_per_worker_cpu_min'] or '-':>22}")
     for r in two:
         print(f"two workers, repetition {r['rep']}: tune task -> Celery worker {r['celery_worker_of_tune_task']}")
     both = all(len(set(r["celery_worker_of_tune_task"].values())) == 2 and len(r["trials_by_process"]) == 2 for r in two)
@@ -176,7 +205,15 @@ def _main() -> int:
     print(f"trials/min, median (min..max): 1 worker {median_1} ({rate_1[0]}..{rate_1[-1]}), 2 workers {median_2} ({rate_2[0]}..{rate_2[-1]})")
     print(f"speed-up of the medians {median_speedup:.3f} (goal >= 1.8); per repetition {[round(x, 3) for x in speedups]}"
           + (f", mean {spread['mean']} 95 % interval {spread['ci95']}" if spread else ""))
-    print("RESULT " + json.dumps({"trials_per_min_1": median_1, "trials_per_min_2": median_2, "speedup": round(median_speedup, 3),
+    cpu = _cpu_split(one, two) if args.pin else {}
+    if cpu:
+        print(f"CPU while the trials ran (median of the repetitions, in cores): the Celery workers {cpu['worker_cores_1']} with one, "
+              f"{cpu['worker_cores_2']} with two; everything else (services, PostgreSQL, Redis, this script) "
+              f"{cpu['other_cores_1']} and {cpu['other_cores_2']}")
+        print(f"trials per worker CPU-minute, two workers against one: {cpu['coordination_efficiency']} (1.0: sharing the study and "
+              f"the scheduling cost the workers nothing); the workers' cores, two against one: {cpu['worker_core_ratio']}: "
+              f"the speed-up this machine leaves them, at one worker's cost per trial")
+    print("RESULT " + json.dumps({**cpu, "trials_per_min_1": median_1, "trials_per_min_2": median_2, "speedup": round(median_speedup, 3),
                                   "speedups": [round(x, 3) for x in speedups], "speedup_ci95": spread["ci95"] if spread else None,
                                   "trials_per_min_1_range": [rate_1[0], rate_1[-1]], "trials_per_min_2_range": [rate_2[0], rate_2[-1]],
                                   "reps": args.reps, "pinned": args.pin, "trials": args.trials, "epochs": args.epochs,

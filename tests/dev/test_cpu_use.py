@@ -1,0 +1,52 @@
+"""The scale-out benchmark's CPU accounting: a process pinned to one CPU is counted on that CPU,
+an unpinned one with everything else, and the figures are CPU seconds per second of the span."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from dlagent_dev.cpu_use import CpuUse, _cpu_list
+
+from tests.conftest import required_on_ci
+
+BURN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+
+
+def _burn(seconds: float, cpu: int | None) -> subprocess.Popen:
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    return subprocess.Popen([sys.executable, "-c", BURN.format(seconds=seconds)], preexec_fn=pin)
+
+
+def test_cpu_lists_are_read_as_the_kernel_writes_them():
+    assert _cpu_list("0-3,8,10-11\n") == (0, 1, 2, 3, 8, 10, 11)
+    assert _cpu_list("1") == (1,)
+
+
+def test_a_pinned_busy_process_is_counted_on_its_cpu_and_an_unpinned_one_elsewhere():
+    if len(os.sched_getaffinity(0)) < 2:
+        required_on_ci("needs 2 CPUs: one to pin a process to, one more for an unpinned process")
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    with CpuUse(interval=0.2) as use:
+        start = time.time()
+        pinned, free = _burn(2.0, cpu), _burn(1.0, None)
+        assert pinned.wait(30) == 0 and free.wait(30) == 0
+        time.sleep(0.5)
+        end = time.time()
+    seen = use.between(start, end)
+    span = seen["span_s"]
+    assert 2.0 <= span <= end - start
+    # the burner spun about 2 s of the span on its CPU; the unpinned one about 1 s elsewhere
+    assert seen["pinned"][cpu] * span == pytest.approx(2.0, abs=0.6)
+    assert seen["unpinned"] * span >= 0.6
+    assert 0.0 < seen["cpu_busy"][cpu] <= 1.05
+
+
+def test_a_span_without_two_readings_is_refused():
+    with CpuUse(interval=5.0) as use:
+        time.sleep(0.1)
+    with pytest.raises(ValueError, match="fewer than 2 readings"):
+        use.between(time.time() - 0.05, time.time())
