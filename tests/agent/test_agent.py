@@ -181,6 +181,44 @@ def test_the_gate_only_vetoes_a_deploy_and_the_champion_measured_must_be_the_cha
     assert dataclasses.replace(obs, gate={**measured, "champion_version": "7"}).champion_score == 0.92  # stored with version 1
 
 
+def test_a_candidate_as_good_as_the_champion_and_smaller_is_deployed_as_the_gate_would(history):
+    """The gate's second way to bless (as good as the champion, within its tie tolerance, and smaller
+    or faster by its min_efficiency_gain) is asked of the validation split too: a tie there on a
+    smaller candidate deploys; a loss beyond the tolerance, or a tie at the champion's size, does not."""
+    from dlagent.ml import mlflow_names as names
+
+    client, ids = history
+    evaluate = next(r for r in client.search_runs([ids["experiment_id"]]) if r.data.tags.get(names.GATE_BLESSED_TAG))
+    thresholds = {"tie_tolerance_points": 0.5, "min_efficiency_gain": 0.05}
+    client.set_tag(evaluate.info.run_id, names.GATE_THRESHOLDS_TAG, json.dumps(thresholds))
+    try:
+        obs = observe(client, ids["experiment_id"], ids["parent_run_id"], CHAMPION, resources=RESOURCES)
+    finally:  # the history is shared by the module's tests
+        client.delete_tag(evaluate.info.run_id, names.GATE_THRESHOLDS_TAG)
+    assert obs.gate["thresholds"] == thresholds
+
+    def action(shipped: float, size: int, champion_version: str = "1") -> tuple[str, str]:  # the champion: 0.92, 100 kB
+        metrics = {**obs.gate["metrics"], "shipped_val_accuracy": shipped, "shipped_size_bytes": size, "champion_size_bytes": 100_000}
+        gate = {**obs.gate, "metrics": metrics, "champion_version": champion_version}
+        plan = RulesPolicy().decide(dataclasses.replace(obs, gate=gate))
+        return plan["action"], next(r["because"] for r in plan["reasons"] if r["decision"].startswith("action="))
+
+    done, why = action(0.918, 60_000)
+    assert done == "deploy", why
+    assert "as good as the champion on validation (within the gate's tie tolerance) and smaller" in why
+    assert "val_accuracy 0.9180 vs champion v1 0.9200 (-0.20 points" in why and "tie tolerance 0.5 points" in why
+    assert action(0.92, 60_000)[0] == "deploy"
+    assert action(0.914, 60_000)[0] != "deploy"  # -0.6 points: outside the tolerance
+    assert action(0.92, 97_000)[0] != "deploy"  # 3 % smaller: not the gate's 5 %
+    assert action(0.92, 60_000, champion_version="7")[0] != "deploy"  # sizes measured with another champion
+    assert action(0.93, 100_000)[0] == "deploy"  # better: size does not matter
+    assert RulesPolicy().decide(dataclasses.replace(obs, gate={**obs.gate, "blessed": False}))["action"] != "deploy"
+    # an evaluate run logged before the thresholds tag: no tie tolerance known, only "better" deploys
+    old = {**obs.gate, "thresholds": None, "metrics": {**obs.gate["metrics"], "shipped_val_accuracy": 0.92, "shipped_size_bytes": 60_000,
+                                                         "champion_size_bytes": 100_000}}
+    assert RulesPolicy().decide(dataclasses.replace(obs, gate=old))["action"] != "deploy"
+
+
 def test_a_champion_of_another_split_is_compared_on_the_validation_rows_it_never_trained_on(history):
     """Where the evaluate step scored the champion on the validation rows it never trained on, the action and
     the reward compare this run's models on those rows too (unseen_by_champion_* metrics), not on the whole split."""

@@ -117,6 +117,11 @@ def test_evaluate_picks_the_most_compressed_candidate_within_budget_and_logs_the
     client = MlflowClient(pipeline_store["uri"])
     run = client.get_run(evaluation["run_id"])
     assert run.data.tags["dlagent.gate.blessed"] == str(evaluation["blessed"]).lower()
+    # the gate's limits and the shipped candidate's size and latency: the agent asks the gate's tie rule of the validation split
+    assert json.loads(run.data.tags["dlagent.gate.thresholds"])["tie_tolerance_points"] == 0.5
+    shipped = next(c for c in candidates if c["candidate"] == evaluation["candidate"]["candidate"])
+    assert run.data.metrics["shipped_size_bytes"] == shipped["metrics"]["size_bytes"]
+    assert run.data.metrics["shipped_latency_ms_p95"] == pytest.approx(evaluation["candidate"]["metrics"]["latency_ms_p95"])
     for key in ("keras_test_accuracy", "keras_macro_f1", "keras_class_0_recall", "keras_latency_ms_p95", "keras_predict_latency_ms_p50",
                 "tflite_test_accuracy", "tflite_latency_ms_p50", "tflite_throughput_samples_per_s"):
         assert key in run.data.metrics, key
@@ -124,6 +129,7 @@ def test_evaluate_picks_the_most_compressed_candidate_within_budget_and_logs_the
     assert {"evaluation/keras/confusion_matrix.png", "evaluation/keras/integrated_gradients.png"} <= files
     decision = json.loads(Path(client.download_artifacts(evaluation["run_id"], "gate/decision.json")).read_text())
     assert decision["blessed"] == evaluation["blessed"] and decision["reasons"] == evaluation["reasons"]
+    assert json.loads(run.data.tags["dlagent.gate.thresholds"]) == decision["thresholds"]
     assert len(json.dumps(evaluation)) < 8000  # XCom stays small
 
 

@@ -28,7 +28,9 @@ child run, ``mlflow.parentRunId`` linking it to its parent):
 * **compression candidates** (``dlagent.step = compress``): metrics ``val_<metric>`` (the
   primary one is read), ``test_<metric>``, ``size_bytes``, ``latency_ms_p95``; config from the
   params that are compression settings (``sparsity``, ``quantization``, ...).
-* **gate**: the most recent run with a ``dlagent.gate.blessed`` tag (``true``/``false``).
+* **gate**: the most recent run with a ``dlagent.gate.blessed`` tag (``true``/``false``), its
+  metrics, the champion version it measured and the gate's limits (``thresholds``, from the
+  ``dlagent.gate.thresholds`` tag; ``None`` for a run logged before it existed).
 * **champion**: the version under alias ``champion`` of ``champion_name`` (absent model or
   alias: ``None``); metrics from its ``dlagent.metric.*`` tags, then its run's metrics.
 * **compute**: number of runs, summed run durations (finished runs), summed ``epochs_run``.
@@ -185,6 +187,20 @@ class Observation:
         fair = self.versus_champion("reference")
         return (self.reference_score if fair is None else fair), self.champion_score
 
+    def shipped_leaner(self) -> tuple[bool, bool] | None:
+        """``(smaller, faster)``: whether the gated candidate's size and p95 latency are below the
+        champion's by the gate's ``min_efficiency_gain`` (:func:`dlagent.ml.gate.leaner`), as the
+        evaluate run measured them with *this* champion; ``None`` where it did not."""
+        from dlagent.ml.gate import GateThresholds, leaner
+
+        gate = self.gate or {}
+        gain = (gate.get("thresholds") or {}).get("min_efficiency_gain", GateThresholds().min_efficiency_gain)
+        mine = [gate.get("metrics", {}).get(f"shipped_{key}") for key in ("size_bytes", "latency_ms_p95")]
+        theirs = [self._measured_with_this_champion(f"champion_{key}") for key in ("size_bytes", "latency_ms_p95")]
+        if all(v is None for v in theirs):
+            return None
+        return leaner(mine[0], mine[1], theirs[0], theirs[1], gain)
+
     def _measured_with_this_champion(self, key: str) -> float | None:
         """The evaluate run's metric ``key`` when that run measured *this* champion version."""
         if self.champion is None:
@@ -252,6 +268,15 @@ def _search_all(client, experiment_id: str, filter_string: str) -> list:
             return runs
 
 
+def _thresholds(text: str | None) -> dict | None:
+    """The gate's limits from its tag; a tag that is not a JSON object reads as none."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
     by_step: dict[str, list] = {}
     trials_runs = []
@@ -290,7 +315,8 @@ def _build(client, experiment_id, parent, runs, champion_name) -> Observation:
         value = run.data.tags.get(names.GATE_BLESSED_TAG)
         if value is not None:
             gate = {"run_id": run.info.run_id, "blessed": value.strip().lower() in ("true", "1", "yes"), "metrics": finite_metrics(run),
-                    "champion_version": run.data.tags.get(names.GATE_CHAMPION_VERSION_TAG)}
+                    "champion_version": run.data.tags.get(names.GATE_CHAMPION_VERSION_TAG),
+                    "thresholds": _thresholds(run.data.tags.get(names.GATE_THRESHOLDS_TAG))}
             break
 
     seconds = sum((r.info.end_time - r.info.start_time) / 1000.0 for r in runs if r.info.end_time and r.info.start_time)

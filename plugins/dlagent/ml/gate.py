@@ -153,8 +153,7 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         champion_size = _metric(champion_metrics, SIZE, "champion_metrics")
         champion_latency = _metric(champion_metrics, LATENCY, "champion_metrics")
         gain = thresholds.min_efficiency_gain
-        smaller = size is not None and champion_size is not None and size <= champion_size * (1 - gain) + EPS
-        faster = latency is not None and champion_latency is not None and latency <= champion_latency * (1 - gain) + EPS
+        smaller, faster = leaner(size, latency, champion_size, champion_latency, gain)
         versus = f"{key} {compared:.4f} vs the champion's {champion_value:.4f}" + (
             "" if candidate_vs_champion is None else ", on the test rows the champion never trained on")
         if delta < -MAX_REGRESSION_POINTS - EPS:
@@ -191,6 +190,15 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         "delta_vs_champion_points": delta,
         "thresholds": thresholds.to_dict(),
     }
+
+
+def leaner(size, latency, champion_size, champion_latency, min_efficiency_gain: float) -> tuple[bool, bool]:
+    """``(smaller, faster)``: whether a candidate's size and p95 latency are at least
+    ``min_efficiency_gain`` (a fraction) below the champion's; unmeasured is neither. Size and
+    latency do not depend on a split: the gate and the agent's deploy decision share this rule."""
+    def below(mine, theirs) -> bool:
+        return mine is not None and theirs is not None and mine <= theirs * (1 - min_efficiency_gain) + EPS
+    return below(size, champion_size), below(latency, champion_latency)
 
 
 def champion_split(version_tags: dict, digest: str, seed) -> dict:

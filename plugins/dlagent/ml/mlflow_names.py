@@ -48,6 +48,7 @@ WARM_START_TAG = "dlagent.warm_start"  # the checkpoint a training continued fro
 GATE_BLESSED_TAG = "dlagent.gate.blessed"  # "true" / "false" on the evaluate run
 GATE_REASONS_TAG = "dlagent.gate.reasons"
 GATE_CHAMPION_VERSION_TAG = "dlagent.gate.champion_version"  # the champion version the evaluate run measured (champion_* metrics)
+GATE_THRESHOLDS_TAG = "dlagent.gate.thresholds"  # the gate's limits as JSON (GateThresholds.to_dict): the agent reads its tie rule
 GATE_CHAMPION_SPLIT_TAG = "dlagent.gate.champion_split"  # same | other | unknown: did the champion train on this run's split
 # On the evaluate run, where the champion trained on another split of the same data: this run's models' validation
 # scores on the rows the champion never trained on (``<prefix>shipped_val_<metric>``, ``<prefix>val_<metric>`` for the

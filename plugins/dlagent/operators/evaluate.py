@@ -27,6 +27,7 @@ from dlagent.operators.base import DlagentOperator
 DEFAULT_MODEL_NAME = "dlagent-classifier"
 MEASURED_HERE = "measured on this split"  # a champion's source when its TFLite file ran on this run's split
 MIN_UNSEEN_ROWS = 30  # fewer test rows the champion never trained on than this: compare on the whole split, with the note
+LEANER = ("size_bytes", "latency_ms_p95")  # what the gate's "as good and smaller or faster" compares (dlagent.ml.gate.leaner)
 SUMMARY_METRICS = (  # besides every test_<metric> (dlagent.ml.metrics)
     "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
     "predict_latency_ms_p50", "throughput_samples_per_s", "sparsity", "num_params",
@@ -156,8 +157,8 @@ class EvaluateOperator(DlagentOperator):
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
             client.set_tag(run_id, names.CANDIDATE_TAG, candidate["candidate"])
             # what the gate judges, for readers of this run (the agent among them)
-            tracking.log_metrics(client, run_id, {f"shipped_{primary.test_key}": shipped[primary.test_key],
-                                                  f"shipped_{primary.val_key}": shipped[primary.val_key]})
+            tracking.log_metrics(client, run_id, {f"shipped_{key}": shipped[key] for key in (primary.test_key, primary.val_key, *LEANER)
+                                                  if key in shipped})
 
             predict_reference = lambda x: keras_predict(model, x)  # noqa: E731 - one name for the uncompressed model's predictions
             predict_shipped = TFLiteModel(tflite).predict if candidates else predict_reference
@@ -174,6 +175,7 @@ class EvaluateOperator(DlagentOperator):
                 decision["reasons"].append(f"note: {champion['split_detail']}")
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
             client.set_tag(run_id, names.GATE_REASONS_TAG, "; ".join(decision["reasons"])[:5000])
+            client.set_tag(run_id, names.GATE_THRESHOLDS_TAG, json.dumps(decision["thresholds"], sort_keys=True))
             decision_path = Path(tmp) / names.GATE_DECISION_FILE
             decision_path.write_text(json.dumps({**decision, "candidate": candidate, "champion": champion}, indent=2, default=str))
             client.log_artifact(run_id, str(decision_path), names.GATE_DECISION_ARTIFACT)

@@ -40,7 +40,10 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    name is kept from when accuracy was the only metric) of the uncompressed model; without,
    ``compress_candidates``.
 5. **action**: ``deploy`` only when the gate blessed the run and the candidate beats the
-   champion by more than ``min_champion_gain_points`` on the validation split; ``stop`` when it
+   champion by more than ``min_champion_gain_points`` on the validation split, or is as good
+   there (within the gate's ``tie_tolerance_points``) and smaller or faster by the gate's
+   ``min_efficiency_gain`` (size and latency do not depend on a split): the gate's two ways to
+   bless, asked of the validation split, so a blessed tie is not left undeployed; ``stop`` when it
    beats it but the gate (which reads the test split) refused: the gate vetoes, it never asks
    for more tuning; else ``retune`` when more trials are planned; else ``stop``.
 """
@@ -314,6 +317,7 @@ class RulesPolicy(TuningRules, Policy):
             value, what = obs.reference_score, "evaluated model"
         champion = obs.champion_score
         blessed = obs.gate["blessed"] if obs.gate else None
+        as_good = False  # and smaller or faster: the gate's second way to bless, asked of the validation split
         if value is None:
             better, versus = False, f"no evaluated {metric.val_key} observed"
         elif obs.champion is None:
@@ -324,11 +328,21 @@ class RulesPolicy(TuningRules, Policy):
         else:
             gain = metric.gain_points(value, champion)
             better = gain > self.min_champion_gain_points + 1e-9
+            tolerance = ((obs.gate or {}).get("thresholds") or {}).get("tie_tolerance_points")
+            smaller, faster = (False, False) if better else (obs.shipped_leaner() or (False, False))  # a latency is noisy: asked only for a tie
+            lean = " and ".join(w for w, flag in (("smaller", smaller), ("faster", faster)) if flag)
+            as_good = bool(lean) and finite(tolerance) and gain >= -tolerance - 1e-9
             versus = (f"{what} {metric.val_key} {value:.4f} vs champion v{obs.champion['version']} {champion:.4f} "
-                      f"({gain:+.2f} points, min gain {self.min_champion_gain_points:g})")
+                      f"({gain:+.2f} points, min gain {self.min_champion_gain_points:g}"
+                      + (f"; {lean} than the champion, the gate's tie tolerance {tolerance:g} points" if as_good else "")
+                      + ")")
         gate = "not evaluated by the gate" if blessed is None else ("blessed by the gate" if blessed else "rejected by the gate")
         if blessed and better:
             because("action=deploy", f"{gate} and better than the champion: {versus}")
+            return "deploy"
+        if blessed and as_good:
+            because("action=deploy", f"{gate} and as good as the champion on validation (within the gate's tie tolerance) "
+                    f"and {lean}: {versus}")
             return "deploy"
         if better and blessed is False:
             because("action=stop", f"better than the champion on validation ({versus}) but {gate}: its verdict, on the test split, "
