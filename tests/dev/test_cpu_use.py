@@ -13,7 +13,8 @@ from dlagent_dev.cpu_use import CpuUse, _cpu_list
 
 from tests.conftest import required_on_ci
 
-BURN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+# CPU seconds, not wall seconds: under a parallel test run the pinned process shares its CPU
+BURN = "import time\nwhile time.process_time() < {seconds}:\n    pass\n"
 
 
 def _burn(seconds: float, cpu: int | None) -> subprocess.Popen:
@@ -39,9 +40,10 @@ def test_a_pinned_busy_process_is_counted_on_its_cpu_and_an_unpinned_one_elsewhe
     seen = use.between(start, end)
     span = seen["span_s"]
     assert 2.0 <= span <= end - start
-    # the burner spun about 2 s of the span on its CPU; the unpinned one about 1 s elsewhere
-    assert seen["pinned"][cpu] * span == pytest.approx(2.0, abs=0.6)
-    assert seen["unpinned"] * span >= 0.6
+    # the burner's 2 CPU seconds on its CPU (less at most one reading's worth after the last
+    # reading it was alive for); the unpinned one's 1 s with everything else
+    assert seen["pinned"][cpu] * span >= 1.6
+    assert seen["unpinned"] * span >= 0.8
     assert 0.0 < seen["cpu_busy"][cpu] <= 1.05
 
 
