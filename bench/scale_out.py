@@ -127,6 +127,7 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
             result = {"workers": workers, "rep": rep, "trials": len(done), "tune_span_s": round(minutes * 60, 1),
                       "trials_per_min": round(len(done) / minutes, 2),
                       "worker_cores": round(worker_cores, 3), "other_cores": cores["unpinned"], "cpu_busy": cores["cpu_busy"],
+                      "other_by_command": cores["unpinned_by_command"],
                       "trials_per_worker_cpu_min": round(len(done) / (worker_cores * minutes), 3) if worker_cores else None,
                       "celery_worker_of_tune_task": stack.celery_worker_of(run_id, "tune"),
                       "trials_by_process": by_process}
@@ -139,6 +140,13 @@ def _median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _mean_by_command(results: list[dict]) -> list[tuple[str, float]]:
+    """The unpinned processes' cores by command, averaged over the repetitions, biggest first."""
+    names = {name for r in results for name in r["other_by_command"]}
+    means = {name: sum(r["other_by_command"].get(name, 0.0) for r in results) / len(results) for name in names}
+    return [(name, round(cores, 3)) for name, cores in sorted(means.items(), key=lambda item: -item[1])]
 
 
 def _cpu_split(one: list[dict], two: list[dict]) -> dict:
@@ -210,6 +218,9 @@ def _main() -> int:
         print(f"CPU while the trials ran (median of the repetitions, in cores): the Celery workers {cpu['worker_cores_1']} with one, "
               f"{cpu['worker_cores_2']} with two; everything else (services, PostgreSQL, Redis, this script) "
               f"{cpu['other_cores_1']} and {cpu['other_cores_2']}")
+        for workers, rs in ((1, one), (2, two)):
+            print(f"everything else with {workers} worker(s), by command (mean of the repetitions, cores): "
+                  + ", ".join(f"{name} {cores}" for name, cores in _mean_by_command(rs)))
         print(f"trials per worker CPU-minute, two workers against one: {cpu['coordination_efficiency']} (1.0: sharing the study and "
               f"the scheduling cost the workers nothing); the workers' cores, two against one: {cpu['worker_core_ratio']}: "
               f"the speed-up this machine leaves them, at one worker's cost per trial")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+TOP = 8  # the unpinned commands :meth:`CpuUse.between` names
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,39 @@ def _cpu_busy() -> dict[int, float]:
     return busy
 
 
-def read_now() -> Reading:
+def label(cmdline: str) -> str:
+    """A short name for a process's command line: ``postgres`` for every PostgreSQL backend,
+    else the program and its first words, the interpreter dropped (``airflow scheduler``,
+    ``mlflow server``, ``celery worker``)."""
+    words = cmdline.split()
+    if not words:
+        return "?"
+    if words[0].startswith("postgres"):
+        return "postgres"
+    names = [os.path.basename(w) for w in words[:4] if not w.startswith("-")]
+    if names and names[0].startswith("python"):
+        names = names[1:]
+    return " ".join(names[:2]) or os.path.basename(words[0])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return ""
+
+
+def read_now(labels: dict | None = None) -> Reading:
+    """One pass over ``/proc``; ``labels`` (key -> :func:`label`) is filled for processes seen
+    for the first time (their command line is read once)."""
     processes = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             seen = _read_process(int(entry))
             if seen is not None:
                 processes[seen[0]] = (seen[1], seen[2])
+                if labels is not None and seen[0] not in labels:
+                    labels[seen[0]] = label(_cmdline(int(entry)))
     return Reading(at=time.time(), processes=processes, cpu_busy=_cpu_busy())
 
 
@@ -90,6 +117,7 @@ class CpuUse:
 
     interval: float = 1.0
     readings: list[Reading] = field(default_factory=list)
+    labels: dict = field(default_factory=dict)  # (pid, start ticks) -> label()
 
     def __post_init__(self):
         self._stop = threading.Event()
@@ -106,7 +134,7 @@ class CpuUse:
 
     def _run(self) -> None:
         while True:
-            reading = read_now()
+            reading = read_now(self.labels)
             with self._lock:
                 self.readings.append(reading)
             if self._stop.wait(self.interval):
@@ -116,7 +144,8 @@ class CpuUse:
         """CPU use from ``start`` to ``end`` (epoch seconds), counted between the first reading at
         or after ``start`` and the last at or before ``end``: in cores (CPU seconds per second),
         per single CPU that processes were pinned to (``pinned``, CPU number -> cores) and for
-        every other process (``unpinned``), and each CPU's busy share (``cpu_busy``)."""
+        every other process (``unpinned``; the :data:`TOP` biggest by :func:`label`,
+        ``unpinned_by_command``), and each CPU's busy share (``cpu_busy``)."""
         with self._lock:
             inside = [r for r in self.readings if start <= r.at <= end]
         if len(inside) < 2:
@@ -128,14 +157,19 @@ class CpuUse:
             latest.update(reading.processes)  # a process that ended keeps its last reading
         pinned: dict[int, float] = {}
         unpinned = 0.0
+        by_label: dict[str, float] = {}
         for key, (cpu_s, allowed) in latest.items():
             used = cpu_s - first.processes.get(key, (0.0, ()))[0]  # born after the first reading: all of it
             if len(allowed) == 1:
                 pinned[allowed[0]] = pinned.get(allowed[0], 0.0) + used
             else:
                 unpinned += used
+                name = self.labels.get(key, "?")
+                by_label[name] = by_label.get(name, 0.0) + used
+        top = sorted(by_label.items(), key=lambda item: -item[1])[:TOP]
         return {"span_s": round(span, 1),
                 "pinned": {cpu: round(seconds / span, 3) for cpu, seconds in sorted(pinned.items())},
                 "unpinned": round(unpinned / span, 3),
+                "unpinned_by_command": {name: round(seconds / span, 3) for name, seconds in top if seconds > 0},
                 "cpu_busy": {cpu: round((last.cpu_busy[cpu] - first.cpu_busy.get(cpu, 0.0)) / span, 3)
                              for cpu in sorted(last.cpu_busy)}}

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from dlagent_dev.cpu_use import CpuUse, _cpu_list
+from dlagent_dev.cpu_use import CpuUse, _cpu_list, label
 
 from tests.conftest import required_on_ci
 
@@ -45,6 +45,17 @@ def test_a_pinned_busy_process_is_counted_on_its_cpu_and_an_unpinned_one_elsewhe
     assert seen["pinned"][cpu] * span >= 1.6
     assert seen["unpinned"] * span >= 0.8
     assert 0.0 < seen["cpu_busy"][cpu] <= 1.05
+    # the unpinned burner by its command line ("python -c import time ..."), within the unpinned total
+    assert seen["unpinned_by_command"]["import time"] * span >= 0.8
+    assert sum(seen["unpinned_by_command"].values()) <= seen["unpinned"] + 0.01  # each rounded to 0.001
+
+
+def test_processes_are_named_by_their_program_not_their_interpreter():
+    assert label("/srv/.venv/bin/python3.11 /srv/.venv/bin/airflow scheduler --pid /tmp/x") == "airflow scheduler"
+    assert label("/srv/.venv/bin/python /srv/.venv/bin/mlflow server --port 5000") == "mlflow server"
+    assert label("postgres: postgres dlagent_x 127.0.0.1(4242) idle") == "postgres"
+    assert label("/usr/bin/redis-server 127.0.0.1:6379") == "redis-server 127.0.0.1:6379"
+    assert label("") == "?"
 
 
 def test_a_span_without_two_readings_is_refused():
