@@ -214,7 +214,8 @@ def test_tuning_a_transfer_run_fine_tunes_a_fresh_copy_of_the_source_in_every_tr
     weights = [w.copy() for w in source.get_weights()]
     source.save(tmp_path / "source.keras")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    tuning.create_study(url, "transfer", StudySettings(space=tuning.default_search_space("mlp", transfer=True), sampler="random", seed=0))
+    tuning.create_study(url, "transfer", StudySettings(space=tuning.default_search_space("mlp", transfer=True), sampler="random", seed=0,
+                                                     pruner="none"))  # both trials complete, whatever their scores
     base = TrainConfig(init_from=str(tmp_path / "source.keras"), epochs=2, early_stopping_patience=0)
     experiment = ensure_experiment(client, "tune-transfer", str(tmp_path / "artifacts"))
 

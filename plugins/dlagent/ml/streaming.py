@@ -266,16 +266,40 @@ def is_streamed(x) -> bool:
 
 
 def fit_data(x, y, *, batch_size: int, seed: int) -> dict:
-    """``model.fit`` keywords for the training inputs: arrays as they are (Keras shuffles them),
-    streamed images or table rows as a shuffled ``tf.data`` pipeline."""
+    """``model.fit`` keywords for the training inputs: a shuffled ``tf.data`` pipeline, over
+    arrays in memory (:func:`array_batches`) or streamed images or table rows."""
     if is_streamed(x):
         return {"x": x.dataset(y, batch_size=batch_size, shuffle_seed=seed), "shuffle": False}  # the pipeline shuffles
-    return {"x": x, "y": y, "batch_size": batch_size}
+    return {"x": array_batches(x, y, batch_size=batch_size, shuffle_seed=seed), "shuffle": False}
 
 
 def eval_data(x, y, *, batch_size: int = 256):
-    """Validation or evaluation inputs: ``(x, y)`` for arrays, a batched pipeline for streamed data."""
-    return x.dataset(y, batch_size=batch_size) if is_streamed(x) else (x, y)
+    """Validation or evaluation inputs: a batched pipeline, over arrays or streamed data."""
+    return x.dataset(y, batch_size=batch_size) if is_streamed(x) else array_batches(x, y, batch_size=batch_size)
+
+
+def array_batches(x, y, *, batch_size: int, shuffle_seed: int | None = None):
+    """Batches of in-memory arrays as a ``tf.data`` pipeline without tf.data's autotuning.
+
+    Why not hand Keras the arrays: its adapter builds the same pipeline (the arrays held once,
+    batches of indices shuffled each epoch and gathered) with parallel calls and prefetching left
+    to tf.data's autotuner, whose bookkeeping costs more than it saves when a step takes a few
+    milliseconds, as on small images and tables: the digits CNN's 8 epochs took 3.1-3.5 s on one
+    pinned CPU with autotuning and 2.3 s without (2.7-2.9 against 2.3 s on two CPUs; MNIST at
+    7,000 rows about 5 % faster). The order is seeded: the same seed, the same batches."""
+    import tensorflow as tf
+
+    indices = tf.data.Dataset.range(len(y))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
+    arrays = tf.data.Dataset.from_tensors((x, y)).repeat()  # one copy, paired with every batch of indices
+
+    def gather(batch, data):
+        return tuple(tf.gather(part, batch) for part in data)
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return tf.data.Dataset.zip(indices.batch(batch_size), arrays).map(gather).with_options(options)
 
 
 @contextlib.contextmanager
