@@ -191,12 +191,12 @@ class Observation:
         """``(smaller, faster)``: whether the gated candidate's size and p95 latency are below the
         champion's by the gate's ``min_efficiency_gain`` (:func:`dlagent.ml.gate.leaner`), as the
         evaluate run measured them with *this* champion; ``None`` where it did not."""
-        from dlagent.ml.gate import GateThresholds, leaner
+        from dlagent.ml.gate import LATENCY, SIZE, GateThresholds, leaner
 
         gate = self.gate or {}
         gain = (gate.get("thresholds") or {}).get("min_efficiency_gain", GateThresholds().min_efficiency_gain)
-        mine = [gate.get("metrics", {}).get(f"shipped_{key}") for key in ("size_bytes", "latency_ms_p95")]
-        theirs = [self._measured_with_this_champion(f"champion_{key}") for key in ("size_bytes", "latency_ms_p95")]
+        mine = [gate.get("metrics", {}).get(f"shipped_{key}") for key in (SIZE, LATENCY)]
+        theirs = [self._measured_with_this_champion(f"champion_{key}") for key in (SIZE, LATENCY)]
         if all(v is None for v in theirs):
             return None
         return leaner(mine[0], mine[1], theirs[0], theirs[1], gain)

@@ -27,7 +27,6 @@ from dlagent.operators.base import DlagentOperator
 DEFAULT_MODEL_NAME = "dlagent-classifier"
 MEASURED_HERE = "measured on this split"  # a champion's source when its TFLite file ran on this run's split
 MIN_UNSEEN_ROWS = 30  # fewer test rows the champion never trained on than this: compare on the whole split, with the note
-LEANER = ("size_bytes", "latency_ms_p95")  # what the gate's "as good and smaller or faster" compares (dlagent.ml.gate.leaner)
 SUMMARY_METRICS = (  # besides every test_<metric> (dlagent.ml.metrics)
     "macro_f1", "size_bytes", "gzip_size_bytes", "latency_ms_p50", "latency_ms_p95",
     "predict_latency_ms_p50", "throughput_samples_per_s", "sparsity", "num_params",
@@ -114,7 +113,7 @@ class EvaluateOperator(DlagentOperator):
         from dlagent.ml import tracking
         from dlagent.ml.data import load_dataset_with_options
         from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, keras_score, log_evaluation
-        from dlagent.ml.gate import decide
+        from dlagent.ml.gate import LATENCY, SIZE, decide
         from dlagent.ml.lineage import EVALUATION, log_dataset_input
         from dlagent.ml.model_store import load_keras_model, read_tflite
         from dlagent.ml.models import keras_predict
@@ -157,7 +156,7 @@ class EvaluateOperator(DlagentOperator):
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
             client.set_tag(run_id, names.CANDIDATE_TAG, candidate["candidate"])
             # what the gate judges, for readers of this run (the agent among them)
-            tracking.log_metrics(client, run_id, {f"shipped_{key}": shipped[key] for key in (primary.test_key, primary.val_key, *LEANER)
+            tracking.log_metrics(client, run_id, {f"shipped_{key}": shipped[key] for key in (primary.test_key, primary.val_key, SIZE, LATENCY)
                                                   if key in shipped})
 
             predict_reference = lambda x: keras_predict(model, x)  # noqa: E731 - one name for the uncompressed model's predictions
