@@ -136,12 +136,6 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
     return results
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def _mean_by_command(results: list[dict]) -> list[tuple[str, float]]:
     """The unpinned processes' cores by command, averaged over the repetitions, biggest first."""
     names = {name for r in results for name in r["other_by_command"]}
@@ -152,6 +146,8 @@ def _mean_by_command(results: list[dict]) -> list[tuple[str, float]]:
 def _cpu_split(one: list[dict], two: list[dict]) -> dict:
     """Where the CPU went while the trials ran: the pinned workers' cores and everyone else's, and
     the two figures the speed-up is made of (medians of the repetitions)."""
+    from statistics import median as _median
+
     worker_1, worker_2 = (_median([r["worker_cores"] for r in rs]) for rs in (one, two))
     per_cpu_min_1, per_cpu_min_2 = (_median([r["trials_per_worker_cpu_min"] for r in rs]) for rs in (one, two))
     return {"worker_cores_1": round(worker_1, 2), "worker_cores_2": round(worker_2, 2),

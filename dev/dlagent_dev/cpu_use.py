@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from dlagent_dev.proctable import CLOCK_TICKS, read_process
+
 TOP = 8  # the unpinned commands :meth:`CpuUse.between` names
 
 
@@ -89,13 +90,6 @@ def label(cmdline: str) -> str:
     return " ".join(names[:2]) or os.path.basename(words[0])
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return ""
-
-
 def read_now(labels: dict | None = None) -> Reading:
     """One pass over ``/proc``; ``labels`` (key -> :func:`label`) is filled for processes seen
     for the first time (their command line is read once)."""
@@ -106,7 +100,8 @@ def read_now(labels: dict | None = None) -> Reading:
             if seen is not None:
                 processes[seen[0]] = (seen[1], seen[2])
                 if labels is not None and seen[0] not in labels:
-                    labels[seen[0]] = label(_cmdline(int(entry)))
+                    info = read_process(int(entry))  # its command line, read once
+                    labels[seen[0]] = label(info.cmdline if info else "")
     return Reading(at=time.time(), processes=processes, cpu_busy=_cpu_busy())
 
 
