@@ -53,6 +53,10 @@ class TrainConfig:
                                  description="Hidden dense layers of a built-in model before its output ('mlp': on the "
                                              "standardised columns; 'cnn', 'resnet': on the convolution features). 0 gives a "
                                              "linear model: logistic (softmax) regression, or linear regression.")
+    linear_path: bool = bounded(False, "bool", title="Linear path ('mlp')",
+                                description="'mlp' only: the output layer also sees the standardised columns themselves, "
+                                            "beside the hidden layers' features (a wide-and-deep network), so a linear "
+                                            "relation needs no hidden unit to carry it. Ignored with hidden_layers 0.")
     filters: int = bounded(32, "int", low=1, high=4_096, title="Convolution filters",
                            description="Filters of the first convolution of 'cnn' (the second has twice as many).")
     dropout: float = bounded(0.2, "number", low=0.0, high=1.0, high_open=True, title="Dropout",

@@ -69,12 +69,15 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
                 x = imputer(x)
             x = standardize_layer(adapt_data, imputer)(x)
         x = layers.Flatten()(x)
+    columns = x
     if config.model in IMAGE_MODELS:  # convolution features: dropout before the dense layer
         x = layers.Dropout(config.dropout)(x)
     for _ in range(config.hidden_layers):  # none: a linear model on the features (logistic / linear regression)
         x = layers.Dense(config.units, activation="relu")(x)
         if config.model not in IMAGE_MODELS:  # mlp: dropout on the hidden layers, never on the input columns
             x = layers.Dropout(config.dropout)(x)
+    if config.model == "mlp" and config.linear_path and config.hidden_layers > 0:  # wide and deep: a line needs no hidden unit
+        x = layers.Concatenate(name="linear_path")([columns, x])
     if task == REGRESSION:
         outputs = layers.Dense(num_classes, name="predictions")(x)
         if targets is not None:
