@@ -168,6 +168,44 @@ def test_missing_values_are_refused_by_default_and_imputed_inside_the_model_on_r
     np.testing.assert_allclose(load_keras_model(client, model_uri).predict(splits.x_test, verbose=0), keras_probs, atol=1e-6)
 
 
+def test_a_linear_path_feeds_the_standardised_columns_to_the_output_layer_and_survives_tflite(tmp_path):
+    """``linear_path`` (the ``mlp`` only): the output layer sees the standardised columns beside
+    the hidden features (wide and deep), so its kernel has a row per column more; with no hidden
+    layer, or on a ``cnn``, it changes nothing. The model learns a line through columns on very
+    different scales, and its TFLite files (float and int8) score about what it scores."""
+    import keras
+    import numpy as np
+    from dlagent.ml.compression import CompressionConfig, compress
+    from dlagent.ml.models import build_model
+    from dlagent.ml.quantization import quantize
+    from dlagent.ml.tflite import TFLiteModel
+
+    def dense_kernels(model):
+        return [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+    rows = np.random.default_rng(0).normal(size=(40, 5))
+    wide = build_model(TrainConfig(model="mlp", units=8, linear_path=True), (5,), 3, adapt_data=rows)
+    assert dense_kernels(wide) == [(5, 8), (5 + 8, 3)] and wide.get_layer("linear_path") is not None
+    assert dense_kernels(build_model(TrainConfig(model="mlp", hidden_layers=0, linear_path=True), (5,), 3, adapt_data=rows)) == [(5, 3)]
+    assert dense_kernels(build_model(TrainConfig(model="cnn", filters=4, units=16, linear_path=True), (8, 8), 10)) == [(128, 16), (16, 10)]
+
+    rng = np.random.default_rng(1)
+    columns = rng.normal(size=(400, 6))
+    x = columns * np.logspace(-2, 2, 6)  # a line in the columns, on scales 0.01 .. 100
+    y = columns @ np.array([3.0, -2.0, 0.5, 0.0, 1.0, 0.2]) + rng.normal(0, 0.5, 400)
+    (tmp_path / "line.csv").write_text("\n".join(["a,b,c,d,e,f,label", *(",".join(f"{v:.6g}" for v in [*r, t]) for r, t in zip(x, y, strict=True))]) + "\n")
+    from dlagent.ml.data import load_dataset
+
+    splits = load_dataset(f"csv:{tmp_path / 'line.csv'}", task="regression", seed=0, allowed_roots=[str(tmp_path)])
+    result = fit(splits, TrainConfig(model="mlp", linear_path=True, epochs=30, learning_rate=0.01, seed=0))
+    keras_rmse = evaluate(result.model, splits)["test_rmse"]
+    assert keras_rmse < 0.5 * float(np.std(splits.y_test))  # it learned the line
+    predicted = result.model.predict(splits.x_test, verbose=0)
+    np.testing.assert_allclose(TFLiteModel(quantize(result.model, "none")).predict(splits.x_test), predicted, rtol=1e-4, atol=1e-3)
+    shipped = compress(result.model, splits, CompressionConfig(quantization="int8"), latency_runs=5)
+    assert shipped.metrics["test_rmse"] <= 1.5 * keras_rmse
+
+
 def test_hidden_layers_set_the_depth_and_none_is_a_linear_model(tmp_path):
     """``hidden_layers`` stacks that many hidden dense layers; 0 leaves the output layer alone on
     the standardised columns: softmax (logistic) regression, which on a table whose classes a

@@ -53,6 +53,20 @@ def test_default_spaces_are_valid_and_json_text_is_accepted(model):
     assert set(space) <= set(TrainConfig().to_dict())
 
 
+def test_an_architecture_switch_is_a_categorical_of_booleans_and_a_draw_is_a_valid_setting():
+    """``linear_path`` tuned as ``{"type": "categorical", "choices": [false, true]}`` (JSON from the
+    form): each draw is a bool the training settings accept; a word instead of a bool is refused."""
+    import optuna
+
+    space = tuning.validate_search_space('{"linear_path": {"type": "categorical", "choices": [false, true]}}')
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = {tuning.suggest_params(study.ask(), space)["linear_path"] for _ in range(12)}
+    assert drawn == {False, True} and all(TrainConfig.from_dict({"linear_path": v}).linear_path is v for v in drawn)
+    with pytest.raises(ConfigError) as error:
+        tuning.validate_search_space({"linear_path": {"type": "categorical", "choices": ["yes", "no"]}})
+    assert error.value.field == "search_space.linear_path"
+
+
 def test_space_is_normalised():
     space = tuning.validate_search_space({"learning_rate": {"type": "float", "low": 1, "high": 2}, "units": {"type": "int", "low": 8, "high": 64, "step": 8}})
     assert space == {
@@ -63,7 +77,8 @@ def test_space_is_normalised():
 
 def test_narrowing_stays_inside_the_declared_limits_and_is_always_a_valid_space():
     space, notes = tuning.narrow_search_space({"learning_rate": 5.0, "dropout": 0.85, "units": 60_000, "optimizer": "sgd",
-                                               "batch_size": 64, "model": "mlp", "epochs": 7, "hidden_layers": 0}, width=3.0)
+                                               "batch_size": 64, "model": "mlp", "epochs": 7, "hidden_layers": 0,
+                                               "linear_path": True}, width=3.0)
     assert tuning.validate_search_space(space) == space
     assert space["learning_rate"] == {"type": "float", "low": 1.667, "high": TrainConfig.bounds("learning_rate").high, "log": True}
     assert space["dropout"] == {"type": "float", "low": 0.75, "high": 0.9, "log": False}
@@ -71,6 +86,7 @@ def test_narrowing_stays_inside_the_declared_limits_and_is_always_a_valid_space(
     assert space["batch_size"] == {"type": "int", "low": 32, "high": 128, "log": True}
     assert space["optimizer"] == {"type": "categorical", "choices": ["sgd"]} and space["model"]["choices"] == ["mlp"]
     assert space["hidden_layers"] == {"type": "categorical", "choices": [0]}  # a depth is kept, never halved to 0 or doubled
+    assert space["linear_path"] == {"type": "categorical", "choices": [True]}
     assert "epochs" not in space  # not a setting the rounds narrow
     assert len(notes) == len(space)
     narrow, _ = tuning.narrow_search_space({"learning_rate": 0.01, "optimizer": "lbfgs"})

@@ -58,7 +58,7 @@ from dlagent.agent.policies.rules_tuning import TuningRules
 from dlagent.errors import ConfigError
 from dlagent.validation import check_int, check_number, finite, significant
 
-ARCHITECTURE = ("model", "units", "hidden_layers", "filters")  # settings that change the weights' shapes
+ARCHITECTURE = ("model", "units", "hidden_layers", "linear_path", "filters")  # settings that change the weights' shapes
 
 
 class RulesPolicy(TuningRules, Policy):

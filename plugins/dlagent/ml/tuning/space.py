@@ -36,7 +36,7 @@ _EXAMPLE = 'give e.g. {"learning_rate": {"type": "float", "low": 1e-4, "high": 0
 LOG_FLOATS = ("learning_rate", "fine_tune_learning_rate")  # [best / width, best x width], log scale
 LINEAR_FLOATS = ("dropout", "momentum", "freeze")  # best +- 0.1
 LOG_INTS = ("units", "filters", "batch_size")  # [best / 2, best x 2], log scale
-FIXED = ("model", "optimizer", "hidden_layers")  # fixed to the best choice
+FIXED = ("model", "optimizer", "hidden_layers", "linear_path")  # fixed to the best choice
 LINEAR_STEP = 0.1
 LINEAR_CEILING = {"dropout": 0.9, "momentum": 0.99, "freeze": 1.0}  # below an open upper bound 1.0
 
@@ -219,7 +219,7 @@ def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list
 
     ``learning_rate`` and ``fine_tune_learning_rate`` in [best / ``width``, best x ``width``] on a
     log scale; ``dropout``, ``momentum`` and ``freeze`` +-0.1; ``units``, ``filters`` and ``batch_size`` in [best / 2, best x 2] on a
-    log scale; ``model``, ``optimizer`` and ``hidden_layers`` fixed to the best choice. Model arguments are not
+    log scale; ``model``, ``optimizer``, ``hidden_layers`` and ``linear_path`` fixed to the best choice. Model arguments are not
     re-searched (their limits are the builder's): the plan's training settings carry the best
     trial's ``model_args``. Every range stays inside
     the field's declared limits (:meth:`TrainConfig.bounds`), so the space is always valid.
