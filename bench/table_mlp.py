@@ -23,7 +23,8 @@ patience 10), since a linear model on a few hundred rows takes few gradient step
 
 Regression tables for choosing defaults: Friedman #1 (500 rows, 10 columns of which 5 matter,
 noise 1), a linear table with heavy noise (450 rows, 10 columns on scales 0.01..100, 6 of them
-informative, noise 40: a line is the best model, as on diabetes) and Friedman #2 (500 rows, 4
+informative, noise 40: a line is all there is to learn, and ridge is hard to beat, as on
+diabetes) and Friedman #2 (500 rows, 4
 columns, noise 50). The last line is ``RESULT {json}``.
 """
 
