@@ -15,8 +15,11 @@ third run, TPE with pruning off and the same number of trials, shows what prunin
 Test accuracy is measured on the held-out split for the configuration each method picked by
 validation accuracy.
 
-Every seed (data split, model initialisation, sampler) gives one comparison; the figures are
-the mean over seeds and its 95 % Student-t interval. The 20 % budget and the start-up count
+Every seed (data split, model initialisation, sampler, and Hyperband's brackets) gives one comparison; the figures are
+the mean over seeds and its 95 % Student-t interval. Hyperband puts each trial in a bracket by a
+hash of the study's name and the trial's number (Optuna's ``HyperbandPruner``), so each seed's
+study has a name of its own: with one name for every seed (before 2026-12-05, ninth session)
+every seed drew the same brackets, and the seeds were one draw of how early trials are pruned. The 20 % budget and the start-up count
 were set before any of these seeds ran; no default was chosen on them.
 
     .venv/bin/python bench/hpo_vs_grid.py                      # ../shared/data/mnist-t10k, seeds 0 1 2
@@ -178,9 +181,9 @@ def run_seed(data: str, plan: dict, seed: int) -> dict:
         print(f"[seed {seed} 1/3] grid search, one run per learning rate x batch size, checkpoints at epochs {plan['epochs']}", flush=True)
         grid = run_grid(splits, plan, seed, Path(tmp))
         print(f"[seed {seed} 2/3] Optuna TPE + Hyperband", flush=True)
-        hyperband = run_optuna(splits, plan, Path(tmp), "tpe_hyperband", "hyperband", seed=seed, n_trials=100, budget=budget)
+        hyperband = run_optuna(splits, plan, Path(tmp), f"tpe_hyperband_seed{seed}", "hyperband", seed=seed, n_trials=100, budget=budget)
         print(f"[seed {seed} 3/3] Optuna TPE without pruning, same {hyperband['trials']} trials", flush=True)
-        noprune = run_optuna(splits, plan, Path(tmp), "tpe_nopruning", "none", seed=seed, n_trials=hyperband["trials"], budget=None)
+        noprune = run_optuna(splits, plan, Path(tmp), f"tpe_nopruning_seed{seed}", "none", seed=seed, n_trials=hyperband["trials"], budget=None)
     print(f"{'method':<22}{'best val acc':>13}{'its test acc':>14}{'epochs':>8}{'trials':>8}{'wall s':>9}  best params")
     for name, r in (("grid (fair)", grid), ("Optuna TPE+Hyperband", hyperband), ("Optuna TPE, no pruning", noprune)):
         print(f"{name:<22}{r['best_val_accuracy']:>13.4f}{r['best_test_accuracy']:>14.4f}{r['epochs']:>8}{r['trials']:>8}"
