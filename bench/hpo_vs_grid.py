@@ -15,12 +15,13 @@ third run, TPE with pruning off and the same number of trials, shows what prunin
 Test accuracy is measured on the held-out split for the configuration each method picked by
 validation accuracy.
 
-Every seed (data split, model initialisation, sampler, and Hyperband's brackets) gives one comparison; the figures are
-the mean over seeds and its 95 % Student-t interval. Hyperband puts each trial in a bracket by a
-hash of the study's name and the trial's number (Optuna's ``HyperbandPruner``), so each seed's
-study has a name of its own: with one name for every seed (before 2026-12-05, ninth session)
-every seed drew the same brackets, and the seeds were one draw of how early trials are pruned. The 20 % budget and the start-up count
-were set before any of these seeds ran; no default was chosen on them.
+Every seed (data split, model initialisation, sampler, and Hyperband's brackets) gives one
+comparison; the figures are the mean over seeds and its 95 % Student-t interval. Hyperband puts
+each trial in a bracket by a hash of the study's name and the trial's number (Optuna's
+``HyperbandPruner``), so each seed's study has a name of its own: with one name for every seed
+(before 2026-12-05, ninth session) every seed drew the same brackets, and the seeds were one
+draw of how early trials are pruned. The 20 % budget and the start-up count were set before any
+of these seeds ran; no default was chosen on them.
 
     .venv/bin/python bench/hpo_vs_grid.py                      # ../shared/data/mnist-t10k, seeds 0 1 2
     .venv/bin/python bench/hpo_vs_grid.py --seeds 0 1 2 3 4
