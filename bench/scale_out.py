@@ -42,6 +42,7 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_DIR / "plugins"))
@@ -146,13 +147,11 @@ def _mean_by_command(results: list[dict]) -> list[tuple[str, float]]:
 def _cpu_split(one: list[dict], two: list[dict]) -> dict:
     """Where the CPU went while the trials ran: the pinned workers' cores and everyone else's, and
     the two figures the speed-up is made of (medians of the repetitions)."""
-    from statistics import median as _median
-
-    worker_1, worker_2 = (_median([r["worker_cores"] for r in rs]) for rs in (one, two))
-    per_cpu_min_1, per_cpu_min_2 = (_median([r["trials_per_worker_cpu_min"] for r in rs]) for rs in (one, two))
+    worker_1, worker_2 = (median([r["worker_cores"] for r in rs]) for rs in (one, two))
+    per_cpu_min_1, per_cpu_min_2 = (median([r["trials_per_worker_cpu_min"] for r in rs]) for rs in (one, two))
     return {"worker_cores_1": round(worker_1, 2), "worker_cores_2": round(worker_2, 2),
-            "other_cores_1": round(_median([r["other_cores"] for r in one]), 2),
-            "other_cores_2": round(_median([r["other_cores"] for r in two]), 2),
+            "other_cores_1": round(median([r["other_cores"] for r in one]), 2),
+            "other_cores_2": round(median([r["other_cores"] for r in two]), 2),
             "coordination_efficiency": round(per_cpu_min_2 / per_cpu_min_1, 3), "worker_core_ratio": round(worker_2 / worker_1, 3)}
 
 

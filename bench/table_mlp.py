@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         root = Path(folder)
         for name in args.datasets:
             path, options = write_table(name, root)
-            regression, linear = options.get("task") == "regression", ("ridge" if options.get("task") == "regression" else "logistic")
+            regression = options.get("task") == "regression"
+            linear = "ridge" if regression else "logistic"
             score_key = "test_rmse" if regression else "test_accuracy"
             scores = {linear: [], **{arm: [] for arm in settings}}
             for seed in args.seeds:
