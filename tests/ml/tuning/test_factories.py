@@ -13,9 +13,10 @@ from dlagent.ml import tuning
         (lambda: tuning.make_sampler("bayes", 0), "sampler"),
         (lambda: tuning.make_sampler("cmaes", 0, space=tuning.default_search_space("mlp")), "sampler"),
         (lambda: tuning.make_sampler("tpe", -1), "seed"),
-        (lambda: tuning.make_pruner("asha", 1, 10), "pruner"),
+        (lambda: tuning.make_pruner("hyperopt", 1, 10), "pruner"),
         (lambda: tuning.make_pruner("hyperband", 5, 3), "min_resource"),
         (lambda: tuning.make_pruner("median", 0, 3), "min_resource"),
+        (lambda: tuning.make_pruner("successive_halving", 1, 9, reduction_factor=1), "reduction_factor"),
         (lambda: tuning.default_search_space("vgg"), "model"),
         (lambda: tuning.make_storage("optuna.db"), "storage_url"),
         (lambda: tuning.make_storage("sqlite://", heartbeat_interval=5, grace_period=5), "grace_period"),
@@ -40,6 +41,9 @@ def test_samplers_and_pruners_by_name():
     assert isinstance(tuning.make_sampler("random", 1), optuna.samplers.RandomSampler)
     assert isinstance(tuning.make_pruner("hyperband", 1, 9), optuna.pruners.HyperbandPruner)
     assert isinstance(tuning.make_pruner("median", 1, 9), optuna.pruners.MedianPruner)
+    halving = tuning.make_pruner("successive_halving", 2, 9)
+    assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
+    assert (halving._min_resource, halving._reduction_factor) == (2, 3)  # the first rung is min_trial_epochs
     assert isinstance(tuning.make_pruner("none", 1, 9), optuna.pruners.NopPruner)
 
 

@@ -33,7 +33,7 @@ def test_a_worker_without_a_client_cannot_track_trials(tmp_path, digits_small):
     assert tuning.study_summary(url, "s")["n_finished"] == 0  # refused before any trial
 
 
-@pytest.mark.parametrize("pruner", ["hyperband", "median"])
+@pytest.mark.parametrize("pruner", ["hyperband", "successive_halving", "median"])
 def test_pruning_stops_trials_in_a_bad_region(tmp_path, digits_small, pruner):
     # plain SGD: learning rates near 1e-3 barely move in a few epochs, near 0.1 they learn
     space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.3, "log": True}}

@@ -64,10 +64,15 @@ def make_sampler(name: str = "tpe", seed: int | None = 0, *, space: dict | None 
 
 
 def make_pruner(name: str = "hyperband", min_resource: int = 1, max_resource: int = 20, *, reduction_factor: int = DEFAULT_REDUCTION_FACTOR):
-    """An Optuna pruner by name: ``hyperband`` (default), ``median`` or ``none``.
+    """An Optuna pruner by name: ``hyperband`` (default), ``successive_halving``, ``median`` or ``none``.
 
     Resources are epochs: no trial is pruned before ``min_resource`` epochs, and
     ``max_resource`` is the most epochs a trial trains (Hyperband's brackets derive from it).
+    Hyperband runs successive halving in several brackets and compares a trial only with the
+    trials of its own bracket: with a budget of a few trials most of them have no rival yet and
+    nothing is pruned. ``successive_halving`` is one bracket (rungs at ``min_resource`` times
+    powers of ``reduction_factor``): from the second trial on, a trial that is not in the top
+    ``1/reduction_factor`` of those that reached its rung (at least the best one) stops there.
     """
     import optuna
 
@@ -82,6 +87,8 @@ def make_pruner(name: str = "hyperband", min_resource: int = 1, max_resource: in
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=min_resource)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor)
     return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=max_resource, reduction_factor=reduction_factor)
 
 

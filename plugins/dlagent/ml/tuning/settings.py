@@ -28,7 +28,7 @@ METRICS = {"val_loss": "minimize", "loss": "minimize",
 TUNE_METRICS = ("val_loss", *(m.val_key for m in PRIMARY_METRICS.values()))  # the trigger form: validation metrics only
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
-PRUNERS = ("hyperband", "median", "none")
+PRUNERS = ("hyperband", "successive_halving", "median", "none")
 MAX_TRIALS = 10_000
 MAX_WORKERS = 64
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -80,7 +80,9 @@ class TuneConfig:
     sampler: str = bounded("tpe", "choice", choices=SAMPLERS, title="Sampler",
                            description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only).")
     pruner: str = bounded("hyperband", "choice", choices=PRUNERS, title="Pruner",
-                          description="Stops unpromising trials early from their per-epoch validation metric.")
+                          description="Stops unpromising trials early from their per-epoch validation metric: Hyperband "
+                                      "(default; hedges over three brackets, for many trials), successive halving (one "
+                                      "bracket: from the second trial on, for budgets of a few trials), median, none.")
     metric: str | None = bounded(None, "choice", choices=TUNE_METRICS, optional=True, title="Tuning objective",
                                  description="Per-epoch validation metric the search optimises (accuracy up, rmse and loss "
                                              "down); empty for the primary metric's, val_<metric>.")
