@@ -74,32 +74,11 @@ def write_csv(name: str, folder: Path) -> Path:
 
 
 def baselines(path: Path, seed: int, root: Path) -> dict:
-    """Test RMSE of the ridge and MLP baselines on the pipeline's split, settings chosen on validation."""
-    import numpy as np
+    """Test RMSE of the ridge and MLP baselines (``dlagent_dev.baselines``) on the pipeline's split."""
     from dlagent.ml.data import load_dataset
-    from sklearn.compose import TransformedTargetRegressor
-    from sklearn.linear_model import Ridge
-    from sklearn.neural_network import MLPRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from dlagent_dev.baselines import fit_baselines
 
-    splits = load_dataset(f"csv:{path}", task="regression", seed=seed, allowed_roots=[str(root)])
-    y_train, y_val, y_test = (s.ravel() for s in (splits.y_train, splits.y_val, splits.y_test))
-
-    def rmse(model, x, y):
-        return float(np.sqrt(np.mean((model.predict(x) - y) ** 2)))
-
-    def best(candidates):
-        fitted = [c.fit(splits.x_train, y_train) for c in candidates]
-        chosen = min(fitted, key=lambda m: rmse(m, splits.x_val, y_val))
-        return rmse(chosen, splits.x_test, y_test)
-
-    ridge = [make_pipeline(StandardScaler(), Ridge(alpha=a)) for a in 10.0 ** np.arange(-3, 4)]
-    mlp = [TransformedTargetRegressor(make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=h, alpha=a, early_stopping=True,
-                                                                                   max_iter=2000, random_state=seed)),
-                                      transformer=StandardScaler())
-           for h in ((64,), (128,), (64, 64)) for a in (1e-4, 1e-2)]
-    return {"ridge": best(ridge), "mlp": best(mlp)}
+    return fit_baselines(load_dataset(f"csv:{path}", task="regression", seed=seed, allowed_roots=[str(root)]), seed)
 
 
 def run_pipeline(path: Path, seed: int, workdir: Path, root: Path) -> dict:

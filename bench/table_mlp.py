@@ -9,7 +9,7 @@ on scikit-learn's breast cancer table and a few per cent of RMSE behind on the d
 (its held-out seeds 41-46). This measures what an architecture setting gives, with the product's
 ``dlagent.ml.training.fit`` and no Airflow, on tables and seeds for choosing defaults (never
 ``tabular.py``'s held-out seeds or its diabetes table): per seed the same split as the
-pipeline's (``load_dataset`` with the seed) and the linear baseline of ``tabular.baselines``
+pipeline's (``load_dataset`` with the seed) and the linear baseline of ``dlagent_dev.baselines``
 (logistic regression with C, or ridge with alpha, chosen on the validation split); per arm the
 test score's mean over the seeds and its gap to that baseline with a 95 % interval (points of
 accuracy, or % of the baseline's RMSE; positive: behind), and for ``--arms linear_path`` the
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
     from dlagent.ml.config import TrainConfig
     from dlagent.ml.data import load_dataset_with_options
     from dlagent.ml.training import evaluate, fit
+    from dlagent_dev.baselines import fit_baselines
     from dlagent_dev.stats import interval
-    from tabular import baselines
 
     started, results, settings = time.perf_counter(), {}, arms(args.arms)
     with tempfile.TemporaryDirectory(prefix="dlagent-bench-mlp-") as folder:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 splits = load_dataset_with_options(f"csv:{path}", {**options, "label_column": "label"}, seed=seed,
                                                    allowed_roots=[str(root)])
-                scores[linear].append(baselines(path, options, seed, root)[linear])
+                scores[linear].append(fit_baselines(splits, seed)[linear])
                 line = [f"{linear} {scores[linear][-1]:.4g}"]
                 for arm, arm_settings in settings.items():
                     result = fit(splits, TrainConfig(**arm_settings, seed=seed))

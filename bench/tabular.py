@@ -112,44 +112,13 @@ def _write_customers(path: Path, n: int = 1500) -> Path:
 
 
 def baselines(path: Path, options: dict, seed: int, root: Path) -> dict:
-    """Test scores of the baselines on the pipeline's split, settings chosen on validation."""
-    import numpy as np
+    """Test scores of the baselines (``dlagent_dev.baselines``) on the pipeline's split of ``path``."""
     from dlagent.ml.data import load_dataset_with_options
-    from sklearn.compose import TransformedTargetRegressor
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.neural_network import MLPClassifier, MLPRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from dlagent_dev.baselines import fit_baselines
 
     splits = load_dataset_with_options(f"csv:{path}", {**options, "label_column": "churned" if "customers" in path.name else "label"},
                                        seed=seed, allowed_roots=[str(root)])
-    regression = splits.is_regression
-    y_train, y_val, y_test = ((s.ravel() for s in (splits.y_train, splits.y_val, splits.y_test)) if regression
-                              else (splits.y_train, splits.y_val, splits.y_test))
-
-    def prepared(model):
-        return make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler(), model)
-
-    def score(model, x, y):
-        if regression:
-            return float(np.sqrt(np.mean((model.predict(x) - y) ** 2)))
-        return float((model.predict(x) == y).mean())
-
-    def best(candidates):
-        fitted = [c.fit(splits.x_train, y_train) for c in candidates]
-        chosen = (min if regression else max)(fitted, key=lambda m: score(m, splits.x_val, y_val))
-        return score(chosen, splits.x_test, y_test)
-
-    shapes = ((64,), (128,), (64, 64))
-    if regression:
-        return {"ridge": best([prepared(Ridge(alpha=a)) for a in 10.0 ** np.arange(-3, 4)]),
-                "mlp": best([TransformedTargetRegressor(prepared(MLPRegressor(hidden_layer_sizes=h, alpha=a, early_stopping=True,
-                                                                             max_iter=2000, random_state=seed)),
-                                                        transformer=StandardScaler()) for h in shapes for a in (1e-4, 1e-2)])}
-    return {"logistic": best([prepared(LogisticRegression(C=c, max_iter=5000)) for c in 10.0 ** np.arange(-3, 4)]),
-            "mlp": best([prepared(MLPClassifier(hidden_layer_sizes=h, alpha=a, early_stopping=True, max_iter=2000, random_state=seed))
-                         for h in shapes for a in (1e-4, 1e-2)])}
+    return fit_baselines(splits, seed)
 
 
 def main(argv=None) -> int:
