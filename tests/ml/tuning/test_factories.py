@@ -75,3 +75,27 @@ def test_sqlite_path_is_one_function_for_locks_and_storage(tmp_path):
     assert sqlite_path(f"sqlite:///{tmp_path / 'a.db'}") == tmp_path / "a.db"
     assert sqlite_path("sqlite://") is None and sqlite_path("sqlite:///:memory:") is None
     assert sqlite_path("sqlite:///file:mem?mode=memory&uri=true") is None
+
+
+def test_successive_halving_prunes_the_second_trial_at_its_first_rung_when_it_trails_the_first():
+    # What the pruner is for: a budget of a few trials. Hyperband would compare the second trial
+    # only with earlier trials of its own bracket; one bracket compares it with the first.
+    import optuna
+
+    study = optuna.create_study(direction="maximize", pruner=tuning.make_pruner("successive_halving", 1, 9),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def run(curve):
+        trial = study.ask()
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, curve[-1])
+        return len(curve)
+
+    assert run([0.50, 0.60, 0.70, 0.75]) == 4  # the first trial has no rival: it runs to the end
+    assert run([0.40, 0.65, 0.80, 0.85]) == 1  # trails the first at epoch 1: stops at the first rung
+    assert run([0.55, 0.58, 0.69, 0.90]) == 3  # ahead at epoch 1 (the best of three), behind at the rung at 3
+    assert run([0.60, 0.65, 0.72, 0.80]) == 4  # the best at epochs 1 and 3: promoted to the end (no rung before 9)
