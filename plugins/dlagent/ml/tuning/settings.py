@@ -81,7 +81,7 @@ class TuneConfig:
                            description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only).")
     pruner: str = bounded("hyperband", "choice", choices=PRUNERS, title="Pruner",
                           description="Stops unpromising trials early from their per-epoch validation metric: Hyperband "
-                                      "(default; hedges over three brackets, for many trials), successive halving (one "
+                                      "(default; hedges over several brackets, for many trials), successive halving (one "
                                       "bracket: from the second trial on, for budgets of a few trials), median, none.")
     metric: str | None = bounded(None, "choice", choices=TUNE_METRICS, optional=True, title="Tuning objective",
                                  description="Per-epoch validation metric the search optimises (accuracy up, rmse and loss "
