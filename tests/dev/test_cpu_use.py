@@ -13,13 +13,28 @@ from dlagent_dev.cpu_use import CpuUse, _cpu_list, label
 
 from tests.conftest import required_on_ci
 
-# CPU seconds, not wall seconds: under a parallel test run the pinned process shares its CPU
-BURN = "import time\nwhile time.process_time() < {seconds}:\n    pass\n"
+# CPU seconds, not wall seconds: under a parallel test run the pinned process shares its CPU.
+# Then it says so and lives on until its stdin closes: a process is counted up to the last
+# reading it was alive for, and under load one pass over /proc can take longer than a second.
+BURN = "import time\nimport sys\nwhile time.process_time() < {seconds}:\n    pass\nprint('burnt', flush=True)\nsys.stdin.read()\n"
 
 
 def _burn(seconds: float, cpu: int | None) -> subprocess.Popen:
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    return subprocess.Popen([sys.executable, "-c", BURN.format(seconds=seconds)], preexec_fn=pin)
+    return subprocess.Popen([sys.executable, "-c", BURN.format(seconds=seconds)], preexec_fn=pin,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _readings_after(use: CpuUse, moment: float, count: int, timeout: float = 30.0) -> None:
+    """Wait until ``use`` has ``count`` readings whose pass began after ``moment``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with use._lock:
+            passes = [r for r in use.readings if r.at > moment]
+        if len(passes) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} readings of /proc in {timeout} s")
 
 
 def test_cpu_lists_are_read_as_the_kernel_writes_them():
@@ -34,14 +49,18 @@ def test_a_pinned_busy_process_is_counted_on_its_cpu_and_an_unpinned_one_elsewhe
     with CpuUse(interval=0.2) as use:
         start = time.time()
         pinned, free = _burn(2.0, cpu), _burn(1.0, None)
-        assert pinned.wait(30) == 0 and free.wait(30) == 0
+        assert pinned.stdout.readline() == free.stdout.readline() == "burnt\n"
+        _readings_after(use, time.time(), 2)  # the second began after both burners were done
+        for burner in (pinned, free):
+            burner.stdin.close()
+            assert burner.wait(30) == 0
         time.sleep(0.5)
         end = time.time()
     seen = use.between(start, end)
     span = seen["span_s"]
     assert 2.0 <= span <= end - start
-    # the burner's 2 CPU seconds on its CPU (less at most one reading's worth after the last
-    # reading it was alive for); the unpinned one's 1 s with everything else
+    # the burner's 2 CPU seconds on its CPU (less what it used before its first reading, at
+    # most one interval's worth); the unpinned one's 1 s with everything else
     assert seen["pinned"][cpu] * span >= 1.6
     assert seen["unpinned"] * span >= 0.8
     assert 0.0 < seen["cpu_busy"][cpu] <= 1.05
