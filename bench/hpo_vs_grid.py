@@ -81,7 +81,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 # The same CNN for every method: dlagent's "cnn" with 16 filters (32 doubles the time on 2 cores).
 BASE = {"model": "cnn", "filters": 16, "units": 128, "dropout": 0.2, "optimizer": "adam", "early_stopping_patience": 0}
 # TPE samples at random for its first trials, then models the good ones (Optuna's default is 10,
-# the product's 5). 16 epochs buy about 4 to 6 Hyperband trials: with 2 most of them are TPE's.
+# the product's 5). 16 epochs buy 2 to 8 trials (seeds 0-9): with 2, every trial after the second is TPE's own.
 N_STARTUP_TRIALS = 2
 # The pruned arm's pruner, a product setting (``pruner`` in the trigger form). Chosen on DEV_SEEDS
 # only (2026-12-06): with Hyperband the earlier runs pruned almost nothing, since 16 epochs buy
