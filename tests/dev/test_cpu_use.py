@@ -29,8 +29,7 @@ def _readings_after(use: CpuUse, moment: float, count: int, timeout: float = 30.
     """Wait until ``use`` has ``count`` readings whose pass began after ``moment``."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with use._lock:
-            passes = [r for r in use.readings if r.at > moment]
+        passes = [r for r in list(use.readings) if r.at > moment]  # a copy: the reader thread appends
         if len(passes) >= count:
             return
         time.sleep(0.05)
