@@ -14,6 +14,7 @@ from dlagent.errors import ConfigError
 from dlagent.hooks.optuna import OptunaHook
 from dlagent.links import MLflowRunLink, TuningStudyLink
 from dlagent.ml import mlflow_names as names
+from dlagent.ml.tuning.settings import DEFAULT_PRUNER
 from dlagent.operators.base import DlagentOperator, airflow_ids
 from dlagent.settings import redact_url
 
@@ -51,7 +52,7 @@ class _TuneBase(DlagentOperator):
 
     def __init__(self, *, dataset: str = "digits", data_options: dict | None = None, train_config: dict | None = None,
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
-                 sampler: str = "tpe", pruner: str = "hyperband", metric: str | None = None, direction: str | None = None,
+                 sampler: str = "tpe", pruner: str = DEFAULT_PRUNER, metric: str | None = None, direction: str | None = None,
                  study_name: str | None = None, trial_epochs: int | None = None, min_trial_epochs: int | None = None,
                  budget: dict | None = None, optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
         super().__init__(**kwargs)

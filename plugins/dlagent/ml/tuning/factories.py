@@ -16,6 +16,7 @@ from dlagent.ml.tuning.settings import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_MAX_RETRY,
+    DEFAULT_PRUNER,
     PRUNERS,
     SAMPLERS,
 )
@@ -63,7 +64,7 @@ def make_sampler(name: str = "tpe", seed: int | None = 0, *, space: dict | None 
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **startup)
 
 
-def make_pruner(name: str = "hyperband", min_resource: int = 1, max_resource: int = 20, *, reduction_factor: int = DEFAULT_REDUCTION_FACTOR):
+def make_pruner(name: str = DEFAULT_PRUNER, min_resource: int = 1, max_resource: int = 20, *, reduction_factor: int = DEFAULT_REDUCTION_FACTOR):
     """An Optuna pruner by name: ``hyperband`` (default), ``successive_halving``, ``median`` or ``none``.
 
     Resources are epochs: no trial is pruned before ``min_resource`` epochs, and

@@ -29,6 +29,7 @@ TUNE_METRICS = ("val_loss", *(m.val_key for m in PRIMARY_METRICS.values()))  # t
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
+DEFAULT_PRUNER = "hyperband"  # the one default: the Params, the operator, a new study and a study read back
 MAX_TRIALS = 10_000
 MAX_WORKERS = 64
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -79,7 +80,7 @@ class TuneConfig:
                                                        "Epochs per trial.")
     sampler: str = bounded("tpe", "choice", choices=SAMPLERS, title="Sampler",
                            description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only).")
-    pruner: str = bounded("hyperband", "choice", choices=PRUNERS, title="Pruner",
+    pruner: str = bounded(DEFAULT_PRUNER, "choice", choices=PRUNERS, title="Pruner",
                           description="Stops unpromising trials early from their per-epoch validation metric: Hyperband "
                                       "(default; hedges over several brackets, for many trials), successive halving (one "
                                       "bracket: from the second trial on, for budgets of a few trials), median, none.")
@@ -150,7 +151,7 @@ class StudySettings:
         """The settings a new study records: metric, direction, sampler, pruner, seed and first rung filled in."""
         metric, direction = resolve_direction(self.metric, self.direction)
         return dataclasses.replace(self, metric=metric, direction=direction, sampler=self.sampler or "tpe",
-                                   pruner=self.pruner or "hyperband", seed=0 if self.seed is None else self.seed,
+                                   pruner=self.pruner or DEFAULT_PRUNER, seed=0 if self.seed is None else self.seed,
                                    min_resource=self.min_resource or 1)
 
     def merged_with(self, recorded: dict) -> StudySettings:

@@ -11,7 +11,7 @@ import logging
 
 from dlagent.errors import ConfigError
 from dlagent.ml.tuning.factories import make_pruner, make_sampler, make_storage, reading_storage
-from dlagent.ml.tuning.settings import StudySettings
+from dlagent.ml.tuning.settings import DEFAULT_PRUNER, StudySettings
 from dlagent.ml.tuning.space import inside, suggest_params
 from dlagent.settings import redact_url
 
@@ -146,7 +146,7 @@ def seed_study(storage_url: str, study_name: str, from_studies, *, optional=()) 
         sources[name] = sorted(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)), key=lambda t: t.number)
     # The workers' pruner: max_resource as recorded, else the training epochs (the longest trial seen).
     max_resource = settings.get("max_resource") or max((max(t.intermediate_values, default=1) for ts in sources.values() for t in ts), default=1)
-    pruner = make_pruner(settings.get("pruner") or "hyperband", settings.get("min_resource") or 1, max_resource)
+    pruner = make_pruner(settings.get("pruner") or DEFAULT_PRUNER, settings.get("min_resource") or 1, max_resource)
     study = load_study(storage_url, study_name, sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner, storage=storage)
     copied = skipped = 0
     for name, olds in sources.items():

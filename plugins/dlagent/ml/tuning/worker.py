@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
 from dlagent.ml.tuning.factories import make_pruner, make_sampler, make_storage
-from dlagent.ml.tuning.settings import WorkerSettings, resolve_direction
+from dlagent.ml.tuning.settings import DEFAULT_PRUNER, WorkerSettings, resolve_direction
 from dlagent.ml.tuning.space import max_trial_epochs, suggest_params
 from dlagent.ml.tuning.study import (
     EPOCHS_ATTR,
@@ -135,7 +135,7 @@ class _WorkerLoop:
         # same sequence, and parallel workers do not all propose the same points.
         worker_seed = derive_seed(base_seed, settings.worker_index, len(reader.get_trials(deepcopy=False)))
         sampler = make_sampler(study_settings.sampler or "tpe", worker_seed, space=space, n_startup_trials=study_settings.n_startup_trials)
-        pruner = make_pruner(study_settings.pruner or "hyperband", study_settings.min_resource or 1, max_resource)
+        pruner = make_pruner(study_settings.pruner or DEFAULT_PRUNER, study_settings.min_resource or 1, max_resource)
         self.study = load_study(settings.storage_url, settings.study_name, sampler=sampler, pruner=pruner, storage=self.storage)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
