@@ -40,7 +40,7 @@ def test_the_settings_are_recorded_once_as_a_new_study_records_them(tmp_path):
     tuning.create_study(url, "s", StudySettings(space=SPACE, metric="val_loss", max_resource=9))
     recorded = tuning.load_study(url, "s").user_attrs[tuning.SETTINGS_ATTR]
     assert recorded == {"metric": "val_loss", "direction": "minimize", "space": tuning.validate_search_space(SPACE),
-                        "sampler": "tpe", "pruner": "hyperband", "seed": 0, "min_resource": 1, "max_resource": 9,
+                        "sampler": "tpe", "pruner": tuning.DEFAULT_PRUNER, "seed": 0, "min_resource": 1, "max_resource": 9,
                         "n_startup_trials": None}
     assert tuning.direction_for("val_loss") == "minimize" and tuning.direction_for("val_accuracy") == "maximize"
 

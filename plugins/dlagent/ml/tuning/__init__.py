@@ -26,7 +26,7 @@ import importlib
 #: one submodule (e.g. ``settings`` for the trigger form's limits) does not import the others.
 _EXPORTS = {
     "make_pruner": "factories", "make_sampler": "factories", "make_storage": "factories",
-    "DIRECTIONS": "settings", "METRICS": "settings", "PRUNERS": "settings", "SAMPLERS": "settings", "StudySettings": "settings",
+    "DEFAULT_PRUNER": "settings", "DIRECTIONS": "settings", "METRICS": "settings", "PRUNERS": "settings", "SAMPLERS": "settings", "StudySettings": "settings",
     "TuneConfig": "settings", "WorkerSettings": "settings", "direction_for": "settings", "resolve_direction": "settings",
     "default_search_space": "space", "narrow_search_space": "space", "suggest_params": "space", "validate_search_space": "space",
     "COPIED_ATTR": "study", "EPOCHS_ATTR": "study", "SETTINGS_ATTR": "study", "create_study": "study", "load_study": "study",
@@ -47,7 +47,7 @@ def __dir__():
 
 
 __all__ = [
-    "COPIED_ATTR", "DIRECTIONS", "EPOCHS_ATTR", "METRICS", "PRUNERS", "SAMPLERS", "SETTINGS_ATTR", "StudySettings",
+    "COPIED_ATTR", "DEFAULT_PRUNER", "DIRECTIONS", "EPOCHS_ATTR", "METRICS", "PRUNERS", "SAMPLERS", "SETTINGS_ATTR", "StudySettings",
     "TrialTracker", "TuneConfig", "WorkerSettings", "create_study", "default_search_space", "direction_for",
     "load_study", "log_study_to_mlflow", "make_pruner", "make_sampler", "make_storage", "narrow_search_space",
     "resolve_direction", "run_worker", "seed_study", "study_summary", "suggest_params", "summary_of", "trial_epochs",
