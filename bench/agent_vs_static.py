@@ -6,7 +6,8 @@
 
 **The code a user runs.** Every real run is ``dl_agent_pipeline`` through ``airflow dags test``
 (``dlagent_dev.benchrun.run_default_pipeline``), with the product's defaults (model ``cnn``,
-20 epochs, 6 trials, TPE + Hyperband, the four default compression candidates, the gate). Only
+20 epochs, 6 trials, TPE and the default pruner (Hyperband until 2026-12-06, successive halving since:
+``bench/default_pruner.py``), the four default compression candidates, the gate). Only
 the data set, ``seed`` and ``agent_policy`` are set, plus, for the ablation, the fixed settings
 the agent would choose. Three arms on the same data, seeds and budget caps (the Params'
 ``n_trials``):

@@ -16,7 +16,7 @@ third run, TPE with pruning off and the same number of trials, shows what prunin
 Test accuracy is measured on the held-out split for the configuration each method picked by
 validation accuracy.
 
-The pruner is the product's ``successive_halving`` (``--pruner hyperband`` for the default one):
+The pruner is the product's default ``successive_halving`` (``--pruner hyperband`` for the other):
 rungs at 1, 3 and 9 epochs, and from the second trial on a trial that is not the best of those
 that reached its rung (the top third, once three have) stops there. Hyperband splits trials over
 three brackets and compares a trial only with the earlier ones of its own bracket: with the 2-5
@@ -38,7 +38,7 @@ of these seeds ran; no default was chosen on them.
     .venv/bin/python bench/hpo_vs_grid.py                      # ../shared/data/mnist-t10k, seeds 0 1 2
     .venv/bin/python bench/hpo_vs_grid.py --seeds 0 1 2 3 4
     .venv/bin/python bench/hpo_vs_grid.py --quick              # a small smoke run (minutes)
-    .venv/bin/python bench/hpo_vs_grid.py --pruner hyperband   # the product's default pruner
+    .venv/bin/python bench/hpo_vs_grid.py --pruner hyperband   # the pruner that was the default before 2026-12-06
 
 Goals: Optuna within 0.2 points (mean over seeds) of the grid's best test accuracy with <= 20 %
 of its epochs; pruning saves >= 50 % of the epochs with a best validation value no worse than

@@ -77,7 +77,7 @@ def test_trial_epochs_caps_every_trial_and_the_pruner(mlflow_uri, study_storage)
     CreateStudyOperator(task_id="create_study", **settings).execute(make_context("create_study"))
     TuneOperator(task_id="tune", worker_index=0, **settings).execute(make_context("tune", map_index=0))
     study = optuna.load_study(study_name="test_dag.manual__1", storage=study_storage)
-    assert study.user_attrs["dlagent.settings"]["max_resource"] == 2  # Hyperband's brackets follow the cap
+    assert study.user_attrs["dlagent.settings"]["max_resource"] == 2  # the pruner's top rung follows the cap
     assert study.user_attrs["dlagent.settings"]["min_resource"] == 2  # and its first rung, min_trial_epochs
     assert len(study.trials) == 2 and all(max(t.intermediate_values) <= 2 for t in study.trials)
     client = MlflowClient(mlflow_uri)

@@ -32,7 +32,7 @@ def _optional(value):
 class _TuneBase(DlagentOperator):
     """Shared arguments of the three tuning operators (all templated).
 
-    ``trial_epochs`` caps each trial's epochs (the study's Hyperband ``max_resource`` follows)
+    ``trial_epochs`` caps each trial's epochs (the study's pruner's ``max_resource`` follows)
     and ``min_trial_epochs`` is the pruner's first rung (``min_resource``): the agent sets both
     when the final training continues the best trial, so trials only have to rank settings.
     ``metric`` left empty is the primary metric's ``val_<metric>`` (the data options' ``task`` and

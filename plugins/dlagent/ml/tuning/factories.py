@@ -65,7 +65,7 @@ def make_sampler(name: str = "tpe", seed: int | None = 0, *, space: dict | None 
 
 
 def make_pruner(name: str = DEFAULT_PRUNER, min_resource: int = 1, max_resource: int = 20, *, reduction_factor: int = DEFAULT_REDUCTION_FACTOR):
-    """An Optuna pruner by name: ``hyperband`` (default), ``successive_halving``, ``median`` or ``none``.
+    """An Optuna pruner by name: ``successive_halving`` (default), ``hyperband``, ``median`` or ``none``.
 
     Resources are epochs: no trial is pruned before ``min_resource`` epochs, and
     ``max_resource`` is the most epochs a trial trains (Hyperband's brackets derive from it).

@@ -29,7 +29,7 @@ TUNE_METRICS = ("val_loss", *(m.val_key for m in PRIMARY_METRICS.values()))  # t
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
-DEFAULT_PRUNER = "hyperband"  # the one default: the Params, the operator, a new study and a study read back
+DEFAULT_PRUNER = "successive_halving"  # bench/default_pruner.py; the one default: the Params, the operator, a new study and a study read back
 MAX_TRIALS = 10_000
 MAX_WORKERS = 64
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -81,9 +81,10 @@ class TuneConfig:
     sampler: str = bounded("tpe", "choice", choices=SAMPLERS, title="Sampler",
                            description="Optuna sampler: TPE (default), random, Gaussian process, CMA-ES (numeric spaces only).")
     pruner: str = bounded(DEFAULT_PRUNER, "choice", choices=PRUNERS, title="Pruner",
-                          description="Stops unpromising trials early from their per-epoch validation metric: Hyperband "
-                                      "(default; hedges over several brackets, for many trials), successive halving (one "
-                                      "bracket: from the second trial on, for budgets of a few trials), median, none.")
+                          description="Stops unpromising trials early from their per-epoch validation metric: successive halving "
+                                      "(default; one bracket: from the second trial on, a trial below the top third at "
+                                      "its rung stops), Hyperband (hedges over several brackets: for budgets of many "
+                                      "trials), median, none.")
     metric: str | None = bounded(None, "choice", choices=TUNE_METRICS, optional=True, title="Tuning objective",
                                  description="Per-epoch validation metric the search optimises (accuracy up, rmse and loss "
                                              "down); empty for the primary metric's, val_<metric>.")
