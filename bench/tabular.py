@@ -52,8 +52,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 GOAL_POINTS, GOAL_RMSE_PERCENT = 1.0, 5.0
 CLASSIFICATION_SETS, REGRESSION_SETS = ("breast_cancer", "wine", "customers"), ("diabetes",)
 DATASETS = CLASSIFICATION_SETS + REGRESSION_SETS
-#: Tables for choosing defaults (with seeds 1-3), never judged: `--datasets iris scaled_blobs`.
-DEV_SETS = ("iris", "scaled_blobs")
+#: Tables for choosing defaults (with seeds 1-3), never judged: `--datasets iris scaled_blobs linear_noisy`.
+DEV_SETS = ("iris", "scaled_blobs", "linear_noisy")
+DEV_REGRESSION_SETS = ("linear_noisy",)
 
 
 def parse_args(argv=None):
@@ -73,7 +74,10 @@ def write_csv(name: str, folder: Path) -> tuple[Path, dict]:
     path = folder / f"{name}.csv"
     if name == "customers":
         return _write_customers(path), {"missing": "impute"}
-    if name == "scaled_blobs":
+    if name == "linear_noisy":  # a line under heavy noise: 450 rows, 10 columns on scales 0.01..100, 6 informative
+        x, y = datasets.make_regression(n_samples=450, n_features=10, n_informative=6, noise=40.0, random_state=11)
+        bunch = Bunch(data=x * np.logspace(-2, 2, 10), target=y)
+    elif name == "scaled_blobs":
         x, y = datasets.make_classification(600, 12, n_informative=6, n_classes=3, n_clusters_per_class=2, flip_y=0.03,
                                             random_state=2027)
         bunch = Bunch(data=x * np.logspace(-3, 3, 12), target=y)  # columns on scales 0.001 .. 1,000
@@ -81,9 +85,9 @@ def write_csv(name: str, folder: Path) -> tuple[Path, dict]:
         bunch = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "diabetes": datasets.load_diabetes,
                  "iris": datasets.load_iris}[name]()
     header = ",".join([*(f"x{i}" for i in range(bunch.data.shape[1])), "label"])
-    fmt = "%.6g" if name == "diabetes" else ["%.6g"] * bunch.data.shape[1] + ["%d"]
+    fmt = "%.6g" if name in REGRESSION_SETS + DEV_REGRESSION_SETS else ["%.6g"] * bunch.data.shape[1] + ["%d"]
     np.savetxt(path, np.column_stack([bunch.data, bunch.target]), delimiter=",", header=header, comments="", fmt=fmt)
-    return path, ({"task": "regression"} if name in REGRESSION_SETS else {})
+    return path, ({"task": "regression"} if name in REGRESSION_SETS + DEV_REGRESSION_SETS else {})
 
 
 def _write_customers(path: Path, n: int = 1500) -> Path:
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
         root.mkdir()
         for name in args.datasets:
             path, options = write_csv(name, root)
-            regression = name in REGRESSION_SETS
+            regression = name in REGRESSION_SETS + DEV_REGRESSION_SETS
             for seed in args.seeds:
                 base = baselines(path, options, seed, root)
                 conf = {"dataset": f"csv:{path}", "model": "mlp", "seed": seed, "model_name": f"bench-{name}-{seed}",

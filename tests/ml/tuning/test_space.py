@@ -78,7 +78,7 @@ def test_space_is_normalised():
 def test_narrowing_stays_inside_the_declared_limits_and_is_always_a_valid_space():
     space, notes = tuning.narrow_search_space({"learning_rate": 5.0, "dropout": 0.85, "units": 60_000, "optimizer": "sgd",
                                                "batch_size": 64, "model": "mlp", "epochs": 7, "hidden_layers": 0,
-                                               "linear_path": True}, width=3.0)
+                                               "linear_path": True, "l2": 0.003}, width=3.0)
     assert tuning.validate_search_space(space) == space
     assert space["learning_rate"] == {"type": "float", "low": 1.667, "high": TrainConfig.bounds("learning_rate").high, "log": True}
     assert space["dropout"] == {"type": "float", "low": 0.75, "high": 0.9, "log": False}
@@ -87,6 +87,7 @@ def test_narrowing_stays_inside_the_declared_limits_and_is_always_a_valid_space(
     assert space["optimizer"] == {"type": "categorical", "choices": ["sgd"]} and space["model"]["choices"] == ["mlp"]
     assert space["hidden_layers"] == {"type": "categorical", "choices": [0]}  # a depth is kept, never halved to 0 or doubled
     assert space["linear_path"] == {"type": "categorical", "choices": [True]}
+    assert space["l2"] == {"type": "float", "low": 0.001, "high": 0.009, "log": True}  # a penalty narrows on a log scale
     assert "epochs" not in space  # not a setting the rounds narrow
     assert len(notes) == len(space)
     narrow, _ = tuning.narrow_search_space({"learning_rate": 0.01, "optimizer": "lbfgs"})

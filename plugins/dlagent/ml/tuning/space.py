@@ -33,7 +33,7 @@ _SPEC_KEYS = {
 _EXAMPLE = 'give e.g. {"learning_rate": {"type": "float", "low": 1e-4, "high": 0.1, "log": true}}.'
 
 # How a best value is widened into the next round's range (see narrow_search_space).
-LOG_FLOATS = ("learning_rate", "fine_tune_learning_rate")  # [best / width, best x width], log scale
+LOG_FLOATS = ("learning_rate", "fine_tune_learning_rate", "l2")  # [best / width, best x width], log scale
 LINEAR_FLOATS = ("dropout", "momentum", "freeze")  # best +- 0.1
 LOG_INTS = ("units", "filters", "batch_size")  # [best / 2, best x 2], log scale
 FIXED = ("model", "optimizer", "hidden_layers", "linear_path")  # fixed to the best choice
@@ -217,7 +217,7 @@ def max_trial_epochs(space: dict, base_config: TrainConfig) -> int:
 def narrow_search_space(params: dict, *, width: float = 3.0) -> tuple[dict, list[str]]:
     """A search space around ``params`` (the best trial's), with one note per parameter.
 
-    ``learning_rate`` and ``fine_tune_learning_rate`` in [best / ``width``, best x ``width``] on a
+    ``learning_rate``, ``fine_tune_learning_rate`` and ``l2`` in [best / ``width``, best x ``width``] on a
     log scale; ``dropout``, ``momentum`` and ``freeze`` +-0.1; ``units``, ``filters`` and ``batch_size`` in [best / 2, best x 2] on a
     log scale; ``model``, ``optimizer``, ``hidden_layers`` and ``linear_path`` fixed to the best choice. Model arguments are not
     re-searched (their limits are the builder's): the plan's training settings carry the best
