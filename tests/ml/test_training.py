@@ -248,7 +248,7 @@ def test_hidden_layers_set_the_depth_and_none_is_a_linear_model(tmp_path):
 
 def test_an_l2_penalty_joins_the_loss_scaled_to_standardised_targets_and_shrinks_the_weights(tmp_path):
     """``l2`` adds l2 x the dense kernels' squared weights to the loss (every dense layer, hidden
-    and output; none at 0; left empty, 0.01 for an ``mlp`` on a table only). A regressor's loss is in the target's units, so the penalty is
+    and output; none at 0; left empty, 0.01 for an ``mlp`` classifying a table only). A regressor's loss is in the target's units, so the penalty is
     multiplied by the training targets' variance: the same ``l2`` weighs the same against the
     loss whether the targets are in metres or millimetres. Trained on a noisy table, the
     penalised model's kernels are smaller than the same model's without it."""
@@ -271,8 +271,9 @@ def test_an_l2_penalty_joins_the_loss_scaled_to_standardised_targets_and_shrinks
     in_metres, in_millimetres = (kernel_penalty(config, "regression", targets * unit).l2 for unit in (1.0, 1000.0))
     assert np.isclose(in_millimetres / in_metres, 1000.0**2, rtol=1e-4)
     assert np.isclose(kernel_penalty(config, "classification").l2, 0.01)
-    # left empty: TABLE_MLP_L2 for an mlp on a table, off for an mlp on images and for the cnn
+    # left empty: TABLE_MLP_L2 for an mlp classifying a table; off for a regressor, an mlp on images and the cnn
     assert TrainConfig().l2 is None and np.isclose(kernel_penalty(TrainConfig(model="mlp"), "classification", None, (5,)).l2, TABLE_MLP_L2)
+    assert kernel_penalty(TrainConfig(model="mlp"), "regression", targets, (5,)) is None
     assert kernel_penalty(TrainConfig(model="mlp"), "classification", None, (8, 8)) is None
     assert build_model(TrainConfig(model="cnn", filters=4, units=16), (8, 8), 10).losses == []
 

@@ -28,8 +28,9 @@ MAX_IMAGE_SIDE = 4096  # the largest image_size side, in pixels
 MAX_EPOCHS = 1_000  # the most epochs any training, trial or plan may ask for
 MAX_HIDDEN_LAYERS = 8  # a plain dense stack; any other architecture is a builder of one's own (model: 'package.module:function')
 MAX_SEED = 2**31 - 1
-#: The L2 penalty of an ``mlp`` on a table when ``l2`` is left empty: chosen on tables and seeds for choosing
-#: defaults (``bench/table_mlp.py --arms l2``, ``bench/tabular.py --datasets iris linear_noisy scaled_blobs``).
+#: The L2 penalty of an ``mlp`` classifying a table when ``l2`` is left empty: chosen on tables and seeds for choosing
+#: defaults (``bench/table_mlp.py --arms l2``, ``bench/tabular.py --datasets iris linear_noisy scaled_blobs``); not for
+#: regression, where ``bench/regression.py`` found it costs the curved Friedman tables (README, "An L2 penalty").
 TABLE_MLP_L2 = 0.01
 
 
@@ -70,7 +71,7 @@ class TrainConfig:
                                            "sum of their squared kernel weights joins the loss, as ridge regression's alpha and "
                                            "scikit-learn's MLP 'alpha' do; for regression it is scaled to the standardised "
                                            "targets, so one value means the same on any target's units. Empty (the default): "
-                                           f"{TABLE_MLP_L2} for the 'mlp' on a table, 0 (off) otherwise; 0 turns it off.")
+                                           f"{TABLE_MLP_L2} for the 'mlp' classifying a table, 0 (off) otherwise; 0 turns it off.")
     augment: bool = bounded(False, "bool", title="Augment images",
                             description="Random flips, shifted crops, small rotations and contrast changes of training images "
                                         "('cnn' and 'resnet'; Keras preprocessing layers, active only while training).")

@@ -93,9 +93,10 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
 def kernel_penalty(config: TrainConfig, task: str = CLASSIFICATION, targets=None, input_shape: tuple[int, ...] = ()):
     """The dense kernels' L2 regulariser for ``config.l2`` (``None`` at 0).
 
-    Left empty, ``l2`` is :data:`~dlagent.ml.config.TABLE_MLP_L2` for an ``mlp`` on a table
-    (samples of one dimension), where a few hundred noisy rows over-fit an unpenalised hidden
-    layer and ridge regression is hard to beat; 0 elsewhere (images: not measured there).
+    Left empty, ``l2`` is :data:`~dlagent.ml.config.TABLE_MLP_L2` for an ``mlp`` classifying a
+    table (samples of one dimension), where a few hundred rows over-fit an unpenalised hidden
+    layer; 0 elsewhere: on images it was not measured, and on regression tables it helped a
+    noisy line (the diabetes table) and cost the curved Friedman tables more (README, "An L2 penalty").
 
     Keras adds ``l2 x sum(w ** 2)`` to the batch's mean loss. A regressor's loss is the mean
     squared error in the target's own units (its last layer re-scales, :class:`TargetScale`),
@@ -103,7 +104,7 @@ def kernel_penalty(config: TrainConfig, task: str = CLASSIFICATION, targets=None
     standardised targets, ``l2`` weighs the same on house prices as on probabilities, and a
     value chosen on one table transfers to another. Cross-entropy has no units: ``l2`` as given.
     """
-    l2 = effective_l2(config, input_shape)
+    l2 = effective_l2(config, input_shape, task)
     if not l2:
         return None
     import keras
@@ -117,11 +118,11 @@ def kernel_penalty(config: TrainConfig, task: str = CLASSIFICATION, targets=None
     return keras.regularizers.L2(l2 * scale)
 
 
-def effective_l2(config: TrainConfig, input_shape: tuple[int, ...] = ()) -> float:
-    """``config.l2``, or when it is empty the default for the model and its samples' shape (:func:`kernel_penalty`)."""
+def effective_l2(config: TrainConfig, input_shape: tuple[int, ...] = (), task: str = CLASSIFICATION) -> float:
+    """``config.l2``, or when it is empty the default for the model, its samples' shape and the task (:func:`kernel_penalty`)."""
     if config.l2 is not None:
         return float(config.l2)
-    return TABLE_MLP_L2 if config.model == "mlp" and len(tuple(input_shape)) == 1 else 0.0
+    return TABLE_MLP_L2 if config.model == "mlp" and len(tuple(input_shape)) == 1 and task == CLASSIFICATION else 0.0
 
 
 STANDARDIZE_LAYER = "standardize"
