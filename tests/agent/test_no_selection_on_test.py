@@ -88,9 +88,12 @@ def test_changing_only_the_test_labels_changes_no_decision(two_files, tmp_path, 
     changed = sum(label_of[0][row] != label_of[1][row] for row in label_of[0])
     assert swapped >= 5 and changed == 2 * swapped, (swapped, changed)
 
+    # The scenario needs a candidate the gate blesses (so deploy is a decision to compare); every setting that shapes the
+    # model is pinned, l2 too, so a change of a default cannot turn it into another scenario (with the table mlp's
+    # default penalty the int8 file lost 2.2 points on these 135 test rows and the gate refused it).
     def train(run_id: str, epochs: int) -> dict:
         return TrainOperator(task_id="train", dataset=datasets["clean"], train_config={"model": "mlp", "epochs": epochs, "units": 32,
-                             "seed": SEED}, experiment_name="exp").execute(make_context("train", run_id=run_id))
+                             "l2": 0.0, "seed": SEED}, experiment_name="exp").execute(make_context("train", run_id=run_id))
 
     def evaluate(dataset: str, model_uri: str, candidates: list, run_id: str) -> dict:
         return EvaluateOperator(task_id="evaluate", model_uri=model_uri, candidates=candidates, dataset=dataset, seed=SEED,
