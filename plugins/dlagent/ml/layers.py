@@ -105,6 +105,13 @@ class TargetScale(layers.Layer):
 def target_scale_layer(targets: np.ndarray) -> TargetScale:
     """A :class:`TargetScale` from the training split's targets (a constant target keeps std 1)."""
     y = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    return TargetScale(y.mean(axis=0), target_std(y), name=TARGET_SCALE_LAYER)
+
+
+def target_std(targets) -> np.ndarray:
+    """Each target column's standard deviation on the training split; a constant target keeps std 1
+    (the one rule for the target's scale: :class:`TargetScale` and the L2 penalty's scaling read it)."""
+    y = np.asarray(targets, np.float64).reshape(len(targets), -1)
     std = y.std(axis=0)
     std[std < 1e-12] = 1.0
-    return TargetScale(y.mean(axis=0), std, name=TARGET_SCALE_LAYER)
+    return std

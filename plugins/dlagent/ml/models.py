@@ -111,10 +111,9 @@ def kernel_penalty(config: TrainConfig, task: str = CLASSIFICATION, targets=None
 
     scale = 1.0
     if task == REGRESSION and targets is not None:
-        y = np.asarray(targets, np.float64).reshape(len(targets), -1)
-        variance = y.var(axis=0)
-        variance[variance < 1e-24] = 1.0  # a constant target keeps std 1 (target_scale_layer's rule)
-        scale = float(variance.mean())
+        from dlagent.ml.layers import target_std
+
+        scale = float((target_std(targets) ** 2).mean())
     return keras.regularizers.L2(l2 * scale)
 
 
