@@ -4,6 +4,7 @@
     .venv/bin/python bench/table_mlp.py --arms linear_path --seeds $(seq 1 15) \\
         --datasets friedman1 linear_noisy friedman2 iris scaled_blobs      # the linear path, regression included
     .venv/bin/python bench/table_mlp.py --arms l2 --datasets linear_noisy friedman1 iris   # the L2 penalty
+    .venv/bin/python bench/table_mlp.py --arms ensemble --datasets linear_noisy friedman1 friedman2 iris scaled_blobs
 
 Why: ``bench/tabular.py`` finds the default pipeline about a point behind logistic regression
 on scikit-learn's breast cancer table and a few per cent of RMSE behind on the diabetes table
@@ -22,7 +23,8 @@ patience 10), since a linear model on a few hundred rows takes few gradient step
 ``linear_path``: the default ``mlp`` with and without ``linear_path`` at learning rates 0.001
 (the default) and 0.01 (about what the tuning trials choose on these tables). ``l2``: the
 default ``mlp`` at learning rate 0.01 with the L2 penalty ``l2`` at 0 (off), 1e-4, 1e-3, 1e-2
-and 0.1.
+and 0.1. ``ensemble``: the default ``mlp`` at learning rate 0.01 averaging 1, 3 and 5 networks
+(``ensemble``; 1 is one network).
 
 Regression tables for choosing defaults: Friedman #1 (500 rows, 10 columns of which 5 matter,
 noise 1), a linear table with heavy noise (450 rows, 10 columns on scales 0.01..100, 6 of them
@@ -45,7 +47,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 CLASSIFICATION_SETS = ("breast_cancer", "iris", "scaled_blobs", "wine")
 REGRESSION_SETS = ("friedman1", "linear_noisy", "friedman2")
-ARM_SETS = ("depth", "linear_path", "l2")
+ARM_SETS = ("depth", "linear_path", "l2", "ensemble")
+ENSEMBLE_SIZES = (1, 3, 5)
 L2_VALUES = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
@@ -59,6 +62,8 @@ def parse_args(argv=None):
 
 
 def arms(arm_set: str) -> dict[str, dict]:
+    if arm_set == "ensemble":
+        return {f"ensemble_{n}": {"model": "mlp", "learning_rate": 0.01, "ensemble": n} for n in ENSEMBLE_SIZES}
     if arm_set == "l2":
         return {f"l2_{value:g}": {"model": "mlp", "learning_rate": 0.01, "l2": value} for value in L2_VALUES}
     if arm_set == "linear_path":

@@ -260,6 +260,18 @@ def test_rules_warm_start_from_the_best_trials_checkpoint_and_seed_the_next_roun
     assert cold["tune"]["seed_studies"] == ["s"]  # the next round's study replays this one's trials
 
     obs.best_trial["checkpoint"] = checkpoint = f"runs:/{obs.best_trial['run_id']}/checkpoint/model.keras"
+    assert obs.config["model"] == "mlp" and "ensemble" not in obs.config  # a classifier: one network by default
+    from dlagent.agent.run_views import train_params
+
+    assert train_params({"ensemble": "1", "l2": "None"}) == {"ensemble": 1}  # typed as the setting: an int, not 1.0
+    obs.best_trial["params"]["ensemble"] = 1  # what every trial logs: it trains one network
+    averaged = validate_plan(RulesPolicy(improvement_window=2).decide(dataclasses.replace(obs, config={**obs.config, "ensemble": 5})))
+    assert averaged["warm_start"] is None and averaged["train"]["epochs"] == 8  # every member from scratch
+    assert "ensemble" not in averaged["train"]  # the trial's one network is not the final training's setting
+    assert any(r["decision"] == "warm_start=null" and "averages 5 networks (ensemble) and trial 3 trained one" in r["because"]
+               for r in averaged["reasons"])
+    regressor = RulesPolicy(improvement_window=2).decide(dataclasses.replace(obs, metric="rmse"))  # a regression mlp's default: 5
+    assert regressor["warm_start"] is None and any("averages 5 networks" in r["because"] for r in regressor["reasons"])
     warm = validate_plan(RulesPolicy(improvement_window=2).decide(obs))
     # The best trial converged (best epoch 5 of 8): fine-tune its weights for early_stopping_patience (3)
     # epochs at 0.3 x its learning rate, instead of 8 epochs from scratch; dropout has no weights, so the gap rule still applies.

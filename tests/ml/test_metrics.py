@@ -134,15 +134,19 @@ def test_a_regressor_learns_in_the_targets_units_and_stops_on_val_rmse(regressio
 
 
 def test_a_regressor_warm_starts_from_a_checkpoint(regression):
-    """The final training continues the best trial's weights (the agent's warm start)."""
+    """The final training continues the best trial's weights (the agent's warm start); its starting
+    loss is the one its epochs log, an ensemble's (the mlp's default) the mean of its members' own."""
     from dlagent.ml.config import TrainConfig
+    from dlagent.ml.ensemble import training_view
     from dlagent.ml.models import copy_model
     from dlagent.ml.training import fit
 
     splits, result = regression
     start = copy_model(result.model)
     warm = fit(splits, TrainConfig(model="mlp", epochs=3, units=64, learning_rate=1e-4), initial_model=start)
-    assert warm.start_val_loss == pytest.approx(float(np.mean((splits.y_val - result.model.predict(splits.x_val, verbose=0)) ** 2)), rel=1e-3)
+    members = training_view(result.model).predict(splits.x_val, verbose=0)  # (rows, members, 1)
+    assert members.shape[1] == 5
+    assert warm.start_val_loss == pytest.approx(float(np.mean((splits.y_val[:, None] - members) ** 2)), rel=1e-3)
     assert warm.epochs_run >= 1 and "val_rmse" in warm.history
 
 

@@ -184,9 +184,9 @@ def test_a_linear_path_feeds_the_standardised_columns_to_the_output_layer_and_su
         return [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
     rows = np.random.default_rng(0).normal(size=(40, 5))
-    wide = build_model(TrainConfig(model="mlp", units=8, linear_path=True), (5,), 3, adapt_data=rows)
+    wide = build_model(TrainConfig(model="mlp", units=8, linear_path=True, ensemble=1), (5,), 3, adapt_data=rows)
     assert dense_kernels(wide) == [(5, 8), (5 + 8, 3)] and wide.get_layer("linear_path") is not None
-    assert dense_kernels(build_model(TrainConfig(model="mlp", hidden_layers=0, linear_path=True), (5,), 3, adapt_data=rows)) == [(5, 3)]
+    assert dense_kernels(build_model(TrainConfig(model="mlp", hidden_layers=0, linear_path=True, ensemble=1), (5,), 3, adapt_data=rows)) == [(5, 3)]
     assert dense_kernels(build_model(TrainConfig(model="cnn", filters=4, units=16, linear_path=True), (8, 8), 10)) == [(128, 16), (16, 10)]
 
     rng = np.random.default_rng(1)
@@ -223,8 +223,8 @@ def test_hidden_layers_set_the_depth_and_none_is_a_linear_model(tmp_path):
         return [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 
     rows = np.random.default_rng(0).normal(size=(40, 5))
-    assert dense_kernels(build_model(TrainConfig(model="mlp", hidden_layers=0), (5,), 3, adapt_data=rows)) == [(5, 3)]
-    assert dense_kernels(build_model(TrainConfig(model="mlp", units=8, hidden_layers=2), (5,), 3, adapt_data=rows)) == [(5, 8), (8, 8), (8, 3)]
+    assert dense_kernels(build_model(TrainConfig(model="mlp", hidden_layers=0, ensemble=1), (5,), 3, adapt_data=rows)) == [(5, 3)]
+    assert dense_kernels(build_model(TrainConfig(model="mlp", units=8, hidden_layers=2, ensemble=1), (5,), 3, adapt_data=rows)) == [(5, 8), (8, 8), (8, 3)]
     widths = [[k[1] for k in dense_kernels(build_model(TrainConfig(model="cnn", filters=4, units=16, hidden_layers=n), (8, 8), 10))]
               for n in (0, 1)]
     assert widths == [[10], [16, 10]]  # the convolution features straight into the output; the default, one hidden layer
@@ -259,7 +259,7 @@ def test_an_l2_penalty_joins_the_loss_scaled_to_standardised_targets_and_shrinks
 
     rows = np.random.default_rng(0).normal(size=(40, 5))
     targets = np.random.default_rng(1).normal(size=40)
-    penalised = build_model(TrainConfig(model="mlp", units=8, l2=0.01), (5,), 1, adapt_data=rows, task="regression", targets=targets)
+    penalised = build_model(TrainConfig(model="mlp", units=8, l2=0.01, ensemble=1), (5,), 1, adapt_data=rows, task="regression", targets=targets)
     dense = [layer for layer in penalised.layers if isinstance(layer, keras.layers.Dense)]
     assert len(dense) == 2 and all(layer.kernel_regularizer is not None for layer in dense)
     expected = sum(0.01 * float(targets.var()) * float((np.asarray(layer.kernel) ** 2).sum()) for layer in dense)

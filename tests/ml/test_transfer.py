@@ -65,9 +65,15 @@ def test_images_are_adapted_and_what_cannot_be_is_refused():
     grey_to_colour = adapt_source(colour, (16, 16), 4)
     assert grey_to_colour.notes == ["grey repeated to RGB"] and grey_to_colour.model(np.ones((1, 16, 16), np.float32)).shape == (1, 4)
     assert adapt_source(mnist_like, (28, 28, 3), 10).notes == ["RGB averaged to grey"]
-    table = build_model(TrainConfig(model="mlp", units=8), (20,), 3)
+    table = build_model(TrainConfig(model="mlp", units=8, ensemble=5), (20,), 3)
     with pytest.raises(ConfigError, match=r"takes samples of shape \(20,\), this data has \(12,\); only images"):
         adapt_source(table, (12,), 3)
+    from dlagent.ml.ensemble import training_view
+
+    rows = np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32)  # an ensemble of 5 (a regression mlp's default)
+    from_ensemble = adapt_source(table, (20,), 3)
+    assert from_ensemble.notes == ["the source averages 5 networks (ensemble): its first is fine-tuned"] and not from_ensemble.new_head
+    np.testing.assert_allclose(from_ensemble.model(rows), training_view(table)(rows)[:, 0], rtol=1e-5)
     with pytest.raises(ConfigError, match="4 channels cannot be mapped to 3"):
         adapt_source(colour, (16, 16, 4), 4)
 

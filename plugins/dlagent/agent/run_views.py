@@ -137,8 +137,10 @@ def _typed(text, declared: str):
             return float(text)
         if declared == "bool":
             return str(text).strip().lower() in ("true", "1", "yes")
-        if declared.startswith("float | None") or declared.startswith("int | None"):
+        if declared.startswith("float | None"):
             return None if text in ("None", "") else float(text)
+        if declared.startswith("int | None"):
+            return None if text in ("None", "") else int(float(text))
     except ValueError:
         return None
     return str(text)

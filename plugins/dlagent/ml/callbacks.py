@@ -31,15 +31,16 @@ class ValidationScore(keras.callbacks.Callback):
     predictions, the function evaluation uses) into each epoch's logs. Keras hands every
     callback the same logs dict in list order, so this one goes first."""
 
-    def __init__(self, metric, x_val: np.ndarray, y_val: np.ndarray):
+    def __init__(self, metric, x_val: np.ndarray, y_val: np.ndarray, model=None):
         super().__init__()
         self.metric, self.x_val, self.y_val = metric, x_val, y_val
+        self.scored = model  # an ensemble's averaged model, while its members' view is fitted
 
     def on_epoch_end(self, epoch, logs=None):
         from dlagent.ml.models import keras_predict
 
         if logs is not None:
-            logs[self.metric.val_key] = self.metric.score(self.y_val, keras_predict(self.model, self.x_val))
+            logs[self.metric.val_key] = self.metric.score(self.y_val, keras_predict(self.scored or self.model, self.x_val))
 
 
 class EpochPruningCallback(keras.callbacks.Callback):

@@ -276,14 +276,16 @@ def prune(
         kernels, masks if schedule == "oneshot" else [np.ones_like(m) for m in masks],
         target=sparsity, scope=scope, schedule=schedule, end_step=end_step, frequency=max(1, end_step // 10),
     )
+    from dlagent.ml.ensemble import is_ensemble, members_of, training_view
     from dlagent.ml.training import task_loss
 
-    pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), **task_loss(splits.task))
+    trainee = training_view(pruned) if is_ensemble(pruned) else pruned  # an ensemble's members fine-tune on their own losses
+    trainee.compile(optimizer=keras.optimizers.Adam(learning_rate), **task_loss(splits.task, members_of(pruned)))
     started = time.perf_counter()
     from dlagent.ml.streaming import eval_data, fit_data, naming_bad_files
 
     with naming_bad_files(splits.x_train, splits.x_val):
-        pruned.fit(**fit_data(splits.x_train, splits.y_train, batch_size=batch_size, seed=0),
+        trainee.fit(**fit_data(splits.x_train, splits.y_train, batch_size=batch_size, seed=0),
                    validation_data=eval_data(splits.x_val, splits.y_val), epochs=fine_tune_epochs, callbacks=[callback], verbose=0)
     log.info("pruned to %.1f%% (%s, %s) and fine-tuned %d epochs in %.1fs; measured sparsity %.4f",
              sparsity * 100, scope, schedule, fine_tune_epochs, time.perf_counter() - started, measure_sparsity(pruned))

@@ -28,7 +28,7 @@ def build_student(kind: str, input_shape: tuple, num_classes: int, *, units: int
     from dlagent.ml.models import build_model
 
     check_choice("student_model", kind, STUDENT_MODELS)
-    base = build_model(TrainConfig(model=kind, units=units, filters=filters, dropout=0.1, seed=seed), input_shape, num_classes,
+    base = build_model(TrainConfig(model=kind, units=units, filters=filters, dropout=0.1, seed=seed, ensemble=1), input_shape, num_classes,
                        adapt_data=adapt_data, impute=impute)
     penultimate = base.get_layer("probabilities").input
     logits = layers.Dense(num_classes, name="logits")(penultimate)

@@ -57,7 +57,6 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
         x = layers.Reshape((*input_shape, 1))(inputs) if len(input_shape) == 2 else inputs
         if config.augment:
             x = augmentation(x, input_shape)
-        x = _cnn_features(x, config, input_shape) if config.model == "cnn" else _resnet_features(x, config)
     else:
         x = inputs
         if len(input_shape) == 1 and adapt_data is not None:
@@ -69,25 +68,40 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
                 x = imputer(x)
             x = standardize_layer(adapt_data, imputer)(x)
         x = layers.Flatten()(x)
-    columns = x
     penalty = kernel_penalty(config, task, targets, input_shape)
+    members = config.members(task)  # the preprocessing above has no weights to learn: every member shares it
+    heads = [_network(x, config, input_shape, num_classes, task, penalty, suffix=f"_{k}" if members > 1 else "") for k in range(members)]
+    if members > 1:
+        from dlagent.ml.ensemble import ENSEMBLE_LAYER
+
+        outputs = layers.Average(name=ENSEMBLE_LAYER)(heads)
+    else:
+        outputs = heads[0]
+    if task == REGRESSION and targets is not None:  # an affine map: scaling the average is the average of the scaled
+        from dlagent.ml.layers import target_scale_layer
+
+        outputs = target_scale_layer(targets)(outputs)
+    return keras.Model(inputs, outputs, name=f"dlagent_{config.model}")
+
+
+def _network(x, config: TrainConfig, input_shape, num_classes: int, task: str, penalty, suffix: str = ""):
+    """One network of a built-in model on the prepared input ``x``: its features (convolutions, or
+    the columns), hidden dense layers and output layer (an ensemble member when ``suffix`` is set)."""
+    from keras import layers
+
     if config.model in IMAGE_MODELS:  # convolution features: dropout before the dense layer
+        x = _cnn_features(x, config, input_shape) if config.model == "cnn" else _resnet_features(x, config)
         x = layers.Dropout(config.dropout)(x)
+    columns = x
     for _ in range(config.hidden_layers):  # none: a linear model on the features (logistic / linear regression)
         x = layers.Dense(config.units, activation="relu", kernel_regularizer=penalty)(x)
         if config.model not in IMAGE_MODELS:  # mlp: dropout on the hidden layers, never on the input columns
             x = layers.Dropout(config.dropout)(x)
     if config.model == "mlp" and config.linear_path and config.hidden_layers > 0:  # wide and deep: a line needs no hidden unit
-        x = layers.Concatenate(name="linear_path")([columns, x])
+        x = layers.Concatenate(name=f"linear_path{suffix}")([columns, x])
     if task == REGRESSION:
-        outputs = layers.Dense(num_classes, name="predictions", kernel_regularizer=penalty)(x)
-        if targets is not None:
-            from dlagent.ml.layers import target_scale_layer
-
-            outputs = target_scale_layer(targets)(outputs)
-    else:
-        outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", kernel_regularizer=penalty)(x)
-    return keras.Model(inputs, outputs, name=f"dlagent_{config.model}")
+        return layers.Dense(num_classes, name=f"predictions{suffix}", kernel_regularizer=penalty)(x)
+    return layers.Dense(num_classes, activation="softmax", name=f"probabilities{suffix}", kernel_regularizer=penalty)(x)
 
 
 def kernel_penalty(config: TrainConfig, task: str = CLASSIFICATION, targets=None, input_shape: tuple[int, ...] = ()):

@@ -15,6 +15,7 @@ import numpy as np
 from dlagent.errors import ConfigError
 from dlagent.ml.config import TrainConfig
 from dlagent.ml.data import DatasetSplits
+from dlagent.ml.ensemble import is_ensemble, members_of, training_view
 from dlagent.ml.streaming import eval_data, fit_data, is_streamed, naming_bad_files
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,18 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
     else:
         _check_shapes(initial_model, splits)
         model = initial_model
-    compile_for_training(model, config, config.learning_rate, splits.task)
-    all_callbacks = [*validation_score(splits), *callbacks, *early_stopping(config, splits.metric)]
+    trainee = training_view(model) if is_ensemble(model) else model  # members train on their own losses (dlagent.ml.ensemble)
+    compile_for_training(trainee, config, config.learning_rate, splits.task, members=members_of(model))
+    if trainee is not model:  # evaluate() scores the averaged model; its optimizer is the one its members trained with
+        model.compile(optimizer=trainee.optimizer, **task_loss(splits.task))
+    all_callbacks = [*validation_score(splits, model), *callbacks, *early_stopping(config, splits.metric)]
     start_val_loss, start_weights = None, None
     if initial_model is not None:
-        start_val_loss = _loss(model, splits.x_val, splits.y_val)
+        start_val_loss = _loss(trainee, splits.x_val, splits.y_val)
         start_weights = model.get_weights()
     started = time.perf_counter()
     with naming_bad_files(splits.x_train, splits.x_val):
-        history = model.fit(
+        history = trainee.fit(
             **fit_data(splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed),
             validation_data=eval_data(splits.x_val, splits.y_val),
             epochs=config.epochs,
@@ -121,17 +125,23 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
                        kept_epoch=best_epoch if config.early_stopping_patience > 0 else len(val_loss) - 1, metric=splits.metric)
 
 
-def compile_for_training(model, config: TrainConfig, learning_rate: float, task: str = "classification") -> None:
+def compile_for_training(model, config: TrainConfig, learning_rate: float, task: str = "classification", *, members: int = 1) -> None:
     """Compile with ``config``'s optimizer at ``learning_rate`` (a fine-tuning phase passes its own)
-    and the task's loss: cross-entropy for classes, mean squared error for regression."""
+    and the task's loss: cross-entropy for classes, mean squared error for regression (``members``:
+    an ensemble's :func:`~dlagent.ml.ensemble.training_view`)."""
     from dlagent.ml.models import build_optimizer
 
-    model.compile(optimizer=build_optimizer(config.replace(learning_rate=learning_rate)), **task_loss(task))
+    model.compile(optimizer=build_optimizer(config.replace(learning_rate=learning_rate)), **task_loss(task, members))
 
 
-def task_loss(task: str = "classification") -> dict:
+def task_loss(task: str = "classification", members: int = 1) -> dict:
     """``compile`` keywords of a task: mean squared error for regression; cross-entropy, with
-    Keras' own accuracy for the epoch logs, for classes."""
+    Keras' own accuracy for the epoch logs, for classes. With ``members`` > 1, for an ensemble's
+    stacked predictions: the mean of the members' own losses, the averaged prediction's accuracy."""
+    if members > 1:
+        from dlagent.ml.ensemble import averaged_accuracy, member_loss
+
+        return {"loss": member_loss(task, members), **({} if task == "regression" else {"metrics": [averaged_accuracy()]})}
     if task == "regression":
         return {"loss": "mse"}
     return {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
@@ -156,13 +166,14 @@ def best_epoch_of(history: dict, metric: str = "accuracy") -> int:
     return int(np.nanargmin(values) if mode == "min" else np.nanargmax(values))
 
 
-def validation_score(splits: DatasetSplits) -> list:
-    """``[ValidationScore]`` when the primary metric is not one Keras logs itself (all but accuracy)."""
+def validation_score(splits: DatasetSplits, model=None) -> list:
+    """``[ValidationScore]`` when the primary metric is not one Keras logs itself (all but accuracy),
+    scoring ``model``'s predictions (default: the model being fitted)."""
     if splits.metric == "accuracy":
         return []
     from dlagent.ml.callbacks import ValidationScore
 
-    return [ValidationScore(splits.primary, splits.x_val, splits.y_val)]
+    return [ValidationScore(splits.primary, splits.x_val, splits.y_val, model=model)]
 
 
 def early_stopping(config: TrainConfig, metric: str = "accuracy") -> list:

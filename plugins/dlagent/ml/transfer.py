@@ -127,6 +127,7 @@ def _load_keras_file(argument: str, allowed_roots):
 def adapt_source(source, input_shape: tuple, n_outputs: int) -> AdaptedModel:
     """A new model: the target's input, adapted to the source's; the source's base called in
     inference mode; the source's head when it has ``n_outputs`` outputs, else a new softmax head.
+    From an ensemble (:mod:`dlagent.ml.ensemble`) its first network: one base and one head.
 
     The source's layers are shared, not copied: pass a copy (:func:`dlagent.ml.models.copy_model`)
     when the source must stay untouched.
@@ -134,6 +135,11 @@ def adapt_source(source, input_shape: tuple, n_outputs: int) -> AdaptedModel:
     import keras
     from keras import layers
 
+    from dlagent.ml.ensemble import first_member, is_ensemble, members_of
+
+    averaged = members_of(source) if is_ensemble(source) else 0
+    if averaged:
+        source = first_member(source)
     last = source.layers[-1]
     if type(last).__name__ != "Dense":
         raise ConfigError("init_from", f"the source model ends in a {type(last).__name__} layer, not a Dense output layer, so "
@@ -141,6 +147,8 @@ def adapt_source(source, input_shape: tuple, n_outputs: int) -> AdaptedModel:
     base = keras.Model(source.inputs, last.input, name="transfer_base")
     inputs = keras.Input(shape=tuple(input_shape), name="features")
     x, notes = _adapt_input(inputs, tuple(int(d) for d in input_shape), tuple(int(d) for d in source.input_shape[1:]))
+    if averaged:
+        notes.append(f"the source averages {averaged} networks (ensemble): its first is fine-tuned")
     features = base(x, training=False)  # batch normalisation in inference mode, also once unfrozen
     softmax = last.get_config().get("activation") == "softmax"
     new_head = int(last.units) != int(n_outputs) or not softmax

@@ -16,7 +16,9 @@ Decisions, in order (each one appends a ``{"decision", "because"}`` reason):
    ``early_stopping_patience``; early stopping ends it sooner), else for
    ``early_stopping_patience`` epochs at ``fine_tune_lr_factor`` x its learning rate (a
    fine-tuning step; the starting weights stay when no epoch beats them). The trial already
-   trained those weights: retraining them from scratch repeats its epochs.
+   trained those weights: retraining them from scratch repeats its epochs. Not for an
+   ensemble (``ensemble``, a regression ``mlp``'s default): the trial trained one network, and
+   the members must start from their own random weights.
 2. **tune**: no completed trial -> a first round of ``initial_trials`` on the default space;
    otherwise add ``trials_per_round`` trials only while the best value improved by more than
    ``min_improvement`` over the last ``improvement_window`` trials (and ``max_trials`` is not
@@ -152,8 +154,10 @@ class RulesPolicy(TuningRules, Policy):
             # Every parameter the trials varied is set, equal to the settings or not: the tuning summary's best may be a
             # trial replayed from an earlier study (the champion's, an earlier round's), and the final training must not mix
             # its values with this best trial's (whose weights a warm start continues).
+            # Not what a trial sets for itself alone: its epochs (capped at trial_epochs) and its one network (``ensemble`` 1).
+            own = {"epochs", *(() if "ensemble" in obs.tuned_params else ("ensemble",))}
             changed = {k: v for k, v in sorted(best["params"].items())
-                       if k in current and k != "epochs" and (current.get(k) != v or k in obs.tuned_params)}
+                       if k in current and k not in own and (current.get(k) != v or k in obs.tuned_params)}
             for key, value in changed.items():
                 train[key] = value
                 current[key] = value
@@ -236,7 +240,13 @@ class RulesPolicy(TuningRules, Policy):
         if not best.get("checkpoint"):
             because("warm_start=null", f"trial {best['number']} saved no weights: the final training starts from scratch")
             return None
-        from dlagent.ml.config import TrainConfig
+        from dlagent.ml.config import TrainConfig, ensemble_members
+
+        members = ensemble_members(str(current.get("model")), current.get("ensemble"), current.get("init_from"), obs.primary.task)
+        if members > 1:
+            because("warm_start=null", f"the final training averages {members} networks (ensemble) and trial {best['number']} "
+                    "trained one: every member starts from its own random weights, which is what makes them differ")
+            return None
 
         # The trial trained the run's settings with its own params on top: a setting it did not tune is the run's.
         trained = {**TrainConfig().to_dict(), **obs.config, **best["params"]}

@@ -218,7 +218,8 @@ class _WorkerLoop:
         pruning = EpochPruningCallback(trial, objective.metric)
         with Heartbeat(self.storage, trial_id, settings.heartbeat_interval):
             try:
-                config = settings.base_config.replace(**params)
+                # One network a trial (unless the space tunes ``ensemble``): trials compare settings, an ensemble is the final model's.
+                config = settings.base_config.replace(**{"ensemble": 1, **params})
                 if tracker is not None:
                     run_id = tracker.start(trial, config, retry_of, splits=self.splits)
                 extra = [tracker.epoch_logger(run_id)] if run_id else []

@@ -14,6 +14,10 @@ def federated_settings(train_config: dict | None, federated: dict | None, site_d
     from dlagent.ml.federated.settings import FederatedConfig
 
     config = TrainConfig.from_dict(dict(train_config or {}))
+    if config.ensemble is not None and config.ensemble > 1:
+        raise ConfigError("ensemble", f"is {config.ensemble}: federated rounds average one network's weights across the sites.",
+                          "leave ensemble empty or 1.")
+    config = config.replace(ensemble=1)  # the mlp's default ensemble is for a central training (dlagent.ml.ensemble)
     values = dict(federated or {})
     sites = list(site_datasets or [])
     if sites:
