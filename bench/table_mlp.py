@@ -1,4 +1,4 @@
-"""Diagnostic: the ``mlp``'s architecture on small tables (depth, a linear path), against a linear baseline.
+"""Diagnostic: the ``mlp``'s architecture on small tables (depth, a linear path, L2, an ensemble), against a linear baseline.
 
     .venv/bin/python bench/table_mlp.py                                    # depth: breast cancer, iris, scaled blobs; seeds 1-10
     .venv/bin/python bench/table_mlp.py --arms linear_path --seeds $(seq 1 15) \\
@@ -8,7 +8,8 @@
 
 Why: ``bench/tabular.py`` finds the default pipeline about a point behind logistic regression
 on scikit-learn's breast cancer table and a few per cent of RMSE behind on the diabetes table
-(its held-out seeds 41-46). This measures what an architecture setting gives, with the product's
+(its held-out seeds 41-46). This measures what an architecture setting (depth, a linear path, an
+L2 penalty, an ensemble) gives, with the product's
 ``dlagent.ml.training.fit`` and no Airflow, on tables and seeds for choosing defaults (never
 ``tabular.py``'s held-out seeds or its diabetes table): per seed the same split as the
 pipeline's (``load_dataset`` with the seed) and the linear baseline of ``dlagent_dev.baselines``
