@@ -35,32 +35,31 @@ def members_of(model) -> int:
     return len(model.get_layer(ENSEMBLE_LAYER).input)
 
 
-def first_member(model):
-    """The first member of an ensemble alone, as a model over its layers (the target scaling after it
-    included): what transfer learning fine-tunes from an ensemble, whose one output layer is not one
-    network's head."""
-    import keras
-
-    from dlagent.ml.layers import TARGET_SCALE_LAYER
-
-    head = model.get_layer(ENSEMBLE_LAYER).input[0]
-    tail = next((layer for layer in model.layers if layer.name == TARGET_SCALE_LAYER), None)
-    return keras.Model(model.inputs, tail(head) if tail is not None else head, name=f"{model.name}_member_0")
-
-
-def training_view(model):
-    """A model over ``model``'s own layers whose output is every member's prediction, stacked to
-    ``(batch, members, outputs)``, in the averaged model's output units (a regressor's target
-    scaling, which follows the average, applied to each member). Training it trains ``model``."""
-    import keras
-    from keras import layers
-
+def member_outputs(model) -> list:
+    """Each member's prediction (a symbolic tensor of ``model``'s graph) in the averaged model's
+    output units: a regressor's target scaling, which follows the average, applied to each."""
     from dlagent.ml.layers import TARGET_SCALE_LAYER
 
     heads = list(model.get_layer(ENSEMBLE_LAYER).input)
     tail = next((layer for layer in model.layers if layer.name == TARGET_SCALE_LAYER), None)
-    if tail is not None:
-        heads = [tail(head) for head in heads]
+    return [tail(head) for head in heads] if tail is not None else heads
+
+
+def first_member(model):
+    """The first member of an ensemble alone, as a model over its layers: what transfer learning
+    fine-tunes from an ensemble, whose one output layer is not one network's head."""
+    import keras
+
+    return keras.Model(model.inputs, member_outputs(model)[0], name=f"{model.name}_member_0")
+
+
+def training_view(model):
+    """A model over ``model``'s own layers whose output is every member's prediction
+    (:func:`member_outputs`), stacked to ``(batch, members, outputs)``. Training it trains ``model``."""
+    import keras
+    from keras import layers
+
+    heads = member_outputs(model)
     outputs = int(heads[0].shape[-1])
     stacked = layers.Concatenate(axis=1, name="members")([layers.Reshape((1, outputs))(head) for head in heads])
     return keras.Model(model.inputs, stacked, name=f"{model.name}_members")
