@@ -88,6 +88,7 @@ def test_fit_trains_the_members_at_once_and_keeps_every_members_best_epoch(task)
     splits = noisy_table(task)
     config = TrainConfig(model="mlp", units=16, epochs=12, learning_rate=0.01, early_stopping_patience=3, seed=3, ensemble=3)
     result = fit(splits, config)
+    assert result.metrics()["ensemble_members"] == 3  # logged with the training run, beside the `ensemble` param
     key = "val_rmse" if task == "regression" else "val_accuracy"
     assert set(result.history) == set(fit(splits, config.replace(ensemble=1)).history)  # the same logs as one network
     scores = evaluate(result.model, splits.__class__(**{**splits.__dict__, "x_test": splits.x_val, "y_test": splits.y_val}))

@@ -33,6 +33,7 @@ class TrainResult:
     transfer: dict | None = None  # init_from: what each fine-tuning phase did (dlagent.ml.transfer)
     kept_epoch: int | None = None  # the epoch whose weights the model holds (the best with early stopping, else the last)
     metric: str = "accuracy"  # the primary metric (dlagent.ml.metrics)
+    members: int = 1  # the networks the model averages (dlagent.ml.ensemble)
 
     @property
     def best_val_metric(self) -> float:
@@ -55,6 +56,7 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "train_seconds": round(self.seconds, 3),
+            "ensemble_members": self.members,
             **({"start_val_loss": self.start_val_loss, "kept_start_weights": int(self.kept_start)} if self.start_val_loss is not None else {}),
             **({f"transfer_{k}": v for k, v in self.transfer.items() if isinstance(v, int) and not isinstance(v, bool)}
                if self.transfer else {}),
@@ -122,7 +124,8 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
         log.info("no epoch beat the starting validation loss %.4f: the starting weights are kept", start_val_loss)
     return TrainResult(model=model, history=hist, epochs_run=len(val_loss), best_epoch=best_epoch, seconds=seconds,
                        start_val_loss=start_val_loss, kept_start=kept_start,
-                       kept_epoch=best_epoch if config.early_stopping_patience > 0 else len(val_loss) - 1, metric=splits.metric)
+                       kept_epoch=best_epoch if config.early_stopping_patience > 0 else len(val_loss) - 1, metric=splits.metric,
+                       members=members_of(model))
 
 
 def compile_for_training(model, config: TrainConfig, learning_rate: float, task: str = "classification", *, members: int = 1) -> None:
