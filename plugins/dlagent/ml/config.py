@@ -112,9 +112,9 @@ class TrainConfig:
     def __post_init__(self):
         check_fields(self)
         if self.ensemble is not None and self.ensemble > 1 and (not self.is_builtin or self.init_from):
-            raise ConfigError("ensemble", f"is {self.ensemble}, but only a built-in model trained from scratch is averaged, and "
-                              + ("init_from fine-tunes one source model" if self.init_from else f"{self.model!r} is your own builder"),
-                              "leave ensemble empty or 1" + ("" if self.init_from else ", or average several networks inside the builder") + ".")
+            why, fix = (("init_from fine-tunes one source model", "leave ensemble empty or 1.") if self.init_from else
+                        (f"{self.model!r} is your own builder", "leave ensemble empty or 1, or average several networks inside the builder."))
+            raise ConfigError("ensemble", f"is {self.ensemble}, but only a built-in model trained from scratch is averaged, and {why}", fix)
         # a private copy: a frozen config must not change when the caller's dict does
         object.__setattr__(self, "model_args", copy.deepcopy(dict(self.model_args)))
 

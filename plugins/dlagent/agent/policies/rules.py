@@ -155,7 +155,7 @@ class RulesPolicy(TuningRules, Policy):
             # trial replayed from an earlier study (the champion's, an earlier round's), and the final training must not mix
             # its values with this best trial's (whose weights a warm start continues).
             # Not what a trial sets for itself alone: its epochs (capped at trial_epochs) and its one network (``ensemble`` 1).
-            own = {"epochs", *(() if "ensemble" in obs.tuned_params else ("ensemble",))}
+            own = {"epochs"} if "ensemble" in obs.tuned_params else {"epochs", "ensemble"}
             changed = {k: v for k, v in sorted(best["params"].items())
                        if k in current and k not in own and (current.get(k) != v or k in obs.tuned_params)}
             for key, value in changed.items():
