@@ -25,7 +25,7 @@ from dlagent.validation import field_bounds, field_default
 
 TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "hidden_layers",
                      "linear_path", "dropout", "l2", "ensemble", "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
-DATA_PARAM_NAMES = ("max_samples", "label_column", "missing", "task", "metric", "cache", "image_size", "color_mode")
+DATA_PARAM_NAMES = ("max_samples", "label_column", "drop_columns", "missing", "task", "metric", "cache", "image_size", "color_mode")
 GATE_PARAM_NAMES = ("metric_threshold", "max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95")
 #: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
 TUNE_PARAM_FIELDS = {"n_trials": "n_trials", "tuning_workers": "n_workers", "tune_timeout_s": "timeout_s",
@@ -61,6 +61,10 @@ def pipeline_params() -> dict[str, Param]:
                              description="Keep a random (for classes: stratified) subset of this many samples (quick runs); empty for all."),
         "label_column": Param("label", type="string", minLength=1, title="CSV label column",
                               description="Name of the label column for 'csv:' data sets (regression: several, as 'a,b')."),
+        "drop_columns": Param("", type="string", title="CSV columns to leave out",
+                              description="Header names of 'csv:' columns the model does not see, as 'id,email' (a key, a "
+                                          "name, free text). A categorical column whose values are nearly all different is "
+                                          "refused as an identifier until it is named here. Empty: every column but the label."),
         "missing": Param("refuse", type="string", enum=list(MISSING_POLICIES), title="Missing values",
                          description="'refuse': an empty CSV cell or a NaN feature is refused, naming where. 'impute' (tables, "
                                      "model 'mlp'): a number is filled inside the model with the training split's median, a category "

@@ -139,7 +139,8 @@ def test_pipeline_on_sqlite_with_a_user_model_builder(tmp_path):
 def _regression_csv(folder: Path) -> str:
     """make_friedman1 (300 rows, 10 features, 5 of them informative) plus a categorical column
     ``band`` that shifts the target, as a CSV in the data root, with gaps: every 23rd ``x3`` and
-    every 29th ``band`` empty (the runs impute them)."""
+    every 29th ``band`` empty (the runs impute them), and a last column ``id``, a row key the runs
+    leave out (``drop_columns``; refused as an identifier otherwise)."""
     import numpy as np
     from sklearn.datasets import make_friedman1
 
@@ -147,12 +148,12 @@ def _regression_csv(folder: Path) -> str:
     bands = np.random.default_rng(0).choice(["low", "mid", "high"], len(y))
     y = y + np.select([bands == "low", bands == "high"], [-3.0, 3.0], 0.0)
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [",".join([*(f"x{i}" for i in range(10)), "band", "y"])]
+    lines = [",".join([*(f"x{i}" for i in range(10)), "band", "y", "id"])]
     for i, (row, band, target) in enumerate(zip(x, bands, y, strict=True)):
         cells = [f"{v:.5f}" for v in row] + [band, f"{target:.5f}"]
         cells[3] = "" if i % 23 == 5 else cells[3]
         cells[10] = "" if i % 29 == 7 else cells[10]
-        lines.append(",".join(cells))
+        lines.append(",".join([*cells, f"row-{i:04d}"]))
     (folder / "friedman.csv").write_text("\n".join(lines) + "\n")
     return f"csv:{folder / 'friedman.csv'}"
 
@@ -166,12 +167,12 @@ def _assert_bundle_scores_raw_rows_like_the_keras_model(env: dict, registry, con
     from dlagent.ml.registry import get_champion
     from dlagent.ml.serving import load_bundle
 
-    options = {k: conf[k] for k in ("task", "label_column", "missing", "max_samples")}
+    options = {k: conf[k] for k in ("task", "label_column", "drop_columns", "missing", "max_samples")}
     splits = load_dataset_with_options(conf["dataset"], options, seed=conf["seed"], allowed_roots=[env["DLAGENT_HOME"]])
     assert splits.encoding.vocabularies == {"band": ["high", "low", "mid"]} and splits.encoding.indicators == ["band"]
     assert any(row[10] is None for row in splits.raw_x_test) and any(row[3] is None for row in splits.raw_x_test)
     bundle = load_bundle(Path(env["DLAGENT_HOME"]) / "deploy")
-    assert bundle.encoding == splits.encoding
+    assert bundle.encoding == splits.encoding and bundle.encoding.dropped == ["id"]
     keras_model = load_keras_model(registry, "models:/" + get_champion(registry, "e2e-regressor")["model_id"])
     served, keras = bundle.predict(splits.raw_x_test), keras_model.predict(splits.x_test, verbose=0)
     assert np.isfinite(served).all()
@@ -192,7 +193,7 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     airflow_db, mlflow_db, optuna_db = postgres_databases(), postgres_databases(), postgres_databases()
     env = _stack(tmp_path, airflow_db=airflow_db, mlflow_uri=mlflow_db, optuna_url=optuna_db)
     regression = {"dataset": _regression_csv(tmp_path / "home" / "data"), "task": "regression", "label_column": "y",
-                  "missing": "impute", "seed": 3, "model_name": "e2e-regressor", "agent_policy": "off", "compression_candidates": [{"quantization": "dynamic"}]}
+                  "drop_columns": "id", "missing": "impute", "seed": 3, "model_name": "e2e-regressor", "agent_policy": "off", "compression_candidates": [{"quantization": "dynamic"}]}
     untrained = {**TINY_CONF, **regression, "n_trials": 0, "epochs": 1, "learning_rate": 1e-5, "max_metric_drop_points": None,
                  "tune_trial_epochs": None, "tune_min_trial_epochs": None}
     tuned = {**TINY_CONF, **regression, "epochs": 30, "max_metric_drop_points": 5.0, "cache": "stream"}  # every task streams the table
@@ -210,6 +211,7 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     assert parent.data.metrics["test_metric"] == pytest.approx(runs["evaluate"].data.metrics["shipped_test_rmse"])
     assert parent.data.metrics["keras_test_metric"] == pytest.approx(runs["evaluate"].data.metrics["keras_test_rmse"])
     assert parent.data.params["data.task"] == "regression" and parent.data.params["data.label_column"] == "y"  # a follow-up reads them
+    assert parent.data.params["data.drop_columns"] == "id"
     assert runs["train"].data.params["task"] == "regression" and "best_val_rmse" in runs["train"].data.metrics
     assert runs["evaluate"].data.metrics["keras_test_r2"] > 0.3  # a 10-feature nonlinear target: the mean gives 0
     assert "agent_plan" not in runs  # off: no agent run, the Params run as given

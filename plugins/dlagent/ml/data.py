@@ -164,8 +164,23 @@ def split_dataset(x, y, *, seed: int, val_fraction: float, test_fraction: float,
     return x[train], y[train], x[val], y[val], x[test], y[test]
 
 
-DATA_OPTIONS = ("label_column", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric", "cache", "image_size",
+DATA_OPTIONS = ("label_column", "drop_columns", "max_samples", "val_fraction", "test_fraction", "missing", "task", "metric", "cache", "image_size",
                 "color_mode")
+
+
+def column_names(field: str, value) -> tuple[str, ...]:
+    """Column names given as ``'a,b'`` or a list, stripped (empty: none); refused, naming ``field``,
+    when not text or named twice."""
+    if value is None or value == "":
+        return ()
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(field, f"must be column names, as 'a,b' or a list of names, got {field}={value!r}.", "give e.g. 'id,email'.")
+    names = tuple(n.strip() for n in names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(field, f"names column {twice[0]!r} twice.", "name each column once.")
+    return names
 
 
 def load_dataset_with_options(uri: str, options: dict | None, *, seed: int, allowed_roots=None) -> DatasetSplits:
@@ -185,6 +200,7 @@ def load_dataset(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     label_column: str = "label",
+    drop_columns: str | list[str] | None = None,
     max_samples: int | None = None,
     allowed_roots: list[str] | None = None,
     missing: str = "refuse",
@@ -204,6 +220,8 @@ def load_dataset(
     :mod:`dlagent.ml.table_rows`); ``memory`` or ``stream`` force either.
     ``image_size`` and ``color_mode`` (image folders): every image resized to that size (empty:
     the first image's) and converted to ``grayscale`` or ``rgb`` (``auto``: the first image's mode).
+    ``drop_columns`` (CSV tables): header columns left out, as ``'id,email'`` or a list: an
+    identifier column is refused until it is (:mod:`dlagent.ml.csv_table`).
     """
     from dlagent.ml.lineage import content_digest
     from dlagent.ml.streaming import is_streamed
@@ -214,6 +232,10 @@ def load_dataset(
     check_choice("data_options.color_mode", color_mode, COLOR_MODES)
     resolve_metric(task, metric)
     scheme = parse_dataset_uri(uri)[0]
+    dropped = column_names("drop_columns", drop_columns)
+    if dropped and scheme != "csv":
+        raise ConfigError("drop_columns", f"leaves columns of a 'csv:' table out; this data set is {scheme!r}.",
+                          "leave drop_columns empty.")
     images = {"image_size": parse_image_size(image_size), "color_mode": color_mode}
     if scheme != "images" and (images["image_size"] or color_mode != "auto"):
         option = "image_size" if images["image_size"] else "color_mode"
@@ -226,7 +248,7 @@ def load_dataset(
         num_classes = validate_labels(y, class_names) if streamed else validate_arrays(x, y, class_names, missing=missing, task=task)
     else:
         x, y, class_names, columns = read_dataset(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task,
-                                                  cache=cache)
+                                                  cache=cache, drop_columns=dropped)
         num_classes = validate_arrays(x, y, class_names, missing=missing, task=task)
         digest = content_digest(x, y, extra=json.dumps(columns.categories, sort_keys=True) if columns and columns.categories else "")
         if is_streamed(x):  # a table too large to hold: split its row numbers, as an image folder's file numbers
@@ -247,7 +269,7 @@ def load_dataset(
     if columns is not None and not columns.categories:  # numbers only: the encoding names the columns for serving
         from dlagent.ml.tabular import fit_encoding
 
-        encoding = fit_encoding(columns.names, {}, missing == "impute")
+        encoding = fit_encoding(columns.names, {}, missing == "impute", dropped=columns.dropped)
     if streamed is not None:  # the split was made on file or row numbers: each part becomes its files or rows
         parts = _streamed_parts(parts, streamed)
     if columns is not None and columns.categories:
@@ -298,7 +320,7 @@ def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):
     from dlagent.ml.tabular import fit_encoding_from_counts
 
     x_train, y_train, x_val, y_val, x_test, y_test = parts
-    encoding = fit_encoding_from_counts(columns.names, columns.category_counts(x_train), impute)
+    encoding = fit_encoding_from_counts(columns.names, columns.category_counts(x_train), impute, dropped=columns.dropped)
     raw_val, raw_test = RawRows(x_val, columns), RawRows(x_test, columns)
     encoded = [encoding.encode_table(part, columns.categories) for part in (x_train, x_val, x_test)]
     return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, (raw_val, raw_test)

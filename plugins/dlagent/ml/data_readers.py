@@ -31,7 +31,7 @@ def load_arrays(uri: str, *, label_column: str = "label", allowed_roots: list[st
     return read_dataset(uri, label_column=label_column, allowed_roots=allowed_roots, missing=missing, task=task)[:3]
 
 
-def read_dataset(uri: str, *, label_column: str, allowed_roots, missing: str, task: str, cache: str = "memory"):
+def read_dataset(uri: str, *, label_column: str, allowed_roots, missing: str, task: str, cache: str = "memory", drop_columns=()):
     """:func:`load_arrays` plus the CSV's :class:`CsvColumns` (``None`` for other data); a CSV
     read with ``cache`` ``stream`` (or ``auto``, when large) gives ``x`` as a
     :class:`~dlagent.ml.table_rows.TableRows`."""
@@ -48,7 +48,7 @@ def read_dataset(uri: str, *, label_column: str, allowed_roots, missing: str, ta
     else:
         path = resolve_data_path(argument, allowed_roots=allowed_roots)
         if scheme == "csv":
-            return load_csv_table(path, label_column, missing, task, cache)
+            return load_csv_table(path, label_column, missing, task, cache, drop_columns)
         if scheme == "npz":
             return (*_load_npz(path, task), None)
         if scheme == "mnist-idx":

@@ -56,6 +56,9 @@ class TableEncoding:
     column to its training values (one-hot slots 1..V, slot 0 out of vocabulary); ``fill`` its
     most frequent training value (for ``missing: impute``), ``indicators`` the categorical
     columns that get a was-missing column. Numeric columns pass through (an empty one as NaN).
+    ``dropped`` are the file's columns left out of training (``drop_columns``): a row given as a
+    dict may still carry them (a record as the source system has it) and they are ignored; any
+    other unknown column is refused.
     """
 
     columns: list[str]
@@ -63,6 +66,7 @@ class TableEncoding:
     fill: dict[str, str] = field(default_factory=dict)
     indicators: list[str] = field(default_factory=list)
     impute: bool = False
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def categorical(self) -> list[str]:
@@ -169,7 +173,7 @@ class TableEncoding:
 
     def _cells(self, row, where: Callable[[int], str], r: int) -> list:
         if isinstance(row, dict):
-            unknown = sorted(set(row) - set(self.columns))
+            unknown = sorted(set(row) - set(self.columns) - set(self.dropped))
             if unknown:
                 raise ConfigError("instances", f"{where(r)} has unknown column {unknown[0]!r}.", f"use the columns {self.columns}.")
             return [row.get(column) for column in self.columns]
@@ -185,9 +189,12 @@ class TableEncoding:
                               "fill the value (or retrain with the data option missing 'impute').")
 
     def to_json(self) -> dict:
-        return {"columns": list(self.columns), "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
-                "fill": dict(self.fill), "indicators": list(self.indicators), "impute": self.impute,
-                "feature_names": self.feature_names()}
+        doc = {"columns": list(self.columns), "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
+               "fill": dict(self.fill), "indicators": list(self.indicators), "impute": self.impute,
+               "feature_names": self.feature_names()}
+        if self.dropped:  # only then: an encoding of a table without any is the document it always was
+            doc["dropped"] = list(self.dropped)
+        return doc
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
@@ -195,7 +202,8 @@ class TableEncoding:
     @classmethod
     def from_json(cls, doc: dict) -> TableEncoding:
         return cls(columns=list(doc["columns"]), vocabularies={k: list(v) for k, v in doc["vocabularies"].items()},
-                   fill=dict(doc.get("fill", {})), indicators=list(doc.get("indicators", [])), impute=bool(doc.get("impute")))
+                   fill=dict(doc.get("fill", {})), indicators=list(doc.get("indicators", [])), impute=bool(doc.get("impute")),
+                   dropped=list(doc.get("dropped", [])))
 
 
 def file_rows(positions) -> Callable[[int], str]:
@@ -221,14 +229,14 @@ def _category(value) -> str:
     return str(value).strip()
 
 
-def fit_encoding(columns: list[str], categorical: dict[str, list], impute: bool) -> TableEncoding:
+def fit_encoding(columns: list[str], categorical: dict[str, list], impute: bool, dropped=()) -> TableEncoding:
     """Learn the vocabularies from the **training split's** raw values of each categorical column
     (``categorical`` maps the column to those values, empty cells included):
     :func:`fit_encoding_from_counts` of their counts."""
-    return fit_encoding_from_counts(columns, {column: Counter(values) for column, values in categorical.items()}, impute)
+    return fit_encoding_from_counts(columns, {column: Counter(values) for column, values in categorical.items()}, impute, dropped)
 
 
-def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], impute: bool) -> TableEncoding:
+def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], impute: bool, dropped=()) -> TableEncoding:
     """Learn the vocabularies from how often each raw value occurs in the **training split** of
     each categorical column (``counts``; an empty cell counts under ``None``): values sorted by
     frequency, then by name, at most :data:`MAX_VOCABULARY` of them."""
@@ -248,4 +256,4 @@ def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], imp
             fill[column] = ranked[0]
         if impute and empty:
             indicators.append(column)
-    return TableEncoding(list(columns), vocabularies, fill, indicators, impute)
+    return TableEncoding(list(columns), vocabularies, fill, indicators, impute, list(dropped))
