@@ -22,12 +22,20 @@ everything else's (the services, PostgreSQL, Redis, this script, which on 2 core
 their CPU from the workers), so the speed-up splits into what the coordination costs (trials per
 worker CPU-minute, two workers against one) and what this machine leaves the workers (their
 cores, two against one).
+``--cpu-quota CORES`` also caps each worker, with everything it starts, at that share of its CPU
+(a cpu cgroup, `dlagent_dev.cpu_quota`): each worker is then a machine of ``CORES`` cores and the
+rest of both CPUs is the services' (on 2 cores without it, the services' 0.3 core comes out of
+the workers' in the two-worker round only). 0.7 leaves 0.3 of each CPU, 0.6 in all, twice what
+the services used while the trials ran (0.26-0.36 core, measured 2026-12-05). The figure without
+a quota stays the run the issue describes; with one, it is the coordination alone on machines
+whose size is the same in both rounds.
 At the end it fails (exit 1) if any process it started is still running, and lists it
 (`dlagent_dev.procs`, the same check as the test suite's).
 
     python bench/scale_out.py                        # 16 trials of the digits CNN, 3 repetitions, pinned
     python bench/scale_out.py --trials 24 --epochs 10 --reps 5
     python bench/scale_out.py --no-pin               # both workers share every CPU (measured 1.47x-1.58x)
+    python bench/scale_out.py --cpu-quota 0.7        # each pinned worker a 0.7-core machine, the rest the services'
 
 Goal: two workers at least 1.8x the trials per minute of one (the limit is 2.0x), judged on the
 median of the repetitions' speed-ups. The last line is ``RESULT {json}``.
@@ -77,16 +85,16 @@ def enqueue_study(storage: str, study_name: str, trials: list[dict]) -> None:
         study.enqueue_trial(params)
 
 
-def one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus) -> list[dict]:
+def one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus, quota=None) -> list[dict]:
     """One stack with ``workers`` Celery workers on fresh databases; ``reps`` pipeline runs, each its own study."""
     from dlagent_dev.pgdb import bench_admin_url, throwaway_databases
 
     with throwaway_databases(bench_admin_url()) as make_database:
-        return _one_round(workers, conf, trials, reps=reps, broker_db=broker_db, cpus=cpus,
+        return _one_round(workers, conf, trials, reps=reps, broker_db=broker_db, cpus=cpus, quota=quota,
                           databases=(make_database(), make_database(), make_database()))
 
 
-def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus, databases) -> list[dict]:
+def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broker_db: int, cpus, databases, quota=None) -> list[dict]:
     import optuna
     from dlagent_dev.airflow_api import AirflowApi
     from dlagent_dev.cpu_use import CpuUse
@@ -97,7 +105,7 @@ def _one_round(workers: int, conf: dict, trials: list[dict], *, reps: int, broke
     env = postgres_stack_env(home, airflow_db=airflow_db, mlflow_db=mlflow_db, optuna_db=optuna_db,
                              AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:6379/{broker_db}")
     stack = LocalStack(env, airflow_port=free_port(), mlflow_port=free_port(), executor="CeleryExecutor", celery_workers=workers,
-                       celery_cpus=cpus[:workers] if cpus else None)
+                       celery_cpus=cpus[:workers] if cpus else None, celery_cpu_quota=quota)
     results = []
     with CpuUse() as cpu_use, stack:
         api = AirflowApi(stack.airflow_url, ADMIN_USER, stack.admin_password)
@@ -175,7 +183,18 @@ def _main() -> int:
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--reps", type=int, default=3, help="pipeline runs per worker count (default 3)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin each Celery worker to its own CPU")
+    parser.add_argument("--cpu-quota", type=float, default=None, metavar="CORES",
+                        help="cap each pinned worker, with what it starts, at this share of its CPU (e.g. 0.7); default none")
     args = parser.parse_args()
+    if args.cpu_quota is not None:
+        from dlagent_dev import cpu_quota
+
+        if not args.pin or not 0 < args.cpu_quota <= 1:
+            print(f"--cpu-quota needs pinned workers and a share of one CPU in (0, 1], got {args.cpu_quota}", file=sys.stderr)
+            return 2
+        if not cpu_quota.supported():
+            print("--cpu-quota: this machine has no writable cpu cgroup; run without it", file=sys.stderr)
+            return 2
     cpus = sorted(os.sched_getaffinity(0))
     if args.pin and len(cpus) < 2:
         print(f"--pin needs 2 CPUs, this process may use {cpus}: run with --no-pin", file=sys.stderr)
@@ -187,9 +206,10 @@ def _main() -> int:
     conf = {"n_trials": args.trials, "tuning_workers": 2, "epochs": args.epochs, "model": args.model, "pruner": "none",
             "search_space": SPACE, "early_stopping_patience": 0, "agent_policy": "off",
             "experiment_name": "scale_out", "compression_candidates": [{"quantization": "dynamic"}]}
-    print(f"conf: {json.dumps(conf)}\ntrials: {json.dumps(trials)}\nCelery workers pinned to CPUs: {pinned}", flush=True)
-    one = one_round(1, conf, trials, reps=args.reps, broker_db=11, cpus=pinned)
-    two = one_round(2, conf, trials, reps=args.reps, broker_db=12, cpus=pinned)
+    print(f"conf: {json.dumps(conf)}\ntrials: {json.dumps(trials)}\nCelery workers pinned to CPUs: {pinned}; "
+          f"CPU quota per worker: {args.cpu_quota or 'none'}", flush=True)
+    one = one_round(1, conf, trials, reps=args.reps, broker_db=11, cpus=pinned, quota=args.cpu_quota)
+    two = one_round(2, conf, trials, reps=args.reps, broker_db=12, cpus=pinned, quota=args.cpu_quota)
     print(f"\n{'Celery workers':>15} {'rep':>4} {'trials':>7} {'tune span s':>12} {'trials/min':>11} {'worker cores':>13} "
           f"{'other cores':>12} {'trials/worker CPU-min':>22}")
     for r in (*one, *two):
@@ -222,7 +242,7 @@ def _main() -> int:
     print("RESULT " + json.dumps({**cpu, "trials_per_min_1": median_1, "trials_per_min_2": median_2, "speedup": round(median_speedup, 3),
                                   "speedups": [round(x, 3) for x in speedups], "speedup_ci95": spread["ci95"] if spread else None,
                                   "trials_per_min_1_range": [rate_1[0], rate_1[-1]], "trials_per_min_2_range": [rate_2[0], rate_2[-1]],
-                                  "reps": args.reps, "pinned": args.pin, "trials": args.trials, "epochs": args.epochs,
+                                  "reps": args.reps, "pinned": args.pin, "cpu_quota": args.cpu_quota, "trials": args.trials, "epochs": args.epochs,
                                   "goal_met": median_speedup >= 1.8}))
     return 0 if both else 1
 

@@ -32,8 +32,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlagent_dev import cpu_quota, leftovers, procs
 from dlagent_dev import env as dev_env
-from dlagent_dev import leftovers, procs
 from dlagent_dev.airflow_api import AirflowApi
 
 ADMIN_USER = "admin"
@@ -131,6 +131,10 @@ class LocalStack:
     # that pins one worker can put the services on its CPU, so they take their CPU from the
     # workers as they do when two pinned workers fill the machine.
     service_cpus: tuple[int, ...] | None = None
+    # At most this many cores for each Celery worker with everything it starts (a cpu cgroup,
+    # dlagent_dev.cpu_quota): with celery_cpus, a worker is a machine of that size and the rest of
+    # its CPU is left to the services. None: no quota.
+    celery_cpu_quota: float | None = None
     # The queues each Celery worker consumes (worker i: celery_queues[i], comma-separated, as
     # `airflow celery worker --queues` takes them), e.g. one site's queue per worker. None: "default".
     celery_queues: tuple[str, ...] | None = None
@@ -147,6 +151,7 @@ class LocalStack:
                              "give one per worker")
         self._stopped: set[str] = set()
         self._log_ports: dict[str, int] = {}
+        self._quota_groups: dict[str, Path] = {}
         home = Path(self.env["DLAGENT_HOME"])
         self.home = home
         self.log_dir = home / "stack-logs"
@@ -221,14 +226,28 @@ class LocalStack:
         command = self.commands()[name]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child process
-        cpus = self._cpus_of(name)
+        cpus, group = self._cpus_of(name), self._quota_group(name)
+
+        def confine() -> None:  # in the child, before exec: what it starts inherits both
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+            if group is not None:
+                cpu_quota.join(group)
+
         process = procs.start([dev_env.executable(command[0]), *command[1:]], tag=self.tag, env=self._service_env(name),
-                              stdout=log, stderr=subprocess.STDOUT,
-                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                              stdout=log, stderr=subprocess.STDOUT, preexec_fn=confine if cpus or group else None)
         log.close()
         self._stopped.discard(name)
         self.processes[name] = process
         return process
+
+    def _quota_group(self, name: str) -> Path | None:
+        """Celery worker ``name``'s cpu cgroup (made once, kept across restarts), or None."""
+        if self.celery_cpu_quota is None or not name.startswith("celery-worker-"):
+            return None
+        if name not in self._quota_groups:
+            self._quota_groups[name] = cpu_quota.create(f"dlagent-{name}", self.celery_cpu_quota)
+        return self._quota_groups[name]
 
     def _cpus_of(self, name: str) -> tuple[int, ...] | None:
         """The CPUs service ``name`` is pinned to (``celery_cpus`` for Celery worker
@@ -350,6 +369,8 @@ class LocalStack:
             thread.start()
         for thread in threads:
             thread.join()
+        for group in self._quota_groups.values():  # their processes have ended
+            cpu_quota.remove(group)
         if failures:
             raise RuntimeError("\n".join(failures))
 
