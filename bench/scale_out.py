@@ -38,7 +38,10 @@ At the end it fails (exit 1) if any process it started is still running, and lis
     python bench/scale_out.py --cpu-quota 0.7        # each pinned worker a 0.7-core machine, the rest the services'
 
 Goal: two workers at least 1.8x the trials per minute of one (the limit is 2.0x), judged on the
-median of the repetitions' speed-ups. The last line is ``RESULT {json}``.
+speed-up of the medians (the two-worker round's median trials per minute over the one-worker
+round's; ``speedup`` in the RESULT, the figure of every run so far); each repetition's own
+speed-up (repetition i of each round) and their mean with its 95 % interval are printed beside
+it. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
