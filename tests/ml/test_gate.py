@@ -85,6 +85,21 @@ def test_limits_on_accuracy_drop_size_and_latency():
     assert not decide(_candidate(0.89), None, None, GateThresholds(metric_threshold=0.9, max_metric_drop_points=None))["blessed"]
 
 
+def test_a_failed_drop_check_on_a_split_too_small_for_its_limit_says_so():
+    """68 test images: one is 1.47 points, more than the default 1-point limit, so one flipped image
+    fails the check; the reason says that the split, not the model, is the problem."""
+    limits = GateThresholds(max_metric_drop_points=1.0)
+    coarse = decide(_candidate(0.9559), {"test_accuracy": 0.9706}, None, limits, test_samples=68)
+    assert not coarse["blessed"]
+    assert "one of the 68 test samples is 1.47 points, more than the limit" in coarse["reasons"][0]
+    fine = decide(_candidate(0.9559), {"test_accuracy": 0.9706}, None, limits, test_samples=1000)  # one sample 0.1 points
+    assert not fine["blessed"] and "test samples" not in fine["reasons"][0]
+    passed = decide(_candidate(0.9706), {"test_accuracy": 0.9706}, None, limits, test_samples=68)
+    assert passed["blessed"] and not any("test samples" in c["detail"] for c in passed["checks"])
+    rmse = decide({"test_rmse": 1.2, "size_bytes": 1000}, {"test_rmse": 1.0}, None, limits, "rmse", test_samples=10)
+    assert not rmse["blessed"] and "test samples" not in rmse["reasons"][0]  # an error's points are not per sample
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("metric_threshold", "0.9"), ("metric_threshold", 1e13), ("metric_threshold", True), ("max_metric_drop_points", [1]),

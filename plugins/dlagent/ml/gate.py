@@ -107,7 +107,7 @@ FRACTIONS = ("accuracy", "auc", "f1_macro")  # metrics that live in [0, 1] (r2 c
 
 def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_metrics: dict | None,
            thresholds: GateThresholds | dict | None = None, metric: Metric | str | None = None, *,
-           candidate_vs_champion: float | None = None) -> dict:
+           candidate_vs_champion: float | None = None, test_samples: int | None = None) -> dict:
     """Decide whether the candidate ships.
 
     ``metric``: the primary metric (a :class:`~dlagent.ml.metrics.Metric` or its name; accuracy
@@ -121,6 +121,10 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
     ``candidate_vs_champion``: the candidate's score on the rows the champion's score was measured
     on, when those are not the whole test split (the rows the champion never trained on,
     :func:`champion_split`); the comparison with the champion uses it, the limits keep the whole split's.
+
+    ``test_samples``: how many test samples the accuracy is counted on. Where one of them weighs
+    more than ``max_metric_drop_points`` (68 samples: 1.47 points), a failed drop check says so:
+    one flipped sample fails it, and the fix is a larger limit or more data, not another model.
     """
     if not isinstance(thresholds, GateThresholds):
         thresholds = GateThresholds.from_dict(thresholds)
@@ -133,6 +137,7 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
     # The limits: the same rule the evaluate step and the rules policy pick candidates with.
     checks = limit_checks(value, size, latency, reference, thresholds, metric)
     drop = -metric.gain_points(value, reference) if reference is not None else None
+    _explain_a_coarse_split(checks, thresholds, metric, test_samples)
 
     def check(name: str, passed: bool, detail: str):
         checks.append({"check": name, "passed": bool(passed), "detail": detail})
@@ -190,6 +195,18 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         "delta_vs_champion_points": delta,
         "thresholds": thresholds.to_dict(),
     }
+
+
+def _explain_a_coarse_split(checks: list[dict], thresholds: GateThresholds, metric: Metric, test_samples: int | None) -> None:
+    """Add to a failed ``max_metric_drop_points`` check that one test sample outweighs the limit."""
+    limit = thresholds.max_metric_drop_points
+    if metric.name != "accuracy" or not test_samples or limit is None or 100.0 / test_samples <= limit:
+        return
+    for entry in checks:
+        if entry["check"] == "max_metric_drop_points" and not entry["passed"]:
+            entry["detail"] += (f"; one of the {test_samples} test samples is {100.0 / test_samples:.2f} points, more than the limit: "
+                                "a candidate that flips a single test sample fails it (raise max_metric_drop_points, or give "
+                                "more test data)")
 
 
 def leaner(size, latency, champion_size, champion_latency, min_efficiency_gain: float) -> tuple[bool, bool]:

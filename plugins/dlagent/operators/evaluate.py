@@ -169,7 +169,7 @@ class EvaluateOperator(DlagentOperator):
                 client.set_tag(run_id, names.GATE_CHAMPION_VERSION_TAG, str(champion["version"]))
                 client.set_tag(run_id, names.GATE_CHAMPION_SPLIT_TAG, champion["split"])
             decision = decide(shipped, reference.metrics, champion["metrics"] if champion else None, thresholds, primary,
-                              candidate_vs_champion=(champion or {}).get("candidate_on_unseen_rows"))
+                              candidate_vs_champion=(champion or {}).get("candidate_on_unseen_rows"), test_samples=len(splits.y_test))
             if champion is not None and champion["split"] == "other" and champion["source"] == MEASURED_HERE:
                 decision["reasons"].append(f"note: {champion['split_detail']}")
             client.set_tag(run_id, names.GATE_BLESSED_TAG, str(decision["blessed"]).lower())
