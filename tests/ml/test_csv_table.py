@@ -112,3 +112,27 @@ def test_a_file_that_changes_between_the_two_passes_is_refused_not_misread(tmp_p
     with pytest.raises(ConfigError, match="changed while it was read") as refused:
         load_arrays(f"csv:{path}")
     assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_semicolon_or_tab_separated_file_reads_as_its_comma_separated_twin(tmp_path, separator):
+    """The separator is read off the header line; in a semicolon file a decimal comma (a
+    spreadsheet saved where the comma is the decimal mark) is a decimal point, and a word with
+    a comma in it stays a word."""
+    path = _write(tmp_path / "t.csv", rows=120)
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    twin = tmp_path / "twin.csv"
+    with open(twin, "w", newline="") as handle:
+        out = csv.writer(handle, delimiter=separator)
+        for i, row in enumerate(rows):
+            if separator == ";" and i and row:
+                row = [cell.replace(".", ",") if cell.replace(".", "", 1).isdigit() else cell for cell in row]
+                row[3] = f"{row[3]}, north" if row[3].startswith("city") else row[3]
+            out.writerow(row)
+    assert csv_table.delimiter_of(twin) == separator
+    x, y, names = load_arrays(f"csv:{path}", missing="impute")
+    x_twin, y_twin, names_twin = load_arrays(f"csv:{twin}", missing="impute")
+    np.testing.assert_array_equal(x_twin, x)  # the city codes too: ", north" on every city keeps their order
+    np.testing.assert_array_equal(y_twin, y)
+    assert names_twin == names

@@ -10,8 +10,8 @@ import csv
 import numpy as np
 import pytest
 from dlagent.errors import ConfigError
-from dlagent.ml import csv_table
 from dlagent.ml.data import load_dataset
+from dlagent.ml.data_checks import IDENTIFIER_WINDOW
 from dlagent.ml.tabular import TableEncoding
 
 
@@ -69,7 +69,7 @@ def test_a_category_with_many_values_that_repeat_is_not_an_identifier(tmp_path):
     rows hardly ever repeat, and are refused."""
     loaded = load_dataset(_write(tmp_path / "zips.csv", rows=3000, categories=400))
     assert "key" in loaded.encoding.vocabularies and len(loaded.encoding.vocabularies["key"]) > 300
-    assert csv_table.IDENTIFIER_WINDOW == 1000  # the window below is the first 1,000 cells
+    assert IDENTIFIER_WINDOW == 1000  # the window below is the first 1,000 cells
     with pytest.raises(ConfigError, match="column 1: 9[0-9]{2} different values in its first 1000"):
         load_dataset(_write(tmp_path / "sparse.csv", rows=3000, categories=50_000))
 

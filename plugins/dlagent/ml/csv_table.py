@@ -2,14 +2,16 @@
 codes, never the file's text.
 
 Reading the whole file as lists of strings (``list(csv.reader(...))``) costs about 20 times the
-float32 features: a 1 GB CSV would need tens of GB. Here:
+float32 features: a 1 GB CSV would need tens of GB. Here (the separator, a comma, a semicolon
+or a tab, read off the header line by :func:`delimiter_of`; a semicolon file's decimal commas
+are decimal points):
 
 1. **the first pass** counts the rows, refuses a ragged row or (under ``missing: refuse``) an
    empty cell at its line, and decides each column's kind from counts alone: numeric, or
    categorical when at least half of its non-empty cells are not numbers; a column of mostly
    numbers with a stray word is refused at that word (a typo, not a category), and a
    categorical column whose values are nearly all different is refused as an identifier
-   (:func:`_identifier_columns`); the columns named in ``drop_columns`` are not read at all;
+   (:func:`~dlagent.ml.data_checks.refuse_identifier`); the columns named in ``drop_columns`` are not read at all;
 2. **the second pass** fills a preallocated float32 array a chunk of :data:`CHUNK_ROWS` rows at a
    time: numbers as numbers, a categorical cell as a code into its column's vocabulary (collected
    in this pass, then renumbered in sorted order), an empty cell as NaN. Class labels are kept
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,17 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.data_checks import CLASSIFICATION_FIX
+from dlagent.ml.data_checks import CLASSIFICATION_FIX, IDENTIFIER_WINDOW, dropped_positions, refuse_identifier
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 
 CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
-# A categorical column whose first IDENTIFIER_WINDOW non-empty cells hold at least IDENTIFIER_SHARE
-# different values is an identifier (a key, a name): one-hot, each value is a column of its own
-# that no other row shares. A true category repeats: 5,000 values spread over a large table
-# show about 905 different values in 1,000 cells (0.905), an identifier 1,000 (1.0).
-IDENTIFIER_WINDOW = 1000
-IDENTIFIER_SHARE = 0.95
-IDENTIFIER_MIN_CELLS = 20  # fewer non-empty cells say nothing either way
+DELIMITERS = (",", ";", "\t")  # in the order :func:`delimiter_of` looks for them in the header
+DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+(?:[eE][+-]?\d+)?\s*$")  # 1,5  -0,25  ,5  2,0e-3 (never 1,234,567)
 EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the training split's median or most frequent value, "
                   "and a was-missing indicator column).")
 
@@ -168,19 +166,32 @@ def _csv_errors(path: Path):
                           "save it as plain comma-separated text.") from exc
 
 
-def _rows(path: Path):
-    """``(line number, row)`` of the data rows (blank lines skipped), after the header."""
+def delimiter_of(path: Path) -> str:
+    """The file's column separator, read off its header line: a comma, else a semicolon (a
+    spreadsheet saved where the comma is the decimal mark), else a tab; a comma when the header
+    holds none of them (a header of one column is refused later: it leaves no feature)."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+        header = handle.readline()
+    return next((mark for mark in DELIMITERS if mark in header), ",")
+
+
+def _rows(path: Path):
+    """``(line number, row)`` of the data rows (blank lines skipped), after the header. In a
+    semicolon-separated file a number may carry a decimal comma (``1,5``): it reads as ``1.5``."""
+    delimiter = delimiter_of(path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
         for row in reader:
             if row:
+                if delimiter == ";":
+                    row = [cell.replace(",", ".") if DECIMAL_COMMA.match(cell) else cell for cell in row]
                 yield reader.line_num, row
 
 
 def _read_header(path: Path) -> list[str]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        first = next(csv.reader(handle), None)
+        first = next(csv.reader(handle, delimiter=delimiter_of(path)), None)
     if first is None:
         raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
     return [h.strip() for h in first]
@@ -195,7 +206,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                               "name the label column in the label_column setting (the header is the file's first line; "
                               "several regression targets: 'a,b').")
     label_at = [header.index(name) for name in label_names]
-    dropped_at = _dropped_columns(path, header, drop_columns, label_names)
+    dropped_at = dropped_positions(path, header, drop_columns, label_names)
     feature_at = [i for i in range(len(header)) if i not in label_at and i not in dropped_at]
     if not feature_at:
         raise ConfigError("drop_columns", f"{str(path)!r}: no feature column is left once the label and drop_columns are taken out.",
@@ -243,32 +254,10 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                               "column holds mostly non-numeric values).")
         categorical.add(j)
     for j in categorical:
-        window = min(present[j], IDENTIFIER_WINDOW)
-        distinct = window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j])
-        if window >= IDENTIFIER_MIN_CELLS and distinct >= IDENTIFIER_SHARE * window:
-            raise ConfigError("dataset", f"{str(path)!r} column {feature_at[j] + 1}: {distinct} different values in its first {window} "
-                              "non-empty cells, an identifier (a key, a name, an e-mail address), not a category: every new row "
-                              "would bring a value the model never saw, and its one-hot columns would only let it memorise the "
-                              "training rows.", "leave the column out: name it in drop_columns (several: 'id,email'), or remove "
-                              "it from the file.")
+        refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]))
     extra = sum(min(len(values[j]), MAX_VOCABULARY) + (present[j] < rows) for j in categorical)
     return _Layout(len(header), tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
                    rows, frozenset(categorical), extra)
-
-
-def _dropped_columns(path: Path, header: list[str], drop_columns: tuple[str, ...], label_names: list[str]) -> list[int]:
-    """The header positions of ``drop_columns``: each must be a header column and not a label
-    (the names are the person's own, so a message may quote them; the header's others it may not)."""
-    positions = []
-    for name in drop_columns:
-        if name not in header:
-            raise ConfigError("drop_columns", f"{str(path)!r} has no column named {name!r} among its {len(header)} header columns.",
-                              "name columns of the file's first line, separated by commas ('id,email'), or leave it empty.")
-        if name in label_names:
-            raise ConfigError("drop_columns", f"{name!r} is the label column; a label cannot be left out.",
-                              "take it out of drop_columns (or name another label_column).")
-        positions.append(header.index(name))
-    return positions
 
 
 def streams(layout: _Layout, cache: str) -> bool:
