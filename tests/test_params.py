@@ -77,6 +77,15 @@ def test_the_params_are_generated_from_the_declared_bounds():
         assert params[name].schema["title"] == bounds.title and bounds.description, name
 
 
+def test_an_optional_text_param_is_empty_as_null_not_as_an_empty_string():
+    """The trigger form sends a field left empty as null: a text Param that may be empty must
+    accept null (default None), or the form refuses its own default and the Trigger button stays
+    disabled (seen with ``drop_columns`` declared ``Param("", type="string")``)."""
+    for name, param in pipeline_params().items():
+        if param.value == "" or (param.schema.get("type") == "string" and not param.schema.get("minLength") and "enum" not in param.schema):
+            pytest.fail(f"{name}: an optional text Param must be Param(None, type=['null', 'string']), got {param.schema}")
+
+
 @pytest.mark.parametrize("name", TRAIN_PARAM_NAMES)
 def test_a_training_setting_has_one_limit_for_the_form_the_plan_and_the_core(name):
     accepted, refused = _edges(TrainConfig.bounds(name))

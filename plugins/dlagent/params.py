@@ -61,7 +61,7 @@ def pipeline_params() -> dict[str, Param]:
                              description="Keep a random (for classes: stratified) subset of this many samples (quick runs); empty for all."),
         "label_column": Param("label", type="string", minLength=1, title="CSV label column",
                               description="Name of the label column for 'csv:' data sets (regression: several, as 'a,b')."),
-        "drop_columns": Param("", type="string", title="CSV columns to leave out",
+        "drop_columns": Param(None, type=["null", "string"], title="CSV columns to leave out",
                               description="Header names of 'csv:' columns the model does not see, as 'id,email' (a key, a "
                                           "name, free text). A categorical column whose values are nearly all different is "
                                           "refused as an identifier until it is named here. Empty: every column but the label."),
