@@ -131,6 +131,9 @@ def test_a_semicolon_or_tab_separated_file_reads_as_its_comma_separated_twin(tmp
                 row[3] = f"{row[3]}, north" if row[3].startswith("city") else row[3]
             out.writerow(row)
     assert csv_table.delimiter_of(twin) == separator
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text(f'"price, EUR"{separator}qty{separator}label\n1{separator}2{separator}yes\n')
+    assert csv_table.delimiter_of(quoted) == separator  # the comma inside quotes is part of a name
     x, y, names = load_arrays(f"csv:{path}", missing="impute")
     x_twin, y_twin, names_twin = load_arrays(f"csv:{twin}", missing="impute")
     np.testing.assert_array_equal(x_twin, x)  # the city codes too: ", north" on every city keeps their order

@@ -40,7 +40,7 @@ from dlagent.ml.data_checks import CLASSIFICATION_FIX, IDENTIFIER_WINDOW, droppe
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 
 CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
-DELIMITERS = (",", ";", "\t")  # in the order :func:`delimiter_of` looks for them in the header
+DELIMITERS = (",", ";", "\t")  # what :func:`delimiter_of` chooses among, the first on a tie
 DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+(?:[eE][+-]?\d+)?\s*$")  # 1,5  -0,25  ,5  2,0e-3 (never 1,234,567)
 EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the training split's median or most frequent value, "
                   "and a was-missing indicator column).")
@@ -167,12 +167,14 @@ def _csv_errors(path: Path):
 
 
 def delimiter_of(path: Path) -> str:
-    """The file's column separator, read off its header line: a comma, else a semicolon (a
-    spreadsheet saved where the comma is the decimal mark), else a tab; a comma when the header
-    holds none of them (a header of one column is refused later: it leaves no feature)."""
+    """The file's column separator, read off its header line: of a comma, a semicolon (a
+    spreadsheet saved where the comma is the decimal mark) and a tab, the one that splits the
+    header into the most columns, quotes respected (``"price, EUR";qty``: a semicolon); the first
+    of them on a tie, so a header of one column reads as comma-separated (and is refused later:
+    it leaves no feature)."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
         header = handle.readline()
-    return next((mark for mark in DELIMITERS if mark in header), ",")
+    return max(DELIMITERS, key=lambda mark: len(next(csv.reader([header], delimiter=mark), [])))
 
 
 def _rows(path: Path):
