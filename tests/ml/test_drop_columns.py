@@ -6,6 +6,7 @@ encoding records it, and a served row that still carries it is scored as if it d
 from __future__ import annotations
 
 import csv
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -92,3 +93,17 @@ def test_drop_columns_on_data_without_columns_is_refused():
     with pytest.raises(ConfigError, match="leaves columns of a 'csv:' table out; this data set is 'digits'") as refused:
         load_dataset("digits", drop_columns="key")
     assert refused.value.field == "drop_columns"
+
+
+@pytest.mark.parametrize("dates", [
+    lambda i: (date(2023, 1, 1) + timedelta(days=i)).isoformat(),  # 2023-01-01
+    lambda i: (datetime(2024, 3, 1, 8) + timedelta(minutes=37 * i)).strftime("%d/%m/%Y %H:%M"),  # 01/03/2024 08:00
+])
+def test_a_column_of_dates_is_refused_with_what_to_do_with_a_date(tmp_path, dates):
+    path = tmp_path / "visits.csv"
+    rows = [f"{dates(i)},{i % 7},{'yes' if i % 3 else 'no'}" for i in range(400)]
+    path.write_text("\n".join(["day,weekday,label", *rows]) + "\n")
+    with pytest.raises(ConfigError, match="column 1: 400 different values in its first 400 non-empty cells, dates or times") as refused:
+        load_dataset(f"csv:{path}")
+    assert "day of the week" in str(refused.value) and "drop_columns" in str(refused.value) and "2024" not in str(refused.value)
+    assert load_dataset(f"csv:{path}", drop_columns="day").encoding.columns == ["weekday"]

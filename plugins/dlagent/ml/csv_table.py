@@ -256,7 +256,8 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                               "column holds mostly non-numeric values).")
         categorical.add(j)
     for j in categorical:
-        refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]))
+        refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
+                          values[j])
     extra = sum(min(len(values[j]), MAX_VOCABULARY) + (present[j] < rows) for j in categorical)
     return _Layout(len(header), tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
                    rows, frozenset(categorical), extra)

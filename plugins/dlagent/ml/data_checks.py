@@ -11,6 +11,8 @@ refused as an identifier.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from dlagent.errors import ConfigError
@@ -31,16 +33,27 @@ IDENTIFIER_SHARE = 0.95
 IDENTIFIER_MIN_CELLS = 20  # fewer non-empty cells say nothing either way
 
 
-def refuse_identifier(path, column: int, cells: int, distinct: int) -> None:
+# A date or a time as a spreadsheet or a database writes it: 2024-03-01, 01/03/2024, 1.3.24, 2024-03-01T12:00
+DATE_LIKE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?")
+
+
+def refuse_identifier(path, column: int, cells: int, distinct: int, values=()) -> None:
     """Refuse categorical column ``column`` (1-based) of the CSV at ``path`` when its first
     ``min(cells, IDENTIFIER_WINDOW)`` non-empty cells hold ``distinct`` values, nearly one each.
-    The message names the column by position: the header is content (:mod:`dlagent.ml.csv_table`)."""
+    When ``values`` (its distinct texts, or some of them) look like dates or times, the fix says
+    what to do with a date. The message names the column by position and quotes no value: the
+    header and the cells are content (:mod:`dlagent.ml.csv_table`)."""
     window = min(cells, IDENTIFIER_WINDOW)
-    if window >= IDENTIFIER_MIN_CELLS and distinct >= IDENTIFIER_SHARE * window:
-        raise ConfigError("dataset", f"{str(path)!r} column {column}: {distinct} different values in its first {window} non-empty "
-                          "cells, an identifier (a key, a name, an e-mail address), not a category: every new row would bring a "
-                          "value the model never saw, and its one-hot columns would only let it memorise the training rows.",
-                          "leave the column out: name it in drop_columns (several: 'id,email'), or remove it from the file.")
+    if window < IDENTIFIER_MIN_CELLS or distinct < IDENTIFIER_SHARE * window:
+        return
+    where = f"{str(path)!r} column {column}: {distinct} different values in its first {window} non-empty cells"
+    if values and sum(bool(DATE_LIKE.match(v)) for v in values) >= IDENTIFIER_SHARE * len(values):
+        raise ConfigError("dataset", f"{where}, dates or times: as a category each is a value no later row brings, so the model "
+                          "can learn nothing from it.", "give what matters in it as numeric columns of their own (day of the "
+                          "week, month, days since a start), and leave the column out: name it in drop_columns.")
+    raise ConfigError("dataset", f"{where}, an identifier (a key, a name, an e-mail address), not a category: every new row would "
+                      "bring a value the model never saw, and its one-hot columns would only let it memorise the training rows.",
+                      "leave the column out: name it in drop_columns (several: 'id,email'), or remove it from the file.")
 
 
 def dropped_positions(path, header: list[str], drop_columns, label_names: list[str]) -> list[int]:
