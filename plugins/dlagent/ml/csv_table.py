@@ -108,6 +108,7 @@ class _Layout:
     rows, and which feature columns (by position in ``feature_at``) are categorical."""
 
     header_width: int
+    delimiter: str
     dropped: tuple[str, ...]
     label_at: list[int]
     label_names: list[str]
@@ -177,10 +178,9 @@ def delimiter_of(path: Path) -> str:
     return max(DELIMITERS, key=lambda mark: len(next(csv.reader([header], delimiter=mark), [])))
 
 
-def _rows(path: Path):
+def _rows(path: Path, delimiter: str):
     """``(line number, row)`` of the data rows (blank lines skipped), after the header. In a
     semicolon-separated file a number may carry a decimal comma (``1,5``): it reads as ``1.5``."""
-    delimiter = delimiter_of(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
@@ -191,16 +191,17 @@ def _rows(path: Path):
                 yield reader.line_num, row
 
 
-def _read_header(path: Path) -> list[str]:
+def _read_header(path: Path, delimiter: str) -> list[str]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        first = next(csv.reader(handle, delimiter=delimiter_of(path)), None)
+        first = next(csv.reader(handle, delimiter=delimiter), None)
     if first is None:
         raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
     return [h.strip() for h in first]
 
 
 def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_columns: tuple[str, ...] = ()) -> _Layout:
-    header = _read_header(path)
+    delimiter = delimiter_of(path)  # once: both passes read the file with it (_Layout.delimiter)
+    header = _read_header(path, delimiter)
     label_names = [c.strip() for c in label_column.split(",")] if task == REGRESSION else [label_column]
     for name in label_names:
         if name not in header:
@@ -225,7 +226,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     values = [set() for _ in feature_at]  # each column's distinct texts, up to the vocabulary cap: the encoded width
     window_distinct = [0] * len(feature_at)  # distinct texts among a column's first IDENTIFIER_WINDOW non-empty cells
     rows = 0
-    for line, row in _rows(path):
+    for line, row in _rows(path, delimiter):
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
         for j, i in enumerate(feature_at):
@@ -259,7 +260,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
                           values[j])
     extra = sum(min(len(values[j]), MAX_VOCABULARY) + (present[j] < rows) for j in categorical)
-    return _Layout(len(header), tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
+    return _Layout(len(header), delimiter, tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
                    rows, frozenset(categorical), extra)
 
 
@@ -287,7 +288,7 @@ def _second_pass(path: Path, layout: _Layout, task: str, *, streamed: bool = Fal
     targets = np.empty((layout.rows, len(layout.label_at)), np.float32) if regression else None
     label_codes, label_texts = (None, None) if regression else (np.empty(layout.rows, np.int64), {})
     chunk, start = [], 0
-    for line, row in _rows(path):
+    for line, row in _rows(path, layout.delimiter):
         position = start + len(chunk)
         if position >= layout.rows or len(row) != layout.header_width:
             raise _changed(path, line)
