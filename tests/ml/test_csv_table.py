@@ -139,3 +139,78 @@ def test_a_semicolon_or_tab_separated_file_reads_as_its_comma_separated_twin(tmp
     np.testing.assert_array_equal(x_twin, x)  # the city codes too: ", north" on every city keeps their order
     np.testing.assert_array_equal(y_twin, y)
     assert names_twin == names
+
+
+def _marked_table(path, marks: list[str]):
+    """A numeric column with ``marks`` on every 7th row (line 2 + 7k), a categorical column where
+    "None" is a value, and its twin with those cells empty."""
+    twin = path.with_name("blank.csv")
+    with open(path, "w", newline="") as handle, open(twin, "w", newline="") as blank:
+        out, out_blank = csv.writer(handle), csv.writer(blank)
+        for writer in (out, out_blank):
+            writer.writerow(["size", "heating", "label"])
+        for i in range(140):
+            mark = marks[i // 7 % len(marks)] if i % 7 == 0 else None
+            heating = ["gas", "None", "electric"][i % 3]
+            out.writerow([mark if mark else f"{i * 0.37:.2f}", heating, "ab"[i % 2]])
+            out_blank.writerow(["" if mark else f"{i * 0.37:.2f}", heating, "ab"[i % 2]])
+    return path, twin
+
+
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_a_missing_value_mark_in_a_column_of_numbers_is_an_empty_cell(tmp_path, cache):
+    """NA, N/A, null, None, ? (the marks pandas reads as missing, and the UCI archive's) in a
+    column of numbers read as the same file with those cells empty: refused under ``missing:
+    refuse`` at the first one's line, imputed under ``impute``; a server reads them the same way.
+    In a categorical column "None" stays a value; an empty regression target by another name is
+    refused as empty."""
+    from dlagent.ml.data_readers import read_dataset
+
+    path, twin = _marked_table(tmp_path / "marked.csv", ["NA", "n/a", "null", "None", "?", "#N/A", "NaN"])
+    with pytest.raises(ConfigError, match="line 2, column 1: a missing-value mark .* in a column of numbers, an empty cell") as refused:
+        load_arrays(f"csv:{path}")
+    assert "missing to 'impute'" in str(refused.value)
+
+    def read(p):
+        x, y, names, columns = read_dataset(f"csv:{p}", label_column="label", allowed_roots=None, missing="impute",
+                                            task="classification", cache=cache)
+        return np.asarray(x[:]), y, columns
+
+    x, y, columns = read(path)
+    x_twin, y_twin, _ = read(twin)
+    np.testing.assert_array_equal(x, x_twin)
+    np.testing.assert_array_equal(y, y_twin)
+    assert int(np.isnan(x[:, 0]).sum()) == 20 and columns.categories[1] == ["None", "electric", "gas"]
+    from dlagent.ml import tabular
+
+    encoding = tabular.fit_encoding(["size", "heating"], {"heating": ["gas", "None", "electric"]}, True)
+    np.testing.assert_array_equal(encoding.encode([["NA", "None"], [" n/a ", "gas"]]), encoding.encode([[None, "None"], [None, "gas"]]))
+    regression = tmp_path / "r.csv"
+    regression.write_text("f,y\n1,2.5\n2,3.5\n3,NA\n")
+    with pytest.raises(ConfigError, match="line 4, target column 'y' is empty"):
+        load_arrays(f"csv:{regression}", label_column="y", task="regression")
+
+
+@pytest.mark.parametrize("written", ["$1,200", "12%", "1,234,567", "(1,200.50)", "€ 3.400,00", "1 200 000", "45 %", "£7"])
+def test_numbers_written_for_people_are_refused_not_taken_for_words(tmp_path, written):
+    """A currency sign, a percent sign or thousands separators make a number text: as categories
+    its values would lose their size (a synthetic 400-row table of incomes as "$1,234" was refused
+    as an identifier; percentages from 0% to 99% became 92 one-hot columns). Refused at the
+    first one's line, naming the fix and quoting no cell; a column of words with such a value
+    among them stays categorical."""
+    path = tmp_path / "f.csv"
+    rows = [[f"{i}.5", "7", "ab"[i % 2]] for i in range(30)]
+    rows[3][1] = written
+    for row in rows[4:]:
+        row[1] = written
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([["a", "amount", "label"], *rows])
+    with pytest.raises(ConfigError, match="line 5, column 2: a number written with a currency sign, a percent sign or thousands") as refused:
+        load_arrays(f"csv:{path}")
+    assert "plain numbers" in str(refused.value) and "drop_columns" in str(refused.value) and written not in str(refused.value)
+    for row in rows[::3]:
+        row[1] = "red"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([["a", "amount", "label"], *rows])
+    x, _, _ = load_arrays(f"csv:{path}")
+    assert sorted(set(x[:, 1])) == [0.0, 1.0, 2.0]  # three categories: "7", the written number and the word

@@ -8,13 +8,14 @@ are decimal points):
 
 1. **the first pass** counts the rows, refuses a ragged row or (under ``missing: refuse``) an
    empty cell at its line, and decides each column's kind from counts alone: numeric, or
-   categorical when at least half of its non-empty cells are not numbers; a column of mostly
-   numbers with a stray word is refused at that word (a typo, not a category), and a
-   categorical column whose values are nearly all different is refused as an identifier
+   categorical when at least half of its non-empty cells are not numbers (a missing-value mark
+   such as ``NA`` in a column of numbers is an empty cell; :func:`~dlagent.ml.data_checks.categorical_column`);
+   a column of mostly numbers with a stray word is refused at that word (a typo, not a category),
+   so is a column of numbers written for people (``$1,200``, ``12%``), and a categorical column whose values are nearly all different is refused as an identifier
    (:func:`~dlagent.ml.data_checks.refuse_identifier`); the columns named in ``drop_columns`` are not read at all;
 2. **the second pass** fills a preallocated float32 array a chunk of :data:`CHUNK_ROWS` rows at a
    time: numbers as numbers, a categorical cell as a code into its column's vocabulary (collected
-   in this pass, then renumbered in sorted order), an empty cell as NaN. Class labels are kept
+   in this pass, then renumbered in sorted order), an empty cell (or a mark in a numeric column) as NaN. Class labels are kept
    as codes into their distinct values; regression targets as float32.
 
 Messages name the file, the line and the column's position, never a cell's content or a header
@@ -36,14 +37,21 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.data_checks import CLASSIFICATION_FIX, IDENTIFIER_WINDOW, dropped_positions, refuse_identifier
+from dlagent.ml.data_checks import (
+    CLASSIFICATION_FIX,
+    EMPTY_CELL_FIX,
+    FORMATTED_NUMBER,
+    IDENTIFIER_WINDOW,
+    MISSING_MARKERS,
+    categorical_column,
+    dropped_positions,
+    refuse_identifier,
+)
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 
 CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
 DELIMITERS = (",", ";", "\t")  # what :func:`delimiter_of` chooses among, the first on a tie
 DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+(?:[eE][+-]?\d+)?\s*$")  # 1,5  -0,25  ,5  2,0e-3 (never 1,234,567)
-EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the training split's median or most frequent value, "
-                  "and a was-missing indicator column).")
 
 
 @dataclass(frozen=True)
@@ -222,7 +230,8 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         seen[header[i]] = i
     from dlagent.ml.tabular import MAX_VOCABULARY
 
-    present, numeric, first_word = [0] * len(feature_at), [0] * len(feature_at), [None] * len(feature_at)
+    present, numeric, marked, formatted = ([0] * len(feature_at) for _ in range(4))
+    first_line = [{} for _ in feature_at]  # the first line of a column's missing-value "marker", "formatted" number, "word"
     values = [set() for _ in feature_at]  # each column's distinct texts, up to the vocabulary cap: the encoded width
     window_distinct = [0] * len(feature_at)  # distinct texts among a column's first IDENTIFIER_WINDOW non-empty cells
     rows = 0
@@ -242,20 +251,19 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 window_distinct[j] = len(values[j])
             if _is_float(text):
                 numeric[j] += 1
-            elif first_word[j] is None:
-                first_word[j] = line
+            elif text.lower() in MISSING_MARKERS:
+                marked[j] += 1
+                first_line[j].setdefault("marker", line)
+            elif "word" not in first_line[j] and FORMATTED_NUMBER.match(text):  # past a word it cannot matter
+                formatted[j] += 1
+                first_line[j].setdefault("formatted", line)
+            else:
+                first_line[j].setdefault("word", line)
         rows += 1
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
-    categorical = set()
-    for j, i in enumerate(feature_at):
-        if numeric[j] == present[j]:
-            continue
-        if numeric[j] * 2 > present[j]:
-            raise ConfigError("dataset", f"{str(path)!r} line {first_word[j]}, column {i + 1}: a feature that is not a number, "
-                              "in a column of numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical "
-                              "column holds mostly non-numeric values).")
-        categorical.add(j)
+    categorical = {j for j, i in enumerate(feature_at)
+                   if categorical_column(repr(str(path)), i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing)}
     for j in categorical:
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
                           values[j])
@@ -303,7 +311,9 @@ def _second_pass(path: Path, layout: _Layout, task: str, *, streamed: bool = Fal
                 try:
                     values.append(float(text))
                 except ValueError:
-                    raise _changed(path, line) from None  # the first pass found only numbers here
+                    if text.lower() not in MISSING_MARKERS:
+                        raise _changed(path, line) from None  # the first pass found only numbers and marks here
+                    values.append(math.nan)
         if regression:
             targets[position] = _targets_of(path, line, [row[i].strip() for i in layout.label_at], layout.label_names)
         else:
@@ -366,9 +376,10 @@ class _NonFinite:
 def _targets_of(path: Path, line: int, texts: list[str], names: list[str]) -> list[float]:
     for name, text in zip(names, texts, strict=True):
         if not _is_float(text):
-            what = "is empty" if not text else "is not a number: the column holds class labels"
+            empty = not text or text.lower() in MISSING_MARKERS  # NA: a target nobody measured
+            what = "is empty" if empty else "is not a number: the column holds class labels"
             raise ConfigError("dataset", f"{str(path)!r} line {line}, target column {name!r} {what}.",
-                              "fill the target (rows without one cannot be used)" if not text else CLASSIFICATION_FIX)
+                              "fill the target (rows without one cannot be used)" if empty else CLASSIFICATION_FIX)
     return [float(t) for t in texts]
 
 

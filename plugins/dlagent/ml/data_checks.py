@@ -4,9 +4,11 @@ three-way split, regression targets finite and varying.
 
 A target in the wrong task is refused with the real reason: class-like values under regression,
 a count or a measured quantity under classification, each naming the data option that fixes it.
-Two more a CSV's first pass applies (:mod:`dlagent.ml.csv_table`): ``drop_columns`` must name
-header columns that are not labels, and a categorical column of nearly all different values is
-refused as an identifier.
+More a CSV's first pass applies (:mod:`dlagent.ml.csv_table`): ``drop_columns`` must name
+header columns that are not labels; a column's kind is decided from its cells' counts
+(:func:`categorical_column`), where a missing-value mark (``NA``) in a column of numbers is an
+empty cell and numbers written for people (``$1,200``, ``12%``) are refused, not taken for words;
+and a categorical column of nearly all different values is refused as an identifier.
 """
 
 from __future__ import annotations
@@ -31,6 +33,44 @@ MIN_REGRESSION_SAMPLES = 10
 IDENTIFIER_WINDOW = 1000
 IDENTIFIER_SHARE = 0.95
 IDENTIFIER_MIN_CELLS = 20  # fewer non-empty cells say nothing either way
+
+
+# A cell that says "no value": the marks pandas reads as missing by default, and "?" (the UCI
+# archive's). In a column of numbers it is an empty cell; in a categorical column it stays a
+# value like any other ("None" may be a kind of heating, "NA" a country).
+MISSING_MARKERS = frozenset({"na", "n/a", "nan", "-nan", "null", "none", "#n/a", "#na", "<na>", "?"})
+# A number written for people: a currency or percent sign, thousands separators (1,234,567
+# 1.234.567 1'234'567 1 234 567), accounting parentheses. Read as text, each value would be a
+# category of its own and the model would never see its size.
+FORMATTED_NUMBER = re.compile(r"\s*\(?[-+]?\s*[$€£¥]?\s*[-+]?(\d{1,3}([,.' ]\d{3})+|\d+)([.,]\d+)?\s*[$€£¥%]?\s*\)?\s*$")
+EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the training split's median or most frequent value, "
+                  "and a was-missing indicator column).")
+
+
+def categorical_column(where: str, column: int, present: int, numeric: int, marked: int, formatted: int, first_line: dict, missing: str) -> bool:
+    """Whether a CSV column is categorical, from the counts of its non-empty cells (``present``):
+    ``numeric`` numbers, ``marked`` missing-value marks, ``formatted`` numbers written for people
+    (counted until the column's first word), and ``first_line`` (the first line of a ``"marker"``,
+    ``"formatted"`` number and ``"word"``). ``where`` names the file, ``column`` is 1-based. Refused: a mark under
+    ``missing: refuse`` in a column of numbers (an empty cell by another name), a column of
+    formatted numbers, and a column of mostly numbers with a stray word (a typo, not a category)."""
+    words = present - numeric - marked - formatted
+    column = f"column {column}"
+    if not words and not formatted and (numeric or not marked):
+        if marked and missing != "impute":
+            raise ConfigError("dataset", f"{where} line {first_line['marker']}, {column}: a missing-value mark (such as NA, N/A, "
+                              "null, None or ?) in a column of numbers, an empty cell.", EMPTY_CELL_FIX)
+        return False
+    if formatted and not words:
+        raise ConfigError("dataset", f"{where} line {first_line['formatted']}, {column}: a number written with a currency sign, a "
+                          "percent sign or thousands separators: as text each value would be a category of its own, and the "
+                          "model would never see how large it is.", "save the column as plain numbers (1234.5, a percentage as "
+                          "12 or 0.12), or name it in drop_columns.")
+    if numeric * 2 > present - marked:
+        raise ConfigError("dataset", f"{where} line {first_line['word']}, {column}: a feature that is not a number, in a column of "
+                          "numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical column holds mostly "
+                          "non-numeric values).")
+    return True
 
 
 # A date or a time as a spreadsheet or a database writes it: 2024-03-01, 01/03/2024, 1.3.24, 2024-03-01T12:00

@@ -212,9 +212,14 @@ def file_rows(positions) -> Callable[[int], str]:
 
 
 def _number(value, where: Callable[[int], str], r: int, column: str) -> float:
+    """A numeric cell's value: NaN (a gap) for a missing-value mark such as ``NA``, as the CSV loader reads it."""
+    from dlagent.ml.data_checks import MISSING_MARKERS
+
     try:
         number = float(value)
     except (TypeError, ValueError):
+        if isinstance(value, str) and value.strip().lower() in MISSING_MARKERS:
+            return math.nan
         raise ConfigError("instances", f"{where(r)}, column {column!r}: not a number (a numeric column in training).",
                           "give a number.") from None
     if math.isinf(number):
