@@ -79,8 +79,8 @@ def pipeline_params() -> dict[str, Param]:
                                         "'HEIGHTxWIDTH' ('64x48'), in memory and when streamed. Empty: the first image's size. (No leading "
                                         "zero: '0x32' would render as the hexadecimal number 50.)"),
         "color_mode": Param("auto", type="string", enum=list(COLOR_MODES), title="Colour mode",
-                            description="'images:' folders: 'grayscale' or 'rgb' converts every image; 'auto' keeps the first "
-                                        "image's mode."),
+                            description="'images:' folders: 'grayscale' or 'rgb' converts every image; 'auto' is 'rgb' unless "
+                                        "every image is grayscale."),
         **{name: declared_param(TuneConfig, field) for name, field in TUNE_PARAM_FIELDS.items()},
         "tune_seed_studies": Param([], type="array", items={"type": "string", "minLength": 1}, maxItems=32, title="Seed studies",
                                    description="Earlier Optuna studies (same storage) whose finished trials are replayed into this "

@@ -187,3 +187,46 @@ def test_resized_or_converted_pixels_are_another_data_set_for_lineage(tmp_path):
     assert load_dataset(uri, seed=1, image_size="10x12", color_mode="rgb").digest == plain.digest  # the first image's own
     assert len({plain.digest, load_dataset(uri, seed=1, image_size=8).digest,
                 load_dataset(uri, seed=1, color_mode="grayscale").digest}) == 3
+
+
+def test_auto_colour_is_rgb_when_any_image_has_colour_whichever_sorts_first(tmp_path):
+    """A folder of colour photos whose first file is grayscale was read in grayscale, its colours
+    (here: the class) thrown away. ``auto`` is grayscale only when every image is (16-bit too)."""
+    from PIL import Image
+
+    uri = _folder(tmp_path / "set", per_class=12)
+    first = tmp_path / "set" / "class0" / "000.png"
+    Image.open(first).convert("L").save(first)
+    splits = load_dataset(uri, seed=0, cache="memory")
+    assert splits.input_shape == (10, 12, 3)
+    assert load_dataset(uri, seed=0, cache="stream").input_shape == (10, 12, 3)
+    gray = tmp_path / "gray"
+    for c in range(2):
+        (gray / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = np.full((8, 8), 40 + 100 * c + i, np.uint16) * (256 if i % 2 else 1)
+            Image.fromarray(pixels if i % 2 else pixels.astype(np.uint8)).save(gray / f"c{c}" / f"{i}.png")
+    scanned = streaming.scan_image_folder(gray)
+    assert "I;16" in scanned.modes and scanned.channels == 1
+    assert load_dataset(f"images:{gray}", seed=0, cache="memory").input_shape == (8, 8)
+
+
+def test_images_in_sub_folders_of_a_class_are_its_images_and_hidden_files_are_not(tmp_path):
+    """As Keras' ``image_dataset_from_directory`` reads a class folder: at any depth (before, a
+    ``cats/2024/`` folder was skipped without a word), in a fixed order; hidden folders and files
+    (macOS's ``._photo.png`` beside each photo, not an image) are not read."""
+    uri = _folder(tmp_path / "set", per_class=9)
+    flat = streaming.scan_image_folder(tmp_path / "set")
+    nested = tmp_path / "set" / "class1" / "2024" / "may"
+    nested.mkdir(parents=True)
+    (tmp_path / "set" / "class1" / "008.png").rename(nested / "008.png")
+    (tmp_path / "set" / "class1" / "._001.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "set" / "class2" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "set" / "class2" / ".ipynb_checkpoints" / "000-checkpoint.png").write_bytes(b"not an image")
+    scanned = streaming.scan_image_folder(tmp_path / "set")
+    assert len(scanned.paths) == len(flat.paths) == 27 and str(nested / "008.png") in scanned.paths
+    np.testing.assert_array_equal(scanned.labels, flat.labels)
+    assert scanned.paths[9:18] == sorted(scanned.paths[9:18])  # class1: 000..007.png, then 2024/may/008.png
+    assert scanned.digest != flat.digest  # the relative path is part of the digest
+    memory, streamed = load_dataset(uri, seed=1, cache="memory"), load_dataset(uri, seed=1, cache="stream")
+    np.testing.assert_allclose(streamed.x_test[:], memory.x_test, atol=1e-6)

@@ -6,7 +6,7 @@ Supported names:
 ``mnist-idx:<dir>``   MNIST-style IDX files (``*images-idx3-ubyte[.gz]`` and ``*labels-idx1-ubyte[.gz]``)
 ``npz:<path>``        a NumPy ``.npz`` with arrays ``x`` and ``y``
 ``csv:<path>``        a CSV with a header and a label column (default ``label``); numeric features
-``images:<dir>``      one sub-folder per class holding image files
+``images:<dir>``      one sub-folder per class holding image files (at any depth below it)
 
 The data options ``task`` and ``metric`` say what the labels are and how models are judged
 (:mod:`dlagent.ml.metrics`): ``classification`` labels are classes (integers, or names sorted
@@ -219,7 +219,7 @@ def load_dataset(
     larger one (:mod:`dlagent.ml.streaming`, :func:`dlagent.ml.csv_table.streams`,
     :mod:`dlagent.ml.table_rows`); ``memory`` or ``stream`` force either.
     ``image_size`` and ``color_mode`` (image folders): every image resized to that size (empty:
-    the first image's) and converted to ``grayscale`` or ``rgb`` (``auto``: the first image's mode).
+    the first image's) and converted to ``grayscale`` or ``rgb`` (``auto``: rgb unless every image is grayscale).
     ``drop_columns`` (CSV tables): header columns left out, as ``'id,email'`` or a list: an
     identifier column is refused until it is (:mod:`dlagent.ml.csv_table`).
     """

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,14 @@ STREAM_FORMATS = ("PNG", "JPEG")  # what tf.io.decode_image reads in every mode 
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16- and 32-bit pixels: read by Pillow only
 DECODE_CHUNK = 256  # files decoded at once when many are indexed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel (and alpha)
 
 
 @dataclass(frozen=True)
 class ScannedFolder:
     """What one pass over an image folder found: the files in a fixed order, their labels, the
-    class names, the first image's size ``(height, width)`` and channels (1 or 3), the formats
-    seen, and a digest of every file's relative path and bytes."""
+    class names, the first image's size ``(height, width)``, the channels (1 when every image is
+    grayscale, else 3), the formats seen, and a digest of every file's relative path and bytes."""
 
     paths: list[str]
     labels: np.ndarray
@@ -64,8 +66,9 @@ class ScannedFolder:
 
 
 def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
-    """List, check and hash every image under ``directory`` (one sub-folder per class), in one
-    pass, reading each file once. Raises :class:`ConfigError` naming the first bad file."""
+    """List, check and hash every image under ``directory`` (one sub-folder per class, its images
+    at any depth below it, as Keras' ``image_dataset_from_directory`` reads them), in one pass,
+    reading each file once. Raises :class:`ConfigError` naming the first bad file."""
     from PIL import Image
 
     from dlagent.ml.data_paths import check_inside_roots
@@ -76,12 +79,10 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     if not class_dirs:
         raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
     digest = hashlib.sha256()
-    paths, labels, size, channels, formats, modes = [], [], None, None, set(), set()
+    paths, labels, size, formats, modes = [], [], None, set(), set()
     for label, class_dir in enumerate(class_dirs):
         check_inside_roots(class_dir, allowed_roots)
-        for file in sorted(class_dir.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        for file in _class_images(class_dir):
             check_inside_roots(file, allowed_roots)
             raw = _read(file)
             with _image_errors(file), warnings.catch_warnings():
@@ -92,16 +93,30 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
                     modes.add(img.mode)
                     if size is None:
                         size = (img.size[1], img.size[0])
-                        channels = 1 if img.mode in ("1", "L", "LA", "I", "I;16") else 3
                     img.verify()
-            digest.update(f"{class_dir.name}/{file.name}:{len(raw)}:".encode())
+            digest.update(f"{class_dir.name}/{file.relative_to(class_dir).as_posix()}:{len(raw)}:".encode())
             digest.update(raw)
             paths.append(str(file))
             labels.append(label)
     if not paths:
         raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
+    # one colour image makes the data set a colour one: grayscale would throw its colours away (a
+    # grayscale image loses nothing as RGB), whichever file happens to sort first
+    channels = 1 if modes <= set(GRAY_MODES) else 3
     return ScannedFolder(paths, np.array(labels, np.int64), [d.name for d in class_dirs], size, channels, frozenset(formats),
                          digest.hexdigest()[:20], frozenset(modes))
+
+
+def _class_images(class_dir: Path) -> list[Path]:
+    """The image files under one class folder, at any depth, in a fixed order (by relative path);
+    hidden folders and files (``.ipynb_checkpoints``, macOS's ``._photo.jpg`` beside each photo
+    copied from its disks) are skipped, and symbolic links to folders are not followed (a linked
+    file is still checked against the data roots)."""
+    found = []
+    for folder, subfolders, files in os.walk(class_dir):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found, key=lambda file: file.relative_to(class_dir).parts)
 
 
 def _read(file: Path) -> bytes:
@@ -152,8 +167,8 @@ def parse_image_size(value) -> tuple[int, int] | None:
 
 def sized(scanned: ScannedFolder, image_size, color_mode: str = "auto") -> ScannedFolder:
     """The scan with every image resized to ``image_size`` (:func:`parse_image_size`; empty: the
-    first image's size) and converted to ``color_mode`` (``grayscale``, ``rgb``; ``auto``: the
-    first image's), for both the in-memory and the streamed pixels."""
+    first image's size) and converted to ``color_mode`` (``grayscale``, ``rgb``; ``auto``: rgb
+    unless every image is grayscale), for both the in-memory and the streamed pixels."""
     import dataclasses
 
     size = parse_image_size(image_size) or scanned.size
