@@ -214,3 +214,43 @@ def test_numbers_written_for_people_are_refused_not_taken_for_words(tmp_path, wr
         csv.writer(handle).writerows([["a", "amount", "label"], *rows])
     x, _, _ = load_arrays(f"csv:{path}")
     assert sorted(set(x[:, 1])) == [0.0, 1.0, 2.0]  # three categories: "7", the written number and the word
+
+
+def test_a_separator_at_the_end_of_every_line_adds_no_column_and_an_empty_column_is_refused(tmp_path):
+    """``a,b,label,`` (a separator closing every line, as some exporters write) read as an unnamed
+    column of empty cells: refused as "an empty cell" under ``missing: refuse``, a nameless
+    feature under ``impute``. Now it is no column. A nameless column with values, and a named
+    column of empty cells, are refused naming the fix; an empty cell is refused at the earliest line."""
+    from dlagent.ml.data_readers import read_dataset
+
+    lines = [f"{i * 0.5:.1f},{(i * 7) % 5},{'ab'[i % 2]}" for i in range(30)]
+    plain, trailing = tmp_path / "plain.csv", tmp_path / "trailing.csv"
+    plain.write_text("a,b,label\n" + "\n".join(lines) + "\n")
+    trailing.write_text("a,b,label,\n" + "\n".join(f"{line}," for line in lines) + "\n")
+    for missing in ("refuse", "impute"):
+        x, y, names, columns = read_dataset(f"csv:{trailing}", label_column="label", allowed_roots=None, missing=missing,
+                                            task="classification")
+        x_plain, y_plain, names_plain, columns_plain = read_dataset(f"csv:{plain}", label_column="label", allowed_roots=None,
+                                                                    missing=missing, task="classification")
+        np.testing.assert_array_equal(x, x_plain)
+        np.testing.assert_array_equal(y, y_plain)
+        assert names == names_plain and columns.names == columns_plain.names == ["a", "b"]
+    unnamed = tmp_path / "unnamed.csv"
+    unnamed.write_text("a,,label\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="column 2 has values but no name in the header line"):
+        load_arrays(f"csv:{unnamed}")
+    blank = tmp_path / "blank.csv"
+    blank.write_text("a,notes,b,label\n" + "\n".join(line.replace(",", ",,", 1) for line in lines) + "\n")
+    for missing in ("refuse", "impute"):
+        with pytest.raises(ConfigError, match="every cell of column 2 is empty.*name it in drop_columns"):
+            load_arrays(f"csv:{blank}", missing=missing)
+    x, _, _, columns = read_dataset(f"csv:{blank}", label_column="label", allowed_roots=None, missing="refuse",
+                                    task="classification", drop_columns=("notes",))
+    np.testing.assert_array_equal(x, x_plain)
+    gaps = tmp_path / "gaps.csv"
+    cells = [line.split(",") for line in lines]
+    cells[3][1] = ""  # line 5, column 2
+    cells[7][0] = ""  # line 9, column 1: a column before, a line after
+    gaps.write_text("a,b,label\n" + "\n".join(",".join(row) for row in cells) + "\n")
+    with pytest.raises(ConfigError, match=r"line 5, column 2: an empty cell\."):
+        load_arrays(f"csv:{gaps}")

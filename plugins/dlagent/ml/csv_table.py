@@ -39,12 +39,13 @@ import numpy as np
 from dlagent.errors import ConfigError
 from dlagent.ml.data_checks import (
     CLASSIFICATION_FIX,
-    EMPTY_CELL_FIX,
     FORMATTED_NUMBER,
     IDENTIFIER_WINDOW,
     MISSING_MARKERS,
     categorical_column,
-    dropped_positions,
+    column_positions,
+    empty_column,
+    no_feature_left,
     refuse_identifier,
 )
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
@@ -211,29 +212,14 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     delimiter = delimiter_of(path)  # once: both passes read the file with it (_Layout.delimiter)
     header = _read_header(path, delimiter)
     label_names = [c.strip() for c in label_column.split(",")] if task == REGRESSION else [label_column]
-    for name in label_names:
-        if name not in header:
-            raise ConfigError("label_column", f"{str(path)!r} has no column named {name!r} among its {len(header)} header columns.",
-                              "name the label column in the label_column setting (the header is the file's first line; "
-                              "several regression targets: 'a,b').")
-    label_at = [header.index(name) for name in label_names]
-    dropped_at = dropped_positions(path, header, drop_columns, label_names)
-    feature_at = [i for i in range(len(header)) if i not in label_at and i not in dropped_at]
-    if not feature_at:
-        raise ConfigError("drop_columns", f"{str(path)!r}: no feature column is left once the label and drop_columns are taken out.",
-                          "leave at least one feature column in.")
-    seen = {}
-    for i in feature_at:  # columns are found by name when a raw row is scored (never quoted: the header is content)
-        if header[i] in seen:
-            raise ConfigError("dataset", f"{str(path)!r}: columns {seen[header[i]] + 1} and {i + 1} of the header have the same name.",
-                              "give every column its own name.")
-        seen[header[i]] = i
+    label_at, dropped_at, feature_at = column_positions(repr(str(path)), header, label_names, drop_columns)
     from dlagent.ml.tabular import MAX_VOCABULARY
 
     present, numeric, marked, formatted = ([0] * len(feature_at) for _ in range(4))
     first_line = [{} for _ in feature_at]  # the first line of a column's missing-value "marker", "formatted" number, "word"
     values = [set() for _ in feature_at]  # each column's distinct texts, up to the vocabulary cap: the encoded width
     window_distinct = [0] * len(feature_at)  # distinct texts among a column's first IDENTIFIER_WINDOW non-empty cells
+    first_empty = [None] * len(feature_at)  # the line of a column's first empty cell
     rows = 0
     for line, row in _rows(path, delimiter):
         if len(row) != len(header):
@@ -241,8 +227,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         for j, i in enumerate(feature_at):
             text = row[i].strip()
             if not text:
-                if missing != "impute":
-                    raise ConfigError("dataset", f"{str(path)!r} line {line}, column {i + 1}: an empty cell.", EMPTY_CELL_FIX)
+                first_empty[j] = first_empty[j] or line
                 continue
             present[j] += 1
             if len(values[j]) <= MAX_VOCABULARY:
@@ -262,8 +247,16 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         rows += 1
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
+    where = repr(str(path))
+    by_first_empty = sorted(range(len(feature_at)), key=lambda j: first_empty[j] or math.inf)  # an empty cell refused at the earliest line
+    left_out = {j for j in by_first_empty if empty_column(where, feature_at[j] + 1, header[feature_at[j]], present[j], first_empty[j], missing)}
+    if left_out:  # a column with neither a name nor a value: a separator at the end of every line
+        kept = [j for j in range(len(feature_at)) if j not in left_out]
+        feature_at, present, numeric, marked, formatted, first_line, values, window_distinct = (
+            [column[j] for j in kept] for column in (feature_at, present, numeric, marked, formatted, first_line, values, window_distinct))
+        no_feature_left(where, feature_at)
     categorical = {j for j, i in enumerate(feature_at)
-                   if categorical_column(repr(str(path)), i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing)}
+                   if categorical_column(where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing)}
     for j in categorical:
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
                           values[j])

@@ -96,13 +96,64 @@ def refuse_identifier(path, column: int, cells: int, distinct: int, values=()) -
                       "leave the column out: name it in drop_columns (several: 'id,email'), or remove it from the file.")
 
 
-def dropped_positions(path, header: list[str], drop_columns, label_names: list[str]) -> list[int]:
+def column_positions(where: str, header: list[str], label_names: list[str], drop_columns) -> tuple[list, list, list]:
+    """The header positions of the labels, of ``drop_columns`` and of the features (the rest). A
+    label must be a header column, and so must every dropped one; two features may not share a
+    name (a served row's columns are found by name; a nameless one is judged on its cells,
+    :func:`empty_column`). ``where`` names the file."""
+    for name in label_names:
+        if name not in header:
+            raise ConfigError("label_column", f"{where} has no column named {name!r} among its {len(header)} header columns.",
+                              "name the label column in the label_column setting (the header is the file's first line; "
+                              "several regression targets: 'a,b').")
+    label_at = [header.index(name) for name in label_names]
+    dropped_at = dropped_positions(where, header, drop_columns, label_names)
+    feature_at = [i for i in range(len(header)) if i not in label_at and i not in dropped_at]
+    no_feature_left(where, feature_at)
+    seen = {}
+    for i in feature_at:  # never quoted: the header is content
+        if header[i] in seen:
+            raise ConfigError("dataset", f"{where}: columns {seen[header[i]] + 1} and {i + 1} of the header have the same name.",
+                              "give every column its own name.")
+        if header[i]:
+            seen[header[i]] = i
+    return label_at, dropped_at, feature_at
+
+
+def no_feature_left(where: str, feature_at: list) -> None:
+    if not feature_at:
+        raise ConfigError("drop_columns", f"{where}: no feature column is left once the label and drop_columns are taken out.",
+                          "leave at least one feature column in.")
+
+
+def empty_column(where: str, column: int, name: str, present: int, first_empty: int | None, missing: str) -> bool:
+    """Whether CSV column ``column`` (1-based) is left out, after the first pass counted its
+    ``present`` non-empty cells and found its first empty one on line ``first_empty``: a column
+    with neither a name nor a value is (a separator at the end of every line; pandas would read it
+    as ``Unnamed: 3``, all NaN). Refused: values without a name (a served row could not name
+    them), a named column of empty cells (nothing to learn: imputed, a constant; most likely an export
+    that lost it), and under
+    ``missing: refuse`` an empty cell, at its line."""
+    if not name:
+        if present:
+            raise ConfigError("dataset", f"{where}: column {column} has values but no name in the header line.",
+                              "give it a name in the file's first line (a served row names its columns), or remove it.")
+        return True
+    if not present and first_empty:
+        raise ConfigError("dataset", f"{where}: every cell of column {column} is empty: there is nothing to learn from it.",
+                          "leave it out: name it in drop_columns, or remove it from the file.")
+    if first_empty and missing != "impute":
+        raise ConfigError("dataset", f"{where} line {first_empty}, column {column}: an empty cell.", EMPTY_CELL_FIX)
+    return False
+
+
+def dropped_positions(where: str, header: list[str], drop_columns, label_names: list[str]) -> list[int]:
     """The header positions of ``drop_columns``: each must be a header column and not a label
     (the names are the person's own, so a message may quote them; the header's others it may not)."""
     positions = []
     for name in drop_columns:
         if name not in header:
-            raise ConfigError("drop_columns", f"{str(path)!r} has no column named {name!r} among its {len(header)} header columns.",
+            raise ConfigError("drop_columns", f"{where} has no column named {name!r} among its {len(header)} header columns.",
                               "name columns of the file's first line, separated by commas ('id,email'), or leave it empty.")
         if name in label_names:
             raise ConfigError("drop_columns", f"{name!r} is the label column; a label cannot be left out.",
