@@ -177,9 +177,13 @@ def _candidates(v: list) -> str:
 
 
 def _compress(v: dict) -> str:
+    """The candidate's sizes and its validation score, which the evaluate task chooses on, beside its
+    test score (only the test score, once, read as if a candidate that lost test samples had been
+    chosen on them)."""
     metrics = v["metrics"]
-    return (f"{v['candidate']}: {metrics['size_bytes']:,} bytes (gzip {metrics.get('gzip_size_bytes', 0):,}), "
-            f"{_primary(metrics, 'test_')}")
+    sizes = f"{v['candidate']}: {metrics['size_bytes']:,} bytes (gzip {metrics.get('gzip_size_bytes', 0):,})"
+    val = _primary(metrics, "val_")
+    return f"{sizes}, {_primary(metrics, 'test_')}" if val == "no metric" else f"{sizes}, val. {val} (chosen on), test {_primary(metrics, 'test_')}"
 
 
 def _evaluate(v: dict) -> str:
