@@ -107,3 +107,21 @@ def test_a_column_of_dates_is_refused_with_what_to_do_with_a_date(tmp_path, date
         load_dataset(f"csv:{path}")
     assert "day of the week" in str(refused.value) and "drop_columns" in str(refused.value) and "2024" not in str(refused.value)
     assert load_dataset(f"csv:{path}", drop_columns="day").encoding.columns == ["weekday"]
+
+
+def test_a_column_of_free_text_is_refused_as_text_not_as_an_identifier(tmp_path):
+    """Reviews or notes, nearly all different, were refused as "an identifier (a key, a name, an
+    e-mail address)": true of the cure (drop it), not of the column. The message says free text."""
+    words = ["great", "slow", "delivery", "broke", "after", "a", "week", "would", "buy", "again", "never", "the", "box"]
+    path = tmp_path / "reviews.csv"
+    rows = [f"{' '.join(words[(i * k) % len(words)] for k in range(1, 6 + i % 4))} #{i},{i % 5},{'yes' if i % 3 else 'no'}"
+            for i in range(300)]
+    path.write_text("\n".join(["review,stars,label", *rows]) + "\n")
+    with pytest.raises(ConfigError, match="column 1: 300 different values in its first 300 non-empty cells, free text") as refused:
+        load_dataset(f"csv:{path}")
+    assert "not language" in str(refused.value) and "drop_columns" in str(refused.value) and "delivery" not in str(refused.value)
+    assert load_dataset(f"csv:{path}", drop_columns="review").encoding.columns == ["stars"]
+    names = tmp_path / "names.csv"  # a name is a few words: still an identifier
+    names.write_text("\n".join(["name,stars,label", *(f"Ann Lee {i},{i % 5},{'yes' if i % 3 else 'no'}" for i in range(300))]) + "\n")
+    with pytest.raises(ConfigError, match="an identifier"):
+        load_dataset(f"csv:{names}")

@@ -77,11 +77,14 @@ def categorical_column(where: str, column: int, present: int, numeric: int, mark
 DATE_LIKE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?")
 
 
+FREE_TEXT_WORDS = 5  # a cell of at least this many words is a sentence (a review, a note), not a name or a key
+
+
 def refuse_identifier(path, column: int, cells: int, distinct: int, values=()) -> None:
     """Refuse categorical column ``column`` (1-based) of the CSV at ``path`` when its first
     ``min(cells, IDENTIFIER_WINDOW)`` non-empty cells hold ``distinct`` values, nearly one each.
     When ``values`` (its distinct texts, or some of them) look like dates or times, the fix says
-    what to do with a date. The message names the column by position and quotes no value: the
+    what to do with a date; when most are sentences, that the models do not read free text. The message names the column by position and quotes no value: the
     header and the cells are content (:mod:`dlagent.ml.csv_table`)."""
     window = min(cells, IDENTIFIER_WINDOW)
     if window < IDENTIFIER_MIN_CELLS or distinct < IDENTIFIER_SHARE * window:
@@ -91,6 +94,11 @@ def refuse_identifier(path, column: int, cells: int, distinct: int, values=()) -
         raise ConfigError("dataset", f"{where}, dates or times: as a category each is a value no later row brings, so the model "
                           "can learn nothing from it.", "give what matters in it as numeric columns of their own (day of the "
                           "week, month, days since a start), and leave the column out: name it in drop_columns.")
+    if values and sum(len(v.split()) >= FREE_TEXT_WORDS for v in values) * 2 >= len(values):
+        raise ConfigError("dataset", f"{where}, free text (most of them {FREE_TEXT_WORDS} words or more): as a category each is a "
+                          "value no later row brings, and the models read numbers, categories and images, not language.",
+                          "leave it out: name it in drop_columns; what matters in it can be columns of its own (its length, or a "
+                          "label another tool derived from it, such as a topic or a sentiment).")
     raise ConfigError("dataset", f"{where}, an identifier (a key, a name, an e-mail address), not a category: every new row would "
                       "bring a value the model never saw, and its one-hot columns would only let it memorise the training rows.",
                       "leave the column out: name it in drop_columns (several: 'id,email'), or remove it from the file.")
