@@ -254,3 +254,16 @@ def test_a_separator_at_the_end_of_every_line_adds_no_column_and_an_empty_column
     gaps.write_text("a,b,label\n" + "\n".join(",".join(row) for row in cells) + "\n")
     with pytest.raises(ConfigError, match=r"line 5, column 2: an empty cell\."):
         load_arrays(f"csv:{gaps}")
+
+
+def test_a_row_without_a_label_is_refused_not_made_a_class(tmp_path):
+    """An empty label cell was read as a class named '' (six unlabelled rows of 200 made a third
+    class). Refused at its line in the first pass, under either ``missing`` (it fills features,
+    never labels); a label "NA" stays a class ("NA" may be North America), an "NA" target is empty."""
+    path = tmp_path / "c.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i * 0.1:.1f},{i % 5},{'' if i % 37 == 5 else 'xy'[i % 2]}\n" for i in range(200)))
+    for missing in ("refuse", "impute"):
+        with pytest.raises(ConfigError, match="line 7, label column 'label' is empty.*remove the rows without one"):
+            load_arrays(f"csv:{path}", missing=missing)
+    path.write_text("a,b,label\n" + "".join(f"{i * 0.1:.1f},{i % 5},{'NA' if i % 37 == 5 else 'xy'[i % 2]}\n" for i in range(200)))
+    assert load_arrays(f"csv:{path}")[2] == ["NA", "x", "y"]

@@ -129,6 +129,9 @@ CASES = [
       words="distillation"),
     C("regression_target_missing", {"dataset": "csv:{data}/regression_gap.csv", "model": "mlp", "task": "regression"}, "dataset",
       words="is empty"),
+    C("label_missing", {"dataset": "csv:{data}/label_gap.csv", "model": "mlp", "missing": "impute"}, "dataset",
+      words="label column 'label' is empty"),
+    C("numbers_with_currency_signs", {"dataset": "csv:{data}/currency.csv", "model": "mlp"}, "dataset", words="currency sign"),
     C("task_unknown", {"task": "ranking"}, "task", params=True),
     # ---- data sets: missing, empty, wrong shape, NaN/inf, classes and labels -------------------------
     C("dataset_missing_file", {"dataset": "npz:{data}/missing.npz"}, "dataset", words="does not exist"),
@@ -262,6 +265,9 @@ def _write_data(data: Path, outside: Path) -> None:
     regression = "f1,f2,label\n" + "".join(f"{a:.3f},{b:.3f},{3 * a - b + 0.1 * c:.4f}\n" for a, b, c in rng.random((60, 3)))
     (data / "regression.csv").write_text(regression)
     (data / "regression_gap.csv").write_text(regression.replace("\n", "\n0.5,0.5,\n", 1))
+    (data / "label_gap.csv").write_text("f1,f2,label\n" + "".join(f"{rng.random():.3f},{rng.random():.3f},{'' if i == 9 else 'ab'[i % 2]}\n"
+                                                                   for i in range(40)))
+    (data / "currency.csv").write_text("price,f2,label\n" + "".join(f'"${1000 + 37 * i:,}",{rng.random():.3f},{i % 2}\n' for i in range(40)))
     (data / "words.csv").write_text("f1,f2,label\n" + "".join(f"{rng.random():.3f},{rng.random():.3f},{w}\n" for w in ["low", "high"] * 30))
     (data / "inf_cell.csv").write_text("f1,f2,label\n" + "".join(f"{'inf' if i == 7 else f'{rng.random():.3f}'},{rng.random():.3f},{i % 2}\n"
                                                                  for i in range(40)))

@@ -497,6 +497,8 @@ def test_a_bad_file_inside_the_roots_is_described_never_quoted(tmp_path, mlflow_
     (data / "header.csv").write_text(f"{token},{token}b\n1,2\n")
     (data / "values.csv").write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(8)) + f"{token},1\n")
     (data / "short.csv").write_text(f"a,label\n1,0\n{token}\n")
+    (data / "notes.csv").write_text("note,label\n" + "".join(f"{token} wrote this note number {i},{i % 2}\n" for i in range(30)))
+    (data / "unnamed.csv").write_text("a,,label\n" + "".join(f"{i},{token}{i},{i % 2}\n" for i in range(30)))
     np.savez(data / "arrays.npz", **{token: np.zeros(3)})
     idx = data / "idx"
     idx.mkdir()
@@ -508,7 +510,8 @@ def test_a_bad_file_inside_the_roots_is_described_never_quoted(tmp_path, mlflow_
         (images / label / "x.png").write_bytes(token.encode())
     cases = {"csv:header.csv": "among its 2 header columns",
              "csv:values.csv": "line 10, column 1: a feature that is not a number",
-             "csv:short.csv": "line 3 has 1 fields, the header has 2", "npz:arrays.npz": "lacks arrays ['x', 'y']",
+             "csv:short.csv": "line 3 has 1 fields, the header has 2", "csv:notes.csv": "column 1: 30 different values",
+             "csv:unnamed.csv": "column 2 has values but no name", "npz:arrays.npz": "lacks arrays ['x', 'y']",
              "mnist-idx:idx": "cannot read IDX file", "images:images": "cannot decode image"}
     problems = []
     for name, words in cases.items():
@@ -526,7 +529,7 @@ def test_a_bad_file_inside_the_roots_is_described_never_quoted(tmp_path, mlflow_
     if token in caplog.text or token in _mlflow_text(mlflow_uri):
         problems.append("the file's content reached the task log or MLflow")
     _verdict(reliability_record, "bad data files are described, never quoted", problems,
-             f"{len(cases)} broken files inside the roots (a CSV header, a value, a ragged row, npz array names, "
+             f"{len(cases)} broken files inside the roots (a CSV header, a value, a ragged row, free text, a nameless column, npz array names, "
              "a non-gzip IDX, undecodable images): each error names the file, the place and the fix, none quotes the file")
 
 

@@ -224,6 +224,10 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     for line, row in _rows(path, delimiter):
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
+        for name, i in zip(label_names, label_at, strict=True):  # an unlabelled row is no class of its own
+            if not row[i].strip() or (task == REGRESSION and row[i].strip().lower() in MISSING_MARKERS):
+                raise ConfigError("dataset", f"{str(path)!r} line {line}, {'target' if task == REGRESSION else 'label'} column {name!r} "
+                                  "is empty.", "fill it, or remove the rows without one (a row without a label cannot be used).")
         for j, i in enumerate(feature_at):
             text = row[i].strip()
             if not text:
@@ -367,12 +371,10 @@ class _NonFinite:
 
 
 def _targets_of(path: Path, line: int, texts: list[str], names: list[str]) -> list[float]:
-    for name, text in zip(names, texts, strict=True):
+    for name, text in zip(names, texts, strict=True):  # an empty target (or NA) was refused in the first pass
         if not _is_float(text):
-            empty = not text or text.lower() in MISSING_MARKERS  # NA: a target nobody measured
-            what = "is empty" if empty else "is not a number: the column holds class labels"
-            raise ConfigError("dataset", f"{str(path)!r} line {line}, target column {name!r} {what}.",
-                              "fill the target (rows without one cannot be used)" if empty else CLASSIFICATION_FIX)
+            raise ConfigError("dataset", f"{str(path)!r} line {line}, target column {name!r} is not a number: the column holds "
+                              "class labels.", CLASSIFICATION_FIX)
     return [float(t) for t in texts]
 
 
