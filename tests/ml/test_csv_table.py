@@ -235,6 +235,13 @@ def test_a_separator_at_the_end_of_every_line_adds_no_column_and_an_empty_column
         np.testing.assert_array_equal(x, x_plain)
         np.testing.assert_array_equal(y, y_plain)
         assert names == names_plain and columns.names == columns_plain.names == ["a", "b"]
+        assert columns.dropped == ("",) and columns_plain.dropped == ()
+    from dlagent.ml.data import load_dataset
+
+    encoding = load_dataset(f"csv:{trailing}", seed=0).encoding
+    served = next(csv.DictReader(["a,b,", "1.5,3,"]))  # rows without labels from the same exporter
+    assert served == {"a": "1.5", "b": "3", "": ""}
+    np.testing.assert_array_equal(encoding.encode([served]), encoding.encode([[1.5, 3]]))
     unnamed = tmp_path / "unnamed.csv"
     unnamed.write_text("a,,label\n" + "\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="column 2 has values but no name in the header line"):

@@ -255,6 +255,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     by_first_empty = sorted(range(len(feature_at)), key=lambda j: first_empty[j] or math.inf)  # an empty cell refused at the earliest line
     left_out = {j for j in by_first_empty if empty_column(where, feature_at[j] + 1, header[feature_at[j]], present[j], first_empty[j], missing)}
     if left_out:  # a column with neither a name nor a value: a separator at the end of every line
+        dropped_at = [*dropped_at, feature_at[min(left_out)]]  # csv.DictReader gives a served row of the same exporter key ''
         kept = [j for j in range(len(feature_at)) if j not in left_out]
         feature_at, present, numeric, marked, formatted, first_line, values, window_distinct = (
             [column[j] for j in kept] for column in (feature_at, present, numeric, marked, formatted, first_line, values, window_distinct))
