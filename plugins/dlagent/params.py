@@ -76,7 +76,7 @@ def pipeline_params() -> dict[str, Param]:
                                    "'memory' or 'stream' force either."),
         "image_size": Param(None, type=["null", "string"], pattern=r"^[1-9][0-9]{0,3}(x[1-9][0-9]{0,3})?$", title="Image size",
                             description="'images:' folders: every image resized to this size, one side ('32') or "
-                                        "'HEIGHTxWIDTH' ('64x48'), in memory and when streamed. Empty: the first image's size. (No leading "
+                                        "'HEIGHTxWIDTH' ('64x48'), in memory and when streamed. Empty: the first image's size, scaled down to 256 on its longer side when larger. (No leading "
                                         "zero: '0x32' would render as the hexadecimal number 50.)"),
         "color_mode": Param("auto", type="string", enum=list(COLOR_MODES), title="Colour mode",
                             description="'images:' folders: 'grayscale' or 'rgb' converts every image; 'auto' is 'rgb' unless "

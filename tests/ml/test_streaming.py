@@ -230,3 +230,15 @@ def test_images_in_sub_folders_of_a_class_are_its_images_and_hidden_files_are_no
     assert scanned.digest != flat.digest  # the relative path is part of the digest
     memory, streamed = load_dataset(uri, seed=1, cache="memory"), load_dataset(uri, seed=1, cache="stream")
     np.testing.assert_allclose(streamed.x_test[:], memory.x_test, atol=1e-6)
+
+
+def test_large_images_default_to_256_on_their_longer_side_with_the_aspect_kept(tmp_path):
+    """Photos took their full size as the model's input when ``image_size`` was empty: a 600 x 400
+    folder gave the cnn's dense layer 960,000 inputs (123 million weights). Empty now means the first image's size
+    scaled down to 256 on its longer side (Keras' default size), in memory and streamed alike."""
+    uri = _folder(tmp_path / "photos", per_class=4, size=(600, 400), classes=2)
+    assert streaming.default_size((400, 600)) == (171, 256) and streaming.default_size((28, 28)) == (28, 28)
+    memory, streamed = load_dataset(uri, seed=0, cache="memory"), load_dataset(uri, seed=0, cache="stream")
+    assert memory.input_shape == streamed.input_shape == (171, 256, 3)
+    np.testing.assert_allclose(streamed.x_test[:], memory.x_test, atol=1e-6)
+    assert load_dataset(uri, seed=0, image_size="400x600").input_shape == (400, 600, 3)  # asked for: kept

@@ -39,6 +39,10 @@ STREAM_FORMATS = ("PNG", "JPEG")  # what tf.io.decode_image reads in every mode 
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "F")  # 16- and 32-bit pixels: read by Pillow only
 DECODE_CHUNK = 256  # files decoded at once when many are indexed
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# With image_size empty, images take the first one's size, scaled down (aspect kept) so that its
+# longer side is at most this: Keras' default image size. A phone photo's 3000 x 4000 would
+# otherwise be the model's input (the cnn's dense layer: 48 million inputs, a weight each per unit).
+DEFAULT_LONGER_SIDE = 256
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel (and alpha)
 
 
@@ -142,11 +146,12 @@ def _image_errors(file):
 
 def parse_image_size(value) -> tuple[int, int] | None:
     """The data option ``image_size`` as ``(height, width)``: ``None`` or ``""`` (each image at the
-    first image's size), a side ``32``, ``"32"``, ``"HxW"`` (``"64x48"``: 64 high, 48 wide) or
+    first image's size, :func:`default_size`), a side ``32``, ``"32"``, ``"HxW"`` (``"64x48"``: 64 high, 48 wide) or
     ``[height, width]``. Refused before any file is read when it is none of these."""
     from dlagent.ml.config import MAX_IMAGE_SIDE
 
-    fix = f"give one side (e.g. 32) or 'HEIGHTxWIDTH' (e.g. '64x48'), each 1..{MAX_IMAGE_SIDE}; leave it empty for the first image's size."
+    fix = (f"give one side (e.g. 32) or 'HEIGHTxWIDTH' (e.g. '64x48'), each 1..{MAX_IMAGE_SIDE}; leave it empty for the first "
+           f"image's size (at most {DEFAULT_LONGER_SIDE} on its longer side).")
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -167,17 +172,27 @@ def parse_image_size(value) -> tuple[int, int] | None:
 
 def sized(scanned: ScannedFolder, image_size, color_mode: str = "auto") -> ScannedFolder:
     """The scan with every image resized to ``image_size`` (:func:`parse_image_size`; empty: the
-    first image's size) and converted to ``color_mode`` (``grayscale``, ``rgb``; ``auto``: rgb
+    first image's size, at most :data:`DEFAULT_LONGER_SIDE` on its longer side) and converted to
+    ``color_mode`` (``grayscale``, ``rgb``; ``auto``: rgb
     unless every image is grayscale), for both the in-memory and the streamed pixels."""
     import dataclasses
 
-    size = parse_image_size(image_size) or scanned.size
+    size = parse_image_size(image_size) or default_size(scanned.size)
     channels = {"grayscale": 1, "rgb": 3}.get(color_mode, scanned.channels)
     if (size, channels) == (scanned.size, scanned.channels):
         return scanned
     # other pixels from the same files: another data set for lineage (MLflow keys a dataset by its digest)
     digest = hashlib.sha256(f"{scanned.digest}:{size[0]}x{size[1]}x{channels}".encode()).hexdigest()[:20]
     return dataclasses.replace(scanned, size=size, channels=channels, digest=digest)
+
+
+def default_size(first: tuple[int, int]) -> tuple[int, int]:
+    """The size every image takes when ``image_size`` is empty: the first image's ``(height,
+    width)``, scaled down with its aspect ratio kept when its longer side exceeds :data:`DEFAULT_LONGER_SIDE`."""
+    scale = DEFAULT_LONGER_SIDE / max(first)
+    if scale >= 1:
+        return first
+    return max(1, round(first[0] * scale)), max(1, round(first[1] * scale))
 
 
 def use_memory(scanned: ScannedFolder, cache: str) -> bool:
