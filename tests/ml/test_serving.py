@@ -128,3 +128,35 @@ def test_champion_answers_predictions_over_http(logged, models, digits_small, ml
         assert err.value.code == 400
     finally:
         stop_group(server, grace=20)  # the CLI and the uvicorn worker it started, until none is left
+
+
+def test_a_bundle_scores_image_files_as_training_read_the_folder(tmp_path):
+    """``predict_images`` takes photos as they come (any size, grayscale or colour, PNG or JPEG) and
+    gives the model the pixels training gave it: the same outputs as the in-memory split's arrays."""
+    from dlagent.ml.config import TrainConfig
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.models import build_model
+    from dlagent.ml.quantization import quantize
+    from dlagent.ml.serving import load_bundle
+    from PIL import Image
+
+    from tests.ml.test_streaming import _folder
+
+    uri = _folder(tmp_path / "set", per_class=6, classes=2)
+    odd = tmp_path / "set" / "class1" / "999.jpg"
+    Image.open(tmp_path / "set" / "class1" / "000.png").convert("L").resize((30, 20)).save(odd, quality=95)
+    memory = load_dataset(uri, seed=0, cache="memory")
+    streamed = load_dataset(uri, seed=0, cache="stream")
+    model = build_model(TrainConfig(model="cnn", filters=4, units=8), memory.input_shape, memory.num_classes)
+    bundle = write_serving_bundle(tmp_path / "deploy", {"model.tflite": quantize(model, "none")}, memory.class_names, {})
+    predictor = load_bundle(tmp_path / "deploy")
+    assert odd.as_posix() in streamed.x_train.paths + streamed.x_val.paths + streamed.x_test.paths
+    for split in ("x_train", "x_val", "x_test"):
+        np.testing.assert_allclose(predictor.predict_images(getattr(streamed, split).paths),
+                                   predictor.predict(getattr(memory, split)), atol=1e-5)
+    with pytest.raises(ConfigError, match="no image file"):
+        predictor.predict_images([tmp_path / "nothing.png"])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"cannot decode image '.*bad.png'.*PNG or JPEG"):
+        predictor.predict_images([tmp_path / "bad.png"])
+    assert bundle.is_dir()

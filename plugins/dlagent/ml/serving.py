@@ -143,7 +143,8 @@ def read_champion_tflite(client, name: str) -> tuple[bytes, dict] | None:
 class BundlePredictor:
     """Scores raw rows with a serving bundle: its TFLite model, labels and, for a table with
     categorical columns, its ``encoding.json`` applied by the same
-    :meth:`~dlagent.ml.tabular.TableEncoding.encode` that encoded the training data."""
+    :meth:`~dlagent.ml.tabular.TableEncoding.encode` that encoded the training data; image files
+    are read as training read an image folder (:meth:`predict_images`)."""
 
     def __init__(self, bundle_dir):
         from dlagent.ml.tabular import TableEncoding
@@ -165,6 +166,34 @@ class BundlePredictor:
     def predict(self, rows):
         """The model's outputs (class probabilities, or regression targets) for raw rows."""
         return self.runner.predict(self.inputs(rows))
+
+    def image_inputs(self, files):
+        """Model inputs from image files (paths; 8-bit PNG or JPEG), decoded, resized to the model's
+        input size, converted to its channels and scaled to [0, 1] by the function that reads a
+        streamed ``images:`` folder in training (:class:`~dlagent.ml.streaming.ImageFiles`), so a
+        served photo is the pixels the model learned on, whatever its own size and mode."""
+        import numpy as np
+        import tensorflow as tf
+
+        from dlagent.ml.streaming import ImageFiles
+
+        shape = tuple(int(side) for side in self.runner.input_detail["shape"][1:])
+        if self.encoding is not None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
+            raise ConfigError("instances", f"this model takes inputs of shape {shape}, not images.",
+                              "give rows to predict() (raw table rows, or arrays of the model's input shape).")
+        files = ImageFiles(list(files), shape[:2], 3 if len(shape) == 3 else 1)
+        missing = [path for path in files.paths if not Path(path).is_file()]
+        if missing:
+            raise ConfigError("instances", f"no image file {missing[0]!r}.", "give paths of existing PNG or JPEG files.")
+        try:  # the pipeline itself: indexing the files would blame a file that "changed after the data set was checked"
+            return np.concatenate([np.empty((0, *files.shape[1:]), np.float32), *(batch.numpy() for batch in files.dataset(batch_size=256))])
+        except tf.errors.OpError as exc:
+            raise ConfigError("instances", f"cannot decode image {files.first_unreadable()!r}.",
+                              "give 8-bit PNG or JPEG files (convert other formats first).") from exc
+
+    def predict_images(self, files):
+        """The model's outputs for image files (:meth:`image_inputs`)."""
+        return self.runner.predict(self.image_inputs(files))
 
 
 def load_bundle(deploy_dir) -> BundlePredictor:
