@@ -183,7 +183,11 @@ def _compress(v: dict) -> str:
     metrics = v["metrics"]
     sizes = f"{v['candidate']}: {metrics['size_bytes']:,} bytes (gzip {metrics.get('gzip_size_bytes', 0):,})"
     val = _primary(metrics, "val_")
-    return f"{sizes}, {_primary(metrics, 'test_')}" if val == "no metric" else f"{sizes}, val. {val} (chosen on), test {_primary(metrics, 'test_')}"
+    if val == "no metric":
+        return f"{sizes}, {_primary(metrics, 'test_')}"
+    name = val.split(" ", 1)[0]  # the test score of the metric chosen on, not another one the step also measured
+    test = metrics.get(f"test_{name}")
+    return f"{sizes}, val. {val} (chosen on)" + (f", test {name} {_value(name, test)}" if test is not None else "")
 
 
 def _evaluate(v: dict) -> str:

@@ -76,6 +76,12 @@ RECORDED_XCOMS = {  # return values of the recorded successful run (trimmed to t
 }
 
 
+def test_a_compress_line_gives_the_test_score_of_the_metric_it_was_chosen_on():
+    metrics = {"size_bytes": 10, "gzip_size_bytes": 5, "val_f1_macro": 0.5, "test_accuracy": 0.9, "test_f1_macro": 0.4}
+    assert headline("compress", {"candidate": "int8", "metrics": metrics}) == (
+        "int8: 10 bytes (gzip 5), val. f1_macro 0.5000 (chosen on), test f1_macro 0.4000")
+
+
 def test_each_task_has_a_headline_figure():
     figures = {task: headline(task, value) for task, value in RECORDED_XCOMS.items()}
     assert figures == {

@@ -191,7 +191,8 @@ def test_a_missing_value_mark_in_a_column_of_numbers_is_an_empty_cell(tmp_path, 
         load_arrays(f"csv:{regression}", label_column="y", task="regression")
 
 
-@pytest.mark.parametrize("written", ["$1,200", "12%", "1,234,567", "(1,200.50)", "€ 3.400,00", "1 200 000", "45 %", "£7"])
+@pytest.mark.parametrize("written", ["$1,200", "12%", "1,234,567", "(1,200.50)", "€ 3.400,00", "1'234'567", "45 %", "£7",
+                                     "-$1,200", "1.234.567,89"])
 def test_numbers_written_for_people_are_refused_not_taken_for_words(tmp_path, written):
     """A currency sign, a percent sign or thousands separators make a number text: as categories
     its values would lose their size (a synthetic 400-row table of incomes as "$1,234" was refused
@@ -274,3 +275,39 @@ def test_a_row_without_a_label_is_refused_not_made_a_class(tmp_path):
             load_arrays(f"csv:{path}", missing=missing)
     path.write_text("a,b,label\n" + "".join(f"{i * 0.1:.1f},{i % 5},{'NA' if i % 37 == 5 else 'xy'[i % 2]}\n" for i in range(200)))
     assert load_arrays(f"csv:{path}")[2] == ["NA", "x", "y"]
+
+
+@pytest.mark.parametrize("text", ["555.123.4567", "192.168.100.200", "1 200 000", "1,5", "2.0.1", "(555) 123-4567"])
+def test_what_only_looks_like_a_formatted_number_is_judged_as_a_word(tmp_path, text):
+    """Phone numbers, addresses, versions, a lone decimal comma in a comma-separated file: none is
+    a number written for people, so none gets the "plain numbers" fix; a column of them, all
+    different, is an identifier. A cell of spaces between digits stays cheap to judge."""
+    from dlagent.ml.data_checks import is_formatted_number
+
+    assert not is_formatted_number(text)
+    path = tmp_path / "w.csv"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([["a", "code", "label"], *([f"{i}.5", f"{text}-{i}", "ab"[i % 2]] for i in range(30))])
+    with pytest.raises(ConfigError, match="an identifier"):
+        load_arrays(f"csv:{path}")
+    import time
+
+    started = time.perf_counter()
+    assert not is_formatted_number("1" + " " * 4000 + "x")
+    assert time.perf_counter() - started < 0.05  # a regular expression that backtracked took 72 s on this cell
+
+
+def test_nan_written_as_a_number_is_a_mark_and_a_column_of_marks_is_refused(tmp_path):
+    """``nan`` parses as a float; in a column of numbers it is a missing-value mark like ``NA``:
+    refused at its line under ``refuse`` (before, as "1 NaN/inf feature values" without a line).
+    A column of nothing but marks carries nothing, as a column of empty cells: refused."""
+    path = tmp_path / "n.csv"
+    path.write_text("a,b,label\n" + "".join(f"{'nan' if i == 4 else i},{i % 3},{i % 2}\n" for i in range(30)))
+    with pytest.raises(ConfigError, match="line 6, column 1: a missing-value mark"):
+        load_arrays(f"csv:{path}")
+    x, _, _ = load_arrays(f"csv:{path}", missing="impute")
+    assert np.isnan(x[4, 0]) and int(np.isnan(x).sum()) == 1
+    for cells, missing in ((["NA", "null"], "refuse"), (["NA", "null"], "impute"), (["NA", ""], "impute")):
+        path.write_text("a,b,label\n" + "".join(f"{cells[i % 2]},{i % 3},{i % 2}\n" for i in range(30)))
+        with pytest.raises(ConfigError, match="every cell of column 1 is empty or a missing-value mark.*drop_columns"):
+            load_arrays(f"csv:{path}", missing=missing)

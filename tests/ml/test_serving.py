@@ -154,6 +154,9 @@ def test_a_bundle_scores_image_files_as_training_read_the_folder(tmp_path):
     for split in ("x_train", "x_val", "x_test"):
         np.testing.assert_allclose(predictor.predict_images(getattr(streamed, split).paths),
                                    predictor.predict(getattr(memory, split)), atol=1e-5)
+    one = streamed.x_test.paths[0]
+    np.testing.assert_allclose(predictor.predict_images(one), predictor.predict_images([one]))  # one path, not its letters
+    assert predictor.predict_images([]).shape == (0, 2)
     with pytest.raises(ConfigError, match="no image file"):
         predictor.predict_images([tmp_path / "nothing.png"])
     (tmp_path / "bad.png").write_bytes(b"not a png")

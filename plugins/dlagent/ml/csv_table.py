@@ -39,12 +39,12 @@ import numpy as np
 from dlagent.errors import ConfigError
 from dlagent.ml.data_checks import (
     CLASSIFICATION_FIX,
-    FORMATTED_NUMBER,
     IDENTIFIER_WINDOW,
     MISSING_MARKERS,
     categorical_column,
     column_positions,
     empty_column,
+    is_formatted_number,
     no_feature_left,
     refuse_identifier,
 )
@@ -238,12 +238,12 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 values[j].add(text)
             if present[j] == IDENTIFIER_WINDOW:
                 window_distinct[j] = len(values[j])
-            if _is_float(text):
+            if _is_float(text) and text[-1] not in "nN":  # nan, NaN, -nan: a number that says "no value"
                 numeric[j] += 1
             elif text.lower() in MISSING_MARKERS:
                 marked[j] += 1
                 first_line[j].setdefault("marker", line)
-            elif "word" not in first_line[j] and FORMATTED_NUMBER.match(text):  # past a word it cannot matter
+            elif "word" not in first_line[j] and is_formatted_number(text):  # past a word it cannot matter
                 formatted[j] += 1
                 first_line[j].setdefault("formatted", line)
             else:

@@ -38,11 +38,36 @@ IDENTIFIER_MIN_CELLS = 20  # fewer non-empty cells say nothing either way
 # A cell that says "no value": the marks pandas reads as missing by default, and "?" (the UCI
 # archive's). In a column of numbers it is an empty cell; in a categorical column it stays a
 # value like any other ("None" may be a kind of heating, "NA" a country).
-MISSING_MARKERS = frozenset({"na", "n/a", "nan", "-nan", "null", "none", "#n/a", "#na", "<na>", "?"})
-# A number written for people: a currency or percent sign, thousands separators (1,234,567
-# 1.234.567 1'234'567 1 234 567), accounting parentheses. Read as text, each value would be a
-# category of its own and the model would never see its size.
-FORMATTED_NUMBER = re.compile(r"\s*\(?[-+]?\s*[$€£¥]?\s*[-+]?(\d{1,3}([,.' ]\d{3})+|\d+)([.,]\d+)?\s*[$€£¥%]?\s*\)?\s*$")
+MISSING_MARKERS = frozenset({"na", "n/a", "nan", "-nan", "+nan", "null", "none", "#n/a", "#na", "<na>", "?"})
+# A number written for people: a currency or percent sign ($12, 12 €, 12%, (12.50 $)), or thousands
+# separators in groups of three (1,234,567.5  1'234'567  1.234.567,5  (1,200): an accounting
+# minus). Read as text, each value would be a category of its own and the model would never see
+# its size. Not: 1,5 (one group of two), 1.234.567 without a decimal comma, 555 123 4567, an IP
+# address: such columns are the person's to explain, and are judged as words.
+GROUPED_NUMBER = re.compile(r"[-+]?(\d{1,3}(,\d{3})+(\.\d+)?|\d{1,3}('\d{3})+(\.\d+)?|\d{1,3}(\.\d{3})+,\d+)")
+PLAIN_NUMBER = re.compile(r"[-+]?\d+([.,]\d+)?")
+CURRENCY_SIGNS = "$€£¥"
+FORMATTED_MAX_LENGTH = 40  # longer cells are words: the check stays cheap whatever a cell holds
+
+
+def is_formatted_number(text: str) -> bool:
+    """Whether a cell (stripped, and not a number) is a number written for people."""
+    if len(text) > FORMATTED_MAX_LENGTH:
+        return False
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1].strip()
+    signed = text[:1] in ("-", "+")
+    core = text[1:].lstrip() if signed else text
+    marked = False
+    if core[:1] and core[0] in CURRENCY_SIGNS:
+        core, marked = core[1:].lstrip(), True
+    elif core[-1:] and core[-1] in CURRENCY_SIGNS + "%":
+        core, marked = core[:-1].rstrip(), True
+    if signed:
+        core = text[0] + core
+    return bool(GROUPED_NUMBER.fullmatch(core) or (marked and PLAIN_NUMBER.fullmatch(core)))
+
+
 EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the training split's median or most frequent value, "
                   "and a was-missing indicator column).")
 
@@ -56,6 +81,9 @@ def categorical_column(where: str, column: int, present: int, numeric: int, mark
     formatted numbers, and a column of mostly numbers with a stray word (a typo, not a category)."""
     words = present - numeric - marked - formatted
     column = f"column {column}"
+    if marked and marked == present:
+        raise ConfigError("dataset", f"{where}: every cell of {column} is empty or a missing-value mark (such as NA): there is "
+                          "nothing to learn from it.", "leave it out: name it in drop_columns, or remove it from the file.")
     if not words and not formatted and (numeric or not marked):
         if marked and missing != "impute":
             raise ConfigError("dataset", f"{where} line {first_line['marker']}, {column}: a missing-value mark (such as NA, N/A, "

@@ -214,14 +214,15 @@ def labels_from_values(values) -> tuple[np.ndarray, list[str]]:
 
 
 def _load_image_folder(directory: Path, allowed_roots=None):
-    from dlagent.ml.streaming import scan_image_folder
+    from dlagent.ml.streaming import scan_image_folder, sized
 
-    return decode_images(scan_image_folder(directory, allowed_roots))
+    return decode_images(sized(scan_image_folder(directory, allowed_roots), None))
 
 
 def decode_images(scanned):
-    """The scanned files' pixels in memory, float32 in [0, 1], every image in the first one's
-    size and mode (grayscale or RGB). 8-bit PNG and JPEG go through the streaming decoder
+    """The scanned files' pixels in memory, float32 in [0, 1], every image in the scan's size and
+    channels (:func:`dlagent.ml.streaming.sized`: by default the first image's size, at most 256 on
+    its longer side, and RGB unless every image is grayscale). 8-bit PNG and JPEG go through the streaming decoder
     (:class:`dlagent.ml.streaming.ImageFiles`), so a folder has the same pixels whether it is
     held in memory or streamed; other formats (TIFF, WebP, BMP, GIF, 16-bit) through Pillow."""
     import warnings

@@ -168,7 +168,7 @@ class BundlePredictor:
         return self.runner.predict(self.inputs(rows))
 
     def image_inputs(self, files):
-        """Model inputs from image files (paths; 8-bit PNG or JPEG), decoded, resized to the model's
+        """Model inputs from image files (paths, or one path; 8-bit PNG or JPEG), decoded, resized to the model's
         input size, converted to its channels and scaled to [0, 1] by the function that reads a
         streamed ``images:`` folder in training (:class:`~dlagent.ml.streaming.ImageFiles`), so a
         served photo is the pixels the model learned on, whatever its own size and mode."""
@@ -181,15 +181,19 @@ class BundlePredictor:
         if self.encoding is not None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
             raise ConfigError("instances", f"this model takes inputs of shape {shape}, not images.",
                               "give rows to predict() (raw table rows, or arrays of the model's input shape).")
-        files = ImageFiles(list(files), shape[:2], 3 if len(shape) == 3 else 1)
+        files = ImageFiles([files] if isinstance(files, (str, os.PathLike)) else list(files), shape[:2], 3 if len(shape) == 3 else 1)
         missing = [path for path in files.paths if not Path(path).is_file()]
         if missing:
             raise ConfigError("instances", f"no image file {missing[0]!r}.", "give paths of existing PNG or JPEG files.")
+        pixels = [np.empty((0, *files.shape[1:]), np.float32)]  # no files: no rows
         try:  # the pipeline itself: indexing the files would blame a file that "changed after the data set was checked"
-            return np.concatenate([np.empty((0, *files.shape[1:]), np.float32), *(batch.numpy() for batch in files.dataset(batch_size=256))])
+            if files.paths:
+                pixels += [batch.numpy() for batch in files.dataset(batch_size=256)]
         except tf.errors.OpError as exc:
-            raise ConfigError("instances", f"cannot decode image {files.first_unreadable()!r}.",
+            bad = files.first_unreadable()
+            raise ConfigError("instances", f"cannot decode image {bad!r}." if bad else f"cannot decode the images ({type(exc).__name__}).",
                               "give 8-bit PNG or JPEG files (convert other formats first).") from exc
+        return np.concatenate(pixels)
 
     def predict_images(self, files):
         """The model's outputs for image files (:meth:`image_inputs`)."""

@@ -116,8 +116,12 @@ def _class_images(class_dir: Path) -> list[Path]:
     hidden folders and files (``.ipynb_checkpoints``, macOS's ``._photo.jpg`` beside each photo
     copied from its disks) are skipped, and symbolic links to folders are not followed (a linked
     file is still checked against the data roots)."""
+    def unreadable(error: OSError):
+        raise ConfigError("dataset", f"cannot list the image folder {str(error.filename)!r} ({type(error).__name__}).",
+                          "make it readable to the task's user, or move it out of the class folder.") from error
+
     found = []
-    for folder, subfolders, files in os.walk(class_dir):
+    for folder, subfolders, files in os.walk(class_dir, onerror=unreadable):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         found += [Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found, key=lambda file: file.relative_to(class_dir).parts)
