@@ -40,6 +40,7 @@ from dlagent.errors import ConfigError
 from dlagent.ml.data_checks import (
     CLASSIFICATION_FIX,
     IDENTIFIER_WINDOW,
+    MARKER_LENGTH,
     MISSING_MARKERS,
     categorical_column,
     column_positions,
@@ -224,10 +225,10 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     for line, row in _rows(path, delimiter):
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
-        for name, i in zip(label_names, label_at, strict=True):  # an unlabelled row is no class of its own
-            if not row[i].strip() or (task == REGRESSION and row[i].strip().lower() in MISSING_MARKERS):
-                raise ConfigError("dataset", f"{str(path)!r} line {line}, {'target' if task == REGRESSION else 'label'} column {name!r} "
-                                  "is empty.", "fill it, or remove the rows without one (a row without a label cannot be used).")
+        for i in label_at:  # an unlabelled row is no class of its own
+            text = row[i].strip()
+            if not text or (len(text) <= MARKER_LENGTH and task == REGRESSION and text.lower() in MISSING_MARKERS):
+                raise _no_label(path, line, header[i], task)
         for j, i in enumerate(feature_at):
             text = row[i].strip()
             if not text:
@@ -240,7 +241,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 window_distinct[j] = len(values[j])
             if _is_float(text) and text[-1] not in "nN":  # nan, NaN, -nan: a number that says "no value"
                 numeric[j] += 1
-            elif text.lower() in MISSING_MARKERS:
+            elif len(text) <= MARKER_LENGTH and text.lower() in MISSING_MARKERS:  # the length first: a word costs no lower()
                 marked[j] += 1
                 first_line[j].setdefault("marker", line)
             elif "word" not in first_line[j] and is_formatted_number(text):  # past a word it cannot matter
@@ -268,6 +269,11 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     extra = sum(min(len(values[j]), MAX_VOCABULARY) + (present[j] < rows) for j in categorical)
     return _Layout(len(header), delimiter, tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
                    rows, frozenset(categorical), extra)
+
+
+def _no_label(path: Path, line: int, name: str, task: str) -> ConfigError:
+    return ConfigError("dataset", f"{str(path)!r} line {line}, {'target' if task == REGRESSION else 'label'} column {name!r} is empty.",
+                       "fill it, or remove the rows without one (a row without a label cannot be used).")
 
 
 def streams(layout: _Layout, cache: str) -> bool:
