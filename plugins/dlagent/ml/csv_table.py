@@ -9,14 +9,17 @@ are decimal points):
 1. **the first pass** counts the rows, refuses a ragged row or (under ``missing: refuse``) an
    empty cell at its line, and decides each column's kind from counts alone: numeric, or
    categorical when at least half of its non-empty cells are not numbers (a missing-value mark
-   such as ``NA`` in a column of numbers is an empty cell; :func:`~dlagent.ml.data_checks.categorical_column`);
-   a column of mostly numbers with a stray word is refused at that word (a typo, not a category),
-   so is a column of numbers written for people (``$1,200``, ``12%``), and a categorical column whose values are nearly all different is refused as an identifier
-   (:func:`~dlagent.ml.data_checks.refuse_identifier`); the columns named in ``drop_columns`` are not read at all;
+   such as ``NA`` in a column of numbers is an empty cell;
+   :func:`~dlagent.ml.data_checks.categorical_column`); a column of mostly numbers with a stray
+   word is refused at that word (a typo, not a category), so is a column of numbers written for
+   people (``$1,200``, ``12%``), and a categorical column whose values are nearly all different is
+   refused as an identifier (:func:`~dlagent.ml.data_checks.refuse_identifier`); a column with
+   neither a name nor a value (a separator closing every line) is left out, and the columns named
+   in ``drop_columns`` are not read at all;
 2. **the second pass** fills a preallocated float32 array a chunk of :data:`CHUNK_ROWS` rows at a
    time: numbers as numbers, a categorical cell as a code into its column's vocabulary (collected
-   in this pass, then renumbered in sorted order), an empty cell (or a mark in a numeric column) as NaN. Class labels are kept
-   as codes into their distinct values; regression targets as float32.
+   in this pass, then renumbered in sorted order), an empty cell (or a mark in a numeric column)
+   as NaN. Class labels are kept as codes into their distinct values; regression targets as float32.
 
 Messages name the file, the line and the column's position, never a cell's content or a header
 name (the header is content: a person who can only trigger a DAG must not read a file through

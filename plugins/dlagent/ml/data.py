@@ -219,7 +219,8 @@ def load_dataset(
     larger one (:mod:`dlagent.ml.streaming`, :func:`dlagent.ml.csv_table.streams`,
     :mod:`dlagent.ml.table_rows`); ``memory`` or ``stream`` force either.
     ``image_size`` and ``color_mode`` (image folders): every image resized to that size (empty:
-    the first image's, at most 256 on its longer side) and converted to ``grayscale`` or ``rgb`` (``auto``: rgb unless every image is grayscale).
+    the first image's, at most 256 on its longer side) and converted to ``grayscale`` or ``rgb``
+    (``auto``: rgb unless every image is grayscale).
     ``drop_columns`` (CSV tables): header columns left out, as ``'id,email'`` or a list: an
     identifier column is refused until it is (:mod:`dlagent.ml.csv_table`).
     """

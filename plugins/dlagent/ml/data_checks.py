@@ -77,9 +77,10 @@ def categorical_column(where: str, column: int, present: int, numeric: int, mark
     """Whether a CSV column is categorical, from the counts of its non-empty cells (``present``):
     ``numeric`` numbers, ``marked`` missing-value marks, ``formatted`` numbers written for people
     (counted until the column's first word), and ``first_line`` (the first line of a ``"marker"``,
-    ``"formatted"`` number and ``"word"``). ``where`` names the file, ``column`` is 1-based. Refused: a mark under
-    ``missing: refuse`` in a column of numbers (an empty cell by another name), a column of
-    formatted numbers, and a column of mostly numbers with a stray word (a typo, not a category)."""
+    ``"formatted"`` number and ``"word"``). ``where`` names the file, ``column`` is 1-based.
+    Refused: a column of nothing but marks (as an empty one), a mark under ``missing: refuse`` in a
+    column of numbers (an empty cell by another name), a column of formatted numbers, and a column
+    of mostly numbers with a stray word (a typo, not a category)."""
     words = present - numeric - marked - formatted
     column = f"column {column}"
     if marked and marked == present:
@@ -113,8 +114,9 @@ def refuse_identifier(path, column: int, cells: int, distinct: int, values=()) -
     """Refuse categorical column ``column`` (1-based) of the CSV at ``path`` when its first
     ``min(cells, IDENTIFIER_WINDOW)`` non-empty cells hold ``distinct`` values, nearly one each.
     When ``values`` (its distinct texts, or some of them) look like dates or times, the fix says
-    what to do with a date; when most are sentences, that the models do not read free text. The message names the column by position and quotes no value: the
-    header and the cells are content (:mod:`dlagent.ml.csv_table`)."""
+    what to do with a date; when most are sentences, that the models do not read free text. The
+    message names the column by position and quotes no value: the header and the cells are content
+    (:mod:`dlagent.ml.csv_table`)."""
     window = min(cells, IDENTIFIER_WINDOW)
     if window < IDENTIFIER_MIN_CELLS or distinct < IDENTIFIER_SHARE * window:
         return
@@ -168,9 +170,8 @@ def empty_column(where: str, column: int, name: str, present: int, first_empty: 
     ``present`` non-empty cells and found its first empty one on line ``first_empty``: a column
     with neither a name nor a value is (a separator at the end of every line; pandas would read it
     as ``Unnamed: 3``, all NaN). Refused: values without a name (a served row could not name
-    them), a named column of empty cells (nothing to learn: imputed, a constant; most likely an export
-    that lost it), and under
-    ``missing: refuse`` an empty cell, at its line."""
+    them), a named column of empty cells (nothing to learn: imputed, a constant; most likely an
+    export that lost it), and under ``missing: refuse`` an empty cell, at its line."""
     if not name:
         if present:
             raise ConfigError("dataset", f"{where}: column {column} has values but no name in the header line.",
