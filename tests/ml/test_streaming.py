@@ -242,3 +242,21 @@ def test_large_images_default_to_256_on_their_longer_side_with_the_aspect_kept(t
     assert memory.input_shape == streamed.input_shape == (171, 256, 3)
     np.testing.assert_allclose(streamed.x_test[:], memory.x_test, atol=1e-6)
     assert load_dataset(uri, seed=0, image_size="400x600").input_shape == (400, 600, 3)  # asked for: kept
+
+
+def test_split_folders_are_refused_not_taken_for_classes(tmp_path):
+    """``train/cats``, ``val/cats``...: with images read at any depth, the splits would be the
+    classes. Refused with the fix; a class with sub-folders of its own (``2023/``, ``2024/``) is not."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        _folder(tmp_path / "splits" / split, per_class=3, classes=2)
+    with pytest.raises(ConfigError, match=r"folders named like splits \(train, val\) with sub-folders.*point images: at the folder"):
+        load_dataset(f"images:{tmp_path / 'splits'}", seed=0)
+    assert load_dataset(f"images:{tmp_path / 'splits' / 'train'}", seed=0).class_names == ["class0", "class1"]
+    for c in ("cats", "dogs"):
+        for year in ("2023", "2024"):
+            (tmp_path / "years" / c / year).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (6, 6), (200 if c == "cats" else 10, 40, 40)).save(tmp_path / "years" / c / year / f"{i}.png")
+    assert load_dataset(f"images:{tmp_path / 'years'}", seed=0).class_names == ["cats", "dogs"]

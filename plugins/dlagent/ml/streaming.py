@@ -43,6 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 # longer side is at most this: Keras' default image size. A phone photo's 3000 x 4000 would
 # otherwise be the model's input (the cnn's dense layer: 48 million inputs, a weight each per unit).
 DEFAULT_LONGER_SIDE = 256
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval", "evaluation", "dev"})
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # Pillow's modes of one colour channel (and alpha)
 
 
@@ -82,6 +83,7 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
+    _refuse_split_folders(directory, class_dirs)
     digest = hashlib.sha256()
     paths, labels, size, formats, modes = [], [], None, set(), set()
     for label, class_dir in enumerate(class_dirs):
@@ -109,6 +111,20 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     channels = 1 if modes <= set(GRAY_MODES) else 3
     return ScannedFolder(paths, np.array(labels, np.int64), [d.name for d in class_dirs], size, channels, frozenset(formats),
                          digest.hexdigest()[:20], frozenset(modes))
+
+
+def _refuse_split_folders(directory: Path, class_dirs: list[Path]) -> None:
+    """A folder of ``train/``, ``val/``, ``test/``, each with one sub-folder per class, read with
+    images at any depth would be two or three "classes" named after the splits: refused, naming
+    the fix. (A class's own sub-folders, ``cats/2024/``, are its images.)"""
+    names = [d.name for d in class_dirs]
+    if len(names) < 2 or not all(name.lower() in SPLIT_FOLDER_NAMES for name in names):
+        return
+    if any(sub.is_dir() and not sub.name.startswith(".") for d in class_dirs for sub in d.iterdir()):
+        raise ConfigError("dataset", f"{str(directory)!r} holds folders named like splits ({', '.join(names)}) with sub-folders: "
+                          "each would be a class, and the model would learn which split an image came from.",
+                          "point images: at the folder with one sub-folder per class (e.g. its train folder): dlagent splits it "
+                          "into training, validation and test itself.")
 
 
 def _class_images(class_dir: Path) -> list[Path]:
