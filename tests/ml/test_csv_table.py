@@ -191,30 +191,42 @@ def test_a_missing_value_mark_in_a_column_of_numbers_is_an_empty_cell(tmp_path, 
         load_arrays(f"csv:{regression}", label_column="y", task="regression")
 
 
-@pytest.mark.parametrize("written", ["$1,200", "12%", "1,234,567", "(1,200.50)", "€ 3.400,00", "1'234'567", "45 %", "£7",
-                                     "-$1,200", "1.234.567,89"])
-def test_numbers_written_for_people_are_refused_not_taken_for_words(tmp_path, written):
+WRITTEN = {  # a number written for people, one per row
+    "dollars": lambda i: f"${1000 + 37 * i:,}", "percent": lambda i: f"{i}%", "thousands": lambda i: f"{1_000_000 + 12_345 * i:,}",
+    "accounting": lambda i: f"({1000 + 37 * i:,}.50)", "euro": lambda i: f"€ {1 + i}.400,00", "apostrophes": lambda i: f"{1 + i}'234'567",
+    "spaced_percent": lambda i: f"{i} %", "pounds": lambda i: f"£{7 + i}", "minus_dollars": lambda i: f"-${1000 + 37 * i:,}",
+    "dotted": lambda i: f"{1 + i}.234.567,89",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WRITTEN))
+def test_numbers_written_for_people_are_refused_not_taken_for_words(tmp_path, kind):
     """A currency sign, a percent sign or thousands separators make a number text: as categories
     its values would lose their size (a synthetic 400-row table of incomes as "$1,234" was refused
     as an identifier; percentages from 0% to 99% became 92 one-hot columns). Refused at the
-    first one's line, naming the fix and quoting no cell; a column of words with such a value
-    among them stays categorical."""
+    first one's line, naming the fix and quoting no cell, once the column holds more than 20
+    values; a few ($5, $10, $20) are categories, as they were; a column of words with such values
+    among them stays categorical; one among a few plain numbers is a stray cell at its line."""
     path = tmp_path / "f.csv"
-    rows = [[f"{i}.5", "7", "ab"[i % 2]] for i in range(30)]
-    rows[3][1] = written
-    for row in rows[4:]:
-        row[1] = written
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows([["a", "amount", "label"], *rows])
+
+    def write(amounts):
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerows([["a", "amount", "label"], *([f"{i}.5", amount, "ab"[i % 2]] for i, amount in enumerate(amounts))])
+
+    written = [str(7 + i) if i < 3 else WRITTEN[kind](i) for i in range(30)]
+    write(written)
     with pytest.raises(ConfigError, match="line 5, column 2: a number written with a currency sign, a percent sign or thousands") as refused:
         load_arrays(f"csv:{path}")
-    assert "plain numbers" in str(refused.value) and "drop_columns" in str(refused.value) and written not in str(refused.value)
-    for row in rows[::3]:
-        row[1] = "red"
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows([["a", "amount", "label"], *rows])
+    assert "plain numbers" in str(refused.value) and "drop_columns" in str(refused.value) and written[3] not in str(refused.value)
+    write([WRITTEN[kind](i % 3) for i in range(30)])
     x, _, _ = load_arrays(f"csv:{path}")
-    assert sorted(set(x[:, 1])) == [0.0, 1.0, 2.0]  # three categories: "7", the written number and the word
+    assert sorted(set(x[:, 1])) == [0.0, 1.0, 2.0]  # three values: three categories
+    write(["red" if i % 3 == 0 else amount for i, amount in enumerate(written)])
+    x, _, _ = load_arrays(f"csv:{path}")
+    assert len(set(x[:, 1])) == 1 + 2 + 18  # a column of words: the word, "8", "9" and 18 written numbers
+    write([str(i % 10) if i != 11 else WRITTEN[kind](5) for i in range(30)])  # 11 values: a stray cell among numbers
+    with pytest.raises(ConfigError, match="line 13, column 2: a feature that is not a number, in a column of numbers"):
+        load_arrays(f"csv:{path}")
 
 
 def test_a_separator_at_the_end_of_every_line_adds_no_column_and_an_empty_column_is_refused(tmp_path):

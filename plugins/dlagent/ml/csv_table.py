@@ -264,8 +264,8 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         feature_at, present, numeric, marked, formatted, first_line, values, window_distinct = (
             [column[j] for j in kept] for column in (feature_at, present, numeric, marked, formatted, first_line, values, window_distinct))
         no_feature_left(where, feature_at)
-    categorical = {j for j, i in enumerate(feature_at)
-                   if categorical_column(where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing)}
+    categorical = {j for j, i in enumerate(feature_at) if categorical_column(
+        where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing, distinct=len(values[j]))}
     for j in categorical:
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
                           values[j])

@@ -13,6 +13,7 @@ and a categorical column of nearly all different values is refused as an identif
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -73,14 +74,19 @@ EMPTY_CELL_FIX = ("fill it, or set the data option missing to 'impute' (the trai
                   "and a was-missing indicator column).")
 
 
-def categorical_column(where: str, column: int, present: int, numeric: int, marked: int, formatted: int, first_line: dict, missing: str) -> bool:
+FORMATTED_CATEGORIES = 20  # a column of formatted numbers with at most this many values is a set of categories ($5, $10, $20)
+
+
+def categorical_column(where: str, column: int, present: int, numeric: int, marked: int, formatted: int, first_line: dict, missing: str,
+                       *, distinct: int = 0) -> bool:
     """Whether a CSV column is categorical, from the counts of its non-empty cells (``present``):
     ``numeric`` numbers, ``marked`` missing-value marks, ``formatted`` numbers written for people
     (counted until the column's first word), and ``first_line`` (the first line of a ``"marker"``,
-    ``"formatted"`` number and ``"word"``). ``where`` names the file, ``column`` is 1-based.
-    Refused: a column of nothing but marks (as an empty one), a mark under ``missing: refuse`` in a
-    column of numbers (an empty cell by another name), a column of formatted numbers, and a column
-    of mostly numbers with a stray word (a typo, not a category)."""
+    ``"formatted"`` number and ``"word"``), ``distinct`` its different texts. ``where`` names the
+    file, ``column`` is 1-based. Refused: a column of nothing but marks (as an empty one), a mark
+    under ``missing: refuse`` in a column of numbers (an empty cell by another name), a column of
+    formatted numbers with more than :data:`FORMATTED_CATEGORIES` values (a few are categories, as
+    they always were here), and a column of mostly numbers with a stray word (a typo, not a category)."""
     words = present - numeric - marked - formatted
     column = f"column {column}"
     if marked and marked == present:
@@ -91,13 +97,15 @@ def categorical_column(where: str, column: int, present: int, numeric: int, mark
             raise ConfigError("dataset", f"{where} line {first_line['marker']}, {column}: a missing-value mark (such as NA, N/A, "
                               "null, None or ?) in a column of numbers, an empty cell.", EMPTY_CELL_FIX)
         return False
-    if formatted and not words:
+    if formatted and not words and distinct > FORMATTED_CATEGORIES:
         raise ConfigError("dataset", f"{where} line {first_line['formatted']}, {column}: a number written with a currency sign, a "
                           "percent sign or thousands separators: as text each value would be a category of its own, and the "
-                          "model would never see how large it is.", "save the column as plain numbers (1234.5, a percentage as "
+                          f"model would never see how large it is ({distinct} values{'' if distinct <= 1000 else ' or more'}).",
+                          "save the column as plain numbers (1234.5, a percentage as "
                           "12 or 0.12), or name it in drop_columns.")
-    if numeric * 2 > present - marked:
-        raise ConfigError("dataset", f"{where} line {first_line['word']}, {column}: a feature that is not a number, in a column of "
+    if numeric * 2 > present - marked:  # the first cell that is not a number: a word, or a formatted number among plain ones
+        line = min(first_line.get(kind, math.inf) for kind in ("word", "formatted"))
+        raise ConfigError("dataset", f"{where} line {line}, {column}: a feature that is not a number, in a column of "
                           "numbers.", "correct the cell (a column of mostly numbers is numeric; a categorical column holds mostly "
                           "non-numeric values).")
     return True
