@@ -232,8 +232,8 @@ def test_numbers_written_for_people_are_refused_not_taken_for_words(tmp_path, ki
 def test_a_separator_at_the_end_of_every_line_adds_no_column_and_an_empty_column_is_refused(tmp_path):
     """``a,b,label,`` (a separator closing every line, as some exporters write) read as an unnamed
     column of empty cells: refused as "an empty cell" under ``missing: refuse``, a nameless
-    feature under ``impute``. Now it is no column. A nameless column with values, and a named
-    column of empty cells, are refused naming the fix; an empty cell is refused at the earliest line."""
+    feature under ``impute``. Now it is no column. A nameless column with values, and (under
+    ``refuse``) a named column of empty cells, are refused naming the fix; an empty cell is refused at the earliest line."""
     from dlagent.ml.data_readers import read_dataset
 
     lines = [f"{i * 0.5:.1f},{(i * 7) % 5},{'ab'[i % 2]}" for i in range(30)]
@@ -261,9 +261,10 @@ def test_a_separator_at_the_end_of_every_line_adds_no_column_and_an_empty_column
         load_arrays(f"csv:{unnamed}")
     blank = tmp_path / "blank.csv"
     blank.write_text("a,notes,b,label\n" + "\n".join(line.replace(",", ",,", 1) for line in lines) + "\n")
-    for missing in ("refuse", "impute"):
-        with pytest.raises(ConfigError, match="every cell of column 2 is empty.*name it in drop_columns"):
-            load_arrays(f"csv:{blank}", missing=missing)
+    with pytest.raises(ConfigError, match="every cell of column 2 is empty.*name it in drop_columns"):
+        load_arrays(f"csv:{blank}")
+    x, _, _ = load_arrays(f"csv:{blank}", missing="impute")  # under impute a column of gaps, as it always was
+    assert x.shape == (30, 3) and np.isnan(x[:, 1]).all()
     x, _, _, columns = read_dataset(f"csv:{blank}", label_column="label", allowed_roots=None, missing="refuse",
                                     task="classification", drop_columns=("notes",))
     np.testing.assert_array_equal(x, x_plain)
@@ -312,14 +313,17 @@ def test_what_only_looks_like_a_formatted_number_is_judged_as_a_word(tmp_path, t
 def test_nan_written_as_a_number_is_a_mark_and_a_column_of_marks_is_refused(tmp_path):
     """``nan`` parses as a float; in a column of numbers it is a missing-value mark like ``NA``:
     refused at its line under ``refuse`` (before, as "1 NaN/inf feature values" without a line).
-    A column of nothing but marks carries nothing, as a column of empty cells: refused."""
+    A column of nothing but marks carries nothing, as a column of empty cells: refused under
+    ``refuse``, a column of gaps under ``impute``."""
     path = tmp_path / "n.csv"
     path.write_text("a,b,label\n" + "".join(f"{'nan' if i == 4 else i},{i % 3},{i % 2}\n" for i in range(30)))
     with pytest.raises(ConfigError, match="line 6, column 1: a missing-value mark"):
         load_arrays(f"csv:{path}")
     x, _, _ = load_arrays(f"csv:{path}", missing="impute")
     assert np.isnan(x[4, 0]) and int(np.isnan(x).sum()) == 1
-    for cells, missing in ((["NA", "null"], "refuse"), (["NA", "null"], "impute"), (["NA", ""], "impute")):
+    path.write_text("a,b,label\n" + "".join(f"{['NA', 'null'][i % 2]},{i % 3},{i % 2}\n" for i in range(30)))
+    with pytest.raises(ConfigError, match="every cell of column 1 is empty or a missing-value mark.*drop_columns"):
+        load_arrays(f"csv:{path}")
+    for cells in (["NA", "null"], ["NA", ""]):  # under impute a column of gaps, as an empty one always was
         path.write_text("a,b,label\n" + "".join(f"{cells[i % 2]},{i % 3},{i % 2}\n" for i in range(30)))
-        with pytest.raises(ConfigError, match="every cell of column 1 is empty or a missing-value mark.*drop_columns"):
-            load_arrays(f"csv:{path}", missing=missing)
+        assert np.isnan(load_arrays(f"csv:{path}", missing="impute")[0][:, 0]).all()

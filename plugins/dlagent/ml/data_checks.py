@@ -83,13 +83,15 @@ def categorical_column(where: str, column: int, present: int, numeric: int, mark
     ``numeric`` numbers, ``marked`` missing-value marks, ``formatted`` numbers written for people
     (counted until the column's first word), and ``first_line`` (the first line of a ``"marker"``,
     ``"formatted"`` number and ``"word"``), ``distinct`` its different texts. ``where`` names the
-    file, ``column`` is 1-based. Refused: a column of nothing but marks (as an empty one), a mark
+    file, ``column`` is 1-based. Refused: a column of nothing but marks (as an empty one, under refuse), a mark
     under ``missing: refuse`` in a column of numbers (an empty cell by another name), a column of
     formatted numbers with more than :data:`FORMATTED_CATEGORIES` values (a few are categories, as
     they always were here), and a column of mostly numbers with a stray word (a typo, not a category)."""
     words = present - numeric - marked - formatted
     column = f"column {column}"
     if marked and marked == present:
+        if missing == "impute":  # a column of gaps, as an empty one always was
+            return False
         raise ConfigError("dataset", f"{where}: every cell of {column} is empty or a missing-value mark (such as NA): there is "
                           "nothing to learn from it.", "leave it out: name it in drop_columns, or remove it from the file.")
     if not words and not formatted and (numeric or not marked):
@@ -178,14 +180,15 @@ def empty_column(where: str, column: int, name: str, present: int, first_empty: 
     ``present`` non-empty cells and found its first empty one on line ``first_empty``: a column
     with neither a name nor a value is (a separator at the end of every line; pandas would read it
     as ``Unnamed: 3``, all NaN). Refused: values without a name (a served row could not name
-    them), a named column of empty cells (nothing to learn: imputed, a constant; most likely an
-    export that lost it), and under ``missing: refuse`` an empty cell, at its line."""
+    them); under ``missing: refuse`` a named column of empty cells (nothing to learn; most likely
+    an export that lost it), and an empty cell, at its line. Under ``impute`` an empty column is
+    a feature of gaps, as it always was."""
     if not name:
         if present:
             raise ConfigError("dataset", f"{where}: column {column} has values but no name in the header line.",
                               "give it a name in the file's first line (a served row names its columns), or remove it.")
         return True
-    if not present and first_empty:
+    if not present and first_empty and missing != "impute":  # under impute: imputed, as it always was
         raise ConfigError("dataset", f"{where}: every cell of column {column} is empty: there is nothing to learn from it.",
                           "leave it out: name it in drop_columns, or remove it from the file.")
     if first_empty and missing != "impute":
