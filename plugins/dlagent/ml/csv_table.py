@@ -43,12 +43,11 @@ from dlagent.errors import ConfigError
 from dlagent.ml.data_checks import (
     CLASSIFICATION_FIX,
     IDENTIFIER_WINDOW,
-    MARKER_LENGTH,
-    MISSING_MARKERS,
     categorical_column,
     column_positions,
     empty_column,
     is_formatted_number,
+    is_missing_mark,
     no_feature_left,
     refuse_identifier,
 )
@@ -230,7 +229,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
             raise ConfigError("dataset", f"{str(path)!r} line {line} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
         for i in label_at:  # an unlabelled row is no class of its own
             text = row[i].strip()
-            if not text or (len(text) <= MARKER_LENGTH and task == REGRESSION and text.lower() in MISSING_MARKERS):
+            if not text or (task == REGRESSION and is_missing_mark(text)):
                 raise _no_label(path, line, header[i], task)
         for j, i in enumerate(feature_at):
             text = row[i].strip()
@@ -244,7 +243,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 window_distinct[j] = len(values[j])
             if _is_float(text) and text[-1] not in "nN":  # nan, NaN, -nan: a number that says "no value"
                 numeric[j] += 1
-            elif len(text) <= MARKER_LENGTH and text.lower() in MISSING_MARKERS:  # the length first: a word costs no lower()
+            elif is_missing_mark(text):
                 marked[j] += 1
                 first_line[j].setdefault("marker", line)
             elif "word" not in first_line[j] and is_formatted_number(text):  # past a word it cannot matter
@@ -318,7 +317,7 @@ def _second_pass(path: Path, layout: _Layout, task: str, *, streamed: bool = Fal
                 try:
                     values.append(float(text))
                 except ValueError:
-                    if text.lower() not in MISSING_MARKERS:
+                    if not is_missing_mark(text):
                         raise _changed(path, line) from None  # the first pass found only numbers and marks here
                     values.append(math.nan)
         if regression:

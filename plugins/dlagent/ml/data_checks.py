@@ -41,6 +41,12 @@ IDENTIFIER_MIN_CELLS = 20  # fewer non-empty cells say nothing either way
 # value like any other ("None" may be a kind of heating, "NA" a country).
 MISSING_MARKERS = frozenset({"na", "n/a", "nan", "-nan", "+nan", "null", "none", "#n/a", "#na", "<na>", "?"})
 MARKER_LENGTH = max(map(len, MISSING_MARKERS))
+
+
+def is_missing_mark(text: str) -> bool:
+    """Whether a (stripped) cell is one of :data:`MISSING_MARKERS`, in any case; the length is
+    looked at first, so a word costs no ``lower()``."""
+    return len(text) <= MARKER_LENGTH and text.lower() in MISSING_MARKERS
 # A number written for people: a currency or percent sign ($12, 12 €, 12%, (12.50 $)), or thousands
 # separators in groups of three (1,234,567.5  1'234'567  1.234.567,5  (1,200): an accounting
 # minus). Read as text, each value would be a category of its own and the model would never see

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlagent.errors import ConfigError
+from dlagent.ml.data_checks import is_missing_mark
 
 OOV = "<other>"  # the name of a categorical column's out-of-vocabulary slot
 MAX_VOCABULARY = 1000  # values per categorical column; rarer ones share the out-of-vocabulary slot
@@ -213,12 +214,10 @@ def file_rows(positions) -> Callable[[int], str]:
 
 def _number(value, where: Callable[[int], str], r: int, column: str) -> float:
     """A numeric cell's value: NaN (a gap) for a missing-value mark such as ``NA``, as the CSV loader reads it."""
-    from dlagent.ml.data_checks import MISSING_MARKERS
-
     try:
         number = float(value)
     except (TypeError, ValueError):
-        if isinstance(value, str) and value.strip().lower() in MISSING_MARKERS:
+        if isinstance(value, str) and is_missing_mark(value.strip()):
             return math.nan
         raise ConfigError("instances", f"{where(r)}, column {column!r}: not a number (a numeric column in training).",
                           "give a number.") from None
