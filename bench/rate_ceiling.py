@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     started, scores = time.perf_counter(), {rate: [] for rate in args.rates}
     for seed in args.seeds:
         splits = load_dataset("digits", seed=seed)
-        config = TrainConfig(epochs=args.epochs, seed=seed)
+        config = TrainConfig(epochs=args.epochs, seed=seed).for_input(splits.input_shape)  # the digits' images: the cnn
         patience = max(1, config.early_stopping_patience // 2)  # the rules' plan
         for rate in args.rates:
             result = training.fit(splits, config.replace(learning_rate=rate),

@@ -34,7 +34,8 @@ everything in MLflow (one parent run per DAG run, a child run per task).
   in-training controller) and the compression candidates; every decision with its reason is in
   its log and in its MLflow run (`decisions.json`). `agent_policy: off` runs the Params as given.
 * **train** trains with the best parameters and the agent's settings, logging per-epoch metrics and the model.
-  `model` is a built-in (`cnn`, `resnet`, `mlp`) or your own builder `include.<module>:<function>`
+  `model` is `auto` (the default: `cnn` for images, `mlp` for a table's rows), a built-in (`cnn`, `resnet`, `mlp`)
+  or your own builder `include.<module>:<function>`
   (its `model_args` tunable as `model_args.<key>`); `init_from` fine-tunes an existing model
   (e.g. `models:/dlagent-classifier@champion`) in two phases instead of training from scratch.
 * **compression_candidates** lists the candidates; **compress** (one mapped task each) prunes,
@@ -88,7 +89,8 @@ with DAG(
         "dataset": "{{ params.dataset }}", "data_options": data_options, "train_config": templated(TRAIN_PARAM_NAMES),
         "search_space": "{{ params.search_space }}", "n_trials": "{{ params.n_trials }}", "timeout_s": "{{ params.tune_timeout_s }}",
         "trial_epochs": "{{ params.tune_trial_epochs }}", "min_trial_epochs": "{{ params.tune_min_trial_epochs }}",
-        "sampler": "{{ params.sampler }}", "pruner": "{{ params.pruner }}", "metric": "{{ params.tune_metric }}", **common,
+        "sampler": "{{ params.sampler }}", "pruner": "{{ params.pruner }}", "metric": "{{ params.tune_metric }}",
+        "data": validate.output["data"], **common,
     }
     create_study = CreateStudyOperator(task_id="create_study", n_workers="{{ params.tuning_workers }}",
                                        seed_studies="{{ params.tune_seed_studies }}", **tuning)

@@ -118,9 +118,10 @@ def _pct(value) -> str:
 
 def _validate(v: dict) -> str:
     data = v["data"]
+    model = (v.get("config") or {}).get("model")  # what 'auto' became
     return (f"{data['dataset']}: {data['n_train']} train / {data['n_val']} val / {data['n_test']} test samples, "
             + (f"{data['num_classes']} target(s), metric {data.get('metric', 'rmse')}" if data.get("task") == "regression"
-               else f"{data['num_classes']} classes"))
+               else f"{data['num_classes']} classes") + (f", model {model}" if isinstance(model, str) else ""))
 
 
 def _create_study(v: list) -> str:

@@ -104,6 +104,7 @@ def test_each_task_has_a_headline_figure():
 def test_a_regression_run_shows_its_primary_metric():
     data = {"dataset": "csv:d.csv", "task": "regression", "metric": "rmse", "num_classes": 1, "n_train": 310, "n_val": 66, "n_test": 66}
     assert headline("validate_inputs", {"data": data}) == "csv:d.csv: 310 train / 66 val / 66 test samples, 1 target(s), metric rmse"
+    assert headline("validate_inputs", {"data": data, "config": {"model": "mlp"}}).endswith("metric rmse, model mlp")  # what 'auto' became
     assert headline("train", {"metrics": {"best_val_rmse": 52.31, "epochs_run": 9}}) == "val. rmse 52.31, 9 epochs"
     assert headline("evaluate", {"blessed": False, "candidate": {"candidate": "int8"}, "metric": "rmse", "test_metric": 55.5}) == \
         "gate: not blessed (int8, test rmse 55.5)"

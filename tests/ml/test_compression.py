@@ -102,7 +102,11 @@ def test_int8_without_representative_data_is_refused(teacher, data):
 def test_from_dict_refuses_unknown_keys_and_round_trips():
     config = CompressionConfig.from_dict({"sparsity": 0.8, "quantization": "int8", "distill": True})
     assert CompressionConfig.from_dict(config.to_dict()) == config
-    assert config.label == "student-cnn+pruned80+int8"
+    assert config.label == "student+pruned80+int8"  # student_model 'auto': the cnn or the mlp, as the data's samples ask
+    assert config.replace(student_model="mlp").label == "student-mlp+pruned80+int8"
+    assert config.for_input((5,)).label == "student-mlp+pruned80+int8"  # where the data is known, the name says which
+    assert config.for_input((8, 8)).label == "student-cnn+pruned80+int8"
+    assert config.replace(distill=False).for_input((5,)).student_model == "auto"  # no student: nothing to choose
     with pytest.raises(ConfigError) as err:
         CompressionConfig.from_dict({"sparsty": 0.8})
     assert err.value.field == "sparsty"
@@ -247,6 +251,18 @@ def test_distillation_produces_a_smaller_working_student(teacher, teacher_accura
     probs = student.predict(digits_small.x_test[:5], verbose=0)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # the kept student ends in a softmax
     assert math.isfinite(candidate.metrics["latency_ms_p95"])
+
+
+def test_the_default_student_is_the_cnn_for_images_and_the_mlp_for_a_tables_rows():
+    """``student_model`` left at ``auto``: a table's teacher gets an ``mlp`` student that standardises
+    its raw columns like the teacher (a ``cnn`` would refuse one-dimensional rows)."""
+    from dlagent.ml.distillation import build_student
+
+    rows = np.random.default_rng(0).normal(size=(40, 5)).astype("float32") * [1, 10, 100, 1000, 0.1]
+    _, table_student = build_student("auto", (5,), 3, adapt_data=rows)
+    _, image_student = build_student("auto", (8, 8), 10)
+    assert (table_student.name, image_student.name) == ("dlagent_student_mlp", "dlagent_student_cnn")
+    assert table_student.output_shape == (None, 3)
 
 
 # --------------------------------------------------------------------------- int8 on tables

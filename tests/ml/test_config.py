@@ -58,3 +58,22 @@ def test_model_args_fold_dotted_keys_and_round_trip_through_mlflow_params():
     frozen = TrainConfig(model_args=given)
     given["width"] = 9  # the caller's dict changes; the config does not
     assert frozen.model_args == {"width": 8} and hash(frozen) == hash(TrainConfig(model_args={"width": 8}))
+
+
+@pytest.mark.parametrize(("shape", "model"), [
+    ((13,), "mlp"),  # a table's rows
+    ((8, 8), "cnn"),  # grayscale images (the digits)
+    ((28, 28, 1), "cnn"), ((32, 32, 3), "cnn"),
+    ((1, 40), "mlp"), ((40, 1, 3), "mlp"),  # a strip one pixel high or wide: the cnn pools by 2 and refuses it
+    ((4, 4, 3, 2), "mlp"),  # no image layout: flattened
+])
+def test_model_auto_is_the_cnn_for_images_and_the_mlp_for_anything_else(shape, model):
+    from dlagent.ml.config import resolve_model
+    from dlagent.ml.models import check_model_input
+
+    assert TrainConfig().model == "auto" and TrainConfig().is_builtin
+    assert resolve_model("auto", shape) == model
+    assert TrainConfig(epochs=3).for_input(shape) == TrainConfig(model=model, epochs=3)
+    check_model_input("auto", shape)  # what auto chooses always takes the samples
+    for named in ("mlp", "resnet", "include.models.example:build"):  # a model given by name is never replaced
+        assert resolve_model(named, shape) == named and TrainConfig(model=named).for_input(shape).model == named

@@ -33,6 +33,25 @@ def test_cnn_reaches_high_accuracy_on_digits_and_logs_everything(mlflow_uri, tmp
     assert metrics == evaluate(result.model, splits)  # the logged model is the trained one
 
 
+def test_model_auto_trains_the_mlp_on_a_table_and_the_cnn_on_images_and_logs_which(tmp_path, mlflow_uri):
+    """The default ``model`` (``auto``) trains on a CSV table and on images alike; the run's params
+    and the model name the built-in it became, never ``auto``."""
+    from dlagent.ml.data import load_dataset
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    rows = [",".join([*map(str, features), str(label)]) for features, label in zip(iris.data, iris.target, strict=True)]
+    (tmp_path / "iris.csv").write_text("a,b,c,d,label\n" + "\n".join(rows) + "\n")
+    client = MlflowClient(mlflow_uri)
+    experiment = tracking.ensure_experiment(client, "auto", str(tmp_path / "artifacts"))
+    for dataset, built in ((f"csv:{tmp_path / 'iris.csv'}", "mlp"), ("digits", "cnn")):
+        splits = load_dataset(dataset, seed=0, max_samples=300, allowed_roots=[str(tmp_path)])
+        run_id = client.create_run(experiment).info.run_id
+        result, _ = train(splits, TrainConfig(epochs=2, seed=0), client=client, run_id=run_id)
+        assert result.model.name == f"dlagent_{built}"
+        assert client.get_run(run_id).data.params["model"] == built
+
+
 def test_same_seed_gives_the_same_model(digits_small):
     config = TrainConfig(model="mlp", epochs=3, early_stopping_patience=0, seed=7)
     first, second = fit(digits_small, config), fit(digits_small, config)

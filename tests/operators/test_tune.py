@@ -85,6 +85,55 @@ def test_trial_epochs_caps_every_trial_and_the_pruner(mlflow_uri, study_storage)
     assert {r.data.params["epochs"] for r in trial_runs} == {"2"}
 
 
+def _iris_csv(path) -> str:
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    rows = [",".join([*map(str, features), str(label)]) for features, label in zip(iris.data, iris.target, strict=True)]
+    path.write_text("a,b,c,d,label\n" + "\n".join(rows) + "\n")
+    return f"csv:{path}"
+
+
+@pytest.mark.parametrize(("table", "data"), [(False, {"input_shape": [8, 8]}), (True, None)], ids=["images, validate's summary",
+                                                                                                   "table, read here"])
+def test_model_auto_tunes_the_default_space_of_the_built_in_the_data_asks_for(mlflow_uri, study_storage, tmp_path, monkeypatch,
+                                                                               table, data):
+    """Left at ``auto``, the digits' 8 x 8 images are tuned as a ``cnn`` (its space has ``filters``),
+    a CSV table's rows as an ``mlp``, and every trial run's params say which; the shape comes from
+    ``validate_inputs``' data summary, or, without one, from reading the data set."""
+    monkeypatch.setenv("DLAGENT_DATA_ROOTS", str(tmp_path))
+    dataset = _iris_csv(tmp_path / "iris.csv") if table else "digits"
+    settings = {**SETTINGS, "dataset": dataset, "data_options": {} if table else {"max_samples": 300},
+                "train_config": {"epochs": 1, "seed": 0}, "search_space": None, "n_trials": 1, "data": data}
+    context = make_context("create_study")
+    create = CreateStudyOperator(task_id="create_study", **settings)
+    create.execute(context)
+    assert (create._loaded is None) == (data is not None)  # with the summary, the data set is not read again
+    common = {"learning_rate", "batch_size", "dropout", "units"}
+    assert set(context["ti"].xcoms["search_space"]) == (common if table else {*common, "filters"})
+    TuneOperator(task_id="tune", worker_index=0, **settings).execute(make_context("tune", map_index=0))
+    client = MlflowClient(mlflow_uri)
+    trial_runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`optuna.trial_number` != ''")
+    assert [r.data.params["model"] for r in trial_runs] == ["mlp" if table else "cnn"]
+
+
+def test_model_auto_reads_no_data_where_no_default_space_is_needed(mlflow_uri, study_storage):
+    """A given search space, zero trials, the summary task: nothing to choose a space for, so the
+    data set is not read for its shape (the tuning worker still trains the built-in it asks for)."""
+    auto = {**SETTINGS, "train_config": {"epochs": 1, "seed": 0}, "n_trials": 1}
+    for run_id, settings in (("given", auto), ("zero", {**auto, "search_space": None, "n_trials": 0})):
+        create = CreateStudyOperator(task_id="create_study", **settings)
+        create.execute(make_context("create_study", run_id=run_id))
+        assert create._loaded is None
+    TuneOperator(task_id="tune", worker_index=0, **auto).execute(make_context("tune", run_id="given", map_index=0))
+    summary = TuneSummaryOperator(task_id="tune_summary", **{**auto, "search_space": None})
+    summary.execute(make_context("tune_summary", run_id="given"))
+    assert summary._loaded is None
+    client = MlflowClient(mlflow_uri)
+    trial_runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`optuna.trial_number` != ''")
+    assert [r.data.params["model"] for r in trial_runs] == ["cnn"]
+
+
 def test_zero_trials_skips_tuning(mlflow_uri, study_storage):
     settings = {**SETTINGS, "n_trials": 0}
     assert CreateStudyOperator(task_id="create_study", **settings).execute(make_context("create_study")) == []

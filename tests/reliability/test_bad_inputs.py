@@ -109,7 +109,7 @@ CASES = [
     C("dataset_not_a_string", {"dataset": 5}, "dataset", params=True),
     C("dataset_unknown_scheme", {"dataset": "cifar10"}, "dataset", words="unknown data set"),
     C("label_column_missing", {"dataset": "csv:{data}/table.csv", "label_column": "target", "model": "mlp"}, "label_column"),
-    C("cnn_on_tabular_data", {"dataset": "csv:{data}/table.csv"}, "model", words="use model 'mlp'"),
+    C("cnn_on_tabular_data", {"dataset": "csv:{data}/table.csv", "model": "cnn"}, "model", words="use model 'mlp'"),
     # ---- task and metric ---------------------------------------------------------------------------
     C("regression_metric_for_classification", {"metric": "rmse"}, "metric", words="is a regression metric"),
     C("classification_metric_for_regression", {"dataset": "csv:{data}/regression.csv", "model": "mlp", "task": "regression",
@@ -334,8 +334,10 @@ class World:
         params = {name: self.dag.params[name] for name in self.dag.params}
         params.update(conf)
         # upstream results the task's templates read: the agent's first-round plan is none (agent off),
-        # so the Params' settings (the bad search space among them) reach the task as given
-        ti = TaskInstanceStub(dag_id=DAG_ID, task_id=task_id, run_id=run_id, xcoms={("agent_budget", "tune"): None})
+        # so the Params' settings (the bad search space among them) reach the task as given; no data
+        # summary, so a tuning task reads the data set itself for model 'auto'
+        ti = TaskInstanceStub(dag_id=DAG_ID, task_id=task_id, run_id=run_id,
+                              xcoms={("agent_budget", "tune"): None, ("validate_inputs", "data"): None})
         context = {"ti": ti,
                    "dag_run": DagRunStub(dag_id=DAG_ID, run_id=run_id, conf=dict(conf)), "params": params}
         operator = copy.copy(self.dag.get_task(task_id))
@@ -539,13 +541,19 @@ def test_bad_input_is_refused_before_any_compute(world, case, reliability_record
     assert not changes, f"a refused input changed the world: {changes}"
 
 
-def test_a_good_conf_passes_the_same_edge(world):
-    """The harness refuses for the right reason: a valid conf goes through validate_inputs."""
-    conf = world.fill({"dataset": "csv:{data}/table.csv", "model": "mlp"})
+@pytest.mark.parametrize("model", [{"model": "mlp"}, {}], ids=["mlp", "auto"])
+def test_a_good_conf_passes_the_same_edge(world, model):
+    """The harness refuses for the right reason: a valid conf goes through validate_inputs
+    (``model`` left at its default, ``auto``, becomes the ``mlp`` for a table's rows)."""
+    conf = world.fill({"dataset": "csv:{data}/table.csv", **model})
     assert world.params_error(conf) is None
-    operator, context = world.task("validate_inputs", conf, "good__1")
+    operator, context = world.task("validate_inputs", conf, f"good__{len(model)}")
     result = operator.execute(context)
     assert result["data"]["num_classes"] == 3 and result["config"]["model"] == "mlp"
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(world.tracking_uri).get_run(result["parent_run_id"])
+    assert parent.data.params["model"] == "mlp"  # the agent reads the run's settings from here
 
 
 def test_the_snapshot_sees_a_new_run_a_new_trial_and_a_new_file(world):

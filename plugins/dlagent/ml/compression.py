@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlagent.errors import ConfigError
+from dlagent.ml.config import AUTO_MODEL, resolve_model
 from dlagent.ml.data import DatasetSplits
 from dlagent.ml.distillation import STUDENT_MODELS, distill
 from dlagent.ml.models import copy_model
@@ -75,7 +76,7 @@ class CompressionConfig:
     int8_io: bool = False
     representative_samples: int = 200
     distill: bool = False
-    student_model: str = "cnn"
+    student_model: str = AUTO_MODEL  # the cnn for images, the mlp for a table's rows
     student_units: int = 32
     student_filters: int = 8
     temperature: float = 4.0
@@ -121,12 +122,19 @@ class CompressionConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def for_input(self, input_shape) -> CompressionConfig:
+        """These settings with a distilled ``student_model: auto`` replaced by the student for samples of
+        ``input_shape`` (:func:`dlagent.ml.config.resolve_model`), so the candidate's name and params say which."""
+        if not self.distill or self.student_model != AUTO_MODEL:
+            return self
+        return self.replace(student_model=resolve_model(AUTO_MODEL, input_shape))
+
     @property
     def label(self) -> str:
         """A short readable name, e.g. ``student+pruned80+int8``."""
         parts = []
         if self.distill:
-            parts.append(f"student-{self.student_model}")
+            parts.append("student" if self.student_model == AUTO_MODEL else f"student-{self.student_model}")
         if self.sparsity > 0:
             parts.append(f"pruned{round(self.sparsity * 100):d}")
         parts.append("float32" if self.quantization == "none" else self.quantization)
@@ -312,6 +320,7 @@ def compress(model, splits: DatasetSplits, config: CompressionConfig, *, measure
     if config.distill and splits.is_regression:
         raise ConfigError("compression.distill", "distillation learns a classifier's soft class probabilities; this task is regression.",
                           "use pruning and quantization for a regression model (distill: false).")
+    config = config.for_input(splits.input_shape)
     started = time.perf_counter()
     work = model
     if config.distill:

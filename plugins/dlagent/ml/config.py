@@ -16,8 +16,11 @@ from dlagent.errors import ConfigError
 from dlagent.validation import bounded, check_fields, field_bounds, settings_from_dict
 
 MODELS = ("mlp", "cnn", "resnet")  # the built-in architectures (dlagent.ml.models)
-#: A built-in name, or ``package.module:function``: a user's builder (dlagent.ml.builders).
-MODEL_PATTERN = r"^(mlp|cnn|resnet|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
+#: The default ``model``: the built-in that suits the data, chosen once its samples' shape is known
+#: (:func:`resolve_model`): ``cnn`` for images, ``mlp`` for table rows and any other shape.
+AUTO_MODEL = "auto"
+#: A built-in name, ``auto``, or ``package.module:function``: a user's builder (dlagent.ml.builders).
+MODEL_PATTERN = r"^(auto|mlp|cnn|resnet|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*)$"
 INIT_FROM_PATTERN = r"^(models:/.+|runs:/.+|.+\.keras)$"
 MODEL_ARGS_PREFIX = "model_args."  # search spaces and MLflow params name a model argument ``model_args.<key>``
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -42,11 +45,11 @@ MAX_ENSEMBLE = 16
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = bounded("cnn", "str", pattern=MODEL_PATTERN, examples=MODELS, title="Model",
-                         description="'cnn' for small images, 'resnet' for larger colour images, 'mlp' for any data, or your "
-                                     "own builder 'package.module:function' (e.g. 'include.models.example:build'; see "
-                                     "DLAGENT_MODEL_MODULES).",
-                         fix="give 'mlp', 'cnn', 'resnet' or a builder 'package.module:function'.")
+    model: str = bounded(AUTO_MODEL, "str", pattern=MODEL_PATTERN, examples=(AUTO_MODEL, *MODELS), title="Model",
+                         description="'auto' (the default): 'cnn' for images, 'mlp' for a table's rows; or 'cnn' for small "
+                                     "images, 'resnet' for larger colour images, 'mlp' for any data, or your own builder "
+                                     "'package.module:function' (e.g. 'include.models.example:build'; see DLAGENT_MODEL_MODULES).",
+                         fix="give 'auto', 'mlp', 'cnn', 'resnet' or a builder 'package.module:function'.")
     model_args: dict = bounded({}, "object", title="Model arguments (JSON)",
                                description="Arguments of your own model builder (its hp dict), e.g. {\"width\": 64}; a search "
                                            "space tunes one as 'model_args.<key>'. The built-in models ignore it.")
@@ -155,11 +158,33 @@ class TrainConfig:
 
     @property
     def is_builtin(self) -> bool:
-        return self.model in MODELS
+        """A built-in architecture, or ``auto`` (which becomes one)."""
+        return self.model in MODELS or self.model == AUTO_MODEL
+
+    def for_input(self, input_shape) -> TrainConfig:
+        """These settings with ``auto`` replaced by the built-in for samples of ``input_shape``
+        (:func:`resolve_model`); any other model unchanged. Called where the settings meet the data,
+        so a run's params, its tuning space and its model name the architecture it trained."""
+        model = resolve_model(self.model, input_shape)
+        return self if model == self.model else self.replace(model=model)
 
     def members(self, task: str = "classification") -> int:
         """How many networks the model averages for ``task`` (:func:`ensemble_members`)."""
         return ensemble_members(self.model, self.ensemble, self.init_from, task)
+
+
+def resolve_model(model: str, input_shape) -> str:
+    """The built-in ``auto`` stands for on samples of ``input_shape``; any other model as given.
+
+    ``cnn`` for images, ``(height, width[, channels])`` with both sides at least 2 (what it
+    takes: it pools by 2); ``mlp`` for anything else: a table's rows, a vector, a strip one
+    pixel high (the ``cnn`` cannot take these). ``resnet`` (deeper, for larger colour images) is never
+    chosen for you; give it by name.
+    """
+    if model != AUTO_MODEL:
+        return model
+    shape = tuple(int(d) for d in input_shape)
+    return "cnn" if len(shape) in (2, 3) and min(shape[:2]) >= 2 else "mlp"
 
 
 def ensemble_members(model: str, ensemble: int | None = None, init_from: str | None = None, task: str = "classification") -> int:

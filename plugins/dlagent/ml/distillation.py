@@ -8,26 +8,27 @@ import time
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import TrainConfig
+from dlagent.ml.config import AUTO_MODEL, TrainConfig, resolve_model
 from dlagent.ml.data import DatasetSplits
 from dlagent.validation import check_choice, check_number
 
 log = logging.getLogger(__name__)
 
-STUDENT_MODELS = ("mlp", "cnn")
+STUDENT_MODELS = (AUTO_MODEL, "mlp", "cnn")  # auto: the cnn for images, the mlp for a table's rows (resolve_model)
 
 
 def build_student(kind: str, input_shape: tuple, num_classes: int, *, units: int = 32, filters: int = 8, seed: int = 42,
                   adapt_data=None, impute: bool = False):
-    """``(logits_model, model)``: a small ``mlp``/``cnn`` built like the project's models, whose
-    ``logits_model`` ends in a linear layer (for the temperature) and ``model`` adds the softmax
-    (the model that is kept)."""
+    """``(logits_model, model)``: a small ``mlp``/``cnn`` (``auto``: the one for ``input_shape``) built
+    like the project's models, whose ``logits_model`` ends in a linear layer (for the temperature)
+    and ``model`` adds the softmax (the model that is kept)."""
     import keras
     from keras import layers
 
     from dlagent.ml.models import build_model
 
     check_choice("student_model", kind, STUDENT_MODELS)
+    kind = resolve_model(kind, input_shape)
     base = build_model(TrainConfig(model=kind, units=units, filters=filters, dropout=0.1, seed=seed, ensemble=1), input_shape, num_classes,
                        adapt_data=adapt_data, impute=impute)
     penultimate = base.get_layer("probabilities").input
@@ -41,7 +42,7 @@ def distill(
     teacher,
     splits: DatasetSplits,
     *,
-    student_model: str = "cnn",
+    student_model: str = AUTO_MODEL,
     student_units: int = 32,
     student_filters: int = 8,
     temperature: float = 4.0,
@@ -92,6 +93,7 @@ def distill(
         raise ConfigError("compression.distill", "distillation packs the teacher's outputs beside every training sample, which "
                           "needs the training data in memory; this data set is streamed.",
                           "set the data option cache to 'memory' (if it fits), or use pruning and quantization (distill: false).")
+    student_model = resolve_model(student_model, splits.input_shape)  # 'auto': the cnn for images, the mlp for rows
     logits_model, student = build_student(student_model, splits.input_shape, num_classes, units=student_units,
                                           filters=student_filters, seed=seed, adapt_data=splits.x_train,
                                           impute=splits.impute)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import TABLE_MLP_L2, TrainConfig
+from dlagent.ml.config import TABLE_MLP_L2, TrainConfig, resolve_model
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 from dlagent.ml.tflite import padded_batches
 
@@ -19,6 +19,7 @@ def check_model_input(model: str, input_shape: tuple[int, ...]) -> None:
     it (:func:`dlagent.ml.builders.check_model_on_data`).
     """
     shape = tuple(int(d) for d in input_shape)
+    model = resolve_model(model, shape)
     if model in IMAGE_MODELS and (len(shape) not in (2, 3) or min(shape[:2]) < 2):
         raise ConfigError(
             "model",
@@ -33,7 +34,8 @@ IMAGE_MODELS = ("cnn", "resnet")
 def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, *, allowed_modules=None, adapt_data=None,
                 impute: bool = False, task: str = CLASSIFICATION, targets=None):
     """Return an uncompiled Keras model for ``config.model``: a built-in (``mlp``, ``cnn``,
-    ``resnet``) or the user's builder ``package.module:function`` called with ``config.model_args``.
+    ``resnet``; ``auto`` becomes one for ``input_shape``) or the user's builder
+    ``package.module:function`` called with ``config.model_args``.
 
     ``adapt_data`` (the training split's features): an ``mlp`` on a table standardises its
     inputs with statistics of these rows (:func:`standardize_layer`), inside the model; with
@@ -51,6 +53,7 @@ def build_model(config: TrainConfig, input_shape: tuple[int, ...], num_classes: 
         from dlagent.ml.builders import build_user_model
 
         return build_user_model(config.model, config.model_args, input_shape, num_classes, task, allowed_modules=allowed_modules)
+    config = config.for_input(input_shape)
     check_model_input(config.model, input_shape)
     inputs = keras.Input(shape=input_shape, name="features")
     if config.model in IMAGE_MODELS:
@@ -135,7 +138,7 @@ def effective_l2(config: TrainConfig, input_shape: tuple[int, ...] = (), task: s
     """``config.l2``, or when it is empty the default for the model, its samples' shape and the task (:func:`kernel_penalty`)."""
     if config.l2 is not None:
         return float(config.l2)
-    return TABLE_MLP_L2 if config.model == "mlp" and len(tuple(input_shape)) == 1 and task == CLASSIFICATION else 0.0
+    return TABLE_MLP_L2 if resolve_model(config.model, input_shape) == "mlp" and len(tuple(input_shape)) == 1 and task == CLASSIFICATION else 0.0
 
 
 STANDARDIZE_LAYER = "standardize"

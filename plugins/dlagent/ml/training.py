@@ -75,6 +75,8 @@ def fit(splits: DatasetSplits, config: TrainConfig, *, callbacks=(), verbose: in
     With ``config.init_from`` (and no ``initial_model``) a copy of ``source_model``, the model it
     names (:func:`dlagent.ml.transfer.load_source_model`), is fine-tuned in two phases
     (:func:`dlagent.ml.transfer.fit_transfer`).
+
+    ``model: auto`` becomes the built-in for the data's samples where the model is built (:func:`build_model`).
     """
     import keras
 
@@ -240,8 +242,9 @@ def train(
 
     With ``config.init_from`` and no ``source_model``, the source is loaded through ``client``
     (a ``.keras`` file only from inside ``allowed_roots``). Returns the result and the logged
-    model's URI (``None`` without a run).
+    model's URI (``None`` without a run). The params name the model trained (``auto`` resolved).
     """
+    config = config.for_input(splits.input_shape)
     source_uri = None
     if config.init_from and source_model is None and initial_model is None and client is not None:
         from dlagent.ml.transfer import load_source

@@ -92,6 +92,7 @@ class CompressOperator(DlagentOperator):
         client = self.hook.client
         resolve_logged_model(client, self.model_uri)  # a missing model is refused before any compute
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=int(self.seed), allowed_roots=settings.data_roots())
+        config = config.for_input(splits.input_shape)  # a distilled student 'auto': the cnn or the mlp
         with self.step_run(context) as run_id:
             model = load_keras_model(client, self.model_uri)
             self.log.info("compressing %s as %s: %s", self.model_uri, config.label, config.to_dict())

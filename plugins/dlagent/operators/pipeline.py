@@ -44,7 +44,7 @@ class ValidateInputsOperator(DlagentOperator):
         from dlagent import settings
         from dlagent.ml import tracking
         from dlagent.ml.builders import check_model_on_data
-        from dlagent.ml.config import TrainConfig
+        from dlagent.ml.config import AUTO_MODEL, TrainConfig
         from dlagent.ml.data import load_dataset_with_options
 
         self._check_conf_keys(context)
@@ -54,6 +54,9 @@ class ValidateInputsOperator(DlagentOperator):
         config = TrainConfig.from_dict(self.train_config or {})
         self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+        if config.model == AUTO_MODEL:
+            config = config.for_input(splits.input_shape)
+            self.log.info("model 'auto': %r for samples of shape %s", config.model, tuple(splits.input_shape))
         if splits.impute and (config.model != "mlp" or config.init_from):
             raise ConfigError("data_options.missing", "'impute' is built into the 'mlp' model (it fills missing values inside the "
                               f"model); model {config.model!r}{' with init_from' if config.init_from else ''} cannot take them.",

@@ -61,6 +61,7 @@ class TrainOperator(DlagentOperator):
         warm_start = validate_warm_start(self.warm_start or None)
         callbacks = controller_from_plan(self.controller or None)
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
+        config = config.for_input(splits.input_shape)  # model 'auto': the built-in for these samples
         self.log.info("training %s on %s: %s%s", config.model, splits.summary(), config.to_dict(),
                       f"; in-training controller {self.controller}" if callbacks else "")
         initial_model = None

@@ -42,11 +42,16 @@ class _TuneBase(DlagentOperator):
     phase ``budget``; ``None`` when the agent is off): its ``n_trials``, ``n_workers``,
     ``trial_epochs``, ``min_trial_epochs``, ``search_space`` and ``seed_studies`` replace the
     arguments of the same names. It is validated where it enters (an XCom).
+
+    ``data``: the data set's summary from ``validate_inputs`` (optional): with ``model: auto`` its
+    ``input_shape`` chooses the built-in and so the default search space; without it the data
+    set is read for its shape.
     """
 
     template_fields: Sequence[str] = (
         "experiment_name", "dataset", "data_options", "train_config", "search_space", "n_trials", "timeout_s",
         "sampler", "pruner", "metric", "direction", "study_name", "trial_epochs", "min_trial_epochs", "budget",
+        "data",
     )
     operator_extra_links = (MLflowRunLink(), TuningStudyLink())
 
@@ -54,9 +59,11 @@ class _TuneBase(DlagentOperator):
                  search_space: dict | None = None, n_trials: int = 10, timeout_s: int | None = None,
                  sampler: str = "tpe", pruner: str = DEFAULT_PRUNER, metric: str | None = None, direction: str | None = None,
                  study_name: str | None = None, trial_epochs: int | None = None, min_trial_epochs: int | None = None,
-                 budget: dict | None = None, optuna_conn_id: str = OptunaHook.default_conn_name, **kwargs):
+                 budget: dict | None = None, data: dict | None = None, optuna_conn_id: str = OptunaHook.default_conn_name,
+                 **kwargs):
         super().__init__(**kwargs)
         self.budget = budget
+        self.data = data
         self.dataset = dataset
         self.data_options = data_options
         self.train_config = train_config
@@ -87,14 +94,19 @@ class _TuneBase(DlagentOperator):
         except ConfigError as exc:
             raise ConfigError(f"budget.{exc.field.removeprefix('tune.')}", exc.problem, exc.fix) from exc
 
-    def _settings(self, n_workers=1):
+    _loaded = None  # the splits _input_shape read, kept for a worker's trials
+
+    def _settings(self, n_workers=1, *, space_needed=True):
         """Validate everything a trial needs, before any trial (and before any compute).
 
         Returns ``(tune, trial_config, study)``: the :class:`~dlagent.ml.tuning.TuneConfig`, the
         training settings of a trial (epochs capped at ``trial_epochs``) and the study's settings.
+        With no search space given the study's is the model's default one, so ``model: auto`` is
+        resolved first (:meth:`_input_shape`), unless no trial runs or ``space_needed`` is false;
+        otherwise it stays ``auto`` and the worker resolves it on the data (``run_worker``).
         """
         from dlagent.ml import tuning
-        from dlagent.ml.config import TrainConfig
+        from dlagent.ml.config import AUTO_MODEL, TrainConfig
         from dlagent.ml.metrics import resolve_metric
 
         planned = self._planned()
@@ -115,11 +127,26 @@ class _TuneBase(DlagentOperator):
                               f"use one of {list(logged)}, or leave it empty for {primary.val_key}.")
         trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
         space = (planned or {}).get("search_space") or self.search_space
-        space = tuning.validate_search_space(space or tuning.default_search_space(trial_config.model, transfer=bool(trial_config.init_from)))
+        space = tuning.validate_search_space(space) if space else None  # a bad space is refused before the data is read
+        transfer = bool(trial_config.init_from)  # the transfer space is the same for any model
+        if not space and space_needed and tune.n_trials and trial_config.model == AUTO_MODEL and not transfer:
+            trial_config = trial_config.for_input(self._input_shape(trial_config.seed))
+        if not space and (trial_config.model != AUTO_MODEL or transfer):
+            space = tuning.validate_search_space(tuning.default_search_space(trial_config.model, transfer=transfer))
         study = tuning.StudySettings(metric=metric, direction=direction, space=space, sampler=tune.sampler, pruner=tune.pruner,
                                      seed=trial_config.seed, min_resource=tune.first_rung(trial_config),
                                      max_resource=trial_config.epochs)
         return tune, trial_config, study
+
+    def _input_shape(self, seed: int) -> tuple[int, ...]:
+        """The samples' shape: from ``data`` (``validate_inputs``' summary) when given, else read from the data set."""
+        if isinstance(self.data, dict) and self.data.get("input_shape"):
+            return tuple(self.data["input_shape"])
+        from dlagent import settings
+        from dlagent.ml.data import load_dataset_with_options
+
+        self._loaded = load_dataset_with_options(self.dataset, self.data_options, seed=seed, allowed_roots=settings.data_roots())
+        return self._loaded.input_shape
 
     def _study_name(self, context) -> str:
         return self.study_name or study_name_for(context)
@@ -189,7 +216,8 @@ class TuneOperator(_TuneBase):
         from dlagent.ml.data import load_dataset_with_options
 
         tune, trial_config, study = self._settings()
-        splits = load_dataset_with_options(self.dataset, self.data_options, seed=trial_config.seed, allowed_roots=settings.data_roots())
+        splits = self._loaded if self._loaded is not None else load_dataset_with_options(
+            self.dataset, self.data_options, seed=trial_config.seed, allowed_roots=settings.data_roots())
         parent = self.parent_run_id(context)
         ids = airflow_ids(context)
         worker = tuning.WorkerSettings(
@@ -216,7 +244,7 @@ class TuneSummaryOperator(_TuneBase):
     def run(self, context):
         from dlagent.ml import tuning
 
-        tune, _, study_settings = self._settings()
+        tune, _, study_settings = self._settings(space_needed=False)  # the metric is all it needs
         name = self._study_name(context)
         if tune.n_trials == 0:
             return {"study_name": name, "best_params": {}, "best_value": None, "skipped": True}

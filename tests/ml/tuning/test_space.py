@@ -37,6 +37,7 @@ from dlagent.ml.config import TrainConfig
         ({"dropout": "0.1-0.5"}, "search_space.dropout"),
         ({"learning_rate": {"type": "float", "low": 1e-4, "high": float("inf")}}, "search_space.learning_rate"),
         ({"epochs": {"type": "int", "low": 1, "high": TrainConfig.bounds("epochs").high + 1}}, "search_space.epochs"),
+        ({"model": {"type": "categorical", "choices": ["auto", "resnet"]}}, "search_space.model"),  # trials would log 'auto'
     ],
 )
 def test_invalid_search_spaces_are_refused_naming_the_field(space, field):
@@ -51,6 +52,8 @@ def test_default_spaces_are_valid_and_json_text_is_accepted(model):
     space = tuning.default_search_space(model)
     assert tuning.validate_search_space(json.dumps(space)) == tuning.validate_search_space(space)
     assert set(space) <= set(TrainConfig().to_dict())
+    with pytest.raises(ConfigError, match="'auto' names no architecture"):  # the operators resolve it on the data first
+        tuning.default_search_space("auto")
 
 
 def test_an_architecture_switch_is_a_categorical_of_booleans_and_a_draw_is_a_valid_setting():

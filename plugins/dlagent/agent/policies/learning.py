@@ -73,11 +73,13 @@ def rate_ceiling(observation: Observation, current: dict) -> tuple[float, str]:
     carry the run's search space, so a narrower ``search_space`` does not lower it (set
     ``max_learning_rate`` for that).
     """
+    from dlagent.ml.config import AUTO_MODEL
     from dlagent.ml.tuning.space import default_search_space
 
     model = str(current.get("model", ""))
-    ceiling = float(default_search_space(model, transfer=bool(current.get("init_from")))["learning_rate"]["high"])
-    where = f"the top of the {model or 'model'}'s built-in search space"
+    known = "cnn" if model == AUTO_MODEL else model  # a run that logged no resolved model: the images' (lower) ceiling
+    ceiling = float(default_search_space(known, transfer=bool(current.get("init_from")))["learning_rate"]["high"])
+    where = f"the top of the {known or 'model'}'s built-in search space"
     completed = sorted(observation.completed_trials, key=lambda t: t["value"], reverse=observation.direction != "minimize")
     for trial in completed[:max(1, len(completed) // 2)]:  # the better half (the best one at least)
         rate = trial.get("params", {}).get("learning_rate")

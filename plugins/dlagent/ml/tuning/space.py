@@ -19,7 +19,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from dlagent.errors import ConfigError
-from dlagent.ml.config import MODEL_ARGS_PREFIX, TrainConfig
+from dlagent.ml.config import AUTO_MODEL, MODEL_ARGS_PREFIX, TrainConfig
 
 if TYPE_CHECKING:
     import optuna
@@ -143,6 +143,9 @@ def _check_value_for_field(field: str, name: str, value, what: str) -> None:
     is the builder's to check: the first trial's build reports it)."""
     if _is_model_arg(name):
         return
+    if name == "model" and value == AUTO_MODEL:  # trials would record 'auto', not the architecture they trained
+        raise ConfigError(field, f"{what} 'auto' names no architecture of its own (it is the cnn or the mlp, as the data asks).",
+                          "list the architectures to compare by name, e.g. [\"mlp\", \"cnn\"].")
     try:
         TrainConfig().replace(**{name: value})
     except ConfigError as exc:
@@ -164,6 +167,9 @@ def default_search_space(model: str, *, transfer: bool = False) -> dict:
         "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
         "dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1},
     }
+    if model == AUTO_MODEL:
+        raise ConfigError("model", "'auto' names no architecture until the data's samples are known, and the space depends on it.",
+                          "pass TrainConfig.for_input(splits.input_shape).model (what the operators do), or a search_space.")
     if model == "mlp":
         return {**common, "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
                 "units": {"type": "int", "low": 32, "high": 256, "step": 32}}

@@ -24,6 +24,7 @@ pruning steps are epochs (1-based), so ``min_resource``/``max_resource`` are epo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -83,6 +84,7 @@ def run_worker(settings: WorkerSettings, splits, *, client=None, callbacks=(), s
     """
     if not isinstance(settings, WorkerSettings):
         raise ConfigError("settings", f"must be a WorkerSettings, got {type(settings).__name__}.", "build it with WorkerSettings(...).")
+    settings = dataclasses.replace(settings, base_config=settings.base_config.for_input(splits.input_shape))  # model 'auto'
     tracker = None
     if settings.experiment_id:
         if client is None:

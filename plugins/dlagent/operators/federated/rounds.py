@@ -168,6 +168,7 @@ class FederatedFinalizeOperator(FederatedOperator):
         model = load_keras_model(client, self.model_uri)
         model.set_weights(read_weights(client, last["global_uri"]))
         splits = self.evaluation_splits(config)
+        config = config.for_input(splits.input_shape)  # model 'auto': the built-in for these samples
         compile_for_training(model, config, config.learning_rate, splits.task)  # the loss for the test report, and a model as train logs it
         metric = last["metric"]
         history = last["history"]

@@ -137,6 +137,7 @@ class FederatedSetupOperator(RoundPlanningOperator):
         config, federated, _ = self.settings()
         check_choice("agent_policy", self.policy, POLICIES)  # before the model is built: the first plan is made after it
         splits = self.evaluation_splits(config)
+        config = config.for_input(splits.input_shape)  # model 'auto': the built-in for these samples
         # a table's standardisation (and a regression target's scale) come from the coordinator's own data set, never a site's rows
         model = build_model(config, splits.input_shape, splits.num_classes, allowed_modules=settings.model_modules(),
                             adapt_data=splits.x_train, task=splits.task, targets=splits.y_train if splits.is_regression else None)
