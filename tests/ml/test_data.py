@@ -203,6 +203,32 @@ def test_an_uncompressed_npz_is_memory_mapped_and_loads_like_a_compressed_one(tm
     np.testing.assert_allclose(scaled, pixels / 255.0, rtol=1e-6)
 
 
+def test_npz_archives_as_other_tools_save_them_read_as_their_x_y_twin(tmp_path):
+    """``X``/``y`` (scikit-learn's names), Keras' ``x_train``/``y_train``/``x_test``/``y_test`` (joined,
+    then split by the seed like any data set), one-hot labels (``keras.utils.to_categorical``) and
+    a column of labels ``(n, 1)`` give the data set, digest and splits of ``np.savez(x=..., y=...)``;
+    soft labels (rows that are not one-hot) and an archive without labels are refused."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (90, 6, 6), dtype=np.uint8), np.arange(90) % 3
+    np.savez(tmp_path / "twin.npz", x=x, y=y)
+    np.savez(tmp_path / "sklearn.npz", X=x, y=y)
+    np.savez(tmp_path / "keras.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    np.savez(tmp_path / "one_hot.npz", x=x, y=np.eye(3, dtype=np.float32)[y])
+    np.savez(tmp_path / "column.npz", x=x, y=y[:, None])
+    twin = load_dataset(f"npz:{tmp_path / 'twin.npz'}", seed=5)
+    for name in ("sklearn", "keras", "one_hot", "column"):
+        other = load_dataset(f"npz:{tmp_path / name}.npz", seed=5)
+        assert other.digest == twin.digest and other.class_names == twin.class_names, name
+        np.testing.assert_array_equal(other.x_test, twin.x_test)
+        np.testing.assert_array_equal(other.y_train, twin.y_train)
+    np.savez(tmp_path / "soft.npz", x=x, y=np.eye(3)[y] * 0.9 + 0.1 / 3)  # label smoothing: not a class per row
+    with pytest.raises(ConfigError, match="not one-hot"):
+        load_dataset(f"npz:{tmp_path / 'soft.npz'}")
+    np.savez(tmp_path / "no_labels.npz", X=x)
+    with pytest.raises(ConfigError, match=r"lacks arrays \['y'\]"):
+        load_dataset(f"npz:{tmp_path / 'no_labels.npz'}")
+
+
 def test_a_damaged_or_unusual_npz_member_is_read_as_numpy_would_or_refused(tmp_path):
     """Mapping never reads past a member or skips its checksum: a member whose header promises more
     rows than it holds, or whose bytes were changed, is refused; a member saved without ``.npy``

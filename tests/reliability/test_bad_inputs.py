@@ -142,7 +142,7 @@ CASES = [
     C("images_folder_without_images", {"dataset": "images:{data}/empty_images"}, "dataset", words="no images"),
     C("features_one_dimensional", {"dataset": "npz:{data}/x_1d.npz"}, "dataset", words="at least 2 dimensions"),
     C("features_and_labels_differ_in_length", {"dataset": "npz:{data}/length_mismatch.npz"}, "dataset", words="but 50 labels"),
-    C("labels_one_hot", {"dataset": "npz:{data}/one_hot.npz"}, "dataset", words="one-dimensional"),
+    C("labels_soft", {"dataset": "npz:{data}/soft_labels.npz"}, "dataset", words="not one-hot"),  # one-hot rows are read as labels
     C("features_with_nan", {"dataset": "npz:{data}/nan.npz"}, "dataset", words="NaN/inf"),
     C("features_with_inf", {"dataset": "npz:{data}/inf.npz"}, "dataset", words="NaN/inf"),
     C("one_class_only", {"dataset": "npz:{data}/one_class.npz"}, "dataset", words="single class"),
@@ -244,7 +244,7 @@ def _write_data(data: Path, outside: Path) -> None:
         (data / "empty_images" / label / "notes.txt").write_text("no images here")
     npz("x_1d.npz", rng.random(60), y3)
     npz("length_mismatch.npz", rng.random((60, 4)), np.repeat(np.arange(2), 25))
-    npz("one_hot.npz", rng.random((60, 4)), np.eye(3)[y3])
+    npz("soft_labels.npz", rng.random((60, 4)), np.eye(3)[y3] * 0.9 + 0.1 / 3)
     nan = rng.random((60, 4))
     nan[7, 2] = np.nan
     npz("nan.npz", nan, y3)

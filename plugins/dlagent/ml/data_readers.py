@@ -95,17 +95,14 @@ def _load_mnist_idx(directory: Path, allowed_roots=None):
 def _load_npz(path: Path, task: str = CLASSIFICATION):
     import zipfile
 
-    fix = "save it with np.savez(path, x=..., y=...)."
+    fix = "save it with np.savez(path, x=..., y=...) (or X, y; or Keras' x_train, y_train, x_test, y_test)."
     if not path.is_file():
         raise ConfigError("dataset", f"npz: needs a file, got folder {str(path)!r}.", fix)
     try:
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ConfigError("dataset", f"{str(path)!r} holds a single array (.npy), not an .npz archive of x and y.", fix)
-            missing = {"x", "y"} - set(archive.files)
-            if missing:
-                raise ConfigError("dataset", f"{str(path)!r} lacks arrays {sorted(missing)} ({len(archive.files)} other arrays in it).", fix)
-            x, y = _mapped_member(path, archive, "x"), archive["y"]
+            x, y = _npz_arrays(path, archive, fix)
     except ConfigError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -126,6 +123,29 @@ def _load_npz(path: Path, task: str = CLASSIFICATION):
         return (x, *targets_from_values(y, None))
     y, names = labels_from_values(y)
     return x, y, names
+
+
+#: Keras' own archives (``keras.datasets.mnist``'s ``mnist.npz``): the features and labels in a train and a test part
+KERAS_NPZ = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _npz_arrays(path: Path, archive, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of an archive holding ``x`` and ``y`` (``X`` and ``Y`` too, as scikit-learn
+    names them), or Keras' ``x_train``, ``y_train``, ``x_test``, ``y_test``: the two parts are
+    joined (train first) and split again like any data set, by the seed and the split fractions,
+    so the deploy gate compares every model on splits made the same way."""
+    files = set(archive.files)
+    names = [next((n for n in (lower, lower.upper()) if n in files), None) for lower in ("x", "y")]
+    if None not in names:
+        return _mapped_member(path, archive, names[0]), archive[names[1]]
+    if set(KERAS_NPZ) <= files:
+        import logging
+
+        logging.getLogger(__name__).info("%s: Keras' layout; x_train and x_test joined, to be split by the seed and fractions", path.name)
+        return (np.concatenate([archive["x_train"], archive["x_test"]]),
+                np.concatenate([archive["y_train"], archive["y_test"]]))
+    missing = ["x", "y"] if names == [None, None] else [("x", "y")[names.index(None)]]
+    raise ConfigError("dataset", f"{str(path)!r} lacks arrays {missing} ({len(files)} other arrays in it).", fix)
 
 
 def _mapped_member(path: Path, archive, name: str) -> np.ndarray:
@@ -194,10 +214,17 @@ def targets_from_values(values, names: list[str] | None) -> tuple[np.ndarray, li
 
 
 def labels_from_values(values) -> tuple[np.ndarray, list[str]]:
-    """Integer labels stay as they are (range checked later); strings become sorted indices."""
+    """Integer labels stay as they are (range checked later); strings become sorted indices. A
+    column of labels ``(n, 1)`` is read as ``(n,)``, and one-hot rows (``keras.utils.to_categorical``'s
+    form: a single 1 per row, zeros elsewhere) as the index of their 1."""
     values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    elif is_one_hot(values):
+        values = values.argmax(axis=1)
     if values.ndim != 1:
-        raise ConfigError("dataset", f"labels must be one-dimensional, got shape {values.shape}.", "give one label per sample.")
+        raise ConfigError("dataset", f"labels must be one per sample, got shape {values.shape} whose rows are not one-hot (a "
+                          "single 1, zeros elsewhere).", "give one label per sample (integers 0..K-1 or names), or one-hot rows.")
     if np.issubdtype(values.dtype, np.integer):
         return values.astype(np.int64), [str(i) for i in range(int(values.max()) + 1 if values.size else 0)]
     if np.issubdtype(values.dtype, np.floating):
@@ -211,6 +238,13 @@ def labels_from_values(values) -> tuple[np.ndarray, list[str]]:
     names = sorted({str(v) for v in values})
     index = {name: i for i, name in enumerate(names)}
     return np.array([index[str(v)] for v in values], dtype=np.int64), names
+
+
+def is_one_hot(values: np.ndarray) -> bool:
+    """Rows of at least two numbers (or booleans), each a single 1 among zeros."""
+    return (values.ndim == 2 and values.shape[1] >= 2 and len(values) > 0
+            and (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_)
+            and bool(np.isin(values, (0, 1)).all()) and bool((values.sum(axis=1) == 1).all()))
 
 
 def _load_image_folder(directory: Path, allowed_roots=None):
