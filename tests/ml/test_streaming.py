@@ -244,15 +244,28 @@ def test_large_images_default_to_256_on_their_longer_side_with_the_aspect_kept(t
     assert load_dataset(uri, seed=0, image_size="400x600").input_shape == (400, 600, 3)  # asked for: kept
 
 
-def test_split_folders_are_refused_not_taken_for_classes(tmp_path):
-    """``train/cats``, ``val/cats``...: with images read at any depth, the splits would be the
-    classes. Refused with the fix; a class with sub-folders of its own (``2023/``, ``2024/``) is not."""
+def test_split_folders_are_joined_not_taken_for_classes(tmp_path):
+    """``train/class0``, ``valid/class0``, ``test/``...: with images read at any depth, the splits
+    would be the classes. They are joined: a class is its folder in every split (one only in
+    ``valid/`` included), the same files as their flat twin's, which dlagent splits itself; an
+    unlabelled ``test/`` (images, no class folders) is not read. A class with sub-folders of its
+    own (``2023/``, ``2024/``) is not a split."""
+    import shutil
+
     from PIL import Image
 
-    for split in ("train", "val"):
-        _folder(tmp_path / "splits" / split, per_class=3, classes=2)
-    with pytest.raises(ConfigError, match=r"folders named like splits \(train, val\) with sub-folders.*point images: at the folder"):
-        load_dataset(f"images:{tmp_path / 'splits'}", seed=0)
+    _folder(tmp_path / "splits" / "train", per_class=3, classes=2)
+    _folder(tmp_path / "splits" / "valid", per_class=3, classes=3)
+    (tmp_path / "splits" / "test").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "splits" / "test" / "unlabelled.png")
+    joined = load_dataset(f"images:{tmp_path / 'splits'}", seed=0)
+    assert joined.class_names == ["class0", "class1", "class2"] and len(joined.y_train) + len(joined.y_val) + len(joined.y_test) == 15
+    for split in ("train", "valid"):  # the flat twin: every class folder's files in one folder per class
+        for class_dir in (tmp_path / "splits" / split).iterdir():
+            shutil.copytree(class_dir, tmp_path / "flat" / class_dir.name / split)
+    flat = load_dataset(f"images:{tmp_path / 'flat'}", seed=0)
+    np.testing.assert_array_equal(joined.x_test, flat.x_test)
+    np.testing.assert_array_equal(joined.y_train, flat.y_train)
     assert load_dataset(f"images:{tmp_path / 'splits' / 'train'}", seed=0).class_names == ["class0", "class1"]
     for c in ("cats", "dogs"):
         for year in ("2023", "2024"):

@@ -83,48 +83,60 @@ def scan_image_folder(directory: Path, allowed_roots=None) -> ScannedFolder:
     class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ConfigError("dataset", f"{str(directory)!r} has no class sub-folders.", "put each class's images in its own sub-folder.")
-    _refuse_split_folders(directory, class_dirs)
+    classes = _classes_of(directory, class_dirs)
     digest = hashlib.sha256()
     paths, labels, size, formats, modes = [], [], None, set(), set()
-    for label, class_dir in enumerate(class_dirs):
-        check_inside_roots(class_dir, allowed_roots)
-        for file in _class_images(class_dir):
-            check_inside_roots(file, allowed_roots)
-            raw = _read(file)
-            with _image_errors(file), warnings.catch_warnings():
-                # an image past Pillow's pixel limit (a decompression bomb) is refused, not just warned about
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(raw)) as img:
-                    formats.add(img.format)
-                    modes.add(img.mode)
-                    if size is None:
-                        size = (img.size[1], img.size[0])
-                    img.verify()
-            digest.update(f"{class_dir.name}/{file.relative_to(class_dir).as_posix()}:{len(raw)}:".encode())
-            digest.update(raw)
-            paths.append(str(file))
-            labels.append(label)
+    for label, (_, folders) in enumerate(classes):
+        for class_dir in folders:
+            check_inside_roots(class_dir, allowed_roots)
+            for file in _class_images(class_dir):
+                check_inside_roots(file, allowed_roots)
+                raw = _read(file)
+                with _image_errors(file), warnings.catch_warnings():
+                    # an image past Pillow's pixel limit (a decompression bomb) is refused, not just warned about
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(raw)) as img:
+                        formats.add(img.format)
+                        modes.add(img.mode)
+                        if size is None:
+                            size = (img.size[1], img.size[0])
+                        img.verify()
+                digest.update(f"{class_dir.relative_to(directory).as_posix()}/{file.relative_to(class_dir).as_posix()}:{len(raw)}:".encode())
+                digest.update(raw)
+                paths.append(str(file))
+                labels.append(label)
     if not paths:
         raise ConfigError("dataset", f"no images ({', '.join(IMAGE_SUFFIXES)}) under {str(directory)!r}.", "add image files to the class folders.")
     # one colour image makes the data set a colour one: grayscale would throw its colours away (a
     # grayscale image loses nothing as RGB), whichever file happens to sort first
     channels = 1 if modes <= set(GRAY_MODES) else 3
-    return ScannedFolder(paths, np.array(labels, np.int64), [d.name for d in class_dirs], size, channels, frozenset(formats),
+    return ScannedFolder(paths, np.array(labels, np.int64), [name for name, _ in classes], size, channels, frozenset(formats),
                          digest.hexdigest()[:20], frozenset(modes))
 
 
-def _refuse_split_folders(directory: Path, class_dirs: list[Path]) -> None:
-    """A folder of ``train/``, ``val/``, ``test/``, each with one sub-folder per class, read with
-    images at any depth would be two or three "classes" named after the splits: refused, naming
-    the fix. (A class's own sub-folders, ``cats/2024/``, are its images.)"""
-    names = [d.name for d in class_dirs]
-    if len(names) < 2 or not all(name.lower() in SPLIT_FOLDER_NAMES for name in names):
-        return
-    if any(sub.is_dir() and not sub.name.startswith(".") for d in class_dirs for sub in d.iterdir()):
-        raise ConfigError("dataset", f"{str(directory)!r} holds folders named like splits ({', '.join(names)}) with sub-folders: "
-                          "each would be a class, and the model would learn which split an image came from.",
-                          "point images: at the folder with one sub-folder per class (e.g. its train folder): dlagent splits it "
-                          "into training, validation and test itself.")
+def _classes_of(directory: Path, class_dirs: list[Path]) -> list[tuple[str, list[Path]]]:
+    """Each class's name and folders, sorted by name: one sub-folder of ``directory`` each; or,
+    when every sub-folder is named like a split (``train/``, ``valid/``, ``test/``: Kaggle's and
+    many tutorials' layout) and holds folders, a class's folder in every split, joined (read at
+    any depth, the splits would otherwise be the classes, and the model would learn which split
+    an image came from). dlagent splits the joined images again by the seed and the fractions, as
+    it does Keras' ``x_train``/``x_test`` arrays; a split folder without class folders (a test set
+    without labels) is not read, and the log says so."""
+    def folders(split: Path) -> list[Path]:
+        return sorted(d for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    if not all(d.name.lower() in SPLIT_FOLDER_NAMES for d in class_dirs) or not any(folders(d) for d in class_dirs):
+        return [(d.name, [d]) for d in class_dirs]
+    joined: dict[str, list[Path]] = {}
+    for split in class_dirs:
+        for class_dir in folders(split):
+            joined.setdefault(class_dir.name, []).append(class_dir)
+    import logging
+
+    unlabelled = [d.name for d in class_dirs if not folders(d)]
+    logging.getLogger(__name__).info("%s: split folders %s joined, one class per folder name in them%s", directory.name,
+                                     [d.name for d in class_dirs], f"; {unlabelled} hold no class folders and are not read" if unlabelled else "")
+    return sorted(joined.items())
 
 
 def _class_images(class_dir: Path) -> list[Path]:
