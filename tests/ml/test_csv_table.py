@@ -8,7 +8,7 @@ import csv
 import numpy as np
 import pytest
 from dlagent.errors import ConfigError
-from dlagent.ml import csv_table
+from dlagent.ml import csv_table, csv_text
 from dlagent.ml.data_readers import load_arrays
 
 
@@ -114,6 +114,29 @@ def test_a_file_that_changes_between_the_two_passes_is_refused_not_misread(tmp_p
     assert "secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_a_gzip_compressed_csv_reads_as_its_plain_twin(tmp_path, cache):
+    """``table.csv.gz`` (pandas writes and reads it so) is decompressed as it streams, known by its
+    first bytes, whatever its name: the same rows, digest and splits as the plain file; a damaged
+    one is refused, naming gzip."""
+    import gzip
+
+    from dlagent.ml.data import load_dataset
+
+    plain = _write(tmp_path / "t.csv", rows=300)
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    (tmp_path / "named_plainly.csv").write_bytes((tmp_path / "t.csv.gz").read_bytes())
+    twin = load_dataset(f"csv:{plain}", seed=3, missing="impute", cache=cache)
+    for name in ("t.csv.gz", "named_plainly.csv"):
+        read = load_dataset(f"csv:{tmp_path / name}", seed=3, missing="impute", cache=cache)
+        assert read.digest == twin.digest and read.class_names == twin.class_names
+        np.testing.assert_array_equal(read.x_test[:], twin.x_test[:])
+        np.testing.assert_array_equal(read.y_train, twin.y_train)
+    (tmp_path / "cut.csv.gz").write_bytes((tmp_path / "t.csv.gz").read_bytes()[:-40])
+    with pytest.raises(ConfigError, match="damaged gzip file"):
+        load_dataset(f"csv:{tmp_path / 'cut.csv.gz'}", missing="impute")
+
+
 @pytest.mark.parametrize("separator", [";", "\t"])
 def test_a_semicolon_or_tab_separated_file_reads_as_its_comma_separated_twin(tmp_path, separator):
     """The separator is read off the header line; in a semicolon file a decimal comma (a
@@ -130,10 +153,10 @@ def test_a_semicolon_or_tab_separated_file_reads_as_its_comma_separated_twin(tmp
                 row = [cell.replace(".", ",") if cell.replace(".", "", 1).isdigit() else cell for cell in row]
                 row[3] = f"{row[3]}, north" if row[3].startswith("city") else row[3]
             out.writerow(row)
-    assert csv_table.delimiter_of(twin) == separator
+    assert csv_text.delimiter_of(twin) == separator
     quoted = tmp_path / "quoted.csv"
     quoted.write_text(f'"price, EUR"{separator}qty{separator}label\n1{separator}2{separator}yes\n')
-    assert csv_table.delimiter_of(quoted) == separator  # the comma inside quotes is part of a name
+    assert csv_text.delimiter_of(quoted) == separator  # the comma inside quotes is part of a name
     x, y, names = load_arrays(f"csv:{path}", missing="impute")
     x_twin, y_twin, names_twin = load_arrays(f"csv:{twin}", missing="impute")
     np.testing.assert_array_equal(x_twin, x)  # the city codes too: ", north" on every city keeps their order

@@ -2,9 +2,9 @@
 codes, never the file's text.
 
 Reading the whole file as lists of strings (``list(csv.reader(...))``) costs about 20 times the
-float32 features: a 1 GB CSV would need tens of GB. Here (the separator, a comma, a semicolon
-or a tab, read off the header line by :func:`delimiter_of`; a semicolon file's decimal commas
-are decimal points):
+float32 features: a 1 GB CSV would need tens of GB. Here (the file read as text by
+:mod:`dlagent.ml.csv_text`, gzip-compressed or not; the separator, a comma, a semicolon or a
+tab, read off the header line; a semicolon file's decimal commas are decimal points):
 
 1. **the first pass** counts the rows, refuses a ragged row or (under ``missing: refuse``) an
    empty cell at its line, and decides each column's kind from counts alone: numeric, or
@@ -28,10 +28,7 @@ its error messages).
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from dlagent.errors import ConfigError
+from dlagent.ml import csv_text
 from dlagent.ml.data_checks import (
     CLASSIFICATION_FIX,
     IDENTIFIER_WINDOW,
@@ -54,8 +52,6 @@ from dlagent.ml.data_checks import (
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 
 CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
-DELIMITERS = (",", ";", "\t")  # what :func:`delimiter_of` chooses among, the first on a tie
-DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+(?:[eE][+-]?\d+)?\s*$")  # 1,5  -0,25  ,5  2,0e-3 (never 1,234,567)
 
 
 @dataclass(frozen=True)
@@ -143,7 +139,7 @@ def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task:
     in ``drop_columns`` are left out (never read past the header)."""
     if not path.is_file():
         raise ConfigError("dataset", f"csv: needs a file, got folder {str(path)!r}.", "give the path of a .csv file.")
-    with _csv_errors(path):
+    with csv_text.csv_errors(path):
         before = _stamp(path)
         layout = _first_pass(path, label_column, missing, task, tuple(drop_columns))
         x, labels, categories = _second_pass(path, layout, task, streamed=streams(layout, cache), missing=missing)
@@ -167,53 +163,9 @@ def _changed(path: Path, line: int | None = None) -> ConfigError:
                        "run again once the file is complete (write a new file and rename it into place, not in place).")
 
 
-@contextlib.contextmanager
-def _csv_errors(path: Path):
-    try:
-        yield
-    except UnicodeDecodeError as exc:
-        raise ConfigError("dataset", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
-                          "save the CSV as UTF-8 text (a binary or other-encoding file cannot be read).") from exc
-    except csv.Error as exc:
-        raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV ({type(exc).__name__}).",
-                          "save it as plain comma-separated text.") from exc
-
-
-def delimiter_of(path: Path) -> str:
-    """The file's column separator, read off its header line: of a comma, a semicolon (a
-    spreadsheet saved where the comma is the decimal mark) and a tab, the one that splits the
-    header into the most columns, quotes respected (``"price, EUR";qty``: a semicolon); the first
-    of them on a tie, so a header of one column reads as comma-separated (and is refused later:
-    it leaves no feature)."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = handle.readline()
-    return max(DELIMITERS, key=lambda mark: len(next(csv.reader([header], delimiter=mark), [])))
-
-
-def _rows(path: Path, delimiter: str):
-    """``(line number, row)`` of the data rows (blank lines skipped), after the header. In a
-    semicolon-separated file a number may carry a decimal comma (``1,5``): it reads as ``1.5``."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        next(reader, None)
-        for row in reader:
-            if row:
-                if delimiter == ";":
-                    row = [cell.replace(",", ".") if DECIMAL_COMMA.match(cell) else cell for cell in row]
-                yield reader.line_num, row
-
-
-def _read_header(path: Path, delimiter: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        first = next(csv.reader(handle, delimiter=delimiter), None)
-    if first is None:
-        raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
-    return [h.strip() for h in first]
-
-
 def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_columns: tuple[str, ...] = ()) -> _Layout:
-    delimiter = delimiter_of(path)  # once: both passes read the file with it (_Layout.delimiter)
-    header = _read_header(path, delimiter)
+    delimiter = csv_text.delimiter_of(path)  # once: both passes read the file with it (_Layout.delimiter)
+    header = csv_text.read_header(path, delimiter)
     label_names = [c.strip() for c in label_column.split(",")] if task == REGRESSION else [label_column]
     label_at, dropped_at, feature_at = column_positions(repr(str(path)), header, label_names, drop_columns)
     from dlagent.ml.tabular import MAX_VOCABULARY
@@ -224,7 +176,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     window_distinct = [0] * len(feature_at)  # distinct texts among a column's first IDENTIFIER_WINDOW non-empty cells
     first_empty = [None] * len(feature_at)  # the line of a column's first empty cell
     rows = 0
-    for line, row in _rows(path, delimiter):
+    for line, row in csv_text.rows(path, delimiter):
         if len(row) != len(header):
             raise ConfigError("dataset", f"{str(path)!r} line {line} has {len(row)} fields, the header has {len(header)}.", "fix the ragged row.")
         for i in label_at:  # an unlabelled row is no class of its own
@@ -302,7 +254,7 @@ def _second_pass(path: Path, layout: _Layout, task: str, *, streamed: bool = Fal
     targets = np.empty((layout.rows, len(layout.label_at)), np.float32) if regression else None
     label_codes, label_texts = (None, None) if regression else (np.empty(layout.rows, np.int64), {})
     chunk, start = [], 0
-    for line, row in _rows(path, layout.delimiter):
+    for line, row in csv_text.rows(path, layout.delimiter):
         position = start + len(chunk)
         if position >= layout.rows or len(row) != layout.header_width:
             raise _changed(path, line)
