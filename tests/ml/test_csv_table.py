@@ -135,6 +135,11 @@ def test_a_gzip_compressed_csv_reads_as_its_plain_twin(tmp_path, cache):
     (tmp_path / "cut.csv.gz").write_bytes((tmp_path / "t.csv.gz").read_bytes()[:-40])
     with pytest.raises(ConfigError, match="damaged gzip file"):
         load_dataset(f"csv:{tmp_path / 'cut.csv.gz'}", missing="impute")
+    # 40 KB of gzip that would be one 4 MB line (a bomb's ratio): refused before the line is held whole
+    (tmp_path / "bomb.csv.gz").write_bytes(gzip.compress(b"a,label\n" + b"1," * 2_000_001, compresslevel=9))
+    assert (tmp_path / "bomb.csv.gz").stat().st_size < 50_000
+    with pytest.raises(ConfigError, match="a line of more than 4,000,000 characters"):
+        load_dataset(f"csv:{tmp_path / 'bomb.csv.gz'}")
 
 
 @pytest.mark.parametrize("separator", [";", "\t"])

@@ -224,6 +224,9 @@ def test_npz_archives_as_other_tools_save_them_read_as_their_x_y_twin(tmp_path):
     np.savez(tmp_path / "soft.npz", x=x, y=np.eye(3)[y] * 0.9 + 0.1 / 3)  # label smoothing: not a class per row
     with pytest.raises(ConfigError, match="not one-hot"):
         load_dataset(f"npz:{tmp_path / 'soft.npz'}")
+    np.savez(tmp_path / "mixed.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:] / 255.0, y_test=y[60:])  # uint8 beside floats
+    with pytest.raises(ConfigError, match="x_train holds uint8 samples of shape \\(6, 6\\), x_test float64"):
+        load_dataset(f"npz:{tmp_path / 'mixed.npz'}")
     np.savez(tmp_path / "no_labels.npz", X=x)
     with pytest.raises(ConfigError, match=r"lacks arrays \['y'\]"):
         load_dataset(f"npz:{tmp_path / 'no_labels.npz'}")

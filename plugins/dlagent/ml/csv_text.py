@@ -19,6 +19,10 @@ from dlagent.errors import ConfigError
 DELIMITERS = (",", ";", "\t")  # what :func:`delimiter_of` chooses among, the first on a tie
 DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+(?:[eE][+-]?\d+)?\s*$")  # 1,5  -0,25  ,5  2,0e-3 (never 1,234,567)
 GZIP_MAGIC = b"\x1f\x8b"
+#: The longest line read (characters): 100,000 columns of 40 characters fit. What is longer is no
+#: table a person wrote, and a line is held whole before it is split: a few hundred kilobytes of
+#: gzip can hold a line of gigabytes (a decompression bomb), which would be read into memory.
+MAX_LINE_CHARS = 4_000_000
 
 
 def open_text(path: Path):
@@ -38,8 +42,8 @@ def csv_errors(path: Path):
     except UnicodeDecodeError as exc:
         raise ConfigError("dataset", f"{str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}).",
                           "save the CSV as UTF-8 text (a binary or other-encoding file cannot be read).") from exc
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise ConfigError("dataset", f"{str(path)!r} is a damaged gzip file ({type(exc).__name__}).",
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # their messages may quote the file's bytes: not repeated
+        raise ConfigError("dataset", f"{str(path)!r} is a damaged gzip file (truncated or corrupted).",
                           "compress the CSV again (gzip), or give it uncompressed.") from exc
     except csv.Error as exc:
         raise ConfigError("dataset", f"{str(path)!r} is not a readable CSV ({type(exc).__name__}).",
@@ -53,7 +57,7 @@ def delimiter_of(path: Path) -> str:
     of them on a tie, so a header of one column reads as comma-separated (and is refused later:
     it leaves no feature)."""
     with open_text(path) as handle:
-        header = handle.readline()
+        header = next(_lines(path, handle), "")
     return max(DELIMITERS, key=lambda mark: len(next(csv.reader([header], delimiter=mark), [])))
 
 
@@ -61,7 +65,7 @@ def rows(path: Path, delimiter: str):
     """``(line number, row)`` of the data rows (blank lines skipped), after the header. In a
     semicolon-separated file a number may carry a decimal comma (``1,5``): it reads as ``1.5``."""
     with open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
+        reader = csv.reader(_lines(path, handle), delimiter=delimiter)
         next(reader, None)
         for row in reader:
             if row:
@@ -72,7 +76,18 @@ def rows(path: Path, delimiter: str):
 
 def read_header(path: Path, delimiter: str) -> list[str]:
     with open_text(path) as handle:
-        first = next(csv.reader(handle, delimiter=delimiter), None)
+        first = next(csv.reader(_lines(path, handle), delimiter=delimiter), None)
     if first is None:
         raise ConfigError("dataset", f"{str(path)!r} is empty.", "give a CSV with a header row and data rows.")
     return [h.strip() for h in first]
+
+
+def _lines(path: Path, handle):
+    """The file's lines, each at most :data:`MAX_LINE_CHARS` long: a longer one is refused before
+    it is held whole."""
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise ConfigError("dataset", f"{str(path)!r} has a line of more than {MAX_LINE_CHARS:,} characters: no table's row "
+                              "is that long (a file with no line breaks, or a decompression bomb).",
+                              "give a CSV with one row per line.")
+        yield line

@@ -133,7 +133,9 @@ def _npz_arrays(path: Path, archive, fix: str) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` of an archive holding ``x`` and ``y`` (``X`` and ``Y`` too, as scikit-learn
     names them), or Keras' ``x_train``, ``y_train``, ``x_test``, ``y_test``: the two parts are
     joined (train first) and split again like any data set, by the seed and the split fractions,
-    so the deploy gate compares every model on splits made the same way."""
+    so the deploy gate compares every model on splits made the same way. The two parts of ``x``
+    are each mapped when stored uncompressed and copied once into the joined array (not mapped:
+    the joined rows are not in the file in one piece)."""
     files = set(archive.files)
     names = [next((n for n in (lower, lower.upper()) if n in files), None) for lower in ("x", "y")]
     if None not in names:
@@ -142,10 +144,21 @@ def _npz_arrays(path: Path, archive, fix: str) -> tuple[np.ndarray, np.ndarray]:
         import logging
 
         logging.getLogger(__name__).info("%s: Keras' layout; x_train and x_test joined, to be split by the seed and fractions", path.name)
-        return (np.concatenate([archive["x_train"], archive["x_test"]]),
-                np.concatenate([archive["y_train"], archive["y_test"]]))
+        return _joined(path, [_mapped_member(path, archive, "x_train"), _mapped_member(path, archive, "x_test")], "x"), \
+            _joined(path, [archive["y_train"], archive["y_test"]], "y")
     missing = ["x", "y"] if names == [None, None] else [("x", "y")[names.index(None)]]
     raise ConfigError("dataset", f"{str(path)!r} lacks arrays {missing} ({len(files)} other arrays in it).", fix)
+
+
+def _joined(path: Path, parts: list[np.ndarray], name: str) -> np.ndarray:
+    """``{name}_train`` and ``{name}_test`` as one array; refused when their samples differ in shape,
+    or, for the features, in dtype (8-bit pixels beside floats would not be scaled alike)."""
+    train, test = parts
+    if train.shape[1:] != test.shape[1:] or (name == "x" and train.dtype != test.dtype):
+        raise ConfigError("dataset", f"{str(path)!r}: {name}_train holds {train.dtype} samples of shape {train.shape[1:]}, "
+                          f"{name}_test {test.dtype} samples of shape {test.shape[1:]}; joined they must be alike.",
+                          f"save {name}_train and {name}_test with the same dtype and sample shape.")
+    return np.concatenate(parts)
 
 
 def _mapped_member(path: Path, archive, name: str) -> np.ndarray:

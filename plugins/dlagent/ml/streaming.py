@@ -134,8 +134,11 @@ def _classes_of(directory: Path, class_dirs: list[Path]) -> list[tuple[str, list
     import logging
 
     unlabelled = [d.name for d in class_dirs if not folders(d)]
-    logging.getLogger(__name__).info("%s: split folders %s joined, one class per folder name in them%s", directory.name,
-                                     [d.name for d in class_dirs], f"; {unlabelled} hold no class folders and are not read" if unlabelled else "")
+    loose = [d.name for d in class_dirs if folders(d) and any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())]
+    logging.getLogger(__name__).info(
+        "%s: split folders %s joined, one class per folder name in them%s%s", directory.name, [d.name for d in class_dirs],
+        f"; {unlabelled} hold no class folders and are not read" if unlabelled else "",
+        f"; the images directly in {loose}, outside a class folder, are not read" if loose else "")
     return sorted(joined.items())
 
 
