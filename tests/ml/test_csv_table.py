@@ -48,12 +48,25 @@ def test_two_streaming_passes_read_what_pandas_reads(tmp_path, monkeypatch, chun
     np.testing.assert_array_equal(y, [names.index(t) for t in frame["label"]])
 
 
-def test_whole_number_labels_stay_numbers_and_fractions_are_refused_as_a_regression_target(tmp_path):
+def test_whole_number_labels_are_classes_in_their_order_and_fractions_are_refused_as_a_regression_target(tmp_path):
+    """Labels 0..K-1 stay as they are; a few other whole numbers (classes 1, 2, 3 as many tables
+    number them; -1 and 1; 1000 and 1005) are classes in their numeric order, named by them (they
+    were refused: class 0 had no rows); more than 20 stay numbers, so a count given as a label is
+    still refused as a regression target."""
     path = tmp_path / "n.csv"
-    path.write_text("f,label\n" + "".join(f"{i},{i % 3 + 1}\n" for i in range(30)))
+    path.write_text("f,label\n" + "".join(f"{i},{i % 3}\n" for i in range(30)))
     x, y, names = load_arrays(f"csv:{path}")
-    np.testing.assert_array_equal(y, [i % 3 + 1 for i in range(30)])
-    assert names == ["0", "1", "2", "3"]
+    np.testing.assert_array_equal(y, [i % 3 for i in range(30)])
+    assert names == ["0", "1", "2"]
+    for labels, expected in (([1, 2, 3], ["1", "2", "3"]), ([-1, 1], ["-1", "1"]), (["1005", "1000.0"], ["1000", "1005"])):
+        path.write_text("f,label\n" + "".join(f"{i},{labels[i % len(labels)]}\n" for i in range(30)))
+        x, y, names = load_arrays(f"csv:{path}")
+        assert names == expected and [names[k] for k in y[:len(labels)]] == [str(int(float(v))) for v in labels]
+    from dlagent.ml.data import load_dataset
+
+    path.write_text("f,label\n" + "".join(f"{i},{18 + (i * 7) % 60}\n" for i in range(60)))  # ages: 60 values from 18 on
+    with pytest.raises(ConfigError, match="looks like a regression target"):
+        load_dataset(f"csv:{path}")
     path.write_text("f,label\n" + "".join(f"{i},{i / 7:.3f}\n" for i in range(30)))
     with pytest.raises(ConfigError, match="looks like a regression target"):
         load_arrays(f"csv:{path}")

@@ -41,6 +41,7 @@ from dlagent.ml import csv_text
 from dlagent.ml.data_checks import (
     CLASSIFICATION_FIX,
     IDENTIFIER_WINDOW,
+    REGRESSION_LIKE_CLASSES,
     categorical_column,
     column_positions,
     empty_column,
@@ -346,9 +347,12 @@ def _checked_targets(targets: np.ndarray, names: list[str]) -> np.ndarray:
 
 
 def _class_labels(codes: np.ndarray, texts: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Class labels from the codes of their distinct texts: whole numbers as they are, numbers with
-    fractions refused with the reason (:func:`~dlagent.ml.data_readers.labels_from_values`), any
-    other text as names in sorted order."""
+    """Class labels from the codes of their distinct texts: whole numbers 0..K-1 as they are; a few
+    other whole numbers (at most :data:`~dlagent.ml.data_checks.REGRESSION_LIKE_CLASSES`: classes
+    1, 2, 3 as many tables number them, -1 and 1, wine qualities 3 to 9) as classes in their
+    numeric order, named by them; more of them, and numbers with fractions, as
+    :func:`~dlagent.ml.data_readers.labels_from_values` takes them (refused, with the reason, when
+    they look like a quantity); any other text as names in sorted order."""
     from dlagent.ml.data_readers import labels_from_values
 
     for parse in (int, float):
@@ -356,6 +360,10 @@ def _class_labels(codes: np.ndarray, texts: list[str]) -> tuple[np.ndarray, list
             distinct = np.array([parse(t) for t in texts])
         except ValueError:
             continue
+        values = np.unique(distinct)
+        if (len(values) <= REGRESSION_LIKE_CLASSES and bool(np.all(values == np.round(values)))
+                and not np.array_equal(values, np.arange(len(values)))):
+            return np.searchsorted(values, distinct)[codes].astype(np.int64), [str(int(v)) for v in values]
         return labels_from_values(distinct[codes])
     names = sorted(set(texts))
     index = {name: i for i, name in enumerate(names)}
