@@ -77,3 +77,18 @@ def test_model_auto_is_the_cnn_for_images_and_the_mlp_for_anything_else(shape, m
     check_model_input("auto", shape)  # what auto chooses always takes the samples
     for named in ("mlp", "resnet", "include.models.example:build"):  # a model given by name is never replaced
         assert resolve_model(named, shape) == named and TrainConfig(model=named).for_input(shape).model == named
+
+
+def test_model_auto_refuses_colour_images_stored_channels_first():
+    """``(3, 32, 32)``, PyTorch's layout: the cnn would take 3-pixel-high images of 32 channels. Refused
+    naming the transpose; a model given by name takes the shape as it is, and one channel first
+    (``(1, 28, 28)``) is flattened by the mlp, which reads it whole."""
+    from dlagent.errors import ConfigError
+    from dlagent.ml.config import resolve_model
+
+    for shape in ((3, 32, 32), (4, 64, 48)):
+        with pytest.raises(ConfigError, match=r"channels first.*x\.transpose\(0, 2, 3, 1\)"):
+            resolve_model("auto", shape)
+        assert resolve_model("cnn", shape) == "cnn"
+    assert resolve_model("auto", (32, 32, 3)) == "cnn" and resolve_model("auto", (1, 28, 28)) == "mlp"
+    assert resolve_model("auto", (3, 4, 5)) == "cnn"  # too small to be a picture: taken as it is

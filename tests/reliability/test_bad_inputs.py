@@ -143,6 +143,7 @@ CASES = [
     C("features_one_dimensional", {"dataset": "npz:{data}/x_1d.npz"}, "dataset", words="at least 2 dimensions"),
     C("features_and_labels_differ_in_length", {"dataset": "npz:{data}/length_mismatch.npz"}, "dataset", words="but 50 labels"),
     C("labels_soft", {"dataset": "npz:{data}/soft_labels.npz"}, "dataset", words="not one-hot"),  # one-hot rows are read as labels
+    C("images_channels_first", {"dataset": "npz:{data}/channels_first.npz"}, "model", words="x.transpose(0, 2, 3, 1)"),
     C("features_with_nan", {"dataset": "npz:{data}/nan.npz"}, "dataset", words="NaN/inf"),
     C("features_with_inf", {"dataset": "npz:{data}/inf.npz"}, "dataset", words="NaN/inf"),
     C("one_class_only", {"dataset": "npz:{data}/one_class.npz"}, "dataset", words="single class"),
@@ -245,6 +246,7 @@ def _write_data(data: Path, outside: Path) -> None:
     npz("x_1d.npz", rng.random(60), y3)
     npz("length_mismatch.npz", rng.random((60, 4)), np.repeat(np.arange(2), 25))
     npz("soft_labels.npz", rng.random((60, 4)), np.eye(3)[y3] * 0.9 + 0.1 / 3)
+    npz("channels_first.npz", rng.random((60, 3, 16, 16)), y3)  # PyTorch's layout
     nan = rng.random((60, 4))
     nan[7, 2] = np.nan
     npz("nan.npz", nan, y3)

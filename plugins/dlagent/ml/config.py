@@ -180,10 +180,18 @@ def resolve_model(model: str, input_shape) -> str:
     takes: it pools by 2); ``mlp`` for anything else: a table's rows, a vector, a strip one
     pixel high (the ``cnn`` cannot take these). ``resnet`` (deeper, for larger colour images) is never
     chosen for you; give it by name.
+
+    Colour images stored channels first, ``(3, h, w)`` as PyTorch keeps them, would be taken as
+    images 3 pixels high with ``w`` channels: refused, naming the fix (a model given by name takes
+    the shape as it is).
     """
     if model != AUTO_MODEL:
         return model
     shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3 and shape[0] in (3, 4) and shape[2] not in (1, 3, 4) and min(shape[1:]) >= 8:
+        raise ConfigError("model", f"'auto' got samples of shape {shape}: colour images with their {shape[0]} channels first "
+                          f"(PyTorch's layout), which Keras' layers would read as images {shape[0]} pixels high.",
+                          "save the images channels last, x.transpose(0, 2, 3, 1), or name the model to take the shape as it is.")
     return "cnn" if len(shape) in (2, 3) and min(shape[:2]) >= 2 else "mlp"
 
 
