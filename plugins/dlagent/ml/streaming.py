@@ -122,19 +122,19 @@ def _classes_of(directory: Path, class_dirs: list[Path]) -> list[tuple[str, list
     an image came from). dlagent splits the joined images again by the seed and the fractions, as
     it does Keras' ``x_train``/``x_test`` arrays; a split folder without class folders (a test set
     without labels) is not read, and the log says so."""
-    def folders(split: Path) -> list[Path]:
-        return sorted(d for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-    if not all(d.name.lower() in SPLIT_FOLDER_NAMES for d in class_dirs) or not any(folders(d) for d in class_dirs):
+    if not all(d.name.lower() in SPLIT_FOLDER_NAMES for d in class_dirs):
+        return [(d.name, [d]) for d in class_dirs]
+    inside = {split: sorted(d for d in split.iterdir() if d.is_dir() and not d.name.startswith(".")) for split in class_dirs}
+    if not any(inside.values()):
         return [(d.name, [d]) for d in class_dirs]
     joined: dict[str, list[Path]] = {}
     for split in class_dirs:
-        for class_dir in folders(split):
+        for class_dir in inside[split]:
             joined.setdefault(class_dir.name, []).append(class_dir)
     import logging
 
-    unlabelled = [d.name for d in class_dirs if not folders(d)]
-    loose = [d.name for d in class_dirs if folders(d) and any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())]
+    unlabelled = [d.name for d in class_dirs if not inside[d]]
+    loose = [d.name for d in class_dirs if inside[d] and any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())]
     logging.getLogger(__name__).info(
         "%s: split folders %s joined, one class per folder name in them%s%s", directory.name, [d.name for d in class_dirs],
         f"; {unlabelled} hold no class folders and are not read" if unlabelled else "",
