@@ -157,6 +157,11 @@ def column_positions(where: str, header: list[str], label_names: list[str], drop
     name (a served row's columns are found by name; a nameless one is judged on its cells,
     :func:`empty_column`). ``where`` names the file."""
     for name in label_names:
+        if name not in header and header_is_data(header):
+            raise ConfigError("label_column", f"{where} has no header line: its first line holds numbers, not column names "
+                              "(the label column is found by its name).",
+                              "add a first line naming the columns (e.g. 'f1,f2,label'), then name the label column in "
+                              "label_column.")
         if name not in header:
             raise ConfigError("label_column", f"{where} has no column named {name!r} among its {len(header)} header columns.",
                               "name the label column in the label_column setting (the header is the file's first line; "
@@ -173,6 +178,17 @@ def column_positions(where: str, header: list[str], label_names: list[str], drop
         if header[i]:
             seen[header[i]] = i
     return label_at, dropped_at, feature_at
+
+
+def header_is_data(header: list[str]) -> bool:
+    """Whether a CSV's first line is a row of numbers rather than names: a file saved without
+    its header (``np.savetxt``, ``to_csv(header=False)``), which pandas would read with its
+    first row as names and that row lost."""
+    cells = [cell.strip() for cell in header if cell.strip()]
+    try:
+        return bool(cells) and all(math.isfinite(float(cell)) for cell in cells)
+    except ValueError:
+        return False
 
 
 def no_feature_left(where: str, feature_at: list) -> None:
