@@ -91,6 +91,9 @@ CASES = [
     C("csv_categorical_gap", {"dataset": "csv:{data}/categorical_gap.csv", "model": "mlp"}, "dataset", words="column 1: an empty cell"),
     C("int8_io_on_a_table", {"dataset": "csv:{data}/table.csv", "model": "mlp", "compression_candidates": [{"quantization": "int8",
       "int8_io": True}]}, "compression_candidates[0].int8_io", words="integer input cannot carry a table's raw columns"),
+    C("int8_io_on_images_outside_0_1", {"dataset": "npz:{data}/images_0_to_255.npz", "compression_candidates": [{"quantization": "int8",
+      "int8_io": True}]}, "compression_candidates[0].int8_io", words="integer input cannot carry these images' raw values"),
+    C("csv_without_a_header", {"dataset": "csv:{data}/no_header.csv"}, "label_column", words="has no header line"),
     C("csv_inf_when_streamed", {"dataset": "csv:{data}/inf_cell.csv", "model": "mlp", "cache": "stream", "missing": "impute"}, "dataset",
       words="1 NaN/inf feature values (first in sample 7)"),
     C("unknown_conf_key_misspelt", {"epoch": 5}, "epoch", words="Did you mean 'epochs'"),
@@ -247,6 +250,8 @@ def _write_data(data: Path, outside: Path) -> None:
     npz("length_mismatch.npz", rng.random((60, 4)), np.repeat(np.arange(2), 25))
     npz("soft_labels.npz", rng.random((60, 4)), np.eye(3)[y3] * 0.9 + 0.1 / 3)
     npz("channels_first.npz", rng.random((60, 3, 16, 16)), y3)  # PyTorch's layout
+    npz("images_0_to_255.npz", rng.random((60, 8, 8)) * 255, y3)  # floats the model standardises itself
+    (data / "no_header.csv").write_text("".join(f"{rng.random():.3f},{rng.random():.3f},{c}\n" for c in y3))  # np.savetxt's
     nan = rng.random((60, 4))
     nan[7, 2] = np.nan
     npz("nan.npz", nan, y3)

@@ -11,7 +11,7 @@ runner then quantizes the input and dequantizes the output with the tensors' own
 point.
 
 A table model's input preprocessing (:class:`~dlagent.ml.layers.ImputeMissing` and the
-``standardize`` layer) stays float32 under ``int8`` (:func:`float_preprocessing`): one int8 scale
+``standardize`` layer, which an image model has too when its pixels leave ``[0, 1]``) stays float32 under ``int8`` (:func:`float_preprocessing`): one int8 scale
 cannot hold raw columns in the thousands beside columns near 0.1 (the small ones round to zero)
 nor a NaN gap, and a fully int8 table model fell to chance accuracy. Everything after the
 standardisation is int8; ``int8_io`` on such a model is refused.
@@ -65,8 +65,8 @@ def quantize(model, mode: str = "int8", representative_data=None, *, int8_io: bo
             )
         representative_data = np.asarray(representative_data, dtype=np.float32)
         if int8_io and float_preprocessing(model):
-            raise ConfigError("compression.int8_io", "integer input cannot carry a table's raw columns: the model standardises them "
-                              "first, in float32, and one int8 scale would round the small columns to zero.",
+            raise ConfigError("compression.int8_io", "integer input cannot carry the raw values this model standardises first, in "
+                              "float32 (a table's columns, or images outside [0, 1]): one int8 scale would round the small ones to zero.",
                               "use int8 without int8_io (float input, int8 inside).")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if mode != "none":

@@ -81,7 +81,8 @@ class ValidateInputsOperator(DlagentOperator):
 
     def _check_task(self, config, splits) -> None:
         """What the task and primary metric rule out, before any compute: transfer, class weights
-        and distillation are for classifiers; int8 input cannot carry a table's raw columns; a
+        and distillation are for classifiers; int8 input cannot carry a table's raw columns, nor
+        images outside [0, 1] (the model standardises both in float32); a
         fraction metric's threshold is a fraction; the champion must be a model of the same task."""
         from dlagent.ml.gate import FRACTIONS, GateThresholds
         from dlagent.ml.registry import get_champion
@@ -112,6 +113,17 @@ class ValidateInputsOperator(DlagentOperator):
                                       "the 'mlp' standardises them first, in float32, and one int8 scale would round the small "
                                       "columns to zero.", "use int8 without int8_io (float input, int8 inside), or give your own "
                                       "model standardised inputs.")
+        int8_io = [i for i, c in enumerate(self.compression_candidates or []) if isinstance(c, dict) and c.get("int8_io")]
+        if int8_io and not config.init_from:
+            import numpy as np
+
+            from dlagent.ml.models import IMAGE_MODELS, pixel_statistics
+
+            if config.model in IMAGE_MODELS and isinstance(splits.x_train, np.ndarray) and pixel_statistics(splits.x_train):
+                raise ConfigError(f"compression_candidates[{int8_io[0]}].int8_io", "integer input cannot carry these images' raw "
+                                  f"values: they leave [0, 1], so the '{config.model}' standardises them first, in float32.",
+                                  "use int8 without int8_io (float input, int8 inside), or save the images as pixels in [0, 1] "
+                                  "(or as 8-bit integers).")
         thresholds = GateThresholds.from_dict(self.gate_thresholds) if self.gate_thresholds is not None else GateThresholds()
         if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
             raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
