@@ -105,7 +105,8 @@ with DAG(
                             thresholds=gate_thresholds, **common)
     finish = FinishPipelineOperator(
         task_id="finish", trigger_rule="all_done",
-        collect={"metric": "evaluate.metric", "test_metric": "evaluate.test_metric", "model_uri": "finalize.model_uri",
+        collect={"metric": "evaluate.metric", "test_metric": "evaluate.test_metric", "baseline_test_metric": "evaluate.baseline_test_metric",
+                 "model_uri": "finalize.model_uri",
                  "rounds_run": "finalize.rounds_run", "best_val_metric": "finalize.best_val_metric",
                  "candidate": "evaluate.candidate.candidate", "deployed_version": "deploy.version"},
         **common,

@@ -128,7 +128,7 @@ with DAG(
     stop = EmptyOperator(task_id="stop")
     finish = FinishPipelineOperator(
         task_id="finish",
-        collect={"metric": "evaluate.metric", "test_metric": "evaluate.test_metric",
+        collect={"metric": "evaluate.metric", "test_metric": "evaluate.test_metric", "baseline_test_metric": "evaluate.baseline_test_metric",
                  "test_accuracy": "evaluate.test_accuracy", "test_loss": "evaluate.test_loss",
                  "model_uri": "train.model_uri", "train_run_id": "train.run_id", "best_val_accuracy": "train.metrics.best_val_accuracy",
                  "best_val_metric": "train.best_val_metric", "keras_test_metric": "evaluate.reference_test_metric",

@@ -179,7 +179,9 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
     metric = tags.get("metric") or "accuracy"
     value = metrics.get("test_metric", metrics.get(f"test_{metric}"))
     if value is not None:
-        print(f"test {metric + ':':<15}{value:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f})")
+        baseline = metrics.get("baseline_test_metric")  # a predictor that never reads the inputs (the gate's floor)
+        floor = f"; trivial predictor {baseline:.4f}" if baseline is not None else ""
+        print(f"test {metric + ':':<15}{value:.4f}   (test loss {metrics.get('test_loss', float('nan')):.4f}{floor})")
     if tags.get("study_name"):
         best = metrics.get("tune_best_value")
         found = f"best val. value {best:.4f}" if best is not None and best == best else "no completed trial (n_trials 0, or all pruned or failed)"

@@ -26,7 +26,7 @@ from dlagent.validation import field_bounds, field_default
 TRAIN_PARAM_NAMES = ("model", "model_args", "augment", "epochs", "batch_size", "learning_rate", "optimizer", "units", "hidden_layers",
                      "linear_path", "dropout", "l2", "ensemble", "class_weight", "early_stopping_patience", "seed", "init_from", "freeze", "fine_tune_learning_rate")
 DATA_PARAM_NAMES = ("max_samples", "label_column", "drop_columns", "missing", "task", "metric", "cache", "image_size", "color_mode")
-GATE_PARAM_NAMES = ("metric_threshold", "max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95")
+GATE_PARAM_NAMES = ("metric_threshold", "max_metric_drop_points", "max_size_bytes", "max_latency_ms_p95", "min_gain_over_baseline_points")
 #: Param name -> the TuneConfig field it sets (the plan's ``tune`` section uses the field names).
 TUNE_PARAM_FIELDS = {"n_trials": "n_trials", "tuning_workers": "n_workers", "tune_timeout_s": "timeout_s",
                      "tune_trial_epochs": "trial_epochs", "tune_min_trial_epochs": "min_trial_epochs",

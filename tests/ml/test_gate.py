@@ -32,6 +32,25 @@ def test_first_model_ships_when_it_meets_the_limits():
     assert any("no champion" in reason for reason in decision["reasons"])
 
 
+def test_a_first_model_no_better_than_the_trivial_predictor_is_refused_unless_the_check_is_off():
+    """95 % of the test split is one class: answering it every time meets every limit."""
+    imbalanced = {"test_accuracy": 0.95, "baseline_test_accuracy": 0.95}
+    decision = decide(imbalanced, {"test_accuracy": 0.95}, None)
+    assert decision["blessed"] is False and [c["check"] for c in decision["checks"] if not c["passed"]] == ["baseline"]
+    assert "0.9500 against 0.9500 for always answering the training split's most frequent class: +0.00 points" in decision["reasons"][0]
+    assert "metric 'f1_macro'" in decision["reasons"][0] and "min_gain_over_baseline_points null" in decision["reasons"][0]
+    assert decide({**imbalanced, "test_accuracy": 0.96}, None, None, OPEN)["blessed"] is True  # one point better: it learned something
+    assert decide(imbalanced, None, None, GateThresholds(max_metric_drop_points=None, min_gain_over_baseline_points=None))["blessed"]
+    assert not decide({**imbalanced, "test_accuracy": 0.97}, None, None,
+                      GateThresholds(max_metric_drop_points=None, min_gain_over_baseline_points=5.0))["blessed"]
+    assert all(c["check"] != "baseline" for c in decide(_candidate(0.9), None, None, OPEN)["checks"])  # not measured: no check
+    # an error metric's points are relative: an RMSE 2 % under the training mean's is 2 points better
+    regressor = decide({"test_rmse": 9.8, "baseline_test_rmse": 10.0}, None, None, OPEN, "rmse")
+    assert regressor["blessed"] and "+2.00 points" in " ".join(c["detail"] for c in regressor["checks"])
+    worse = decide({"test_rmse": 10.5, "baseline_test_rmse": 10.0}, None, None, OPEN, "rmse")
+    assert not worse["blessed"] and "always predicting the training split's mean target: -5.00 points" in worse["reasons"][0]
+
+
 def test_better_than_champion_ships():
     decision = decide(_candidate(0.956), REFERENCE, CHAMPION, OPEN)
     assert decision["blessed"] and decision["delta_vs_champion_points"] == pytest.approx(0.6)

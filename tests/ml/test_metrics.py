@@ -183,3 +183,24 @@ def test_the_gate_decides_on_rmse_lower_is_better():
     with pytest.raises(ConfigError, match="no test_rmse") as error:
         decide({"test_rmse": 9.0}, None, {"test_accuracy": 0.9}, GateThresholds(), "rmse")
     assert error.value.field == "model_name"
+
+
+def test_the_trivial_predictors_scores_are_scikit_learns_dummy_estimators():
+    from dlagent.ml.metrics import baseline_scores, get_metric
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
+
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.choice(3, 300, p=[0.2, 0.7, 0.1]), rng.choice(3, 80, p=[0.3, 0.5, 0.2])
+    dummy = DummyClassifier(strategy="prior").fit(np.zeros((300, 1)), y_train).predict(np.zeros((80, 1)))
+    scores = baseline_scores("classification", y_train, y_test, 3, get_metric("accuracy"))
+    assert scores == pytest.approx({"baseline_test_accuracy": accuracy_score(y_test, dummy),
+                                    "baseline_test_f1_macro": f1_score(y_test, dummy, average="macro", labels=[0, 1, 2])})
+    binary = baseline_scores("classification", y_train % 2, y_test % 2, 2, get_metric("auc"))
+    assert binary["baseline_test_auc"] == 0.5
+    targets_train, targets_test = rng.normal(5, 2, (200, 2)), rng.normal(5.5, 2, (50, 2))
+    mean = DummyRegressor().fit(np.zeros((200, 1)), targets_train).predict(np.zeros((50, 1)))
+    regression = baseline_scores("regression", targets_train, targets_test, 2, get_metric("rmse"))
+    assert regression == pytest.approx({"baseline_test_rmse": np.sqrt(mean_squared_error(targets_test, mean)),  # over both targets
+                                        "baseline_test_mae": mean_absolute_error(targets_test, mean),
+                                        "baseline_test_r2": r2_score(targets_test, mean)})

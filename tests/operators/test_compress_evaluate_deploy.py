@@ -131,6 +131,47 @@ def test_evaluate_picks_the_most_compressed_candidate_within_budget_and_logs_the
     assert decision["blessed"] == evaluation["blessed"] and decision["reasons"] == evaluation["reasons"]
     assert json.loads(run.data.tags["dlagent.gate.thresholds"]) == decision["thresholds"]
     assert len(json.dumps(evaluation)) < 8000  # XCom stays small
+    # the floor every shipped model must clear: the most frequent training class, answered every time
+    from dlagent.ml.data import load_dataset
+
+    splits = load_dataset("digits", seed=0, max_samples=400)
+    majority = np.bincount(splits.y_train).argmax()
+    assert run.data.metrics["baseline_test_accuracy"] == pytest.approx(np.mean(splits.y_test == majority))
+    assert evaluation["baseline_test_metric"] == run.data.metrics["baseline_test_accuracy"]
+    assert next(c for c in decision["checks"] if c["check"] == "baseline")["passed"] is True
+
+
+def test_a_model_that_always_answers_the_majority_class_is_not_deployed(pipeline_store, monkeypatch):
+    """The first model of a name ships on the limits alone; one that never reads its inputs meets
+    every limit (nothing to compress away, no champion) and is refused by the baseline check."""
+    from dlagent.ml.data import load_dataset
+    from dlagent.ml.model_store import load_keras_model, log_keras_model
+
+    uri = pipeline_store["uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    splits = load_dataset("digits", seed=0, max_samples=400)
+    model = load_keras_model(_client(uri), pipeline_store["trained"]["model_uri"])
+    kernel, bias = model.layers[-1].get_weights()
+    bias = np.full_like(bias, -10.0)
+    bias[np.bincount(splits.y_train).argmax()] = 10.0
+    model.layers[-1].set_weights([np.zeros_like(kernel), bias])  # the same answer whatever the image
+    client = MlflowClient(uri)
+    run = client.create_run(client.get_experiment_by_name("exp").experiment_id)
+    model_uri = log_keras_model(_client(uri), run.info.run_id, model, splits.x_test[:2], labels=splits.class_names)
+    name = "constant-classifier"
+    evaluation = EvaluateOperator(task_id="evaluate", model_uri=model_uri, candidates=[], model_name=name, latency_runs=5, explain=False,
+                                  experiment_name="exp", **DATA).execute(make_context("evaluate", run_id="constant"))
+    assert evaluation["blessed"] is False and evaluation["test_accuracy"] == evaluation["baseline_test_metric"]
+    assert "most frequent class: +0.00 points" in evaluation["reasons"][0] and "class_weight 'balanced'" in evaluation["reasons"][0]
+    with pytest.raises(AirflowSkipException, match="not deployed"):
+        DeployOperator(task_id="deploy", evaluation=evaluation, model_name=name, deploy_dir=str(pipeline_store["folder"] / "const"),
+                       experiment_name="exp").execute(make_context("deploy", run_id="constant"))
+    assert not _client(uri).search_model_versions(f"name = '{name}'")
+    # the person who wants it anyway says so
+    shipped = EvaluateOperator(task_id="evaluate", model_uri=model_uri, candidates=[], model_name=name, latency_runs=5, explain=False,
+                               thresholds={"min_gain_over_baseline_points": None}, experiment_name="exp",
+                               **DATA).execute(make_context("evaluate", run_id="constant_anyway"))
+    assert shipped["blessed"] is True
 
 
 def test_deploy_registers_the_champion_with_its_tflite_and_writes_the_bundle(pipeline_store):

@@ -12,7 +12,10 @@ points: 0.01 for accuracy, auc, f1_macro and r2; 1 % of the reference value for 
 
 A candidate is blessed when every check passes:
 
-1. the metric reaches ``metric_threshold`` (when set; at least for accuracy, at most for rmse);
+1. the metric reaches ``metric_threshold`` (when set; at least for accuracy, at most for rmse),
+   and beats the trivial predictor (``baseline_test_<metric>`` among the candidate's metrics:
+   the training split's most frequent class, or its mean target) by more than 0 and at least
+   ``min_gain_over_baseline_points`` (when both are set);
 2. the metric lost versus the reference ``<= max_metric_drop_points`` (when set);
 3. ``size_bytes <= max_size_bytes`` and ``latency_ms_p95 <= max_latency_ms_p95`` (when set);
 4. versus the champion: **better** by more than 0 and at least ``min_improvement_points``, or
@@ -30,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 from dlagent.errors import ConfigError
-from dlagent.ml.metrics import Metric, get_metric
+from dlagent.ml.metrics import BASELINE_PREFIX, REGRESSION, Metric, get_metric
 from dlagent.ml.selection import EPS, limit_checks
 from dlagent.validation import bounded, check_fields, field_bounds, settings_from_dict
 
@@ -61,6 +64,14 @@ class GateThresholds:
                                                title="Gate: maximum p95 latency (ms)",
                                                description="Slowest single-sample p95 latency that may ship; empty for no limit.",
                                                fix="give milliseconds > 0, e.g. 5.0, or null for no limit.")
+    min_gain_over_baseline_points: float | None = bounded(0.0, "number", low=0.0, high=100.0, optional=True,
+                                                          title="Gate: minimum gain over the trivial predictor (points)",
+                                                          description="Points of the primary metric the shipped model must beat, on "
+                                                                      "the test split, a predictor that never reads the features "
+                                                                      "(the training split's most frequent class, or its mean "
+                                                                      "target) by: 0 means strictly better; null ships a model "
+                                                                      "that is not.",
+                                                          fix="give points in [0, 100], e.g. 0, or null for no such check.")
     min_improvement_points: float = bounded(0.0, "number", low=0.0, high=100.0, fix="give points in [0, 100], e.g. 0.")
     tie_tolerance_points: float = bounded(MAX_REGRESSION_POINTS, "number", low=0.0, high=MAX_REGRESSION_POINTS,
                                           fix=f"give points in [0, {MAX_REGRESSION_POINTS}]: a model worse by more is never blessed.")
@@ -138,6 +149,9 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
     checks = limit_checks(value, size, latency, reference, thresholds, metric)
     drop = -metric.gain_points(value, reference) if reference is not None else None
     _explain_a_coarse_split(checks, thresholds, metric, test_samples)
+    baseline = _metric(candidate_metrics, BASELINE_PREFIX + key, "candidate_metrics", fraction=fraction)
+    if baseline is not None and thresholds.min_gain_over_baseline_points is not None:
+        checks.append(_baseline_check(value, baseline, thresholds.min_gain_over_baseline_points, metric))
 
     def check(name: str, passed: bool, detail: str):
         checks.append({"check": name, "passed": bool(passed), "detail": detail})
@@ -195,6 +209,24 @@ def decide(candidate_metrics: dict, reference_metrics: dict | None, champion_met
         "delta_vs_champion_points": delta,
         "thresholds": thresholds.to_dict(),
     }
+
+
+def _baseline_check(value: float, baseline: float, min_gain: float, metric: Metric) -> dict:
+    """Whether the candidate beats the trivial predictor (:func:`dlagent.ml.metrics.trivial_outputs`)
+    by more than 0 and at least ``min_gain`` points: the first model of a name ships on the limits
+    alone, and a model that answers the majority class every time meets them on imbalanced data."""
+    gain = metric.gain_points(value, baseline)
+    ok = gain > EPS and gain >= min_gain - EPS
+    trivial = ("always predicting the training split's mean target" if metric.task == REGRESSION
+               else "always answering the training split's most frequent class")
+    detail = f"{metric.test_key} {value:.4f} against {baseline:.4f} for {trivial}: {gain:+.2f} points"
+    if ok:
+        return {"check": "baseline", "passed": True, "detail": f"{detail} (min_gain_over_baseline_points {min_gain})"}
+    hint = ("the model learned nothing from the features that shows on this split: train longer or on more data; for "
+            "imbalanced classes use metric 'f1_macro' (or 'auc') and class_weight 'balanced'" if metric.task != REGRESSION else
+            "the model learned nothing from the features that shows on this split: train longer or on more data")
+    return {"check": "baseline", "passed": False, "detail": f"{detail}, not more than {min_gain}: {hint} "
+                                                          "(thresholds.min_gain_over_baseline_points null ships it anyway)"}
 
 
 def _explain_a_coarse_split(checks: list[dict], thresholds: GateThresholds, metric: Metric, test_samples: int | None) -> None:

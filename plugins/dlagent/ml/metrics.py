@@ -194,3 +194,31 @@ def report_scores(task: str, y_true, outputs, primary: Metric) -> dict:
     """``{"test_<name>": value}`` for the task's reported metrics and the primary one."""
     names = dict.fromkeys([*REPORTED[task], primary.name])
     return {METRICS[name].test_key: METRICS[name].score(y_true, outputs) for name in names}
+
+
+#: The metric key prefix of the trivial predictor's score (``baseline_test_accuracy``): what a
+#: model that never reads the features gets on the same split.
+BASELINE_PREFIX = "baseline_"
+
+
+def trivial_outputs(task: str, y_train, samples: int, n_outputs: int):
+    """What a model that never reads the features outputs for ``samples`` samples: the training
+    split's class shares for every sample (its most frequent class wins every argmax; scikit-learn's
+    ``DummyClassifier(strategy="prior")``), or the training split's mean target
+    (``DummyRegressor``). A model that does no better has learned nothing the gate should ship:
+    on a table whose classes are 95 % and 5 %, always answering the first scores 0.95."""
+    import numpy as np
+
+    y_train = np.asarray(y_train)
+    if task == REGRESSION:
+        mean = y_train.astype(np.float64).reshape(len(y_train), -1).mean(axis=0)
+        return np.tile(mean, (samples, 1))
+    shares = np.bincount(y_train.astype(np.int64), minlength=n_outputs)[:n_outputs] / max(1, len(y_train))
+    return np.tile(shares, (samples, 1))
+
+
+def baseline_scores(task: str, y_train, y_true, n_outputs: int, primary: Metric) -> dict:
+    """``{"baseline_test_<name>": value}`` of :func:`trivial_outputs` on ``y_true``, for the
+    primary metric and the task's reported ones (every key :func:`report_scores` gives, prefixed)."""
+    outputs = trivial_outputs(task, y_train, len(y_true), n_outputs)
+    return {f"{BASELINE_PREFIX}{key}": value for key, value in report_scores(task, y_true, outputs, primary).items()}

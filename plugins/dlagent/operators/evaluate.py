@@ -46,7 +46,7 @@ def pick_candidate(candidates: list[dict], reference: float, thresholds, metric=
 
 
 def _summary(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if (k in SUMMARY_METRICS or k.startswith(("test_", "val_")))
+    return {k: v for k, v in metrics.items() if (k in SUMMARY_METRICS or k.startswith(("test_", "val_", "baseline_test_")))
             and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
@@ -115,6 +115,7 @@ class EvaluateOperator(DlagentOperator):
         from dlagent.ml.evaluation import evaluate_keras, evaluate_tflite, keras_score, log_evaluation
         from dlagent.ml.gate import LATENCY, SIZE, decide
         from dlagent.ml.lineage import EVALUATION, log_dataset_input
+        from dlagent.ml.metrics import BASELINE_PREFIX, baseline_scores
         from dlagent.ml.model_store import load_keras_model, read_tflite
         from dlagent.ml.models import keras_predict
         from dlagent.ml.tflite import TFLiteModel
@@ -155,6 +156,11 @@ class EvaluateOperator(DlagentOperator):
                 shipped = dict(reference.metrics)
                 candidate = {"candidate": "keras", "model_uri": self.model_uri, "run_id": None}
             client.set_tag(run_id, names.CANDIDATE_TAG, candidate["candidate"])
+            # what a model that never reads the features scores here: the gate's floor
+            shipped.update(baseline_scores(splits.task, splits.y_train, splits.y_test, splits.num_classes, primary))
+            tracking.log_metrics(client, run_id, {k: v for k, v in shipped.items() if k.startswith(BASELINE_PREFIX)})
+            self.log.info("trivial predictor (%s): test %s %.4f", "the training mean" if splits.is_regression else
+                          "the most frequent training class", primary.name, shipped[BASELINE_PREFIX + primary.test_key])
             # what the gate judges, for readers of this run (the agent among them)
             tracking.log_metrics(client, run_id, {f"shipped_{key}": shipped[key] for key in (primary.test_key, primary.val_key, SIZE, LATENCY)
                                                   if key in shipped})
@@ -194,6 +200,7 @@ class EvaluateOperator(DlagentOperator):
             "delta_vs_champion_points": decision["delta_vs_champion_points"],
             "test_metric": shipped[primary.test_key],
             "reference_test_metric": reference.metrics[primary.test_key],
+            "baseline_test_metric": shipped[BASELINE_PREFIX + primary.test_key],
             primary.test_key: shipped[primary.test_key],
             "test_loss": shipped["test_loss"],
             "data": {"digest": splits.digest, "seed": int(self.seed)},  # the deploy step tags the version with them
