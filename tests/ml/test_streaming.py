@@ -211,6 +211,39 @@ def test_auto_colour_is_rgb_when_any_image_has_colour_whichever_sorts_first(tmp_
     assert load_dataset(f"images:{gray}", seed=0, cache="memory").input_shape == (8, 8)
 
 
+def test_16_bit_and_float_images_keep_their_depth(tmp_path):
+    """Pillow's ``convert("L")`` clips a 16-bit pixel at 255: a scan whose values reach 60,000
+    came out nearly all white (two classes differing only in brightness: the same images). 16-bit
+    pixels are divided by 65,535, float pixels kept as stored, 8-bit ones divided by 255."""
+    from PIL import Image
+
+    folder = tmp_path / "scans"
+    rng = np.random.default_rng(0)
+    wide = {}
+    for c, top in enumerate((20_000, 60_000)):
+        (folder / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            wide[(c, i)] = (rng.random((8, 8)) * top).astype(np.uint16)
+            Image.fromarray(wide[(c, i)]).save(folder / f"c{c}" / f"{i}.png")
+    depth = np.linspace(-2.0, 7.5, 64, dtype=np.float32).reshape(8, 8)  # a depth map in metres, say
+    Image.fromarray(depth).save(folder / "c1" / "float.tiff")
+    Image.fromarray(np.full((8, 8), 51, np.uint8)).save(folder / "c0" / "eight_bit.png")
+    from dlagent.ml.data_readers import decode_images
+
+    scanned = streaming.sized(streaming.scan_image_folder(folder), None)
+    pixels = dict(zip(scanned.paths, decode_images(scanned)[0], strict=True))
+    for (c, i), stored in wide.items():
+        np.testing.assert_allclose(pixels[str(folder / f"c{c}" / f"{i}.png")], stored / 65535, rtol=1e-6)
+    np.testing.assert_array_equal(pixels[str(folder / "c1" / "float.tiff")], depth)
+    np.testing.assert_allclose(pixels[str(folder / "c0" / "eight_bit.png")], 0.2, rtol=1e-6)
+    splits = load_dataset(f"images:{folder}", seed=0)
+    assert splits.input_shape == (8, 8)  # the depth map's metres stay, for the model to standardise
+    assert max(float(part.max()) for part in (splits.x_train, splits.x_val, splits.x_test)) == 7.5
+    colour = load_dataset(f"images:{folder}", seed=0, color_mode="rgb")
+    assert colour.input_shape == (8, 8, 3)
+    np.testing.assert_array_equal(colour.x_train[..., 0], colour.x_train[..., 2])
+
+
 def test_images_in_sub_folders_of_a_class_are_its_images_and_hidden_files_are_not(tmp_path):
     """As Keras' ``image_dataset_from_directory`` reads a class folder: at any depth (before, a
     ``cats/2024/`` folder was skipped without a word), in a fixed order; hidden folders and files

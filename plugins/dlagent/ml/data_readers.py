@@ -281,7 +281,7 @@ def decode_images(scanned):
 
     from PIL import Image
 
-    from dlagent.ml.streaming import _image_errors
+    from dlagent.ml.streaming import WIDE_MODES, _image_errors
 
     mode, size = ("L" if scanned.channels == 1 else "RGB"), (scanned.size[1], scanned.size[0])
     images = np.empty((len(scanned.paths), scanned.size[0], scanned.size[1], *(() if mode == "L" else (3,))), np.float32)
@@ -290,6 +290,22 @@ def decode_images(scanned):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as img:
                 img.load()
+                if img.mode in WIDE_MODES:
+                    images[i] = _wide_pixels(img, size, mode)
+                    continue
                 img = img.convert(mode)
                 images[i] = np.asarray(img if img.size == size else img.resize(size), dtype=np.float32) / 255.0
     return images, scanned.labels, scanned.class_names
+
+
+def _wide_pixels(img, size: tuple[int, int], mode: str) -> np.ndarray:
+    """A 16- or 32-bit single-channel image (Pillow's ``I;16``, ``I``, ``F``: medical scans,
+    microscopy, depth maps) at its full depth: integers divided by 65,535 (16-bit pixels in [0, 1];
+    a 32-bit value past 65,535 lands above 1), floats as stored. Pillow's ``convert("L")`` would
+    clip every value above 255, and a 16-bit image would come out nearly all white. Values outside
+    [0, 1] are standardised by the image models themselves (:func:`dlagent.ml.models.pixel_statistics`);
+    as RGB the one channel is repeated, as Pillow does for 8-bit grey."""
+    wide = img.convert("F") if img.mode != "F" else img
+    wide = wide if wide.size == size else wide.resize(size)
+    pixels = np.asarray(wide, dtype=np.float32) / (1.0 if img.mode == "F" else 65535.0)
+    return pixels if mode == "L" else np.repeat(pixels[..., None], 3, axis=-1)
