@@ -117,7 +117,7 @@ def test_csv_without_label_column_and_ragged_csv_are_refused(tmp_path):
         load_dataset(f"csv:{tmp_path / 'ragged.csv'}")
 
 
-def test_csv_saved_without_its_header_is_named_as_such(tmp_path):
+def test_csv_saved_without_its_header_or_with_only_its_label_is_named_as_such(tmp_path):
     rows = "".join(f"{i * 0.5},{-i},{i % 2}\n" for i in range(30))
     (tmp_path / "bare.csv").write_text(rows)  # as np.savetxt or to_csv(header=False) write it
     with pytest.raises(ConfigError, match="has no header line: its first line holds numbers") as error:
@@ -126,6 +126,10 @@ def test_csv_saved_without_its_header_is_named_as_such(tmp_path):
     # columns named by numbers are names all the same, once the label is one of them
     (tmp_path / "numbered.csv").write_text("1,2,3\n" + rows)
     assert load_dataset(f"csv:{tmp_path / 'numbered.csv'}", label_column="3").num_classes == 2
+    (tmp_path / "labels_only.csv").write_text("label\n" + "".join(f"{i % 2}\n" for i in range(30)))
+    with pytest.raises(ConfigError, match="has no feature column: the label column is its only column") as error:
+        load_dataset(f"csv:{tmp_path / 'labels_only.csv'}")
+    assert error.value.field == "dataset"  # not drop_columns, which the person never set
 
 
 def test_corrupt_image_is_named(tmp_path):

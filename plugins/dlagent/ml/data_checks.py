@@ -169,7 +169,7 @@ def column_positions(where: str, header: list[str], label_names: list[str], drop
     label_at = [header.index(name) for name in label_names]
     dropped_at = dropped_positions(where, header, drop_columns, label_names)
     feature_at = [i for i in range(len(header)) if i not in label_at and i not in dropped_at]
-    no_feature_left(where, feature_at)
+    no_feature_left(where, feature_at, bool(dropped_at))
     seen = {}
     for i in feature_at:  # never quoted: the header is content
         if header[i] in seen:
@@ -191,7 +191,12 @@ def header_is_data(header: list[str]) -> bool:
         return False
 
 
-def no_feature_left(where: str, feature_at: list) -> None:
+def no_feature_left(where: str, feature_at: list, dropped: bool = True) -> None:
+    """Refuse a table with no feature column left: blamed on ``drop_columns`` when some were
+    dropped, else on the data set (a file of nothing but its label column)."""
+    if not feature_at and not dropped:
+        raise ConfigError("dataset", f"{where} has no feature column: the label column is its only column.",
+                          "add the columns the model should learn from.")
     if not feature_at:
         raise ConfigError("drop_columns", f"{where}: no feature column is left once the label and drop_columns are taken out.",
                           "leave at least one feature column in.")
