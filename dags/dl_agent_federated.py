@@ -71,7 +71,10 @@ with DAG(
     federated = {"dataset": "{{ params.dataset }}", "site_datasets": "{{ params.site_datasets }}", "data_options": data_options,
                  "train_config": templated(FEDERATED_TRAIN_PARAM_NAMES),
                  "federated": {**templated(FEDERATED_PARAM_NAMES), "seed": "{{ params.seed }}"}, **common}
-    validate = FederatedValidateOperator(task_id="validate", site_queues="{{ params.site_queues }}", **federated)
+    gate_thresholds = templated(GATE_PARAM_NAMES)
+    validate = FederatedValidateOperator(task_id="validate", site_queues="{{ params.site_queues }}",
+                                         compression_candidates="{{ params.compression_candidates }}", gate_thresholds=gate_thresholds,
+                                         model_name="{{ params.model_name }}", **federated)
     check_site = FederatedSiteCheckOperator.partial(task_id="check_site", data=validate.output["data"], **federated).expand(
         site=validate.output)
     planning = {"policy": "{{ params.agent_policy }}", **federated}
@@ -94,7 +97,6 @@ with DAG(
     finalize = FederatedFinalizeOperator(task_id="finalize", round_results=round_results, model_uri=model_uri,
                                          trigger_rule="none_failed_min_one_success", **federated)
     data = {"dataset": "{{ params.dataset }}", "data_options": data_options, "seed": "{{ params.seed }}"}
-    gate_thresholds = templated(GATE_PARAM_NAMES)
     candidates = CompressionCandidatesOperator(task_id="compression_candidates", candidates="{{ params.compression_candidates }}",
                                                seed="{{ params.seed }}", **common)
     compress = CompressOperator.partial(task_id="compress", model_uri=finalize.output["model_uri"], **data, **common).expand(

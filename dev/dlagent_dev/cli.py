@@ -198,7 +198,7 @@ def print_summary(env: dict, experiment: str, started_ms: int, returncode: int, 
     if tags.get("deploy"):
         print(f"deploy:             {tags['deploy']}"[:400])
     elif tags.get("agent_action"):
-        print("deploy:             not run: the registry is unchanged (why: the evaluate task's 'gate FAIL' lines, the agent's decisions.json)")
+        print("deploy:             not run: the registry is unchanged (why: the evaluate task's 'gate' lines, the agent's decisions.json)")
     if tags.get("champion_uri"):
         print(f"serve the champion: make serve   (mlflow models serve -m {tags['champion_uri']} --env-manager local)")
     print(f"tracking store:     {hook.tracking_uri}")

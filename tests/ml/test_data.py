@@ -120,7 +120,7 @@ def test_csv_without_label_column_and_ragged_csv_are_refused(tmp_path):
 def test_csv_saved_without_its_header_or_with_only_its_label_is_named_as_such(tmp_path):
     rows = "".join(f"{i * 0.5},{-i},{i % 2}\n" for i in range(30))
     (tmp_path / "bare.csv").write_text(rows)  # as np.savetxt or to_csv(header=False) write it
-    with pytest.raises(ConfigError, match="has no header line: its first line holds numbers") as error:
+    with pytest.raises(ConfigError, match="seems to have no header line: its first line holds only numbers") as error:
         load_dataset(f"csv:{tmp_path / 'bare.csv'}")
     assert error.value.field == "label_column"
     # columns named by numbers are names all the same, once the label is one of them

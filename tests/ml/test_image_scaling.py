@@ -101,3 +101,62 @@ def test_statistics_are_per_channel_for_both_image_layouts(shape):
     statistics = pixel_statistics(images)
     channels = shape[-1] if len(shape) == 4 else 1
     assert statistics.mean.shape == (channels,) and statistics.low.shape == (channels,)
+
+
+def test_a_transfer_models_nested_standardisation_is_found_kept_float_and_checked():
+    """``adapt_source`` nests the source in one ``transfer_base`` layer: its ``standardize`` layer
+    must still be kept in float32 by int8, logged, and refuse ``int8_io`` before any compute."""
+    import tensorflow as tf
+    from dlagent.errors import ConfigError
+    from dlagent.ml.data import DatasetSplits
+    from dlagent.ml.models import nested_layer, scaling_statistics
+    from dlagent.ml.quantization import float_preprocessing, quantize
+    from dlagent.ml.transfer import adapt_source
+    from dlagent.operators.pipeline import refuse_int8_io_on_raw_inputs, warn_on_other_pixel_units
+
+    raw = np.random.default_rng(4).random((30, 8, 8, 1), dtype=np.float32) * 255
+    source = build_model(TrainConfig(model="cnn", filters=4, units=8), (8, 8, 1), 3, adapt_data=raw)
+    adapted = adapt_source(source, (8, 8, 1), 2).model
+    assert STANDARDIZE_LAYER not in _layer_names(adapted) and nested_layer(adapted, STANDARDIZE_LAYER) is not None
+    assert float_preprocessing(adapted) == [STANDARDIZE_LAYER]
+    assert scaling_statistics(adapted)["mean"] == pytest.approx([float(raw.mean())], rel=1e-5)
+    ops = [op["op_name"] for op in tf.lite.Interpreter(model_content=quantize(adapted, "int8", raw))._get_ops_details()]
+    assert ops.index("QUANTIZE") > ops.index("SUB")
+
+    def splits(x):
+        return DatasetSplits("t", x, np.zeros(len(x), np.int64), x, np.zeros(len(x), np.int64), x, np.zeros(len(x), np.int64), 2)
+
+    candidates = [{"quantization": "int8", "int8_io": True}]
+    with pytest.raises(ConfigError, match="the raw values the init_from model standardises first"):
+        refuse_int8_io_on_raw_inputs(candidates, "cnn", splits(raw / 255), source=source)
+    plain = build_model(TrainConfig(model="cnn", filters=4, units=8), (8, 8, 1), 3, adapt_data=raw / 255)
+    refuse_int8_io_on_raw_inputs(candidates, "cnn", splits(raw / 255), source=plain)  # nothing to refuse
+    class Log:  # the operator's task logger, as far as the warning goes
+        messages: list[str] = []
+
+        def warning(self, message, *args):
+            self.messages.append(message % args)
+
+    log = Log()
+    warn_on_other_pixel_units(log, source, splits(raw / 255))  # trained on 0-255, given [0, 1]
+    warn_on_other_pixel_units(log, plain, splits(raw))  # trained on [0, 1], given 0-255
+    warn_on_other_pixel_units(log, plain, splits(raw / 255))  # the same units: no word
+    assert [("source model standardises" in m, "leave [0, 1]" in m) for m in log.messages] == [(True, False), (False, True)]
+
+
+def test_a_bundle_of_a_model_trained_on_other_units_refuses_image_files_and_takes_arrays(tmp_path):
+    """Image files are read as pixels in [0, 1]; a model that standardises 0-255 values would see
+    near-constant inputs and answer without an error."""
+    from dlagent.errors import ConfigError
+    from dlagent.ml.quantization import quantize
+    from dlagent.ml.serving import TFLITE_FILE, load_bundle, write_serving_bundle
+    from PIL import Image
+
+    raw = np.random.default_rng(5).random((20, 8, 8), dtype=np.float32) * 255
+    model = build_model(TrainConfig(model="cnn", filters=4, units=8), (8, 8), 2, adapt_data=raw)
+    write_serving_bundle(tmp_path / "deploy", {TFLITE_FILE: quantize(model, "none")}, ["a", "b"], {})
+    Image.fromarray(raw[0].astype(np.uint8)).save(tmp_path / "x.png")
+    predictor = load_bundle(tmp_path / "deploy")
+    with pytest.raises(ConfigError, match="trained on images in other units"):
+        predictor.predict_images([str(tmp_path / "x.png")])
+    np.testing.assert_allclose(predictor.predict(raw[:3]), model.predict(raw[:3], verbose=0), atol=1e-5)

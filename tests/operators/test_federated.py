@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from dlagent.operators.federated import (
@@ -42,6 +43,9 @@ def test_aggregate_refuses_any_update_set_but_one_per_drawn_site_of_this_round(u
     ({"site_datasets": ["npz:/a.npz", ""]}, "site_datasets[1]"),
     ({"site_datasets": ["npz:/a.npz", "ftp://elsewhere"]}, "site_datasets[1]"),
     ({"train_config": {"init_from": "models:/m@champion"}}, "init_from"),
+    # the steps after the rounds: refused before the first one, not after every round has run
+    ({"compression_candidates": [{"sparsity": 1.5}]}, "compression_candidates[0].sparsity"),
+    ({"gate_thresholds": {"max_size_bytes": 1.5}}, "max_size_bytes"),
 ])
 def test_bad_settings_fail_the_first_task_naming_the_field_before_any_data_is_read(kwargs, field):
     op = FederatedValidateOperator(task_id="validate", dataset="npz:/does/not/exist.npz", **kwargs)
@@ -64,6 +68,19 @@ def test_an_unknown_agent_policy_fails_the_setup_before_a_model_is_built():
     op = FederatedSetupOperator(task_id="setup", policy="greedy", dataset="npz:/does/not/exist.npz", federated={"n_shards": 3})
     with pytest.raises(AirflowFailException, match="invalid input, nothing was run: agent_policy:"):
         op.execute(make_context("setup"))
+
+
+@pytest.mark.parametrize(("x", "words"), [
+    (np.random.default_rng(0).random((60, 8, 8)) * 255, "integer input cannot carry these images' raw values"),
+    (np.random.default_rng(0).random((60, 5)), "integer input cannot carry a table's raw columns"),
+])
+def test_int8_io_on_a_model_that_standardises_raw_inputs_fails_the_first_task(tmp_path, monkeypatch, x, words):
+    monkeypatch.setenv("DLAGENT_DATA_ROOTS", str(tmp_path))
+    np.savez(tmp_path / "data.npz", x=x, y=np.repeat([0, 1, 2], 20))
+    op = FederatedValidateOperator(task_id="validate", dataset=f"npz:{tmp_path / 'data.npz'}", federated={"n_shards": 2},
+                                   compression_candidates=[{"quantization": "int8", "int8_io": True}])
+    with pytest.raises(AirflowFailException, match=f"compression_candidates\\[0\\].int8_io: {words}"):
+        op.execute(_context("validate"))
 
 
 def test_site_queues_must_name_one_queue_per_site():

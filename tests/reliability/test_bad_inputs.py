@@ -93,7 +93,7 @@ CASES = [
       "int8_io": True}]}, "compression_candidates[0].int8_io", words="integer input cannot carry a table's raw columns"),
     C("int8_io_on_images_outside_0_1", {"dataset": "npz:{data}/images_0_to_255.npz", "compression_candidates": [{"quantization": "int8",
       "int8_io": True}]}, "compression_candidates[0].int8_io", words="integer input cannot carry these images' raw values"),
-    C("csv_without_a_header", {"dataset": "csv:{data}/no_header.csv"}, "label_column", words="has no header line"),
+    C("csv_without_a_header", {"dataset": "csv:{data}/no_header.csv"}, "label_column", words="seems to have no header line"),
     C("csv_inf_when_streamed", {"dataset": "csv:{data}/inf_cell.csv", "model": "mlp", "cache": "stream", "missing": "impute"}, "dataset",
       words="1 NaN/inf feature values (first in sample 7)"),
     C("unknown_conf_key_misspelt", {"epoch": 5}, "epoch", words="Did you mean 'epochs'"),

@@ -158,10 +158,10 @@ def column_positions(where: str, header: list[str], label_names: list[str], drop
     :func:`empty_column`). ``where`` names the file."""
     for name in label_names:
         if name not in header and header_is_data(header):
-            raise ConfigError("label_column", f"{where} has no header line: its first line holds numbers, not column names "
-                              "(the label column is found by its name).",
-                              "add a first line naming the columns (e.g. 'f1,f2,label'), then name the label column in "
-                              "label_column.")
+            raise ConfigError("label_column", f"{where} seems to have no header line: its first line holds only numbers, and "
+                              f"none of them is {name!r} (the label column is found by its name).",
+                              "add a first line naming the columns (e.g. 'f1,f2,label'); if the columns are named by numbers "
+                              "(wavelengths, say), name the label column among them in label_column.")
         if name not in header:
             raise ConfigError("label_column", f"{where} has no column named {name!r} among its {len(header)} header columns.",
                               "name the label column in the label_column setting (the header is the file's first line; "
@@ -184,11 +184,12 @@ def header_is_data(header: list[str]) -> bool:
     """Whether a CSV's first line is a row of numbers rather than names: a file saved without
     its header (``np.savetxt``, ``to_csv(header=False)``), which pandas would read with its
     first row as names and that row lost."""
-    cells = [cell.strip() for cell in header if cell.strip()]
+    cells = [cell.strip().replace(",", ".") for cell in header if cell.strip()]  # a decimal comma, in a semicolon file
     try:
-        return bool(cells) and all(math.isfinite(float(cell)) for cell in cells)
+        [float(cell) for cell in cells]  # nan and inf too: a row of data, not names
     except ValueError:
         return False
+    return bool(cells)
 
 
 def no_feature_left(where: str, feature_at: list, dropped: bool = True) -> None:

@@ -225,7 +225,8 @@ def _baseline_check(value: float, baseline: float, min_gain: float, metric: Metr
     hint = ("the model learned nothing from the features that shows on this split: train longer or on more data; for "
             "imbalanced classes use metric 'f1_macro' (or 'auc') and class_weight 'balanced'" if metric.task != REGRESSION else
             "the model learned nothing from the features that shows on this split: train longer or on more data")
-    return {"check": "baseline", "passed": False, "detail": f"{detail}, not more than {min_gain}: {hint} "
+    needed = "more than 0" if min_gain <= EPS else f"at least {min_gain}"
+    return {"check": "baseline", "passed": False, "detail": f"{detail}, where {needed} is needed: {hint} "
                                                           "(thresholds.min_gain_over_baseline_points null ships it anyway)"}
 
 

@@ -178,20 +178,30 @@ def standardize_layer(features, imputer=None):
     return layers.Normalization(mean=mean.astype(np.float32), variance=variance.astype(np.float32), name=STANDARDIZE_LAYER)
 
 
+def nested_layer(model, name: str):
+    """``model``'s layer called ``name`` at any depth (a transfer-learning model holds its source
+    as one nested ``transfer_base`` layer, and with it the source's preprocessing), or ``None``."""
+    for layer in getattr(model, "layers", ()):
+        if layer.name == name:
+            return layer
+        found = nested_layer(layer, name) if hasattr(layer, "layers") else None
+        if found is not None:
+            return found
+    return None
+
+
 def scaling_statistics(model) -> dict | None:
     """``{"mean": [...], "std": [...]}`` of a model's input standardisation (with ``"impute"``:
     ``fill_values`` and ``indicator_columns`` when it fills missing values), or ``None`` without one."""
-    try:
-        layer = model.get_layer(STANDARDIZE_LAYER)
-    except ValueError:
+    layer = nested_layer(model, STANDARDIZE_LAYER)
+    if layer is None:
         return None
     mean, variance = (np.asarray(layer.mean).ravel(), np.asarray(layer.variance).ravel())
     statistics = {"mean": [float(v) for v in mean], "std": [float(v) for v in np.sqrt(variance)]}
     from dlagent.ml.layers import IMPUTE_LAYER
 
-    try:
-        imputer = model.get_layer(IMPUTE_LAYER)
-    except ValueError:
+    imputer = nested_layer(model, IMPUTE_LAYER)
+    if imputer is None:
         return statistics
     return {**statistics, "impute": {"fill_values": imputer.fill_values, "indicator_columns": imputer.indicator_columns}}
 
@@ -223,25 +233,30 @@ class PixelStatistics:
 
 def pixel_statistics(images: np.ndarray) -> PixelStatistics | None:
     """The per-channel range, mean and variance of ``images`` (a training split of ``(h, w)`` or
-    ``(h, w, c)`` samples, read a chunk at a time: a mapped ``.npz`` is never held whole), or
-    ``None`` when every value lies in ``[0, 1]``, as the image loaders give pixels (divided by 255)
-    and the built-in image models expect them. Anything else (0-255 floats, raw sensor units such
-    as -1000..3000) trains a worse model unscaled: the ``cnn`` on MNIST saved as 0-255 floats lost
-    0.7 points in 8 epochs, and 2.5 as -1000..3000. A constant channel keeps variance 1."""
+    ``(h, w, c)`` samples, read a chunk at a time, so a large split is never copied whole as
+    float64), or ``None`` when every value lies in ``[0, 1]``, as the image loaders give pixels
+    (divided by 255) and the built-in image models expect them: then only the range is read, in the
+    samples' own dtype (every tuning trial builds a model). Anything else (0-255 floats, raw sensor
+    units such as -1000..3000) trains a worse model unscaled: the ``cnn`` on MNIST saved as 0-255
+    floats lost 0.7 points in 8 epochs, and 2.5 as -1000..3000. A constant channel keeps variance 1."""
     from dlagent.ml.table_rows import iter_chunks
 
+    if not len(images):
+        return None
     channels = int(images.shape[-1]) if images.ndim == 4 else 1
-    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
     low, high = np.full(channels, np.inf), np.full(channels, -np.inf)
     for chunk in iter_chunks(images):
-        values = np.asarray(chunk, np.float64).reshape(-1, channels)
+        values = np.asarray(chunk).reshape(-1, channels)
         low, high = np.minimum(low, values.min(axis=0)), np.maximum(high, values.max(axis=0))
+    if low.min() >= 0.0 and high.max() <= 1.0:
+        return None
+    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
+    for chunk in iter_chunks(images):
+        values = np.asarray(chunk, np.float64).reshape(-1, channels)
         n, chunk_mean = len(values), values.mean(axis=0)
         delta, total = chunk_mean - mean, count + n
         m2 = m2 + ((values - chunk_mean) ** 2).sum(axis=0) + delta**2 * count * n / total
         mean, count = mean + delta * n / total, total
-    if not count or (low.min() >= 0.0 and high.max() <= 1.0):
-        return None
     variance = m2 / count
     variance[variance < 1e-12] = 1.0
     log.info("image values %.4g..%.4g, outside [0, 1]: the model standardises them per channel (mean %s)", low.min(), high.max(),

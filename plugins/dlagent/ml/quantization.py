@@ -96,9 +96,9 @@ def float_preprocessing(model) -> list[str]:
     """The names of ``model``'s input preprocessing layers (imputation, standardisation) that an
     int8 conversion keeps in float32."""
     from dlagent.ml.layers import IMPUTE_LAYER
-    from dlagent.ml.models import STANDARDIZE_LAYER
+    from dlagent.ml.models import STANDARDIZE_LAYER, nested_layer
 
-    return [layer.name for layer in model.layers if layer.name in (IMPUTE_LAYER, STANDARDIZE_LAYER)]
+    return [name for name in (IMPUTE_LAYER, STANDARDIZE_LAYER) if nested_layer(model, name) is not None]  # at any depth (transfer)
 
 
 def _with_float_preprocessing(converter, content: bytes, representative) -> bytes:

@@ -181,6 +181,10 @@ class BundlePredictor:
         if self.encoding is not None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
             raise ConfigError("instances", f"this model takes inputs of shape {shape}, not images.",
                               "give rows to predict() (raw table rows, or arrays of the model's input shape).")
+        if any("/standardize" in t["name"] for t in self.runner.interpreter.get_tensor_details()):
+            raise ConfigError("instances", "this model was trained on images in other units than pixels in [0, 1] (0-255 floats, "
+                              "16-bit or sensor values: it standardises them itself), and image files are read as pixels in [0, 1].",
+                              "give arrays in the training data's units to predict().")
         files = ImageFiles([files] if isinstance(files, (str, os.PathLike)) else list(files), shape[:2], 3 if len(shape) == 3 else 1)
         missing = [path for path in files.paths if not Path(path).is_file()]
         if missing:

@@ -66,6 +66,8 @@ class ValidateInputsOperator(DlagentOperator):
             from dlagent.ml.transfer import adapt_source, load_source_model
 
             source = load_source_model(self.hook.client, config.init_from, allowed_roots=settings.data_roots())
+            refuse_int8_io_on_raw_inputs(self.compression_candidates, config.model, splits, source=source)
+            warn_on_other_pixel_units(self.log, source, splits)
             model = {"init_from": config.init_from, **adapt_source(source, splits.input_shape, splits.num_classes).params()}
         else:
             model = check_model_on_data(config, splits.x_val, splits.num_classes, allowed_modules=settings.model_modules(),
@@ -106,24 +108,8 @@ class ValidateInputsOperator(DlagentOperator):
                     raise ConfigError(f"compression_candidates[{index}].distill", "distillation needs the training data in "
                                       "memory; this data set is streamed.", "set the data option cache to 'memory' (if it fits), "
                                       "or distill: false.")
-        if len(splits.input_shape) == 1 and config.model == "mlp" and not config.init_from:  # the built-in standardises raw columns
-            for index, candidate in enumerate(self.compression_candidates or []):
-                if isinstance(candidate, dict) and candidate.get("int8_io"):
-                    raise ConfigError(f"compression_candidates[{index}].int8_io", "integer input cannot carry a table's raw columns: "
-                                      "the 'mlp' standardises them first, in float32, and one int8 scale would round the small "
-                                      "columns to zero.", "use int8 without int8_io (float input, int8 inside), or give your own "
-                                      "model standardised inputs.")
-        int8_io = [i for i, c in enumerate(self.compression_candidates or []) if isinstance(c, dict) and c.get("int8_io")]
-        if int8_io and not config.init_from:
-            import numpy as np
-
-            from dlagent.ml.models import IMAGE_MODELS, pixel_statistics
-
-            if config.model in IMAGE_MODELS and isinstance(splits.x_train, np.ndarray) and pixel_statistics(splits.x_train):
-                raise ConfigError(f"compression_candidates[{int8_io[0]}].int8_io", "integer input cannot carry these images' raw "
-                                  f"values: they leave [0, 1], so the '{config.model}' standardises them first, in float32.",
-                                  "use int8 without int8_io (float input, int8 inside), or save the images as pixels in [0, 1] "
-                                  "(or as 8-bit integers).")
+        if not config.init_from:  # a transfer run's source is checked once loaded (run)
+            refuse_int8_io_on_raw_inputs(self.compression_candidates, config.model, splits)
         thresholds = GateThresholds.from_dict(self.gate_thresholds) if self.gate_thresholds is not None else GateThresholds()
         if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
             raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
@@ -157,19 +143,74 @@ class ValidateInputsOperator(DlagentOperator):
                               f"{hint}Remove it or fix its spelling; the Params are {known}.")
 
     def _check_later_steps(self) -> None:
-        from dlagent.ml.gate import GateThresholds
-        from dlagent.ml.registry import check_model_name
-        from dlagent.ml.selection import validate_candidates
         from dlagent.ml.tuning import validate_search_space
 
         if self.search_space not in (None, ""):
             validate_search_space(self.search_space)
-        if self.compression_candidates not in (None, ""):
-            validate_candidates(self.compression_candidates)
-        if self.gate_thresholds is not None:
-            GateThresholds.from_dict(self.gate_thresholds)
-        if self.model_name is not None:
-            check_model_name(self.model_name)
+        check_later_steps(self.compression_candidates, self.gate_thresholds, self.model_name)
+
+
+def check_later_steps(compression_candidates, gate_thresholds, model_name) -> None:
+    """The settings of the steps after training (compression candidates, gate thresholds, the
+    registered model's name), checked by the first task so that a typo fails before any compute."""
+    from dlagent.ml.gate import GateThresholds
+    from dlagent.ml.registry import check_model_name
+    from dlagent.ml.selection import validate_candidates
+
+    if compression_candidates not in (None, ""):
+        validate_candidates(compression_candidates)
+    if gate_thresholds is not None:
+        GateThresholds.from_dict(gate_thresholds)
+    if model_name is not None:
+        check_model_name(model_name)
+
+
+def refuse_int8_io_on_raw_inputs(candidates, model: str, splits, *, source=None) -> None:
+    """Refuse ``int8_io`` on a model that standardises raw inputs first, in float32 (one int8
+    input scale would round the small values to zero): the built-in ``mlp`` on a table, a built-in
+    image model on images outside [0, 1] (:func:`dlagent.ml.models.pixel_statistics`), a transfer
+    source holding such a layer. Before any compute; the compress task would refuse it after training."""
+    int8_io = [i for i, c in enumerate(candidates or []) if isinstance(c, dict) and c.get("int8_io")]
+    if not int8_io:
+        return
+    import numpy as np
+
+    from dlagent.ml.models import IMAGE_MODELS, pixel_statistics
+    from dlagent.ml.quantization import float_preprocessing
+
+    field = f"compression_candidates[{int8_io[0]}].int8_io"
+    fix = "use int8 without int8_io (float input, int8 inside)"
+    if source is not None:
+        if float_preprocessing(source):
+            raise ConfigError(field, "integer input cannot carry the raw values the init_from model standardises first, in float32.",
+                              f"{fix}.")
+    elif len(splits.input_shape) == 1 and model == "mlp":
+        raise ConfigError(field, "integer input cannot carry a table's raw columns: the 'mlp' standardises them first, in float32, "
+                          "and one int8 scale would round the small columns to zero.", f"{fix}, or give your own model standardised inputs.")
+    elif model in IMAGE_MODELS and isinstance(splits.x_train, np.ndarray) and pixel_statistics(splits.x_train):
+        raise ConfigError(field, f"integer input cannot carry these images' raw values: they leave [0, 1], so the '{model}' "
+                          "standardises them first, in float32.", f"{fix}, or save the images as pixels in [0, 1] (or as 8-bit integers).")
+
+
+def warn_on_other_pixel_units(log, source, splits) -> None:
+    """Say so when a transfer source and the new images disagree on units: a source that
+    standardises images of other units (it was trained on values outside [0, 1]) given pixels in
+    [0, 1], or a source without that layer given values outside [0, 1]. A warning, not a refusal:
+    a builder's own source may take any units."""
+    import numpy as np
+
+    from dlagent.ml.models import STANDARDIZE_LAYER, nested_layer, pixel_statistics
+
+    if len(splits.input_shape) not in (2, 3) or not isinstance(splits.x_train, np.ndarray):
+        return
+    outside, standardises = pixel_statistics(splits.x_train) is not None, nested_layer(source, STANDARDIZE_LAYER) is not None
+    if standardises and not outside:
+        log.warning("init_from: the source model standardises images it was trained on in other units (values outside [0, 1]); "
+                    "these images are pixels in [0, 1]: give them in the source's units, or it sees near-constant inputs")
+    elif outside and not standardises:
+        log.warning("init_from: these images' values leave [0, 1], and the source model takes its inputs as given (a dlagent "
+                    "model trained on pixels in [0, 1]): scale them to [0, 1] (x / 255 for 8-bit values) unless the source "
+                    "was trained on these units")
 
 
 DATA_PARAM_PREFIX = "data."  # the parent run's params of the data options (a follow-up run reads the same data)

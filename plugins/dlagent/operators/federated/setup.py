@@ -17,20 +17,27 @@ class FederatedValidateOperator(FederatedOperator):
     the URIs' form is checked here: each site's data is read by its own task alone.
     """
 
-    template_fields: Sequence[str] = (*FederatedOperator.template_fields, "site_queues")
+    template_fields: Sequence[str] = (*FederatedOperator.template_fields, "site_queues", "compression_candidates", "gate_thresholds",
+                                      "model_name")
 
-    def __init__(self, *, site_queues: list | None = None, **kwargs):
+    def __init__(self, *, site_queues: list | None = None, compression_candidates=None, gate_thresholds: dict | None = None,
+                 model_name: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.site_queues = site_queues
+        self.compression_candidates = compression_candidates  # the steps after the rounds, checked before the first one
+        self.gate_thresholds = gate_thresholds
+        self.model_name = model_name
 
     def run(self, context):
         from dlagent.ml.data_paths import parse_dataset_uri
         from dlagent.ml.federated.shards import partition
         from dlagent.ml.streaming import is_streamed
+        from dlagent.operators.pipeline import check_later_steps, refuse_int8_io_on_raw_inputs
 
         config, federated, sites = self.settings()
         if config.init_from:
             raise ConfigError("init_from", "federated training starts from a freshly built model.", "leave init_from empty.")
+        check_later_steps(self.compression_candidates, self.gate_thresholds, self.model_name)
         for index, uri in enumerate(sites):
             try:
                 parse_dataset_uri(uri)
@@ -42,6 +49,7 @@ class FederatedValidateOperator(FederatedOperator):
             raise ConfigError("site_queues", f"must name one Celery queue per site ({federated.n_shards}), got {queues!r}.",
                               "give one queue name per site, in the sites' order, or leave it empty.")
         splits = self.evaluation_splits(config)
+        refuse_int8_io_on_raw_inputs(self.compression_candidates, config.for_input(splits.input_shape).model, splits)
         if is_streamed(splits.x_train):
             raise ConfigError("dataset", "federated training holds each shard in memory; this data set is streamed (larger than "
                               "the cache budget, or cache 'stream').", "set the data option cache to 'memory' (if it fits).")
