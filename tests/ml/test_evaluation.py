@@ -168,3 +168,19 @@ def test_log_evaluation_to_an_mlflow_run(cnn, digits_small, mlflow_uri, tmp_path
     tflite_files = {os.path.basename(f.path) for f in client.list_artifacts(run_id, "evaluation/tflite")}
     assert {"confusion_matrix.png", "integrated_gradients.png", "metrics.json"} <= keras_files
     assert {"confusion_matrix.png", "integrated_gradients.png"} <= tflite_files
+
+
+@pytest.mark.parametrize(("metric", "reference", "values"), [("accuracy", 0.95, [0.951, 0.946, 0.93]), ("rmse", 10.0, [10.02, 10.08, 10.6])])
+def test_the_candidates_plot_draws_each_candidate_the_reference_and_the_budget(tmp_path, metric, reference, values):
+    from dlagent.ml.metrics import get_metric
+    from dlagent.ml.plotting import plot_candidates
+    from PIL import Image
+
+    primary = get_metric(metric)
+    candidates = [{"candidate": name, "metrics": {"gzip_size_bytes": size, primary.val_key: value}}
+                  for name, size, value in zip(["int8", "pruned50+int8", "pruned80+int8"], [40_000, 25_000, 12_000], values, strict=True)]
+    candidates.append({"candidate": "unmeasured", "metrics": {"size_bytes": 5_000}})  # no validation score: left out, no crash
+    path = plot_candidates(candidates, reference, 1.0, primary, "pruned50+int8", tmp_path / "c.png")
+    with Image.open(path) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+    assert plot_candidates([], reference, None, primary, None, tmp_path / "empty.png").is_file()

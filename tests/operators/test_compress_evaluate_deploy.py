@@ -127,6 +127,7 @@ def test_evaluate_picks_the_most_compressed_candidate_within_budget_and_logs_the
         assert key in run.data.metrics, key
     files = {a.path for a in client.list_artifacts(evaluation["run_id"], "evaluation/keras")}
     assert {"evaluation/keras/confusion_matrix.png", "evaluation/keras/integrated_gradients.png"} <= files
+    assert "evaluation/compression_candidates.png" in {a.path for a in client.list_artifacts(evaluation["run_id"], "evaluation")}
     decision = json.loads(Path(client.download_artifacts(evaluation["run_id"], "gate/decision.json")).read_text())
     assert decision["blessed"] == evaluation["blessed"] and decision["reasons"] == evaluation["reasons"]
     assert json.loads(run.data.tags["dlagent.gate.thresholds"]) == decision["thresholds"]

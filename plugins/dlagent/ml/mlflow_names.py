@@ -56,6 +56,7 @@ GATE_CHAMPION_SPLIT_TAG = "dlagent.gate.champion_split"  # same | other | unknow
 UNSEEN_BY_CHAMPION_PREFIX = "unseen_by_champion_"
 GATE_DECISION_ARTIFACT = "gate"  # folder of decision.json on the evaluate run
 GATE_DECISION_FILE = "decision.json"
+CANDIDATES_PLOT_FILE = "compression_candidates.png"  # in the evaluate run's evaluation/: size against validation score
 REGISTERED_VERSION_TAG = "dlagent.registered_version"  # "<name>/<version>" on the deploy run
 CONTROLLER_CHANGES_FILE = "controller_changes.json"  # what the in-training controller changed
 SCALING_FILE = "preprocessing/feature_scaling.json"  # a table's per-column mean and std (training split), applied inside the model

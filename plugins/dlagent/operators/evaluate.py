@@ -118,6 +118,7 @@ class EvaluateOperator(DlagentOperator):
         from dlagent.ml.metrics import BASELINE_PREFIX, baseline_scores
         from dlagent.ml.model_store import load_keras_model, read_tflite
         from dlagent.ml.models import keras_predict
+        from dlagent.ml.plotting import plot_candidates
         from dlagent.ml.tflite import TFLiteModel
 
         thresholds, candidates, model_name = self._check_inputs()
@@ -147,6 +148,9 @@ class EvaluateOperator(DlagentOperator):
                 chosen = pick_candidate(candidates, reference.metrics[primary.val_key], thresholds, primary)
                 for c in candidates:
                     self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"], primary), "  <- chosen" if c is chosen else "")
+                client.log_artifact(run_id, str(plot_candidates(candidates, reference.metrics[primary.val_key],
+                                                                thresholds.max_metric_drop_points, primary, chosen["candidate"],
+                                                                Path(tmp) / names.CANDIDATES_PLOT_FILE)), "evaluation")
                 tflite = read_tflite(client, chosen["model_uri"])
                 report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
                 log_evaluation(client, run_id, report, prefix="tflite_")
