@@ -180,7 +180,9 @@ def test_the_candidates_plot_draws_each_candidate_the_reference_and_the_budget(t
     candidates = [{"candidate": name, "metrics": {"gzip_size_bytes": size, primary.val_key: value}}
                   for name, size, value in zip(["int8", "pruned50+int8", "pruned80+int8"], [40_000, 25_000, 12_000], values, strict=True)]
     candidates.append({"candidate": "unmeasured", "metrics": {"size_bytes": 5_000}})  # no validation score: left out, no crash
+    candidates.append({"candidate": "nan size", "metrics": {"gzip_size_bytes": float("nan"), primary.val_key: reference}})
     path = plot_candidates(candidates, reference, 1.0, primary, "pruned50+int8", tmp_path / "c.png")
     with Image.open(path) as image:
         assert image.size[0] > 300 and image.size[1] > 200
     assert plot_candidates([], reference, None, primary, None, tmp_path / "empty.png").is_file()
+    assert plot_candidates(candidates, float("nan"), 1.0, primary, "gone", tmp_path / "nan.png").is_file()

@@ -83,6 +83,12 @@ def test_int8_io_on_a_model_that_standardises_raw_inputs_fails_the_first_task(tm
         op.execute(_context("validate"))
 
 
+def test_a_percentage_as_the_accuracy_threshold_fails_the_first_task_not_the_gate_after_every_round():
+    op = FederatedValidateOperator(task_id="validate", **{**KW, "gate_thresholds": {"metric_threshold": 90}})
+    with pytest.raises(AirflowFailException, match="thresholds.metric_threshold: accuracy is a fraction in \\[0, 1\\], got 90"):
+        op.execute(_context("validate"))
+
+
 def test_site_queues_must_name_one_queue_per_site():
     op = FederatedValidateOperator(task_id="validate", site_queues=["a", "b"], federated={"n_shards": 3})
     with pytest.raises(AirflowFailException, match="site_queues: must name one Celery queue per site"):

@@ -17,22 +17,30 @@ def plot_candidates(candidates: list[dict], reference: float, max_drop_points: f
     """The compression candidates' trade-off as the evaluate task chose among them: each
     candidate's compressed size (gzip, else raw bytes; log scale) against its validation score,
     beside the uncompressed model's score and the budget ``max_metric_drop_points`` below it (the
-    metric's points: 0.01 of a fraction, 1 % of an error), the chosen one ringed. It reads the
-    validation split, as the choice does. Returns ``path``."""
+    metric's points: 0.01 of a fraction, 1 % of an error), the chosen one ringed (the smallest
+    within every limit; when none is, the best scoring). It reads the validation split and the
+    sizes as the choice does (:func:`dlagent.ml.selection.size_of`, ``metric_of``): a candidate
+    with no finite size or score is left out. Returns ``path``."""
+    import math
     from pathlib import Path
+
+    from dlagent.ml.gate import FRACTIONS
+    from dlagent.ml.selection import metric_of, size_of
 
     figure = new_figure(6.4, 4.2)
     axes = figure.add_subplot()
-    points = [(c["candidate"], c["metrics"].get("gzip_size_bytes") or c["metrics"].get("size_bytes"), c["metrics"].get(metric.val_key))
-              for c in candidates]
-    points = [(name, size, value) for name, size, value in points if size and value is not None]
+    points = [(c["candidate"], size_of(c["metrics"]), metric_of(c["metrics"], metric)) for c in candidates]  # as the choice reads them
+    points = [(name, size, value) for name, size, value in points if 0 < size < math.inf and value is not None]
     for i, (name, size, value) in enumerate(sorted(points, key=lambda p: p[1])):
         axes.scatter([size], [value], s=36, color="tab:blue", zorder=3)
         # alternately above and below: candidates of one size (dynamic, int8) would print over each other
         axes.annotate(name, (size, value), textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -12), fontsize=8)
         if name == chosen:
             axes.scatter([size], [value], s=160, facecolors="none", edgecolors="tab:green", linewidths=2, zorder=4, label="chosen")
-    axes.axhline(reference, color="black", linewidth=1, label=f"uncompressed model ({reference:.4g})")
+    if not math.isfinite(reference):
+        max_drop_points = None
+    else:
+        axes.axhline(reference, color="black", linewidth=1, label=f"uncompressed model ({reference:.4g})")
     if max_drop_points is not None:
         if metric.relative_points:
             budget = reference * (1 + max_drop_points / 100) if not metric.higher_is_better else reference * (1 - max_drop_points / 100)
@@ -43,11 +51,11 @@ def plot_candidates(candidates: list[dict], reference: float, max_drop_points: f
         axes.set_xscale("log")
         low, high = min(p[1] for p in points), max(p[1] for p in points)
         axes.set_xlim(low / 1.3, high * 1.6)  # room for the names
-    if metric.name in ("accuracy", "auc", "f1_macro"):
+    if metric.name in FRACTIONS:
         axes.set_ylim(top=min(axes.get_ylim()[1], 1.005))  # a fraction: nothing above 1
-    axes.set_xlabel("compressed size (bytes, gzip)")
+    axes.set_xlabel("compressed size (bytes; gzip where measured)")
     axes.set_ylabel(f"validation {metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better)")
-    axes.set_title("compression candidates: the smallest within the budget is chosen")
+    axes.set_title("compression candidates on the validation split (other gate limits not drawn)", fontsize=10)
     axes.legend(fontsize=8, loc="best")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     return Path(path)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -140,6 +141,10 @@ def read_champion_tflite(client, name: str) -> tuple[bytes, dict] | None:
     return content, {**champion, "encoding": download_encoding(client, location)}
 
 
+#: A TFLite tensor of a built-in model's ``standardize`` layer (Keras may number the scope: ``standardize_1``)
+STANDARDIZE_TENSOR = re.compile(r"(^|/)standardize(_\d+)?(/|;|$)")
+
+
 class BundlePredictor:
     """Scores raw rows with a serving bundle: its TFLite model, labels and, for a table with
     categorical columns, its ``encoding.json`` applied by the same
@@ -181,7 +186,7 @@ class BundlePredictor:
         if self.encoding is not None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 3):
             raise ConfigError("instances", f"this model takes inputs of shape {shape}, not images.",
                               "give rows to predict() (raw table rows, or arrays of the model's input shape).")
-        if any("/standardize" in t["name"] for t in self.runner.interpreter.get_tensor_details()):
+        if any(STANDARDIZE_TENSOR.search(t["name"]) for t in self.runner.interpreter.get_tensor_details()):
             raise ConfigError("instances", "this model was trained on images in other units than pixels in [0, 1] (0-255 floats, "
                               "16-bit or sensor values: it standardises them itself), and image files are read as pixels in [0, 1].",
                               "give arrays in the training data's units to predict().")

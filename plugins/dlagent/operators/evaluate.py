@@ -148,9 +148,12 @@ class EvaluateOperator(DlagentOperator):
                 chosen = pick_candidate(candidates, reference.metrics[primary.val_key], thresholds, primary)
                 for c in candidates:
                     self.log.info("candidate %-24s %s%s", c["candidate"], _describe(c["metrics"], primary), "  <- chosen" if c is chosen else "")
-                client.log_artifact(run_id, str(plot_candidates(candidates, reference.metrics[primary.val_key],
-                                                                thresholds.max_metric_drop_points, primary, chosen["candidate"],
-                                                                Path(tmp) / names.CANDIDATES_PLOT_FILE)), "evaluation")
+                try:  # a picture of the choice: never a reason for the gate not to run
+                    client.log_artifact(run_id, str(plot_candidates(candidates, reference.metrics[primary.val_key],
+                                                                    thresholds.max_metric_drop_points, primary, chosen["candidate"],
+                                                                    Path(tmp) / names.CANDIDATES_PLOT_FILE)), "evaluation")
+                except Exception as exc:  # noqa: BLE001 - logged; the decision below does not depend on it
+                    self.log.warning("the compression candidates' plot was not drawn: %s: %s", type(exc).__name__, exc)
                 tflite = read_tflite(client, chosen["model_uri"])
                 report = evaluate_tflite(tflite, splits, out_dir=Path(tmp) / "tflite", explain=False, latency_runs=runs)
                 log_evaluation(client, run_id, report, prefix="tflite_")

@@ -82,48 +82,7 @@ class ValidateInputsOperator(DlagentOperator):
         return {"parent_run_id": parent, "data": summary, "config": config.to_dict()}
 
     def _check_task(self, config, splits) -> None:
-        """What the task and primary metric rule out, before any compute: transfer, class weights
-        and distillation are for classifiers; int8 input cannot carry a table's raw columns, nor
-        images outside [0, 1] (the model standardises both in float32); a
-        fraction metric's threshold is a fraction; the champion must be a model of the same task."""
-        from dlagent.ml.gate import FRACTIONS, GateThresholds
-        from dlagent.ml.registry import get_champion
-
-        primary = splits.primary
-        if splits.is_regression:
-            if config.init_from:
-                raise ConfigError("init_from", "transfer learning fine-tunes classifiers; this task is regression.",
-                                  "leave init_from empty (train from scratch), or use task 'classification'.")
-            if config.class_weight != "none":
-                raise ConfigError("class_weight", f"{config.class_weight!r} weights classes; this task is regression.", "use 'none'.")
-            for index, candidate in enumerate(self.compression_candidates or []):
-                if isinstance(candidate, dict) and candidate.get("distill"):
-                    raise ConfigError(f"compression_candidates[{index}].distill", "distillation learns a classifier's soft class "
-                                      "probabilities; this task is regression.", "use pruning and quantization (distill: false).")
-        from dlagent.ml.streaming import is_streamed
-
-        if is_streamed(splits.x_train):
-            for index, candidate in enumerate(self.compression_candidates or []):
-                if isinstance(candidate, dict) and candidate.get("distill"):
-                    raise ConfigError(f"compression_candidates[{index}].distill", "distillation needs the training data in "
-                                      "memory; this data set is streamed.", "set the data option cache to 'memory' (if it fits), "
-                                      "or distill: false.")
-        if not config.init_from:  # a transfer run's source is checked once loaded (run)
-            refuse_int8_io_on_raw_inputs(self.compression_candidates, config.model, splits)
-        thresholds = GateThresholds.from_dict(self.gate_thresholds) if self.gate_thresholds is not None else GateThresholds()
-        if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
-            raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
-                              "give e.g. 0.9 for 90%, not a percentage.")
-        if self.model_name:  # a champion of the other task cannot be compared (evaluate re-measures one of this task)
-            from dlagent.ml.metrics import METRICS
-
-            champion = get_champion(self.hook.client, self.model_name)
-            stored = (champion or {}).get("metrics") or {}
-            tasks = {METRICS[k[5:]].task for k in stored if k.startswith("test_") and k[5:] in METRICS}
-            if tasks and splits.task not in tasks:
-                raise ConfigError("model_name", f"the champion of {self.model_name!r} (version {champion['version']}) is a "
-                                  f"{tasks.pop()} model; this run is {splits.task}, so the two cannot be compared.",
-                                  "use a model_name of its own for this task.")
+        check_task_settings(config, splits, self.compression_candidates, self.gate_thresholds, self.model_name, self.hook.client)
 
     def _check_conf_keys(self, context) -> None:
         """Refuse conf keys the DAG has no Param for: Airflow accepts them and nothing reads them."""
@@ -148,6 +107,52 @@ class ValidateInputsOperator(DlagentOperator):
         if self.search_space not in (None, ""):
             validate_search_space(self.search_space)
         check_later_steps(self.compression_candidates, self.gate_thresholds, self.model_name)
+
+
+def check_task_settings(config, splits, compression_candidates, gate_thresholds, model_name, client) -> None:
+    """What the task and primary metric rule out, before any compute: transfer, class weights
+    and distillation are for classifiers; int8 input cannot carry a table's raw columns, nor
+    images outside [0, 1] (the model standardises both in float32); a
+    fraction metric's threshold is a fraction; the champion must be a model of the same task.
+    Both first tasks call it (the pipeline's and the federated DAG's ``validate``)."""
+    from dlagent.ml.gate import FRACTIONS, GateThresholds
+    from dlagent.ml.registry import get_champion
+
+    primary = splits.primary
+    if splits.is_regression:
+        if config.init_from:
+            raise ConfigError("init_from", "transfer learning fine-tunes classifiers; this task is regression.",
+                              "leave init_from empty (train from scratch), or use task 'classification'.")
+        if config.class_weight != "none":
+            raise ConfigError("class_weight", f"{config.class_weight!r} weights classes; this task is regression.", "use 'none'.")
+        for index, candidate in enumerate(compression_candidates or []):
+            if isinstance(candidate, dict) and candidate.get("distill"):
+                raise ConfigError(f"compression_candidates[{index}].distill", "distillation learns a classifier's soft class "
+                                  "probabilities; this task is regression.", "use pruning and quantization (distill: false).")
+    from dlagent.ml.streaming import is_streamed
+
+    if is_streamed(splits.x_train):
+        for index, candidate in enumerate(compression_candidates or []):
+            if isinstance(candidate, dict) and candidate.get("distill"):
+                raise ConfigError(f"compression_candidates[{index}].distill", "distillation needs the training data in "
+                                  "memory; this data set is streamed.", "set the data option cache to 'memory' (if it fits), "
+                                  "or distill: false.")
+    if not config.init_from:  # a transfer run's source is checked once loaded (run)
+        refuse_int8_io_on_raw_inputs(compression_candidates, config.model, splits)
+    thresholds = GateThresholds.from_dict(gate_thresholds) if gate_thresholds is not None else GateThresholds()
+    if primary.name in FRACTIONS and thresholds.metric_threshold is not None and not 0.0 <= thresholds.metric_threshold <= 1.0:
+        raise ConfigError("thresholds.metric_threshold", f"{primary.name} is a fraction in [0, 1], got {thresholds.metric_threshold}.",
+                          "give e.g. 0.9 for 90%, not a percentage.")
+    if model_name:  # a champion of the other task cannot be compared (evaluate re-measures one of this task)
+        from dlagent.ml.metrics import METRICS
+
+        champion = get_champion(client, model_name)
+        stored = (champion or {}).get("metrics") or {}
+        tasks = {METRICS[k[5:]].task for k in stored if k.startswith("test_") and k[5:] in METRICS}
+        if tasks and splits.task not in tasks:
+            raise ConfigError("model_name", f"the champion of {model_name!r} (version {champion['version']}) is a "
+                              f"{tasks.pop()} model; this run is {splits.task}, so the two cannot be compared.",
+                              "use a model_name of its own for this task.")
 
 
 def check_later_steps(compression_candidates, gate_thresholds, model_name) -> None:

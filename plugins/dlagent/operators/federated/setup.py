@@ -32,7 +32,7 @@ class FederatedValidateOperator(FederatedOperator):
         from dlagent.ml.data_paths import parse_dataset_uri
         from dlagent.ml.federated.shards import partition
         from dlagent.ml.streaming import is_streamed
-        from dlagent.operators.pipeline import check_later_steps, refuse_int8_io_on_raw_inputs
+        from dlagent.operators.pipeline import check_later_steps, check_task_settings
 
         config, federated, sites = self.settings()
         if config.init_from:
@@ -49,7 +49,9 @@ class FederatedValidateOperator(FederatedOperator):
             raise ConfigError("site_queues", f"must name one Celery queue per site ({federated.n_shards}), got {queues!r}.",
                               "give one queue name per site, in the sites' order, or leave it empty.")
         splits = self.evaluation_splits(config)
-        refuse_int8_io_on_raw_inputs(self.compression_candidates, config.for_input(splits.input_shape).model, splits)
+        # what the task and metric rule out for the steps after the rounds (int8_io, distill, a fraction's threshold, the champion's task)
+        check_task_settings(config.for_input(splits.input_shape), splits, self.compression_candidates, self.gate_thresholds,
+                            self.model_name, self.hook.client)
         if is_streamed(splits.x_train):
             raise ConfigError("dataset", "federated training holds each shard in memory; this data set is streamed (larger than "
                               "the cache budget, or cache 'stream').", "set the data option cache to 'memory' (if it fits).")
