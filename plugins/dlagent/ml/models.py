@@ -166,16 +166,23 @@ def standardize_layer(features, imputer=None):
 
     from dlagent.ml.table_rows import iter_chunks
 
+    mean, variance = merged_moments(np.asarray(imputer.transform(chunk) if imputer is not None else chunk, np.float64).reshape(len(chunk), -1)
+                                    for chunk in iter_chunks(features))
+    return layers.Normalization(mean=mean.astype(np.float32), variance=variance.astype(np.float32), name=STANDARDIZE_LAYER)
+
+
+def merged_moments(chunks) -> tuple[np.ndarray, np.ndarray]:
+    """The per-column mean and variance of float64 ``chunks`` (2-D, rows by columns), merged a
+    chunk at a time (Chan et al.'s pairwise update); a constant column keeps variance 1."""
     count, mean, m2 = 0, 0.0, 0.0
-    for chunk in iter_chunks(features):
-        values = np.asarray(imputer.transform(chunk) if imputer is not None else chunk, np.float64).reshape(len(chunk), -1)
+    for values in chunks:
         n, chunk_mean = len(values), values.mean(axis=0)
         delta, total = chunk_mean - mean, count + n
         m2 = m2 + ((values - chunk_mean) ** 2).sum(axis=0) + delta**2 * count * n / total
         mean, count = mean + delta * n / total, total
     variance = m2 / count
     variance[variance < 1e-12] = 1.0
-    return layers.Normalization(mean=mean.astype(np.float32), variance=variance.astype(np.float32), name=STANDARDIZE_LAYER)
+    return mean, variance
 
 
 def nested_layer(model, name: str):
@@ -250,15 +257,7 @@ def pixel_statistics(images: np.ndarray) -> PixelStatistics | None:
         low, high = np.minimum(low, values.min(axis=0)), np.maximum(high, values.max(axis=0))
     if low.min() >= 0.0 and high.max() <= 1.0:
         return None
-    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
-    for chunk in iter_chunks(images):
-        values = np.asarray(chunk, np.float64).reshape(-1, channels)
-        n, chunk_mean = len(values), values.mean(axis=0)
-        delta, total = chunk_mean - mean, count + n
-        m2 = m2 + ((values - chunk_mean) ** 2).sum(axis=0) + delta**2 * count * n / total
-        mean, count = mean + delta * n / total, total
-    variance = m2 / count
-    variance[variance < 1e-12] = 1.0
+    mean, variance = merged_moments(np.asarray(chunk, np.float64).reshape(-1, channels) for chunk in iter_chunks(images))
     log.info("image values %.4g..%.4g, outside [0, 1]: the model standardises them per channel (mean %s)", low.min(), high.max(),
              np.round(mean, 4).tolist())
     return PixelStatistics(low, high, mean, variance)
