@@ -186,7 +186,8 @@ def header_is_data(header: list[str]) -> bool:
     first row as names and that row lost."""
     cells = [cell.strip().replace(",", ".") for cell in header if cell.strip()]  # a decimal comma, in a semicolon file
     try:
-        [float(cell) for cell in cells]  # nan and inf too: a row of data, not names
+        for cell in cells:
+            float(cell)  # nan and inf too: a row of data, not names
     except ValueError:
         return False
     return bool(cells)

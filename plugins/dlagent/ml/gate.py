@@ -222,9 +222,8 @@ def _baseline_check(value: float, baseline: float, min_gain: float, metric: Metr
     detail = f"{metric.test_key} {value:.4f} against {baseline:.4f} for {trivial}: {gain:+.2f} points"
     if ok:
         return {"check": "baseline", "passed": True, "detail": f"{detail} (min_gain_over_baseline_points {min_gain})"}
-    hint = ("the model learned nothing from the features that shows on this split: train longer or on more data; for "
-            "imbalanced classes use metric 'f1_macro' (or 'auc') and class_weight 'balanced'" if metric.task != REGRESSION else
-            "the model learned nothing from the features that shows on this split: train longer or on more data")
+    hint = "the model learned nothing from the features that shows on this split: train longer or on more data" + (
+        "" if metric.task == REGRESSION else "; for imbalanced classes use metric 'f1_macro' (or 'auc') and class_weight 'balanced'")
     needed = "more than 0" if min_gain <= EPS else f"at least {min_gain}"
     return {"check": "baseline", "passed": False, "detail": f"{detail}, where {needed} is needed: {hint} "
                                                           "(thresholds.min_gain_over_baseline_points null ships it anyway)"}
