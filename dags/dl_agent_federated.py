@@ -17,6 +17,7 @@ from dlagent.operators.federated import (
     FederatedSetupOperator,
     FederatedSiteCheckOperator,
     FederatedValidateOperator,
+    round_group_id,
 )
 from dlagent.operators.pipeline import FinishPipelineOperator
 from dlagent.params import (
@@ -83,7 +84,7 @@ with DAG(
     model_uri = setup.output["model_uri"]
     previous, aggregates = setup, []
     for round_number in range(1, MAX_ROUNDS + 1):
-        with TaskGroup(group_id=f"round_{round_number:02d}"):
+        with TaskGroup(group_id=round_group_id(round_number)):
             # the round's assignments are the return value of the task before it (the setup, or the
             # previous round's aggregation, which plans this round): empty, this round is skipped
             local = FederatedLocalOperator.partial(task_id="local", model_uri=model_uri, **federated).expand(assignment=previous.output)

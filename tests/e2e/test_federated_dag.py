@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dlagent.ml.federated.settings import MAX_ROUNDS
 from mlflow import MlflowClient
 
 from tests.conftest import PROJECT_DIR
@@ -68,15 +69,19 @@ def _site_files(folder: Path) -> tuple[str, list[str], list[np.ndarray]]:
     return f"npz:{held_out}", sites, rows
 
 
-def _xcom_values(airflow_db: str) -> list:
+def _query(airflow_db: str, sql: str) -> list:
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(airflow_db)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text("select task_id, key, value from xcom where dag_id = 'dl_agent_federated'")).all()
+            return connection.execute(sqlalchemy.text(sql)).all()
     finally:
         engine.dispose()
+
+
+def _xcom_values(airflow_db: str) -> list:
+    rows = _query(airflow_db, "select task_id, key, value from xcom where dag_id = 'dl_agent_federated'")
     return [(task, key, value if isinstance(value, str) else json.dumps(value)) for task, key, value in rows]
 
 
@@ -105,6 +110,13 @@ def test_three_sites_with_their_own_files_train_and_deploy_and_no_row_or_path_le
                                                        str(tmp_path / f"plan{n}"))).read_text()) for n in (1, 3)]
     assert plans[0]["action"] == "train" and plans[0]["reasons"] == ["first round: the Params' settings"]
     assert plans[1]["action"] == "stop" and plans[1]["reasons"] == ["all 2 rounds the Params ask for have run"]
+    # round 2's aggregation planned no round 3 and skipped every later round's tasks itself, at once (not one round per scheduling loop)
+    later = {f"round_{n:02d}.{task}" for n in range(3, MAX_ROUNDS + 1) for task in ("local", "aggregate")}
+    (skipped,) = [json.loads(text)["skipped"] for task, key, text in _xcom_values(airflow_db)
+                  if (task, key) == ("round_02.aggregate", "skipmixin_key")]
+    assert set(skipped) == later
+    states = _query(airflow_db, "select task_id, state from task_instance where dag_id = 'dl_agent_federated' and task_id like 'round_%'")
+    assert {task for task, state in states if state == "skipped"} == later
     locals_ = _by_step(runs, "federated-local")
     assert sorted((r.data.tags["dlagent.federated.round"], r.data.tags["dlagent.federated.site"]) for r in locals_) == [
         (str(rnd), str(site)) for rnd in (1, 2) for site in range(3)]

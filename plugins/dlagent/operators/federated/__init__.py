@@ -13,7 +13,7 @@ pipeline's compress, evaluate and deploy tasks take it unchanged.
 The ML work is :mod:`dlagent.ml.federated`; the round plan is :mod:`dlagent.agent.federated`.
 """
 
-from dlagent.operators.federated.common import ROUND_RESULT_KEY
+from dlagent.operators.federated.common import ROUND_RESULT_KEY, round_group_id
 from dlagent.operators.federated.rounds import (
     FederatedAggregateOperator,
     FederatedFinalizeOperator,
@@ -29,4 +29,5 @@ __all__ = [
     "FederatedSetupOperator",
     "FederatedSiteCheckOperator",
     "FederatedValidateOperator",
+    "round_group_id",
 ]

@@ -77,6 +77,12 @@ class FederatedOperator(DlagentOperator):
 
 
 ROUND_RESULT_KEY = "round_result"  # the XCom of a round's record (the setup's: round 0), beside the next round's assignments
+ROUND_GROUP_PREFIX = "round_"  # dl_agent_federated's task group of round n is round_group_id(n): round_01, round_02, ...
+
+
+def round_group_id(round_number: int) -> str:
+    """The task group of one round in ``dl_agent_federated`` (its tasks are ``<group>.local`` and ``<group>.aggregate``)."""
+    return f"{ROUND_GROUP_PREFIX}{round_number:02d}"
 
 
 class RoundPlanningOperator(FederatedOperator):
