@@ -31,9 +31,11 @@ run: install
 	$(PY) -m dlagent_dev.cli run --conf '$(CONF)'
 
 # The suite fails if it leaves a process running (tests/conftest.py: pytest_sessionfinish).
-# It runs on PYTEST_WORKERS pytest-xdist workers (2: the CI machine's cores); the tests that use
-# PostgreSQL or the live services stay together on one of them (tests/conftest.py).
-PYTEST_WORKERS ?= 2
+# It runs on PYTEST_WORKERS pytest-xdist workers: 3 on the CI machine's 2 cores, because a third of
+# the suite's time is spent waiting (servers starting, task processes, whole-DAG runs) and a third
+# worker fills it (README: "Tests"); the tests that use PostgreSQL or the live services stay
+# together on one of them (tests/conftest.py).
+PYTEST_WORKERS ?= 3
 test: install
 	$(PY) -m dlagent_dev.cli setup
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""``make test`` runs the suite on two pytest-xdist workers (``--dist loadgroup``); every test that
+"""``make test`` runs the suite on pytest-xdist workers (three, ``--dist loadgroup``); every test that
 uses PostgreSQL or the live services must run on the same worker as the others of its group, one
 after another, because the live pipeline run restarts PostgreSQL on purpose
 (tests/conftest.py: ``pytest_collection_modifyitems``).
