@@ -59,13 +59,22 @@ def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_st
     assert (live_stack.home / "deploy").is_dir()
 
 
-def test_new_training_data_event_starts_a_retrain_that_runs_the_pipeline(live_stack):
-    """An asset event, as a data-ingestion job posts it, makes the scheduler start dl_agent_retrain."""
+#: The retrain an asset event asks for: no tuning, one candidate, and a model that cannot learn (1 epoch at a
+#: learning rate of 1e-5), so the gate refuses it against the champion of the session's live run.
+WORSE_RETRAIN = {**LIVE_CONF, "experiment_name": "live_retrain", "n_trials": 0, "compression_candidates": LIVE_CONF["compression_candidates"][:1],
+                 "epochs": 1, "learning_rate": 1e-5, "max_metric_drop_points": None, "agent_policy": "off",
+                 "tune_trial_epochs": None, "tune_min_trial_epochs": None}  # LIVE_CONF's first rung (2) exceeds 1 epoch
+
+
+def test_new_training_data_event_starts_a_retrain_whose_worse_model_is_refused_and_the_champion_stays(live_stack, live_pipeline_run):
+    """An asset event, as a data-ingestion job posts it, makes the scheduler start dl_agent_retrain; its pipeline
+    run trains a worse model than the champion (the session's live run deployed it), which the gate refuses: the
+    deploy task is skipped, the run still succeeds, and the champion alias does not move. (With ``agent_policy:
+    off`` the plan does not retune: the refused branch is the DAG's, on the real scheduler and PostgreSQL.)"""
     api = live_stack.api
+    champion = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")["model_version"]
     (asset,) = api.get("/api/v2/assets?name_pattern=dlagent_training_data")["assets"]
-    # no tuning and one candidate: this test is about the event starting the pipeline, not about tuning
-    update = {**LIVE_CONF, "experiment_name": "live_retrain", "n_trials": 0, "compression_candidates": LIVE_CONF["compression_candidates"][:1]}
-    api.post("/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"conf": update}})
+    api.post("/api/v2/assets/events", {"asset_id": asset["id"], "extra": {"conf": WORSE_RETRAIN}})
     deadline = time.monotonic() + 120
     while not (runs := api.get(f"/api/v2/dags/{RETRAIN}/dagRuns")["dag_runs"]):
         assert time.monotonic() < deadline, "the asset event started no dl_agent_retrain run"
@@ -74,9 +83,23 @@ def test_new_training_data_event_starts_a_retrain_that_runs_the_pipeline(live_st
     assert retrain["run_type"] == "asset_triggered"
     assert api.wait_for_run(RETRAIN, retrain["dag_run_id"], timeout=900) == "success", \
         live_stack.failure_report(api, RETRAIN, retrain["dag_run_id"])
-    pipeline_run = api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/retrain__{retrain['dag_run_id']}")
-    assert pipeline_run["state"] == "success" and pipeline_run["conf"]["experiment_name"] == "live_retrain"
+    pipeline_run_id = f"retrain__{retrain['dag_run_id']}"
+    pipeline_run = api.get(f"/api/v2/dags/{PIPELINE}/dagRuns/{pipeline_run_id}")
+    tasks = {t["task_id"]: t["state"] for t in api.task_instances(PIPELINE, pipeline_run_id) if t["map_index"] == -1}
+    assert pipeline_run["state"] == "success" and pipeline_run["conf"]["experiment_name"] == "live_retrain", tasks
     assert pipeline_run["conf"]["max_samples"] == LIVE_CONF["max_samples"]  # the event's conf reached the pipeline
+
+    # the gate refused the worse model: deploy skipped, the reason recorded, the champion where it was
+    assert tasks["evaluate"] == "success" and tasks["deploy"] == "skipped" and tasks["finish"] == "success", tasks
+    experiment = mlflow_api(live_stack, "experiments/get-by-name", experiment_name="live_retrain")["experiment"]
+    runs = mlflow_api(live_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    tags = {t["key"]: t["value"] for run in runs for t in run["data"].get("tags", [])
+            if {"key": "airflow.task_id", "value": "evaluate"} in run["data"].get("tags", [])}
+    assert tags["dlagent.gate.blessed"] == "false" and "worse than the champion" in tags["dlagent.gate.reasons"], tags
+    parent = [run for run in runs if {"key": "dlagent.kind", "value": "pipeline"} in run["data"].get("tags", [])]
+    assert [t["value"] for t in parent[0]["data"]["tags"] if t["key"] == "dlagent.deploy"][0].startswith("skipped")
+    after = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")["model_version"]
+    assert after["version"] == champion["version"]
 
 
 def test_bad_conf_is_refused_by_the_api_before_a_run_exists(live_stack):
