@@ -51,10 +51,10 @@ def required_on_ci(message: str) -> None:
     pytest.skip(message)
 
 
-#: Fixtures that use the PostgreSQL server or the live services. Under ``pytest -n 2`` (``make
+#: Fixtures that use the PostgreSQL server or the live services. Under ``pytest -n 3`` (``make
 #: test``) every test that uses one runs on the same worker, one after another (one xdist group):
 #: the live pipeline run restarts PostgreSQL on purpose, which would break a PostgreSQL test
-#: running at that moment on the other worker; everything else spreads over both workers.
+#: running at that moment on another worker; everything else spreads over the workers.
 SERVICE_FIXTURES = frozenset({"postgres_databases", "module_postgres_databases", "session_postgres_databases", "postgres_url",
                               "live_stack", "live_pipeline_run"})
 SERVICES_GROUP = "services"

@@ -41,3 +41,15 @@ def test_rounds_chain_and_the_global_model_goes_through_the_pipeline_tail(dag):
     assert task("deploy").upstream_task_ids == {"evaluate"}
     for site_task in ("check_site", "round_01.local"):
         assert type(task(site_task)).__name__ == "MappedOperator"  # one instance per site: dlagent.policy routes it by map index
+
+
+def test_an_aggregation_is_serialized_as_a_task_that_skips_the_later_rounds(dag):
+    """The aggregation that plans no next round skips every later round's tasks itself (SkipMixin; the run is
+    tests/e2e/test_federated_dag.py). The scheduler honours its skip record on a cleared later round only when
+    the serialized task says it can skip downstream."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from dlagent.ml.federated.settings import MAX_ROUNDS
+
+    serialized = DagSerialization.to_dict(dag)["dag"]["tasks"]
+    can_skip = {t["__var"]["task_id"] for t in serialized if t["__var"].get("_can_skip_downstream")}
+    assert can_skip == {f"round_{n:02d}.aggregate" for n in range(1, MAX_ROUNDS + 1)}

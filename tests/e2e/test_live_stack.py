@@ -71,6 +71,7 @@ def test_new_training_data_event_starts_a_retrain_whose_worse_model_is_refused_a
     run trains a worse model than the champion (the session's live run deployed it), which the gate refuses: the
     deploy task is skipped, the run still succeeds, and the champion alias does not move. (With ``agent_policy:
     off`` the plan does not retune: the refused branch is the DAG's, on the real scheduler and PostgreSQL.)"""
+    assert live_pipeline_run["state"] == "success", live_pipeline_run["detail"]  # it deployed the champion this run must not replace
     api = live_stack.api
     champion = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")["model_version"]
     (asset,) = api.get("/api/v2/assets?name_pattern=dlagent_training_data")["assets"]
@@ -96,8 +97,8 @@ def test_new_training_data_event_starts_a_retrain_whose_worse_model_is_refused_a
     tags = {t["key"]: t["value"] for run in runs for t in run["data"].get("tags", [])
             if {"key": "airflow.task_id", "value": "evaluate"} in run["data"].get("tags", [])}
     assert tags["dlagent.gate.blessed"] == "false" and "worse than the champion" in tags["dlagent.gate.reasons"], tags
-    parent = [run for run in runs if {"key": "dlagent.kind", "value": "pipeline"} in run["data"].get("tags", [])]
-    assert [t["value"] for t in parent[0]["data"]["tags"] if t["key"] == "dlagent.deploy"][0].startswith("skipped")
+    (parent,) = [run for run in runs if {"key": "dlagent.kind", "value": "pipeline"} in run["data"].get("tags", [])]
+    assert [t["value"] for t in parent["data"]["tags"] if t["key"] == "dlagent.deploy"][0].startswith("skipped")
     after = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")["model_version"]
     assert after["version"] == champion["version"]
 

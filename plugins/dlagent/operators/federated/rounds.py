@@ -81,6 +81,10 @@ class FederatedAggregateOperator(RoundPlanningOperator, SkipMixin):
 
     template_fields: Sequence[str] = (*RoundPlanningOperator.template_fields, "updates", "round_plan", "previous", "model_uri")
     step = names.STEP_FEDERATED_AGGREGATE
+    # Serialized with the DAG as a task that skips downstream (Airflow sets it for its own branch operators only):
+    # without it the scheduler's NotPreviouslySkippedDep ignores this task's skip record, and a later round cleared
+    # from the UI would try to expand over a plan that was never pushed and fail upstream instead of staying skipped.
+    inherits_from_skipmixin = True
 
     def __init__(self, *, updates=None, round_plan: list | None = None, previous: dict | None = None, model_uri: str = "", **kwargs):
         super().__init__(**kwargs)
@@ -93,8 +97,9 @@ class FederatedAggregateOperator(RoundPlanningOperator, SkipMixin):
         """The step; then, if it planned no next round, skip every later round's tasks in one call.
         Left to Airflow, an empty plan skips the next round's tasks, which skips the round after
         it, one scheduling loop per round: after a 2-round run the finalize task waited through 18
-        of them (about 20 s in ``airflow dags test``). Skipped through ``SkipMixin``, a cleared
-        later round is skipped again (Airflow's ``NotPreviouslySkippedDep``)."""
+        of them (about 20 s in ``airflow dags test``). Skipped through ``SkipMixin`` (and serialized as
+        a task that skips downstream: ``inherits_from_skipmixin``), a cleared later round is skipped
+        again (Airflow's ``NotPreviouslySkippedDep``)."""
         assignments = super().execute(context)
         if not assignments and self.has_dag():
             later = [task for task in self.get_flat_relatives(upstream=False) if task.task_id.startswith(ROUND_GROUP_PREFIX)]
