@@ -33,6 +33,11 @@ def mlflow_api(stack, path: str, body: dict | None = None, **query) -> dict:
         return json.loads(response.read())
 
 
+def run_tags(run: dict) -> dict:
+    """A run of the MLflow REST API's answer: its tags as a dict."""
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
 def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_stack, live_pipeline_run):
     api, run_id, state = live_stack.api, live_pipeline_run["run_id"], live_pipeline_run["state"]
     tasks = {(t["task_id"], t["map_index"]): t["state"] for t in api.task_instances(PIPELINE, run_id)}
@@ -44,7 +49,7 @@ def test_trigger_through_rest_api_runs_the_pipeline_on_the_real_services(live_st
     runs = mlflow_api(live_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 500})["runs"]
     by_task, tune_workers = {}, set()
     for run in runs:
-        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        tags = run_tags(run)
         if tags.get("airflow.run_id") == run_id:
             by_task.setdefault(tags.get("airflow.task_id", "parent"), []).append(run["info"]["status"])
             if tags.get("airflow.task_id") == "tune":
@@ -94,11 +99,10 @@ def test_new_training_data_event_starts_a_retrain_whose_worse_model_is_refused_a
     assert tasks["evaluate"] == "success" and tasks["deploy"] == "skipped" and tasks["finish"] == "success", tasks
     experiment = mlflow_api(live_stack, "experiments/get-by-name", experiment_name="live_retrain")["experiment"]
     runs = mlflow_api(live_stack, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
-    tags = {t["key"]: t["value"] for run in runs for t in run["data"].get("tags", [])
-            if {"key": "airflow.task_id", "value": "evaluate"} in run["data"].get("tags", [])}
+    (tags,) = [run_tags(run) for run in runs if run_tags(run).get("airflow.task_id") == "evaluate"]
     assert tags["dlagent.gate.blessed"] == "false" and "worse than the champion" in tags["dlagent.gate.reasons"], tags
-    (parent,) = [run for run in runs if {"key": "dlagent.kind", "value": "pipeline"} in run["data"].get("tags", [])]
-    assert [t["value"] for t in parent["data"]["tags"] if t["key"] == "dlagent.deploy"][0].startswith("skipped")
+    (parent,) = [run_tags(run) for run in runs if run_tags(run).get("dlagent.kind") == "pipeline"]
+    assert parent["dlagent.deploy"].startswith("skipped")
     after = mlflow_api(live_stack, "registered-models/alias", name="dlagent-classifier", alias="champion")["model_version"]
     assert after["version"] == champion["version"]
 
