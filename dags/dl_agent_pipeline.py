@@ -14,7 +14,7 @@ from dlagent.operators.evaluate import EvaluateOperator
 from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
 from dlagent.operators.train import TrainOperator
 from dlagent.operators.tune import CreateStudyOperator, TuneOperator, TuneSummaryOperator
-from dlagent.params import DATA_PARAM_NAMES, GATE_PARAM_NAMES, TRAIN_PARAM_NAMES, pipeline_params, templated
+from dlagent.params import DATA_PARAM_NAMES, GATE_PARAM_NAMES, TRAIN_PARAM_NAMES, pipeline_params, templated, tune_settings_templated
 
 DOC = """
 ### dlagent pipeline
@@ -74,7 +74,7 @@ with DAG(
         task_id="validate_inputs", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
         data_options=data_options, compression_candidates="{{ params.compression_candidates }}",
         gate_thresholds=gate_thresholds, model_name="{{ params.model_name }}",
-        search_space="{{ params.search_space }}", **common,
+        search_space="{{ params.search_space }}", tuning=tune_settings_templated(), **common,
     )
     agent = {"policy": "{{ params.agent_policy }}", "champion_name": "{{ params.model_name }}", **common}
     agent_budget = AgentOperator(

@@ -114,6 +114,11 @@ def templated(names) -> dict[str, str]:
     return {name: "{{ params." + name + " }}" for name in names}
 
 
+def tune_settings_templated() -> dict[str, str]:
+    """The tuning Params by :class:`~dlagent.ml.tuning.TuneConfig` field: ``{"n_workers": "{{ params.tuning_workers }}", ...}``."""
+    return {field: "{{ params." + name + " }}" for name, field in TUNE_PARAM_FIELDS.items()}
+
+
 def check_pipeline_conf(conf: dict, *, field: str = "conf",
                         fix: str = "give a value the trigger form accepts (see the Param's description).") -> None:
     """Check a conf for ``dl_agent_pipeline`` against its Params, as the trigger form would.

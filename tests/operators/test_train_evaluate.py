@@ -133,8 +133,34 @@ def test_a_transfer_source_that_cannot_be_used_is_refused_before_any_run(mlflow_
     assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None
 
 
+# The tuning Params as the DAG renders them (the form's defaults), by TuneConfig field.
+TUNING = {"n_trials": 6, "n_workers": 1, "timeout_s": None, "trial_epochs": None, "min_trial_epochs": None, "sampler": "tpe",
+          "pruner": "successive_halving", "metric": None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"min_trial_epochs": 4}, "tune_min_trial_epochs: must be in [1, 3]"),  # the training's 3 epochs
+        ({"trial_epochs": 2, "min_trial_epochs": 3}, "tune_min_trial_epochs: must be in [1, 2]"),
+        ({"n_trials": 0, "min_trial_epochs": 4}, "tune_min_trial_epochs"),  # refused with no trial too: the Params contradict
+        ({"metric": "val_rmse"}, "tune_metric: 'val_rmse' is not measured in a classification run"),
+        ({"pruner": "sometimes"}, "pruner"),
+        ({"n_workers": 0}, "tuning_workers"),
+    ],
+)
+def test_bad_tuning_params_are_refused_by_the_first_task(mlflow_uri, changes, words):
+    """What create_study would refuse after agent_budget, the first task refuses, naming the trigger form's field."""
+    validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp",
+                                      tuning={**TUNING, **changes}, **TINY)
+    with pytest.raises(AirflowFailException, match="nothing was run: ") as error:
+        validate.execute(make_context("validate_inputs"))
+    assert words in str(error.value)
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None
+
+
 def test_validate_then_finish_closes_the_parent_run(mlflow_uri):
-    validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp", **TINY)
+    validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp", tuning=TUNING, **TINY)
     out = validate.execute(make_context("validate_inputs"))
     assert out["data"]["n_train"] > 0
     finish = FinishPipelineOperator(task_id="finish", collect={"test_accuracy": "evaluate.test_accuracy"}, experiment_name="exp")

@@ -14,22 +14,24 @@ class ValidateInputsOperator(DlagentOperator):
 
     Checks the DAG run's conf for names that are not Params of the DAG (a misspelt setting
     would otherwise be ignored silently), the training settings, the search space (when
-    given), the compression candidates, the gate thresholds and the registered-model name,
-    then loads the data set once (shapes, dtypes, NaN/inf, labels, class counts) and checks
+    given), the tuning settings (``tuning``: as ``create_study`` will read them), the compression
+    candidates, the gate thresholds and the registered-model name, then loads the data set once (shapes, dtypes, NaN/inf, labels, class counts) and checks
     that the model can take its samples (a user's builder is imported, allow-list first, and
     built once on the data's shapes), so a bad Param fails here with a message naming the
     field, not minutes later after tuning and training.
 
+    :param tuning: the tuning Params by :class:`~dlagent.ml.tuning.TuneConfig` field (``n_trials``,
+        ``trial_epochs``, ``min_trial_epochs``, ``sampler``, ``pruner``, ``metric``, ...), or None.
     :param allow_unknown_conf: accept conf keys that are not Params of the DAG (default: refused).
     """
 
     template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options", "compression_candidates",
-                                      "gate_thresholds", "model_name", "search_space")
+                                      "gate_thresholds", "model_name", "search_space", "tuning")
     ui_color = "#f3e8fd"
 
     def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, compression_candidates=None,
                  gate_thresholds: dict | None = None, model_name: str | None = None, search_space=None,
-                 allow_unknown_conf: bool = False, **kwargs):
+                 tuning: dict | None = None, allow_unknown_conf: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dataset = dataset
         self.train_config = train_config
@@ -38,6 +40,7 @@ class ValidateInputsOperator(DlagentOperator):
         self.gate_thresholds = gate_thresholds
         self.model_name = model_name
         self.search_space = search_space
+        self.tuning = tuning
         self.allow_unknown_conf = allow_unknown_conf
 
     def run(self, context):
@@ -52,6 +55,7 @@ class ValidateInputsOperator(DlagentOperator):
             raise ConfigError("experiment_name", f"must be a non-empty MLflow experiment name, got {self.experiment_name!r}.",
                               "use e.g. 'dlagent'.")
         config = TrainConfig.from_dict(self.train_config or {})
+        self._check_tuning(config)
         self._check_later_steps()
         splits = load_dataset_with_options(self.dataset, self.data_options, seed=config.seed, allowed_roots=settings.data_roots())
         if config.model == AUTO_MODEL:
@@ -100,6 +104,23 @@ class ValidateInputsOperator(DlagentOperator):
             raise ConfigError(str(name), f"is not a Param of {self.dag.dag_id!r}, so it would be ignored"
                               f"{f' (also unknown: {unknown[1:]})' if len(unknown) > 1 else ''}.",
                               f"{hint}Remove it or fix its spelling; the Params are {known}.")
+
+    def _check_tuning(self, config) -> None:
+        """The tuning Params as ``create_study`` reads them: the objective is one every epoch logs,
+        and the first rung fits the trials' epochs (the agent keeps a person's first rung, so
+        this holds with the agent on too). A field is named as the trigger form names it."""
+        from dlagent.operators.tune import primary_metric_of, tune_config_from
+        from dlagent.params import TUNE_PARAM_FIELDS
+
+        if not self.tuning:
+            return
+        param_of = {field: param for param, field in TUNE_PARAM_FIELDS.items()}
+        try:
+            tune = tune_config_from(**self.tuning)
+            tune.resolve_objective(primary_metric_of(self.data_options))
+            tune.first_rung(tune.trial_config(config))
+        except ConfigError as exc:
+            raise ConfigError(param_of.get(exc.field, exc.field), exc.problem, exc.fix) from exc
 
     def _check_later_steps(self) -> None:
         from dlagent.ml.tuning import validate_search_space

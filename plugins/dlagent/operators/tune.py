@@ -29,6 +29,27 @@ def _optional(value):
     return None if value in (None, "") else value
 
 
+def tune_config_from(*, n_trials, n_workers=1, timeout_s=None, trial_epochs=None, min_trial_epochs=None, sampler="tpe",
+                     pruner=DEFAULT_PRUNER, metric=None):
+    """The :class:`~dlagent.ml.tuning.TuneConfig` of templated arguments (the Params): an empty
+    rendering is "not set", a timeout of 0 is none. ``validate_inputs`` and the tuning tasks
+    read the Params through this one function, so the first task refuses what ``create_study`` would."""
+    from dlagent.ml.tuning.settings import TuneConfig
+
+    timeout = _optional(timeout_s)
+    return TuneConfig(n_trials=n_trials, n_workers=n_workers, timeout_s=None if timeout == 0 else timeout,
+                      trial_epochs=_optional(trial_epochs), min_trial_epochs=_optional(min_trial_epochs), sampler=sampler,
+                      pruner=pruner, metric=_optional(metric))
+
+
+def primary_metric_of(data_options: dict | None):
+    """The run's primary :class:`~dlagent.ml.metrics.Metric` from its data options (``task``, ``metric``)."""
+    from dlagent.ml.metrics import resolve_metric
+
+    options = data_options or {}
+    return resolve_metric(options.get("task") or "classification", _optional(options.get("metric")))
+
+
 class _TuneBase(DlagentOperator):
     """Shared arguments of the three tuning operators (all templated).
 
@@ -107,24 +128,14 @@ class _TuneBase(DlagentOperator):
         """
         from dlagent.ml import tuning
         from dlagent.ml.config import AUTO_MODEL, TrainConfig
-        from dlagent.ml.metrics import resolve_metric
 
         planned = self._planned()
         n_trials, trial_epochs, min_trial_epochs = ((planned["n_trials"], planned["trial_epochs"], planned["min_trial_epochs"])
                                                     if planned else (self.n_trials, self.trial_epochs, self.min_trial_epochs))
-        timeout = _optional(self.timeout_s)
-        tune = tuning.TuneConfig(n_trials=n_trials, n_workers=planned["n_workers"] if planned else n_workers,
-                                 timeout_s=None if timeout == 0 else timeout, trial_epochs=_optional(trial_epochs),
-                                 min_trial_epochs=_optional(min_trial_epochs), sampler=self.sampler, pruner=self.pruner,
-                                 metric=_optional(self.metric))
-        options = self.data_options or {}
-        primary = resolve_metric(options.get("task") or "classification", _optional(options.get("metric")))
-        metric, direction = tuning.resolve_direction(tune.objective(primary.name), _optional(self.direction))
-        logged = ("val_loss", primary.val_key, *(("val_accuracy",) if primary.task == "classification" else ()))
-        if metric not in logged:
-            raise ConfigError("tune_metric", f"{metric!r} is not measured in a {primary.task} run whose primary metric is "
-                              f"{primary.name!r} (each epoch logs {list(logged)}).",
-                              f"use one of {list(logged)}, or leave it empty for {primary.val_key}.")
+        tune = tune_config_from(n_trials=n_trials, n_workers=planned["n_workers"] if planned else n_workers, timeout_s=self.timeout_s,
+                                trial_epochs=trial_epochs, min_trial_epochs=min_trial_epochs, sampler=self.sampler,
+                                pruner=self.pruner, metric=self.metric)
+        metric, direction = tune.resolve_objective(primary_metric_of(self.data_options), _optional(self.direction))
         trial_config = tune.trial_config(TrainConfig.from_dict(self.train_config or {}))
         space = (planned or {}).get("search_space") or self.search_space
         space = tuning.validate_search_space(space) if space else None  # a bad space is refused before the data is read

@@ -109,6 +109,17 @@ class TuneConfig:
             return base
         return base.replace(epochs=self.trial_epochs)
 
+    def resolve_objective(self, primary, direction: str | None = None) -> tuple[str, str]:
+        """``(metric, direction)`` the search optimises in a run whose primary metric is ``primary``
+        (a :class:`~dlagent.ml.metrics.Metric`): refused unless every epoch of such a run logs it."""
+        metric, direction = resolve_direction(self.objective(primary.name), direction)
+        logged = ("val_loss", primary.val_key, *(("val_accuracy",) if primary.task == "classification" else ()))
+        if metric not in logged:
+            raise ConfigError("tune_metric", f"{metric!r} is not measured in a {primary.task} run whose primary metric is "
+                              f"{primary.name!r} (each epoch logs {list(logged)}).",
+                              f"use one of {list(logged)}, or leave it empty for {primary.val_key}.")
+        return metric, direction
+
     def first_rung(self, trial_config: TrainConfig) -> int:
         """The pruner's first rung: ``min_trial_epochs`` (at most the trials' epochs), else 1."""
         if self.min_trial_epochs is None:
