@@ -16,7 +16,7 @@ class TaskInstanceStub:
     run_id: str
     map_index: int = -1
     xcoms: dict = field(default_factory=dict)
-    failed_tasks: int = 0
+    task_states: dict = field(default_factory=dict)  # this run's other tasks: task_id -> state
 
     def xcom_push(self, key, value):
         self.xcoms[key] = value
@@ -24,8 +24,8 @@ class TaskInstanceStub:
     def xcom_pull(self, task_ids=None, key="return_value", default=None, **_):
         return self.xcoms.get((task_ids, key), default)
 
-    def get_ti_count(self, dag_id, run_ids=None, states=None, **_):
-        return self.failed_tasks
+    def get_task_states(self, dag_id, run_ids=None, **_):
+        return {run_id: dict(self.task_states) for run_id in run_ids or [self.run_id]}
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 from dlagent.operators.evaluate import EvaluateOperator
 from dlagent.operators.pipeline import FinishPipelineOperator, ValidateInputsOperator
 from dlagent.operators.train import TrainOperator
@@ -175,8 +175,10 @@ def test_validate_then_finish_closes_the_parent_run(mlflow_uri):
 def test_finish_marks_the_parent_failed_when_a_task_failed(mlflow_uri):
     finish = FinishPipelineOperator(task_id="finish", experiment_name="exp")
     context = make_context("finish")
-    context["ti"].failed_tasks = 1
-    with pytest.raises(AirflowException, match="marked FAILED"):
+    context["ti"].task_states = {"validate_inputs": "success", "train": "failed", "evaluate": "upstream_failed",
+                                 "compress_0": "upstream_failed", "deploy": "skipped"}
+    with pytest.raises(AirflowFailException, match=r"^train failed \(2 later task\(s\) did not run: upstream failed\); "
+                                                   r"MLflow parent run \w+ marked FAILED$"):
         finish.execute(context)
     (parent,) = _runs(mlflow_uri)
     assert parent.info.status == "FAILED"

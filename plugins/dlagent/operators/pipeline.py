@@ -258,7 +258,7 @@ class FinishPipelineOperator(DlagentOperator):
         self.collect = collect
 
     def run(self, context):
-        from airflow.sdk.exceptions import AirflowException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from dlagent.ml import tracking
 
@@ -269,12 +269,14 @@ class FinishPipelineOperator(DlagentOperator):
         for name, value in summary.items():
             if isinstance(value, str):
                 self.hook.client.set_tag(parent, names.summary_tag(name), value)
-        failed = self._failed_task_count(context)
-        status = "FAILED" if failed else "FINISHED"
+        failed, not_run = self._failed_tasks(context)
+        status = "FAILED" if failed or not_run else "FINISHED"
         self.hook.client.set_terminated(parent, status=status)
         self.log.info("pipeline %s: MLflow parent run %s %s; summary %s", airflow_ids(context)["run_id"], parent, status, summary)
-        if failed:
-            raise AirflowException(f"{failed} task(s) of this DAG run failed; MLflow parent run {parent} marked FAILED")
+        if status == "FAILED":  # final: a retry would find the same states (clearing the failed task clears this one too)
+            raise AirflowFailException(f"{', '.join(failed) or 'no task'} failed"
+                                       f"{f' ({len(not_run)} later task(s) did not run: upstream failed)' if not_run else ''}; "
+                                       f"MLflow parent run {parent} marked FAILED")
         return {"parent_run_id": parent, "status": status, **summary}
 
     def _collect(self, context) -> dict:
@@ -289,6 +291,11 @@ class FinishPipelineOperator(DlagentOperator):
         return summary
 
     @staticmethod
-    def _failed_task_count(context) -> int:
+    def _failed_tasks(context) -> tuple[list[str], list[str]]:
+        """The DAG run's failed tasks and those that did not run because an upstream one failed
+        (a mapped instance as ``<task_id>_<map_index>``), each sorted: the message names the
+        task to open, not only a count of everything downstream of it."""
         ids = airflow_ids(context)
-        return context["ti"].get_ti_count(dag_id=ids["dag_id"], run_ids=[ids["run_id"]], states=["failed", "upstream_failed"])
+        states = context["ti"].get_task_states(dag_id=ids["dag_id"], run_ids=[ids["run_id"]]).get(ids["run_id"], {})
+        return (sorted(task for task, state in states.items() if state == "failed"),
+                sorted(task for task, state in states.items() if state == "upstream_failed"))
