@@ -74,7 +74,8 @@ with DAG(
         task_id="validate_inputs", dataset="{{ params.dataset }}", train_config=templated(TRAIN_PARAM_NAMES),
         data_options=data_options, compression_candidates="{{ params.compression_candidates }}",
         gate_thresholds=gate_thresholds, model_name="{{ params.model_name }}",
-        search_space="{{ params.search_space }}", tuning=tune_settings_templated(), **common,
+        search_space="{{ params.search_space }}", tuning=tune_settings_templated(),
+        agent_policy="{{ params.agent_policy }}", **common,
     )
     agent = {"policy": "{{ params.agent_policy }}", "champion_name": "{{ params.model_name }}", **common}
     agent_budget = AgentOperator(

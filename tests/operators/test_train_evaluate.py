@@ -139,24 +139,42 @@ TUNING = {"n_trials": 6, "n_workers": 1, "timeout_s": None, "trial_epochs": None
 
 
 @pytest.mark.parametrize(
-    ("changes", "words"),
+    ("agent_policy", "changes", "words"),
     [
-        ({"min_trial_epochs": 4}, "tune_min_trial_epochs: must be in [1, 3]"),  # the training's 3 epochs
-        ({"trial_epochs": 2, "min_trial_epochs": 3}, "tune_min_trial_epochs: must be in [1, 2]"),
-        ({"n_trials": 0, "min_trial_epochs": 4}, "tune_min_trial_epochs"),  # refused with no trial too: the Params contradict
-        ({"metric": "val_rmse"}, "tune_metric: 'val_rmse' is not measured in a classification run"),
-        ({"pruner": "sometimes"}, "pruner"),
-        ({"n_workers": 0}, "tuning_workers"),
+        ("off", {"min_trial_epochs": 4}, "tune_min_trial_epochs: must be in [1, 3]"),  # the training's 3 epochs
+        ("rules", {"min_trial_epochs": 4}, "tune_min_trial_epochs: must be in [1, 3]"),  # the agent keeps a person's rung
+        ("off", {"trial_epochs": 2, "min_trial_epochs": 3}, "tune_min_trial_epochs: must be in [1, 2]"),
+        ("off", {"n_trials": 0, "min_trial_epochs": 4}, "tune_min_trial_epochs"),  # refused with no trial too: the Params contradict
+        ("rules", {"metric": "val_rmse"}, "tune_metric: 'val_rmse' is not measured in a classification run"),
+        ("off", {"pruner": "sometimes"}, "pruner"),
+        ("off", {"n_workers": 0}, "tuning_workers"),
     ],
 )
-def test_bad_tuning_params_are_refused_by_the_first_task(mlflow_uri, changes, words):
+def test_bad_tuning_params_are_refused_by_the_first_task(mlflow_uri, agent_policy, changes, words):
     """What create_study would refuse after agent_budget, the first task refuses, naming the trigger form's field."""
     validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp",
-                                      tuning={**TUNING, **changes}, **TINY)
+                                      tuning={**TUNING, **changes}, agent_policy=agent_policy, **TINY)
     with pytest.raises(AirflowFailException, match="nothing was run: ") as error:
         validate.execute(make_context("validate_inputs"))
     assert words in str(error.value)
     assert MlflowClient(mlflow_uri).get_experiment_by_name("exp") is None
+
+
+def test_a_first_rung_above_the_trial_epochs_is_left_to_the_agent(mlflow_uri):
+    """With the agent on, a first rung above the Params' trial epochs lengthens the trials (the rules
+    policy plans trial_epochs 3 here, and create_study accepts that plan): the first task accepts it."""
+    from dlagent.agent.observe import Observation
+    from dlagent.agent.plan import Plan
+    from dlagent.agent.policies.rules import RulesPolicy
+
+    tuning = {**TUNING, "trial_epochs": 2, "min_trial_epochs": 3}
+    validate = ValidateInputsOperator(task_id="validate_inputs", train_config=TRAIN, experiment_name="exp", tuning=tuning,
+                                      agent_policy="rules", **TINY)
+    out = validate.execute(make_context("validate_inputs"))
+    seen = Observation(experiment_id="1", parent_run_id="p", config={"epochs": TRAIN["epochs"]}, resources={"cpus_free": 2})
+    asked = {key: tuning[key] for key in ("n_trials", "n_workers", "trial_epochs", "min_trial_epochs")}
+    plan = Plan.from_dict(RulesPolicy().budget(seen, {**asked, "search_space": None, "seed_studies": [], "data": out["data"]}))
+    assert (plan.tune["trial_epochs"], plan.tune["min_trial_epochs"]) == (3, 3)  # a plan create_study takes
 
 
 def test_validate_then_finish_closes_the_parent_run(mlflow_uri):

@@ -118,6 +118,11 @@ CASES = [
     C("classification_metric_for_regression", {"dataset": "csv:{data}/regression.csv", "model": "mlp", "task": "regression",
                                                "metric": "accuracy"}, "metric", words="is a classification metric"),
     C("auc_with_ten_classes", {"metric": "auc"}, "metric", words="needs a binary task"),
+    # ---- tuning: what create_study would refuse after agent_budget, the first task refuses -------------
+    C("tune_first_rung_beyond_the_epochs", {"epochs": 2, "tune_min_trial_epochs": 3}, "tune_min_trial_epochs", words="must be in [1, 2]"),
+    C("tune_first_rung_beyond_the_trials_agent_off", {"agent_policy": "off", "tune_trial_epochs": 2, "tune_min_trial_epochs": 3},
+      "tune_min_trial_epochs", words="must be in [1, 2]"),
+    C("tune_metric_not_logged", {"tune_metric": "val_rmse"}, "tune_metric", words="is not measured in a classification run"),
     C("regression_on_class_labels", {"task": "regression"}, "dataset", words="looks like class labels"),
     C("regression_on_word_labels", {"dataset": "csv:{data}/words.csv", "model": "mlp", "task": "regression"}, "dataset",
       words="class labels"),

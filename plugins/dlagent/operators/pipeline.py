@@ -22,16 +22,18 @@ class ValidateInputsOperator(DlagentOperator):
 
     :param tuning: the tuning Params by :class:`~dlagent.ml.tuning.TuneConfig` field (``n_trials``,
         ``trial_epochs``, ``min_trial_epochs``, ``sampler``, ``pruner``, ``metric``, ...), or None.
+    :param agent_policy: the run's ``agent_policy`` (default ``off``: the tuning Params run as given).
     :param allow_unknown_conf: accept conf keys that are not Params of the DAG (default: refused).
     """
 
     template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options", "compression_candidates",
-                                      "gate_thresholds", "model_name", "search_space", "tuning")
+                                      "gate_thresholds", "model_name", "search_space", "tuning",
+                                      "agent_policy")
     ui_color = "#f3e8fd"
 
     def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, compression_candidates=None,
                  gate_thresholds: dict | None = None, model_name: str | None = None, search_space=None,
-                 tuning: dict | None = None, allow_unknown_conf: bool = False, **kwargs):
+                 tuning: dict | None = None, agent_policy: str | None = "off", allow_unknown_conf: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dataset = dataset
         self.train_config = train_config
@@ -41,6 +43,7 @@ class ValidateInputsOperator(DlagentOperator):
         self.model_name = model_name
         self.search_space = search_space
         self.tuning = tuning
+        self.agent_policy = agent_policy
         self.allow_unknown_conf = allow_unknown_conf
 
     def run(self, context):
@@ -107,17 +110,23 @@ class ValidateInputsOperator(DlagentOperator):
 
     def _check_tuning(self, config) -> None:
         """The tuning Params as ``create_study`` reads them: the objective is one every epoch logs,
-        and the first rung fits the trials' epochs (the agent keeps a person's first rung, so
-        this holds with the agent on too). A field is named as the trigger form names it."""
+        and the first rung fits the trials' epochs. With the agent on (``agent_policy`` not
+        ``off``) the agent plans the trials' epochs: a first rung above the Params' trial epochs
+        lengthens the trials (the rules policy), so only the training's epochs bound the rung.
+        A field is named as the trigger form names it."""
         from dlagent.operators.tune import primary_metric_of, tune_config_from
         from dlagent.params import TUNE_PARAM_FIELDS
 
         if not self.tuning:
             return
+        primary = primary_metric_of(self.data_options)  # its errors name the data options' own fields
+        settings = dict(self.tuning)
+        if self.agent_policy not in (None, "", "off"):
+            settings["trial_epochs"] = None
         param_of = {field: param for param, field in TUNE_PARAM_FIELDS.items()}
         try:
-            tune = tune_config_from(**self.tuning)
-            tune.resolve_objective(primary_metric_of(self.data_options))
+            tune = tune_config_from(**settings)
+            tune.resolve_objective(primary)
             tune.first_rung(tune.trial_config(config))
         except ConfigError as exc:
             raise ConfigError(param_of.get(exc.field, exc.field), exc.problem, exc.fix) from exc
