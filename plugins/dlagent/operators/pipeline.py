@@ -14,9 +14,10 @@ class ValidateInputsOperator(DlagentOperator):
 
     Checks the DAG run's conf for names that are not Params of the DAG (a misspelt setting
     would otherwise be ignored silently), the training settings, the search space (when
-    given), the tuning settings (``tuning``: as ``create_study`` will read them), the compression
-    candidates, the gate thresholds and the registered-model name, then loads the data set once (shapes, dtypes, NaN/inf, labels, class counts) and checks
-    that the model can take its samples (a user's builder is imported, allow-list first, and
+    given), the tuning settings (``tuning``: as ``create_study`` will read them), the
+    compression candidates, the gate thresholds and the registered-model name, then loads the
+    data set once (shapes, dtypes, NaN/inf, labels, class counts) and checks that the model
+    can take its samples (a user's builder is imported, allow-list first, and
     built once on the data's shapes), so a bad Param fails here with a message naming the
     field, not minutes later after tuning and training.
 
@@ -27,8 +28,7 @@ class ValidateInputsOperator(DlagentOperator):
     """
 
     template_fields: Sequence[str] = ("experiment_name", "dataset", "train_config", "data_options", "compression_candidates",
-                                      "gate_thresholds", "model_name", "search_space", "tuning",
-                                      "agent_policy")
+                                      "gate_thresholds", "model_name", "search_space", "tuning", "agent_policy")
     ui_color = "#f3e8fd"
 
     def __init__(self, *, dataset: str, train_config: dict, data_options: dict | None = None, compression_candidates=None,
