@@ -9,6 +9,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable
 from dlagent.operators.pipeline import FinishPipelineOperator
 from dlagent.operators.retrain import RetrainConfOperator
 from dlagent.params import pipeline_params, templated
+from dlagent.settings import retrain_cron
 
 PIPELINE_DAG_ID = "dl_agent_pipeline"
 # Publish an event on this Asset when new training data lands (see DOC).
@@ -18,7 +19,9 @@ DOC = """
 ### dlagent retrain
 Runs `dl_agent_pipeline` again **every Monday at 03:00 UTC** and **whenever the Asset
 `dlagent_training_data` is updated**, with this DAG's Params as the pipeline's settings
-(the same trigger form as `dl_agent_pipeline`).
+(the same trigger form as `dl_agent_pipeline`). The environment variable `DLAGENT_RETRAIN_CRON`
+where the DAG is parsed changes the clock (a cron expression in UTC, e.g. `0 2 * * *`; `off`:
+new data only).
 
 * **retrain_conf** builds the pipeline run's conf: the Params, updated by the `conf` mapping
   in the `extra` of the asset events that started this run (the latest wins), checked
@@ -34,14 +37,16 @@ extra set through `outlet_events`) or through the REST API:
 `POST /api/v2/assets/events` with `{"asset_id": <id>, "extra": {"conf": {"dataset": "npz:/data/new.npz"}}}`.
 """
 
+RETRAIN_CRON = retrain_cron()  # DLAGENT_RETRAIN_CRON; None: only the Asset's events start a run
+
 with DAG(
     dag_id="dl_agent_retrain",
     description="Retrain on a schedule and when the training data changes; the gate decides what ships.",
-    # No start_date and run_immediately=0: switching the DAG on waits for the next Monday
-    # instead of retraining at once for the Monday just past.
+    # No start_date and run_immediately=0: switching the DAG on waits for the next cron time
+    # (by default the next Monday) instead of retraining at once for the one just past.
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC", run_immediately=timedelta(0)), assets=[TRAINING_DATA],
-    ),
+        timetable=CronTriggerTimetable(RETRAIN_CRON, timezone="UTC", run_immediately=timedelta(0)), assets=[TRAINING_DATA],
+    ) if RETRAIN_CRON else [TRAINING_DATA],
     catchup=False,
     max_active_runs=1,
     params=pipeline_params(),

@@ -140,7 +140,7 @@ RETRAIN = "dl_agent_retrain"
 
 
 def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
-    """The live stack's environment: PostgreSQL stores, and dead tasks detected in a minute."""
+    """The live stack's environment: PostgreSQL stores, dead tasks detected in a minute, and no retrain on the clock."""
     from dlagent_dev.stack import postgres_stack_env
 
     return postgres_stack_env(
@@ -148,6 +148,9 @@ def live_env(home, airflow_db: str, mlflow_db: str, optuna_db: str) -> dict:
         # A task whose process died (scheduler killed) is failed and retried after 60 s, not 5 min.
         AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60",
         AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="15",
+        # dl_agent_retrain is unpaused here: on its default clock a session that spans Monday 03:00 UTC got a
+        # scheduled retrain beside the asset-triggered one the tests start (and its deploy moved the champion).
+        DLAGENT_RETRAIN_CRON="off",
     )
 
 

@@ -71,6 +71,32 @@ def model_modules() -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()] or list(DEFAULT_MODEL_MODULES)
 
 
+DEFAULT_RETRAIN_CRON = "0 3 * * 1"
+_NO_RETRAIN_CRON = ("off", "none")
+
+
+def retrain_cron() -> str | None:
+    """When ``dl_agent_retrain`` retrains on the clock: a cron expression in UTC, or ``None`` (only new data does).
+
+    ``DLAGENT_RETRAIN_CRON`` when set (``off`` or ``none``: no time schedule, the training-data Asset's
+    events alone start a retrain); unset, Mondays 03:00 UTC. Read where the DAG file is parsed (the
+    dag-processor's environment), so a deployment picks its cadence without editing the packaged DAG.
+    """
+    value = os.environ.get("DLAGENT_RETRAIN_CRON", "").strip()
+    if not value:
+        return DEFAULT_RETRAIN_CRON
+    if value.lower() in _NO_RETRAIN_CRON:
+        return None
+    from croniter import croniter
+
+    if not croniter.is_valid(value):
+        from dlagent.errors import ConfigError
+
+        raise ConfigError("DLAGENT_RETRAIN_CRON", f"{value!r} is not a cron expression.",
+                          f'give five fields in UTC, e.g. "{DEFAULT_RETRAIN_CRON}" (Mondays 03:00), or "off" to retrain on new data only.')
+    return value
+
+
 def redact_url(url: str) -> str:
     """``scheme://***@host/...``: a database or server URL safe to print in a log."""
     if "@" in url and "://" in url:

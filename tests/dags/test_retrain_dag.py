@@ -29,7 +29,7 @@ def test_runs_weekly_or_when_the_training_data_asset_is_updated(retrain_dag):
     schedule = retrain_dag.schedule
     assert isinstance(schedule, AssetOrTimeSchedule)
     assert [asset.name for asset in schedule.asset_condition.objects] == ["dlagent_training_data"]
-    assert schedule.timetable.expression == "0 3 * * 1"
+    assert schedule.timetable.expression == "0 3 * * 1"  # unless DLAGENT_RETRAIN_CRON says otherwise (below)
     assert [t.task_id for t in retrain_dag.topological_sort()] == ["retrain_conf", "trigger_pipeline", "finish"]
     trigger = retrain_dag.get_task("trigger_pipeline")
     assert trigger.trigger_dag_id == "dl_agent_pipeline" and trigger.wait_for_completion and trigger.deferrable
@@ -38,6 +38,31 @@ def test_runs_weekly_or_when_the_training_data_asset_is_updated(retrain_dag):
 
     assert set(retrain_dag.params) == set(pipeline_params())
     assert set(retrain_dag.get_task("retrain_conf").settings) == set(pipeline_params())
+
+
+def _parse_retrain_dag(monkeypatch, cron: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("DLAGENT_RETRAIN_CRON", cron)
+    return DagBag(dag_folder=str(PROJECT_DIR / "dags" / "dl_agent_retrain.py"))
+
+
+def test_the_deployment_sets_the_retrain_clock_or_turns_it_off(monkeypatch):
+    from airflow.sdk import AssetOrTimeSchedule
+
+    schedule = _parse_retrain_dag(monkeypatch, "30 2 * * *").dags["dl_agent_retrain"].schedule
+    assert isinstance(schedule, AssetOrTimeSchedule) and schedule.timetable.expression == "30 2 * * *"
+    for off in ("off", " None "):
+        bag = _parse_retrain_dag(monkeypatch, off)
+        assert bag.import_errors == {}
+        timetable = bag.dags["dl_agent_retrain"].timetable  # new data only: an asset-triggered timetable, no clock
+        assert type(timetable).__name__ == "AssetTriggeredTimetable", type(timetable)
+        assert [asset.name for asset in timetable.asset_condition.objects] == ["dlagent_training_data"]
+
+
+def test_a_bad_retrain_clock_is_an_import_error_naming_the_variable_and_the_fix(monkeypatch):
+    (error,) = _parse_retrain_dag(monkeypatch, "every monday").import_errors.values()
+    assert "DLAGENT_RETRAIN_CRON: 'every monday' is not a cron expression" in error and '"off"' in error, error
 
 
 def _event(extra: dict, minute: int):
