@@ -15,14 +15,16 @@ PIPELINE_DAG_ID = "dl_agent_pipeline"
 # Publish an event on this Asset when new training data lands (see DOC).
 TRAINING_DATA = Asset(name="dlagent_training_data", uri="dlagent://training-data", group="dlagent")
 
-DOC = """
-### dlagent retrain
-Runs `dl_agent_pipeline` again **every Monday at 03:00 UTC** and **whenever the Asset
-`dlagent_training_data` is updated**, with this DAG's Params as the pipeline's settings
-(the same trigger form as `dl_agent_pipeline`). The environment variable `DLAGENT_RETRAIN_CRON`
-where the DAG is parsed changes the clock (a cron expression in UTC, e.g. `0 2 * * *`; `off`:
-new data only).
+RETRAIN_CRON = retrain_cron()  # DLAGENT_RETRAIN_CRON; None: only the Asset's events start a run
+ON_THE_CLOCK = f"**on the cron `{RETRAIN_CRON}` (UTC)** and " if RETRAIN_CRON else ""
 
+DOC = f"""
+### dlagent retrain
+Runs `dl_agent_pipeline` again {ON_THE_CLOCK}**whenever the Asset `dlagent_training_data`
+is updated**, with this DAG's Params as the pipeline's settings (the same trigger form as
+`dl_agent_pipeline`). The clock is the environment variable `DLAGENT_RETRAIN_CRON` where the
+DAG is parsed: unset, `0 3 * * 1` (Mondays 03:00 UTC); `off`, new data only.
+""" + """
 * **retrain_conf** builds the pipeline run's conf: the Params, updated by the `conf` mapping
   in the `extra` of the asset events that started this run (the latest wins), checked
   against the pipeline's Params before anything is triggered.
@@ -36,8 +38,6 @@ Announce new data from a producer task (`outlets=[Asset("dlagent_training_data",
 extra set through `outlet_events`) or through the REST API:
 `POST /api/v2/assets/events` with `{"asset_id": <id>, "extra": {"conf": {"dataset": "npz:/data/new.npz"}}}`.
 """
-
-RETRAIN_CRON = retrain_cron()  # DLAGENT_RETRAIN_CRON; None: only the Asset's events start a run
 
 with DAG(
     dag_id="dl_agent_retrain",

@@ -50,14 +50,16 @@ def _parse_retrain_dag(monkeypatch, cron: str):
 def test_the_deployment_sets_the_retrain_clock_or_turns_it_off(monkeypatch):
     from airflow.sdk import AssetOrTimeSchedule
 
-    schedule = _parse_retrain_dag(monkeypatch, "30 2 * * *").dags["dl_agent_retrain"].schedule
-    assert isinstance(schedule, AssetOrTimeSchedule) and schedule.timetable.expression == "30 2 * * *"
+    dag = _parse_retrain_dag(monkeypatch, "30 2 * * *").dags["dl_agent_retrain"]
+    assert isinstance(dag.schedule, AssetOrTimeSchedule) and dag.schedule.timetable.expression == "30 2 * * *"
+    assert "again **on the cron `30 2 * * *` (UTC)** and **whenever" in dag.doc_md  # the UI's doc says the clock in use
     for off in ("off", " None "):
         bag = _parse_retrain_dag(monkeypatch, off)
         assert bag.import_errors == {}
         timetable = bag.dags["dl_agent_retrain"].timetable  # new data only: an asset-triggered timetable, no clock
         assert type(timetable).__name__ == "AssetTriggeredTimetable", type(timetable)
         assert [asset.name for asset in timetable.asset_condition.objects] == ["dlagent_training_data"]
+        assert "again **whenever the Asset" in bag.dags["dl_agent_retrain"].doc_md
 
 
 def test_a_bad_retrain_clock_is_an_import_error_naming_the_variable_and_the_fix(monkeypatch):
