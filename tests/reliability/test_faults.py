@@ -110,9 +110,10 @@ from pathlib import Path
 from dlagent.ml.locks import named_lock
 from dlagent.ml.registry import register_champion
 from mlflow import MlflowClient
-uri, model_uri, key, go, lock_db = sys.argv[1:6]
+uri, model_uri, key, go, lock_db, ready = sys.argv[1:7]
 client = MlflowClient(uri, registry_uri=uri)
 lock = named_lock(lock_db, "dlagent.deploy/concurrent-model")  # as DeployOperator takes it
+Path(ready).touch()
 while not Path(go).exists():
     time.sleep(0.01)
 print(json.dumps(register_champion(client, model_uri, "concurrent-model", idempotency_key=key, lock=lock)), flush=True)
@@ -135,10 +136,18 @@ def test_two_deploys_at_once_give_one_champion_and_both_versions(live_stack, dig
     go = tmp_path / "go"
     env = {**os.environ, "MLFLOW_TRACKING_URI": live_stack.mlflow_url}
     lock_db = live_stack.env["AIRFLOW_CONN_OPTUNA_DEFAULT"].replace("postgresql://", "postgresql+psycopg2://")
-    deployers = [subprocess.Popen([sys.executable, "-c", DEPLOYER, live_stack.mlflow_url, uri, f"run-{i}", str(go), lock_db],
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    deployers = [subprocess.Popen([sys.executable, "-c", DEPLOYER, live_stack.mlflow_url, uri, f"run-{i}", str(go), lock_db, str(ready[i])],
                                   env=env, cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for i, uri in enumerate(logged)]
-    time.sleep(3)  # both processes have imported and wait on the same file
+    # Both have imported and wait on the same file (a fixed sleep let a slow import start its deploy after the other's ended).
+    deadline = time.monotonic() + 120
+    while not all(path.exists() for path in ready):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in deployers):
+            for p in deployers:
+                p.kill()
+            pytest.fail(f"a deployer never got ready: {[p.communicate()[1][-2000:] for p in deployers]}")
+        time.sleep(0.05)
     go.touch()
     outputs = [p.communicate(timeout=300) for p in deployers]
     assert all(p.returncode == 0 for p in deployers), [err[-2000:] for _, err in outputs]

@@ -21,7 +21,7 @@ SPACE = {
     "units": {"type": "int", "low": 16, "high": 64, "step": 16},
 }
 BASE = {"model": "mlp", "epochs": 3, "early_stopping_patience": 0, "seed": 0}
-HEARTBEAT, GRACE = 1, 3
+HEARTBEAT, GRACE = 1, 5  # a live trial whose beat stalls under load (2 cores, 3 test workers) for 4 s still counts as alive
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
