@@ -13,7 +13,9 @@ tab, read off the header line; a semicolon file's decimal commas are decimal poi
    :func:`~dlagent.ml.data_checks.categorical_column`); a column of mostly numbers with a stray
    word is refused at that word (a typo, not a category), so is a column of numbers written for
    people (``$1,200``, ``12%``), and a categorical column whose values are nearly all different is
-   refused as an identifier (:func:`~dlagent.ml.data_checks.refuse_identifier`); a column with
+   refused as an identifier (:func:`~dlagent.ml.data_checks.refuse_identifier`), except a column of
+   ISO 8601 dates, which becomes calendar columns (:mod:`dlagent.ml.dates`; dates written otherwise
+   are refused, :func:`~dlagent.ml.data_checks.refuse_unreadable_dates`); a column with
    neither a name nor a value (a separator closing every line) is left out, and the columns named
    in ``drop_columns`` are not read at all;
 2. **the second pass** fills a preallocated float32 array a chunk of :data:`CHUNK_ROWS` rows at a
@@ -49,7 +51,9 @@ from dlagent.ml.data_checks import (
     is_missing_mark,
     no_feature_left,
     refuse_identifier,
+    refuse_unreadable_dates,
 )
+from dlagent.ml.dates import date_width, is_date_column
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 
 CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
@@ -218,10 +222,12 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         no_feature_left(where, feature_at)
     categorical = {j for j, i in enumerate(feature_at) if categorical_column(
         where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing, distinct=len(values[j]))}
-    for j in categorical:
+    dates = {j for j in categorical if is_date_column(values[j])}  # calendar columns (dlagent.ml.dates), however many days
+    for j in categorical - dates:
+        refuse_unreadable_dates(path, feature_at[j] + 1, values[j])
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
                           values[j])
-    extra = sum(min(len(values[j]), MAX_VOCABULARY) + (present[j] < rows) for j in categorical)
+    extra = sum((date_width(True) - 1 if j in dates else min(len(values[j]), MAX_VOCABULARY)) + (present[j] < rows) for j in categorical)
     return _Layout(len(header), delimiter, tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
                    rows, frozenset(categorical), extra)
 

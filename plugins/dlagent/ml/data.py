@@ -73,7 +73,7 @@ class DatasetSplits:
             raise ValueError(f"split must be 'test' or 'val', got {split!r}")
         x, raw = (self.x_test, self.raw_x_test) if split == "test" else (self.x_val, self.raw_x_val)
         mine = self.encoding.to_json() if self.encoding is not None else None
-        numbers_only = self.encoding is None or not self.encoding.vocabularies
+        numbers_only = self.encoding is None or not self.encoding.text_columns
         if encoding_doc == mine or (encoding_doc is None and numbers_only):  # (a model logged before encodings were)
             return x
         if encoding_doc is None or (raw is None and not (numbers_only and self.encoding)):
@@ -82,7 +82,7 @@ class DatasetSplits:
         other = TableEncoding.from_json(encoding_doc)
         loaded, columns = (raw.x, raw.columns) if isinstance(raw, RawRows) else (x, CsvColumns(list(other.columns), {}))
         if len(other.columns) == len(columns.names) and (
-                {j for j, column in enumerate(other.columns) if column in other.vocabularies} == set(columns.categories)):
+                {j for j, column in enumerate(other.columns) if column in other.text_columns} == set(columns.categories)):
             return other.encode_table(loaded, columns.categories)  # the loaded rows, encoded its way (on read, when streamed)
         from dlagent.ml.streaming import is_streamed
 
@@ -135,7 +135,8 @@ class DatasetSplits:
 
         numbered = self.is_regression or list(self.class_names) == [str(i) for i in range(len(self.class_names))]
         return {"class_names": None if numbered else digest(list(self.class_names)),
-                "encoding": digest([self.encoding.columns, self.encoding.vocabularies]) if self.encoding is not None else None}
+                "encoding": digest([self.encoding.columns, self.encoding.vocabularies, *([self.encoding.dates] if self.encoding.dates else [])])
+                if self.encoding is not None else None}
 
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.data_checks import is_missing_mark
+from dlagent.ml.dates import date_feature_names, date_features, date_width, has_time_of_day, is_date_column, parse_iso_date
 
 OOV = "<other>"  # the name of a categorical column's out-of-vocabulary slot
 MAX_VOCABULARY = 1000  # values per categorical column; rarer ones share the out-of-vocabulary slot
@@ -59,7 +60,9 @@ class TableEncoding:
     columns that get a was-missing column. Numeric columns pass through (an empty one as NaN).
     ``dropped`` are the file's columns left out of training (``drop_columns``): a row given as a
     dict may still carry them (a record as the source system has it) and they are ignored; any
-    other unknown column is refused.
+    other unknown column is refused. ``dates`` are the non-numeric columns whose training values
+    are all ISO 8601 dates, each mapped to whether it has a time of day: they become calendar
+    columns (:mod:`dlagent.ml.dates`), not one-hot blocks.
     """
 
     columns: list[str]
@@ -68,27 +71,40 @@ class TableEncoding:
     indicators: list[str] = field(default_factory=list)
     impute: bool = False
     dropped: list[str] = field(default_factory=list)
+    dates: dict[str, bool] = field(default_factory=dict)
 
     @property
     def categorical(self) -> list[str]:
         return [c for c in self.columns if c in self.vocabularies]
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The columns the CSV loader reads as text (codes into their distinct values): categories and dates."""
+        return [c for c in self.columns if c in self.vocabularies or c in self.dates]
+
     def feature_names(self) -> list[str]:
-        """The encoded columns' names: ``age``, ``colour=<other>``, ``colour=red``, ``colour=<missing>``."""
+        """The encoded columns' names: ``age``, ``colour=<other>``, ``colour=red``, ``day:weekday=Mon``, ``colour=<missing>``."""
         names = []
         for column in self.columns:
             if column in self.vocabularies:
                 names += [f"{column}={OOV}"] + [f"{column}={value}" for value in self.vocabularies[column]]
+            elif column in self.dates:
+                names += date_feature_names(column, self.dates[column])
             else:
                 names.append(column)
         return names + [f"{column}=<missing>" for column in self.indicators]
+
+    def _width_of(self, column: str) -> int:
+        if column in self.vocabularies:
+            return len(self.vocabularies[column]) + 1
+        return date_width(self.dates[column]) if column in self.dates else 1
 
     def column_groups(self) -> list[tuple[str, list[int]]]:
         """Each raw column and the encoded columns it fills (a category's one-hot block and its
         was-missing indicator): what permutation importance shuffles together."""
         groups, position = [], 0
         for column in self.columns:
-            size = len(self.vocabularies[column]) + 1 if column in self.vocabularies else 1
+            size = self._width_of(column)
             groups.append((column, list(range(position, position + size))))
             position += size
         blocks = dict(groups)  # the same lists: an indicator joins its column's block
@@ -122,6 +138,12 @@ class TableEncoding:
                         value = self.fill.get(column, "")
                     out[r, position + slots[column].get(_category(value), 0)] = 1.0
                     position += len(self.vocabularies[column]) + 1
+                elif column in self.dates:
+                    if empty:
+                        self._refuse_empty(where(r), column)
+                    width = date_width(self.dates[column])
+                    out[r, position:position + width] = date_features(None if empty else _date(value, where, r, column), self.dates[column])
+                    position += width
                 else:
                     number = math.nan if empty else _number(value, where, r, column)
                     if math.isnan(number):  # an empty cell, or a NaN given as a number: a gap
@@ -154,6 +176,12 @@ class TableEncoding:
                 slot = np.where(empty, filled, of_code[np.where(empty, 0, values).astype(np.int64)])
                 out[rows, position + slot] = 1.0
                 position += len(self.vocabularies[column]) + 1
+            elif column in self.dates:  # each distinct text parsed once; the last row of the table: an empty cell
+                codes = np.where(empty, -1, values).astype(np.int64)
+                table = np.array([self._date_row(text, codes == code, where, column) for code, text in enumerate(categories[j])]
+                                 + [date_features(None, self.dates[column])], np.float32)
+                out[:, position:position + table.shape[1]] = table[codes]
+                position += table.shape[1]
             else:
                 out[:, position] = values
                 position += 1
@@ -171,6 +199,14 @@ class TableEncoding:
         if is_streamed(x):
             return x.encoded(lambda loaded, positions: self.encode_loaded(loaded, categories, where=file_rows(positions)), self.width)
         return self.encode_loaded(x, categories)
+
+    def _date_row(self, text: str, rows_with_it: np.ndarray, where: Callable[[int], str], column: str) -> list[float]:
+        """Date column ``column``'s features for the loaded value ``text``; a value that is not a date
+        is refused at the first of ``rows_with_it`` (a value of another split is no concern here)."""
+        moment = parse_iso_date(text)
+        if moment is None and rows_with_it.any():
+            _date(text, where, int(np.argmax(rows_with_it)), column)
+        return date_features(moment, self.dates[column])
 
     def _cells(self, row, where: Callable[[int], str], r: int) -> list:
         if isinstance(row, dict):
@@ -195,6 +231,8 @@ class TableEncoding:
                "feature_names": self.feature_names()}
         if self.dropped:  # only then: an encoding of a table without any is the document it always was
             doc["dropped"] = list(self.dropped)
+        if self.dates:
+            doc["dates"] = dict(self.dates)
         return doc
 
     def dumps(self) -> str:
@@ -204,7 +242,7 @@ class TableEncoding:
     def from_json(cls, doc: dict) -> TableEncoding:
         return cls(columns=list(doc["columns"]), vocabularies={k: list(v) for k, v in doc["vocabularies"].items()},
                    fill=dict(doc.get("fill", {})), indicators=list(doc.get("indicators", [])), impute=bool(doc.get("impute")),
-                   dropped=list(doc.get("dropped", [])))
+                   dropped=list(doc.get("dropped", [])), dates={k: bool(v) for k, v in doc.get("dates", {}).items()})
 
 
 def file_rows(positions) -> Callable[[int], str]:
@@ -226,6 +264,14 @@ def _number(value, where: Callable[[int], str], r: int, column: str) -> float:
     return number
 
 
+def _date(value, where: Callable[[int], str], r: int, column: str):
+    moment = parse_iso_date(value)
+    if moment is None:
+        raise ConfigError("instances", f"{where(r)}, column {column!r}: not an ISO 8601 date (a date column in training).",
+                          "give a date as 2024-03-01 or a timestamp as 2024-03-01T14:30:00.")
+    return moment
+
+
 def _category(value) -> str:
     """A categorical value as the text the CSV held: ``1.0`` sent as a number is ``"1"``."""
     if isinstance(value, float) and value.is_integer():
@@ -244,7 +290,7 @@ def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], imp
     """Learn the vocabularies from how often each raw value occurs in the **training split** of
     each categorical column (``counts``; an empty cell counts under ``None``): values sorted by
     frequency, then by name, at most :data:`MAX_VOCABULARY` of them."""
-    vocabularies, fill, indicators = {}, {}, []
+    vocabularies, fill, indicators, dates = {}, {}, [], {}
     for column in columns:
         if column not in counts:
             continue
@@ -254,10 +300,13 @@ def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], imp
                 empty += n
             else:
                 present[str(value).strip()] += n
+        if impute and empty:
+            indicators.append(column)
+        if is_date_column(present):  # calendar columns (dlagent.ml.dates); a gap is filled inside the model
+            dates[column] = has_time_of_day(present)
+            continue
         ranked = sorted(present, key=lambda value: (-present[value], value))
         vocabularies[column] = sorted(ranked[:MAX_VOCABULARY])
         if ranked:
             fill[column] = ranked[0]
-        if impute and empty:
-            indicators.append(column)
-    return TableEncoding(list(columns), vocabularies, fill, indicators, impute, list(dropped))
+    return TableEncoding(list(columns), vocabularies, fill, indicators, impute, list(dropped), dates)
