@@ -67,8 +67,8 @@ def pipeline_params() -> dict[str, Param]:
                                           "refused as an identifier until it is named here. Empty: every column but the label."),
         "missing": Param("refuse", type="string", enum=list(MISSING_POLICIES), title="Missing values",
                          description="'refuse': an empty CSV cell or a NaN feature is refused, naming where. 'impute' (tables, "
-                                     "model 'mlp'): a number is filled inside the model with the training split's median, a category "
-                                     "with its most frequent value, each plus a was-missing indicator column."),
+                                     "model 'mlp'): a number (or a date's calendar columns) is filled inside the model with the training split's "
+                                     "median, a category with its most frequent value, each plus a was-missing indicator column."),
         "cache": Param("auto", type="string", enum=list(CACHE_MODES), title="Data cache",
                        description="'images:' folders and 'csv:' tables: 'auto' holds the decoded pixels or the table's float32 "
                                    "values in memory when they fit 256 MiB, and streams a larger data set from disk through "

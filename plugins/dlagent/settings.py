@@ -89,7 +89,7 @@ def retrain_cron() -> str | None:
         return None
     from croniter import croniter
 
-    if not croniter.is_valid(value):
+    if not croniter.is_valid(value) or (len(value.split()) != 5 and not value.startswith("@")):  # Airflow takes five fields
         from dlagent.errors import ConfigError
 
         raise ConfigError("DLAGENT_RETRAIN_CRON", f"{value!r} is not a cron expression.",

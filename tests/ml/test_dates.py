@@ -5,7 +5,7 @@ the one-hot encoding of each date (what such a column got before) could not carr
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -17,8 +17,10 @@ from dlagent.ml.dates import date_features, parse_iso_date
     ("2024-03-01", datetime(2024, 3, 1)),
     (" 2024-03-01T14:30 ", datetime(2024, 3, 1, 14, 30)),
     ("2024-03-01 14:30:05.25", datetime(2024, 3, 1, 14, 30, 5, 250000)),
-    ("2024-03-01T01:30:00+02:00", datetime(2024, 2, 29, 23, 30)),  # an offset: taken in UTC
-    ("2024-03-01T14:30:00Z", datetime(2024, 3, 1, 14, 30)),
+    ("2024-03-01T14:30:00.123456789", datetime(2024, 3, 1, 14, 30, 0, 123456)),  # nanoseconds, as NumPy writes them
+    ("2024-03-01T01:30:00+02:00", datetime(2024, 3, 1, 1, 30, tzinfo=timezone(timedelta(hours=2)))),
+    ("2024-03-01T14:30:00Z", datetime(2024, 3, 1, 14, 30, tzinfo=UTC)),
+    ("0001-01-01T00:00+01:00", None),  # before the first moment UTC can hold
     ("2024-02-30", None), ("01/03/2024", None), ("2024", None), ("20240301", None), ("2024-03-01 noon", None), ("", None),
 ])
 def test_only_iso_8601_dates_and_timestamps_are_read(text, expected):
@@ -34,6 +36,10 @@ def test_the_calendar_columns_of_a_date():
     evening = date_features(datetime(2026, 12, 7, 18), with_time=True)
     assert len(evening) == 12 and evening[-2:] == pytest.approx([-1.0, 0.0], abs=1e-9)  # 18:00, three quarters round the day
     assert all(math.isnan(v) for v in date_features(None, True))  # an empty cell: a gap the model's imputation fills
+    # with an offset: the trend in UTC, the calendar as written (a shop's Saturday 00:30 at +02:00 is its Saturday)
+    saturday = date_features(parse_iso_date("2024-03-02T00:30+02:00"), with_time=True)
+    assert saturday[0] == (date(2024, 3, 1) - date(1970, 1, 1)).days + 22.5 / 24 and saturday[3:10] == [0, 0, 0, 0, 0, 1, 0]
+    assert saturday[10:] == pytest.approx(date_features(datetime(2024, 3, 2, 0, 30), True)[10:])
 
 
 def _write_visits(path, rows: int, *, day=lambda i: (date(2023, 1, 2) + timedelta(days=i)).isoformat(), seed: int = 0):
@@ -86,6 +92,43 @@ def test_timestamps_get_time_of_day_columns_and_an_empty_date_is_imputed(tmp_pat
     assert encoding.feature_names()[10:12] == ["at:time_of_day_sin", "at:time_of_day_cos"] and encoding.feature_names()[-1] == "at=<missing>"
     row = encoding.encode([["", 2]])[0]
     assert np.isnan(row[:12]).all() and row[-1] == 1.0  # a gap the model fills, and its was-missing flag
+
+
+@pytest.mark.parametrize("missing", ["refuse", "impute"])
+def test_a_missing_value_mark_in_a_date_column_is_a_gap(tmp_path, missing):
+    from dlagent.ml.data import load_dataset
+
+    path = tmp_path / "visits.csv"
+    rows = [f"{'NA' if i % 9 == 4 else (date(2024, 1, 1) + timedelta(days=i)).isoformat()},{i % 5},{'yes' if i % 3 else 'no'}"
+            for i in range(300)]
+    path.write_text("\n".join(["day,n,label", *rows]) + "\n")
+    if missing == "refuse":
+        with pytest.raises(ConfigError, match=r"column 'day': an empty value, and the model was trained with missing 'refuse'"):
+            load_dataset(f"csv:{path}", allowed_roots=[str(tmp_path)])
+        return
+    splits = load_dataset(f"csv:{path}", missing="impute", allowed_roots=[str(tmp_path)])
+    assert splits.encoding.dates == {"day": False} and splits.encoding.indicators == ["day"]
+    raw = list(splits.raw_x_test)
+    gaps = [r for r, row in enumerate(raw) if row[0] == "NA"]
+    assert gaps and np.isnan(splits.x_test[gaps, :10]).all() and (splits.x_test[gaps, -1] == 1).all()
+    np.testing.assert_array_equal(splits.encoding.encode(raw), splits.x_test)
+
+
+def test_what_only_looks_like_a_date_stays_a_category_and_a_late_stray_value_is_not_missed(tmp_path):
+    """Versions (1.2.10) are categories; a column of 3,000 dates with one word at line 2,002, past the
+    1,000 values the loader keeps per column, is refused as dates not all in ISO 8601, not read as dates."""
+    from dlagent.ml.data import load_dataset
+
+    versions = tmp_path / "versions.csv"
+    versions.write_text("\n".join(["version,n,label", *(f"{['1.2.10', '1.2.11', '2.0.10', '2.1.12'][i % 4]},{i % 7},{i % 2}"
+                                                           for i in range(300))]) + "\n")
+    assert load_dataset(f"csv:{versions}", allowed_roots=[str(tmp_path)]).encoding.vocabularies["version"] == ["1.2.10", "1.2.11", "2.0.10", "2.1.12"]
+    stray = tmp_path / "stray.csv"
+    days = [(datetime(2020, 1, 1) + timedelta(hours=7 * i)).isoformat() for i in range(3000)]
+    days[2000] = "unknown"
+    stray.write_text("\n".join(["at,n,label", *(f"{day},{i % 7},{i % 2}" for i, day in enumerate(days))]) + "\n")
+    with pytest.raises(ConfigError, match="dates or times not all written as ISO 8601"):
+        load_dataset(f"csv:{stray}", allowed_roots=[str(tmp_path)])
 
 
 def test_a_date_that_only_the_test_split_holds_badly_is_refused_naming_its_row(tmp_path):

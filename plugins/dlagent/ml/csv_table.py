@@ -53,7 +53,7 @@ from dlagent.ml.data_checks import (
     refuse_identifier,
     refuse_unreadable_dates,
 )
-from dlagent.ml.dates import date_width, is_date_column
+from dlagent.ml.dates import date_width, parse_iso_date
 from dlagent.ml.metrics import CLASSIFICATION, REGRESSION
 
 CHUNK_ROWS = 8192  # rows parsed into Python values before they are copied into the float32 array
@@ -180,6 +180,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     values = [set() for _ in feature_at]  # each column's distinct texts, up to the vocabulary cap: the encoded width
     window_distinct = [0] * len(feature_at)  # distinct texts among a column's first IDENTIFIER_WINDOW non-empty cells
     first_empty = [None] * len(feature_at)  # the line of a column's first empty cell
+    dated = [True] * len(feature_at)  # every non-empty cell so far an ISO 8601 date or a missing-value mark
     rows = 0
     for line, row in csv_text.rows(path, delimiter):
         if len(row) != len(header):
@@ -200,14 +201,17 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 window_distinct[j] = len(values[j])
             if _is_float(text) and text[-1] not in "nN":  # nan, NaN, -nan: a number that says "no value"
                 numeric[j] += 1
+                dated[j] = False
             elif is_missing_mark(text):
                 marked[j] += 1
                 first_line[j].setdefault("marker", line)
             elif "word" not in first_line[j] and is_formatted_number(text):  # past a word it cannot matter
                 formatted[j] += 1
                 first_line[j].setdefault("formatted", line)
+                dated[j] = False
             else:
                 first_line[j].setdefault("word", line)
+                dated[j] = dated[j] and parse_iso_date(text) is not None
         rows += 1
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
@@ -217,12 +221,12 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     if left_out:  # a column with neither a name nor a value: a separator at the end of every line
         dropped_at = [*dropped_at, feature_at[min(left_out)]]  # csv.DictReader gives a served row of the same exporter key ''
         kept = [j for j in range(len(feature_at)) if j not in left_out]
-        feature_at, present, numeric, marked, formatted, first_line, values, window_distinct = (
-            [column[j] for j in kept] for column in (feature_at, present, numeric, marked, formatted, first_line, values, window_distinct))
+        feature_at, present, numeric, marked, formatted, first_line, values, window_distinct, dated = (
+            [column[j] for j in kept] for column in (feature_at, present, numeric, marked, formatted, first_line, values, window_distinct, dated))
         no_feature_left(where, feature_at)
     categorical = {j for j, i in enumerate(feature_at) if categorical_column(
         where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing, distinct=len(values[j]))}
-    dates = {j for j in categorical if is_date_column(values[j])}  # calendar columns (dlagent.ml.dates), however many days
+    dates = {j for j in categorical if dated[j] and present[j] > marked[j]}  # calendar columns (dlagent.ml.dates), however many days
     for j in categorical - dates:
         refuse_unreadable_dates(path, feature_at[j] + 1, values[j])
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),

@@ -121,17 +121,20 @@ def categorical_column(where: str, column: int, present: int, numeric: int, mark
 
 # A date or a time as a spreadsheet or a database writes it: 2024-03-01, 01/03/2024, 1.3.24, 2024-03-01T12:00
 DATE_LIKE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?")
+# What can only be a date, whatever else the column holds: a four-digit year, or a time (1.2.10 may be a version)
+CLEAR_DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{4}|\d{1,2}[/.]\d{1,2}[/.]\d{2}[ T]\d{1,2}:\d{2})")
 
 
 FREE_TEXT_WORDS = 5  # a cell of at least this many words is a sentence (a review, a note), not a name or a key
 
 
-def refuse_unreadable_dates(path, column: int, values) -> None:
+def refuse_unreadable_dates(path, column: int, values, pattern: re.Pattern = CLEAR_DATE) -> None:
     """Refuse categorical column ``column`` (1-based) of the CSV at ``path`` when nearly all of ``values``
-    (its distinct texts, or some of them) look like dates or times but are not all ISO 8601 (which
-    become calendar columns, :mod:`dlagent.ml.dates`): ``01/03/2024`` is March in Europe and January
-    in the US, and as a category each date is a value no later row brings."""
-    if values and sum(bool(DATE_LIKE.match(v)) for v in values) >= IDENTIFIER_SHARE * len(values):
+    (its distinct texts, or some of them) match ``pattern``, dates or times, but are not all ISO 8601
+    (which become calendar columns, :mod:`dlagent.ml.dates`): ``01/03/2024`` is March in Europe and
+    January in the US, and as a category each date is a value no later row brings. A column of
+    nearly all different values is judged by the looser :data:`DATE_LIKE` (:func:`refuse_identifier`)."""
+    if values and sum(bool(pattern.match(v)) for v in values) >= IDENTIFIER_SHARE * len(values):
         raise ConfigError("dataset", f"{str(path)!r} column {column}: dates or times not all written as ISO 8601, so their "
                           "day and month cannot be told apart, and as categories each is a value no later row brings.",
                           "write them as 2024-03-01 (or 2024-03-01T14:30:00), which become day-of-week, season and trend "
@@ -141,12 +144,13 @@ def refuse_unreadable_dates(path, column: int, values) -> None:
 def refuse_identifier(path, column: int, cells: int, distinct: int, values=()) -> None:
     """Refuse categorical column ``column`` (1-based) of the CSV at ``path`` when its first
     ``min(cells, IDENTIFIER_WINDOW)`` non-empty cells hold ``distinct`` values, nearly one each.
-    When most of ``values`` (its distinct texts, or some of them) are sentences, the fix says that
-    the models do not read free text. The message names the column by position and quotes no
+    When ``values`` (its distinct texts, or some of them) look like dates, the fix says to write them
+    as ISO 8601; when most are sentences, that the models do not read free text. The message names the column by position and quotes no
     value: the header and the cells are content (:mod:`dlagent.ml.csv_table`)."""
     window = min(cells, IDENTIFIER_WINDOW)
     if window < IDENTIFIER_MIN_CELLS or distinct < IDENTIFIER_SHARE * window:
         return
+    refuse_unreadable_dates(path, column, values, DATE_LIKE)
     where = f"{str(path)!r} column {column}: {distinct} different values in its first {window} non-empty cells"
     if values and sum(len(v.split()) >= FREE_TEXT_WORDS for v in values) * 2 >= len(values):
         raise ConfigError("dataset", f"{where}, free text (most of them {FREE_TEXT_WORDS} words or more): as a category each is a "

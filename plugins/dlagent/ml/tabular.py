@@ -31,7 +31,17 @@ import numpy as np
 
 from dlagent.errors import ConfigError
 from dlagent.ml.data_checks import is_missing_mark
-from dlagent.ml.dates import date_feature_names, date_features, date_width, has_time_of_day, is_date_column, parse_iso_date
+from dlagent.ml.dates import (
+    GAP,
+    NOT_A_DATE,
+    date_feature_names,
+    date_features,
+    date_table,
+    date_width,
+    has_time_of_day,
+    is_date_column,
+    parse_iso_date,
+)
 
 OOV = "<other>"  # the name of a categorical column's out-of-vocabulary slot
 MAX_VOCABULARY = 1000  # values per categorical column; rarer ones share the out-of-vocabulary slot
@@ -139,8 +149,9 @@ class TableEncoding:
                     out[r, position + slots[column].get(_category(value), 0)] = 1.0
                     position += len(self.vocabularies[column]) + 1
                 elif column in self.dates:
-                    if empty:
+                    if empty or (isinstance(value, str) and is_missing_mark(value.strip())):  # NA: a gap, as the loader reads it
                         self._refuse_empty(where(r), column)
+                        empty = True
                     width = date_width(self.dates[column])
                     out[r, position:position + width] = date_features(None if empty else _date(value, where, r, column), self.dates[column])
                     position += width
@@ -176,10 +187,16 @@ class TableEncoding:
                 slot = np.where(empty, filled, of_code[np.where(empty, 0, values).astype(np.int64)])
                 out[rows, position + slot] = 1.0
                 position += len(self.vocabularies[column]) + 1
-            elif column in self.dates:  # each distinct text parsed once; the last row of the table: an empty cell
+            elif column in self.dates:  # the features of each distinct text, computed once (the table's last row: empty)
+                table, kinds = date_table(tuple(categories[j]), self.dates[column])
                 codes = np.where(empty, -1, values).astype(np.int64)
-                table = np.array([self._date_row(text, codes == code, where, column) for code, text in enumerate(categories[j])]
-                                 + [date_features(None, self.dates[column])], np.float32)
+                kind = np.append(kinds, GAP)[codes]
+                if (kind == NOT_A_DATE).any():  # refused at its first row; a value only another split holds is no concern here
+                    r = int(np.argmax(kind == NOT_A_DATE))
+                    _date(categories[j][codes[r]], where, r, column)
+                empty = kind == GAP  # an empty cell, or a missing-value mark such as NA
+                if empty.any() and not self.impute:
+                    self._refuse_empty(where(int(np.argmax(empty))), column)
                 out[:, position:position + table.shape[1]] = table[codes]
                 position += table.shape[1]
             else:
@@ -199,14 +216,6 @@ class TableEncoding:
         if is_streamed(x):
             return x.encoded(lambda loaded, positions: self.encode_loaded(loaded, categories, where=file_rows(positions)), self.width)
         return self.encode_loaded(x, categories)
-
-    def _date_row(self, text: str, rows_with_it: np.ndarray, where: Callable[[int], str], column: str) -> list[float]:
-        """Date column ``column``'s features for the loaded value ``text``; a value that is not a date
-        is refused at the first of ``rows_with_it`` (a value of another split is no concern here)."""
-        moment = parse_iso_date(text)
-        if moment is None and rows_with_it.any():
-            _date(text, where, int(np.argmax(rows_with_it)), column)
-        return date_features(moment, self.dates[column])
 
     def _cells(self, row, where: Callable[[int], str], r: int) -> list:
         if isinstance(row, dict):
@@ -300,11 +309,14 @@ def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], imp
                 empty += n
             else:
                 present[str(value).strip()] += n
+        dated = [value for value in present if not is_missing_mark(value)]  # NA in a date column is a gap
+        if is_date_column(dated):  # calendar columns (dlagent.ml.dates); a gap is filled inside the model
+            dates[column] = has_time_of_day(dated)
+            if impute and (empty or len(dated) < len(present)):
+                indicators.append(column)
+            continue
         if impute and empty:
             indicators.append(column)
-        if is_date_column(present):  # calendar columns (dlagent.ml.dates); a gap is filled inside the model
-            dates[column] = has_time_of_day(present)
-            continue
         ranked = sorted(present, key=lambda value: (-present[value], value))
         vocabularies[column] = sorted(ranked[:MAX_VOCABULARY])
         if ranked:
