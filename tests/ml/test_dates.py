@@ -34,12 +34,13 @@ def test_the_calendar_columns_of_a_date():
     new_year, new_years_eve = date_features(datetime(2025, 1, 1), False), date_features(datetime(2024, 12, 31), False)
     assert new_year[1:3] == [0.0, 1.0] and math.dist(new_year[1:3], new_years_eve[1:3]) < 0.02  # the season is a circle
     evening = date_features(datetime(2026, 12, 7, 18), with_time=True)
-    assert len(evening) == 12 and evening[-2:] == pytest.approx([-1.0, 0.0], abs=1e-9)  # 18:00, three quarters round the day
+    assert len(evening) == 36 and evening[10:12] == pytest.approx([-1.0, 0.0], abs=1e-9)  # 18:00, three quarters round the day
+    assert evening[12:] == [1.0 if hour == 18 else 0.0 for hour in range(24)]  # and the hour one-hot
     assert all(math.isnan(v) for v in date_features(None, True))  # an empty cell: a gap the model's imputation fills
     # with an offset: the trend in UTC, the calendar as written (a shop's Saturday 00:30 at +02:00 is its Saturday)
     saturday = date_features(parse_iso_date("2024-03-02T00:30+02:00"), with_time=True)
     assert saturday[0] == (date(2024, 3, 1) - date(1970, 1, 1)).days + 22.5 / 24 and saturday[3:10] == [0, 0, 0, 0, 0, 1, 0]
-    assert saturday[10:] == pytest.approx(date_features(datetime(2024, 3, 2, 0, 30), True)[10:])
+    assert saturday[10:] == pytest.approx(date_features(datetime(2024, 3, 2, 0, 30), True)[10:]) and saturday[12] == 1.0
 
 
 def _write_visits(path, rows: int, *, day=lambda i: (date(2023, 1, 2) + timedelta(days=i)).isoformat(), seed: int = 0):
@@ -89,9 +90,10 @@ def test_timestamps_get_time_of_day_columns_and_an_empty_date_is_imputed(tmp_pat
     splits = load_dataset(f"csv:{path}", missing="impute", allowed_roots=[str(tmp_path)])
     encoding = splits.encoding
     assert encoding.dates == {"at": True} and encoding.indicators == ["at"]
-    assert encoding.feature_names()[10:12] == ["at:time_of_day_sin", "at:time_of_day_cos"] and encoding.feature_names()[-1] == "at=<missing>"
+    assert encoding.feature_names()[10:13] == ["at:time_of_day_sin", "at:time_of_day_cos", "at:hour=00"]
+    assert encoding.feature_names()[-1] == "at=<missing>" and encoding.width == 36 + 1 + 1  # the date, level, the date's was-missing flag
     row = encoding.encode([["", 2]])[0]
-    assert np.isnan(row[:12]).all() and row[-1] == 1.0  # a gap the model fills, and its was-missing flag
+    assert np.isnan(row[:36]).all() and row[-1] == 1.0  # a gap the model fills, and its was-missing flag
 
 
 @pytest.mark.parametrize("missing", ["refuse", "impute"])
