@@ -104,8 +104,8 @@ def test_a_missing_value_mark_in_a_date_column_is_a_gap(tmp_path, missing):
     rows = [f"{'NA' if i % 9 == 4 else (date(2024, 1, 1) + timedelta(days=i)).isoformat()},{i % 5},{'yes' if i % 3 else 'no'}"
             for i in range(300)]
     path.write_text("\n".join(["day,n,label", *rows]) + "\n")
-    if missing == "refuse":
-        with pytest.raises(ConfigError, match=r"column 'day': an empty value, and the model was trained with missing 'refuse'"):
+    if missing == "refuse":  # refused by the first pass, at the mark's line (row 4: line 6)
+        with pytest.raises(ConfigError, match=r"line 6, column 1: a missing-value mark \(such as NA.*in a column of dates"):
             load_dataset(f"csv:{path}", allowed_roots=[str(tmp_path)])
         return
     splits = load_dataset(f"csv:{path}", missing="impute", allowed_roots=[str(tmp_path)])
@@ -118,7 +118,7 @@ def test_a_missing_value_mark_in_a_date_column_is_a_gap(tmp_path, missing):
 
 def test_what_only_looks_like_a_date_stays_a_category_and_a_late_stray_value_is_not_missed(tmp_path):
     """Versions (1.2.10) are categories; a column of 3,000 dates with one word at line 2,002, past the
-    1,000 values the loader keeps per column, is refused as dates not all in ISO 8601, not read as dates."""
+    1,000 values the loader keeps per column, is refused at that line, not read as dates."""
     from dlagent.ml.data import load_dataset
 
     versions = tmp_path / "versions.csv"
@@ -129,7 +129,7 @@ def test_what_only_looks_like_a_date_stays_a_category_and_a_late_stray_value_is_
     days = [(datetime(2020, 1, 1) + timedelta(hours=7 * i)).isoformat() for i in range(3000)]
     days[2000] = "unknown"
     stray.write_text("\n".join(["at,n,label", *(f"{day},{i % 7},{i % 2}" for i, day in enumerate(days))]) + "\n")
-    with pytest.raises(ConfigError, match="dates or times not all written as ISO 8601"):
+    with pytest.raises(ConfigError, match="line 2002, column 1: not an ISO 8601 date, in a column of dates. Fix: write it as 2024-03-01"):
         load_dataset(f"csv:{stray}", allowed_roots=[str(tmp_path)])
 
 

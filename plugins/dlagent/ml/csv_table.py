@@ -51,6 +51,8 @@ from dlagent.ml.data_checks import (
     is_missing_mark,
     no_feature_left,
     refuse_identifier,
+    refuse_marks_in_dates,
+    refuse_stray_in_dates,
     refuse_unreadable_dates,
 )
 from dlagent.ml.dates import date_width, parse_iso_date
@@ -67,6 +69,7 @@ class CsvColumns:
     names: list[str]
     categories: dict[int, list[str]]
     dropped: tuple[str, ...] = ()  # header columns left out (``drop_columns``): a served row may still carry them
+    dates: frozenset = frozenset()  # the categorical columns (positions) that hold ISO 8601 dates: calendar columns
 
     def raw_rows(self, x: np.ndarray) -> list[list]:
         """Rows of raw values back from loaded features (codes to strings, NaN to ``None``)."""
@@ -130,6 +133,7 @@ class _Layout:
     rows: int
     categorical: frozenset
     encoded_extra: int = 0  # the columns one-hot encoding adds: per categorical column its vocabulary (and a was-missing indicator)
+    dates: frozenset = frozenset()  # the categorical columns of ISO 8601 dates, decided on every cell of the file
 
 
 def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task: str = CLASSIFICATION, cache: str = "memory",
@@ -150,7 +154,7 @@ def load_csv_table(path: Path, label_column: str, missing: str = "refuse", task:
         x, labels, categories = _second_pass(path, layout, task, streamed=streams(layout, cache), missing=missing)
         if _stamp(path) != before:
             raise _changed(path)
-    columns = CsvColumns(layout.feature_names, categories, layout.dropped)
+    columns = CsvColumns(layout.feature_names, categories, layout.dropped, layout.dates)
     if task == REGRESSION:
         return x, labels, list(layout.label_names), columns
     y, names = _class_labels(*labels)
@@ -211,7 +215,9 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 dated[j] = False
             else:
                 first_line[j].setdefault("word", line)
-                dated[j] = dated[j] and parse_iso_date(text) is not None
+                if dated[j] and parse_iso_date(text) is None:
+                    dated[j] = False
+                    first_line[j]["not_a_date"] = line
         rows += 1
     if not rows:
         raise ConfigError("dataset", f"{str(path)!r} has a header but no data rows.", "add data rows.")
@@ -227,13 +233,16 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     categorical = {j for j, i in enumerate(feature_at) if categorical_column(
         where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing, distinct=len(values[j]))}
     dates = {j for j in categorical if dated[j] and present[j] > marked[j]}  # calendar columns (dlagent.ml.dates), however many days
+    for j in dates:
+        refuse_marks_in_dates(where, feature_at[j] + 1, first_line[j].get("marker"), missing)
     for j in categorical - dates:
+        refuse_stray_in_dates(where, feature_at[j] + 1, first_line[j].get("not_a_date"), values[j])
         refuse_unreadable_dates(path, feature_at[j] + 1, values[j])
         refuse_identifier(path, feature_at[j] + 1, present[j], window_distinct[j] if present[j] >= IDENTIFIER_WINDOW else len(values[j]),
                           values[j])
     extra = sum((date_width(True) - 1 if j in dates else min(len(values[j]), MAX_VOCABULARY)) + (present[j] < rows) for j in categorical)
     return _Layout(len(header), delimiter, tuple(header[i] for i in dropped_at), label_at, label_names, feature_at, [header[i] for i in feature_at],
-                   rows, frozenset(categorical), extra)
+                   rows, frozenset(categorical), extra, frozenset(dates))
 
 
 def _no_label(path: Path, line: int, name: str, task: str) -> ConfigError:

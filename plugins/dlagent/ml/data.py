@@ -322,7 +322,9 @@ def _encode_categorical(parts, columns: CsvColumns, *, impute: bool):
     from dlagent.ml.tabular import fit_encoding_from_counts
 
     x_train, y_train, x_val, y_val, x_test, y_test = parts
-    encoding = fit_encoding_from_counts(columns.names, columns.category_counts(x_train), impute, dropped=columns.dropped)
+    encoding = fit_encoding_from_counts(columns.names, columns.category_counts(x_train), impute, dropped=columns.dropped,
+                                        date_columns={columns.names[j] for j in columns.dates})
     raw_val, raw_test = RawRows(x_val, columns), RawRows(x_test, columns)
-    encoded = [encoding.encode_table(part, columns.categories) for part in (x_train, x_val, x_test)]
+    parsed = encoding.parse_dates(columns.categories)  # each distinct date once, for the three splits
+    encoded = [encoding.encode_table(part, columns.categories, parsed) for part in (x_train, x_val, x_test)]
     return (encoded[0], y_train, encoded[1], y_val, encoded[2], y_test), encoding, (raw_val, raw_test)

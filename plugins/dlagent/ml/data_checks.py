@@ -128,6 +128,26 @@ CLEAR_DATE = re.compile(r"\s*(\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{4}|
 FREE_TEXT_WORDS = 5  # a cell of at least this many words is a sentence (a review, a note), not a name or a key
 
 
+def refuse_marks_in_dates(where: str, column: int, marker_line: int | None, missing: str) -> None:
+    """Under ``missing: refuse``, a missing-value mark (NA) in a column of ISO dates is an empty cell, refused at its line."""
+    if marker_line is not None and missing != "impute":
+        raise ConfigError("dataset", f"{where} line {marker_line}, column {column}: a missing-value mark (such as NA, N/A, null, "
+                          "None or ?) in a column of dates, an empty cell.", EMPTY_CELL_FIX)
+
+
+def refuse_stray_in_dates(where: str, column: int, line: int | None, values) -> None:
+    """Refuse a column of ISO 8601 dates but for a few cells (``values``: its distinct texts, or some of
+    them), at ``line``, the first cell that is not one (a typo, or a placeholder such as 0000-00-00)."""
+    if line is None or not values:
+        return
+    from dlagent.ml.dates import parse_iso_date
+
+    if sum(parse_iso_date(v) is not None for v in values) >= IDENTIFIER_SHARE * len(values):
+        raise ConfigError("dataset", f"{where} line {line}, column {column}: not an ISO 8601 date, in a column of dates.",
+                          "write it as 2024-03-01 (or 2024-03-01T14:30:00), or leave the cell empty for an unknown date "
+                          "(with the data option missing 'impute').")
+
+
 def refuse_unreadable_dates(path, column: int, values, pattern: re.Pattern = CLEAR_DATE) -> None:
     """Refuse categorical column ``column`` (1-based) of the CSV at ``path`` when nearly all of ``values``
     (its distinct texts, or some of them) match ``pattern``, dates or times, but are not all ISO 8601

@@ -34,9 +34,10 @@ from dlagent.ml.data_checks import is_missing_mark
 from dlagent.ml.dates import (
     GAP,
     NOT_A_DATE,
+    ParsedDates,
+    date_columns,
     date_feature_names,
     date_features,
-    date_table,
     date_width,
     has_time_of_day,
     is_date_column,
@@ -149,7 +150,7 @@ class TableEncoding:
                     out[r, position + slots[column].get(_category(value), 0)] = 1.0
                     position += len(self.vocabularies[column]) + 1
                 elif column in self.dates:
-                    if empty or (isinstance(value, str) and is_missing_mark(value.strip())):  # NA: a gap, as the loader reads it
+                    if empty or is_missing_mark(str(value).strip()) or str(value) == "NaT":  # NA, NaN, NaT: a gap, as the loader reads it
                         self._refuse_empty(where(r), column)
                         empty = True
                     width = date_width(self.dates[column])
@@ -167,11 +168,13 @@ class TableEncoding:
             out[r, position:] = flags
         return out
 
-    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]], *, where: Callable[[int], str] = _row) -> np.ndarray:
+    def encode_loaded(self, x: np.ndarray, categories: dict[int, list[str]], *, where: Callable[[int], str] = _row,
+                      parsed: dict[int, ParsedDates] | None = None) -> np.ndarray:
         """What :meth:`encode` gives for the rows the CSV loader read, computed on its array at
         once (no Python object per cell): ``x`` holds numbers, and for each categorical column
         ``j`` codes into ``categories[j]`` (NaN: an empty cell). ``tests/ml/test_csv_table.py``
-        checks the two agree. ``where`` names a row in an error, as for :meth:`encode`."""
+        checks the two agree. ``where`` names a row in an error, as for :meth:`encode`. ``parsed``:
+        :meth:`parse_dates` of ``categories``, when the caller encodes many chunks with them."""
         out = np.zeros((len(x), self.width), np.float32)
         rows = np.arange(len(x))
         position, flags = 0, []
@@ -187,18 +190,19 @@ class TableEncoding:
                 slot = np.where(empty, filled, of_code[np.where(empty, 0, values).astype(np.int64)])
                 out[rows, position + slot] = 1.0
                 position += len(self.vocabularies[column]) + 1
-            elif column in self.dates:  # the features of each distinct text, computed once (the table's last row: empty)
-                table, kinds = date_table(tuple(categories[j]), self.dates[column])
+            elif column in self.dates:  # each distinct text parsed once per split, not once per chunk
+                dates = parsed[j] if parsed is not None and j in parsed else ParsedDates.of(categories[j])
                 codes = np.where(empty, -1, values).astype(np.int64)
-                kind = np.append(kinds, GAP)[codes]
+                kind = np.append(dates.kinds, GAP)[codes]
                 if (kind == NOT_A_DATE).any():  # refused at its first row; a value only another split holds is no concern here
                     r = int(np.argmax(kind == NOT_A_DATE))
                     _date(categories[j][codes[r]], where, r, column)
                 empty = kind == GAP  # an empty cell, or a missing-value mark such as NA
                 if empty.any() and not self.impute:
                     self._refuse_empty(where(int(np.argmax(empty))), column)
-                out[:, position:position + table.shape[1]] = table[codes]
-                position += table.shape[1]
+                width = date_width(self.dates[column])
+                out[:, position:position + width] = date_columns(dates, codes, self.dates[column])
+                position += width
             else:
                 out[:, position] = values
                 position += 1
@@ -208,14 +212,21 @@ class TableEncoding:
             out[:, position + k] = empty
         return out
 
-    def encode_table(self, x, categories: dict[int, list[str]]):
+    def encode_table(self, x, categories: dict[int, list[str]], parsed: dict[int, ParsedDates] | None = None):
         """:meth:`encode_loaded` for a split as loaded: an array is encoded now; a streamed
-        table (:class:`~dlagent.ml.table_rows.TableRows`) becomes one encoded as it is read."""
+        table (:class:`~dlagent.ml.table_rows.TableRows`) becomes one encoded as it is read.
+        ``parsed``: :meth:`parse_dates` of ``categories`` (parsed here when not given)."""
         from dlagent.ml.streaming import is_streamed
 
+        parsed = self.parse_dates(categories) if parsed is None else parsed
         if is_streamed(x):
-            return x.encoded(lambda loaded, positions: self.encode_loaded(loaded, categories, where=file_rows(positions)), self.width)
-        return self.encode_loaded(x, categories)
+            return x.encoded(lambda loaded, positions: self.encode_loaded(loaded, categories, where=file_rows(positions), parsed=parsed),
+                             self.width)
+        return self.encode_loaded(x, categories, parsed=parsed)
+
+    def parse_dates(self, categories: dict[int, list[str]]) -> dict[int, ParsedDates]:
+        """The date columns' distinct texts (``categories``, keyed by column position) parsed once."""
+        return {j: ParsedDates.of(categories[j]) for j, column in enumerate(self.columns) if column in self.dates and j in categories}
 
     def _cells(self, row, where: Callable[[int], str], r: int) -> list:
         if isinstance(row, dict):
@@ -295,10 +306,12 @@ def fit_encoding(columns: list[str], categorical: dict[str, list], impute: bool,
     return fit_encoding_from_counts(columns, {column: Counter(values) for column, values in categorical.items()}, impute, dropped)
 
 
-def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], impute: bool, dropped=()) -> TableEncoding:
+def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], impute: bool, dropped=(), date_columns=None) -> TableEncoding:
     """Learn the vocabularies from how often each raw value occurs in the **training split** of
     each categorical column (``counts``; an empty cell counts under ``None``): values sorted by
-    frequency, then by name, at most :data:`MAX_VOCABULARY` of them."""
+    frequency, then by name, at most :data:`MAX_VOCABULARY` of them. ``date_columns``: the columns that
+    hold ISO 8601 dates, as the CSV loader decided on the whole file (``None``: decided here, on
+    these counts), which become calendar columns instead."""
     vocabularies, fill, indicators, dates = {}, {}, [], {}
     for column in columns:
         if column not in counts:
@@ -310,7 +323,7 @@ def fit_encoding_from_counts(columns: list[str], counts: dict[str, Counter], imp
             else:
                 present[str(value).strip()] += n
         dated = [value for value in present if not is_missing_mark(value)]  # NA in a date column is a gap
-        if is_date_column(dated):  # calendar columns (dlagent.ml.dates); a gap is filled inside the model
+        if (column in date_columns) if date_columns is not None else is_date_column(dated):  # calendar columns (dlagent.ml.dates)
             dates[column] = has_time_of_day(dated)
             if impute and (empty or len(dated) < len(present)):
                 indicators.append(column)
