@@ -138,21 +138,27 @@ def test_pipeline_on_sqlite_with_a_user_model_builder(tmp_path):
 
 def _regression_csv(folder: Path) -> str:
     """make_friedman1 (300 rows, 10 features, 5 of them informative) plus a categorical column
-    ``band`` that shifts the target, as a CSV in the data root, with gaps: every 23rd ``x3`` and
-    every 29th ``band`` empty (the runs impute them), and a last column ``id``, a row key the runs
+    ``band`` that shifts the target and a column ``day`` of ISO dates (weekends 2 higher: calendar
+    columns), as a CSV in the data root, with gaps: every 23rd ``x3``, every 29th ``band`` and every
+    31st ``day`` empty (the runs impute them), and a last column ``id``, a row key the runs
     leave out (``drop_columns``; refused as an identifier otherwise)."""
+    from datetime import date, timedelta
+
     import numpy as np
     from sklearn.datasets import make_friedman1
 
     x, y = make_friedman1(n_samples=300, noise=0.5, random_state=0)
     bands = np.random.default_rng(0).choice(["low", "mid", "high"], len(y))
     y = y + np.select([bands == "low", bands == "high"], [-3.0, 3.0], 0.0)
+    days = [date(2025, 1, 6) + timedelta(days=i * 5) for i in range(len(y))]  # every 5th day: all weekdays come round
+    y = y + np.array([2.0 if day.weekday() >= 5 else 0.0 for day in days])
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [",".join([*(f"x{i}" for i in range(10)), "band", "y", "id"])]
-    for i, (row, band, target) in enumerate(zip(x, bands, y, strict=True)):
-        cells = [f"{v:.5f}" for v in row] + [band, f"{target:.5f}"]
+    lines = [",".join([*(f"x{i}" for i in range(10)), "band", "day", "y", "id"])]
+    for i, (row, band, day, target) in enumerate(zip(x, bands, days, y, strict=True)):
+        cells = [f"{v:.5f}" for v in row] + [band, day.isoformat(), f"{target:.5f}"]
         cells[3] = "" if i % 23 == 5 else cells[3]
         cells[10] = "" if i % 29 == 7 else cells[10]
+        cells[11] = "" if i % 31 == 9 else cells[11]
         lines.append(",".join([*cells, f"row-{i:04d}"]))
     (folder / "friedman.csv").write_text("\n".join(lines) + "\n")
     return f"csv:{folder / 'friedman.csv'}"
@@ -169,8 +175,10 @@ def _assert_bundle_scores_raw_rows_like_the_keras_model(env: dict, registry, con
 
     options = {k: conf[k] for k in ("task", "label_column", "drop_columns", "missing", "max_samples")}
     splits = load_dataset_with_options(conf["dataset"], options, seed=conf["seed"], allowed_roots=[env["DLAGENT_HOME"]])
-    assert splits.encoding.vocabularies == {"band": ["high", "low", "mid"]} and splits.encoding.indicators == ["band"]
+    assert splits.encoding.vocabularies == {"band": ["high", "low", "mid"]} and splits.encoding.indicators == ["band", "day"]
+    assert splits.encoding.dates == {"day": False}  # calendar columns, served from the raw ISO date
     assert any(row[10] is None for row in splits.raw_x_test) and any(row[3] is None for row in splits.raw_x_test)
+    assert any(row[11] is None for row in splits.raw_x_test) and any(isinstance(row[11], str) for row in splits.raw_x_test)
     bundle = load_bundle(Path(env["DLAGENT_HOME"]) / "deploy")
     assert bundle.encoding == splits.encoding and bundle.encoding.dropped == ["id"]
     keras_model = load_keras_model(registry, "models:/" + get_champion(registry, "e2e-regressor")["model_id"])
@@ -215,7 +223,7 @@ def test_a_regression_pipeline_on_postgresql_gated_on_rmse_with_the_agent_off(tm
     assert "no champion" in runs["evaluate"].data.tags["dlagent.gate.reasons"]
     assert parent.data.tags["dlagent.deploy"] == "deployed e2e-regressor version 1"
     encoding = json.loads(Path(client_artifact(mlflow_db, runs["train"].info.run_id, "encoding.json")).read_text())
-    assert encoding["vocabularies"] == {"band": ["high", "low", "mid"]}  # logged with the training run
+    assert encoding["vocabularies"] == {"band": ["high", "low", "mid"]} and encoding["dates"] == {"day": False}  # logged with the training run
     _assert_bundle_scores_raw_rows_like_the_keras_model(env, registry, tuned)
     (name,) = optuna.get_all_study_names(optuna_db)
     study = optuna.load_study(study_name=name, storage=optuna_db)
