@@ -184,7 +184,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
     values = [set() for _ in feature_at]  # each column's distinct texts, up to the vocabulary cap: the encoded width
     window_distinct = [0] * len(feature_at)  # distinct texts among a column's first IDENTIFIER_WINDOW non-empty cells
     first_empty = [None] * len(feature_at)  # the line of a column's first empty cell
-    dated = [True] * len(feature_at)  # every non-empty cell so far an ISO 8601 date or a missing-value mark
+    dated = [True] * len(feature_at)  # every word so far an ISO 8601 date (with no number: a column of dates and marks)
     rows = 0
     for line, row in csv_text.rows(path, delimiter):
         if len(row) != len(header):
@@ -205,14 +205,12 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
                 window_distinct[j] = len(values[j])
             if _is_float(text) and text[-1] not in "nN":  # nan, NaN, -nan: a number that says "no value"
                 numeric[j] += 1
-                dated[j] = False
             elif is_missing_mark(text):
                 marked[j] += 1
                 first_line[j].setdefault("marker", line)
             elif "word" not in first_line[j] and is_formatted_number(text):  # past a word it cannot matter
                 formatted[j] += 1
                 first_line[j].setdefault("formatted", line)
-                dated[j] = False
             else:
                 first_line[j].setdefault("word", line)
                 if dated[j] and parse_iso_date(text) is None:
@@ -232,7 +230,7 @@ def _first_pass(path: Path, label_column: str, missing: str, task: str, drop_col
         no_feature_left(where, feature_at)
     categorical = {j for j, i in enumerate(feature_at) if categorical_column(
         where, i + 1, present[j], numeric[j], marked[j], formatted[j], first_line[j], missing, distinct=len(values[j]))}
-    dates = {j for j in categorical if dated[j] and present[j] > marked[j]}  # calendar columns (dlagent.ml.dates), however many days
+    dates = {j for j in categorical if dated[j] and not numeric[j] and not formatted[j] and present[j] > marked[j]}  # calendar columns
     for j in dates:
         refuse_marks_in_dates(where, feature_at[j] + 1, first_line[j].get("marker"), missing)
     for j in categorical - dates:
